@@ -1,0 +1,38 @@
+// Conversions shared by the binding files: Python axis/shape arguments and tensors
+// backed by Python-owned memory.
+#pragma once
+
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+
+#include <optional>
+#include <vector>
+
+#include "steepest/ops.h"
+#include "steepest/tensor.h"
+
+namespace nb = nanobind;
+
+namespace steepest::bindings {
+
+void init_tensor(nb::module_& m);
+void init_ops(nb::module_& m);
+void init_autograd(nb::module_& m);
+void init_build_info(nb::module_& m);
+
+// None -> all axes; int -> one axis; sequence of ints -> those axes.
+ops::Axes parse_axes(const nb::handle& axis);
+// A shape from a tuple/list of ints (or a single int).
+Dims parse_shape(const char* op, const nb::handle& shape);
+std::pair<int64_t, int64_t> parse_pair(const char* op, const char* name, const nb::handle& value);
+
+// Keeps a Python object alive for as long as a Storage borrows its memory; the
+// release takes the GIL, so it is safe from threads that run without it.
+std::shared_ptr<void> python_owner(nb::handle object);
+
+// A zero-copy NumPy/DLPack view of a CPU tensor (owner: a copy of the handle).
+nb::ndarray<> tensor_view(const Tensor& t);
+// A tensor borrowing the memory of any DLPack-capable array.
+Tensor tensor_from_ndarray(const nb::ndarray<>& array, nb::handle owner);
+
+}  // namespace steepest::bindings

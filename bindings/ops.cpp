@@ -1,0 +1,158 @@
+// steepest._core.ops: the functional operators of st.ops, with keyword arguments named
+// as in API.md. Heavy ops release the GIL.
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+
+#include "common.h"
+
+namespace steepest::bindings {
+
+ops::Axes parse_axes(const nb::handle& axis) {
+  if (axis.is_none()) return std::nullopt;
+  std::vector<int64_t> axes;
+  if (PyLong_Check(axis.ptr())) {
+    axes.push_back(nb::cast<int64_t>(axis));
+  } else if (nb::isinstance<nb::tuple>(axis) || nb::isinstance<nb::list>(axis)) {
+    for (nb::handle h : axis) axes.push_back(nb::cast<int64_t>(h));
+  } else {
+    throw TypeError("[axis] axis must be None, an int or a tuple of ints");
+  }
+  return axes;
+}
+
+Dims parse_shape(const char* op, const nb::handle& shape) {
+  Dims dims;
+  if (PyLong_Check(shape.ptr())) {
+    dims.push_back(nb::cast<int64_t>(shape));
+    return dims;
+  }
+  if (!(nb::isinstance<nb::tuple>(shape) || nb::isinstance<nb::list>(shape)))
+    fail<TypeError>(op, "shape must be an int or a sequence of ints");
+  for (nb::handle h : shape) {
+    if (!PyLong_Check(h.ptr())) fail<TypeError>(op, "shape entries must be ints");
+    dims.push_back(nb::cast<int64_t>(h));
+  }
+  return dims;
+}
+
+std::pair<int64_t, int64_t> parse_pair(const char* op, const char* name, const nb::handle& value) {
+  if (PyLong_Check(value.ptr())) {
+    auto v = nb::cast<int64_t>(value);
+    return {v, v};
+  }
+  if ((nb::isinstance<nb::tuple>(value) || nb::isinstance<nb::list>(value)) && nb::len(value) == 2)
+    return {nb::cast<int64_t>(value[0]), nb::cast<int64_t>(value[1])};
+  fail<TypeError>(op, name, " must be an int or a pair of ints");
+}
+
+namespace {
+
+Tensor optional_tensor(const std::optional<Tensor>& t) { return t ? *t : Tensor(); }
+
+}  // namespace
+
+void init_ops(nb::module_& parent) {
+  nb::module_ m = parent.def_submodule("ops", "Differentiable functional operators.");
+  using nb::arg;
+  using Release = nb::call_guard<nb::gil_scoped_release>;
+
+  m.def("add", &ops::add, arg("a"), arg("b"), "a + b with broadcasting.");
+  m.def("sub", &ops::sub, arg("a"), arg("b"), "a - b with broadcasting.");
+  m.def("mul", &ops::mul, arg("a"), arg("b"), "a * b (Hadamard product) with broadcasting.");
+  m.def("div", &ops::div, arg("a"), arg("b"), "a / b with broadcasting.");
+  m.def("power", &ops::power, arg("x"), arg("exponent"), "x ** exponent for a scalar exponent.");
+
+#define STEEPEST_UNARY(name, doc) m.def(#name, &ops::name, arg("x"), doc);
+  STEEPEST_UNARY(neg, "-x")
+  STEEPEST_UNARY(exp, "e^x")
+  STEEPEST_UNARY(log, "Natural logarithm.")
+  STEEPEST_UNARY(sqrt, "Square root.")
+  STEEPEST_UNARY(abs, "Absolute value.")
+  STEEPEST_UNARY(relu, "max(x, 0).")
+  STEEPEST_UNARY(sigmoid, "1 / (1 + e^-x).")
+  STEEPEST_UNARY(tanh, "Hyperbolic tangent.")
+  STEEPEST_UNARY(gelu, "x·Φ(x) (exact, erf form).")
+  STEEPEST_UNARY(flatten, "(N, ...) -> (N, prod(...)).")
+#undef STEEPEST_UNARY
+
+  m.def("sum", [](const Tensor& x, nb::handle axis, bool keepdims) { return ops::sum(x, parse_axes(axis), keepdims); },
+        arg("x"), arg("axis").none() = nb::none(), arg("keepdims") = false);
+  m.def("mean", [](const Tensor& x, nb::handle axis, bool keepdims) { return ops::mean(x, parse_axes(axis), keepdims); },
+        arg("x"), arg("axis").none() = nb::none(), arg("keepdims") = false);
+  m.def("max", [](const Tensor& x, nb::handle axis, bool keepdims) { return ops::max(x, parse_axes(axis), keepdims); },
+        arg("x"), arg("axis").none() = nb::none(), arg("keepdims") = false,
+        "Maximum; the gradient flows to the (first) argmax.");
+
+  m.def("matmul", &ops::matmul, arg("a"), arg("b"), Release(),
+        "Matrix product with NumPy semantics (batched, broadcast batch axes).");
+  m.def("linear", [](const Tensor& x, const Tensor& w, std::optional<Tensor> b) {
+          nb::gil_scoped_release release;
+          return ops::linear(x, w, optional_tensor(b));
+        },
+        arg("x"), arg("w"), arg("b").none() = nb::none(), "x·W + b with W of shape (in, out).");
+
+  m.def("softmax", &ops::softmax, arg("x"), arg("axis") = -1);
+  m.def("log_softmax", &ops::log_softmax, arg("x"), arg("axis") = -1,
+        "log(softmax(x)) computed as x - max - log(sum(exp(x - max))).");
+  m.def("cross_entropy",
+        [](const Tensor& logits, const Tensor& labels, const std::string& reduction) {
+          return ops::cross_entropy(logits, labels, ops::reduction_from_name("cross_entropy", reduction));
+        },
+        arg("logits"), arg("labels"), arg("reduction") = "mean",
+        "Softmax cross-entropy over the last axis; labels are class indices or probabilities.");
+  m.def("mse_loss",
+        [](const Tensor& p, const Tensor& t, const std::string& reduction) {
+          return ops::mse_loss(p, t, ops::reduction_from_name("mse_loss", reduction));
+        },
+        arg("pred"), arg("target"), arg("reduction") = "mean");
+  m.def("binary_cross_entropy",
+        [](const Tensor& x, const Tensor& t, bool from_logits, const std::string& reduction) {
+          return ops::binary_cross_entropy(x, t, from_logits,
+                                           ops::reduction_from_name("binary_cross_entropy", reduction));
+        },
+        arg("logits"), arg("targets"), arg("from_logits") = true, arg("reduction") = "mean");
+  m.def("conv2d",
+        [](const Tensor& x, const Tensor& w, std::optional<Tensor> b, nb::handle stride, nb::handle padding) {
+          auto s = parse_pair("conv2d", "stride", stride);
+          auto p = parse_pair("conv2d", "padding", padding);
+          nb::gil_scoped_release release;
+          return ops::conv2d(x, w, optional_tensor(b), s, p);
+        },
+        arg("x"), arg("w"), arg("b").none() = nb::none(), arg("stride") = 1, arg("padding") = 0,
+        "2-D convolution (NCHW; w: out x in x kh x kw) via im2col + GEMM.");
+  m.def("max_pool2d",
+        [](const Tensor& x, nb::handle kernel, nb::handle stride, nb::handle padding) {
+          auto k = parse_pair("max_pool2d", "kernel_size", kernel);
+          auto s = stride.is_none() ? k : parse_pair("max_pool2d", "stride", stride);
+          return ops::max_pool2d(x, k, s, parse_pair("max_pool2d", "padding", padding));
+        },
+        arg("x"), arg("kernel_size"), arg("stride").none() = nb::none(), arg("padding") = 0);
+  m.def("avg_pool2d",
+        [](const Tensor& x, nb::handle kernel, nb::handle stride, nb::handle padding) {
+          auto k = parse_pair("avg_pool2d", "kernel_size", kernel);
+          auto s = stride.is_none() ? k : parse_pair("avg_pool2d", "stride", stride);
+          return ops::avg_pool2d(x, k, s, parse_pair("avg_pool2d", "padding", padding));
+        },
+        arg("x"), arg("kernel_size"), arg("stride").none() = nb::none(), arg("padding") = 0);
+  m.def("layer_norm",
+        [](const Tensor& x, std::optional<Tensor> w, std::optional<Tensor> b, double eps) {
+          return ops::layer_norm(x, optional_tensor(w), optional_tensor(b), eps);
+        },
+        arg("x"), arg("weight").none() = nb::none(), arg("bias").none() = nb::none(), arg("eps") = 1e-5,
+        "Normalises over the last axis, then scales by weight and shifts by bias.");
+  m.def("embedding", &ops::embedding, arg("indices"), arg("table"), "table[indices].");
+  m.def("dropout",
+        [](const Tensor& x, double rate, bool training, std::optional<uint64_t> seed) {
+          return ops::dropout(x, rate, training, seed);
+        },
+        arg("x"), arg("rate"), arg("training") = true, arg("seed").none() = nb::none(),
+        "Inverted dropout: zeroes a fraction `rate` and scales the rest by 1/(1-rate).");
+  m.def("reshape", [](const Tensor& x, nb::handle shape) { return ops::reshape(x, parse_shape("reshape", shape)); },
+        arg("x"), arg("shape"));
+  m.def("transpose", &ops::transpose, arg("x"), arg("axis0"), arg("axis1"));
+  m.def("sum_to", [](const Tensor& x, nb::handle shape) { return ops::sum_to(x, parse_shape("sum_to", shape)); },
+        arg("x"), arg("shape"), "Sums broadcast axes away so x has `shape` (broadcast backward).");
+}
+
+}  // namespace steepest::bindings

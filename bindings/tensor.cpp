@@ -1,0 +1,364 @@
+// The Tensor class as Python sees it: properties, operators, NumPy and DLPack
+// exchange, basic indexing.
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include "common.h"
+#include "steepest/autograd.h"
+
+namespace steepest::bindings {
+namespace {
+
+nb::dlpack::dtype to_dlpack(DType d) {
+  switch (d) {
+    case DType::Bool:
+      return nb::dtype<bool>();
+    case DType::Int32:
+      return nb::dtype<int32_t>();
+    case DType::Int64:
+      return nb::dtype<int64_t>();
+    case DType::Float16:
+      return {static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
+    case DType::BFloat16:
+      return {static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat), 16, 1};
+    case DType::Float32:
+      return nb::dtype<float>();
+    case DType::Float64:
+      return nb::dtype<double>();
+  }
+  return nb::dtype<float>();
+}
+
+DType from_dlpack(nb::dlpack::dtype d) {
+  using Code = nb::dlpack::dtype_code;
+  auto code = static_cast<Code>(d.code);
+  if (d.lanes == 1) {
+    if (code == Code::Float && d.bits == 32) return DType::Float32;
+    if (code == Code::Float && d.bits == 64) return DType::Float64;
+    if (code == Code::Float && d.bits == 16) return DType::Float16;
+    if (code == Code::Bfloat && d.bits == 16) return DType::BFloat16;
+    if (code == Code::Int && d.bits == 32) return DType::Int32;
+    if (code == Code::Int && d.bits == 64) return DType::Int64;
+    if (code == Code::Bool && d.bits == 8) return DType::Bool;
+    if (code == Code::UInt && d.bits == 8) return DType::Bool;
+  }
+  throw TypeError("[from_numpy] unsupported array dtype (code " + std::to_string(d.code) +
+                  ", " + std::to_string(d.bits) +
+                  " bits); steepest takes float32/64, int32/64 and bool");
+}
+
+nb::tuple shape_tuple(const Dims& d) {
+  nb::list l;
+  for (int64_t v : d) l.append(v);
+  return nb::tuple(l);
+}
+
+Tensor scalar_operand(const Tensor& like, double value) { return ops::scalar_like(like, value); }
+
+// Applies Python basic indexing (ints, slices with positive step, None, Ellipsis).
+Tensor index(const Tensor& t, const nb::handle& key) {
+  std::vector<nb::handle> items;
+  if (nb::isinstance<nb::tuple>(key)) {
+    for (nb::handle h : nb::borrow<nb::tuple>(key)) items.push_back(h);
+  } else {
+    items.push_back(key);
+  }
+  int consuming = 0;
+  bool has_ellipsis = false;
+  for (nb::handle h : items) {
+    if (h.is(nb::ellipsis())) {
+      if (has_ellipsis) throw IndexError("[index] an index can only have a single ellipsis");
+      has_ellipsis = true;
+    } else if (!h.is_none()) {
+      ++consuming;
+    }
+  }
+  if (consuming > t.ndim())
+    throw IndexError(cat("[index] too many indices (", consuming, ") for a tensor of shape ",
+                         t.shape()));
+  Tensor out = t;
+  int axis = 0;
+  for (nb::handle h : items) {
+    if (h.is(nb::ellipsis())) {
+      axis += t.ndim() - consuming;
+    } else if (h.is_none()) {
+      out = ops::unsqueeze(out, axis);
+      ++axis;
+    } else if (PySlice_Check(h.ptr())) {
+      Py_ssize_t start, stop, step;
+      if (PySlice_Unpack(h.ptr(), &start, &stop, &step) < 0) throw nb::python_error();
+      if (step <= 0)
+        throw ValueError(cat("[index] slice step must be positive, got ", step));
+      Py_ssize_t extent = static_cast<Py_ssize_t>(out.shape()[axis]);
+      PySlice_AdjustIndices(extent, &start, &stop, step);
+      out = ops::slice(out, axis, start, stop, step);
+      ++axis;
+    } else if (PyLong_Check(h.ptr()) && !PyBool_Check(h.ptr())) {
+      out = ops::select(out, axis, nb::cast<int64_t>(h));
+    } else {
+      throw TypeError(cat("[index] only integers, slices, None and ... are supported as "
+                          "indices, got ",
+                          nb::type_name(h.type()).c_str()));
+    }
+  }
+  return out;
+}
+
+void check_cpu_for_numpy(const Tensor& t) {
+  if (!t.device().is_cpu())
+    throw ValueError("[numpy] the tensor is on " + t.device().str() + "; call .to('cpu') first");
+}
+
+}  // namespace
+
+std::shared_ptr<void> python_owner(nb::handle object) {
+  object.inc_ref();
+  return std::shared_ptr<void>(object.ptr(), [](void* p) {
+    if (!Py_IsInitialized()) return;
+    nb::gil_scoped_acquire gil;
+    Py_DECREF(static_cast<PyObject*>(p));
+  });
+}
+
+nb::ndarray<> tensor_view(const Tensor& t) {
+  std::vector<size_t> shape(t.shape().begin(), t.shape().end());
+  std::vector<int64_t> strides(t.strides().begin(), t.strides().end());
+  auto* keep = new Tensor(t);
+  nb::capsule owner(keep, [](void* p) noexcept { delete static_cast<Tensor*>(p); });
+  int device_type = t.device().is_cpu() ? nb::device::cpu::value : nb::device::cuda::value;
+  return nb::ndarray<>(t.data_ptr(), shape.size(), shape.data(), owner, strides.data(),
+                       to_dlpack(t.dtype()), device_type, t.device().index);
+}
+
+Tensor tensor_from_ndarray(const nb::ndarray<>& array, nb::handle owner) {
+  DType dtype = from_dlpack(array.dtype());
+  Dims shape, strides;
+  int64_t lo = 0, hi = 0;
+  for (size_t i = 0; i < array.ndim(); ++i) {
+    auto extent = static_cast<int64_t>(array.shape(i));
+    int64_t stride = array.stride(i);
+    if (stride < 0)
+      throw ValueError("[from_numpy] arrays with negative strides are not supported; "
+                       "pass a copy (np.ascontiguousarray)");
+    shape.push_back(extent);
+    strides.push_back(stride);
+    if (extent == 0) lo = hi = 0;
+    hi += extent > 0 ? (extent - 1) * stride : 0;
+  }
+  bool empty = shape.product() == 0;
+  size_t nbytes = empty ? 0 : static_cast<size_t>(hi - lo + 1) * itemsize(dtype);
+  Device device;
+  if (array.device_type() == nb::device::cuda::value)
+    device = Device{DeviceType::CUDA, array.device_id()};
+  else if (array.device_type() != nb::device::cpu::value)
+    throw ValueError("[from_dlpack] only CPU and CUDA arrays are supported");
+  auto storage = Storage::borrow(array.data(), nbytes, device, python_owner(owner));
+  return Tensor::view_of(storage, shape, strides, 0, dtype);
+}
+
+void init_tensor(nb::module_& m) {
+  nb::class_<Tensor> cls(m, "Tensor");
+  cls.doc() = "An n-dimensional array with reverse-mode automatic differentiation.";
+
+  cls.def_prop_ro("shape", [](const Tensor& t) { return shape_tuple(t.shape()); })
+      .def_prop_ro("ndim", &Tensor::ndim)
+      .def_prop_ro("dtype", [](const Tensor& t) { return std::string(dtype_name(t.dtype())); })
+      .def_prop_ro("device", [](const Tensor& t) { return t.device().str(); })
+      .def_prop_ro("strides", [](const Tensor& t) { return shape_tuple(t.strides()); })
+      .def_prop_ro("is_leaf", &Tensor::is_leaf)
+      .def_prop_ro("grad_fn",
+                   [](const Tensor& t) -> nb::object {
+                     if (!t.grad_fn()) return nb::none();
+                     return nb::str(t.grad_fn()->name());
+                   })
+      .def_prop_rw(
+          "requires_grad", &Tensor::requires_grad,
+          [](Tensor& t, bool v) { t.set_requires_grad(v); })
+      .def_prop_rw(
+          "grad",
+          [](const Tensor& t) -> std::optional<Tensor> {
+            Tensor g = t.grad();
+            if (!g.defined()) return std::nullopt;
+            return g;
+          },
+          [](Tensor& t, std::optional<Tensor> g) {
+            if (g && (g->shape() != t.shape() || g->dtype() != t.dtype()))
+              throw ValueError(cat("[grad] assigned gradient of shape ", g->shape(), " and dtype ",
+                                   dtype_name(g->dtype()), " does not match the tensor's ",
+                                   t.shape(), " ", dtype_name(t.dtype())));
+            t.set_grad(g ? *g : Tensor());
+          },
+          nb::arg("value").none())
+      .def("numel", &Tensor::numel)
+      .def("__len__",
+           [](const Tensor& t) {
+             if (t.ndim() == 0) throw TypeError("[len] len() of a 0-d tensor");
+             return t.shape()[0];
+           })
+      .def("item", &Tensor::item, "The value of a one-element tensor as a Python float.")
+      .def(
+          "backward",
+          [](const Tensor& t, std::optional<Tensor> grad, bool retain_graph) {
+            nb::gil_scoped_release release;
+            backward(t, grad ? *grad : Tensor(), retain_graph);
+          },
+          nb::arg("grad").none() = nb::none(), nb::arg("retain_graph") = false,
+          "Accumulates d(self)/d(leaf) into every leaf's .grad; grad is required when self "
+          "has more than one element.")
+      .def("detach", &Tensor::detach, "The same data without autograd history.")
+      .def(
+          "requires_grad_",
+          [](Tensor& t, bool v) {
+            t.set_requires_grad(v);
+            return t;
+          },
+          nb::arg("requires_grad") = true)
+      .def("contiguous", &ops::contiguous)
+      .def("clone", &ops::clone)
+      .def(
+          "reshape",
+          [](const Tensor& t, nb::args shape) {
+            if (shape.size() == 1 && !PyLong_Check(shape[0].ptr()))
+              return ops::reshape(t, parse_shape("reshape", shape[0]));
+            return ops::reshape(t, parse_shape("reshape", shape));
+          },
+          "Same data in a new shape (one dimension may be -1).")
+      .def("view", [](const Tensor& t, nb::args shape) {
+        if (shape.size() == 1 && !PyLong_Check(shape[0].ptr()))
+          return ops::reshape(t, parse_shape("reshape", shape[0]));
+        return ops::reshape(t, parse_shape("reshape", shape));
+      })
+      .def("flatten", &ops::flatten)
+      .def("transpose", &ops::transpose, nb::arg("axis0"), nb::arg("axis1"))
+      .def("permute",
+           [](const Tensor& t, nb::args order) {
+             if (order.size() == 1 && !PyLong_Check(order[0].ptr()))
+               return ops::permute(t, parse_shape("permute", order[0]));
+             return ops::permute(t, parse_shape("permute", order));
+           })
+      .def_prop_ro("T",
+                   [](const Tensor& t) {
+                     Dims order;
+                     for (int i = t.ndim() - 1; i >= 0; --i) order.push_back(i);
+                     return ops::permute(t, order);
+                   })
+      .def("unsqueeze", &ops::unsqueeze, nb::arg("axis"))
+      .def("squeeze", &ops::squeeze, nb::arg("axis"))
+      .def("expand", [](const Tensor& t, nb::args shape) {
+        if (shape.size() == 1 && !PyLong_Check(shape[0].ptr()))
+          return ops::expand(t, parse_shape("expand", shape[0]));
+        return ops::expand(t, parse_shape("expand", shape));
+      })
+      .def("astype", [](const Tensor& t, const std::string& d) { return ops::astype(t, dtype_from_name(d)); },
+           nb::arg("dtype"))
+      .def("to", [](const Tensor& t, const std::string& d) { return ops::to_device(t, parse_device(d)); },
+           nb::arg("device"))
+      .def("sum", [](const Tensor& t, nb::handle axis, bool keepdims) {
+             return ops::sum(t, parse_axes(axis), keepdims);
+           }, nb::arg("axis").none() = nb::none(), nb::arg("keepdims") = false)
+      .def("mean", [](const Tensor& t, nb::handle axis, bool keepdims) {
+             return ops::mean(t, parse_axes(axis), keepdims);
+           }, nb::arg("axis").none() = nb::none(), nb::arg("keepdims") = false)
+      .def("max", [](const Tensor& t, nb::handle axis, bool keepdims) {
+             return ops::max(t, parse_axes(axis), keepdims);
+           }, nb::arg("axis").none() = nb::none(), nb::arg("keepdims") = false)
+      .def("exp", &ops::exp)
+      .def("log", &ops::log)
+      .def("sqrt", &ops::sqrt)
+      .def("abs", &ops::abs)
+      .def("relu", &ops::relu)
+      .def("sigmoid", &ops::sigmoid)
+      .def("tanh", &ops::tanh)
+      .def("gelu", &ops::gelu)
+      .def("__getitem__", &index)
+      .def("__neg__", &ops::neg)
+      .def("__add__", &ops::add)
+      .def("__add__", [](const Tensor& a, double b) { return ops::add(a, scalar_operand(a, b)); })
+      .def("__radd__", [](const Tensor& a, double b) { return ops::add(scalar_operand(a, b), a); })
+      .def("__sub__", &ops::sub)
+      .def("__sub__", [](const Tensor& a, double b) { return ops::sub(a, scalar_operand(a, b)); })
+      .def("__rsub__", [](const Tensor& a, double b) { return ops::sub(scalar_operand(a, b), a); })
+      .def("__mul__", &ops::mul)
+      .def("__mul__", [](const Tensor& a, double b) { return ops::mul(a, scalar_operand(a, b)); })
+      .def("__rmul__", [](const Tensor& a, double b) { return ops::mul(scalar_operand(a, b), a); })
+      .def("__truediv__", &ops::div)
+      .def("__truediv__", [](const Tensor& a, double b) { return ops::div(a, scalar_operand(a, b)); })
+      .def("__rtruediv__", [](const Tensor& a, double b) { return ops::div(scalar_operand(a, b), a); })
+      .def("__matmul__", &ops::matmul)
+      .def("__pow__", [](const Tensor& a, double k) { return ops::power(a, k); })
+      .def("__hash__", [](const Tensor& t) { return reinterpret_cast<intptr_t>(t.impl()); });
+
+#define STEEPEST_COMPARE(py, op)                                                               \
+  cls.def(py, [](const Tensor& a, const Tensor& b) { return ops::compare(BinaryOp::op, a, b); }); \
+  cls.def(py, [](const Tensor& a, double b) {                                                  \
+    return ops::compare(BinaryOp::op, a, scalar_operand(a, b));                                \
+  });
+  STEEPEST_COMPARE("__eq__", Eq)
+  STEEPEST_COMPARE("__ne__", Ne)
+  STEEPEST_COMPARE("__lt__", Lt)
+  STEEPEST_COMPARE("__le__", Le)
+  STEEPEST_COMPARE("__gt__", Gt)
+  STEEPEST_COMPARE("__ge__", Ge)
+#undef STEEPEST_COMPARE
+
+  cls.def(
+         "numpy",
+         [](const Tensor& t) {
+           check_cpu_for_numpy(t);
+           return nb::ndarray<nb::numpy>(tensor_view(t));
+         },
+         "A NumPy array sharing this tensor's memory (CPU tensors).")
+      .def(
+          "__dlpack__",
+          [](const Tensor& t, nb::kwargs kwargs) {
+            nb::object view = nb::cast(tensor_view(t));
+            return view.attr("__dlpack__")(**kwargs);
+          },
+          "DLPack export, for torch.from_dlpack and numpy.from_dlpack.")
+      .def("__dlpack_device__", [](const Tensor& t) {
+        int type = t.device().is_cpu() ? nb::device::cpu::value : nb::device::cuda::value;
+        return nb::make_tuple(type, t.device().index);
+      });
+
+  m.def(
+      "from_dlpack",
+      [](nb::ndarray<> array, nb::handle source) { return tensor_from_ndarray(array, source); },
+      nb::arg("array"), nb::arg("source"),
+      "A tensor sharing the memory of an array that supports DLPack or the buffer protocol.");
+  m.def(
+      "empty",
+      [](nb::handle shape, const std::string& dtype, const std::string& device) {
+        return Tensor::empty(parse_shape("empty", shape), dtype_from_name(dtype), parse_device(device));
+      },
+      nb::arg("shape"), nb::arg("dtype") = "float32", nb::arg("device") = "cpu");
+  m.def(
+      "full",
+      [](nb::handle shape, double value, const std::string& dtype, const std::string& device) {
+        return Tensor::full(parse_shape("full", shape), value, dtype_from_name(dtype), parse_device(device));
+      },
+      nb::arg("shape"), nb::arg("fill_value"), nb::arg("dtype") = "float32", nb::arg("device") = "cpu");
+  m.def(
+      "randn",
+      [](nb::handle shape, std::optional<uint64_t> seed, const std::string& dtype, const std::string& device) {
+        return ops::randn(parse_shape("randn", shape), seed, dtype_from_name(dtype), parse_device(device));
+      },
+      nb::arg("shape"), nb::arg("seed").none() = nb::none(), nb::arg("dtype") = "float32",
+      nb::arg("device") = "cpu");
+  m.def(
+      "rand",
+      [](nb::handle shape, std::optional<uint64_t> seed, const std::string& dtype, const std::string& device) {
+        return ops::rand(parse_shape("rand", shape), seed, dtype_from_name(dtype), parse_device(device));
+      },
+      nb::arg("shape"), nb::arg("seed").none() = nb::none(), nb::arg("dtype") = "float32",
+      nb::arg("device") = "cpu");
+  m.def(
+      "arange",
+      [](int64_t start, int64_t stop, int64_t step, const std::string& dtype, const std::string& device) {
+        return ops::arange(start, stop, step, dtype_from_name(dtype), parse_device(device));
+      },
+      nb::arg("start"), nb::arg("stop"), nb::arg("step") = 1, nb::arg("dtype") = "int64",
+      nb::arg("device") = "cpu");
+}
+
+}  // namespace steepest::bindings

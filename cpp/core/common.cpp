@@ -1,0 +1,128 @@
+#include "steepest/common.h"
+
+#include "steepest/device.h"
+#include "steepest/dtype.h"
+
+namespace steepest {
+
+Dims::Dims(std::initializer_list<int64_t> values) {
+  for (int64_t v : values) push_back(v);
+}
+
+Dims Dims::filled(int n, int64_t value) {
+  Dims d;
+  for (int i = 0; i < n; ++i) d.push_back(value);
+  return d;
+}
+
+void Dims::push_back(int64_t value) {
+  if (size_ == kMaxDims) fail("shape", "tensors have at most ", kMaxDims, " dimensions");
+  values_[static_cast<size_t>(size_++)] = value;
+}
+
+void Dims::insert(int pos, int64_t value) {
+  push_back(0);
+  for (int i = size_ - 1; i > pos; --i) values_[i] = values_[i - 1];
+  values_[static_cast<size_t>(pos)] = value;
+}
+
+void Dims::erase(int pos) {
+  for (int i = pos; i + 1 < size_; ++i) values_[i] = values_[i + 1];
+  --size_;
+}
+
+int64_t Dims::product() const {
+  int64_t p = 1;
+  for (int i = 0; i < size_; ++i) p *= values_[i];
+  return p;
+}
+
+bool Dims::operator==(const Dims& other) const {
+  if (size_ != other.size_) return false;
+  for (int i = 0; i < size_; ++i)
+    if (values_[i] != other.values_[i]) return false;
+  return true;
+}
+
+std::string Dims::str() const {
+  std::string s = "(";
+  for (int i = 0; i < size_; ++i) {
+    if (i) s += ", ";
+    s += std::to_string(values_[i]);
+  }
+  if (size_ == 1) s += ",";
+  return s + ")";
+}
+
+int normalize_axis(const char* op, int64_t axis, int ndim) {
+  int64_t wrapped = axis < 0 ? axis + ndim : axis;
+  if (wrapped < 0 || wrapped >= ndim)
+    fail<IndexError>(op, "axis ", axis, " is out of range for a tensor with ", ndim,
+                     " dimensions");
+  return static_cast<int>(wrapped);
+}
+
+size_t itemsize(DType dtype) {
+  switch (dtype) {
+    case DType::Bool:
+      return 1;
+    case DType::Float16:
+    case DType::BFloat16:
+      return 2;
+    case DType::Int32:
+    case DType::Float32:
+      return 4;
+    case DType::Int64:
+    case DType::Float64:
+      return 8;
+  }
+  return 0;
+}
+
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::Bool:
+      return "bool";
+    case DType::Int32:
+      return "int32";
+    case DType::Int64:
+      return "int64";
+    case DType::Float16:
+      return "float16";
+    case DType::BFloat16:
+      return "bfloat16";
+    case DType::Float32:
+      return "float32";
+    case DType::Float64:
+      return "float64";
+  }
+  return "?";
+}
+
+DType dtype_from_name(std::string_view name) {
+  for (DType d : {DType::Bool, DType::Int32, DType::Int64, DType::Float16, DType::BFloat16,
+                  DType::Float32, DType::Float64})
+    if (name == dtype_name(d)) return d;
+  fail<TypeError>("dtype", "unknown dtype '", name,
+                  "'; expected one of float32, float64, float16, bfloat16, int32, int64, bool");
+}
+
+std::string Device::str() const {
+  return is_cpu() ? std::string("cpu") : "cuda:" + std::to_string(index);
+}
+
+Device parse_device(std::string_view text) {
+  if (text == "cpu") return {};
+  if (text == "cuda") return {DeviceType::CUDA, 0};
+  if (text.substr(0, 5) == "cuda:" && text.size() > 5) {
+    int index = 0;
+    for (char c : text.substr(5)) {
+      if (c < '0' || c > '9') fail("device", "unknown device '", text, "'");
+      index = index * 10 + (c - '0');
+    }
+    return {DeviceType::CUDA, index};
+  }
+  fail("device", "unknown device '", text, "'; expected 'cpu', 'cuda' or 'cuda:N'");
+}
+
+}  // namespace steepest

@@ -1,0 +1,240 @@
+// Elementwise CPU kernels: one small functor per operation, one generic strided loop.
+// The inner loops are specialised for the layouts that dominate training (all
+// contiguous, and a broadcast operand with stride 0 as in a bias add) so the compiler
+// vectorises them.
+#include <cmath>
+#include <type_traits>
+
+#include "loops.h"
+#include "steepest/kernels.h"
+
+namespace steepest::cpu {
+namespace {
+
+constexpr double kInvSqrt2 = 0.70710678118654752440;
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;
+
+template <class T>
+T stable_sigmoid(T x) {
+  if (x >= T(0)) return T(1) / (T(1) + std::exp(-x));
+  T e = std::exp(x);
+  return e / (T(1) + e);
+}
+
+// Unary functors: f(x, scalar).
+struct Neg { template <class T> T operator()(T x, T) const { return -x; } };
+struct Exp { template <class T> T operator()(T x, T) const { return std::exp(x); } };
+struct Log { template <class T> T operator()(T x, T) const { return std::log(x); } };
+struct Sqrt { template <class T> T operator()(T x, T) const { return std::sqrt(x); } };
+struct Abs { template <class T> T operator()(T x, T) const { return x < T(0) ? -x : x; } };
+// NOTE: the gradient of relu at 0 is taken as 0 (ReluGrad uses x > 0), as in PyTorch.
+struct Relu { template <class T> T operator()(T x, T) const { return x > T(0) ? x : T(0); } };
+struct Sigmoid { template <class T> T operator()(T x, T) const { return stable_sigmoid(x); } };
+struct Tanh { template <class T> T operator()(T x, T) const { return std::tanh(x); } };
+struct Gelu {
+  template <class T> T operator()(T x, T) const {
+    return T(0.5) * x * (T(1) + std::erf(x * T(kInvSqrt2)));
+  }
+};
+struct PowScalar { template <class T> T operator()(T x, T s) const { return std::pow(x, s); } };
+struct MulScalar { template <class T> T operator()(T x, T s) const { return x * s; } };
+struct AddScalar { template <class T> T operator()(T x, T s) const { return x + s; } };
+struct Sign { template <class T> T operator()(T x, T) const { return T((x > T(0)) - (x < T(0))); } };
+
+// Binary functors: f(a, b, scalar). The *Grad functors take (G, saved) and return the
+// input gradient of the seed's activation table.
+struct Add { template <class T> T operator()(T a, T b, T) const { return a + b; } };
+struct Sub { template <class T> T operator()(T a, T b, T) const { return a - b; } };
+struct Mul { template <class T> T operator()(T a, T b, T) const { return a * b; } };
+struct Div { template <class T> T operator()(T a, T b, T) const { return a / b; } };
+struct Eq { template <class T> bool operator()(T a, T b, T) const { return a == b; } };
+struct Ne { template <class T> bool operator()(T a, T b, T) const { return a != b; } };
+struct Lt { template <class T> bool operator()(T a, T b, T) const { return a < b; } };
+struct Le { template <class T> bool operator()(T a, T b, T) const { return a <= b; } };
+struct Gt { template <class T> bool operator()(T a, T b, T) const { return a > b; } };
+struct Ge { template <class T> bool operator()(T a, T b, T) const { return a >= b; } };
+// ReLU: G ⊙ 1{X>0}
+struct ReluGrad { template <class T> T operator()(T g, T x, T) const { return x > T(0) ? g : T(0); } };
+// Sigmoid: G ⊙ Z ⊙ (1 − Z), from the output Z
+struct SigmoidGrad { template <class T> T operator()(T g, T z, T) const { return g * z * (T(1) - z); } };
+// Tanh: G ⊙ (1 − Z²), from the output Z
+struct TanhGrad { template <class T> T operator()(T g, T z, T) const { return g * (T(1) - z * z); } };
+// GELU(x) = x Φ(x): G ⊙ (Φ(x) + x φ(x))
+struct GeluGrad {
+  template <class T> T operator()(T g, T x, T) const {
+    T cdf = T(0.5) * (T(1) + std::erf(x * T(kInvSqrt2)));
+    T pdf = T(kInvSqrt2Pi) * std::exp(T(-0.5) * x * x);
+    return g * (cdf + x * pdf);
+  }
+};
+// Power: G ⊙ k·Y^(k−1)
+struct PowScalarGrad {
+  template <class T> T operator()(T g, T x, T k) const { return g * k * std::pow(x, k - T(1)); }
+};
+// sqrt: G / (2·Z), from the output Z
+struct SqrtGrad { template <class T> T operator()(T g, T z, T) const { return g / (T(2) * z); } };
+// Binary cross-entropy on logits z against targets y, in the overflow-free form
+// max(z, 0) − z·y + log(1 + e^(−|z|)).
+struct BceWithLogits {
+  template <class T> T operator()(T z, T y, T) const {
+    T abs_z = z < T(0) ? -z : z;
+    return (z > T(0) ? z : T(0)) - z * y + std::log1p(std::exp(-abs_z));
+  }
+};
+// d/dz of the above: sigmoid(z) − y (the seed's a − y).
+struct BceWithLogitsGrad {
+  template <class T> T operator()(T z, T y, T) const { return stable_sigmoid(z) - y; }
+};
+
+template <class T, class F>
+void unary_loop(const Tensor& x, Tensor& out, T scalar, F f) {
+  const T* in = x.data<T>();
+  T* o = out.data<T>();
+  StridedLoop<2> loop(out.shape(), {&out.strides(), &x.strides()});
+  loop.run([&](const std::array<int64_t, 2>& off, int64_t n, const std::array<int64_t, 2>& st) {
+    T* po = o + off[0];
+    const T* pi = in + off[1];
+    if (st[0] == 1 && st[1] == 1) {
+      for (int64_t i = 0; i < n; ++i) po[i] = f(pi[i], scalar);
+    } else {
+      for (int64_t i = 0; i < n; ++i) po[i * st[0]] = f(pi[i * st[1]], scalar);
+    }
+  });
+}
+
+template <class T, class R, class F>
+void binary_loop(const Tensor& a, const Tensor& b, Tensor& out, T scalar, F f) {
+  const T* pa0 = a.data<T>();
+  const T* pb0 = b.data<T>();
+  R* po0 = out.data<R>();
+  StridedLoop<3> loop(out.shape(), {&out.strides(), &a.strides(), &b.strides()});
+  loop.run([&](const std::array<int64_t, 3>& off, int64_t n, const std::array<int64_t, 3>& st) {
+    R* po = po0 + off[0];
+    const T* pa = pa0 + off[1];
+    const T* pb = pb0 + off[2];
+    if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
+      for (int64_t i = 0; i < n; ++i) po[i] = f(pa[i], pb[i], scalar);
+    } else if (st[0] == 1 && st[1] == 1 && st[2] == 0) {
+      const T bv = *pb;
+      for (int64_t i = 0; i < n; ++i) po[i] = f(pa[i], bv, scalar);
+    } else if (st[0] == 1 && st[1] == 0 && st[2] == 1) {
+      const T av = *pa;
+      for (int64_t i = 0; i < n; ++i) po[i] = f(av, pb[i], scalar);
+    } else {
+      for (int64_t i = 0; i < n; ++i) po[i * st[0]] = f(pa[i * st[1]], pb[i * st[2]], scalar);
+    }
+  });
+}
+
+template <class Src, class Dst>
+void copy_loop(const Tensor& src, Tensor& dst) {
+  const Src* ps0 = src.data<Src>();
+  Dst* pd0 = dst.data<Dst>();
+  StridedLoop<2> loop(dst.shape(), {&dst.strides(), &src.strides()});
+  loop.run([&](const std::array<int64_t, 2>& off, int64_t n, const std::array<int64_t, 2>& st) {
+    Dst* pd = pd0 + off[0];
+    const Src* ps = ps0 + off[1];
+    if (st[0] == 1 && st[1] == 1) {
+      for (int64_t i = 0; i < n; ++i) pd[i] = static_cast<Dst>(ps[i]);
+    } else {
+      for (int64_t i = 0; i < n; ++i) pd[i * st[0]] = static_cast<Dst>(ps[i * st[1]]);
+    }
+  });
+}
+
+}  // namespace
+
+void copy(const Tensor& src, Tensor& dst) {
+  dispatch_all("copy", src.dtype(), [&](auto src_tag) {
+    using Src = typename decltype(src_tag)::type;
+    dispatch_all("copy", dst.dtype(), [&](auto dst_tag) {
+      using Dst = typename decltype(dst_tag)::type;
+      copy_loop<Src, Dst>(src, dst);
+    });
+  });
+}
+
+void fill(Tensor& dst, double value) {
+  dispatch_all("fill", dst.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* p = dst.data<T>();
+    const T v = static_cast<T>(value);
+    parallel_for(dst.numel(), kParallelGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) p[i] = v;
+    });
+  });
+}
+
+void unary(UnaryOp op, const Tensor& x, Tensor& out, double scalar) {
+  dispatch_float("unary", x.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T s = static_cast<T>(scalar);
+    switch (op) {
+#define STEEPEST_CASE(name)         \
+  case UnaryOp::name:               \
+    unary_loop<T>(x, out, s, name{}); \
+    break;
+      STEEPEST_UNARY_OPS(STEEPEST_CASE)
+#undef STEEPEST_CASE
+    }
+  });
+}
+
+void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out, double scalar) {
+  if (is_floating(a.dtype())) {
+    dispatch_float("binary", a.dtype(), [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      const T s = static_cast<T>(scalar);
+      switch (op) {
+#define STEEPEST_CASE(name)                                                                  \
+  case BinaryOp::name: {                                                                     \
+    using R = std::conditional_t<std::is_same_v<decltype(name{}(T{}, T{}, T{})), bool>, bool, T>; \
+    binary_loop<T, R>(a, b, out, s, name{});                                                 \
+    break;                                                                                   \
+  }
+        STEEPEST_BINARY_OPS(STEEPEST_CASE)
+#undef STEEPEST_CASE
+      }
+    });
+    return;
+  }
+  // Integer and bool tensors: exact arithmetic and comparisons only (integer division by
+  // zero would be undefined behaviour).
+  dispatch_all("binary", a.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    switch (op) {
+#define STEEPEST_CASE(name, R)                  \
+  case BinaryOp::name:                          \
+    binary_loop<T, R>(a, b, out, T{}, name{}); \
+    return;
+      STEEPEST_CASE(Eq, bool)
+      STEEPEST_CASE(Ne, bool)
+      STEEPEST_CASE(Lt, bool)
+      STEEPEST_CASE(Le, bool)
+      STEEPEST_CASE(Gt, bool)
+      STEEPEST_CASE(Ge, bool)
+#undef STEEPEST_CASE
+      default:
+        break;
+    }
+    if constexpr (!std::is_same_v<T, bool>) {
+      switch (op) {
+        case BinaryOp::Add:
+          binary_loop<T, T>(a, b, out, T{}, Add{});
+          return;
+        case BinaryOp::Sub:
+          binary_loop<T, T>(a, b, out, T{}, Sub{});
+          return;
+        case BinaryOp::Mul:
+          binary_loop<T, T>(a, b, out, T{}, Mul{});
+          return;
+        default:
+          break;
+      }
+    }
+    fail<TypeError>("binary", "this operation needs floating-point tensors, got ",
+                    dtype_name(a.dtype()));
+  });
+}
+
+}  // namespace steepest::cpu

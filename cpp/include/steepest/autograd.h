@@ -1,0 +1,67 @@
+// Define-by-run reverse-mode autograd. Every differentiable op result points at a Node;
+// Node::next holds the nodes of its inputs (null where an input needs no gradient).
+// backward() walks the graph in topological order and releases saved tensors as it
+// goes, so a second backward through the same graph is detected and refused.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "steepest/tensor.h"
+
+namespace steepest {
+
+class Node {
+ public:
+  virtual ~Node() = default;
+  // grad_inputs has one slot per entry of `next`; leave a slot undefined for "no gradient".
+  virtual void apply(const Tensor& grad_output, std::vector<Tensor>& grad_inputs) = 0;
+  virtual const char* name() const = 0;
+  // Drops saved tensors after backward (the graph cannot be replayed afterwards).
+  virtual void release_saved() {}
+
+  std::vector<std::shared_ptr<Node>> next;
+  bool released = false;
+};
+
+// The sink for gradients of a leaf: adds into leaf.grad.
+class AccumulateGrad final : public Node {
+ public:
+  explicit AccumulateGrad(std::shared_ptr<TensorImpl> leaf) : leaf_(std::move(leaf)) {}
+  void apply(const Tensor& grad_output, std::vector<Tensor>& grad_inputs) override;
+  const char* name() const override { return "AccumulateGrad"; }
+
+ private:
+  std::shared_ptr<TensorImpl> leaf_;
+};
+
+// Gradient mode (thread-local, like PyTorch): under NoGradGuard no graph is recorded.
+bool grad_enabled();
+void set_grad_enabled(bool enabled);
+
+class NoGradGuard {
+ public:
+  NoGradGuard() : previous_(grad_enabled()) { set_grad_enabled(false); }
+  ~NoGradGuard() { set_grad_enabled(previous_); }
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// The node that receives the gradient flowing into `t` (its grad_fn, or the accumulator
+// of a leaf that requires grad), or null when no gradient is wanted.
+std::shared_ptr<Node> gradient_edge(const Tensor& t);
+
+// True when grad mode is on and any input requires grad.
+bool any_requires_grad(std::initializer_list<const Tensor*> inputs);
+
+// Makes `node` the grad_fn of `output`, with edges to `inputs`.
+void attach(Tensor& output, std::shared_ptr<Node> node,
+            std::initializer_list<const Tensor*> inputs);
+
+// Runs backpropagation from `root`. grad may be undefined only for a one-element root.
+void backward(const Tensor& root, const Tensor& grad, bool retain_graph = false);
+
+}  // namespace steepest

@@ -1,0 +1,70 @@
+// Declarations of the kernel interface (kernels.def) for the CPU and CUDA backends,
+// and the small argument types it uses.
+#pragma once
+
+#include <cstdint>
+
+#include "steepest/tensor.h"
+
+namespace steepest {
+
+// Elementwise operations. The *Grad entries are the fused backward formulas of the
+// seed's activation table (激活函数): G ⊙ δ'(X) in one pass.
+#define STEEPEST_UNARY_OPS(X) \
+  X(Neg) X(Exp) X(Log) X(Sqrt) X(Abs) X(Relu) X(Sigmoid) X(Tanh) X(Gelu) X(PowScalar) \
+  X(MulScalar) X(AddScalar) X(Sign)
+#define STEEPEST_BINARY_OPS(X)                                                              \
+  X(Add) X(Sub) X(Mul) X(Div) X(Eq) X(Ne) X(Lt) X(Le) X(Gt) X(Ge) X(ReluGrad) X(SigmoidGrad) \
+  X(TanhGrad) X(GeluGrad) X(PowScalarGrad) X(SqrtGrad) X(BceWithLogits) X(BceWithLogitsGrad)
+
+#define STEEPEST_ENUM_ENTRY(name) name,
+enum class UnaryOp : uint8_t { STEEPEST_UNARY_OPS(STEEPEST_ENUM_ENTRY) };
+enum class BinaryOp : uint8_t { STEEPEST_BINARY_OPS(STEEPEST_ENUM_ENTRY) };
+#undef STEEPEST_ENUM_ENTRY
+
+inline bool is_comparison(BinaryOp op) {
+  return op == BinaryOp::Eq || op == BinaryOp::Ne || op == BinaryOp::Lt || op == BinaryOp::Le ||
+         op == BinaryOp::Gt || op == BinaryOp::Ge;
+}
+
+enum class ReduceOp : uint8_t { Sum, Max };
+enum class PoolKind : uint8_t { Max, Avg };
+enum class RandomKind : uint8_t { Uniform, Normal };
+
+// Row-major batched GEMM: C[i] = alpha * op(A[i]) * op(B[i]) + beta * C[i].
+// op(A) is m×k; A is stored k×m when trans_a. lda/ldb/ldc are row strides in elements.
+struct GemmArgs {
+  DType dtype = DType::Float32;
+  bool trans_a = false, trans_b = false;
+  int64_t m = 0, n = 0, k = 0;
+  int64_t batch = 1;
+  const void* a = nullptr;
+  int64_t lda = 0, stride_a = 0;
+  const void* b = nullptr;
+  int64_t ldb = 0, stride_b = 0;
+  void* c = nullptr;
+  int64_t ldc = 0, stride_c = 0;
+  double alpha = 1.0, beta = 0.0;
+};
+
+// Geometry shared by convolution and pooling (NCHW).
+struct Conv2dGeometry {
+  int64_t batch = 0, in_channels = 0, in_h = 0, in_w = 0;
+  int64_t out_channels = 0, kernel_h = 0, kernel_w = 0;
+  int64_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0;
+  int64_t out_h = 0, out_w = 0;
+};
+
+#define KERNEL(name, params) void name params;
+namespace cpu {
+#include "steepest/kernels.def"
+}
+namespace cuda {
+#include "steepest/kernels.def"
+}
+#undef KERNEL
+
+// The kernel `name` of the backend that owns `device`.
+#define STEEPEST_KERNEL(device, name) ((device).is_cuda() ? &::steepest::cuda::name : &::steepest::cpu::name)
+
+}  // namespace steepest

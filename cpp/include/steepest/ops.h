@@ -1,0 +1,101 @@
+// The differentiable operators. Each checks its inputs (throwing "[op] ..." errors),
+// runs the kernel of the input's device, and records a backward node when a gradient
+// is wanted. The backward formulas live together in cpp/ops/backward.cpp.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "steepest/kernels.h"
+#include "steepest/tensor.h"
+
+namespace steepest::ops {
+
+enum class Reduction : uint8_t { None, Sum, Mean };
+Reduction reduction_from_name(const char* op, const std::string& name);
+
+// An axis list for reductions; nullopt reduces over every axis.
+using Axes = std::optional<std::vector<int64_t>>;
+
+// Elementwise, numpy broadcasting, no implicit dtype promotion.
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor compare(BinaryOp op, const Tensor& a, const Tensor& b);  // bool result, no grad
+Tensor add_scalar(const Tensor& x, double value);
+Tensor mul_scalar(const Tensor& x, double value);
+// A 0-d tensor holding `value` with x's dtype and device (Python scalars in operators).
+Tensor scalar_like(const Tensor& x, double value);
+
+Tensor neg(const Tensor& x);
+Tensor exp(const Tensor& x);
+Tensor log(const Tensor& x);
+Tensor sqrt(const Tensor& x);
+Tensor abs(const Tensor& x);
+Tensor relu(const Tensor& x);
+Tensor sigmoid(const Tensor& x);
+Tensor tanh(const Tensor& x);
+Tensor gelu(const Tensor& x);
+Tensor power(const Tensor& x, double exponent);
+
+// Reductions.
+Tensor sum(const Tensor& x, const Axes& axes = std::nullopt, bool keepdims = false);
+Tensor mean(const Tensor& x, const Axes& axes = std::nullopt, bool keepdims = false);
+Tensor max(const Tensor& x, const Axes& axes = std::nullopt, bool keepdims = false);
+// Sums x down to `shape` (the backward of broadcasting, the seed's bias derivation).
+Tensor sum_to(const Tensor& x, const Dims& shape);
+
+// Linear algebra.
+Tensor matmul(const Tensor& a, const Tensor& b);
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
+
+// Neural-network ops.
+Tensor softmax(const Tensor& x, int64_t axis = -1);
+Tensor log_softmax(const Tensor& x, int64_t axis = -1);
+Tensor cross_entropy(const Tensor& logits, const Tensor& labels, Reduction reduction);
+Tensor mse_loss(const Tensor& prediction, const Tensor& target, Reduction reduction);
+Tensor binary_cross_entropy(const Tensor& input, const Tensor& target, bool from_logits,
+                            Reduction reduction);
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias,
+              std::pair<int64_t, int64_t> stride, std::pair<int64_t, int64_t> padding);
+Tensor max_pool2d(const Tensor& x, std::pair<int64_t, int64_t> kernel,
+                  std::pair<int64_t, int64_t> stride, std::pair<int64_t, int64_t> padding);
+Tensor avg_pool2d(const Tensor& x, std::pair<int64_t, int64_t> kernel,
+                  std::pair<int64_t, int64_t> stride, std::pair<int64_t, int64_t> padding);
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
+Tensor embedding(const Tensor& indices, const Tensor& table);
+// seed nullopt draws one from the global generator.
+Tensor dropout(const Tensor& x, double rate, bool training, std::optional<uint64_t> seed);
+
+// Shape and layout (views where possible, all differentiable).
+Tensor reshape(const Tensor& x, const Dims& shape);  // one -1 allowed
+Tensor flatten(const Tensor& x);                     // (N, ...) -> (N, prod(...))
+Tensor transpose(const Tensor& x, int64_t axis0, int64_t axis1);
+Tensor permute(const Tensor& x, const Dims& order);
+Tensor expand(const Tensor& x, const Dims& shape);
+Tensor unsqueeze(const Tensor& x, int64_t axis);
+Tensor squeeze(const Tensor& x, int64_t axis);
+Tensor slice(const Tensor& x, int64_t axis, int64_t start, int64_t stop, int64_t step);
+Tensor select(const Tensor& x, int64_t axis, int64_t index);  // drops the axis
+Tensor contiguous(const Tensor& x);
+Tensor clone(const Tensor& x);
+Tensor astype(const Tensor& x, DType dtype);
+Tensor to_device(const Tensor& x, Device device);
+
+// Creation.
+Tensor randn(const Dims& shape, std::optional<uint64_t> seed, DType dtype, Device device);
+Tensor rand(const Dims& shape, std::optional<uint64_t> seed, DType dtype, Device device);
+Tensor arange(int64_t start, int64_t stop, int64_t step, DType dtype, Device device);
+
+// Broadcast result shape of a and b, or a ValueError naming `op` and both shapes.
+Dims broadcast_shapes(const char* op, const Dims& a, const Dims& b);
+
+}  // namespace steepest::ops
+
+namespace steepest {
+// The global generator behind seed-less random ops (st.manual_seed).
+void manual_seed(uint64_t seed);
+uint64_t next_seed();
+}  // namespace steepest

@@ -1,0 +1,210 @@
+// The backward nodes of every differentiable op: what each saves in the forward pass.
+// Their apply() bodies — the backward formulas — are together in backward.cpp.
+#pragma once
+
+#include <vector>
+
+#include "steepest/autograd.h"
+#include "steepest/kernels.h"
+#include "steepest/ops.h"
+
+namespace steepest::ops {
+
+#define STEEPEST_NODE_NAME(type) \
+  const char* name() const override { return #type; }
+
+struct AddBackward final : Node {
+  AddBackward(Dims a, Dims b, bool subtract) : a_shape(a), b_shape(b), subtract(subtract) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  STEEPEST_NODE_NAME(AddBackward)
+  Dims a_shape, b_shape;
+  bool subtract;
+};
+
+struct MulBackward final : Node {
+  MulBackward(Tensor a, Tensor b) : a(std::move(a)), b(std::move(b)) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  void release_saved() override { a = b = Tensor(); }
+  STEEPEST_NODE_NAME(MulBackward)
+  Tensor a, b;
+};
+
+struct DivBackward final : Node {
+  DivBackward(Tensor a, Tensor b) : a(std::move(a)), b(std::move(b)) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  void release_saved() override { a = b = Tensor(); }
+  STEEPEST_NODE_NAME(DivBackward)
+  Tensor a, b;
+};
+
+// One node for every unary op; `saved` is the input or the output, whichever the
+// derivative is cheaper from.
+struct UnaryBackward final : Node {
+  UnaryBackward(UnaryOp op, Tensor saved, double scalar)
+      : op(op), saved(std::move(saved)), scalar(scalar) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  void release_saved() override { saved = Tensor(); }
+  const char* name() const override;
+  UnaryOp op;
+  Tensor saved;
+  double scalar;
+};
+
+struct SumBackward final : Node {
+  SumBackward(Dims input_shape, Dims kept_shape, double scale)
+      : input_shape(input_shape), kept_shape(kept_shape), scale(scale) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  STEEPEST_NODE_NAME(SumBackward)
+  Dims input_shape, kept_shape;  // kept_shape: the output with reduced axes as 1
+  double scale;                  // 1 for sum, 1/extent for mean
+};
+
+struct MaxBackward final : Node {
+  MaxBackward(Tensor argmax, Dims kept_shape, Dims order, Dims permuted_shape, int64_t outer,
+              int64_t extent, int64_t inner)
+      : argmax(std::move(argmax)), kept_shape(kept_shape), order(order),
+        permuted_shape(permuted_shape), outer(outer), extent(extent), inner(inner) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  void release_saved() override { argmax = Tensor(); }
+  STEEPEST_NODE_NAME(MaxBackward)
+  Tensor argmax;  // (outer, 1, inner) int64
+  Dims kept_shape, order, permuted_shape;
+  int64_t outer, extent, inner;
+};
+
+struct MatmulBackward final : Node {
+  MatmulBackward(Tensor a, Tensor b) : a(std::move(a)), b(std::move(b)) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  void release_saved() override { a = b = Tensor(); }
+  STEEPEST_NODE_NAME(MatmulBackward)
+  Tensor a, b;
+};
+
+struct ReshapeBackward final : Node {
+  explicit ReshapeBackward(Dims input_shape) : input_shape(input_shape) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  STEEPEST_NODE_NAME(ReshapeBackward)
+  Dims input_shape;
+};
+
+struct PermuteBackward final : Node {
+  explicit PermuteBackward(Dims order) : order(order) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  STEEPEST_NODE_NAME(PermuteBackward)
+  Dims order;
+};
+
+struct ExpandBackward final : Node {
+  explicit ExpandBackward(Dims input_shape) : input_shape(input_shape) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  STEEPEST_NODE_NAME(ExpandBackward)
+  Dims input_shape;
+};
+
+// Slicing one axis (select drops it): the gradient is written into a zero tensor of
+// the input's shape through the same view.
+struct SliceBackward final : Node {
+  SliceBackward(Dims input_shape, int axis, int64_t start, int64_t stop, int64_t step, bool select)
+      : input_shape(input_shape), axis(axis), start(start), stop(stop), step(step), select(select) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  STEEPEST_NODE_NAME(SliceBackward)
+  Dims input_shape;
+  int axis;
+  int64_t start, stop, step;
+  bool select;
+};
+
+struct IdentityBackward final : Node {
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  STEEPEST_NODE_NAME(IdentityBackward)
+};
+
+struct CastBackward final : Node {
+  explicit CastBackward(DType input_dtype) : input_dtype(input_dtype) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  STEEPEST_NODE_NAME(CastBackward)
+  DType input_dtype;
+};
+
+struct ToDeviceBackward final : Node {
+  explicit ToDeviceBackward(Device input_device) : input_device(input_device) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  STEEPEST_NODE_NAME(ToDeviceBackward)
+  Device input_device;
+};
+
+struct SoftmaxBackward final : Node {
+  SoftmaxBackward(Tensor y_last, int axis, bool log) : y_last(std::move(y_last)), axis(axis), log(log) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  void release_saved() override { y_last = Tensor(); }
+  const char* name() const override { return log ? "LogSoftmaxBackward" : "SoftmaxBackward"; }
+  Tensor y_last;  // the output with `axis` moved last, contiguous
+  int axis;
+  bool log;
+};
+
+struct CrossEntropyBackward final : Node {
+  CrossEntropyBackward(Tensor logits, Tensor labels, Tensor logsumexp, Reduction reduction)
+      : logits(std::move(logits)), labels(std::move(labels)), logsumexp(std::move(logsumexp)),
+        reduction(reduction) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  void release_saved() override { logits = labels = logsumexp = Tensor(); }
+  STEEPEST_NODE_NAME(CrossEntropyBackward)
+  Tensor logits, labels, logsumexp;  // logits (rows, classes) contiguous
+  Reduction reduction;
+};
+
+struct BceWithLogitsBackward final : Node {
+  BceWithLogitsBackward(Tensor logits, Tensor targets) : logits(std::move(logits)), targets(std::move(targets)) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  void release_saved() override { logits = targets = Tensor(); }
+  STEEPEST_NODE_NAME(BceWithLogitsBackward)
+  Tensor logits, targets;
+};
+
+struct LayerNormBackward final : Node {
+  LayerNormBackward(Tensor x, Tensor weight, Tensor mean, Tensor rstd, bool has_bias)
+      : x(std::move(x)), weight(std::move(weight)), mean(std::move(mean)), rstd(std::move(rstd)),
+        has_bias(has_bias) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  void release_saved() override { x = weight = mean = rstd = Tensor(); }
+  STEEPEST_NODE_NAME(LayerNormBackward)
+  Tensor x, weight, mean, rstd;
+  bool has_bias;
+};
+
+struct EmbeddingBackward final : Node {
+  EmbeddingBackward(Tensor indices, Dims table_shape) : indices(std::move(indices)), table_shape(table_shape) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  void release_saved() override { indices = Tensor(); }
+  STEEPEST_NODE_NAME(EmbeddingBackward)
+  Tensor indices;
+  Dims table_shape;
+};
+
+struct Conv2dBackward final : Node {
+  Conv2dBackward(Tensor x, Tensor weight, Conv2dGeometry geometry, bool has_bias)
+      : x(std::move(x)), weight(std::move(weight)), geometry(geometry), has_bias(has_bias) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  void release_saved() override { x = weight = Tensor(); }
+  STEEPEST_NODE_NAME(Conv2dBackward)
+  Tensor x, weight;
+  Conv2dGeometry geometry;
+  bool has_bias;
+};
+
+struct Pool2dBackward final : Node {
+  Pool2dBackward(PoolKind kind, Tensor argmax, Conv2dGeometry geometry, DType dtype)
+      : kind(kind), argmax(std::move(argmax)), geometry(geometry), dtype(dtype) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  void release_saved() override { argmax = Tensor(); }
+  const char* name() const override { return kind == PoolKind::Max ? "MaxPool2dBackward" : "AvgPool2dBackward"; }
+  PoolKind kind;
+  Tensor argmax;
+  Conv2dGeometry geometry;
+  DType dtype;
+};
+
+#undef STEEPEST_NODE_NAME
+
+}  // namespace steepest::ops

@@ -1,0 +1,166 @@
+// matmul with numpy semantics (1-D promotion, broadcast batch axes) on top of one
+// strided batched GEMM call; transposed operands are passed as flags, not copies.
+#include "backward.h"
+#include "internal.h"
+
+namespace steepest::ops {
+
+using detail::record;
+
+namespace {
+
+// How the GEMM reads the last two axes of t: row-major, or transposed, or neither
+// (then the caller makes t contiguous).
+struct MatrixLayout {
+  bool ok = false;
+  bool trans = false;
+  int64_t ld = 0;
+};
+
+MatrixLayout matrix_layout(const Tensor& t) {
+  int n = t.ndim();
+  int64_t rows = t.shape()[n - 2], cols = t.shape()[n - 1];
+  int64_t rs = t.strides()[n - 2], cs = t.strides()[n - 1];
+  if (cs == 1 || cols == 1) {
+    int64_t ld = rows > 1 ? rs : cols;
+    if (ld >= std::max<int64_t>(cols, 1)) return {true, false, ld};
+  }
+  if (rs == 1 || rows == 1) {
+    int64_t ld = cols > 1 ? cs : rows;
+    if (ld >= std::max<int64_t>(rows, 1)) return {true, true, ld};
+  }
+  return {};
+}
+
+// One stride that walks every batch matrix of t (batch axes all but the last two), if
+// the batch axes collapse into one.
+bool batch_stride(const Tensor& t, int64_t& stride) {
+  int nb = t.ndim() - 2;
+  stride = 0;
+  bool found = false;
+  for (int i = nb - 1; i >= 0; --i) {
+    if (t.shape()[i] == 1) continue;
+    if (!found) {
+      stride = t.strides()[i];
+      found = true;
+      continue;
+    }
+    // Outer axis must continue the inner one.
+    int64_t inner_span = 1;
+    for (int j = i + 1; j < nb; ++j) inner_span *= t.shape()[j];
+    if (t.strides()[i] != stride * inner_span) return false;
+  }
+  return true;
+}
+
+Tensor matmul_nd(const Tensor& a, const Tensor& b) {
+  int64_t m = a.shape()[a.ndim() - 2], k = a.shape().back(), n = b.shape().back();
+  Dims batch_a(a.shape().begin(), a.shape().end() - 2);
+  Dims batch_b(b.shape().begin(), b.shape().end() - 2);
+  Dims batch = batch_a == batch_b ? batch_a : broadcast_shapes("matmul", batch_a, batch_b);
+
+  Dims out_shape = batch;
+  out_shape.push_back(m);
+  out_shape.push_back(n);
+  Tensor out = Tensor::empty(out_shape, a.dtype(), a.device());
+
+  Tensor av = a.detach(), bv = b.detach();
+  GemmArgs args;
+  args.dtype = a.dtype();
+  args.m = m;
+  args.n = n;
+  args.k = k;
+  args.batch = batch.product();
+  if (b.ndim() == 2 && a.ndim() > 2 && a.is_contiguous()) {
+    // A batch of row blocks times one matrix: one tall GEMM.
+    args.m = m * args.batch;
+    args.batch = 1;
+    av = av.alias({args.m, k}, {k, 1}, av.offset());
+  } else {
+    Dims a_full = batch, b_full = batch;
+    a_full.push_back(m);
+    a_full.push_back(k);
+    b_full.push_back(k);
+    b_full.push_back(n);
+    av = expand(av, a_full);
+    bv = expand(bv, b_full);
+  }
+  MatrixLayout la = matrix_layout(av), lb = matrix_layout(bv);
+  if (!la.ok) {
+    av = contiguous(av);
+    la = matrix_layout(av);
+  }
+  if (!lb.ok) {
+    bv = contiguous(bv);
+    lb = matrix_layout(bv);
+  }
+  int64_t sa = 0, sb = 0;
+  if (!batch_stride(av, sa)) {
+    av = contiguous(av);
+    la = matrix_layout(av);
+    batch_stride(av, sa);
+  }
+  if (!batch_stride(bv, sb)) {
+    bv = contiguous(bv);
+    lb = matrix_layout(bv);
+    batch_stride(bv, sb);
+  }
+  args.a = av.data_ptr();
+  args.trans_a = la.trans;
+  args.lda = la.ld;
+  args.stride_a = sa;
+  args.b = bv.data_ptr();
+  args.trans_b = lb.trans;
+  args.ldb = lb.ld;
+  args.stride_b = sb;
+  args.c = out.data_ptr();
+  args.ldc = n;
+  args.stride_c = m * n;
+  if (out.numel() > 0) STEEPEST_KERNEL(a.device(), gemm)(args);
+  record<MatmulBackward>(out, {&a, &b}, a, b);
+  return out;
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  detail::check_float("matmul", a, "left operand");
+  detail::check_same_dtype("matmul", a, b);
+  detail::check_same_device("matmul", a, b);
+  if (a.ndim() == 0 || b.ndim() == 0)
+    fail("matmul", "operands must have at least one dimension, got shapes ", a.shape(), " and ",
+         b.shape());
+  int64_t ka = a.shape().back(), kb = b.ndim() == 1 ? b.shape()[0] : b.shape()[b.ndim() - 2];
+  if (ka != kb)
+    fail("matmul", "inner dimensions differ: ", a.shape(), " @ ", b.shape(), " (", ka, " vs ", kb,
+         ")");
+  // numpy's 1-D rules: a vector on the left is a row, on the right a column, and the
+  // added axis is removed from the result.
+  if (a.ndim() == 1 || b.ndim() == 1) {
+    Tensor a2 = a.ndim() == 1 ? reshape(a, {1, ka}) : a;
+    Tensor b2 = b.ndim() == 1 ? reshape(b, {kb, 1}) : b;
+    Tensor out = matmul_nd(a2, b2);
+    Dims shape = out.shape();
+    if (b.ndim() == 1) shape.erase(shape.size() - 1);
+    if (a.ndim() == 1) shape.erase(shape.size() - (b.ndim() == 1 ? 1 : 2));
+    return reshape(out, shape);
+  }
+  return matmul_nd(a, b);
+}
+
+// The seed's linear layer: Y = X·W + ones(B, 1)·b, with W of shape (in, out).
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  if (weight.ndim() != 2)
+    fail("linear", "weight must be 2-D (in_features, out_features), got shape ", weight.shape());
+  if (x.ndim() == 0 || x.shape().back() != weight.shape()[0])
+    fail("linear", "input of shape ", x.shape(), " does not match weight of shape ",
+         weight.shape(), " (expected the last input dimension to be ", weight.shape()[0], ")");
+  Tensor y = matmul(x, weight);
+  if (!bias.defined()) return y;
+  if (bias.ndim() != 1 || bias.shape()[0] != weight.shape()[1])
+    fail("linear", "bias of shape ", bias.shape(), " does not match weight of shape ",
+         weight.shape(), " (expected (", weight.shape()[1], ",))");
+  return add(y, bias);
+}
+
+}  // namespace steepest::ops

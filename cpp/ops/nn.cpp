@@ -1,0 +1,294 @@
+// Neural-network op front-ends: softmax family and losses, convolution and pooling,
+// layer norm, embedding, dropout.
+#include <cmath>
+
+#include "backward.h"
+#include "internal.h"
+
+namespace steepest::ops {
+
+using detail::check_float;
+using detail::record;
+
+Reduction reduction_from_name(const char* op, const std::string& name) {
+  if (name == "mean") return Reduction::Mean;
+  if (name == "sum") return Reduction::Sum;
+  if (name == "none") return Reduction::None;
+  fail(op, "reduction must be 'mean', 'sum' or 'none', got '", name, "'");
+}
+
+namespace {
+
+Tensor reduce_loss(const Tensor& per_element, Reduction reduction) {
+  if (reduction == Reduction::Mean) return mean(per_element);
+  if (reduction == Reduction::Sum) return sum(per_element);
+  return per_element;
+}
+
+Tensor softmax_like(const char* op, const Tensor& x, int64_t axis, bool log) {
+  check_float(op, x, "input");
+  if (x.ndim() == 0) fail(op, "expected at least one dimension, got a 0-d tensor");
+  int a = normalize_axis(op, axis, x.ndim());
+  Dims order = detail::move_axis_last_order(x.ndim(), a);
+  Tensor x_last = contiguous(permute(x.detach(), order));
+  Tensor y_last = Tensor::empty(x_last.shape(), x.dtype(), x.device());
+  STEEPEST_KERNEL(x.device(), softmax_forward)(x_last, y_last, log);
+  Tensor out = permute(y_last, detail::inverse_permutation(order));
+  if (out.impl() == y_last.impl()) out = y_last.detach();  // never alias the saved tensor
+  record<SoftmaxBackward>(out, {&x}, y_last, a, log);
+  return out;
+}
+
+}  // namespace
+
+Tensor softmax(const Tensor& x, int64_t axis) { return softmax_like("softmax", x, axis, false); }
+Tensor log_softmax(const Tensor& x, int64_t axis) {
+  return softmax_like("log_softmax", x, axis, true);
+}
+
+// seed: softmax + cross-entropy, fused (log-softmax inside, gradient p − y).
+Tensor cross_entropy(const Tensor& logits, const Tensor& labels, Reduction reduction) {
+  const char* op = "cross_entropy";
+  check_float(op, logits, "logits");
+  detail::check_defined(op, labels, "labels");
+  detail::check_same_device(op, logits, labels);
+  if (logits.ndim() < 1) fail(op, "logits must have a class axis, got shape ", logits.shape());
+  int64_t classes = logits.shape().back();
+  Dims row_shape(logits.shape().begin(), logits.shape().end() - 1);
+  int64_t rows = row_shape.product();
+  bool indices = !is_floating(labels.dtype());
+  if (indices) {
+    if (labels.dtype() != DType::Int64 && labels.dtype() != DType::Int32)
+      fail<TypeError>(op, "class-index labels must be int32 or int64, got ",
+                      dtype_name(labels.dtype()));
+    if (labels.shape() != row_shape)
+      fail(op, "labels of shape ", labels.shape(), " do not match logits of shape ",
+           logits.shape(), " (expected class indices of shape ", row_shape, ")");
+  } else {
+    detail::check_same_dtype(op, logits, labels);
+    if (labels.shape() != logits.shape())
+      fail(op, "probability labels of shape ", labels.shape(), " do not match logits of shape ",
+           logits.shape());
+  }
+  if (classes == 0 && rows > 0) fail(op, "logits of shape ", logits.shape(), " have no classes");
+  Tensor z = contiguous(reshape(logits.detach(), {rows, classes}));
+  Tensor y = indices ? contiguous(reshape(labels.detach(), {rows}))
+                     : contiguous(reshape(labels.detach(), {rows, classes}));
+  Tensor loss = Tensor::empty({rows}, logits.dtype(), logits.device());
+  Tensor lse = Tensor::empty({rows}, logits.dtype(), logits.device());
+  STEEPEST_KERNEL(logits.device(), cross_entropy_forward)(z, y, loss, lse);
+  Tensor out;
+  if (reduction == Reduction::None) {
+    out = reshape(loss, row_shape).detach();
+  } else {
+    NoGradGuard no_grad;
+    out = reduction == Reduction::Mean ? mean(loss) : sum(loss);
+  }
+  // Edges: logits, then labels (soft labels are differentiable, class indices are not).
+  const Tensor* label_input = indices ? nullptr : &labels;
+  record<CrossEntropyBackward>(out, {&logits, label_input}, z, y, lse, reduction);
+  return out;
+}
+
+Tensor mse_loss(const Tensor& prediction, const Tensor& target, Reduction reduction) {
+  check_float("mse_loss", prediction, "prediction");
+  if (prediction.shape() != target.shape())
+    fail("mse_loss", "prediction of shape ", prediction.shape(), " and target of shape ",
+         target.shape(), " differ");
+  Tensor diff = sub(prediction, target);
+  return reduce_loss(mul(diff, diff), reduction);
+}
+
+Tensor binary_cross_entropy(const Tensor& input, const Tensor& target, bool from_logits,
+                            Reduction reduction) {
+  const char* op = "binary_cross_entropy";
+  check_float(op, input, "input");
+  detail::check_same_dtype(op, input, target);
+  if (input.shape() != target.shape())
+    fail(op, "input of shape ", input.shape(), " and target of shape ", target.shape(), " differ");
+  if (!from_logits) {
+    // −(y log p + (1 − y) log(1 − p)) on probabilities.
+    Tensor one_minus_p = add_scalar(neg(input), 1.0);
+    Tensor one_minus_y = add_scalar(neg(target), 1.0);
+    Tensor ll = add(mul(target, log(input)), mul(one_minus_y, log(one_minus_p)));
+    return reduce_loss(neg(ll), reduction);
+  }
+  Tensor per_element = detail::binary_raw(BinaryOp::BceWithLogits, input, target, 0.0, op);
+  record<BceWithLogitsBackward>(per_element, {&input, &target}, input, target);
+  return reduce_loss(per_element, reduction);
+}
+
+// --- convolution and pooling ---------------------------------------------------------
+
+namespace {
+
+int64_t output_extent(int64_t in, int64_t kernel, int64_t stride, int64_t pad) {
+  return (in + 2 * pad - kernel) / stride + 1;
+}
+
+void check_image(const char* op, const Tensor& x) {
+  check_float(op, x, "input");
+  if (x.ndim() != 4) fail(op, "expected an NCHW input of 4 dimensions, got shape ", x.shape());
+}
+
+void check_window(const char* op, std::pair<int64_t, int64_t> stride,
+                  std::pair<int64_t, int64_t> padding) {
+  if (stride.first <= 0 || stride.second <= 0)
+    fail(op, "stride must be positive, got (", stride.first, ", ", stride.second, ")");
+  if (padding.first < 0 || padding.second < 0)
+    fail(op, "padding must be non-negative, got (", padding.first, ", ", padding.second, ")");
+}
+
+}  // namespace
+
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias,
+              std::pair<int64_t, int64_t> stride, std::pair<int64_t, int64_t> padding) {
+  const char* op = "conv2d";
+  check_image(op, x);
+  detail::check_same_dtype(op, x, weight);
+  detail::check_same_device(op, x, weight);
+  check_window(op, stride, padding);
+  if (weight.ndim() != 4)
+    fail(op, "weight must be (out_channels, in_channels, kh, kw), got shape ", weight.shape());
+  if (weight.shape()[1] != x.shape()[1])
+    fail(op, "input of shape ", x.shape(), " has ", x.shape()[1],
+         " channels but weight of shape ", weight.shape(), " expects ", weight.shape()[1]);
+  Conv2dGeometry g;
+  g.batch = x.shape()[0];
+  g.in_channels = x.shape()[1];
+  g.in_h = x.shape()[2];
+  g.in_w = x.shape()[3];
+  g.out_channels = weight.shape()[0];
+  g.kernel_h = weight.shape()[2];
+  g.kernel_w = weight.shape()[3];
+  g.stride_h = stride.first;
+  g.stride_w = stride.second;
+  g.pad_h = padding.first;
+  g.pad_w = padding.second;
+  if (g.kernel_h > g.in_h + 2 * g.pad_h || g.kernel_w > g.in_w + 2 * g.pad_w)
+    fail(op, "kernel ", Dims{g.kernel_h, g.kernel_w}, " is larger than the padded input ",
+         Dims{g.in_h + 2 * g.pad_h, g.in_w + 2 * g.pad_w}, " (input shape ", x.shape(),
+         ", padding ", Dims{g.pad_h, g.pad_w}, ")");
+  g.out_h = output_extent(g.in_h, g.kernel_h, g.stride_h, g.pad_h);
+  g.out_w = output_extent(g.in_w, g.kernel_w, g.stride_w, g.pad_w);
+  if (bias.defined()) {
+    detail::check_same_dtype(op, x, bias);
+    if (bias.ndim() != 1 || bias.shape()[0] != g.out_channels)
+      fail(op, "bias of shape ", bias.shape(), " does not match ", g.out_channels,
+           " output channels");
+  }
+  Tensor xc = contiguous(x.detach()), wc = contiguous(weight.detach());
+  Tensor bc = bias.defined() ? contiguous(bias.detach()) : Tensor();
+  Tensor y = Tensor::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x.dtype(), x.device());
+  STEEPEST_KERNEL(x.device(), conv2d_forward)(xc, wc, bc, g, y);
+  record<Conv2dBackward>(y, {&x, &weight, bias.defined() ? &bias : nullptr}, xc, wc, g,
+                         bias.defined());
+  return y;
+}
+
+namespace {
+
+Tensor pool2d(const char* op, PoolKind kind, const Tensor& x, std::pair<int64_t, int64_t> kernel,
+              std::pair<int64_t, int64_t> stride, std::pair<int64_t, int64_t> padding) {
+  check_image(op, x);
+  check_window(op, stride, padding);
+  if (kernel.first <= 0 || kernel.second <= 0)
+    fail(op, "kernel_size must be positive, got (", kernel.first, ", ", kernel.second, ")");
+  if (2 * padding.first > kernel.first || 2 * padding.second > kernel.second)
+    fail(op, "padding (", padding.first, ", ", padding.second,
+         ") must be at most half of kernel_size (", kernel.first, ", ", kernel.second, ")");
+  Conv2dGeometry g;
+  g.batch = x.shape()[0];
+  g.in_channels = g.out_channels = x.shape()[1];
+  g.in_h = x.shape()[2];
+  g.in_w = x.shape()[3];
+  g.kernel_h = kernel.first;
+  g.kernel_w = kernel.second;
+  g.stride_h = stride.first;
+  g.stride_w = stride.second;
+  g.pad_h = padding.first;
+  g.pad_w = padding.second;
+  int64_t padded_h = g.in_h + 2 * g.pad_h, padded_w = g.in_w + 2 * g.pad_w;
+  if (g.kernel_h > padded_h || g.kernel_w > padded_w)
+    fail(op, "output size would be <= 0: kernel ", Dims{g.kernel_h, g.kernel_w},
+         " does not fit the padded input ", Dims{padded_h, padded_w}, " (input shape ", x.shape(),
+         ")");
+  g.out_h = output_extent(g.in_h, g.kernel_h, g.stride_h, g.pad_h);
+  g.out_w = output_extent(g.in_w, g.kernel_w, g.stride_w, g.pad_w);
+  Tensor xc = contiguous(x.detach());
+  Tensor y = Tensor::empty({g.batch, g.in_channels, g.out_h, g.out_w}, x.dtype(), x.device());
+  Tensor argmax;
+  if (kind == PoolKind::Max) argmax = Tensor::empty(y.shape(), DType::Int64, x.device());
+  STEEPEST_KERNEL(x.device(), pool2d_forward)(kind, xc, g, y, kind == PoolKind::Max ? &argmax : nullptr);
+  record<Pool2dBackward>(y, {&x}, kind, argmax, g, x.dtype());
+  return y;
+}
+
+}  // namespace
+
+Tensor max_pool2d(const Tensor& x, std::pair<int64_t, int64_t> kernel,
+                  std::pair<int64_t, int64_t> stride, std::pair<int64_t, int64_t> padding) {
+  return pool2d("max_pool2d", PoolKind::Max, x, kernel, stride, padding);
+}
+
+Tensor avg_pool2d(const Tensor& x, std::pair<int64_t, int64_t> kernel,
+                  std::pair<int64_t, int64_t> stride, std::pair<int64_t, int64_t> padding) {
+  return pool2d("avg_pool2d", PoolKind::Avg, x, kernel, stride, padding);
+}
+
+// --- normalisation, embedding, dropout -------------------------------------------------
+
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  const char* op = "layer_norm";
+  check_float(op, x, "input");
+  if (x.ndim() == 0) fail(op, "expected at least one dimension, got a 0-d tensor");
+  int64_t cols = x.shape().back();
+  for (const Tensor* p : {&weight, &bias}) {
+    if (!p->defined()) continue;
+    detail::check_same_dtype(op, x, *p);
+    if (p->ndim() != 1 || p->shape()[0] != cols)
+      fail(op, "weight/bias of shape ", p->shape(), " do not match the normalised axis of ",
+           x.shape(), " (expected (", cols, ",))");
+  }
+  if (!(eps > 0)) fail(op, "eps must be positive, got ", eps);
+  Tensor xc = contiguous(x.detach());
+  Tensor wc = weight.defined() ? contiguous(weight.detach()) : Tensor();
+  Tensor bc = bias.defined() ? contiguous(bias.detach()) : Tensor();
+  int64_t rows = cols ? x.numel() / cols : 0;
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor mu = Tensor::empty({rows}, x.dtype(), x.device());
+  Tensor rstd = Tensor::empty({rows}, x.dtype(), x.device());
+  STEEPEST_KERNEL(x.device(), layer_norm_forward)(xc, wc, bc, eps, y, mu, rstd);
+  record<LayerNormBackward>(y, {&x, weight.defined() ? &weight : nullptr, bias.defined() ? &bias : nullptr},
+                            xc, wc, mu, rstd, bias.defined());
+  return y;
+}
+
+Tensor embedding(const Tensor& indices, const Tensor& table) {
+  const char* op = "embedding";
+  check_float(op, table, "table");
+  detail::check_same_device(op, indices, table);
+  if (indices.dtype() != DType::Int64 && indices.dtype() != DType::Int32)
+    fail<TypeError>(op, "indices must be int32 or int64, got ", dtype_name(indices.dtype()));
+  if (table.ndim() != 2) fail(op, "table must be 2-D (vocab, dim), got shape ", table.shape());
+  Tensor idx = contiguous(indices.detach());
+  Dims out_shape = indices.shape();
+  out_shape.push_back(table.shape()[1]);
+  Tensor out = Tensor::empty(out_shape, table.dtype(), table.device());
+  STEEPEST_KERNEL(table.device(), embedding_forward)(idx, contiguous(table.detach()), out);
+  record<EmbeddingBackward>(out, {nullptr, &table}, idx, table.shape());
+  return out;
+}
+
+// Inverted dropout: kept activations are scaled by 1/(1 − rate) so the expectation is
+// unchanged and inference needs no rescaling.
+Tensor dropout(const Tensor& x, double rate, bool training, std::optional<uint64_t> seed) {
+  check_float("dropout", x, "input");
+  if (!(rate >= 0.0 && rate < 1.0)) fail("dropout", "rate must be in [0, 1), got ", rate);
+  if (!training || rate == 0.0) return x;
+  Tensor mask = Tensor::empty(x.shape(), x.dtype(), x.device());
+  STEEPEST_KERNEL(x.device(), dropout_mask)(mask, rate, seed ? *seed : next_seed());
+  return mul(x, mask);
+}
+
+}  // namespace steepest::ops

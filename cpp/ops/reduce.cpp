@@ -1,0 +1,174 @@
+// Reductions: any set of axes is brought into the (outer, extent, inner) form the
+// kernels take — without a copy when the reduced axes are adjacent in a contiguous
+// tensor, otherwise by moving them last.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+
+#include "backward.h"
+#include "internal.h"
+
+namespace steepest::ops {
+
+using detail::record;
+
+namespace {
+
+struct ReductionPlan {
+  Tensor layout;  // contiguous, viewed as (outer, extent, inner)
+  Dims order;     // permutation applied to x to get `layout`
+  Dims permuted_shape;
+  int64_t outer = 1, extent = 1, inner = 1;
+  Dims out_shape, kept_shape;
+};
+
+ReductionPlan plan_reduction(const char* op, const Tensor& x, const Axes& axes, bool keepdims) {
+  int ndim = x.ndim();
+  uint32_t reduced = 0;
+  if (!axes) {
+    reduced = (1u << ndim) - 1;
+  } else {
+    for (int64_t axis : *axes) {
+      int a = normalize_axis(op, axis, ndim);
+      if (reduced & (1u << a)) fail(op, "axis ", axis, " is repeated");
+      reduced |= 1u << a;
+    }
+  }
+  ReductionPlan plan;
+  for (int i = 0; i < ndim; ++i) {
+    bool r = reduced & (1u << i);
+    plan.kept_shape.push_back(r ? 1 : x.shape()[i]);
+    if (!r || keepdims) plan.out_shape.push_back(r ? 1 : x.shape()[i]);
+  }
+  // Reduced axes form one adjacent run?
+  int first = -1, last = -1;
+  for (int i = 0; i < ndim; ++i)
+    if (reduced & (1u << i)) {
+      if (first < 0) first = i;
+      last = i;
+    }
+  bool adjacent = first >= 0;
+  for (int i = first; adjacent && i <= last; ++i)
+    if (!(reduced & (1u << i))) adjacent = false;
+  if (first < 0) {  // no axes: reduce a dummy extent of 1
+    for (int i = 0; i < ndim; ++i) plan.order.push_back(i);
+    plan.layout = contiguous(x.detach());
+    plan.outer = x.numel();
+  } else if (adjacent) {
+    for (int i = 0; i < ndim; ++i) plan.order.push_back(i);
+    plan.layout = contiguous(x.detach());
+    for (int i = 0; i < ndim; ++i) {
+      int64_t d = x.shape()[i];
+      if (i < first) plan.outer *= d;
+      else if (i <= last) plan.extent *= d;
+      else plan.inner *= d;
+    }
+  } else {
+    for (int i = 0; i < ndim; ++i)
+      if (!(reduced & (1u << i))) {
+        plan.order.push_back(i);
+        plan.outer *= x.shape()[i];
+      }
+    for (int i = 0; i < ndim; ++i)
+      if (reduced & (1u << i)) {
+        plan.order.push_back(i);
+        plan.extent *= x.shape()[i];
+      }
+    plan.layout = contiguous(permute(x.detach(), plan.order));
+  }
+  plan.permuted_shape = plan.layout.shape();
+  return plan;
+}
+
+Tensor run_sum(const char* op, const Tensor& x, const Axes& axes, bool keepdims, bool mean) {
+  detail::check_float(op, x, "input");
+  ReductionPlan plan = plan_reduction(op, x, axes, keepdims);
+  Tensor out = Tensor::empty(plan.out_shape, x.dtype(), x.device());
+  STEEPEST_KERNEL(x.device(), reduce)(ReduceOp::Sum, plan.layout, plan.outer, plan.extent,
+                                      plan.inner, out, nullptr);
+  double scale = 1.0;
+  if (mean) {
+    scale = plan.extent ? 1.0 / static_cast<double>(plan.extent) : std::nan("");
+    STEEPEST_KERNEL(x.device(), unary)(UnaryOp::MulScalar, out, out, scale);
+  }
+  record<SumBackward>(out, {&x}, x.shape(), plan.kept_shape, scale);
+  return out;
+}
+
+}  // namespace
+
+Tensor sum(const Tensor& x, const Axes& axes, bool keepdims) {
+  return run_sum("sum", x, axes, keepdims, false);
+}
+
+Tensor mean(const Tensor& x, const Axes& axes, bool keepdims) {
+  return run_sum("mean", x, axes, keepdims, true);
+}
+
+Tensor max(const Tensor& x, const Axes& axes, bool keepdims) {
+  detail::check_float("max", x, "input");
+  ReductionPlan plan = plan_reduction("max", x, axes, keepdims);
+  if (plan.extent == 0 || (x.numel() == 0 && !axes))
+    fail("max", "cannot take the max over an empty axis (input shape ", x.shape(),
+         "); there is no identity for max");
+  Tensor out = Tensor::empty(plan.out_shape, x.dtype(), x.device());
+  Tensor argmax = Tensor::empty({plan.outer, 1, plan.inner}, DType::Int64, x.device());
+  STEEPEST_KERNEL(x.device(), reduce)(ReduceOp::Max, plan.layout, plan.outer, plan.extent,
+                                      plan.inner, out, &argmax);
+  record<MaxBackward>(out, {&x}, argmax, plan.kept_shape, plan.order, plan.permuted_shape,
+                      plan.outer, plan.extent, plan.inner);
+  return out;
+}
+
+Tensor sum_to(const Tensor& x, const Dims& shape) {
+  if (x.shape() == shape) return x;
+  int lead = x.ndim() - shape.size();
+  if (lead < 0) fail("sum_to", "cannot sum shape ", x.shape(), " to ", shape);
+  std::vector<int64_t> axes;
+  for (int i = 0; i < x.ndim(); ++i) {
+    if (i < lead) {
+      axes.push_back(i);
+    } else if (shape[i - lead] == 1 && x.shape()[i] != 1) {
+      axes.push_back(i);
+    } else if (shape[i - lead] != x.shape()[i]) {
+      fail("sum_to", "cannot sum shape ", x.shape(), " to ", shape);
+    }
+  }
+  if (axes.empty()) return reshape(x, shape);
+  return reshape(sum(x, axes, true), shape);
+}
+
+// --- creation ----------------------------------------------------------------------
+
+Tensor randn(const Dims& shape, std::optional<uint64_t> seed, DType dtype, Device device) {
+  Tensor out = Tensor::empty(shape, dtype, device);
+  STEEPEST_KERNEL(device, random_fill)(out, RandomKind::Normal, seed ? *seed : next_seed());
+  return out;
+}
+
+Tensor rand(const Dims& shape, std::optional<uint64_t> seed, DType dtype, Device device) {
+  Tensor out = Tensor::empty(shape, dtype, device);
+  STEEPEST_KERNEL(device, random_fill)(out, RandomKind::Uniform, seed ? *seed : next_seed());
+  return out;
+}
+
+Tensor arange(int64_t start, int64_t stop, int64_t step, DType dtype, Device device) {
+  if (step == 0) fail("arange", "step must not be zero");
+  int64_t count = std::max<int64_t>(0, (stop - start + step - (step > 0 ? 1 : -1)) / step);
+  Tensor host = Tensor::empty({count}, DType::Int64);
+  int64_t* p = host.data<int64_t>();
+  for (int64_t i = 0; i < count; ++i) p[i] = start + i * step;
+  Tensor typed = astype(host, dtype);
+  return device.is_cpu() ? typed : to_device(typed, device);
+}
+
+}  // namespace steepest::ops
+
+namespace steepest {
+namespace {
+std::atomic<uint64_t> g_seed_counter{0x5EED5EED5EEDull};
+}
+void manual_seed(uint64_t seed) { g_seed_counter.store(seed); }
+// Successive draws get distinct keys: the counter advances by an odd constant.
+uint64_t next_seed() { return g_seed_counter.fetch_add(0x9E3779B97F4A7C15ull); }
+}  // namespace steepest

@@ -1,0 +1,134 @@
+"""Creating tensors from Python data, NumPy arrays and DLPack producers."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _core
+from ._core import Tensor
+
+_NUMPY_TO_DTYPE = {
+    np.dtype(np.float32): "float32",
+    np.dtype(np.float64): "float64",
+    np.dtype(np.int32): "int32",
+    np.dtype(np.int64): "int64",
+    np.dtype(np.bool_): "bool",
+}
+
+
+def _default_dtype(array: np.ndarray) -> str:
+    # Python floats become float32 (the training dtype), integers int64 (labels).
+    if array.dtype.kind == "f":
+        return "float32"
+    if array.dtype.kind in "iu":
+        return "int64"
+    if array.dtype.kind == "b":
+        return "bool"
+    raise TypeError(f"[tensor] cannot make a tensor from data of dtype {array.dtype}")
+
+
+def from_numpy(array: np.ndarray) -> Tensor:
+    """A tensor sharing ``array``'s memory (a copy only for negative or odd strides)."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"[from_numpy] expected a numpy.ndarray, got {type(array).__name__}")
+    if array.dtype not in _NUMPY_TO_DTYPE:
+        raise TypeError(
+            f"[from_numpy] unsupported dtype {array.dtype}; "
+            "expected float32, float64, int32, int64 or bool"
+        )
+    if any(s < 0 or s % array.itemsize for s in array.strides):
+        array = np.ascontiguousarray(array)
+    return _core.from_dlpack(array, array)
+
+
+def from_dlpack(obj: Any) -> Tensor:
+    """A tensor sharing the memory of any object that implements ``__dlpack__``."""
+    return _core.from_dlpack(obj, obj)
+
+
+def tensor(
+    data: Any,
+    dtype: Optional[str] = None,
+    device: str = "cpu",
+    requires_grad: bool = False,
+) -> Tensor:
+    """A new tensor holding a copy of ``data`` (numpy array, nested lists, scalar, Tensor).
+
+    ``dtype=None`` picks float32 for floating data, int64 for integers, bool for bools.
+    """
+    if isinstance(data, Tensor):
+        array = data.numpy()
+    else:
+        array = np.asarray(data)
+    target = dtype if dtype is not None else _default_dtype(array)
+    if target not in ("float32", "float64", "int32", "int64", "bool"):
+        raise TypeError(
+            f"[tensor] unknown dtype '{target}'; expected float32, float64, int32, int64 or bool"
+        )
+    array = np.array(array, dtype=target, order="C", copy=True)
+    result = _core.from_dlpack(array, array)
+    if device != "cpu":
+        result = result.to(device)
+    if requires_grad:
+        result.requires_grad = True
+    return result
+
+
+def _shape(args: tuple) -> tuple:
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        return tuple(args[0])
+    return tuple(args)
+
+
+def empty(*shape, dtype: str = "float32", device: str = "cpu", requires_grad: bool = False) -> Tensor:
+    t = _core.empty(_shape(shape), dtype, device)
+    t.requires_grad = requires_grad
+    return t
+
+
+def full(shape, fill_value: float, dtype: str = "float32", device: str = "cpu",
+         requires_grad: bool = False) -> Tensor:
+    t = _core.full(_shape((shape,)), fill_value, dtype, device)
+    t.requires_grad = requires_grad
+    return t
+
+
+def zeros(*shape, dtype: str = "float32", device: str = "cpu", requires_grad: bool = False) -> Tensor:
+    return full(_shape(shape), 0.0, dtype=dtype, device=device, requires_grad=requires_grad)
+
+
+def ones(*shape, dtype: str = "float32", device: str = "cpu", requires_grad: bool = False) -> Tensor:
+    return full(_shape(shape), 1.0, dtype=dtype, device=device, requires_grad=requires_grad)
+
+
+def zeros_like(t: Tensor, requires_grad: bool = False) -> Tensor:
+    return zeros(t.shape, dtype=t.dtype, device=t.device, requires_grad=requires_grad)
+
+
+def ones_like(t: Tensor, requires_grad: bool = False) -> Tensor:
+    return ones(t.shape, dtype=t.dtype, device=t.device, requires_grad=requires_grad)
+
+
+def randn(*shape, seed: Optional[int] = None, dtype: str = "float32", device: str = "cpu",
+          requires_grad: bool = False) -> Tensor:
+    """Standard normal samples; the same seed gives the same values on every backend."""
+    t = _core.randn(_shape(shape), seed, dtype, device)
+    t.requires_grad = requires_grad
+    return t
+
+
+def rand(*shape, seed: Optional[int] = None, dtype: str = "float32", device: str = "cpu",
+         requires_grad: bool = False) -> Tensor:
+    """Uniform samples in [0, 1)."""
+    t = _core.rand(_shape(shape), seed, dtype, device)
+    t.requires_grad = requires_grad
+    return t
+
+
+def arange(start: int, stop: Optional[int] = None, step: int = 1, dtype: str = "int64",
+           device: str = "cpu") -> Tensor:
+    if stop is None:
+        start, stop = 0, start
+    return _core.arange(start, stop, step, dtype, device)
