@@ -4,6 +4,9 @@
 
 #include <nanobind/stl/string.h>
 
+#include <limits>
+#include <vector>
+
 #include "steepest/storage.h"
 
 namespace steepest {
@@ -63,6 +66,17 @@ void init_build_info(nb::module_& m) {
   m.def("empty_cache", &cpu_allocator_empty_cache,
         "Returns the CPU allocator's cached blocks to the system.");
   m.def("reset_peak_memory_stats", &cpu_allocator_reset_peak);
+#if defined(STEEPEST_SANITIZED)
+  // Deliberate faults for the CI test that proves the sanitizers are live in this build.
+  m.def("_sanitizer_fault", [](const std::string& kind, int index) {
+    if (kind == "heap-overflow") {
+      std::vector<int> values(4, 1);
+      return values.data()[index];  // index 4 reads past the end
+    }
+    int big = std::numeric_limits<int>::max() - 1 + index;  // index > 1 overflows
+    return big + index;
+  });
+#endif
 }
 
 }  // namespace steepest::bindings

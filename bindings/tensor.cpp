@@ -312,7 +312,7 @@ void init_tensor(nb::module_& m) {
       .def(
           "__dlpack__",
           [](const Tensor& t, nb::kwargs kwargs) {
-            nb::object view = nb::cast(tensor_view(t));
+            nb::object view = nb::cast(nb::ndarray<nb::array_api>(tensor_view(t)));
             return view.attr("__dlpack__")(**kwargs);
           },
           "DLPack export, for torch.from_dlpack and numpy.from_dlpack.")

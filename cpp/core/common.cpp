@@ -54,11 +54,12 @@ std::string Dims::str() const {
   return s + ")";
 }
 
-int normalize_axis(const char* op, int64_t axis, int ndim) {
+int normalize_axis(const char* op, int64_t axis, const Dims& shape, int ndim) {
+  if (ndim < 0) ndim = shape.size();
   int64_t wrapped = axis < 0 ? axis + ndim : axis;
   if (wrapped < 0 || wrapped >= ndim)
-    fail<IndexError>(op, "axis ", axis, " is out of range for a tensor with ", ndim,
-                     " dimensions");
+    fail<ValueError>(op, "axis ", axis, " is out of range for a tensor of shape ", shape, " (",
+                     shape.size(), " dimensions)");
   return static_cast<int>(wrapped);
 }
 

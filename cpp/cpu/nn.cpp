@@ -18,14 +18,22 @@ T row_max(const T* x, int64_t n) {
   return m;
 }
 
-// log Σ exp(x) = m + log Σ exp(x − m), m = max x.
+// The seed's log-softmax shift: log Σ exp(x) = m + log Σ exp(x − m) with m = max x.
+// m and log Σ exp(x − m) are kept apart so that (x − m) − log Σ stays exact in float32
+// when |x| is large (adding m back first would round away the small part).
 template <class T>
-T row_logsumexp(const T* x, int64_t n) {
+struct ShiftedLogSum {
+  T max;
+  T log_sum;
+};
+
+template <class T>
+ShiftedLogSum<T> row_shifted_logsum(const T* x, int64_t n) {
   T m = row_max(x, n);
-  if (std::isinf(m)) return m;
+  if (std::isinf(m)) return {m, T(0)};
   T s = 0;
   for (int64_t i = 0; i < n; ++i) s += std::exp(x[i] - m);
-  return m + std::log(s);
+  return {m, std::log(s)};
 }
 
 int64_t rows_grain(int64_t cols) {
@@ -44,11 +52,11 @@ void softmax_forward(const Tensor& x, Tensor& y, bool log) {
       for (int64_t r = begin; r < end; ++r) {
         const T* xr = px + r * cols;
         T* yr = py + r * cols;
-        T lse = row_logsumexp(xr, cols);
+        ShiftedLogSum<T> ls = row_shifted_logsum(xr, cols);
         if (log) {
-          for (int64_t i = 0; i < cols; ++i) yr[i] = xr[i] - lse;
+          for (int64_t i = 0; i < cols; ++i) yr[i] = (xr[i] - ls.max) - ls.log_sum;
         } else {
-          for (int64_t i = 0; i < cols; ++i) yr[i] = std::exp(xr[i] - lse);
+          for (int64_t i = 0; i < cols; ++i) yr[i] = std::exp((xr[i] - ls.max) - ls.log_sum);
         }
       }
     });
@@ -105,8 +113,10 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& labels, Tensor& l
         parallel_for(rows, rows_grain(classes), [&](int64_t begin, int64_t end) {
           for (int64_t r = begin; r < end; ++r) {
             const T* zr = z + r * classes;
-            lse[r] = row_logsumexp(zr, classes);
-            out[r] = lse[r] - zr[static_cast<int64_t>(lab[r])];
+            ShiftedLogSum<T> ls = row_shifted_logsum(zr, classes);
+            lse[2 * r] = ls.max;
+            lse[2 * r + 1] = ls.log_sum;
+            out[r] = ls.log_sum - (zr[static_cast<int64_t>(lab[r])] - ls.max);
           }
         });
       });
@@ -117,10 +127,12 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& labels, Tensor& l
       for (int64_t r = begin; r < end; ++r) {
         const T* zr = z + r * classes;
         const T* yr = y + r * classes;
-        lse[r] = row_logsumexp(zr, classes);
+        ShiftedLogSum<T> ls = row_shifted_logsum(zr, classes);
+        lse[2 * r] = ls.max;
+        lse[2 * r + 1] = ls.log_sum;
         T acc = 0;
         for (int64_t i = 0; i < classes; ++i)
-          if (yr[i] != T(0)) acc -= yr[i] * (zr[i] - lse[r]);
+          if (yr[i] != T(0)) acc -= yr[i] * ((zr[i] - ls.max) - ls.log_sum);
         out[r] = acc;
       }
     });
@@ -145,7 +157,8 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Te
           for (int64_t r = begin; r < end; ++r) {
             const T* zr = z + r * classes;
             T* out = gz + r * classes;
-            for (int64_t i = 0; i < classes; ++i) out[i] = g[r] * std::exp(zr[i] - lse[r]);
+            for (int64_t i = 0; i < classes; ++i)
+              out[i] = g[r] * std::exp((zr[i] - lse[2 * r]) - lse[2 * r + 1]);
             out[static_cast<int64_t>(lab[r])] -= g[r];  // p − y
           }
         });
@@ -162,7 +175,7 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Te
         for (int64_t i = 0; i < classes; ++i) total += yr[i];
         // −y + p Σy: the seed's derivation before assuming Σy = 1.
         for (int64_t i = 0; i < classes; ++i)
-          out[i] = g[r] * (std::exp(zr[i] - lse[r]) * total - yr[i]);
+          out[i] = g[r] * (std::exp((zr[i] - lse[2 * r]) - lse[2 * r + 1]) * total - yr[i]);
       }
     });
   });

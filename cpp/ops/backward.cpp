@@ -160,7 +160,7 @@ void SoftmaxBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
 // seed: softmax接cross-entropy的导数 — dL/dz = p − y (p·Σy − y for soft labels);
 // soft labels also get dL/dy = −log p.
 void CrossEntropyBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
-  int64_t rows = logsumexp.numel();
+  int64_t rows = logsumexp.shape()[0];
   Tensor per_row = g;
   if (reduction == Reduction::Mean)
     per_row = expand(reshape(mul_scalar(g, rows ? 1.0 / static_cast<double>(rows) : 0.0), {1}), {rows});
@@ -174,7 +174,8 @@ void CrossEntropyBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
     out[0] = grad_logits;
   }
   if (next.size() > 1 && next[1]) {
-    Tensor log_p = sub(logits, reshape(logsumexp, {rows, 1}));
+    // log p = (z − m) − log Σ exp(z − m)
+    Tensor log_p = sub(sub(logits, slice(logsumexp, 1, 0, 1, 1)), slice(logsumexp, 1, 1, 2, 1));
     out[1] = neg(mul(log_p, reshape(per_row, {rows, 1})));
   }
 }

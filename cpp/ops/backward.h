@@ -150,7 +150,7 @@ struct CrossEntropyBackward final : Node {
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   void release_saved() override { logits = labels = logsumexp = Tensor(); }
   STEEPEST_NODE_NAME(CrossEntropyBackward)
-  Tensor logits, labels, logsumexp;  // logits (rows, classes) contiguous
+  Tensor logits, labels, logsumexp;  // logits (rows, classes); logsumexp (rows, 2): max, log Σ
   Reduction reduction;
 };
 

@@ -57,7 +57,15 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b) {
   int64_t m = a.shape()[a.ndim() - 2], k = a.shape().back(), n = b.shape().back();
   Dims batch_a(a.shape().begin(), a.shape().end() - 2);
   Dims batch_b(b.shape().begin(), b.shape().end() - 2);
-  Dims batch = batch_a == batch_b ? batch_a : broadcast_shapes("matmul", batch_a, batch_b);
+  Dims batch = batch_a;
+  if (batch_a != batch_b) {
+    try {
+      batch = broadcast_shapes("matmul", batch_a, batch_b);
+    } catch (const ValueError&) {
+      fail("matmul", "batch dimensions of ", a.shape(), " and ", b.shape(),
+           " cannot be broadcast together (", batch_a, " vs ", batch_b, ")");
+    }
+  }
 
   Dims out_shape = batch;
   out_shape.push_back(m);

@@ -28,7 +28,7 @@ Tensor reduce_loss(const Tensor& per_element, Reduction reduction) {
 Tensor softmax_like(const char* op, const Tensor& x, int64_t axis, bool log) {
   check_float(op, x, "input");
   if (x.ndim() == 0) fail(op, "expected at least one dimension, got a 0-d tensor");
-  int a = normalize_axis(op, axis, x.ndim());
+  int a = normalize_axis(op, axis, x.shape());
   Dims order = detail::move_axis_last_order(x.ndim(), a);
   Tensor x_last = contiguous(permute(x.detach(), order));
   Tensor y_last = Tensor::empty(x_last.shape(), x.dtype(), x.device());
@@ -75,7 +75,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, Reduction reduc
   Tensor y = indices ? contiguous(reshape(labels.detach(), {rows}))
                      : contiguous(reshape(labels.detach(), {rows, classes}));
   Tensor loss = Tensor::empty({rows}, logits.dtype(), logits.device());
-  Tensor lse = Tensor::empty({rows}, logits.dtype(), logits.device());
+  Tensor lse = Tensor::empty({rows, 2}, logits.dtype(), logits.device());
   STEEPEST_KERNEL(logits.device(), cross_entropy_forward)(z, y, loss, lse);
   Tensor out;
   if (reduction == Reduction::None) {

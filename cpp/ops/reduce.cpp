@@ -29,7 +29,7 @@ ReductionPlan plan_reduction(const char* op, const Tensor& x, const Axes& axes, 
     reduced = (1u << ndim) - 1;
   } else {
     for (int64_t axis : *axes) {
-      int a = normalize_axis(op, axis, ndim);
+      int a = normalize_axis(op, axis, x.shape());
       if (reduced & (1u << a)) fail(op, "axis ", axis, " is repeated");
       reduced |= 1u << a;
     }

@@ -107,7 +107,7 @@ Tensor permute(const Tensor& x, const Dims& order) {
   Dims shape, strides;
   uint32_t seen = 0;
   for (int i = 0; i < order.size(); ++i) {
-    int axis = normalize_axis("permute", order[i], x.ndim());
+    int axis = normalize_axis("permute", order[i], x.shape());
     if (seen & (1u << axis)) fail("permute", "order ", order, " repeats axis ", axis);
     seen |= 1u << axis;
     shape.push_back(x.shape()[axis]);
@@ -115,7 +115,7 @@ Tensor permute(const Tensor& x, const Dims& order) {
   }
   bool identity = true;
   for (int i = 0; i < order.size(); ++i)
-    if (normalize_axis("permute", order[i], x.ndim()) != i) identity = false;
+    if (normalize_axis("permute", order[i], x.shape()) != i) identity = false;
   if (identity) return x;
   Tensor out = x.alias(shape, strides, x.offset());
   record<PermuteBackward>(out, {&x}, order);
@@ -123,8 +123,8 @@ Tensor permute(const Tensor& x, const Dims& order) {
 }
 
 Tensor transpose(const Tensor& x, int64_t axis0, int64_t axis1) {
-  int a = normalize_axis("transpose", axis0, x.ndim());
-  int b = normalize_axis("transpose", axis1, x.ndim());
+  int a = normalize_axis("transpose", axis0, x.shape());
+  int b = normalize_axis("transpose", axis1, x.shape());
   Dims order;
   for (int i = 0; i < x.ndim(); ++i) order.push_back(i);
   std::swap(order[a], order[b]);
@@ -150,14 +150,14 @@ Tensor expand(const Tensor& x, const Dims& shape) {
 }
 
 Tensor unsqueeze(const Tensor& x, int64_t axis) {
-  int a = normalize_axis("unsqueeze", axis, x.ndim() + 1);
+  int a = normalize_axis("unsqueeze", axis, x.shape(), x.ndim() + 1);
   Dims shape = x.shape();
   shape.insert(a, 1);
   return reshape(x, shape);
 }
 
 Tensor squeeze(const Tensor& x, int64_t axis) {
-  int a = normalize_axis("squeeze", axis, x.ndim());
+  int a = normalize_axis("squeeze", axis, x.shape());
   if (x.shape()[a] != 1)
     fail("squeeze", "axis ", axis, " of shape ", x.shape(), " has size ", x.shape()[a], ", not 1");
   Dims shape = x.shape();
@@ -166,7 +166,7 @@ Tensor squeeze(const Tensor& x, int64_t axis) {
 }
 
 Tensor slice(const Tensor& x, int64_t axis, int64_t start, int64_t stop, int64_t step) {
-  int a = normalize_axis("slice", axis, x.ndim());
+  int a = normalize_axis("slice", axis, x.shape());
   if (step <= 0) fail("slice", "step must be positive, got ", step);
   int64_t extent = x.shape()[a];
   start = std::clamp<int64_t>(start < 0 ? start + extent : start, 0, extent);
@@ -181,7 +181,7 @@ Tensor slice(const Tensor& x, int64_t axis, int64_t start, int64_t stop, int64_t
 }
 
 Tensor select(const Tensor& x, int64_t axis, int64_t index) {
-  int a = normalize_axis("select", axis, x.ndim());
+  int a = normalize_axis("select", axis, x.shape());
   int64_t extent = x.shape()[a];
   int64_t i = index < 0 ? index + extent : index;
   if (i < 0 || i >= extent)

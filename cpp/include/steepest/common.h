@@ -76,7 +76,8 @@ template <class Error = ValueError, class... Parts>
   throw Error(cat("[", op, "] ", parts...));
 }
 
-// Wraps a possibly negative axis into [0, ndim), or throws naming the op.
-int normalize_axis(const char* op, int64_t axis, int ndim);
+// Wraps a possibly negative axis into [0, ndim), or throws naming the op and the shape.
+// `ndim` may exceed shape.size() by one for ops that insert an axis (unsqueeze).
+int normalize_axis(const char* op, int64_t axis, const Dims& shape, int ndim = -1);
 
 }  // namespace steepest

@@ -1,0 +1,109 @@
+"""sum / mean / max over axis None, int, negative int and tuples, with keepdims both ways."""
+
+import numpy as np
+import pytest
+
+import steepest as st
+from helpers import check_op, torch
+
+ops = st.ops
+
+AXES = [
+    pytest.param(None, id="all"),
+    pytest.param(0, id="ax0"),
+    pytest.param(1, id="ax1"),
+    pytest.param(-1, id="ax-1"),
+    pytest.param((0, 2), id="ax0,2"),
+    pytest.param((-1, 1), id="ax-1,1"),
+    pytest.param((0, 1, 2), id="ax0,1,2"),
+]
+KEEPDIMS = [pytest.param(False, id="drop"), pytest.param(True, id="keep")]
+
+
+def _dims(axis, ndim):
+    return tuple(range(ndim)) if axis is None else axis
+
+
+def torch_sum(axis, keepdims):
+    return lambda x: torch.sum(x, dim=_dims(axis, x.ndim), keepdim=keepdims)
+
+
+def torch_mean(axis, keepdims):
+    return lambda x: torch.mean(x, dim=_dims(axis, x.ndim), keepdim=keepdims)
+
+
+def torch_max(axis, keepdims):
+    # amax splits the gradient between ties; the random inputs here have none.
+    return lambda x: torch.amax(x, dim=_dims(axis, x.ndim), keepdim=keepdims)
+
+
+REDUCTIONS = {
+    "sum": (ops.sum, torch_sum),
+    "mean": (ops.mean, torch_mean),
+    "max": (ops.max, torch_max),
+}
+
+
+@pytest.mark.parametrize("keepdims", KEEPDIMS)
+@pytest.mark.parametrize("axis", AXES)
+@pytest.mark.parametrize("name", list(REDUCTIONS))
+def test_reduction(name, axis, keepdims):
+    st_op, torch_ref = REDUCTIONS[name]
+    check_op(lambda x: st_op(x, axis=axis, keepdims=keepdims), torch_ref(axis, keepdims),
+             [(2, 3, 4)])
+
+
+@pytest.mark.parametrize("keepdims", KEEPDIMS)
+@pytest.mark.parametrize("axis", [pytest.param(None, id="all"), pytest.param(0, id="ax0"),
+                                  pytest.param(-1, id="ax-1")])
+@pytest.mark.parametrize("name", list(REDUCTIONS))
+def test_reduction_method(name, axis, keepdims):
+    _, torch_ref = REDUCTIONS[name]
+    check_op(lambda x: getattr(x, name)(axis=axis, keepdims=keepdims),
+             torch_ref(axis, keepdims), [(3, 4)])
+
+
+@pytest.mark.parametrize("name", list(REDUCTIONS))
+def test_reduction_defaults_reduce_everything(name):
+    st_op, torch_ref = REDUCTIONS[name]
+    check_op(lambda x: st_op(x), torch_ref(None, False), [(3, 4)])
+    check_op(lambda x: getattr(x, name)(), torch_ref(None, False), [(3, 4)])
+
+
+@pytest.mark.parametrize("axis", [pytest.param(None, id="all"), pytest.param(0, id="ax0"),
+                                  pytest.param(1, id="ax1")])
+@pytest.mark.parametrize("layout", ["T", "slice"])
+@pytest.mark.parametrize("name", list(REDUCTIONS))
+def test_reduction_noncontiguous(name, layout, axis):
+    st_op, torch_ref = REDUCTIONS[name]
+    check_op(lambda x: st_op(x, axis=axis), torch_ref(axis, False), [(3, 4)],
+             noncontig=[layout])
+
+
+@pytest.mark.parametrize("shape, axis", [
+    pytest.param((1,), None, id="1-all"),
+    pytest.param((1, 4), 0, id="1x4-ax0"),
+    pytest.param((4, 1), 1, id="4x1-ax1"),
+    pytest.param((5,), 0, id="5-ax0"),
+])
+@pytest.mark.parametrize("name", list(REDUCTIONS))
+def test_reduction_size_one_dims(name, shape, axis):
+    st_op, torch_ref = REDUCTIONS[name]
+    check_op(lambda x: st_op(x, axis=axis, keepdims=True), torch_ref(axis, True), [shape])
+
+
+def test_max_routes_gradient_to_argmax():
+    x = np.array([[0.1, 0.9, -0.3], [2.0, -1.0, 0.5]])
+    t = st.tensor(x, dtype="float64", requires_grad=True)
+    ops.max(t, axis=1).backward(st.tensor([3.0, 5.0], dtype="float64"))
+    np.testing.assert_array_equal(t.grad.numpy(), [[0.0, 3.0, 0.0], [5.0, 0.0, 0.0]])
+
+    t = st.tensor(x, dtype="float64", requires_grad=True)
+    ops.max(t).backward()
+    np.testing.assert_array_equal(t.grad.numpy(), [[0, 0, 0], [1, 0, 0]])
+
+
+def test_mean_gradient_is_uniform():
+    t = st.tensor(np.ones((2, 5)), dtype="float64", requires_grad=True)
+    ops.mean(t).backward()
+    np.testing.assert_allclose(t.grad.numpy(), np.full((2, 5), 0.1))
