@@ -34,6 +34,8 @@ from .creation import (
     zeros_like,
 )
 from .gradcheck import grad_check
+from . import optimize, optimizers, regularizers, schedules
+from .optimizers import clip_grad_norm
 from ._tensor_py import install as _install_tensor_methods
 
 __version__ = _core.__version__
@@ -44,6 +46,7 @@ __all__ = [
     "Tensor",
     "arange",
     "backends",
+    "clip_grad_norm",
     "empty",
     "empty_cache",
     "enable_grad",
@@ -59,12 +62,17 @@ __all__ = [
     "ones",
     "ones_like",
     "ops",
+    "optimize",
+    "optimizers",
     "rand",
     "randn",
+    "regularizers",
     "reset_peak_memory_stats",
+    "schedules",
     "set_grad_enabled",
     "set_num_threads",
     "tensor",
     "zeros",
     "zeros_like",
 ]
+

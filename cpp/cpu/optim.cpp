@@ -1,0 +1,450 @@
+// Fused optimizer updates on the CPU. Each update is one pass over contiguous (param,
+// grad, state) memory split across OpenMP threads. The rules that need a whole-tensor
+// quantity (Lamb's trust ratio, Adafactor's RMS(U)) make the fewest passes it allows.
+//
+// NOTE: the per-element loops live in *_range functions that take __restrict pointers
+// and their coefficients by value. Written inline in a parallel_for lambda, the loops
+// read the coefficients through captured references that the stores might alias, and
+// the compiler leaves them scalar. The sqrt loops also need -fno-math-errno to vectorise.
+//
+// Reductions accumulate in double, keep one partial sum per chunk and add the partials
+// in chunk order, so a result is bit-identical from run to run at a given thread count.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "loops.h"
+#include "steepest/kernels.h"
+
+namespace steepest::cpu {
+namespace {
+
+// The chunking of parallel_for, known before the threads start.
+int64_t chunk_count(int64_t n, int64_t grain) {
+  int threads = omp_get_max_threads();
+  if (n < grain || threads <= 1 || omp_in_parallel()) return 1;
+  return std::min<int64_t>(threads, (n + grain - 1) / grain);
+}
+
+// Σ fn(begin, end) over [0, n) in fixed chunks, added in chunk order. R is double or any
+// type with += (several sums from one pass).
+template <class R, class Fn>
+R parallel_reduce(int64_t n, int64_t grain, Fn&& fn) {
+  if (n <= 0) return R{};
+  const int64_t chunks = chunk_count(n, grain);
+  if (chunks == 1) return fn(int64_t{0}, n);
+  std::vector<R> partial(static_cast<size_t>(chunks));
+#pragma omp parallel for num_threads(static_cast<int>(chunks)) schedule(static, 1)
+  for (int64_t c = 0; c < chunks; ++c)
+    partial[static_cast<size_t>(c)] = fn(n * c / chunks, n * (c + 1) / chunks);
+  R total{};
+  for (const R& p : partial) total += p;
+  return total;
+}
+
+// Lamb's two squared norms from one pass.
+struct NormPair {
+  double param = 0.0, update = 0.0;
+  NormPair& operator+=(const NormPair& o) {
+    param += o.param;
+    update += o.update;
+    return *this;
+  }
+};
+
+// ------------------------------------------------------------------ SGD and RMSProp
+
+template <class T>
+struct SgdCoefficients {
+  T lr, momentum, keep, weight_decay, scale;  // keep = 1 − dampening
+  T from_grad, from_velocity;                 // the step: from_grad·g + from_velocity·v
+};
+
+template <class T>
+void sgd_range(T* __restrict p, const T* __restrict g, T* __restrict v, SgdCoefficients<T> c,
+               int64_t begin, int64_t end) {
+  if (!v) {  // seed: θ = θ − η∇J(θ)
+    for (int64_t i = begin; i < end; ++i) p[i] -= c.lr * (c.scale * g[i] + c.weight_decay * p[i]);
+    return;
+  }
+  for (int64_t i = begin; i < end; ++i) {
+    const T gi = c.scale * g[i] + c.weight_decay * p[i];
+    const T vi = c.momentum * v[i] + c.keep * gi;  // seed: v = βv + (1−β)g when d = β
+    v[i] = vi;
+    // seed: momentum θ −= ηv; Nesterov kept at the look-ahead φ = θ − ηβv: φ −= η((1−d)g + βv)
+    p[i] -= c.lr * (c.from_grad * gi + c.from_velocity * vi);
+  }
+}
+
+template <class T>
+struct RmspropCoefficients {
+  T lr, rho, mix, eps, weight_decay, scale;
+};
+
+template <class T>
+void rmsprop_range(T* __restrict p, const T* __restrict g, T* __restrict e2,
+                   RmspropCoefficients<T> c, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    const T gi = c.scale * g[i] + c.weight_decay * p[i];
+    // seed: RMSProp — E[g²] = ρE[g²] + (1−ρ)g², θ −= η g/(√E[g²] + ε)
+    const T ei = c.rho * e2[i] + c.mix * gi * gi;
+    e2[i] = ei;
+    p[i] -= c.lr * gi / (std::sqrt(ei) + c.eps);
+  }
+}
+
+// --------------------------------------------------------------------- Adam family
+
+template <class T>
+struct AdamCoefficients {
+  T lr, beta1, mix1, beta2, mix2, eps, inv_bc1, inv_bc2;
+  T l2, decay, scale;  // λ into the gradient, decoupled λ, clip factor
+};
+
+template <class T>
+AdamCoefficients<T> adam_coefficients(double lr, double beta1, double beta2, double eps,
+                                      int64_t step, double l2, double decay, double scale) {
+  // seed: Adam's bias correction divides by 1 − βᵗ
+  const double t = static_cast<double>(step);
+  return {T(lr),    T(beta1), T(1.0 - beta1), T(beta2), T(1.0 - beta2), T(eps),
+          T(1.0 / (1.0 - std::pow(beta1, t))), T(1.0 / (1.0 - std::pow(beta2, t))),
+          T(l2),    T(decay), T(scale)};
+}
+
+// seed: Adam — m̂/(√v̂ + ε) with m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ)
+template <class T>
+inline T adam_direction(T m, T v, const AdamCoefficients<T>& c) {
+  return (m * c.inv_bc1) / (std::sqrt(v * c.inv_bc2) + c.eps);
+}
+
+template <class T>
+void adam_range(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v,
+                AdamCoefficients<T> c, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    const T gi = c.scale * g[i] + c.l2 * p[i];
+    const T mi = c.beta1 * m[i] + c.mix1 * gi;       // m = β₁m + (1−β₁)g
+    const T vi = c.beta2 * v[i] + c.mix2 * gi * gi;  // v = β₂v + (1−β₂)g²
+    m[i] = mi;
+    v[i] = vi;
+    // AdamW: θ −= η(m̂/(√v̂+ε) + λθ); decay is 0 for Adam
+    p[i] -= c.lr * (adam_direction(mi, vi, c) + c.decay * p[i]);
+  }
+}
+
+template <class T>
+NormPair lamb_moments_range(const T* __restrict p, const T* __restrict g, T* __restrict m,
+                            T* __restrict v, AdamCoefficients<T> c, int64_t begin, int64_t end) {
+  double param_sq = 0.0, update_sq = 0.0;
+#pragma omp simd reduction(+ : param_sq, update_sq)
+  for (int64_t i = begin; i < end; ++i) {
+    const T gi = c.scale * g[i];
+    const T mi = c.beta1 * m[i] + c.mix1 * gi;
+    const T vi = c.beta2 * v[i] + c.mix2 * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    // r + λθ, the update whose norm the trust ratio divides by
+    const T u = adam_direction(mi, vi, c) + c.decay * p[i];
+    update_sq += static_cast<double>(u) * u;
+    param_sq += static_cast<double>(p[i]) * p[i];
+  }
+  return {param_sq, update_sq};
+}
+
+template <class T>
+void lamb_apply_range(T* __restrict p, const T* __restrict m, const T* __restrict v,
+                      AdamCoefficients<T> c, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i)
+    p[i] -= c.lr * (adam_direction(m[i], v[i], c) + c.decay * p[i]);
+}
+
+// ------------------------------------------------------------------------ Adafactor
+
+// Geometry of Adafactor's factored moment: `batch` matrices of rows × cols (the last
+// two axes of the gradient).
+struct Factored {
+  int64_t batch, rows, cols;
+};
+
+Factored factored_shape(const Tensor& grad) {
+  const int nd = grad.ndim();
+  const int64_t rows = grad.size(nd - 2), cols = grad.size(nd - 1);
+  return {rows * cols == 0 ? 0 : grad.numel() / (rows * cols), rows, cols};
+}
+
+// Adafactor's v̂_ij = R_i C_j / mean_i(R) as two vectors of reciprocal square roots,
+// U_ij = g_ij · inv_row_i · inv_col_j: R_i / mean(R) is O(1) and C_j ≥ ε₁, so neither
+// factor underflows in float32 the way the product R_i C_j (≥ ε₁²) would.
+template <class T>
+void factored_inverses(const T* row, const T* col, const Factored& f, std::vector<T>& inv_row,
+                       std::vector<T>& inv_col) {
+  inv_row.resize(static_cast<size_t>(f.batch * f.rows));
+  inv_col.resize(static_cast<size_t>(f.batch * f.cols));
+  for (int64_t b = 0; b < f.batch; ++b) {
+    double mean = 0.0;
+    for (int64_t i = 0; i < f.rows; ++i) mean += row[b * f.rows + i];
+    mean /= static_cast<double>(f.rows);
+    for (int64_t i = 0; i < f.rows; ++i)
+      inv_row[static_cast<size_t>(b * f.rows + i)] =
+          static_cast<T>(1.0 / std::sqrt(row[b * f.rows + i] / mean));
+  }
+  for (int64_t j = 0; j < f.batch * f.cols; ++j)
+    inv_col[static_cast<size_t>(j)] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(col[j])));
+}
+
+// Σ_j (s·g_j)² over one row, in double.
+template <class T>
+double row_square_sum(const T* __restrict g, T s, int64_t n) {
+  double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < n; ++j) {
+    const double gs = static_cast<T>(s * g[j]);
+    acc += gs * gs;
+  }
+  return acc;
+}
+
+// acc_j += (s·g_j)² over one row segment.
+template <class T>
+void add_squares(double* __restrict acc, const T* __restrict g, T s, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const double gs = static_cast<T>(s * g[j]);
+    acc[j] += gs * gs;
+  }
+}
+
+// U_j = s·g_j·ir·ic_j along one row: Σ U² (moments) and θ = keep·θ − α·U (apply) must
+// see the same U, so both go through this expression.
+template <class T>
+inline T factored_u(T s, T g, T ir, T ic) {
+  return s * g * ir * ic;
+}
+
+template <class T>
+double row_update_sq(const T* __restrict g, const T* __restrict ic, T s, T ir, int64_t n) {
+  double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < n; ++j) {
+    const double u = factored_u(s, g[j], ir, ic[j]);
+    acc += u * u;
+  }
+  return acc;
+}
+
+template <class T>
+void row_apply(T* __restrict p, const T* __restrict g, const T* __restrict ic, T s, T ir,
+               T keep, T alpha, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) p[j] = keep * p[j] - alpha * factored_u(s, g[j], ir, ic[j]);
+}
+
+// The full (unfactored) second moment: v = β̂v + (1−β̂)(g² + ε₁), Σ (g/√v)².
+template <class T>
+double full_moments_range(const T* __restrict g, T* __restrict v, T beta, T mix, T eps1, T s,
+                          int64_t begin, int64_t end) {
+  double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = begin; i < end; ++i) {
+    const T gs = s * g[i];
+    const T vi = beta * v[i] + mix * (gs * gs + eps1);
+    v[i] = vi;
+    const T u = gs / std::sqrt(vi);
+    acc += static_cast<double>(u) * u;
+  }
+  return acc;
+}
+
+template <class T>
+void full_apply_range(T* __restrict p, const T* __restrict g, const T* __restrict v, T s, T keep,
+                      T alpha, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) p[i] = keep * p[i] - alpha * (s * g[i] / std::sqrt(v[i]));
+}
+
+template <class T>
+double adafactor_factored_moments(const T* g, T* row, T* col, const Factored& f, double beta,
+                                  double eps1, T s) {
+  const int64_t all_rows = f.batch * f.rows;
+  const int64_t row_grain = std::max<int64_t>(1, kParallelGrain / f.cols);
+  const double mix = 1.0 - beta;
+  // EMA of the row means: R = β̂R + (1−β̂)·mean_j(g² + ε₁)
+  parallel_for(all_rows, row_grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const double mean = row_square_sum(g + r * f.cols, s, f.cols) / static_cast<double>(f.cols);
+      row[r] = static_cast<T>(beta * row[r] + mix * (mean + eps1));
+    }
+  });
+  // ... and of the column means, C = β̂C + (1−β̂)·mean_i(g² + ε₁), by column blocks so
+  // that each task owns its outputs.
+  constexpr int64_t kBlock = 256;
+  const int64_t blocks = (f.cols + kBlock - 1) / kBlock;
+  parallel_for(f.batch * blocks, std::max<int64_t>(1, kParallelGrain / (f.rows * kBlock)),
+               [&](int64_t begin, int64_t end) {
+                 double acc[kBlock];
+                 for (int64_t task = begin; task < end; ++task) {
+                   const int64_t b = task / blocks, j0 = (task % blocks) * kBlock;
+                   const int64_t width = std::min(kBlock, f.cols - j0);
+                   std::fill(acc, acc + width, 0.0);
+                   for (int64_t i = 0; i < f.rows; ++i)
+                     add_squares(acc, g + (b * f.rows + i) * f.cols + j0, s, width);
+                   T* c = col + b * f.cols + j0;
+                   for (int64_t j = 0; j < width; ++j)
+                     c[j] = static_cast<T>(beta * c[j] +
+                                           mix * (acc[j] / static_cast<double>(f.rows) + eps1));
+                 }
+               });
+  std::vector<T> inv_row, inv_col;
+  factored_inverses(row, col, f, inv_row, inv_col);
+  return parallel_reduce<double>(all_rows, row_grain, [&](int64_t begin, int64_t end) {
+    double acc = 0.0;
+    for (int64_t r = begin; r < end; ++r)
+      acc += row_update_sq(g + r * f.cols, inv_col.data() + (r / f.rows) * f.cols, s,
+                           inv_row[static_cast<size_t>(r)], f.cols);
+    return acc;
+  });
+}
+
+}  // namespace
+
+void sum_of_squares(const Tensor& x, double& result) {
+  dispatch_float("sum_of_squares", x.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* p = x.data<T>();
+    result = parallel_reduce<double>(x.numel(), kParallelGrain, [&](int64_t begin, int64_t end) {
+      return row_square_sum(p + begin, T(1), end - begin);
+    });
+  });
+}
+
+void sgd_update(Tensor& param, const Tensor& grad, Tensor* velocity, double lr, double momentum,
+                double dampening, bool nesterov, double weight_decay, double grad_scale) {
+  dispatch_float("sgd_update", param.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* p = param.data<T>();
+    const T* g = grad.data<T>();
+    T* v = velocity ? velocity->data<T>() : nullptr;
+    const SgdCoefficients<T> c{T(lr),
+                               T(momentum),
+                               T(1.0 - dampening),
+                               T(weight_decay),
+                               T(grad_scale),
+                               nesterov ? T(1.0 - dampening) : T(0),
+                               nesterov ? T(momentum) : T(1)};
+    parallel_for(param.numel(), kParallelGrain,
+                 [&](int64_t begin, int64_t end) { sgd_range(p, g, v, c, begin, end); });
+  });
+}
+
+void rmsprop_update(Tensor& param, const Tensor& grad, Tensor& mean_square, double lr, double rho,
+                    double eps, double weight_decay, double grad_scale) {
+  dispatch_float("rmsprop_update", param.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* p = param.data<T>();
+    const T* g = grad.data<T>();
+    T* e2 = mean_square.data<T>();
+    const RmspropCoefficients<T> c{T(lr), T(rho), T(1.0 - rho), T(eps), T(weight_decay),
+                                   T(grad_scale)};
+    parallel_for(param.numel(), kParallelGrain,
+                 [&](int64_t begin, int64_t end) { rmsprop_range(p, g, e2, c, begin, end); });
+  });
+}
+
+void adam_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, double lr, double beta1,
+                 double beta2, double eps, int64_t step, double weight_decay, bool decoupled,
+                 double grad_scale) {
+  dispatch_float("adam_update", param.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* p = param.data<T>();
+    const T* g = grad.data<T>();
+    T* m1 = m.data<T>();
+    T* m2 = v.data<T>();
+    const auto c = adam_coefficients<T>(lr, beta1, beta2, eps, step, decoupled ? 0.0 : weight_decay,
+                                        decoupled ? weight_decay : 0.0, grad_scale);
+    parallel_for(param.numel(), kParallelGrain,
+                 [&](int64_t begin, int64_t end) { adam_range(p, g, m1, m2, c, begin, end); });
+  });
+}
+
+void lamb_moments(const Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, double beta1,
+                  double beta2, double eps, int64_t step, double weight_decay, double grad_scale,
+                  double& param_sq, double& update_sq) {
+  dispatch_float("lamb_moments", param.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* p = param.data<T>();
+    const T* g = grad.data<T>();
+    T* m1 = m.data<T>();
+    T* m2 = v.data<T>();
+    const auto c =
+        adam_coefficients<T>(0.0, beta1, beta2, eps, step, 0.0, weight_decay, grad_scale);
+    const NormPair norms =
+        parallel_reduce<NormPair>(param.numel(), kParallelGrain, [&](int64_t begin, int64_t end) {
+          return lamb_moments_range(p, g, m1, m2, c, begin, end);
+        });
+    param_sq = norms.param;
+    update_sq = norms.update;
+  });
+}
+
+void lamb_apply(Tensor& param, const Tensor& m, const Tensor& v, double lr, double beta1,
+                double beta2, double eps, int64_t step, double weight_decay) {
+  dispatch_float("lamb_apply", param.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* p = param.data<T>();
+    const T* m1 = m.data<T>();
+    const T* m2 = v.data<T>();
+    const auto c = adam_coefficients<T>(lr, beta1, beta2, eps, step, 0.0, weight_decay, 1.0);
+    parallel_for(param.numel(), kParallelGrain,
+                 [&](int64_t begin, int64_t end) { lamb_apply_range(p, m1, m2, c, begin, end); });
+  });
+}
+
+void adafactor_moments(const Tensor& grad, Tensor& v, Tensor* v_col, double beta2, double eps1,
+                       double grad_scale, double& update_sq) {
+  dispatch_float("adafactor_moments", grad.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* g = grad.data<T>();
+    const T s = static_cast<T>(grad_scale);
+    if (v_col) {
+      const Factored f = factored_shape(grad);
+      update_sq = f.batch == 0 ? 0.0
+                               : adafactor_factored_moments(g, v.data<T>(), v_col->data<T>(), f,
+                                                            beta2, eps1, s);
+      return;
+    }
+    T* second = v.data<T>();
+    const T beta = beta2, mix = 1.0 - beta2, e1 = eps1;
+    update_sq = parallel_reduce<double>(
+        grad.numel(), kParallelGrain, [&](int64_t begin, int64_t end) {
+          return full_moments_range(g, second, beta, mix, e1, s, begin, end);
+        });
+  });
+}
+
+void adafactor_apply(Tensor& param, const Tensor& grad, const Tensor& v, const Tensor* v_col,
+                     double grad_scale, double step_size, double decay) {
+  dispatch_float("adafactor_apply", param.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* p = param.data<T>();
+    const T* g = grad.data<T>();
+    const T s = grad_scale, alpha = step_size, keep = decay;
+    if (!v_col) {
+      const T* second = v.data<T>();
+      parallel_for(param.numel(), kParallelGrain, [&](int64_t begin, int64_t end) {
+        full_apply_range(p, g, second, s, keep, alpha, begin, end);
+      });
+      return;
+    }
+    const Factored f = factored_shape(grad);
+    if (f.batch == 0) return;
+    std::vector<T> inv_row, inv_col;
+    factored_inverses(v.data<T>(), v_col->data<T>(), f, inv_row, inv_col);
+    parallel_for(f.batch * f.rows, std::max<int64_t>(1, kParallelGrain / f.cols),
+                 [&](int64_t begin, int64_t end) {
+                   for (int64_t r = begin; r < end; ++r)
+                     row_apply(p + r * f.cols, g + r * f.cols,
+                               inv_col.data() + (r / f.rows) * f.cols, s,
+                               inv_row[static_cast<size_t>(r)], keep, alpha, f.cols);
+                 });
+  });
+}
+
+}  // namespace steepest::cpu

@@ -1,0 +1,235 @@
+// Optimizers, learning-rate schedules and gradient clipping: the update rules of the
+// seed's 算法演进 and 主流 sections (SGD with the seed's momentum and Nesterov look-ahead,
+// RMSProp, Adam, AdamW) plus Lamb and Adafactor. The per-element arithmetic runs in the
+// fused kernels of kernels.def; this layer validates hyperparameters, owns the
+// per-parameter state, counts steps and computes the per-tensor and global scalars
+// (clipping factor, Lamb's trust ratio, Adafactor's step size).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "steepest/tensor.h"
+
+namespace steepest::optim {
+
+// ---------------------------------------------------------------------------- schedules
+
+// A learning rate as a function of the optimizer's step count (its `iterations`).
+class Schedule {
+ public:
+  virtual ~Schedule() = default;
+  virtual double operator()(int64_t step) const = 0;
+};
+
+class Constant final : public Schedule {
+ public:
+  // owner names the optimizer in the error for a bad value (a float learning_rate).
+  explicit Constant(double learning_rate, const char* owner = "Constant");
+  double operator()(int64_t step) const override { return learning_rate; }
+  double learning_rate;
+};
+
+// Linear warmup from 0 to peak over warmup_steps, then a half cosine from peak down to
+// final over the remaining total_steps − warmup_steps; final afterwards.
+class WarmupCosine final : public Schedule {
+ public:
+  WarmupCosine(double peak_learning_rate, int64_t warmup_steps, int64_t total_steps,
+               double final_learning_rate);
+  double operator()(int64_t step) const override;
+  double peak_learning_rate, final_learning_rate;
+  int64_t warmup_steps, total_steps;
+};
+
+// Keras CosineDecay: initial · ((1 − α)·½(1 + cos(π·min(step, decay_steps)/decay_steps)) + α).
+class CosineDecay final : public Schedule {
+ public:
+  CosineDecay(double initial_learning_rate, int64_t decay_steps, double alpha);
+  double operator()(int64_t step) const override;
+  double initial_learning_rate;
+  int64_t decay_steps;
+  double alpha;
+};
+
+// initial · gamma^⌊step / step_size⌋ (PyTorch's StepLR).
+class StepDecay final : public Schedule {
+ public:
+  StepDecay(double initial_learning_rate, int64_t step_size, double gamma);
+  double operator()(int64_t step) const override;
+  double initial_learning_rate;
+  int64_t step_size;
+  double gamma;
+};
+
+// --------------------------------------------------------------------------- optimizers
+
+// What an optimizer keeps for one parameter: how many updates it has applied (the t of
+// bias correction and of Adafactor's decay) and its named slots (m, v, velocity ...).
+// Slots have the parameter's dtype (float32, or float64 for float64 parameters).
+struct ParamState {
+  int64_t step = 0;
+  std::vector<std::pair<std::string, Tensor>> slots;
+  bool empty() const { return step == 0 && slots.empty(); }
+};
+
+struct SlotSpec {
+  std::string name;
+  Dims shape;
+};
+
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+
+  // Updates, in place, every parameter whose grad is defined; the others are skipped.
+  // State is matched to parameters by their position in `params`, so pass the same
+  // list in the same order on every call. skip=true does nothing at all: the step does
+  // not count (iterations and the schedule do not advance), as a loss scaler needs for
+  // a step whose gradients overflowed.
+  void step(const std::vector<Tensor>& params, bool skip = false);
+
+  const std::string& name() const { return name_; }
+  // Number of steps taken; the schedule is evaluated here.
+  int64_t iterations() const { return iterations_; }
+  // The schedule's value at iterations(), checked to be finite and non-negative.
+  double learning_rate() const;
+  const std::shared_ptr<const Schedule>& schedule() const { return schedule_; }
+  // Replaces the learning rate in place (a LearningRateScheduler callback between
+  // epochs); state and iterations are kept.
+  void set_learning_rate(std::shared_ptr<const Schedule> learning_rate);
+
+  // The slots this optimizer keeps for `param`, in the order updates use them.
+  virtual std::vector<SlotSpec> slot_specs(const Tensor& param) const = 0;
+  // Bytes of state for `params` once each has been stepped (step counters excluded).
+  int64_t state_size_bytes(const std::vector<Tensor>& params) const;
+
+  // Per-parameter state by position; an entry is empty() for a parameter never stepped.
+  const std::vector<ParamState>& state() const { return state_; }
+  // Replaces all state; slots are checked against each parameter on its next step.
+  void load_state(std::vector<ParamState> state, int64_t iterations);
+
+ protected:
+  Optimizer(std::string name, std::shared_ptr<const Schedule> learning_rate,
+            double weight_decay, std::optional<double> clipnorm);
+  // One parameter's update: state.step already counts this step, state.slots follow
+  // slot_specs(param); grad is contiguous, to be read as grad_scale · grad.
+  virtual void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+                      double grad_scale) = 0;
+
+  double weight_decay_;
+
+ private:
+  // Creates the zero state of parameter `index` or checks a loaded one against it.
+  void prepare_state(size_t index, const Tensor& param);
+
+  std::string name_;
+  std::shared_ptr<const Schedule> schedule_;
+  std::optional<double> clipnorm_;
+  int64_t iterations_ = 0;
+  std::vector<ParamState> state_;
+};
+
+// The seed's SGD with momentum β: v = βv + (1−d)g, θ −= ηv, where dampening d defaults
+// to β (the seed's EMA) and d = 0 gives PyTorch's v = βv + g. nesterov evaluates the
+// gradient at the seed's look-ahead θ − ηβv by storing the look-ahead point itself as
+// the parameter: the model's weights are the look-ahead weights φ = θ − ηβv.
+class SGD final : public Optimizer {
+ public:
+  SGD(std::shared_ptr<const Schedule> learning_rate, double momentum, bool nesterov,
+      std::optional<double> dampening, double weight_decay, std::optional<double> clipnorm);
+  std::vector<SlotSpec> slot_specs(const Tensor& param) const override;
+
+ private:
+  void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+              double grad_scale) override;
+  double momentum_, dampening_;
+  bool nesterov_;
+};
+
+class RMSprop final : public Optimizer {
+ public:
+  RMSprop(std::shared_ptr<const Schedule> learning_rate, double rho, double epsilon,
+          double weight_decay, std::optional<double> clipnorm);
+  std::vector<SlotSpec> slot_specs(const Tensor& param) const override;
+
+ private:
+  void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+              double grad_scale) override;
+  double rho_, epsilon_;
+};
+
+// Adam with L2 weight decay in the gradient; AdamW decouples it.
+class Adam : public Optimizer {
+ public:
+  Adam(std::shared_ptr<const Schedule> learning_rate, double beta_1, double beta_2,
+       double epsilon, double weight_decay, std::optional<double> clipnorm);
+  std::vector<SlotSpec> slot_specs(const Tensor& param) const override;
+
+ protected:
+  Adam(std::string name, std::shared_ptr<const Schedule> learning_rate, double beta_1,
+       double beta_2, double epsilon, double weight_decay, std::optional<double> clipnorm,
+       bool decoupled);
+
+ private:
+  void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+              double grad_scale) override;
+  double beta_1_, beta_2_, epsilon_;
+  bool decoupled_;
+};
+
+class AdamW final : public Adam {
+ public:
+  AdamW(std::shared_ptr<const Schedule> learning_rate, double beta_1, double beta_2,
+        double epsilon, double weight_decay, std::optional<double> clipnorm);
+};
+
+// You et al. 2019 as optax implements it: r = m̂/(√v̂+ε), u = r + λθ, and per parameter
+// tensor θ −= η·(‖θ‖/‖u‖)·u, the ratio taken as 1 when either norm is 0.
+class Lamb final : public Optimizer {
+ public:
+  Lamb(std::shared_ptr<const Schedule> learning_rate, double beta_1, double beta_2,
+       double epsilon, double weight_decay, std::optional<double> clipnorm);
+  std::vector<SlotSpec> slot_specs(const Tensor& param) const override;
+
+ private:
+  void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+              double grad_scale) override;
+  double beta_1_, beta_2_, epsilon_;
+};
+
+// Shazeer & Stern 2018 without momentum: the second moment of g² + ε₁ with decay
+// β̂₂ = 1 − t^beta_2_decay, factored into row and column means over the last two axes
+// for ndim ≥ 2 (state n + m for an n×m matrix); U = g/√v̂ clipped to
+// U / max(1, RMS(U)/clip_threshold). relative_step: α = max(ε₂, RMS(θ))·min(η, 1/√t),
+// with η = 1e-2 when no learning rate is given; else α = η. Decoupled weight decay
+// θ −= ηλθ, as torch.optim.Adafactor does.
+class Adafactor final : public Optimizer {
+ public:
+  // learning_rate may be null (relative_step only).
+  Adafactor(std::shared_ptr<const Schedule> learning_rate, double beta_2_decay,
+            double epsilon_1, double epsilon_2, double clip_threshold, bool relative_step,
+            double weight_decay, std::optional<double> clipnorm);
+  std::vector<SlotSpec> slot_specs(const Tensor& param) const override;
+
+  static constexpr double kDefaultLearningRate = 1e-2;
+
+ private:
+  void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+              double grad_scale) override;
+  double beta_2_decay_, epsilon_1_, epsilon_2_, clip_threshold_;
+  bool relative_step_;
+};
+
+// ----------------------------------------------------------------------------- clipping
+
+// √(Σ‖grad‖²) over the params that have a grad.
+double global_grad_norm(const std::vector<Tensor>& params);
+// Returns the total norm before clipping; when it exceeds max_norm, every grad is
+// scaled in place by max_norm / (norm + 1e-6), as torch.nn.utils.clip_grad_norm_.
+double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
+
+}  // namespace steepest::optim

@@ -1,0 +1,201 @@
+// The update rules: hyperparameter checks, the slots each rule keeps, and the scalars
+// computed per step (bias-correction step, Lamb's trust ratio, Adafactor's step size)
+// around the fused kernels of cpp/cpu/optim.cpp.
+#include <algorithm>
+#include <cmath>
+
+#include "checks.h"
+#include "steepest/common.h"
+#include "steepest/kernels.h"
+#include "steepest/optim.h"
+
+namespace steepest::optim {
+
+using detail::check_decay_rate;
+using detail::check_positive;
+
+namespace {
+
+void check_adam_family(const char* name, double beta_1, double beta_2, double epsilon) {
+  check_decay_rate(name, "beta_1", beta_1);
+  check_decay_rate(name, "beta_2", beta_2);
+  check_positive(name, "epsilon", epsilon);
+}
+
+Tensor& slot(ParamState& state, size_t i) { return state.slots[i].second; }
+
+// Adafactor's learning rate: the relative step's cap defaults to 1e-2; an absolute step
+// needs a value.
+std::shared_ptr<const Schedule> adafactor_learning_rate(std::shared_ptr<const Schedule> lr,
+                                                        bool relative_step) {
+  if (lr) return lr;
+  if (!relative_step) fail("Adafactor", "relative_step=False needs a learning_rate, got None");
+  return std::make_shared<const Constant>(Adafactor::kDefaultLearningRate);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------- SGD
+
+SGD::SGD(std::shared_ptr<const Schedule> learning_rate, double momentum, bool nesterov,
+         std::optional<double> dampening, double weight_decay, std::optional<double> clipnorm)
+    : Optimizer("SGD", std::move(learning_rate), weight_decay, clipnorm),
+      momentum_(momentum),
+      dampening_(dampening.value_or(momentum)),
+      nesterov_(nesterov) {
+  check_decay_rate("SGD", "momentum", momentum);
+  if (!(dampening_ >= 0.0 && dampening_ <= 1.0))
+    fail("SGD", "dampening must be in [0, 1], got ", dampening_);
+  if (nesterov && momentum == 0.0)
+    fail("SGD", "nesterov=True needs momentum > 0, got momentum=", momentum);
+}
+
+std::vector<SlotSpec> SGD::slot_specs(const Tensor& param) const {
+  if (momentum_ == 0.0) return {};
+  return {{"velocity", param.shape()}};
+}
+
+void SGD::update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+                 double grad_scale) {
+  Tensor* velocity = momentum_ == 0.0 ? nullptr : &slot(state, 0);
+  STEEPEST_KERNEL(param.device(), sgd_update)(param, grad, velocity, lr, momentum_, dampening_,
+                                              nesterov_, weight_decay_, grad_scale);
+}
+
+// --------------------------------------------------------------------------- RMSprop
+
+RMSprop::RMSprop(std::shared_ptr<const Schedule> learning_rate, double rho, double epsilon,
+                 double weight_decay, std::optional<double> clipnorm)
+    : Optimizer("RMSprop", std::move(learning_rate), weight_decay, clipnorm),
+      rho_(rho),
+      epsilon_(epsilon) {
+  check_decay_rate("RMSprop", "rho", rho);
+  check_positive("RMSprop", "epsilon", epsilon);
+}
+
+std::vector<SlotSpec> RMSprop::slot_specs(const Tensor& param) const {
+  return {{"mean_square", param.shape()}};
+}
+
+void RMSprop::update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+                     double grad_scale) {
+  STEEPEST_KERNEL(param.device(), rmsprop_update)(param, grad, slot(state, 0), lr, rho_,
+                                                  epsilon_, weight_decay_, grad_scale);
+}
+
+// ------------------------------------------------------------------------ Adam, AdamW
+
+Adam::Adam(std::shared_ptr<const Schedule> learning_rate, double beta_1, double beta_2,
+           double epsilon, double weight_decay, std::optional<double> clipnorm)
+    : Adam("Adam", std::move(learning_rate), beta_1, beta_2, epsilon, weight_decay, clipnorm,
+           false) {}
+
+Adam::Adam(std::string name, std::shared_ptr<const Schedule> learning_rate, double beta_1,
+           double beta_2, double epsilon, double weight_decay, std::optional<double> clipnorm,
+           bool decoupled)
+    : Optimizer(std::move(name), std::move(learning_rate), weight_decay, clipnorm),
+      beta_1_(beta_1),
+      beta_2_(beta_2),
+      epsilon_(epsilon),
+      decoupled_(decoupled) {
+  check_adam_family(this->name().c_str(), beta_1, beta_2, epsilon);
+}
+
+std::vector<SlotSpec> Adam::slot_specs(const Tensor& param) const {
+  return {{"m", param.shape()}, {"v", param.shape()}};
+}
+
+void Adam::update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+                  double grad_scale) {
+  STEEPEST_KERNEL(param.device(), adam_update)(param, grad, slot(state, 0), slot(state, 1), lr,
+                                               beta_1_, beta_2_, epsilon_, state.step,
+                                               weight_decay_, decoupled_, grad_scale);
+}
+
+AdamW::AdamW(std::shared_ptr<const Schedule> learning_rate, double beta_1, double beta_2,
+             double epsilon, double weight_decay, std::optional<double> clipnorm)
+    : Adam("AdamW", std::move(learning_rate), beta_1, beta_2, epsilon, weight_decay, clipnorm,
+           true) {}
+
+// ------------------------------------------------------------------------------ Lamb
+
+Lamb::Lamb(std::shared_ptr<const Schedule> learning_rate, double beta_1, double beta_2,
+           double epsilon, double weight_decay, std::optional<double> clipnorm)
+    : Optimizer("Lamb", std::move(learning_rate), weight_decay, clipnorm),
+      beta_1_(beta_1),
+      beta_2_(beta_2),
+      epsilon_(epsilon) {
+  check_adam_family("Lamb", beta_1, beta_2, epsilon);
+}
+
+std::vector<SlotSpec> Lamb::slot_specs(const Tensor& param) const {
+  return {{"m", param.shape()}, {"v", param.shape()}};
+}
+
+void Lamb::update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+                  double grad_scale) {
+  double param_sq = 0.0, update_sq = 0.0;
+  STEEPEST_KERNEL(param.device(), lamb_moments)(param, grad, slot(state, 0), slot(state, 1),
+                                                beta_1_, beta_2_, epsilon_, state.step,
+                                                weight_decay_, grad_scale, param_sq, update_sq);
+  // The layer-wise trust ratio ‖θ‖/‖r + λθ‖; optax takes 1 when either norm is 0.
+  const double ratio =
+      param_sq > 0.0 && update_sq > 0.0 ? std::sqrt(param_sq) / std::sqrt(update_sq) : 1.0;
+  STEEPEST_KERNEL(param.device(), lamb_apply)(param, slot(state, 0), slot(state, 1), lr * ratio,
+                                              beta_1_, beta_2_, epsilon_, state.step,
+                                              weight_decay_);
+}
+
+// ------------------------------------------------------------------------- Adafactor
+
+Adafactor::Adafactor(std::shared_ptr<const Schedule> learning_rate, double beta_2_decay,
+                     double epsilon_1, double epsilon_2, double clip_threshold,
+                     bool relative_step, double weight_decay, std::optional<double> clipnorm)
+    : Optimizer("Adafactor", adafactor_learning_rate(std::move(learning_rate), relative_step),
+                weight_decay, clipnorm),
+      beta_2_decay_(beta_2_decay),
+      epsilon_1_(epsilon_1),
+      epsilon_2_(epsilon_2),
+      clip_threshold_(clip_threshold),
+      relative_step_(relative_step) {
+  if (!(std::isfinite(beta_2_decay) && beta_2_decay <= 0.0))
+    fail("Adafactor", "beta_2_decay must be a finite number <= 0, got ", beta_2_decay);
+  check_positive("Adafactor", "epsilon_1", epsilon_1);
+  check_positive("Adafactor", "epsilon_2", epsilon_2);
+  check_positive("Adafactor", "clip_threshold", clip_threshold);
+}
+
+std::vector<SlotSpec> Adafactor::slot_specs(const Tensor& param) const {
+  if (param.ndim() < 2) return {{"v", param.shape()}};
+  // Row means drop the last axis, column means the second to last.
+  Dims row = param.shape(), col = param.shape();
+  row.pop_back();
+  col.erase(param.ndim() - 2);
+  return {{"v_row", row}, {"v_col", col}};
+}
+
+void Adafactor::update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+                       double grad_scale) {
+  const double t = static_cast<double>(state.step);
+  const double beta_2 = 1.0 - std::pow(t, beta_2_decay_);  // β̂₂ = 1 − t^decay
+  Tensor* v_col = param.ndim() >= 2 ? &slot(state, 1) : nullptr;
+  // α uses RMS(θ) before this step's decay, as torch.optim.Adafactor does.
+  double alpha = lr;
+  if (relative_step_) {
+    double param_sq = 0.0;
+    STEEPEST_KERNEL(param.device(), sum_of_squares)(param, param_sq);
+    const double rms = std::sqrt(param_sq / static_cast<double>(param.numel()));
+    alpha = std::max(epsilon_2_, rms) * std::min(lr, 1.0 / std::sqrt(t));
+  }
+  double update_sq = 0.0;
+  STEEPEST_KERNEL(param.device(), adafactor_moments)(grad, slot(state, 0), v_col, beta_2,
+                                                     epsilon_1_, grad_scale, update_sq);
+  // Update clipping: Û = U / max(1, RMS(U)/d).
+  const double rms_update = std::sqrt(update_sq / static_cast<double>(param.numel()));
+  const double clip = std::max(1.0, rms_update / clip_threshold_);
+  STEEPEST_KERNEL(param.device(), adafactor_apply)(param, grad, slot(state, 0), v_col,
+                                                   grad_scale, alpha / clip,
+                                                   1.0 - lr * weight_decay_);
+}
+
+}  // namespace steepest::optim

@@ -1,0 +1,432 @@
+"""Optimizers (``st.optimizers``): the seed's update rules, each a fused C++ kernel.
+
+An optimizer is constructed without parameters. ``opt.step(params)`` updates, in place,
+every parameter in ``params`` from its ``.grad``; parameters whose grad is None are
+skipped and their state is left as it was. State (velocity, moments) is kept **per
+position in ``params``**: pass the same parameters in the same order on every step
+(``model.parameters()`` is stable). State has the parameter's dtype: float32, or float64
+for float64 parameters.
+
+``learning_rate`` is a float or a schedule (any callable ``step -> float``, e.g. from
+:mod:`steepest.schedules`), evaluated at ``opt.iterations``. ``weight_decay`` is
+decoupled (θ −= ηλθ) for AdamW, Lamb and Adafactor and added to the gradient elsewhere
+(g += λθ, the gradient of ½λ‖θ‖², as torch's ``weight_decay``). ``clipnorm`` rescales
+the gradients of one step together by clipnorm / (norm + 1e-6) when their global norm
+exceeds it (before weight decay is added); ``param.grad`` itself is not modified.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+
+from . import _core
+from . import schedules as _schedules
+from ._core import Tensor
+from .creation import tensor as _tensor
+from .schedules import LearningRate
+
+_optim = _core.optim
+
+
+def _copy_slot(value: Any) -> Tensor:
+    """A steepest tensor holding a copy of a state array, in the array's dtype."""
+    array = np.asarray(value)
+    return _tensor(array, dtype=str(array.dtype))
+
+
+class Optimizer:
+    """Base class of the optimizers: stepping, state and configuration."""
+
+    _core_class: Any = None
+
+    def __init__(self, **config: Any) -> None:
+        self._impl = self._core_class(**config)
+        self._config = config
+
+    def step(self, params: Iterable[Tensor], skip: bool = False) -> None:
+        """Updates every parameter of ``params`` that has a grad, in place.
+
+        ``skip=True`` does nothing and does not count as a step (``iterations`` and the
+        schedule stay where they are): a loss scaler skips a step whose gradients hold
+        inf/NaN this way.
+        """
+        self._impl.step(list(params), skip)
+
+    def zero_grad(self, params: Iterable[Tensor]) -> None:
+        """Sets the grad of every parameter to None."""
+        for p in params:
+            p.grad = None
+
+    @property
+    def iterations(self) -> int:
+        """Number of steps taken (skipped steps excluded)."""
+        return self._impl.iterations
+
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate the next step uses (the schedule at ``iterations``).
+        Assigning a float or a schedule calls :meth:`set_learning_rate`."""
+        return self._impl.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value: LearningRate) -> None:
+        self.set_learning_rate(value)
+
+    def set_learning_rate(self, learning_rate: LearningRate) -> None:
+        """Replaces the learning rate (a float or a schedule) in place: state,
+        iterations and a model compiled with this optimizer are kept."""
+        self._impl.set_learning_rate(learning_rate)
+        self._config["learning_rate"] = learning_rate
+
+    def get_config(self) -> Dict[str, Any]:
+        """The constructor arguments of this optimizer."""
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "Optimizer":
+        return cls(**config)
+
+    def state_size_bytes(self, params: Iterable[Tensor]) -> int:
+        """Bytes of optimizer state for ``params`` once each has been stepped."""
+        return self._impl.state_size_bytes(list(params))
+
+    def state_dict(self) -> Dict[str, Any]:
+        """A snapshot: class, hyperparameters, iterations and per-parameter state.
+
+        ``state`` lists, by parameter position, None (never stepped) or
+        ``{"step": int, <slot>: numpy array}``; the arrays are copies.
+        """
+        config = dict(self._config)
+        config["learning_rate"] = _schedules.serialize(config["learning_rate"])
+        state = [
+            None
+            if entry is None
+            else {k: (v if k == "step" else v.numpy()) for k, v in entry.items()}
+            for entry in self._impl.state()
+        ]
+        return {
+            "class_name": type(self).__name__,
+            "config": config,
+            "iterations": self._impl.iterations,
+            "state": state,
+        }
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restores a :meth:`state_dict` snapshot (hyperparameters included), so that
+        stepping continues exactly as it would have from the snapshot.
+
+        With the same hyperparameters the state is loaded in place; otherwise the
+        optimizer is rebuilt with the snapshot's, and a model compiled with it must be
+        compiled again.
+        """
+        name = state_dict.get("class_name")
+        if name != type(self).__name__:
+            raise ValueError(
+                f"[{type(self).__name__}.load_state_dict] the state is from a {name} optimizer"
+            )
+        config = dict(state_dict["config"])
+        config["learning_rate"] = _schedules.deserialize(config["learning_rate"])
+        # Hyperparameters are fixed in the C++ optimizer: another configuration means a
+        # new one (a model compiled with this optimizer must then be compiled again).
+        impl = self._impl if config == self.get_config() else self._core_class(**config)
+        entries = [
+            None
+            if entry is None
+            else {k: (int(v) if k == "step" else _copy_slot(v)) for k, v in entry.items()}
+            for entry in state_dict["state"]
+        ]
+        impl.load_state(entries, int(state_dict["iterations"]))
+        self._impl, self._config = impl, config
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Gradient descent with the seed's momentum.
+
+    momentum β > 0: v = βv + (1 − d)g, θ −= ηv with v₀ = 0, where the dampening d is β
+    when None (the seed's moving average) and d = 0 gives PyTorch's v = βv + g.
+
+    nesterov=True follows the seed's look-ahead exactly: the gradient is taken at
+    θ − ηβv. To get it from an ordinary forward/backward, the parameters are kept *at
+    the look-ahead point* φ = θ − ηβv and updated as φ −= η((1 − d)g + βv). The model's
+    weights are therefore the look-ahead weights; the seed's θ is φ + ηβv.
+    """
+
+    _core_class = _optim.SGD
+
+    def __init__(
+        self,
+        learning_rate: LearningRate = 0.01,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        dampening: Optional[float] = None,
+        weight_decay: float = 0.0,
+        clipnorm: Optional[float] = None,
+    ) -> None:
+        super().__init__(
+            learning_rate=learning_rate,
+            momentum=momentum,
+            nesterov=nesterov,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+        )
+
+
+class RMSprop(Optimizer):
+    """The seed's RMSProp: E[g²] = ρE[g²] + (1 − ρ)g², θ −= ηg/(√E[g²] + ε)."""
+
+    _core_class = _optim.RMSprop
+
+    def __init__(
+        self,
+        learning_rate: LearningRate = 0.001,
+        rho: float = 0.9,
+        epsilon: float = 1e-8,
+        weight_decay: float = 0.0,
+        clipnorm: Optional[float] = None,
+    ) -> None:
+        super().__init__(
+            learning_rate=learning_rate,
+            rho=rho,
+            epsilon=epsilon,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+        )
+
+
+class Adam(Optimizer):
+    """The seed's Adam: moments m, v with bias correction m̂ = m/(1 − β₁ᵗ),
+    v̂ = v/(1 − β₂ᵗ), and θ −= η m̂/(√v̂ + ε). weight_decay adds λθ to the gradient."""
+
+    _core_class = _optim.Adam
+
+    def __init__(
+        self,
+        learning_rate: LearningRate = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        weight_decay: float = 0.0,
+        clipnorm: Optional[float] = None,
+    ) -> None:
+        super().__init__(
+            learning_rate=learning_rate,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+        )
+
+
+class AdamW(Adam):
+    """The seed's AdamW: Adam with decoupled decay, θ −= η(m̂/(√v̂ + ε) + λθ)."""
+
+    _core_class = _optim.AdamW
+
+    def __init__(
+        self,
+        learning_rate: LearningRate = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        weight_decay: float = 0.01,
+        clipnorm: Optional[float] = None,
+    ) -> None:
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, weight_decay, clipnorm)
+
+
+class Lamb(Optimizer):
+    """LAMB (You et al. 2019, as optax implements it): Adam's r = m̂/(√v̂ + ε), then per
+    parameter tensor θ −= η·(‖θ‖/‖r + λθ‖)·(r + λθ), the ratio taken as 1 when either
+    norm is 0. Keeps the update of every layer proportional to its weights, which makes
+    very large batches trainable."""
+
+    _core_class = _optim.Lamb
+
+    def __init__(
+        self,
+        learning_rate: LearningRate = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-6,
+        weight_decay: float = 0.0,
+        clipnorm: Optional[float] = None,
+    ) -> None:
+        super().__init__(
+            learning_rate=learning_rate,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+        )
+
+
+class Adafactor(Optimizer):
+    """Adafactor (Shazeer & Stern 2018), without momentum.
+
+    The second moment of g² + ε₁ decays with β̂₂ = 1 − t^beta_2_decay. For parameters
+    with ndim ≥ 2 it is factored over the last two axes into row and column means
+    (an n×m matrix keeps n + m numbers instead of n·m); v̂ = R Cᵀ / mean(R). The update
+    U = g/√v̂ is clipped to U / max(1, RMS(U)/clip_threshold).
+
+    relative_step=True: step α = max(ε₂, RMS(θ))·min(η, 1/√t) with η = learning_rate,
+    or 1e-2 when learning_rate is None. relative_step=False: α = learning_rate.
+    weight_decay is decoupled, θ −= ηλθ, as in torch.optim.Adafactor.
+    """
+
+    _core_class = _optim.Adafactor
+
+    def __init__(
+        self,
+        learning_rate: Optional[LearningRate] = None,
+        beta_2_decay: float = -0.8,
+        epsilon_1: float = 1e-30,
+        epsilon_2: float = 1e-3,
+        clip_threshold: float = 1.0,
+        relative_step: bool = True,
+        weight_decay: float = 0.0,
+        clipnorm: Optional[float] = None,
+    ) -> None:
+        super().__init__(
+            learning_rate=learning_rate,
+            beta_2_decay=beta_2_decay,
+            epsilon_1=epsilon_1,
+            epsilon_2=epsilon_2,
+            clip_threshold=clip_threshold,
+            relative_step=relative_step,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+        )
+
+
+_BY_NAME = {
+    "sgd": SGD,
+    "momentum": lambda: SGD(momentum=0.9),
+    "nesterov": lambda: SGD(momentum=0.9, nesterov=True),
+    "rmsprop": RMSprop,
+    "adam": Adam,
+    "adamw": AdamW,
+    "lamb": Lamb,
+    "adafactor": Adafactor,
+}
+
+
+def get(identifier: Any) -> Optimizer:
+    """An optimizer with default hyperparameters from its name (case-insensitive), or
+    ``identifier`` itself when it already is an Optimizer.
+
+    Names: sgd, momentum (SGD with β = 0.9), nesterov, rmsprop, adam, adamw, lamb,
+    adafactor.
+    """
+    if isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
+        return _BY_NAME[identifier.lower()]()
+    raise ValueError(
+        f"[optimizers.get] unknown optimizer {identifier!r}; valid names: {', '.join(_BY_NAME)}"
+    )
+
+
+# Where the seed's flowchart says 数十亿参数 (billions of parameters).
+BILLIONS = 1_000_000_000
+
+
+def choose(
+    data: str = "dense",
+    goal: str = "generalization",
+    num_params: int = 0,
+    memory: str = "normal",
+) -> Tuple[Optimizer, str]:
+    """The seed's "Choose Optimizer" flowchart: returns (configured optimizer, reason).
+
+    1. data: "sparse" (text, recommendation: features of very different frequencies)
+       → AdamW; "dense" (images) → by goal: "generalization" → SGD + momentum,
+       "speed" → AdamW.
+    2. num_params ≥ 1e9 (数十亿参数): Adam's two full-size moments no longer fit →
+       Lamb (large-batch training on clusters), or Adafactor when memory="tight"
+       (its factored second moment is the smallest adaptive state).
+    3. Otherwise memory="tight" (embedded devices, small GPUs) → plain SGD, which keeps
+       no state at all; memory="normal" keeps the choice of step 1.
+    """
+    if data not in ("sparse", "dense"):
+        raise ValueError(f"[choose] data must be 'sparse' or 'dense', got {data!r}")
+    if goal not in ("generalization", "speed"):
+        raise ValueError(f"[choose] goal must be 'generalization' or 'speed', got {goal!r}")
+    if memory not in ("tight", "normal"):
+        raise ValueError(f"[choose] memory must be 'tight' or 'normal', got {memory!r}")
+    if not isinstance(num_params, (int, np.integer)) or num_params < 0:
+        raise ValueError(f"[choose] num_params must be an int >= 0, got {num_params!r}")
+
+    steps: List[str] = []
+    if data == "sparse":
+        steps.append(
+            "sparse/high-dimensional data -> Adam/AdamW: per-parameter adaptive rates give "
+            "rare features (small gradients) larger steps"
+        )
+        optimizer: Optimizer = AdamW()
+    elif goal == "generalization":
+        steps.append(
+            "dense data, generalization first -> SGD + momentum: its gradient noise finds "
+            "flatter minima; pair it with a schedule (warmup + cosine or step decay)"
+        )
+        optimizer = SGD(learning_rate=0.01, momentum=0.9)
+    else:
+        steps.append(
+            "dense data, speed and stability first -> AdamW: fast convergence with default "
+            "hyperparameters, decoupled weight decay"
+        )
+        optimizer = AdamW()
+
+    if num_params >= BILLIONS:
+        if memory == "tight":
+            steps.append(
+                f"{num_params:.3g} parameters with tight memory -> Adafactor: its factored "
+                "second moment keeps n + m numbers per n x m matrix instead of Adam's 2nm"
+            )
+            optimizer = Adafactor()
+        else:
+            steps.append(
+                f"{num_params:.3g} parameters -> LAMB: layer-wise trust ratios keep "
+                "very large batches stable on clusters"
+            )
+            optimizer = Lamb()
+    elif memory == "tight":
+        steps.append(
+            "tight memory (embedded device, small GPU) -> plain SGD: no optimizer state "
+            "beyond the gradient"
+        )
+        optimizer = SGD(learning_rate=0.01)
+    else:
+        steps.append(f"{num_params:.3g} parameters (< 1e9) -> keep {type(optimizer).__name__}")
+    return optimizer, "; ".join(steps)
+
+
+def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> float:
+    """Clips the gradients of ``params`` to a global norm of at most ``max_norm``.
+
+    Returns the total norm before clipping; when it exceeds max_norm every grad is
+    scaled in place by max_norm / (norm + 1e-6), as torch.nn.utils.clip_grad_norm_.
+    """
+    return _optim.clip_grad_norm(list(params), float(max_norm))
+
+
+__all__ = [
+    "Adafactor",
+    "Adam",
+    "AdamW",
+    "Lamb",
+    "Optimizer",
+    "RMSprop",
+    "SGD",
+    "choose",
+    "clip_grad_norm",
+    "get",
+]
