@@ -10,6 +10,8 @@ void init_autograd(nb::module_& m) {
         "Turns graph recording on or off for the current thread.");
   m.def("manual_seed", &manual_seed, nb::arg("seed"),
         "Seeds the global generator used by random ops called without seed=.");
+  m.def("next_seed", &next_seed,
+        "The next key of the global generator (what a random op without seed= uses).");
 }
 
 }  // namespace steepest::bindings

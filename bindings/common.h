@@ -19,6 +19,7 @@ void init_tensor(nb::module_& m);
 void init_ops(nb::module_& m);
 void init_autograd(nb::module_& m);
 void init_optim(nb::module_& m);
+void init_model(nb::module_& m);
 void init_build_info(nb::module_& m);
 
 // None -> all axes; int -> one axis; sequence of ints -> those axes.

@@ -19,5 +19,6 @@ NB_MODULE(_core, m) {
   steepest::bindings::init_ops(m);
   steepest::bindings::init_autograd(m);
   steepest::bindings::init_optim(m);
+  steepest::bindings::init_model(m);
   steepest::bindings::init_build_info(m);
 }

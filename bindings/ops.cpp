@@ -62,6 +62,8 @@ void init_ops(nb::module_& parent) {
   m.def("mul", &ops::mul, arg("a"), arg("b"), "a * b (Hadamard product) with broadcasting.");
   m.def("div", &ops::div, arg("a"), arg("b"), "a / b with broadcasting.");
   m.def("power", &ops::power, arg("x"), arg("exponent"), "x ** exponent for a scalar exponent.");
+  m.def("clamp_min", &ops::clamp_min, arg("x"), arg("lower"),
+        "max(x, lower); clamped entries get no gradient.");
 
 #define STEEPEST_UNARY(name, doc) m.def(#name, &ops::name, arg("x"), doc);
   STEEPEST_UNARY(neg, "-x")

@@ -40,6 +40,8 @@ struct PowScalar { template <class T> T operator()(T x, T s) const { return std:
 struct MulScalar { template <class T> T operator()(T x, T s) const { return x * s; } };
 struct AddScalar { template <class T> T operator()(T x, T s) const { return x + s; } };
 struct Sign { template <class T> T operator()(T x, T) const { return T((x > T(0)) - (x < T(0))); } };
+// NaN stays NaN (a clamp must not hide a diverged value).
+struct ClampMin { template <class T> T operator()(T x, T lo) const { return x < lo ? lo : x; } };
 
 // Binary functors: f(a, b, scalar). The *Grad functors take (G, saved) and return the
 // input gradient of the seed's activation table.
@@ -73,6 +75,8 @@ struct PowScalarGrad {
 };
 // sqrt: G / (2·Z), from the output Z
 struct SqrtGrad { template <class T> T operator()(T g, T z, T) const { return g / (T(2) * z); } };
+// Clamped values get no gradient.
+struct ClampMinGrad { template <class T> T operator()(T g, T x, T lo) const { return x < lo ? T(0) : g; } };
 // Binary cross-entropy on logits z against targets y, in the overflow-free form
 // max(z, 0) − z·y + log(1 + e^(−|z|)).
 struct BceWithLogits {

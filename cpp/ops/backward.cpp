@@ -72,6 +72,9 @@ void UnaryBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
     case UnaryOp::Sign:
       out[0] = mul_scalar(g, 0.0);
       break;
+    case UnaryOp::ClampMin:
+      out[0] = binary_raw(BinaryOp::ClampMinGrad, g, saved, scalar);
+      break;
   }
 }
 

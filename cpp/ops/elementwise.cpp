@@ -126,6 +126,9 @@ Tensor relu(const Tensor& x) { return unary_op("relu", UnaryOp::Relu, x, 0.0, tr
 Tensor sigmoid(const Tensor& x) { return unary_op("sigmoid", UnaryOp::Sigmoid, x, 0.0, true); }
 Tensor tanh(const Tensor& x) { return unary_op("tanh", UnaryOp::Tanh, x, 0.0, true); }
 Tensor gelu(const Tensor& x) { return unary_op("gelu", UnaryOp::Gelu, x, 0.0, false); }
+Tensor clamp_min(const Tensor& x, double lower) {
+  return unary_op("clamp_min", UnaryOp::ClampMin, x, lower, false);
+}
 Tensor power(const Tensor& x, double exponent) {
   return unary_op("power", UnaryOp::PowScalar, x, exponent, false);
 }

@@ -76,3 +76,6 @@ __all__ = [
     "zeros_like",
 ]
 
+from . import callbacks, layers, losses, metrics  # noqa: E402
+from . import models  # noqa: E402
+from .models import Sequential  # noqa: E402

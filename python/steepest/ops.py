@@ -5,6 +5,7 @@ from ._core.ops import (  # noqa: F401
     add,
     avg_pool2d,
     binary_cross_entropy,
+    clamp_min,
     conv2d,
     cross_entropy,
     div,

@@ -12,10 +12,11 @@ namespace steepest {
 // seed's activation table (激活函数): G ⊙ δ'(X) in one pass.
 #define STEEPEST_UNARY_OPS(X) \
   X(Neg) X(Exp) X(Log) X(Sqrt) X(Abs) X(Relu) X(Sigmoid) X(Tanh) X(Gelu) X(PowScalar) \
-  X(MulScalar) X(AddScalar) X(Sign)
+  X(MulScalar) X(AddScalar) X(Sign) X(ClampMin)
 #define STEEPEST_BINARY_OPS(X)                                                              \
   X(Add) X(Sub) X(Mul) X(Div) X(Eq) X(Ne) X(Lt) X(Le) X(Gt) X(Ge) X(ReluGrad) X(SigmoidGrad) \
-  X(TanhGrad) X(GeluGrad) X(PowScalarGrad) X(SqrtGrad) X(BceWithLogits) X(BceWithLogitsGrad)
+  X(TanhGrad) X(GeluGrad) X(PowScalarGrad) X(SqrtGrad) X(BceWithLogits) X(BceWithLogitsGrad) \
+  X(ClampMinGrad)
 
 #define STEEPEST_ENUM_ENTRY(name) name,
 enum class UnaryOp : uint8_t { STEEPEST_UNARY_OPS(STEEPEST_ENUM_ENTRY) };

@@ -39,6 +39,7 @@ Tensor sigmoid(const Tensor& x);
 Tensor tanh(const Tensor& x);
 Tensor gelu(const Tensor& x);
 Tensor power(const Tensor& x, double exponent);
+Tensor clamp_min(const Tensor& x, double lower);
 
 // Reductions.
 Tensor sum(const Tensor& x, const Axes& axes = std::nullopt, bool keepdims = false);

@@ -1,0 +1,191 @@
+// steepest._core.model: layers and Sequential. train_epoch runs the whole batch loop in
+// C++ without the GIL and takes it back only to redraw the progress bar (at most every
+// `report_seconds`) and to check for Ctrl-C.
+#include <nanobind/stl/function.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/shared_ptr.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <chrono>
+
+#include "common.h"
+#include "steepest/model.h"
+
+namespace steepest::bindings {
+namespace {
+
+using model::Activation;
+
+model::LossKind loss_from_name(const std::string& name) {
+  if (name == "sparse_categorical_crossentropy") return model::LossKind::SparseCategoricalCrossentropy;
+  if (name == "categorical_crossentropy") return model::LossKind::CategoricalCrossentropy;
+  if (name == "binary_crossentropy") return model::LossKind::BinaryCrossentropy;
+  if (name == "mse" || name == "mean_squared_error") return model::LossKind::MeanSquaredError;
+  if (name == "mae" || name == "mean_absolute_error") return model::LossKind::MeanAbsoluteError;
+  throw ValueError("[compile] unknown loss '" + name +
+                   "'; expected sparse_categorical_crossentropy, categorical_crossentropy, "
+                   "binary_crossentropy, mse or mae");
+}
+
+model::Metric metric_from_name(const std::string& name) {
+  if (name == "accuracy" || name == "acc") return model::Metric::Accuracy;
+  if (name == "sparse_categorical_accuracy") return model::Metric::SparseCategoricalAccuracy;
+  if (name == "categorical_accuracy") return model::Metric::CategoricalAccuracy;
+  if (name == "binary_accuracy") return model::Metric::BinaryAccuracy;
+  if (name == "mae" || name == "mean_absolute_error") return model::Metric::MeanAbsoluteError;
+  if (name == "mse" || name == "mean_squared_error") return model::Metric::MeanSquaredError;
+  throw ValueError("[compile] unknown metric '" + name +
+                   "'; expected accuracy, sparse_categorical_accuracy, categorical_accuracy, "
+                   "binary_accuracy, mae or mse");
+}
+
+nb::dict logs_dict(const model::Logs& logs) {
+  nb::dict d;
+  d["loss"] = logs.loss;
+  nb::list metrics;
+  for (double m : logs.metrics) metrics.append(m);
+  d["metrics"] = metrics;
+  d["samples"] = logs.samples;
+  d["batches"] = logs.batches;
+  d["stopped"] = logs.stopped;
+  d["nan_loss"] = logs.nan_loss;
+  return d;
+}
+
+// Wraps a Python progress callback: throttled, called with the GIL, and turning Ctrl-C
+// (or the callback returning False) into a clean stop after the current step.
+model::Progress throttled(nb::object callback, double report_seconds, bool& interrupted) {
+  using Clock = std::chrono::steady_clock;
+  auto last = std::make_shared<Clock::time_point>(Clock::now());
+  return [callback, report_seconds, last, &interrupted](int64_t batch, int64_t total,
+                                                       const model::Logs& logs) {
+    auto now = Clock::now();
+    bool final_batch = batch == total;
+    if (!final_batch && std::chrono::duration<double>(now - *last).count() < report_seconds)
+      return true;
+    *last = now;
+    nb::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() != 0) {
+      PyErr_Clear();
+      interrupted = true;
+      return false;
+    }
+    if (callback.is_none()) return true;
+    nb::object keep_going = callback(batch, total, logs_dict(logs));
+    return keep_going.is_none() || nb::cast<bool>(keep_going);
+  };
+}
+
+std::vector<int64_t> as_order(const std::optional<nb::ndarray<int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>>& order) {
+  std::vector<int64_t> out;
+  if (order) out.assign(order->data(), order->data() + order->shape(0));
+  return out;
+}
+
+}  // namespace
+
+void init_model(nb::module_& parent) {
+  nb::module_ m = parent.def_submodule("model", "Layers and the Sequential training loop.");
+  using nb::arg;
+
+  nb::class_<model::Layer>(m, "Layer")
+      .def_prop_ro("name", &model::Layer::name)
+      .def_prop_ro("kind", &model::Layer::kind)
+      .def_prop_ro("built", &model::Layer::built)
+      .def_prop_ro("input_shape", [](model::Layer& l) { return std::vector<int64_t>(l.input_shape().begin(), l.input_shape().end()); })
+      .def_prop_ro("output_shape", [](model::Layer& l) { return std::vector<int64_t>(l.output_shape().begin(), l.output_shape().end()); })
+      .def_prop_ro("weights", [](model::Layer& l) { return l.weights(); })
+      .def("build", [](model::Layer& l, std::vector<int64_t> shape, uint64_t seed) {
+             Dims out = l.build(Dims(shape.begin(), shape.end()), seed);
+             return std::vector<int64_t>(out.begin(), out.end());
+           }, arg("input_shape"), arg("seed"))
+      .def("forward", &model::Layer::forward, arg("x"), arg("training") = false, arg("step") = 0)
+      .def_prop_ro("final_activation", [](model::Layer& l) { return std::string(activation_name(l.final_activation())); });
+
+  auto act = [](const std::string& name) { return model::activation_from_name(name); };
+  auto reg = [](std::pair<double, double> r) { return model::Regularizer{r.first, r.second}; };
+
+  nb::class_<model::Dense, model::Layer>(m, "Dense")
+      .def("__init__", [act, reg](model::Dense* self, std::string name, int64_t units, std::string activation,
+                                  bool use_bias, std::string kernel_init, std::string bias_init,
+                                  std::pair<double, double> kernel_reg, std::pair<double, double> bias_reg) {
+        new (self) model::Dense(std::move(name), units, act(activation), use_bias, std::move(kernel_init),
+                                std::move(bias_init), reg(kernel_reg), reg(bias_reg));
+      });
+  nb::class_<model::Conv2D, model::Layer>(m, "Conv2D")
+      .def("__init__", [act, reg](model::Conv2D* self, std::string name, int64_t filters,
+                                  std::pair<int64_t, int64_t> kernel, std::pair<int64_t, int64_t> strides,
+                                  bool same, std::string activation, bool use_bias, std::string kernel_init,
+                                  std::pair<double, double> kernel_reg) {
+        new (self) model::Conv2D(std::move(name), filters, kernel, strides, same, act(activation), use_bias,
+                                 std::move(kernel_init), reg(kernel_reg));
+      });
+  nb::class_<model::Pool2D, model::Layer>(m, "Pool2D")
+      .def(nb::init<std::string, bool, std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>>());
+  nb::class_<model::Flatten, model::Layer>(m, "Flatten").def(nb::init<std::string>());
+  nb::class_<model::ActivationLayer, model::Layer>(m, "Activation")
+      .def("__init__", [act](model::ActivationLayer* self, std::string name, std::string activation) {
+        new (self) model::ActivationLayer(std::move(name), act(activation));
+      });
+  nb::class_<model::Dropout, model::Layer>(m, "Dropout").def(nb::init<std::string, double, uint64_t>());
+  nb::class_<model::LayerNormalization, model::Layer>(m, "LayerNormalization")
+      .def(nb::init<std::string, double, bool, bool>());
+  nb::class_<model::Embedding, model::Layer>(m, "Embedding")
+      .def(nb::init<std::string, int64_t, int64_t, std::string>());
+
+  nb::class_<model::Sequential>(m, "Sequential")
+      .def(nb::init<>())
+      .def("add", &model::Sequential::add, arg("layer"))
+      .def_prop_ro("layers", &model::Sequential::layers)
+      .def_prop_ro("built", &model::Sequential::built)
+      .def_prop_ro("compiled", &model::Sequential::compiled)
+      .def("build", [](model::Sequential& s, std::vector<int64_t> shape, uint64_t seed) {
+             s.build(Dims(shape.begin(), shape.end()), seed);
+           }, arg("input_shape"), arg("seed"))
+      .def("parameters", &model::Sequential::parameters)
+      .def("compile", [](model::Sequential& s, std::shared_ptr<optim::Optimizer> optimizer, const std::string& loss,
+                         bool from_logits, const std::vector<std::string>& metrics) {
+             std::vector<model::Metric> parsed;
+             for (const auto& name : metrics) parsed.push_back(metric_from_name(name));
+             s.compile(std::move(optimizer), {loss_from_name(loss), from_logits}, parsed);
+           }, arg("optimizer"), arg("loss"), arg("from_logits"), arg("metrics"))
+      .def("forward", &model::Sequential::forward, arg("x"), arg("training") = false, arg("step") = 0)
+      .def("train_epoch",
+           [](model::Sequential& s, const Tensor& x, const Tensor& y, int64_t batch_size,
+              std::optional<nb::ndarray<int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>> order,
+              bool stop_on_nan, nb::object callback, double report_seconds) {
+             std::vector<int64_t> sample_order = as_order(order);
+             bool interrupted = false;
+             model::Progress progress = throttled(callback, report_seconds, interrupted);
+             model::Logs logs;
+             {
+               nb::gil_scoped_release release;
+               logs = s.train_epoch(x, y, batch_size, sample_order, stop_on_nan, progress);
+             }
+             nb::dict d = logs_dict(logs);
+             d["interrupted"] = interrupted;
+             return d;
+           },
+           arg("x"), arg("y"), arg("batch_size"), arg("order").none(), arg("stop_on_nan"),
+           arg("callback").none(), arg("report_seconds") = 0.1)
+      .def("evaluate",
+           [](model::Sequential& s, const Tensor& x, const Tensor& y, int64_t batch_size) {
+             bool interrupted = false;
+             model::Progress progress = throttled(nb::none(), 0.25, interrupted);
+             model::Logs logs;
+             {
+               nb::gil_scoped_release release;
+               logs = s.evaluate(x, y, batch_size, progress);
+             }
+             nb::dict d = logs_dict(logs);
+             d["interrupted"] = interrupted;
+             return d;
+           },
+           arg("x"), arg("y"), arg("batch_size"))
+      .def("predict", &model::Sequential::predict, arg("x"), arg("batch_size"),
+           nb::call_guard<nb::gil_scoped_release>());
+}
+
+}  // namespace steepest::bindings

@@ -1,0 +1,253 @@
+// Layers and the Sequential model with its training loop. The whole batch loop —
+// batching and shuffling, forward, loss, backward, optimizer step, metrics — runs here
+// in C++; the Python front only builds layers, draws the progress bar and runs
+// callbacks between epochs.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "steepest/optim.h"
+#include "steepest/tensor.h"
+
+namespace steepest::model {
+
+enum class Activation { Linear, Relu, Sigmoid, Tanh, Gelu, Softmax };
+Activation activation_from_name(const std::string& name);
+const char* activation_name(Activation activation);
+Tensor apply_activation(Activation activation, const Tensor& x);
+
+// Keras penalties: l1·Σ|w| + l2·Σw² added to the loss (the seed's regularisation terms).
+struct Regularizer {
+  double l1 = 0.0, l2 = 0.0;
+  bool active() const { return l1 != 0.0 || l2 != 0.0; }
+  Tensor penalty(const Tensor& weight) const;
+};
+
+class Layer {
+ public:
+  explicit Layer(std::string name) : name_(std::move(name)) {}
+  virtual ~Layer() = default;
+  virtual const char* kind() const = 0;
+
+  // Creates the weights for a per-sample input shape (no batch axis) and returns the
+  // per-sample output shape. `seed` keys the initialisers.
+  Dims build(const Dims& input_shape, uint64_t seed);
+  // x has a leading batch axis. `step` (the optimizer's step) keys dropout masks.
+  virtual Tensor forward(const Tensor& x, bool training, int64_t step) = 0;
+  // The output before the layer's final activation (softmax/sigmoid), for losses that
+  // fuse the activation (log-softmax + cross-entropy).
+  virtual Tensor forward_pre_activation(const Tensor& x, bool training, int64_t step) {
+    return forward(x, training, step);
+  }
+  virtual Activation final_activation() const { return Activation::Linear; }
+  // Sum of the layer's weight penalties, undefined when it has none.
+  virtual Tensor regularization() const { return {}; }
+
+  const std::string& name() const { return name_; }
+  bool built() const { return built_; }
+  const Dims& input_shape() const { return input_shape_; }
+  const Dims& output_shape() const { return output_shape_; }
+  // Trainable weights by name ("kernel", "bias", ...), in a fixed order.
+  std::vector<std::pair<std::string, Tensor>>& weights() { return weights_; }
+
+ protected:
+  virtual Dims build_weights(const Dims& input_shape, uint64_t seed) = 0;
+  // A new trainable weight drawn from a Keras initializer.
+  Tensor add_weight(const std::string& name, const Dims& shape, const std::string& initializer,
+                    int64_t fan_in, int64_t fan_out, uint64_t seed);
+
+  std::string name_;
+  bool built_ = false;
+  Dims input_shape_, output_shape_;
+  std::vector<std::pair<std::string, Tensor>> weights_;
+};
+
+class Dense final : public Layer {
+ public:
+  Dense(std::string name, int64_t units, Activation activation, bool use_bias,
+        std::string kernel_initializer, std::string bias_initializer,
+        Regularizer kernel_regularizer, Regularizer bias_regularizer);
+  const char* kind() const override { return "Dense"; }
+  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+  Tensor forward_pre_activation(const Tensor& x, bool training, int64_t step) override;
+  Activation final_activation() const override { return activation_; }
+  Tensor regularization() const override;
+
+ private:
+  Dims build_weights(const Dims& input_shape, uint64_t seed) override;
+  int64_t units_;
+  Activation activation_;
+  bool use_bias_;
+  std::string kernel_initializer_, bias_initializer_;
+  Regularizer kernel_regularizer_, bias_regularizer_;
+};
+
+class Conv2D final : public Layer {
+ public:
+  Conv2D(std::string name, int64_t filters, std::pair<int64_t, int64_t> kernel_size,
+         std::pair<int64_t, int64_t> strides, bool same_padding, Activation activation,
+         bool use_bias, std::string kernel_initializer, Regularizer kernel_regularizer);
+  const char* kind() const override { return "Conv2D"; }
+  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+  Tensor forward_pre_activation(const Tensor& x, bool training, int64_t step) override;
+  Activation final_activation() const override { return activation_; }
+  Tensor regularization() const override;
+
+ private:
+  Dims build_weights(const Dims& input_shape, uint64_t seed) override;
+  int64_t filters_;
+  std::pair<int64_t, int64_t> kernel_, strides_, padding_{0, 0};
+  bool same_padding_;
+  Activation activation_;
+  bool use_bias_;
+  std::string kernel_initializer_;
+  Regularizer kernel_regularizer_;
+};
+
+class Pool2D final : public Layer {
+ public:
+  Pool2D(std::string name, bool max, std::pair<int64_t, int64_t> pool_size,
+         std::pair<int64_t, int64_t> strides);
+  const char* kind() const override { return max_ ? "MaxPool2D" : "AvgPool2D"; }
+  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+
+ private:
+  Dims build_weights(const Dims& input_shape, uint64_t seed) override;
+  bool max_;
+  std::pair<int64_t, int64_t> pool_, strides_;
+};
+
+class Flatten final : public Layer {
+ public:
+  using Layer::Layer;
+  const char* kind() const override { return "Flatten"; }
+  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+
+ private:
+  Dims build_weights(const Dims& input_shape, uint64_t seed) override;
+};
+
+class ActivationLayer final : public Layer {
+ public:
+  ActivationLayer(std::string name, Activation activation)
+      : Layer(std::move(name)), activation_(activation) {}
+  const char* kind() const override { return "Activation"; }
+  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+  Tensor forward_pre_activation(const Tensor& x, bool training, int64_t step) override { return x; }
+  Activation final_activation() const override { return activation_; }
+
+ private:
+  Dims build_weights(const Dims& input_shape, uint64_t seed) override { return input_shape; }
+  Activation activation_;
+};
+
+class Dropout final : public Layer {
+ public:
+  Dropout(std::string name, double rate, uint64_t seed);
+  const char* kind() const override { return "Dropout"; }
+  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+
+ private:
+  Dims build_weights(const Dims& input_shape, uint64_t seed) override { return input_shape; }
+  double rate_;
+  uint64_t seed_;
+};
+
+class LayerNormalization final : public Layer {
+ public:
+  LayerNormalization(std::string name, double epsilon, bool center, bool scale);
+  const char* kind() const override { return "LayerNormalization"; }
+  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+
+ private:
+  Dims build_weights(const Dims& input_shape, uint64_t seed) override;
+  double epsilon_;
+  bool center_, scale_;
+};
+
+class Embedding final : public Layer {
+ public:
+  Embedding(std::string name, int64_t input_dim, int64_t output_dim, std::string initializer);
+  const char* kind() const override { return "Embedding"; }
+  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+
+ private:
+  Dims build_weights(const Dims& input_shape, uint64_t seed) override;
+  int64_t input_dim_, output_dim_;
+  std::string initializer_;
+};
+
+// ------------------------------------------------------------------------------ model
+
+enum class LossKind { SparseCategoricalCrossentropy, CategoricalCrossentropy, BinaryCrossentropy,
+                      MeanSquaredError, MeanAbsoluteError };
+enum class Metric { Accuracy, SparseCategoricalAccuracy, CategoricalAccuracy, BinaryAccuracy,
+                    MeanAbsoluteError, MeanSquaredError };
+
+struct LossSpec {
+  LossKind kind = LossKind::MeanSquaredError;
+  bool from_logits = true;
+};
+
+// Running averages over the samples seen so far in an epoch.
+struct Logs {
+  double loss = 0.0;
+  std::vector<double> metrics;  // in compile order
+  int64_t samples = 0;
+  int64_t batches = 0;
+  bool stopped = false;  // by the progress callback (Ctrl-C) or a NaN loss
+  bool nan_loss = false;
+};
+
+// Called after batches (the binding throttles the redraw); returning false stops the
+// loop after the current step.
+using Progress = std::function<bool(int64_t batch, int64_t total_batches, const Logs& logs)>;
+
+class Sequential {
+ public:
+  void add(std::shared_ptr<Layer> layer);
+  const std::vector<std::shared_ptr<Layer>>& layers() const { return layers_; }
+  // Builds every layer for a per-sample input shape.
+  void build(const Dims& input_shape, uint64_t seed);
+  bool built() const { return built_; }
+  const Dims& input_shape() const { return input_shape_; }
+  std::vector<Tensor> parameters() const;
+
+  void compile(std::shared_ptr<optim::Optimizer> optimizer, LossSpec loss,
+               std::vector<Metric> metrics);
+  bool compiled() const { return optimizer_ != nullptr; }
+  const std::shared_ptr<optim::Optimizer>& optimizer() const { return optimizer_; }
+
+  Tensor forward(const Tensor& x, bool training, int64_t step) const;
+  // One epoch over (x, y) in batches; `order` (optional) is the sample order.
+  Logs train_epoch(const Tensor& x, const Tensor& y, int64_t batch_size,
+                   const std::vector<int64_t>& order, bool stop_on_nan, const Progress& progress);
+  Logs evaluate(const Tensor& x, const Tensor& y, int64_t batch_size, const Progress& progress);
+  Tensor predict(const Tensor& x, int64_t batch_size) const;
+
+ private:
+  // The loss of a batch, fusing a final softmax/sigmoid into the loss when the loss
+  // expects probabilities (stable log-softmax instead of log(softmax)).
+  Tensor batch_loss(const Tensor& x, const Tensor& y, bool training, int64_t step,
+                    Tensor* output) const;
+  void accumulate_metrics(const Tensor& output, const Tensor& y, int64_t n, Logs& logs) const;
+  Logs run(const Tensor& x, const Tensor& y, int64_t batch_size, const std::vector<int64_t>& order,
+           bool train, bool stop_on_nan, const Progress& progress);
+
+  std::vector<std::shared_ptr<Layer>> layers_;
+  Dims input_shape_;
+  bool built_ = false;
+  std::shared_ptr<optim::Optimizer> optimizer_;
+  LossSpec loss_;
+  std::vector<Metric> metrics_;
+};
+
+// Rows `order[begin:end]` of x (axis 0) as a new contiguous tensor.
+Tensor gather_rows(const Tensor& x, const int64_t* order, int64_t count);
+
+}  // namespace steepest::model

@@ -1,0 +1,290 @@
+// The Keras layers, each a forward pass over ops (so autograd derives its backward) and
+// the weights it owns.
+#include <cmath>
+
+#include "steepest/autograd.h"
+#include "steepest/model.h"
+#include "steepest/ops.h"
+
+namespace steepest::model {
+
+Activation activation_from_name(const std::string& name) {
+  if (name.empty() || name == "linear" || name == "none") return Activation::Linear;
+  if (name == "relu") return Activation::Relu;
+  if (name == "sigmoid") return Activation::Sigmoid;
+  if (name == "tanh") return Activation::Tanh;
+  if (name == "gelu") return Activation::Gelu;
+  if (name == "softmax") return Activation::Softmax;
+  fail("activation", "unknown activation '", name,
+       "'; expected one of linear, relu, sigmoid, tanh, gelu, softmax");
+}
+
+const char* activation_name(Activation activation) {
+  switch (activation) {
+    case Activation::Linear:
+      return "linear";
+    case Activation::Relu:
+      return "relu";
+    case Activation::Sigmoid:
+      return "sigmoid";
+    case Activation::Tanh:
+      return "tanh";
+    case Activation::Gelu:
+      return "gelu";
+    case Activation::Softmax:
+      return "softmax";
+  }
+  return "linear";
+}
+
+Tensor apply_activation(Activation activation, const Tensor& x) {
+  switch (activation) {
+    case Activation::Linear:
+      return x;
+    case Activation::Relu:
+      return ops::relu(x);
+    case Activation::Sigmoid:
+      return ops::sigmoid(x);
+    case Activation::Tanh:
+      return ops::tanh(x);
+    case Activation::Gelu:
+      return ops::gelu(x);
+    case Activation::Softmax:
+      return ops::softmax(x, -1);
+  }
+  return x;
+}
+
+Tensor Regularizer::penalty(const Tensor& weight) const {
+  Tensor total;
+  if (l1 != 0.0) total = ops::mul_scalar(ops::sum(ops::abs(weight)), l1);
+  if (l2 != 0.0) {
+    Tensor l2_term = ops::mul_scalar(ops::sum(ops::mul(weight, weight)), l2);
+    total = total.defined() ? ops::add(total, l2_term) : l2_term;
+  }
+  return total;
+}
+
+namespace {
+
+Tensor add_penalty(const Tensor& total, const Tensor& term) {
+  if (!term.defined()) return total;
+  return total.defined() ? ops::add(total, term) : term;
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------- Layer
+
+Dims Layer::build(const Dims& input_shape, uint64_t seed) {
+  input_shape_ = input_shape;
+  weights_.clear();
+  output_shape_ = build_weights(input_shape, seed);
+  built_ = true;
+  return output_shape_;
+}
+
+Tensor Layer::add_weight(const std::string& name, const Dims& shape, const std::string& initializer,
+                         int64_t fan_in, int64_t fan_out, uint64_t seed) {
+  NoGradGuard no_grad;
+  const DType dtype = DType::Float32;
+  double fan_sum = static_cast<double>(std::max<int64_t>(fan_in + fan_out, 1));
+  double fan_in_d = static_cast<double>(std::max<int64_t>(fan_in, 1));
+  auto uniform = [&](double limit) {
+    return ops::add_scalar(ops::mul_scalar(ops::rand(shape, seed, dtype, {}), 2.0 * limit), -limit);
+  };
+  auto normal = [&](double stddev) { return ops::mul_scalar(ops::randn(shape, seed, dtype, {}), stddev); };
+  Tensor w;
+  if (initializer == "glorot_uniform") w = uniform(std::sqrt(6.0 / fan_sum));
+  else if (initializer == "glorot_normal") w = normal(std::sqrt(2.0 / fan_sum));
+  else if (initializer == "he_uniform") w = uniform(std::sqrt(6.0 / fan_in_d));
+  else if (initializer == "he_normal") w = normal(std::sqrt(2.0 / fan_in_d));
+  else if (initializer == "random_uniform" || initializer == "uniform") w = uniform(0.05);
+  else if (initializer == "random_normal" || initializer == "normal") w = normal(0.05);
+  else if (initializer == "zeros") w = Tensor::zeros(shape, dtype);
+  else if (initializer == "ones") w = Tensor::full(shape, 1.0, dtype);
+  else
+    fail(kind(), "unknown initializer '", initializer,
+         "'; expected glorot_uniform, glorot_normal, he_uniform, he_normal, random_uniform, "
+         "random_normal, zeros or ones");
+  w = w.detach();
+  w.set_requires_grad(true);
+  weights_.emplace_back(name, w);
+  return w;
+}
+
+// ----------------------------------------------------------------------------- Dense
+
+Dense::Dense(std::string name, int64_t units, Activation activation, bool use_bias,
+             std::string kernel_initializer, std::string bias_initializer,
+             Regularizer kernel_regularizer, Regularizer bias_regularizer)
+    : Layer(std::move(name)), units_(units), activation_(activation), use_bias_(use_bias),
+      kernel_initializer_(std::move(kernel_initializer)),
+      bias_initializer_(std::move(bias_initializer)), kernel_regularizer_(kernel_regularizer),
+      bias_regularizer_(bias_regularizer) {
+  if (units <= 0) fail("Dense", "units must be positive, got ", units);
+}
+
+Dims Dense::build_weights(const Dims& input_shape, uint64_t seed) {
+  if (input_shape.empty()) fail("Dense", "needs an input with a feature axis, got shape ", input_shape);
+  int64_t in = input_shape.back();
+  add_weight("kernel", {in, units_}, kernel_initializer_, in, units_, seed);
+  if (use_bias_) add_weight("bias", {units_}, bias_initializer_, in, units_, seed + 1);
+  Dims out = input_shape;
+  out[out.size() - 1] = units_;
+  return out;
+}
+
+// The seed's linear layer, Y = X·W + b.
+Tensor Dense::forward_pre_activation(const Tensor& x, bool, int64_t) {
+  return ops::linear(x, weights_[0].second, use_bias_ ? weights_[1].second : Tensor());
+}
+
+Tensor Dense::forward(const Tensor& x, bool training, int64_t step) {
+  return apply_activation(activation_, forward_pre_activation(x, training, step));
+}
+
+Tensor Dense::regularization() const {
+  Tensor total;
+  if (kernel_regularizer_.active()) total = kernel_regularizer_.penalty(weights_[0].second);
+  if (use_bias_ && bias_regularizer_.active())
+    total = add_penalty(total, bias_regularizer_.penalty(weights_[1].second));
+  return total;
+}
+
+// ---------------------------------------------------------------------------- Conv2D
+
+Conv2D::Conv2D(std::string name, int64_t filters, std::pair<int64_t, int64_t> kernel_size,
+               std::pair<int64_t, int64_t> strides, bool same_padding, Activation activation,
+               bool use_bias, std::string kernel_initializer, Regularizer kernel_regularizer)
+    : Layer(std::move(name)), filters_(filters), kernel_(kernel_size), strides_(strides),
+      same_padding_(same_padding), activation_(activation), use_bias_(use_bias),
+      kernel_initializer_(std::move(kernel_initializer)), kernel_regularizer_(kernel_regularizer) {
+  if (filters <= 0) fail("Conv2D", "filters must be positive, got ", filters);
+  if (kernel_.first <= 0 || kernel_.second <= 0 || strides_.first <= 0 || strides_.second <= 0)
+    fail("Conv2D", "kernel_size and strides must be positive");
+}
+
+Dims Conv2D::build_weights(const Dims& input_shape, uint64_t seed) {
+  if (input_shape.size() != 3)
+    fail("Conv2D", "expects channels-first images (C, H, W), got input shape ", input_shape);
+  int64_t channels = input_shape[0], h = input_shape[1], w = input_shape[2];
+  if (same_padding_) {
+    // "same": output = ceil(input / stride); steepest pads symmetrically, so the total
+    // padding must be even (always true for odd kernels at stride 1).
+    auto pad_for = [&](int64_t in, int64_t k, int64_t s, const char* axis) {
+      int64_t out = (in + s - 1) / s;
+      int64_t total = std::max<int64_t>((out - 1) * s + k - in, 0);
+      if (total % 2)
+        fail("Conv2D", "padding='same' needs an even total padding along ", axis, " (kernel ", k,
+             ", stride ", s, ", input ", in, "); use an odd kernel or padding='valid'");
+      return total / 2;
+    };
+    padding_ = {pad_for(h, kernel_.first, strides_.first, "height"),
+                pad_for(w, kernel_.second, strides_.second, "width")};
+  }
+  int64_t out_h = (h + 2 * padding_.first - kernel_.first) / strides_.first + 1;
+  int64_t out_w = (w + 2 * padding_.second - kernel_.second) / strides_.second + 1;
+  if (out_h <= 0 || out_w <= 0)
+    fail("Conv2D", "kernel ", Dims{kernel_.first, kernel_.second}, " does not fit input ",
+         input_shape);
+  int64_t area = kernel_.first * kernel_.second;
+  add_weight("kernel", {filters_, channels, kernel_.first, kernel_.second}, kernel_initializer_,
+             channels * area, filters_ * area, seed);
+  if (use_bias_) add_weight("bias", {filters_}, "zeros", 0, 0, seed + 1);
+  return {filters_, out_h, out_w};
+}
+
+Tensor Conv2D::forward_pre_activation(const Tensor& x, bool, int64_t) {
+  return ops::conv2d(x, weights_[0].second, use_bias_ ? weights_[1].second : Tensor(), strides_,
+                     padding_);
+}
+
+Tensor Conv2D::forward(const Tensor& x, bool training, int64_t step) {
+  return apply_activation(activation_, forward_pre_activation(x, training, step));
+}
+
+Tensor Conv2D::regularization() const {
+  return kernel_regularizer_.active() ? kernel_regularizer_.penalty(weights_[0].second) : Tensor();
+}
+
+// ------------------------------------------------------------------- pooling, reshaping
+
+Pool2D::Pool2D(std::string name, bool max, std::pair<int64_t, int64_t> pool_size,
+               std::pair<int64_t, int64_t> strides)
+    : Layer(std::move(name)), max_(max), pool_(pool_size), strides_(strides) {}
+
+Dims Pool2D::build_weights(const Dims& input_shape, uint64_t) {
+  if (input_shape.size() != 3)
+    fail(kind(), "expects channels-first images (C, H, W), got input shape ", input_shape);
+  int64_t out_h = (input_shape[1] - pool_.first) / strides_.first + 1;
+  int64_t out_w = (input_shape[2] - pool_.second) / strides_.second + 1;
+  if (input_shape[1] < pool_.first || input_shape[2] < pool_.second)
+    fail(kind(), "pool_size ", Dims{pool_.first, pool_.second}, " is larger than the input ",
+         input_shape);
+  return {input_shape[0], out_h, out_w};
+}
+
+Tensor Pool2D::forward(const Tensor& x, bool, int64_t) {
+  return max_ ? ops::max_pool2d(x, pool_, strides_, {0, 0}) : ops::avg_pool2d(x, pool_, strides_, {0, 0});
+}
+
+Dims Flatten::build_weights(const Dims& input_shape, uint64_t) { return {input_shape.product()}; }
+
+Tensor Flatten::forward(const Tensor& x, bool, int64_t) { return ops::flatten(x); }
+
+Tensor ActivationLayer::forward(const Tensor& x, bool, int64_t) {
+  return apply_activation(activation_, x);
+}
+
+Dropout::Dropout(std::string name, double rate, uint64_t seed)
+    : Layer(std::move(name)), rate_(rate), seed_(seed) {
+  if (!(rate >= 0.0 && rate < 1.0)) fail("Dropout", "rate must be in [0, 1), got ", rate);
+}
+
+// A fresh mask every step, reproducible from (seed, step): resuming training from a
+// checkpoint draws the same masks as an uninterrupted run.
+Tensor Dropout::forward(const Tensor& x, bool training, int64_t step) {
+  uint64_t key = seed_ ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(step + 1));
+  return ops::dropout(x, rate_, training, key);
+}
+
+LayerNormalization::LayerNormalization(std::string name, double epsilon, bool center, bool scale)
+    : Layer(std::move(name)), epsilon_(epsilon), center_(center), scale_(scale) {
+  if (!(epsilon > 0)) fail("LayerNormalization", "epsilon must be positive, got ", epsilon);
+}
+
+Dims LayerNormalization::build_weights(const Dims& input_shape, uint64_t seed) {
+  if (input_shape.empty()) fail("LayerNormalization", "needs a feature axis, got ", input_shape);
+  int64_t features = input_shape.back();
+  if (scale_) add_weight("gamma", {features}, "ones", 0, 0, seed);
+  if (center_) add_weight("beta", {features}, "zeros", 0, 0, seed);
+  return input_shape;
+}
+
+Tensor LayerNormalization::forward(const Tensor& x, bool, int64_t) {
+  Tensor gamma = scale_ ? weights_[0].second : Tensor();
+  Tensor beta = center_ ? weights_[scale_ ? 1 : 0].second : Tensor();
+  return ops::layer_norm(x, gamma, beta, epsilon_);
+}
+
+Embedding::Embedding(std::string name, int64_t input_dim, int64_t output_dim, std::string initializer)
+    : Layer(std::move(name)), input_dim_(input_dim), output_dim_(output_dim),
+      initializer_(std::move(initializer)) {
+  if (input_dim <= 0 || output_dim <= 0)
+    fail("Embedding", "input_dim and output_dim must be positive, got ", input_dim, " and ", output_dim);
+}
+
+Dims Embedding::build_weights(const Dims& input_shape, uint64_t seed) {
+  add_weight("embeddings", {input_dim_, output_dim_}, initializer_, input_dim_, output_dim_, seed);
+  Dims out = input_shape;
+  out.push_back(output_dim_);
+  return out;
+}
+
+Tensor Embedding::forward(const Tensor& x, bool, int64_t) {
+  Tensor indices = is_floating(x.dtype()) ? ops::astype(x.detach(), DType::Int64) : x;
+  return ops::embedding(indices, weights_[0].second);
+}
+
+}  // namespace steepest::model

@@ -1,0 +1,313 @@
+// Sequential: the layer stack, its loss and metrics, and the training loop of the
+// seed's 梯度下降算法 with Batch Size — for each mini-batch: forward, loss, backward,
+// one optimizer step.
+#include <cmath>
+#include <cstring>
+
+#include "steepest/autograd.h"
+#include "steepest/kernels.h"
+#include "steepest/model.h"
+#include "steepest/ops.h"
+
+namespace steepest::model {
+
+Tensor gather_rows(const Tensor& x, const int64_t* order, int64_t count) {
+  Tensor src = ops::contiguous(x.detach());
+  Dims shape = src.shape();
+  shape[0] = count;
+  Tensor out = Tensor::empty(shape, src.dtype(), src.device());
+  if (!src.device().is_cpu()) fail("fit", "batching reads host memory; keep the data on the CPU");
+  int64_t rows = src.shape()[0];
+  size_t row_bytes = static_cast<size_t>(rows ? src.numel() / rows : 0) * itemsize(src.dtype());
+  const char* from = static_cast<const char*>(src.data_ptr());
+  char* to = static_cast<char*>(out.data_ptr());
+  for (int64_t i = 0; i < count; ++i)
+    std::memcpy(to + static_cast<size_t>(i) * row_bytes, from + static_cast<size_t>(order[i]) * row_bytes,
+                row_bytes);
+  return out;
+}
+
+void Sequential::add(std::shared_ptr<Layer> layer) {
+  if (built_) fail("Sequential", "cannot add layers to a model that is already built");
+  layers_.push_back(std::move(layer));
+}
+
+void Sequential::build(const Dims& input_shape, uint64_t seed) {
+  if (layers_.empty()) fail("Sequential", "the model has no layers");
+  Dims shape = input_shape;
+  uint64_t layer_seed = seed;
+  for (auto& layer : layers_) {
+    shape = layer->build(shape, layer_seed);
+    layer_seed += 0x9E3779B97F4A7C15ull;
+  }
+  input_shape_ = input_shape;
+  built_ = true;
+}
+
+std::vector<Tensor> Sequential::parameters() const {
+  std::vector<Tensor> params;
+  for (const auto& layer : layers_)
+    for (auto& entry : layer->weights()) params.push_back(entry.second);
+  return params;
+}
+
+void Sequential::compile(std::shared_ptr<optim::Optimizer> optimizer, LossSpec loss,
+                         std::vector<Metric> metrics) {
+  if (!optimizer) fail("compile", "an optimizer is required");
+  optimizer_ = std::move(optimizer);
+  loss_ = loss;
+  // "accuracy" means the accuracy that fits the loss, as in Keras.
+  for (Metric& m : metrics) {
+    if (m != Metric::Accuracy) continue;
+    switch (loss.kind) {
+      case LossKind::SparseCategoricalCrossentropy:
+        m = Metric::SparseCategoricalAccuracy;
+        break;
+      case LossKind::CategoricalCrossentropy:
+        m = Metric::CategoricalAccuracy;
+        break;
+      default:
+        m = Metric::BinaryAccuracy;
+        break;
+    }
+  }
+  metrics_ = std::move(metrics);
+}
+
+Tensor Sequential::forward(const Tensor& x, bool training, int64_t step) const {
+  Tensor h = x;
+  for (const auto& layer : layers_) h = layer->forward(h, training, step);
+  return h;
+}
+
+namespace {
+
+bool is_crossentropy(LossKind kind) {
+  return kind == LossKind::SparseCategoricalCrossentropy || kind == LossKind::CategoricalCrossentropy;
+}
+
+// Probabilities are clipped away from 0 before the log, as Keras does.
+constexpr double kProbabilityFloor = 1e-7;
+
+Tensor loss_of(LossSpec spec, const Tensor& out, const Tensor& y) {
+  Tensor target = y;
+  if (!is_crossentropy(spec.kind) && y.shape() != out.shape() && y.numel() == out.numel())
+    target = ops::reshape(y, out.shape());
+  switch (spec.kind) {
+    case LossKind::SparseCategoricalCrossentropy:
+    case LossKind::CategoricalCrossentropy: {
+      // From probabilities: softmax(log p) = p / Σp, so the log-probabilities can go
+      // through the fused kernel (Keras also renormalises p).
+      Tensor logits = spec.from_logits ? out : ops::log(ops::clamp_min(out, kProbabilityFloor));
+      return ops::cross_entropy(logits, target, ops::Reduction::Mean);
+    }
+    case LossKind::BinaryCrossentropy: {
+      if (spec.from_logits)
+        return ops::binary_cross_entropy(out, target, true, ops::Reduction::Mean);
+      Tensor p = ops::clamp_min(out, kProbabilityFloor);
+      p = ops::add_scalar(ops::neg(ops::clamp_min(ops::add_scalar(ops::neg(p), 1.0), kProbabilityFloor)), 1.0);
+      return ops::binary_cross_entropy(p, target, false, ops::Reduction::Mean);
+    }
+    case LossKind::MeanSquaredError:
+      return ops::mse_loss(out, target, ops::Reduction::Mean);
+    case LossKind::MeanAbsoluteError:
+      return ops::mean(ops::abs(ops::sub(out, target)));
+  }
+  return {};
+}
+
+}  // namespace
+
+Tensor Sequential::batch_loss(const Tensor& x, const Tensor& y, bool training, int64_t step,
+                              Tensor* output) const {
+  Tensor h = x;
+  for (size_t i = 0; i + 1 < layers_.size(); ++i) h = layers_[i]->forward(h, training, step);
+  Layer& last = *layers_.back();
+  Activation act = last.final_activation();
+  bool fuse = !loss_.from_logits &&
+              ((is_crossentropy(loss_.kind) && act == Activation::Softmax) ||
+               (loss_.kind == LossKind::BinaryCrossentropy && act == Activation::Sigmoid));
+  Tensor loss;
+  if (fuse) {
+    // softmax + cross-entropy as one log-softmax (the seed's log-softmax section).
+    Tensor logits = last.forward_pre_activation(h, training, step);
+    loss = loss_of({loss_.kind, true}, logits, y);
+    NoGradGuard no_grad;
+    *output = apply_activation(act, logits);
+  } else {
+    *output = last.forward(h, training, step);
+    loss = loss_of(loss_, *output, y);
+  }
+  for (const auto& layer : layers_) {
+    Tensor penalty = layer->regularization();
+    if (penalty.defined()) loss = ops::add(loss, penalty);
+  }
+  return loss;
+}
+
+namespace {
+
+template <class T, class L>
+double metric_sum(Metric metric, const T* out, const L* y, int64_t rows, int64_t cols,
+                  bool y_is_index) {
+  double total = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* o = out + r * cols;
+    switch (metric) {
+      case Metric::SparseCategoricalAccuracy:
+      case Metric::CategoricalAccuracy: {
+        int64_t best = 0;
+        for (int64_t c = 1; c < cols; ++c)
+          if (o[c] > o[best]) best = c;
+        int64_t truth = 0;
+        if (y_is_index) {
+          truth = static_cast<int64_t>(y[r]);
+        } else {
+          const L* yr = y + r * cols;
+          for (int64_t c = 1; c < cols; ++c)
+            if (yr[c] > yr[truth]) truth = c;
+        }
+        total += best == truth ? 1.0 : 0.0;
+        break;
+      }
+      case Metric::BinaryAccuracy: {
+        double hits = 0;
+        for (int64_t c = 0; c < cols; ++c)
+          hits += ((o[c] > T(0.5)) == (static_cast<double>(y[r * cols + c]) > 0.5)) ? 1.0 : 0.0;
+        total += hits / static_cast<double>(cols);
+        break;
+      }
+      case Metric::MeanAbsoluteError:
+      case Metric::MeanSquaredError: {
+        double acc = 0;
+        for (int64_t c = 0; c < cols; ++c) {
+          double d = static_cast<double>(o[c]) - static_cast<double>(y[r * cols + c]);
+          acc += metric == Metric::MeanAbsoluteError ? std::fabs(d) : d * d;
+        }
+        total += acc / static_cast<double>(cols);
+        break;
+      }
+      case Metric::Accuracy:
+        break;
+    }
+  }
+  return total;
+}
+
+}  // namespace
+
+void Sequential::accumulate_metrics(const Tensor& output, const Tensor& y, int64_t n, Logs& logs) const {
+  if (metrics_.empty()) return;
+  Tensor out = ops::contiguous(ops::to_device(output.detach(), {}));
+  Tensor labels = ops::contiguous(ops::to_device(y.detach(), {}));
+  int64_t cols = n ? out.numel() / n : 0;
+  bool index_labels = !is_floating(labels.dtype());
+  if (!index_labels && labels.numel() != out.numel())
+    fail("metrics", "labels of shape ", labels.shape(), " do not match outputs of shape ", out.shape());
+  for (size_t i = 0; i < metrics_.size(); ++i) {
+    if (index_labels && metrics_[i] != Metric::SparseCategoricalAccuracy)
+      fail("metrics", "integer labels need sparse_categorical_accuracy (or 'accuracy' with a sparse loss)");
+    double batch_sum = dispatch_float("metrics", out.dtype(), [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      return dispatch_all("metrics", labels.dtype(), [&](auto label_tag) {
+        using L = typename decltype(label_tag)::type;
+        return metric_sum<T, L>(metrics_[i], out.data<T>(), labels.data<L>(), n, cols, index_labels);
+      });
+    });
+    double seen = static_cast<double>(logs.samples);
+    logs.metrics[i] = (logs.metrics[i] * seen + batch_sum) / (seen + static_cast<double>(n));
+  }
+}
+
+Logs Sequential::run(const Tensor& x, const Tensor& y, int64_t batch_size,
+                     const std::vector<int64_t>& order, bool train, bool stop_on_nan,
+                     const Progress& progress) {
+  if (!built_) fail("fit", "the model is not built; give it an Input layer or call build()");
+  if (!compiled()) fail("fit", "the model must be compiled before fit/evaluate; call compile()");
+  if (batch_size <= 0) fail("fit", "batch_size must be positive, got ", batch_size);
+  int64_t n = x.ndim() ? x.shape()[0] : 0;
+  if (!y.defined() || y.ndim() == 0 || y.shape()[0] != n)
+    fail("fit", "x has ", n, " samples but y has shape ", y.defined() ? y.shape() : Dims{});
+  Logs logs;
+  logs.metrics.assign(metrics_.size(), 0.0);
+  std::vector<Tensor> params = parameters();
+  int64_t total_batches = (n + batch_size - 1) / batch_size;
+  Tensor xc = order.empty() ? x : ops::contiguous(x.detach());
+  Tensor yc = order.empty() ? y : ops::contiguous(y.detach());
+  for (int64_t b = 0; b < total_batches; ++b) {
+    int64_t begin = b * batch_size, count = std::min(batch_size, n - begin);
+    Tensor xb, yb;
+    if (order.empty()) {
+      xb = ops::slice(x.detach(), 0, begin, begin + count, 1);
+      yb = ops::slice(y.detach(), 0, begin, begin + count, 1);
+    } else {
+      xb = gather_rows(xc, order.data() + begin, count);
+      yb = gather_rows(yc, order.data() + begin, count);
+    }
+    Tensor output;
+    double loss_value;
+    if (train) {
+      int64_t step = optimizer_->iterations();
+      Tensor loss = batch_loss(xb, yb, true, step, &output);
+      loss_value = loss.item();
+      if (stop_on_nan && !std::isfinite(loss_value)) {
+        // Stop before the update: the weights stay those of the last finite step.
+        logs.nan_loss = logs.stopped = true;
+        logs.loss = loss_value;
+        break;
+      }
+      for (Tensor& p : params) p.set_grad(Tensor());
+      steepest::backward(loss, Tensor());
+      optimizer_->step(params);
+    } else {
+      NoGradGuard no_grad;
+      loss_value = batch_loss(xb, yb, false, 0, &output).item();
+    }
+    accumulate_metrics(output, yb, count, logs);
+    double seen = static_cast<double>(logs.samples);
+    logs.loss = (logs.loss * seen + loss_value * static_cast<double>(count)) /
+                (seen + static_cast<double>(count));
+    logs.samples += count;
+    logs.batches = b + 1;
+    if (progress && !progress(b + 1, total_batches, logs)) {
+      logs.stopped = true;
+      break;
+    }
+  }
+  return logs;
+}
+
+Logs Sequential::train_epoch(const Tensor& x, const Tensor& y, int64_t batch_size,
+                             const std::vector<int64_t>& order, bool stop_on_nan,
+                             const Progress& progress) {
+  if (!order.empty() && static_cast<int64_t>(order.size()) != (x.ndim() ? x.shape()[0] : 0))
+    fail("fit", "the shuffle order has ", order.size(), " entries for ", x.shape()[0], " samples");
+  return run(x, y, batch_size, order, true, stop_on_nan, progress);
+}
+
+Logs Sequential::evaluate(const Tensor& x, const Tensor& y, int64_t batch_size, const Progress& progress) {
+  return run(x, y, batch_size, {}, false, false, progress);
+}
+
+Tensor Sequential::predict(const Tensor& x, int64_t batch_size) const {
+  if (!built_) fail("predict", "the model is not built; give it an Input layer or call build()");
+  if (batch_size <= 0) fail("predict", "batch_size must be positive, got ", batch_size);
+  NoGradGuard no_grad;
+  int64_t n = x.ndim() ? x.shape()[0] : 0;
+  Tensor result;
+  for (int64_t begin = 0; begin < n; begin += batch_size) {
+    int64_t count = std::min(batch_size, n - begin);
+    Tensor out = forward(ops::slice(x, 0, begin, begin + count, 1), false, 0);
+    if (!result.defined()) {
+      Dims shape = out.shape();
+      shape[0] = n;
+      result = Tensor::empty(shape, out.dtype(), out.device());
+    }
+    Tensor dst = ops::slice(result, 0, begin, begin + count, 1);
+    STEEPEST_KERNEL(out.device(), copy)(out, dst);
+  }
+  if (!result.defined()) fail("predict", "x has no samples");
+  return result;
+}
+
+}  // namespace steepest::model

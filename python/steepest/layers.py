@@ -1,0 +1,245 @@
+"""Keras layers (``st.layers``). Each wraps a C++ layer whose forward pass runs inside
+the C++ training loop; the Python object keeps the constructor arguments so a model
+can be saved and rebuilt."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+from . import _core
+from ._core import Tensor
+
+_model = _core.model
+_name_counters: Dict[str, "itertools.count[int]"] = defaultdict(itertools.count)
+
+IntPair = Union[int, Tuple[int, int]]
+
+
+def _unique_name(base: str) -> str:
+    index = next(_name_counters[base])
+    return base if index == 0 else f"{base}_{index}"
+
+
+def _pair(owner: str, name: str, value: IntPair) -> Tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return (int(value[0]), int(value[1]))
+    raise ValueError(f"[{owner}] {name} must be an int or a pair of ints, got {value!r}")
+
+
+def _activation(owner: str, activation: Optional[str]) -> str:
+    if activation is None:
+        return "linear"
+    if not isinstance(activation, str):
+        raise TypeError(f"[{owner}] activation must be a name such as 'relu', got {activation!r}")
+    return activation
+
+
+def _regularizer(owner: str, regularizer: Any) -> Tuple[float, float]:
+    if regularizer is None:
+        return (0.0, 0.0)
+    if hasattr(regularizer, "l1") or hasattr(regularizer, "l2"):
+        return (float(getattr(regularizer, "l1", 0.0)), float(getattr(regularizer, "l2", 0.0)))
+    raise TypeError(
+        f"[{owner}] a regularizer must be st.regularizers.L1, L2 or L1L2, got {regularizer!r}"
+    )
+
+
+class Layer:
+    """Base class. ``layer(x, training=False)`` runs the layer eagerly (with autograd)."""
+
+    _impl: Any
+
+    def __init__(self, name: Optional[str], config: Dict[str, Any]) -> None:
+        self.name = name or _unique_name(_snake(type(self).__name__))
+        self._config = config
+
+    def get_config(self) -> Dict[str, Any]:
+        """The constructor arguments (JSON-serialisable) that rebuild this layer."""
+        return {"name": self.name, **self._config}
+
+    @property
+    def weights(self) -> Dict[str, Tensor]:
+        return dict(self._impl.weights)
+
+    @property
+    def built(self) -> bool:
+        return self._impl.built
+
+    @property
+    def output_shape(self) -> Tuple[Optional[int], ...]:
+        return (None, *self._impl.output_shape)
+
+    def count_params(self) -> int:
+        return sum(w.numel() for w in self.weights.values())
+
+    def __call__(self, x: Tensor, training: bool = False) -> Tensor:
+        if not self._impl.built:
+            self._impl.build(list(x.shape[1:]), _core.next_seed())
+        return self._impl.forward(x, training)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
+        return f"{type(self).__name__}({args})"
+
+
+def _snake(name: str) -> str:
+    out = []
+    for i, c in enumerate(name):
+        if c.isupper() and i and not name[i - 1].isupper():
+            out.append("_")
+        out.append(c.lower())
+    return "".join(out)
+
+
+class Input:
+    """Declares the per-sample input shape (channels-first for images: (C, H, W))."""
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        if isinstance(shape, int):
+            shape = (shape,)
+        shape = tuple(shape)
+        if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+            raise ValueError(f"[Input] shape must be a tuple of positive ints, got {shape!r}")
+        self.shape = shape
+
+    def __repr__(self) -> str:
+        return f"Input({self.shape})"
+
+
+class Dense(Layer):
+    """Y = activation(X·W + b), W of shape (in, units) as in the seed."""
+
+    def __init__(self, units: int, activation: Optional[str] = None, use_bias: bool = True,
+                 kernel_initializer: str = "glorot_uniform", bias_initializer: str = "zeros",
+                 kernel_regularizer: Any = None, bias_regularizer: Any = None,
+                 name: Optional[str] = None) -> None:
+        if not isinstance(units, int) or units <= 0:
+            raise ValueError(f"[Dense] units must be a positive int, got {units!r}")
+        activation = _activation("Dense", activation)
+        super().__init__(name, {
+            "units": units, "activation": activation, "use_bias": use_bias,
+            "kernel_initializer": kernel_initializer, "bias_initializer": bias_initializer,
+            "kernel_regularizer": _regularizer("Dense", kernel_regularizer),
+            "bias_regularizer": _regularizer("Dense", bias_regularizer),
+        })
+        c = self._config
+        self._impl = _model.Dense(self.name, units, activation, use_bias, kernel_initializer,
+                                  bias_initializer, c["kernel_regularizer"], c["bias_regularizer"])
+
+
+class Conv2D(Layer):
+    """2-D convolution over channels-first images via im2col + GEMM."""
+
+    def __init__(self, filters: int, kernel_size: IntPair, strides: IntPair = 1,
+                 padding: str = "valid", activation: Optional[str] = None, use_bias: bool = True,
+                 kernel_initializer: str = "glorot_uniform", kernel_regularizer: Any = None,
+                 name: Optional[str] = None) -> None:
+        if padding not in ("valid", "same"):
+            raise ValueError(f"[Conv2D] padding must be 'valid' or 'same', got {padding!r}")
+        activation = _activation("Conv2D", activation)
+        kernel = _pair("Conv2D", "kernel_size", kernel_size)
+        stride = _pair("Conv2D", "strides", strides)
+        super().__init__(name, {
+            "filters": filters, "kernel_size": list(kernel), "strides": list(stride),
+            "padding": padding, "activation": activation, "use_bias": use_bias,
+            "kernel_initializer": kernel_initializer,
+            "kernel_regularizer": _regularizer("Conv2D", kernel_regularizer),
+        })
+        self._impl = _model.Conv2D(self.name, filters, kernel, stride, padding == "same", activation,
+                                   use_bias, kernel_initializer, self._config["kernel_regularizer"])
+
+
+class _Pool2D(Layer):
+    _max: bool
+
+    def __init__(self, pool_size: IntPair = 2, strides: Optional[IntPair] = None,
+                 name: Optional[str] = None) -> None:
+        owner = type(self).__name__
+        pool = _pair(owner, "pool_size", pool_size)
+        stride = pool if strides is None else _pair(owner, "strides", strides)
+        super().__init__(name, {"pool_size": list(pool), "strides": list(stride)})
+        self._impl = _model.Pool2D(self.name, self._max, pool, stride)
+
+
+class MaxPool2D(_Pool2D):
+    """Max pooling; the gradient goes to each window's argmax."""
+
+    _max = True
+
+
+class AvgPool2D(_Pool2D):
+    """Average pooling."""
+
+    _max = False
+
+
+class Flatten(Layer):
+    """(N, ...) -> (N, prod(...))."""
+
+    def __init__(self, name: Optional[str] = None) -> None:
+        super().__init__(name, {})
+        self._impl = _model.Flatten(self.name)
+
+
+class Activation(Layer):
+    """An activation by name: relu, sigmoid, tanh, gelu, softmax or linear."""
+
+    def __init__(self, activation: str, name: Optional[str] = None) -> None:
+        activation = _activation("Activation", activation)
+        super().__init__(name, {"activation": activation})
+        self._impl = _model.Activation(self.name, activation)
+
+
+class Dropout(Layer):
+    """Inverted dropout during training; the identity at inference."""
+
+    def __init__(self, rate: float, seed: Optional[int] = None, name: Optional[str] = None) -> None:
+        seed = int(_core.next_seed()) if seed is None else int(seed)
+        super().__init__(name, {"rate": float(rate), "seed": seed})
+        self._impl = _model.Dropout(self.name, float(rate), seed)
+
+
+class LayerNormalization(Layer):
+    """Normalises the last axis, then scales by gamma and shifts by beta."""
+
+    def __init__(self, epsilon: float = 1e-3, center: bool = True, scale: bool = True,
+                 name: Optional[str] = None) -> None:
+        super().__init__(name, {"epsilon": float(epsilon), "center": center, "scale": scale})
+        self._impl = _model.LayerNormalization(self.name, float(epsilon), center, scale)
+
+
+class Embedding(Layer):
+    """Integer indices -> rows of a (input_dim, output_dim) table."""
+
+    def __init__(self, input_dim: int, output_dim: int, embeddings_initializer: str = "uniform",
+                 name: Optional[str] = None) -> None:
+        super().__init__(name, {"input_dim": input_dim, "output_dim": output_dim,
+                                "embeddings_initializer": embeddings_initializer})
+        self._impl = _model.Embedding(self.name, input_dim, output_dim, embeddings_initializer)
+
+
+_BY_NAME = {cls.__name__: cls for cls in (Dense, Conv2D, MaxPool2D, AvgPool2D, Flatten,
+                                          Activation, Dropout, LayerNormalization, Embedding)}
+
+
+def deserialize(entry: Dict[str, Any]) -> Layer:
+    """Rebuilds a layer from ``{"class_name": ..., "config": ...}``."""
+    cls = _BY_NAME.get(entry.get("class_name"))
+    if cls is None:
+        raise ValueError(f"[load_model] unknown layer type {entry.get('class_name')!r}")
+    config = dict(entry["config"])
+    for key in ("kernel_regularizer", "bias_regularizer"):
+        if key in config:
+            l1, l2 = config[key]
+            from .regularizers import L1L2
+
+            config[key] = L1L2(l1=l1, l2=l2) if (l1 or l2) else None
+    return cls(**config)
+
+
+__all__ = ["Activation", "AvgPool2D", "Conv2D", "Dense", "Dropout", "Embedding", "Flatten",
+           "Input", "Layer", "LayerNormalization", "MaxPool2D"]
