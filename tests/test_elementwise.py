@@ -192,3 +192,11 @@ def test_comparisons_return_bool_without_grad(op, np_op):
     assert out.dtype == "bool"
     assert out.requires_grad is False
     np.testing.assert_array_equal(out.numpy(), np_op(a, b))
+
+
+@pytest.mark.parametrize("lower", [-0.5, 0.0, 0.3])
+def test_clamp_min(lower):
+    # Random normal inputs sit away from the kink at `lower` almost surely.
+    check_op(lambda x: ops.clamp_min(x, lower),
+             (lambda x: torch.clamp(x, min=lower)) if torch is not None else None,
+             [(4, 5)])
