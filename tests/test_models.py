@@ -116,6 +116,9 @@ def test_save_is_atomic_and_corruption_is_detected(tmp_path):
     path = str(tmp_path / "model.steepest")
     model.save(path)
     assert [p for p in os.listdir(tmp_path) if p != "model.steepest"] == []  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
     blob = open(path, "rb").read()
 
     truncated = tmp_path / "truncated.steepest"

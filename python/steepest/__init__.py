@@ -35,6 +35,7 @@ from .creation import (
 )
 from .gradcheck import grad_check
 from . import optimize, optimizers, regularizers, schedules
+from . import datasets
 from .optimizers import clip_grad_norm
 from ._tensor_py import install as _install_tensor_methods
 

@@ -56,6 +56,10 @@ def write(path: str, tensors: Dict[str, np.ndarray], metadata: Dict[str, str]) -
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".steepest-", suffix=".tmp", dir=folder)
     try:
+        # mkstemp creates 0600; give the file the permissions open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(struct.pack("<Q", len(text)))
             f.write(text)

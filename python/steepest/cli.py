@@ -1,0 +1,305 @@
+"""The ``steepest`` command line: ``steepest train`` fits a small network on the bundled
+8×8 digits and saves it.
+
+Each subcommand is one ``_add_<name>_command`` function that registers its parser and
+sets ``func``; a new command (GPT training, say) adds one such function to ``_COMMANDS``.
+
+    steepest train                          # CNN, AdamW, 10 epochs -> digits_cnn.steepest
+    steepest train --model mlp --optimizer sgd --lr 0.05 --epochs 30 --no-save
+    python -m steepest train --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import steepest as st
+
+MODELS = ("cnn", "mlp")
+DEFAULT_EPOCHS = {"cnn": 10, "mlp": 20}
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+# The constructors, not st.optimizers.get: --lr has to reach the constructor, and get()
+# also knows aliases (momentum, nesterov) whose settings a bare class would drop.
+OPTIMIZERS: Dict[str, Callable[..., Any]] = {
+    "sgd": st.optimizers.SGD,
+    "rmsprop": st.optimizers.RMSprop,
+    "adam": st.optimizers.Adam,
+    "adamw": st.optimizers.AdamW,
+    "lamb": st.optimizers.Lamb,
+    "adafactor": st.optimizers.Adafactor,
+}
+
+
+class CommandError(Exception):
+    """A problem with the request that the user can fix; reported without a traceback."""
+
+
+def build_model(kind: str) -> st.Sequential:
+    """The network ``steepest train --model kind`` trains, uncompiled.
+
+    ``"cnn"`` takes (N, 1, 8, 8) images: Conv2D 32 3×3 same relu → MaxPool2D 2 → Conv2D 64
+    3×3 same relu → MaxPool2D 2 → Flatten → Dense 64 relu → Dense 10.
+    ``"mlp"`` takes (N, 64) rows: Dense 256 relu → Dense 256 relu → Dense 10.
+    Both output logits for the 10 digits.
+    """
+    L = st.layers
+    if kind == "cnn":
+        return st.Sequential(
+            [
+                L.Input((1, 8, 8)),
+                L.Conv2D(32, 3, padding="same", activation="relu"),
+                L.MaxPool2D(2),
+                L.Conv2D(64, 3, padding="same", activation="relu"),
+                L.MaxPool2D(2),
+                L.Flatten(),
+                L.Dense(64, activation="relu"),
+                L.Dense(10),
+            ],
+            name="digits_cnn",
+        )
+    if kind == "mlp":
+        return st.Sequential(
+            [
+                L.Input((64,)),
+                L.Dense(256, activation="relu"),
+                L.Dense(256, activation="relu"),
+                L.Dense(10),
+            ],
+            name="digits_mlp",
+        )
+    raise ValueError(f"[build_model] unknown model {kind!r}; choose one of {', '.join(MODELS)}")
+
+
+def make_optimizer(name: str, learning_rate: Optional[float] = None) -> Any:
+    """Optimizer ``name`` with its default hyperparameters, or with ``learning_rate``."""
+    if name not in OPTIMIZERS:
+        raise ValueError(
+            f"[make_optimizer] unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}"
+        )
+    if learning_rate is None:
+        return OPTIMIZERS[name]()
+    return OPTIMIZERS[name](learning_rate=learning_rate)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "train",
+        help="train a classifier on the bundled 8x8 digits",
+        description=(
+            "Train a small network on the 8x8 handwritten digits that ship with steepest "
+            "(1,437 training / 360 test images), print the test accuracy and save the model."
+        ),
+    )
+    p.add_argument("--model", choices=MODELS, default="cnn",
+                   help="cnn: 2 conv + 2 dense layers; mlp: 64-256-256-10 (default: cnn)")
+    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adamw",
+                   help="default: adamw")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="passes over the training set (default: 10 for cnn, 20 for mlp)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="default: 32")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="learning rate (default: the optimizer's own default)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="default: float32")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the weight initialisation and the batch order "
+                        "(the train/test split is always the same; default: 0)")
+    save = p.add_mutually_exclusive_group()
+    save.add_argument("--save", metavar="PATH", default=None,
+                      help="where to save the trained model (default: digits_<model>.steepest "
+                           "in the current folder)")
+    save.add_argument("--no-save", action="store_true", help="do not save the model")
+    p.add_argument("--plot", metavar="PNG", default=None,
+                   help="save loss/accuracy curves to this image (needs matplotlib)")
+    p.add_argument("--quiet", action="store_true",
+                   help="print only the final test accuracy (and where the model went)")
+    p.set_defaults(func=_train)
+
+
+_COMMANDS = (_add_train_command,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``steepest`` argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="steepest",
+        description="Train models with steepest, a C++ tensor/autograd engine.",
+    )
+    parser.add_argument("--version", action="version", version=f"steepest {st.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    for add in _COMMANDS:
+        add(commands)
+    return parser
+
+
+def _check_device(device: str) -> None:
+    backends = st.backends()
+    if device != "cuda" or backends.get("cuda", False):
+        return
+    if backends.get("cuda_compiled", False):
+        raise CommandError(
+            "--device cuda: steepest was built with CUDA but sees no CUDA device; check the "
+            "driver and CUDA_VISIBLE_DEVICES, or use --device cpu"
+        )
+    raise CommandError(
+        "--device cuda: this build of steepest has no CUDA backend; use --device cpu, or "
+        "reinstall on a machine with the CUDA toolkit: STEEPEST_CUDA=ON pip install ."
+    )
+
+
+def _set_precision(precision: str) -> Optional[Any]:
+    """Applies the policy; returns the previous one (to restore), None when unchanged."""
+    mp = getattr(st, "mixed_precision", None)
+    if mp is None:
+        if precision == "float32":
+            return None
+        raise CommandError(
+            f"--precision {precision}: mixed precision is not available in this version of "
+            "steepest yet; use --precision float32"
+        )
+    previous = mp.global_policy()
+    try:
+        mp.set_global_policy(precision)
+    except (ValueError, RuntimeError) as e:
+        raise CommandError(f"--precision {precision}: {e}; use --precision float32") from e
+    return previous
+
+
+def _check_plotting(path: str) -> None:
+    # Checked before training: finding out after a long run that no plot can be drawn
+    # would waste the run's time.
+    if importlib.util.find_spec("matplotlib") is None:
+        raise CommandError(
+            f"--plot {path}: matplotlib is not installed; install it (pip install matplotlib) "
+            "or leave out --plot"
+        )
+    _check_writable(path, "--plot")
+
+
+def _check_writable(path: str, option: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CommandError(f"{option} {path}: the folder {folder} does not exist; create it first")
+
+
+def _plot_history(history: Dict[str, List[float]], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # writes a file; must not need a display
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in ("loss", "accuracy") if m in history]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for key, label in ((metric, "train"), ("val_" + metric, "test")):
+            if key in history:
+                epochs = range(1, len(history[key]) + 1)
+                ax.plot(epochs, history[key], marker="o", label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _train(args: argparse.Namespace) -> int:
+    epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.model]
+    save_path = None if args.no_save else (args.save or f"digits_{args.model}.steepest")
+
+    _check_device(args.device)
+    if save_path is not None:
+        _check_writable(save_path, "--save")
+    if args.plot is not None:
+        _check_plotting(args.plot)
+    previous_policy = _set_precision(args.precision)
+    try:
+        (x_train, y_train), (x_test, y_test) = st.datasets.load_digits(
+            flatten=args.model == "mlp"
+        )
+        st.manual_seed(args.seed)
+        model = build_model(args.model)
+        if args.device != "cpu":
+            model.to(args.device)
+        optimizer = make_optimizer(args.optimizer, args.lr)
+        model.compile(
+            optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
+        if not args.quiet:
+            print(
+                f"Training {'a CNN' if args.model == 'cnn' else 'an MLP'} on the 8x8 digits: "
+                f"{len(x_train):,} train / {len(x_test):,} test images, {type(optimizer).__name__} "
+                f"(learning rate {optimizer.learning_rate:g}), batch {args.batch_size}, "
+                f"{epochs} epochs, {args.device}, {args.precision}"
+            )
+        history = model.fit(
+            x_train,
+            y_train,
+            batch_size=args.batch_size,
+            epochs=epochs,
+            validation_data=(x_test, y_test),
+            verbose=0 if args.quiet else 1,
+            seed=args.seed,
+        )
+        result = model.evaluate(x_test, y_test, verbose=0)
+    finally:
+        if previous_policy is not None:
+            st.mixed_precision.set_global_policy(previous_policy)
+
+    print(f"Test accuracy: {result['accuracy']:.2%} (loss {result['loss']:.4f}) "
+          f"on {len(x_test)} images")
+    if save_path is not None:
+        model.save(save_path)
+        print(f"Saved the model to {os.path.abspath(save_path)} "
+              "(load it with steepest.models.load_model)")
+    if args.plot is not None:
+        _plot_history(history.history, args.plot, f"digits {args.model}, {args.optimizer}")
+        print(f"Saved the training curves to {os.path.abspath(args.plot)}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs the ``steepest`` command line with ``argv`` (default: ``sys.argv[1:]``).
+
+    Returns the exit status: 0 on success, 1 when the request cannot be carried out (the
+    message says what to change), 130 when interrupted. Invalid options raise SystemExit
+    through argparse, with a usage message.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CommandError as e:
+        print(f"steepest {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\nsteepest {args.command}: interrupted", file=sys.stderr)
+        return 130
