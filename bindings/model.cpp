@@ -132,6 +132,9 @@ void init_model(nb::module_& parent) {
   nb::class_<model::Dropout, model::Layer>(m, "Dropout").def(nb::init<std::string, double, uint64_t>());
   nb::class_<model::LayerNormalization, model::Layer>(m, "LayerNormalization")
       .def(nb::init<std::string, double, bool, bool>());
+  nb::class_<model::Normalization, model::Layer>(m, "Normalization")
+      .def(nb::init<std::string, bool, std::vector<double>, std::vector<double>>())
+      .def("set_statistics", &model::Normalization::set_statistics, arg("mean"), arg("variance"));
   nb::class_<model::Embedding, model::Layer>(m, "Embedding")
       .def(nb::init<std::string, int64_t, int64_t, std::string>());
 

@@ -291,3 +291,42 @@ def test_unknown_names():
         model.fit(np.zeros((2, 4)), np.zeros((2, 2)), verbose=0)
     with pytest.raises(ValueError, match="unknown activation 'swishy'"):
         st.layers.Dense(3, activation="swishy")
+
+
+def test_normalization_layer_standardises_and_is_not_trained(tmp_path):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((200, 3)) * [1.0, 5.0, 0.1] + [2.0, -3.0, 10.0]).astype(np.float32)
+    y = rng.integers(0, 2, 200)
+    norm = st.layers.Normalization()
+    norm.adapt(x)
+    st.manual_seed(0)
+    model = st.Sequential([st.layers.Input((3,)), norm, st.layers.Dense(2)])
+    out = norm(st.tensor(x)).numpy()
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(out.std(axis=0), 1.0, rtol=1e-4)
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    assert len(model.parameters()) == 2  # the Dense kernel and bias only
+    before = norm.weights["mean"].numpy().copy()
+    model.fit(x, y, epochs=2, verbose=0, seed=0)
+    np.testing.assert_array_equal(norm.weights["mean"].numpy(), before)
+    model.save(str(tmp_path / "n.steepest"))
+    loaded = st.models.load_model(str(tmp_path / "n.steepest"))
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+    scalar = st.layers.Normalization(axis=None, mean=2.0, variance=4.0)
+    np.testing.assert_allclose(scalar(st.tensor([[4.0, 0.0]])).numpy(), [[1.0, -1.0]])
+
+
+def test_learning_rate_scheduler_sets_the_rate_each_epoch():
+    x, y = _blobs()
+    model = _mlp(optimizer=st.optimizers.SGD(learning_rate=0.1))
+    seen = []
+
+    def schedule(epoch, lr):
+        seen.append(lr)
+        return 0.1 * 0.5 ** epoch
+
+    model.fit(x, y, epochs=3, verbose=0, seed=0,
+              callbacks=[st.callbacks.LearningRateScheduler(schedule)])
+    assert seen == pytest.approx([0.1, 0.1, 0.05])
+    assert model.optimizer.learning_rate == pytest.approx(0.025)

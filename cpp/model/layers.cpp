@@ -268,6 +268,57 @@ Tensor LayerNormalization::forward(const Tensor& x, bool, int64_t) {
   return ops::layer_norm(x, gamma, beta, epsilon_);
 }
 
+Normalization::Normalization(std::string name, bool per_feature, std::vector<double> mean,
+                             std::vector<double> variance)
+    : Layer(std::move(name)), per_feature_(per_feature) {
+  set_statistics(std::move(mean), std::move(variance));
+}
+
+void Normalization::set_statistics(std::vector<double> mean, std::vector<double> variance) {
+  if (mean.size() != variance.size())
+    fail("Normalization", "mean has ", mean.size(), " entries but variance has ", variance.size());
+  for (double v : variance)
+    if (!(v >= 0.0)) fail("Normalization", "variances must be >= 0, got ", v);
+  mean_ = std::move(mean);
+  variance_ = std::move(variance);
+  if (built_) write_statistics();
+}
+
+Dims Normalization::build_weights(const Dims& input_shape, uint64_t) {
+  if (input_shape.empty()) fail("Normalization", "needs a feature axis, got ", input_shape);
+  Dims shape{per_feature_ ? input_shape.back() : 1};
+  for (const char* name : {"mean", "variance"}) {
+    Tensor w = Tensor::zeros(shape, DType::Float32);
+    weights_.emplace_back(name, w);  // never requires grad: not trained
+  }
+  write_statistics();
+  return input_shape;
+}
+
+void Normalization::write_statistics() {
+  int64_t size = weights_[0].second.numel();
+  if (mean_.empty()) {  // not adapted: the identity
+    mean_.assign(static_cast<size_t>(size), 0.0);
+    variance_.assign(static_cast<size_t>(size), 1.0);
+  }
+  if (static_cast<int64_t>(mean_.size()) != size)
+    fail("Normalization", "statistics have ", mean_.size(), " entries but the layer normalises ",
+         size, per_feature_ ? " features" : " scalar");
+  float* mean = weights_[0].second.data<float>();
+  float* variance = weights_[1].second.data<float>();
+  for (int64_t i = 0; i < size; ++i) {
+    mean[i] = static_cast<float>(mean_[static_cast<size_t>(i)]);
+    variance[i] = static_cast<float>(variance_[static_cast<size_t>(i)]);
+  }
+}
+
+// Keras: (x − mean) / max(√variance, ε), here as x·s − mean·s with s = 1/√max(var, ε²).
+Tensor Normalization::forward(const Tensor& x, bool, int64_t) {
+  constexpr double kEpsilon = 1e-7;
+  Tensor inv_std = ops::power(ops::clamp_min(weights_[1].second, kEpsilon * kEpsilon), -0.5);
+  return ops::mul(ops::sub(x, weights_[0].second), inv_std);
+}
+
 Embedding::Embedding(std::string name, int64_t input_dim, int64_t output_dim, std::string initializer)
     : Layer(std::move(name)), input_dim_(input_dim), output_dim_(output_dim),
       initializer_(std::move(initializer)) {

@@ -47,7 +47,8 @@ void Sequential::build(const Dims& input_shape, uint64_t seed) {
 std::vector<Tensor> Sequential::parameters() const {
   std::vector<Tensor> params;
   for (const auto& layer : layers_)
-    for (auto& entry : layer->weights()) params.push_back(entry.second);
+    for (auto& entry : layer->weights())
+      if (entry.second.requires_grad()) params.push_back(entry.second);
   return params;
 }
 

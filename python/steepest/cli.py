@@ -4,7 +4,7 @@
 Each subcommand is one ``_add_<name>_command`` function that registers its parser and
 sets ``func``; a new command (GPT training, say) adds one such function to ``_COMMANDS``.
 
-    steepest train                          # CNN, AdamW, 10 epochs -> digits_cnn.steepest
+    steepest train                          # CNN, AdamW, 20 epochs -> digits_cnn.steepest
     steepest train --model mlp --optimizer sgd --lr 0.05 --epochs 30 --no-save
     python -m steepest train --help
 """
@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import steepest as st
 
 MODELS = ("cnn", "mlp")
-DEFAULT_EPOCHS = {"cnn": 10, "mlp": 20}
+DEFAULT_EPOCHS = {"cnn": 20, "mlp": 20}
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 # The constructors, not st.optimizers.get: --lr has to reach the constructor, and get()
@@ -39,8 +39,12 @@ class CommandError(Exception):
     """A problem with the request that the user can fix; reported without a traceback."""
 
 
-def build_model(kind: str) -> st.Sequential:
+def build_model(kind: str, train_images: Any = None) -> st.Sequential:
     """The network ``steepest train --model kind`` trains, uncompiled.
+
+    Both start with a Normalization layer (one mean and variance over all pixels),
+    adapted to ``train_images`` when given: standardised inputs train faster and the
+    statistics travel with the saved model.
 
     ``"cnn"`` takes (N, 1, 8, 8) images: Conv2D 32 3×3 same relu → MaxPool2D 2 → Conv2D 64
     3×3 same relu → MaxPool2D 2 → Flatten → Dense 64 relu → Dense 10.
@@ -49,9 +53,10 @@ def build_model(kind: str) -> st.Sequential:
     """
     L = st.layers
     if kind == "cnn":
-        return st.Sequential(
+        model = st.Sequential(
             [
                 L.Input((1, 8, 8)),
+                L.Normalization(axis=None),
                 L.Conv2D(32, 3, padding="same", activation="relu"),
                 L.MaxPool2D(2),
                 L.Conv2D(64, 3, padding="same", activation="relu"),
@@ -62,17 +67,22 @@ def build_model(kind: str) -> st.Sequential:
             ],
             name="digits_cnn",
         )
-    if kind == "mlp":
-        return st.Sequential(
+    elif kind == "mlp":
+        model = st.Sequential(
             [
                 L.Input((64,)),
+                L.Normalization(axis=None),
                 L.Dense(256, activation="relu"),
                 L.Dense(256, activation="relu"),
                 L.Dense(10),
             ],
             name="digits_mlp",
         )
-    raise ValueError(f"[build_model] unknown model {kind!r}; choose one of {', '.join(MODELS)}")
+    else:
+        raise ValueError(f"[build_model] unknown model {kind!r}; choose one of {', '.join(MODELS)}")
+    if train_images is not None:
+        model.layers[0].adapt(train_images)
+    return model
 
 
 def make_optimizer(name: str, learning_rate: Optional[float] = None) -> Any:
@@ -247,7 +257,7 @@ def _train(args: argparse.Namespace) -> int:
             flatten=args.model == "mlp"
         )
         st.manual_seed(args.seed)
-        model = build_model(args.model)
+        model = build_model(args.model, x_train)
         if args.device != "cpu":
             model.to(args.device)
         optimizer = make_optimizer(args.optimizer, args.lr)

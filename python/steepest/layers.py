@@ -8,6 +8,8 @@ import itertools
 from collections import defaultdict
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
+import numpy as np
+
 from . import _core
 from ._core import Tensor
 
@@ -212,6 +214,39 @@ class LayerNormalization(Layer):
         self._impl = _model.LayerNormalization(self.name, float(epsilon), center, scale)
 
 
+class Normalization(Layer):
+    """Standardises inputs: (x - mean) / sqrt(variance), with statistics fixed before
+    training (``adapt(data)``, or ``mean=``/``variance=``), as Keras' Normalization.
+
+    ``axis=-1`` keeps one mean/variance per entry of the last axis; ``axis=None`` one
+    scalar pair for all inputs. The statistics are saved with the model and not trained.
+    """
+
+    def __init__(self, axis: Optional[int] = -1, mean: Any = None, variance: Any = None,
+                 name: Optional[str] = None) -> None:
+        if axis not in (-1, None):
+            raise ValueError(f"[Normalization] axis must be -1 or None, got {axis!r}")
+        if (mean is None) != (variance is None):
+            raise ValueError("[Normalization] give both mean and variance, or neither")
+        mean_list = [] if mean is None else [float(v) for v in np.ravel(mean)]
+        variance_list = [] if variance is None else [float(v) for v in np.ravel(variance)]
+        super().__init__(name, {"axis": axis, "mean": mean_list or None, "variance": variance_list or None})
+        self._impl = _model.Normalization(self.name, axis == -1, mean_list, variance_list)
+
+    def adapt(self, data: Any) -> None:
+        """Computes the mean and variance of ``data`` (samples along axis 0)."""
+        array = np.asarray(data, dtype=np.float64)
+        if array.ndim < 2 or array.shape[0] == 0:
+            raise ValueError(f"[Normalization.adapt] expected a batch of samples, got shape {array.shape}")
+        if self._config["axis"] is None:
+            mean, variance = [float(array.mean())], [float(array.var())]
+        else:
+            flat = array.reshape(-1, array.shape[-1])
+            mean, variance = flat.mean(axis=0).tolist(), flat.var(axis=0).tolist()
+        self._impl.set_statistics(mean, variance)
+        self._config["mean"], self._config["variance"] = mean, variance
+
+
 class Embedding(Layer):
     """Integer indices -> rows of a (input_dim, output_dim) table."""
 
@@ -223,7 +258,8 @@ class Embedding(Layer):
 
 
 _BY_NAME = {cls.__name__: cls for cls in (Dense, Conv2D, MaxPool2D, AvgPool2D, Flatten,
-                                          Activation, Dropout, LayerNormalization, Embedding)}
+                                          Activation, Dropout, LayerNormalization, Normalization,
+                                          Embedding)}
 
 
 def deserialize(entry: Dict[str, Any]) -> Layer:
@@ -242,4 +278,4 @@ def deserialize(entry: Dict[str, Any]) -> Layer:
 
 
 __all__ = ["Activation", "AvgPool2D", "Conv2D", "Dense", "Dropout", "Embedding", "Flatten",
-           "Input", "Layer", "LayerNormalization", "MaxPool2D"]
+           "Input", "Layer", "LayerNormalization", "MaxPool2D", "Normalization"]

@@ -371,9 +371,11 @@ class Sequential:
         for r in rows:
             print_fn("".join(c.ljust(w) for c, w in zip(r, widths)))
         print_fn(line)
-        total = self.count_params()
+        total = sum(layer.count_params() for layer in self.layers)
+        trainable = self.count_params()
         print_fn(f"Total params: {total:,} ({total * 4 / 1024:.2f} KB, float32)")
-        print_fn(f"Trainable params: {total:,}")
+        print_fn(f"Trainable params: {trainable:,}")
+        print_fn(f"Non-trainable params: {total - trainable:,}")
         print_fn(line)
 
     def to(self, device: str) -> "Sequential":

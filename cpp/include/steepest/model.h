@@ -170,6 +170,26 @@ class LayerNormalization final : public Layer {
   bool center_, scale_;
 };
 
+// Feature standardisation (x − mean)/√max(variance, ε) with fixed statistics (Keras'
+// Normalization). per_feature: statistics per entry of the last axis; else one scalar.
+// The statistics are weights that never require grad, so they are saved with the model
+// but the optimizer does not touch them.
+class Normalization final : public Layer {
+ public:
+  Normalization(std::string name, bool per_feature, std::vector<double> mean,
+                std::vector<double> variance);
+  const char* kind() const override { return "Normalization"; }
+  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+  // Replaces the statistics (Keras' adapt); written into the weights when built.
+  void set_statistics(std::vector<double> mean, std::vector<double> variance);
+
+ private:
+  Dims build_weights(const Dims& input_shape, uint64_t seed) override;
+  void write_statistics();
+  bool per_feature_;
+  std::vector<double> mean_, variance_;
+};
+
 class Embedding final : public Layer {
  public:
   Embedding(std::string name, int64_t input_dim, int64_t output_dim, std::string initializer);
