@@ -142,3 +142,20 @@ def test_binary_cross_entropy_noncontiguous_logits():
     check_op(ops.binary_cross_entropy,
              lambda z, y: F.binary_cross_entropy_with_logits(z, y),
              [(3, 2), targets], noncontig=["T", None], grad_inputs=(0,))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_sequence_logits(reduction):
+    # (B, T, C) logits with (B, T) labels, the language-model layout (class axis last;
+    # torch puts classes on axis 1, hence the transpose in the reference).
+    labels = np.array([[0, 3, 1], [2, 2, 4]])
+    check_op(lambda z, y: ops.cross_entropy(z, y, reduction=reduction),
+             lambda z, y: F.cross_entropy(z.transpose(1, 2), y, reduction=reduction),
+             [(2, 3, 5), labels])
+
+
+def test_cross_entropy_sequence_probabilities_and_slices(rng):
+    probs = _probabilities(rng, 6, 5).reshape(2, 3, 5)
+    check_op(lambda z, y: ops.cross_entropy(z[:, 1:], y[:, 1:], reduction="none"),
+             lambda z, y: F.cross_entropy(z[:, 1:].transpose(1, 2), y[:, 1:].transpose(1, 2), reduction="none"),
+             [(2, 3, 5), probs], grad_inputs=(0, 1))

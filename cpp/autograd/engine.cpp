@@ -35,7 +35,11 @@ std::shared_ptr<Node> gradient_edge(const Tensor& t) {
 void attach(Tensor& output, std::shared_ptr<Node> node,
             std::initializer_list<const Tensor*> inputs) {
   node->next.reserve(inputs.size());
-  for (const Tensor* t : inputs) node->next.push_back(t ? gradient_edge(*t) : nullptr);
+  node->input_shapes.reserve(inputs.size());
+  for (const Tensor* t : inputs) {
+    node->next.push_back(t ? gradient_edge(*t) : nullptr);
+    node->input_shapes.push_back(t && t->defined() ? t->shape() : Dims());
+  }
   output.impl()->requires_grad = true;
   output.impl()->grad_fn = std::move(node);
 }
@@ -124,6 +128,9 @@ void backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
       Node* next = node->next[i].get();
       if (!next) continue;
       Tensor& g = grad_inputs[i];
+      if (g.defined() && i < node->input_shapes.size() && g.shape() != node->input_shapes[i])
+        fail<StateError>("backward", node->name(), " returned a gradient of shape ", g.shape(),
+                         " for input ", i, " of shape ", node->input_shapes[i]);
       if (g.defined()) {
         Tensor& slot = pending[next];
         slot = slot.defined() ? ops::add(slot, g) : std::move(g);

@@ -136,6 +136,9 @@ void ExpandBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
 void SliceBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   Tensor full = Tensor::zeros(input_shape, g.dtype(), g.device());
   Tensor view = select ? ops::select(full, axis, start) : slice(full, axis, start, stop, step);
+  if (view.shape() != g.shape())
+    fail<StateError>("backward", "slice gradient of shape ", g.shape(), " for a view of shape ",
+                     view.shape(), " (a backward formula returned a wrongly shaped gradient)");
   STEEPEST_KERNEL(g.device(), copy)(g, view);
   out[0] = full;
 }
@@ -174,12 +177,12 @@ void CrossEntropyBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
     Tensor grad_logits = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
     STEEPEST_KERNEL(g.device(), cross_entropy_backward)(logits, labels, logsumexp, per_row,
                                                         grad_logits);
-    out[0] = grad_logits;
+    out[0] = reshape(grad_logits, logits_shape);
   }
   if (next.size() > 1 && next[1]) {
     // log p = (z − m) − log Σ exp(z − m)
     Tensor log_p = sub(sub(logits, slice(logsumexp, 1, 0, 1, 1)), slice(logsumexp, 1, 1, 2, 1));
-    out[1] = neg(mul(log_p, reshape(per_row, {rows, 1})));
+    out[1] = reshape(neg(mul(log_p, reshape(per_row, {rows, 1}))), labels_shape);
   }
 }
 

@@ -144,14 +144,16 @@ struct SoftmaxBackward final : Node {
 };
 
 struct CrossEntropyBackward final : Node {
-  CrossEntropyBackward(Tensor logits, Tensor labels, Tensor logsumexp, Reduction reduction)
+  CrossEntropyBackward(Tensor logits, Tensor labels, Tensor logsumexp, Reduction reduction,
+                       Dims logits_shape, Dims labels_shape)
       : logits(std::move(logits)), labels(std::move(labels)), logsumexp(std::move(logsumexp)),
-        reduction(reduction) {}
+        reduction(reduction), logits_shape(logits_shape), labels_shape(labels_shape) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   void release_saved() override { logits = labels = logsumexp = Tensor(); }
   STEEPEST_NODE_NAME(CrossEntropyBackward)
   Tensor logits, labels, logsumexp;  // logits (rows, classes); logsumexp (rows, 2): max, log Σ
   Reduction reduction;
+  Dims logits_shape, labels_shape;  // as the caller passed them, e.g. (B, T, V)
 };
 
 struct BceWithLogitsBackward final : Node {

@@ -86,7 +86,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, Reduction reduc
   }
   // Edges: logits, then labels (soft labels are differentiable, class indices are not).
   const Tensor* label_input = indices ? nullptr : &labels;
-  record<CrossEntropyBackward>(out, {&logits, label_input}, z, y, lse, reduction);
+  record<CrossEntropyBackward>(out, {&logits, label_input}, z, y, lse, reduction, logits.shape(),
+                               labels.shape());
   return out;
 }
 

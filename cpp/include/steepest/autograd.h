@@ -21,6 +21,9 @@ class Node {
   virtual void release_saved() {}
 
   std::vector<std::shared_ptr<Node>> next;
+  // Shapes of the inputs behind `next`: the engine checks every gradient against them,
+  // so a backward formula that returns a wrongly shaped gradient fails loudly.
+  std::vector<Dims> input_shapes;
   bool released = false;
 };
 
