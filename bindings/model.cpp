@@ -24,6 +24,7 @@ model::LossKind loss_from_name(const std::string& name) {
   if (name == "binary_crossentropy") return model::LossKind::BinaryCrossentropy;
   if (name == "mse" || name == "mean_squared_error") return model::LossKind::MeanSquaredError;
   if (name == "mae" || name == "mean_absolute_error") return model::LossKind::MeanAbsoluteError;
+  if (name == "causal_lm_crossentropy") return model::LossKind::CausalLanguageModel;
   throw ValueError("[compile] unknown loss '" + name +
                    "'; expected sparse_categorical_crossentropy, categorical_crossentropy, "
                    "binary_crossentropy, mse or mae");
@@ -135,6 +136,10 @@ void init_model(nb::module_& parent) {
   nb::class_<model::Normalization, model::Layer>(m, "Normalization")
       .def(nb::init<std::string, bool, std::vector<double>, std::vector<double>>())
       .def("set_statistics", &model::Normalization::set_statistics, arg("mean"), arg("variance"));
+  nb::class_<model::TokenAndPositionEmbedding, model::Layer>(m, "TokenAndPositionEmbedding")
+      .def(nb::init<std::string, int64_t, int64_t, int64_t>());
+  nb::class_<model::TransformerBlock, model::Layer>(m, "TransformerBlock")
+      .def(nb::init<std::string, int64_t, int64_t, int64_t, double, bool, bool, uint64_t>());
   nb::class_<model::Embedding, model::Layer>(m, "Embedding")
       .def(nb::init<std::string, int64_t, int64_t, std::string>());
 
@@ -158,21 +163,22 @@ void init_model(nb::module_& parent) {
       .def("train_epoch",
            [](model::Sequential& s, const Tensor& x, const Tensor& y, int64_t batch_size,
               std::optional<nb::ndarray<int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>> order,
-              bool stop_on_nan, nb::object callback, double report_seconds) {
+              bool stop_on_nan, nb::object callback, double report_seconds, int64_t accumulation_steps) {
              std::vector<int64_t> sample_order = as_order(order);
              bool interrupted = false;
              model::Progress progress = throttled(callback, report_seconds, interrupted);
              model::Logs logs;
              {
                nb::gil_scoped_release release;
-               logs = s.train_epoch(x, y, batch_size, sample_order, stop_on_nan, progress);
+               logs = s.train_epoch(x, y, batch_size, sample_order, stop_on_nan, progress,
+                                    accumulation_steps);
              }
              nb::dict d = logs_dict(logs);
              d["interrupted"] = interrupted;
              return d;
            },
            arg("x"), arg("y"), arg("batch_size"), arg("order").none(), arg("stop_on_nan"),
-           arg("callback").none(), arg("report_seconds") = 0.1)
+           arg("callback").none(), arg("report_seconds") = 0.1, arg("accumulation_steps") = 1)
       .def("evaluate",
            [](model::Sequential& s, const Tensor& x, const Tensor& y, int64_t batch_size) {
              bool interrupted = false;

@@ -150,6 +150,32 @@ void init_ops(nb::module_& parent) {
         },
         arg("x"), arg("rate"), arg("training") = true, arg("seed").none() = nb::none(),
         "Inverted dropout: zeroes a fraction `rate` and scales the rest by 1/(1-rate).");
+  m.def("scaled_dot_product_attention",
+        [](const Tensor& q, const Tensor& k, const Tensor& v, bool causal, std::optional<double> scale) {
+          nb::gil_scoped_release release;
+          return ops::scaled_dot_product_attention(q, k, v, causal, scale);
+        },
+        arg("q"), arg("k"), arg("v"), arg("causal") = false, arg("scale").none() = nb::none(),
+        "softmax(q·kᵀ·scale [+ causal mask])·v over (..., T, D) inputs; scale defaults to 1/sqrt(D).");
+  m.def("checkpoint",
+        [](nb::callable fn, nb::args args) {
+          std::vector<Tensor> inputs;
+          for (nb::handle h : args) inputs.push_back(nb::cast<Tensor>(h));
+          // The Python function is held through python_owner, so copies of the closure
+          // never touch reference counts without the GIL (backward runs without it).
+          std::shared_ptr<void> owner = python_owner(fn);
+          PyObject* callable = fn.ptr();
+          ops::CheckpointFunction run = [owner, callable](const std::vector<Tensor>& xs) {
+            nb::gil_scoped_acquire gil;
+            nb::list call_args;
+            for (const Tensor& x : xs) call_args.append(nb::cast(x));
+            nb::object result = nb::borrow<nb::callable>(callable)(*call_args);
+            return nb::cast<Tensor>(result);
+          };
+          return ops::checkpoint(run, inputs);
+        },
+        arg("fn"), arg("args"),
+        "Activation checkpointing: fn(*args) keeps only its inputs; backward recomputes it.");
   m.def("reshape", [](const Tensor& x, nb::handle shape) { return ops::reshape(x, parse_shape("reshape", shape)); },
         arg("x"), arg("shape"));
   m.def("transpose", &ops::transpose, arg("x"), arg("axis0"), arg("axis1"));

@@ -84,7 +84,8 @@ Tensor Sequential::forward(const Tensor& x, bool training, int64_t step) const {
 namespace {
 
 bool is_crossentropy(LossKind kind) {
-  return kind == LossKind::SparseCategoricalCrossentropy || kind == LossKind::CategoricalCrossentropy;
+  return kind == LossKind::SparseCategoricalCrossentropy || kind == LossKind::CategoricalCrossentropy ||
+         kind == LossKind::CausalLanguageModel;
 }
 
 // Probabilities are clipped away from 0 before the log, as Keras does.
@@ -113,6 +114,17 @@ Tensor loss_of(LossSpec spec, const Tensor& out, const Tensor& y) {
       return ops::mse_loss(out, target, ops::Reduction::Mean);
     case LossKind::MeanAbsoluteError:
       return ops::mean(ops::abs(ops::sub(out, target)));
+    case LossKind::CausalLanguageModel: {
+      // seed: L = −1/T Σ_t log P(x_t | x_<t): the logits at t predict token t + 1.
+      if (out.ndim() != 3 || target.ndim() != 2 || out.shape()[1] != target.shape()[1])
+        fail("causal_lm", "expects (batch, time, vocab) logits and (batch, time) tokens, got ",
+             out.shape(), " and ", target.shape());
+      int64_t t = out.shape()[1];
+      Tensor logits = ops::slice(out, 1, 0, t - 1, 1);
+      Tensor next_tokens = ops::slice(target, 1, 1, t, 1);
+      if (!spec.from_logits) logits = ops::log(ops::clamp_min(logits, kProbabilityFloor));
+      return ops::cross_entropy(logits, next_tokens, ops::Reduction::Mean);
+    }
   }
   return {};
 }
@@ -222,10 +234,12 @@ void Sequential::accumulate_metrics(const Tensor& output, const Tensor& y, int64
 
 Logs Sequential::run(const Tensor& x, const Tensor& y, int64_t batch_size,
                      const std::vector<int64_t>& order, bool train, bool stop_on_nan,
-                     const Progress& progress) {
+                     const Progress& progress, int64_t accumulation_steps) {
   if (!built_) fail("fit", "the model is not built; give it an Input layer or call build()");
   if (!compiled()) fail("fit", "the model must be compiled before fit/evaluate; call compile()");
   if (batch_size <= 0) fail("fit", "batch_size must be positive, got ", batch_size);
+  if (accumulation_steps <= 0)
+    fail("fit", "gradient_accumulation_steps must be positive, got ", accumulation_steps);
   int64_t n = x.ndim() ? x.shape()[0] : 0;
   if (!y.defined() || y.ndim() == 0 || y.shape()[0] != n)
     fail("fit", "x has ", n, " samples but y has shape ", y.defined() ? y.shape() : Dims{});
@@ -257,9 +271,17 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, int64_t batch_size,
         logs.loss = loss_value;
         break;
       }
-      for (Tensor& p : params) p.set_grad(Tensor());
+      int64_t group = b / accumulation_steps;
+      int64_t group_begin = group * accumulation_steps * batch_size;
+      int64_t group_samples = std::min(accumulation_steps * batch_size, n - group_begin);
+      bool first_of_group = b % accumulation_steps == 0;
+      bool last_of_group = (b + 1) % accumulation_steps == 0 || b + 1 == total_batches;
+      if (first_of_group)
+        for (Tensor& p : params) p.set_grad(Tensor());
+      if (group_samples != count)
+        loss = ops::mul_scalar(loss, static_cast<double>(count) / static_cast<double>(group_samples));
       steepest::backward(loss, Tensor());
-      optimizer_->step(params);
+      if (last_of_group) optimizer_->step(params);
     } else {
       NoGradGuard no_grad;
       loss_value = batch_loss(xb, yb, false, 0, &output).item();
@@ -280,14 +302,14 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, int64_t batch_size,
 
 Logs Sequential::train_epoch(const Tensor& x, const Tensor& y, int64_t batch_size,
                              const std::vector<int64_t>& order, bool stop_on_nan,
-                             const Progress& progress) {
+                             const Progress& progress, int64_t accumulation_steps) {
   if (!order.empty() && static_cast<int64_t>(order.size()) != (x.ndim() ? x.shape()[0] : 0))
     fail("fit", "the shuffle order has ", order.size(), " entries for ", x.shape()[0], " samples");
-  return run(x, y, batch_size, order, true, stop_on_nan, progress);
+  return run(x, y, batch_size, order, true, stop_on_nan, progress, accumulation_steps);
 }
 
 Logs Sequential::evaluate(const Tensor& x, const Tensor& y, int64_t batch_size, const Progress& progress) {
-  return run(x, y, batch_size, {}, false, false, progress);
+  return run(x, y, batch_size, {}, false, false, progress, 1);
 }
 
 Tensor Sequential::predict(const Tensor& x, int64_t batch_size) const {

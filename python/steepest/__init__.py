@@ -90,3 +90,11 @@ __all__ = [
 from . import callbacks, layers, losses, metrics  # noqa: E402
 from . import models  # noqa: E402
 from .models import Sequential  # noqa: E402
+from . import text  # noqa: E402
+from ._core.ops import checkpoint as _checkpoint  # noqa: E402
+
+
+def checkpoint(fn, *inputs):
+    """Activation checkpointing: ``fn(*inputs)`` runs without keeping its intermediate
+    activations; backward runs it again to get them. Gradients are identical."""
+    return _checkpoint(fn, *inputs)

@@ -257,9 +257,36 @@ class Embedding(Layer):
         self._impl = _model.Embedding(self.name, input_dim, output_dim, embeddings_initializer)
 
 
+class TokenAndPositionEmbedding(Layer):
+    """(B, T) token ids -> token embeddings + learned positional embeddings (B, T, d_model)."""
+
+    def __init__(self, vocab_size: int, context: int, d_model: int, name: Optional[str] = None) -> None:
+        super().__init__(name, {"vocab_size": vocab_size, "context": context, "d_model": d_model})
+        self._impl = _model.TokenAndPositionEmbedding(self.name, vocab_size, context, d_model)
+
+
+class TransformerBlock(Layer):
+    """Pre-LayerNorm decoder block: x + MultiHeadAttention(LN(x)), then
+    x + MLP(LN(x)) with a GELU MLP of width ``mlp_ratio * d_model``.
+
+    ``causal=True`` masks future positions; ``remat=True`` checkpoints the block
+    (forward keeps only its input, backward recomputes it: less memory, same gradients).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, mlp_ratio: int = 4, dropout: float = 0.0,
+                 causal: bool = True, remat: bool = False, seed: Optional[int] = None,
+                 name: Optional[str] = None) -> None:
+        seed = int(_core.next_seed()) if seed is None else int(seed)
+        super().__init__(name, {"d_model": d_model, "num_heads": num_heads, "mlp_ratio": mlp_ratio,
+                                "dropout": float(dropout), "causal": causal, "remat": remat,
+                                "seed": seed})
+        self._impl = _model.TransformerBlock(self.name, d_model, num_heads, mlp_ratio, float(dropout),
+                                             causal, remat, seed)
+
+
 _BY_NAME = {cls.__name__: cls for cls in (Dense, Conv2D, MaxPool2D, AvgPool2D, Flatten,
                                           Activation, Dropout, LayerNormalization, Normalization,
-                                          Embedding)}
+                                          Embedding, TokenAndPositionEmbedding, TransformerBlock)}
 
 
 def deserialize(entry: Dict[str, Any]) -> Layer:
@@ -278,4 +305,5 @@ def deserialize(entry: Dict[str, Any]) -> Layer:
 
 
 __all__ = ["Activation", "AvgPool2D", "Conv2D", "Dense", "Dropout", "Embedding", "Flatten",
-           "Input", "Layer", "LayerNormalization", "MaxPool2D", "Normalization"]
+           "Input", "Layer", "LayerNormalization", "MaxPool2D", "Normalization",
+           "TokenAndPositionEmbedding", "TransformerBlock"]

@@ -91,6 +91,22 @@ class MeanAbsoluteError(Loss):
         return (y_pred - y_true).abs().mean()
 
 
+class CausalLMCrossEntropy(Loss):
+    """The seed's causal language-modelling loss −1/T Σ log P(x_t | x_<t): logits of shape
+    (B, T, V) at position t are scored against the token at t + 1 of ``y_true`` (B, T),
+    so ``y_true`` is the input sequence itself; mean over the B·(T−1) predictions."""
+
+    name = "causal_lm_crossentropy"
+
+    def __init__(self, from_logits: bool = True) -> None:
+        super().__init__(from_logits=from_logits)
+
+    def __call__(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        logits = y_pred if self.from_logits else _log_probabilities(y_pred)
+        t = logits.shape[1]
+        return ops.cross_entropy(logits[:, : t - 1], y_true[:, 1:])
+
+
 _BY_NAME = {
     "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
     "categorical_crossentropy": CategoricalCrossentropy,
@@ -99,6 +115,7 @@ _BY_NAME = {
     "mean_squared_error": MeanSquaredError,
     "mae": MeanAbsoluteError,
     "mean_absolute_error": MeanAbsoluteError,
+    "causal_lm_crossentropy": CausalLMCrossEntropy,
 }
 
 
@@ -119,5 +136,5 @@ def get(identifier: Any) -> Loss:
     )
 
 
-__all__ = ["BinaryCrossentropy", "CategoricalCrossentropy", "Loss", "MeanAbsoluteError",
+__all__ = ["BinaryCrossentropy", "CategoricalCrossentropy", "CausalLMCrossEntropy", "Loss", "MeanAbsoluteError",
            "MeanSquaredError", "SparseCategoricalCrossentropy", "get"]

@@ -187,7 +187,8 @@ class Sequential:
 
     def _prepare_x(self, op: str, x: Any) -> Tensor:
         array = _as_array("x", x)
-        embedding_first = bool(self.layers) and isinstance(self.layers[0], layers_module.Embedding)
+        embedding_first = bool(self.layers) and isinstance(
+            self.layers[0], (layers_module.Embedding, layers_module.TokenAndPositionEmbedding))
         if array.dtype.kind not in "fiub":
             raise TypeError(f"[{op}] x must be numeric, got dtype {array.dtype}")
         if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
@@ -210,7 +211,14 @@ class Sequential:
         array = _as_array("y", y)
         if array.shape[:1] != (n,):
             raise ValueError(f"[{op}] x has {n} samples but y has shape {array.shape}; they must match")
-        if self.loss.name == "sparse_categorical_crossentropy":
+        if self.loss.name == "causal_lm_crossentropy":
+            if array.dtype.kind not in "iu":
+                raise TypeError(f"[{op}] causal language modelling needs integer token ids as y")
+            array = array.astype(np.int64)
+            vocab = self.layers[-1].output_shape[-1]
+            if array.size and (array.min() < 0 or array.max() >= vocab):
+                raise ValueError(f"[{op}] token ids must be in [0, {vocab - 1}] for a vocabulary of {vocab}")
+        elif self.loss.name == "sparse_categorical_crossentropy":
             if array.dtype.kind == "f":
                 if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
                     raise ValueError(f"[{op}] sparse labels must be integer class indices")
@@ -238,13 +246,20 @@ class Sequential:
             validation_data: Optional[Tuple[Any, Any]] = None, validation_split: float = 0.0,
             shuffle: bool = True, verbose: int = 1,
             callbacks: Optional[Sequence[callbacks_module.Callback]] = None,
-            seed: Optional[int] = None) -> callbacks_module.History:
+            seed: Optional[int] = None,
+            gradient_accumulation_steps: int = 1) -> callbacks_module.History:
         """Trains for ``epochs`` epochs; returns a History whose ``.history`` maps
         "loss", each metric, and their "val_" counterparts to per-epoch values.
 
         Ctrl-C stops after the current step and keeps the weights of the last finished
         step. With ``seed`` the shuffling is reproducible, also across save/load.
+        ``gradient_accumulation_steps=k`` sums the gradients of k batches before each
+        optimizer step: the same update as a batch k times larger.
         """
+        if not isinstance(gradient_accumulation_steps, int) or gradient_accumulation_steps < 1:
+            raise ValueError(
+                f"[fit] gradient_accumulation_steps must be a positive int, got {gradient_accumulation_steps!r}"
+            )
         self._check_compiled("fit")
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"[fit] batch_size must be a positive int, got {batch_size!r}")
@@ -300,7 +315,8 @@ class Sequential:
                 return True
 
             result = self._impl.train_epoch(xt, yt, batch_size, order, stop_on_nan,
-                                            progress if verbose == 1 else None)
+                                            progress if verbose == 1 else None,
+                                            accumulation_steps=gradient_accumulation_steps)
             self._epochs_done += 1
             logs = self._named(result)
             if validation is not None and not result["stopped"]:
@@ -475,4 +491,55 @@ def load_model(path: str) -> Sequential:
     return model
 
 
-__all__ = ["Sequential", "load_model"]
+def GPT(vocab_size: int, context: int, d_model: int, num_heads: int, num_layers: int,
+        mlp_ratio: int = 4, dropout: float = 0.0, remat: bool = False,
+        name: str = "gpt") -> Sequential:
+    """A decoder-only Transformer language model as a Sequential: token + learned
+    position embeddings, ``num_layers`` causal TransformerBlocks, a final LayerNorm and
+    a Dense head to ``vocab_size`` logits. Train it with
+    ``loss=st.losses.CausalLMCrossEntropy()`` and ``fit(tokens, tokens)``.
+    """
+    L = layers_module
+    stack: List[Any] = [L.Input((context,)), L.TokenAndPositionEmbedding(vocab_size, context, d_model)]
+    stack += [L.TransformerBlock(d_model, num_heads, mlp_ratio=mlp_ratio, dropout=dropout, remat=remat)
+              for _ in range(num_layers)]
+    stack += [L.LayerNormalization(epsilon=1e-5), L.Dense(vocab_size)]
+    return Sequential(stack, name=name)
+
+
+def generate(model: Sequential, prompt: Sequence[int], max_new_tokens: int,
+             temperature: float = 1.0, top_k: Optional[int] = None,
+             seed: Optional[int] = None) -> np.ndarray:
+    """Samples ``max_new_tokens`` tokens after ``prompt`` from a causal language model.
+
+    ``temperature`` divides the logits (0 picks the most likely token); ``top_k`` keeps
+    only the k most likely tokens before sampling.
+    """
+    from .autograd import no_grad
+
+    if not model.built:
+        model.build()
+    if temperature < 0:
+        raise ValueError(f"[generate] temperature must be >= 0, got {temperature}")
+    context = model.input_shape[1]
+    tokens = [int(t) for t in prompt]
+    if not tokens:
+        raise ValueError("[generate] the prompt needs at least one token")
+    rng = np.random.default_rng(seed)
+    with no_grad():
+        for _ in range(max_new_tokens):
+            window = np.asarray(tokens[-context:], dtype=np.int64)[None, :]
+            logits = model(from_numpy(window)).numpy()[0, -1].astype(np.float64)
+            if temperature == 0:
+                tokens.append(int(np.argmax(logits)))
+                continue
+            logits /= temperature
+            if top_k is not None and top_k < len(logits):
+                cutoff = np.partition(logits, -top_k)[-top_k]
+                logits[logits < cutoff] = -np.inf
+            p = np.exp(logits - logits.max())
+            tokens.append(int(rng.choice(len(p), p=p / p.sum())))
+    return np.asarray(tokens, dtype=np.int64)
+
+
+__all__ = ["GPT", "Sequential", "generate", "load_model"]

@@ -28,6 +28,7 @@ from ._core.ops import (  # noqa: F401
     power,
     relu,
     reshape,
+    scaled_dot_product_attention,
     sigmoid,
     softmax,
     sqrt,

@@ -202,10 +202,43 @@ class Embedding final : public Layer {
   std::string initializer_;
 };
 
+// Token embeddings plus learned positional embeddings: (B, T) ints -> (B, T, d_model).
+class TokenAndPositionEmbedding final : public Layer {
+ public:
+  TokenAndPositionEmbedding(std::string name, int64_t vocab_size, int64_t context, int64_t d_model);
+  const char* kind() const override { return "TokenAndPositionEmbedding"; }
+  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+
+ private:
+  Dims build_weights(const Dims& input_shape, uint64_t seed) override;
+  int64_t vocab_size_, context_, d_model_;
+};
+
+// A pre-LayerNorm decoder block: x + Attention(LN(x)), then x + MLP(LN(x)) with a GELU
+// MLP of width mlp_ratio·d_model (the residual connections of the seed's LLM section).
+// remat: activation checkpointing — forward keeps only the block input, backward
+// recomputes the block.
+class TransformerBlock final : public Layer {
+ public:
+  TransformerBlock(std::string name, int64_t d_model, int64_t num_heads, int64_t mlp_ratio,
+                   double dropout, bool causal, bool remat, uint64_t seed);
+  const char* kind() const override { return "TransformerBlock"; }
+  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+
+ private:
+  Dims build_weights(const Dims& input_shape, uint64_t seed) override;
+  Tensor block(const Tensor& x, bool training, int64_t step);
+  Tensor drop(const Tensor& x, bool training, int64_t step, uint64_t salt) const;
+  int64_t d_model_, num_heads_, mlp_ratio_;
+  double dropout_;
+  bool causal_, remat_;
+  uint64_t seed_;
+};
+
 // ------------------------------------------------------------------------------ model
 
 enum class LossKind { SparseCategoricalCrossentropy, CategoricalCrossentropy, BinaryCrossentropy,
-                      MeanSquaredError, MeanAbsoluteError };
+                      MeanSquaredError, MeanAbsoluteError, CausalLanguageModel };
 enum class Metric { Accuracy, SparseCategoricalAccuracy, CategoricalAccuracy, BinaryAccuracy,
                     MeanAbsoluteError, MeanSquaredError };
 
@@ -244,9 +277,13 @@ class Sequential {
   const std::shared_ptr<optim::Optimizer>& optimizer() const { return optimizer_; }
 
   Tensor forward(const Tensor& x, bool training, int64_t step) const;
-  // One epoch over (x, y) in batches; `order` (optional) is the sample order.
+  // One epoch over (x, y) in batches; `order` (optional) is the sample order. With
+  // accumulation_steps = k the gradients of k consecutive batches are summed, each
+  // weighted by its share of the k batches' samples, before one optimizer step: the
+  // same update as one batch k times larger.
   Logs train_epoch(const Tensor& x, const Tensor& y, int64_t batch_size,
-                   const std::vector<int64_t>& order, bool stop_on_nan, const Progress& progress);
+                   const std::vector<int64_t>& order, bool stop_on_nan, const Progress& progress,
+                   int64_t accumulation_steps = 1);
   Logs evaluate(const Tensor& x, const Tensor& y, int64_t batch_size, const Progress& progress);
   Tensor predict(const Tensor& x, int64_t batch_size) const;
 
@@ -257,7 +294,7 @@ class Sequential {
                     Tensor* output) const;
   void accumulate_metrics(const Tensor& output, const Tensor& y, int64_t n, Logs& logs) const;
   Logs run(const Tensor& x, const Tensor& y, int64_t batch_size, const std::vector<int64_t>& order,
-           bool train, bool stop_on_nan, const Progress& progress);
+           bool train, bool stop_on_nan, const Progress& progress, int64_t accumulation_steps);
 
   std::vector<std::shared_ptr<Layer>> layers_;
   Dims input_shape_;

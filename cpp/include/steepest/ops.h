@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -69,6 +70,17 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
 Tensor embedding(const Tensor& indices, const Tensor& table);
 // seed nullopt draws one from the global generator.
 Tensor dropout(const Tensor& x, double rate, bool training, std::optional<uint64_t> seed);
+
+// softmax(q·kᵀ·scale + mask)·v over (..., T, D) inputs; scale defaults to 1/√D and the
+// causal mask hides keys after each query.
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    bool causal, std::optional<double> scale = std::nullopt);
+
+// Activation checkpointing: runs fn without recording a graph, keeping only `inputs`;
+// backward runs fn again and backpropagates through the recomputed graph. fn must be
+// deterministic (dropout keyed by seed and step is).
+using CheckpointFunction = std::function<Tensor(const std::vector<Tensor>&)>;
+Tensor checkpoint(const CheckpointFunction& fn, const std::vector<Tensor>& inputs);
 
 // Shape and layout (views where possible, all differentiable).
 Tensor reshape(const Tensor& x, const Dims& shape);  // one -1 allowed

@@ -1,0 +1,100 @@
+// The Transformer pieces of the seed's LLM practice section: token + position
+// embeddings and the pre-LN decoder block (multi-head causal attention, GELU MLP,
+// residual connections), with optional activation checkpointing.
+#include <cmath>
+
+#include "steepest/autograd.h"
+#include "steepest/model.h"
+#include "steepest/ops.h"
+
+namespace steepest::model {
+
+TokenAndPositionEmbedding::TokenAndPositionEmbedding(std::string name, int64_t vocab_size,
+                                                     int64_t context, int64_t d_model)
+    : Layer(std::move(name)), vocab_size_(vocab_size), context_(context), d_model_(d_model) {
+  if (vocab_size <= 0 || context <= 0 || d_model <= 0)
+    fail("TokenAndPositionEmbedding", "vocab_size, context and d_model must be positive, got ",
+         vocab_size, ", ", context, ", ", d_model);
+}
+
+Dims TokenAndPositionEmbedding::build_weights(const Dims& input_shape, uint64_t seed) {
+  if (input_shape.size() != 1 || input_shape[0] > context_)
+    fail("TokenAndPositionEmbedding", "expects token sequences of length <= ", context_,
+         ", got input shape ", input_shape);
+  add_weight("token_embeddings", {vocab_size_, d_model_}, "random_normal", 0, 0, seed);
+  add_weight("position_embeddings", {context_, d_model_}, "random_normal", 0, 0, seed + 1);
+  return {input_shape[0], d_model_};
+}
+
+Tensor TokenAndPositionEmbedding::forward(const Tensor& x, bool, int64_t) {
+  if (x.ndim() != 2) fail("TokenAndPositionEmbedding", "expects (batch, time) tokens, got ", x.shape());
+  int64_t t = x.shape()[1];
+  if (t > context_)
+    fail("TokenAndPositionEmbedding", "sequence of length ", t, " is longer than the context ", context_);
+  Tensor tokens = is_floating(x.dtype()) ? ops::astype(x.detach(), DType::Int64) : x;
+  Tensor positions = ops::slice(weights_[1].second, 0, 0, t, 1);
+  return ops::add(ops::embedding(tokens, weights_[0].second), positions);
+}
+
+TransformerBlock::TransformerBlock(std::string name, int64_t d_model, int64_t num_heads,
+                                   int64_t mlp_ratio, double dropout, bool causal, bool remat,
+                                   uint64_t seed)
+    : Layer(std::move(name)), d_model_(d_model), num_heads_(num_heads), mlp_ratio_(mlp_ratio),
+      dropout_(dropout), causal_(causal), remat_(remat), seed_(seed) {
+  if (d_model <= 0 || num_heads <= 0 || d_model % num_heads != 0)
+    fail("TransformerBlock", "d_model (", d_model, ") must be a positive multiple of num_heads (",
+         num_heads, ")");
+  if (mlp_ratio <= 0) fail("TransformerBlock", "mlp_ratio must be positive, got ", mlp_ratio);
+  if (!(dropout >= 0.0 && dropout < 1.0)) fail("TransformerBlock", "dropout must be in [0, 1), got ", dropout);
+}
+
+// Weight order: ln1 γ β, qkv W b, out W b, ln2 γ β, fc1 W b, fc2 W b.
+Dims TransformerBlock::build_weights(const Dims& input_shape, uint64_t seed) {
+  if (input_shape.size() != 2 || input_shape[1] != d_model_)
+    fail("TransformerBlock", "expects (time, ", d_model_, ") inputs, got input shape ", input_shape);
+  int64_t d = d_model_, hidden = mlp_ratio_ * d_model_;
+  add_weight("ln1_gamma", {d}, "ones", 0, 0, seed);
+  add_weight("ln1_beta", {d}, "zeros", 0, 0, seed);
+  add_weight("qkv_kernel", {d, 3 * d}, "glorot_uniform", d, 3 * d, seed + 1);
+  add_weight("qkv_bias", {3 * d}, "zeros", 0, 0, seed);
+  add_weight("out_kernel", {d, d}, "glorot_uniform", d, d, seed + 2);
+  add_weight("out_bias", {d}, "zeros", 0, 0, seed);
+  add_weight("ln2_gamma", {d}, "ones", 0, 0, seed);
+  add_weight("ln2_beta", {d}, "zeros", 0, 0, seed);
+  add_weight("fc1_kernel", {d, hidden}, "glorot_uniform", d, hidden, seed + 3);
+  add_weight("fc1_bias", {hidden}, "zeros", 0, 0, seed);
+  add_weight("fc2_kernel", {hidden, d}, "glorot_uniform", hidden, d, seed + 4);
+  add_weight("fc2_bias", {d}, "zeros", 0, 0, seed);
+  return input_shape;
+}
+
+Tensor TransformerBlock::drop(const Tensor& x, bool training, int64_t step, uint64_t salt) const {
+  if (!training || dropout_ == 0.0) return x;
+  uint64_t key = (seed_ + salt) ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(step + 1));
+  return ops::dropout(x, dropout_, true, key);
+}
+
+Tensor TransformerBlock::block(const Tensor& x, bool training, int64_t step) {
+  auto w = [&](int i) -> const Tensor& { return weights_[static_cast<size_t>(i)].second; };
+  const int64_t b = x.shape()[0], t = x.shape()[1], d = d_model_, h = num_heads_;
+  // Multi-head self-attention: (B,T,3d) -> q, k, v of (B,H,T,d/H).
+  Tensor qkv = ops::linear(ops::layer_norm(x, w(0), w(1), 1e-5), w(2), w(3));
+  Tensor heads = ops::permute(ops::reshape(qkv, {b, t, 3, h, d / h}), {2, 0, 3, 1, 4});
+  Tensor attended = ops::scaled_dot_product_attention(ops::select(heads, 0, 0), ops::select(heads, 0, 1),
+                                                       ops::select(heads, 0, 2), causal_);
+  Tensor merged = ops::reshape(ops::permute(attended, {0, 2, 1, 3}), {b, t, d});
+  Tensor x1 = ops::add(x, drop(ops::linear(merged, w(4), w(5)), training, step, 1));
+  // GELU MLP.
+  Tensor hidden = ops::gelu(ops::linear(ops::layer_norm(x1, w(6), w(7), 1e-5), w(8), w(9)));
+  return ops::add(x1, drop(ops::linear(hidden, w(10), w(11)), training, step, 2));
+}
+
+Tensor TransformerBlock::forward(const Tensor& x, bool training, int64_t step) {
+  if (x.ndim() != 3 || x.shape()[2] != d_model_)
+    fail("TransformerBlock", "expects (batch, time, ", d_model_, ") inputs, got ", x.shape());
+  if (!remat_) return block(x, training, step);
+  return ops::checkpoint([this, training, step](const std::vector<Tensor>& in) { return block(in[0], training, step); },
+                         {x});
+}
+
+}  // namespace steepest::model

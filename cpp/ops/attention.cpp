@@ -1,0 +1,120 @@
+// Attention and activation checkpointing, the two pieces of the seed's LLM practice
+// section that are more than one kernel: softmax(QKᵀ/√d + mask)·V composed from
+// matmul, softmax and add (so autograd derives the backward), and checkpoint(), which
+// keeps only a function's inputs and recomputes its graph during backward.
+#include <cmath>
+#include <limits>
+
+#include "internal.h"
+
+namespace steepest::ops {
+
+namespace {
+
+// (Tq, Tk) with −inf where key j lies after query i (top-left aligned, as PyTorch's
+// is_causal), 0 elsewhere: added to the scores, softmax gives those keys weight 0.
+Tensor causal_mask(int64_t tq, int64_t tk, DType dtype, Device device) {
+  Tensor mask = Tensor::empty({tq, tk}, DType::Float64);
+  double* m = mask.data<double>();
+  for (int64_t i = 0; i < tq; ++i)
+    for (int64_t j = 0; j < tk; ++j)
+      m[i * tk + j] = j > i ? -std::numeric_limits<double>::infinity() : 0.0;
+  Tensor typed = astype(mask, dtype);
+  return device.is_cpu() ? typed : to_device(typed, device);
+}
+
+}  // namespace
+
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                                    std::optional<double> scale) {
+  const char* op = "scaled_dot_product_attention";
+  detail::check_float(op, q, "q");
+  detail::check_same_dtype(op, q, k);
+  detail::check_same_dtype(op, q, v);
+  detail::check_same_device(op, q, k);
+  detail::check_same_device(op, q, v);
+  if (q.ndim() < 2 || k.ndim() < 2 || v.ndim() < 2)
+    fail(op, "q, k and v need (..., T, D) shapes, got ", q.shape(), ", ", k.shape(), ", ", v.shape());
+  int64_t d = q.shape().back();
+  if (k.shape().back() != d)
+    fail(op, "q of shape ", q.shape(), " and k of shape ", k.shape(), " differ in the feature axis");
+  if (k.shape()[k.ndim() - 2] != v.shape()[v.ndim() - 2])
+    fail(op, "k of shape ", k.shape(), " and v of shape ", v.shape(), " differ in the sequence axis");
+  double s = scale ? *scale : 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(d, 1)));
+  Tensor scores = mul_scalar(matmul(q, transpose(k, -1, -2)), s);
+  if (causal) {
+    int64_t tq = q.shape()[q.ndim() - 2], tk = k.shape()[k.ndim() - 2];
+    scores = add(scores, causal_mask(tq, tk, q.dtype(), q.device()));
+  }
+  return matmul(softmax(scores, -1), v);
+}
+
+namespace {
+
+// Backward of checkpoint(): runs the function again with grad enabled on fresh leaves
+// holding the saved inputs, and backpropagates g through that new graph. Weights used by
+// the function receive their gradient through their own accumulators during that inner
+// backward; the inputs' gradients come back from the fresh leaves.
+class CheckpointBackward final : public Node {
+ public:
+  CheckpointBackward(CheckpointFunction fn, std::vector<Tensor> inputs)
+      : fn_(std::move(fn)), inputs_(std::move(inputs)) {}
+
+  void apply(const Tensor& g, std::vector<Tensor>& out) override {
+    std::vector<Tensor> leaves;
+    leaves.reserve(inputs_.size());
+    for (const Tensor& input : inputs_) {
+      Tensor leaf = input.detach();
+      if (is_floating(leaf.dtype()) && input.requires_grad()) leaf.set_requires_grad(true);
+      leaves.push_back(leaf);
+    }
+    Tensor output;
+    {
+      bool previous = grad_enabled();
+      set_grad_enabled(true);
+      try {
+        output = fn_(leaves);
+      } catch (...) {
+        set_grad_enabled(previous);
+        throw;
+      }
+      set_grad_enabled(previous);
+    }
+    if (output.requires_grad()) steepest::backward(output, g);
+    for (size_t i = 0; i < leaves.size(); ++i)
+      if (next[i]) out[i] = leaves[i].grad();
+  }
+  void release_saved() override {
+    inputs_.clear();
+    fn_ = nullptr;
+  }
+  const char* name() const override { return "CheckpointBackward"; }
+
+ private:
+  CheckpointFunction fn_;
+  std::vector<Tensor> inputs_;
+};
+
+}  // namespace
+
+Tensor checkpoint(const CheckpointFunction& fn, const std::vector<Tensor>& inputs) {
+  Tensor output;
+  {
+    NoGradGuard no_grad;  // the forward keeps nothing but the inputs
+    output = fn(inputs);
+  }
+  if (!grad_enabled()) return output;
+  // Recorded even when no input requires grad: the function's weights may.
+  output = output.detach();
+  auto node = std::make_shared<CheckpointBackward>(fn, inputs);
+  node->next.reserve(inputs.size());
+  for (const Tensor& t : inputs) {
+    node->next.push_back(gradient_edge(t));
+    node->input_shapes.push_back(t.shape());
+  }
+  output.impl()->requires_grad = true;
+  output.impl()->grad_fn = std::move(node);
+  return output;
+}
+
+}  // namespace steepest::ops
