@@ -23,6 +23,7 @@ def _test_accuracy(kind: str, seed: int) -> float:
     return model.evaluate(x_test, y_test)["accuracy"]
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("kind, bar", [("mlp", 0.97), ("cnn", 0.98)])
 def test_digits_accuracy(kind, bar):
     accuracies = [_test_accuracy(kind, seed) for seed in SEEDS]

@@ -127,6 +127,7 @@ def test_gradient_accumulation_equals_large_batch():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.training
 def test_tiny_gpt_learns_a_repeating_text():
     text = "the quick brown fox jumps over the lazy dog. " * 20
     tokenizer = st.text.CharTokenizer.from_text(text)
