@@ -116,3 +116,14 @@ def test_python_dash_m(tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "--optimizer" in proc.stdout
+
+
+def test_train_gpt_on_the_bundled_text(capsys):
+    assert main(["train", "--model", "gpt", "--epochs", "1", "--no-save", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "Validation loss" in out and "unigram entropy" in out and "Sample:" in out
+
+
+def test_text_is_only_for_gpt(capsys):
+    assert main(["train", "--model", "mlp", "--text", "x.txt", "--no-save"]) == 1
+    assert "--text is for --model gpt" in capsys.readouterr().err

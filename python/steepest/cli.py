@@ -19,8 +19,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import steepest as st
 
-MODELS = ("cnn", "mlp")
-DEFAULT_EPOCHS = {"cnn": 20, "mlp": 20}
+MODELS = ("cnn", "mlp", "gpt")
+DEFAULT_EPOCHS = {"cnn": 20, "mlp": 20, "gpt": 15}
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 # The constructors, not st.optimizers.get: --lr has to reach the constructor, and get()
@@ -119,18 +119,23 @@ def _positive_float(text: str) -> float:
 def _add_train_command(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "train",
-        help="train a classifier on the bundled 8x8 digits",
+        help="train a digits classifier, or a character-level GPT on a text",
         description=(
             "Train a small network on the 8x8 handwritten digits that ship with steepest "
-            "(1,437 training / 360 test images), print the test accuracy and save the model."
+            "(1,437 training / 360 test images), print the test accuracy and save the model; "
+            "or, with --model gpt, a character-level GPT on --text (default: the essay that "
+            "ships with steepest), printing the loss per epoch and a sample."
         ),
     )
     p.add_argument("--model", choices=MODELS, default="cnn",
-                   help="cnn: 2 conv + 2 dense layers; mlp: 64-256-256-10 (default: cnn)")
+                   help="cnn: 2 conv + 2 dense layers; mlp: 64-256-256-10; gpt: a 4-layer "
+                        "character-level Transformer (default: cnn)")
+    p.add_argument("--text", metavar="FILE", default=None,
+                   help="with --model gpt: a UTF-8 text to train on (default: the bundled essay)")
     p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adamw",
                    help="default: adamw")
     p.add_argument("--epochs", type=_positive_int, default=None,
-                   help="passes over the training set (default: 10 for cnn, 20 for mlp)")
+                   help="passes over the training set (default: 20; 15 for gpt)")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="default: 32")
     p.add_argument("--lr", type=_positive_float, default=None,
                    help="learning rate (default: the optimizer's own default)")
@@ -243,6 +248,10 @@ def _plot_history(history: Dict[str, List[float]], path: str, title: str) -> Non
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.model == "gpt":
+        return _train_gpt(args)
+    if args.text is not None:
+        raise CommandError("--text is for --model gpt")
     epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.model]
     save_path = None if args.no_save else (args.save or f"digits_{args.model}.steepest")
 
@@ -293,6 +302,63 @@ def _train(args: argparse.Namespace) -> int:
               "(load it with steepest.models.load_model)")
     if args.plot is not None:
         _plot_history(history.history, args.plot, f"digits {args.model}, {args.optimizer}")
+        print(f"Saved the training curves to {os.path.abspath(args.plot)}")
+    return 0
+
+
+def _train_gpt(args: argparse.Namespace) -> int:
+    """The seed's LLM recipe at small scale: causal LM loss, AdamW with warmup + cosine
+    decay, clipnorm 1.0, activation checkpointing."""
+    epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS["gpt"]
+    save_path = None if args.no_save else (args.save or "tiny_gpt.steepest")
+    _check_device(args.device)
+    if save_path is not None:
+        _check_writable(save_path, "--save")
+    if args.plot is not None:
+        _check_plotting(args.plot)
+    if args.precision != "float32":
+        raise CommandError(f"--precision {args.precision} is not available yet; use float32")
+    if args.text is None:
+        text = st.text.default_text()
+    else:
+        try:
+            with open(args.text, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CommandError(f"cannot read --text {args.text}: {e}") from None
+    context = 64
+    tokenizer = st.text.CharTokenizer.from_text(text)
+    tokens = tokenizer.encode(text)
+    split = int(0.9 * len(tokens))
+    if split < 2 * context:
+        raise CommandError(f"--text has {len(tokens)} characters; a GPT with context {context} needs at least {3 * context}")
+    train = st.text.windows(tokens[:split], context, stride=context // 4)
+    val = st.text.windows(tokens[split - context:], context, stride=context // 4)
+    st.manual_seed(args.seed)
+    model = st.models.GPT(tokenizer.vocab_size, context, d_model=128, num_heads=4, num_layers=4, remat=True)
+    steps = epochs * ((len(train) + args.batch_size - 1) // args.batch_size)
+    peak = args.lr if args.lr is not None else 3e-3
+    schedule = st.schedules.WarmupCosine(peak, warmup_steps=max(steps // 10, 1), total_steps=steps,
+                                         final_learning_rate=peak / 10)
+    model.compile(st.optimizers.AdamW(learning_rate=schedule, weight_decay=0.1, clipnorm=1.0),
+                  loss=st.losses.CausalLMCrossEntropy())
+    entropy = st.text.unigram_entropy(tokens)
+    if not args.quiet:
+        print(f"Training a character GPT ({model.count_params():,} parameters) on {len(text):,} "
+              f"characters, vocabulary {tokenizer.vocab_size}, context {context}, {epochs} epochs; "
+              f"unigram entropy {entropy:.3f} nats")
+    history = model.fit(train, train, batch_size=args.batch_size, epochs=epochs,
+                        validation_data=(val, val), verbose=0 if args.quiet else 2, seed=args.seed)
+    best = min(history.history["val_loss"])
+    print(f"Validation loss {history.history['val_loss'][-1]:.3f} (best {best:.3f}) nats; "
+          f"unigram entropy {entropy:.3f}")
+    sample = st.models.generate(model, tokens[:context // 2], 200, temperature=0.8, top_k=10, seed=args.seed)
+    print("Sample:\n" + tokenizer.decode(sample))
+    if save_path is not None:
+        model.save(save_path)
+        print(f"Saved the model to {os.path.abspath(save_path)} (load it with steepest.models.load_model)")
+    if args.plot is not None:
+        _plot_history(history.history, args.plot, "character GPT")
         print(f"Saved the training curves to {os.path.abspath(args.plot)}")
     return 0
 

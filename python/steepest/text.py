@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from typing import Dict, Iterable, List
 
 import numpy as np
+
+_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "text_data")
+
+
+def default_text() -> str:
+    """The public-domain (CC0) essay that ships with steepest: the default training
+    text of the tiny GPT (text_data/README.md)."""
+    with open(os.path.join(_DATA, "descent.txt"), encoding="utf-8") as f:
+        return f.read()
+
+
+def unigram_entropy(tokens: np.ndarray) -> float:
+    """Entropy in nats of the token frequencies: the loss of a model that ignores context."""
+    counts = np.bincount(np.asarray(tokens, dtype=np.int64))
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
 
 
 class ByteTokenizer:
@@ -62,4 +79,4 @@ def windows(tokens: np.ndarray, context: int, stride: int = 1) -> np.ndarray:
     return tokens[starts[:, None] + np.arange(context)[None, :]]
 
 
-__all__ = ["ByteTokenizer", "CharTokenizer", "windows"]
+__all__ = ["ByteTokenizer", "CharTokenizer", "default_text", "unigram_entropy", "windows"]
