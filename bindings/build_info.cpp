@@ -1,3 +1,5 @@
+// steepest.backends() and the runtime controls beside it: threads, allocator statistics
+// and caches (CPU and CUDA), device synchronisation, TF32.
 #include <omp.h>
 
 #include "common.h"
@@ -9,12 +11,32 @@
 
 #include "steepest/storage.h"
 
+// Defined by cuda/runtime.cu and cuda/linalg.cu, or by cuda/no_cuda.cpp without CUDA.
 namespace steepest {
 bool cuda_available();
 int cuda_device_count();
+std::string cuda_device_name(int device_index);
+AllocatorStats cuda_allocator_stats(int device_index);
+void cuda_allocator_empty_cache();
+void cuda_allocator_reset_peak(int device_index);
+void cuda_synchronize(int device_index);
+void cuda_set_allow_tf32(bool allow);
+bool cuda_allow_tf32();
+std::string cublas_info();
 }  // namespace steepest
 
 namespace steepest::bindings {
+namespace {
+
+nb::dict stats_dict(const AllocatorStats& s) {
+  nb::dict d;
+  d["allocated_bytes"] = s.allocated_bytes;
+  d["cached_bytes"] = s.cached_bytes;
+  d["peak_allocated_bytes"] = s.peak_allocated_bytes;
+  return d;
+}
+
+}  // namespace
 
 void init_build_info(nb::module_& m) {
   m.attr("__version__") = STEEPEST_VERSION;
@@ -26,6 +48,11 @@ void init_build_info(nb::module_& m) {
         info["cuda"] = cuda_available();
         info["cuda_compiled"] = bool(STEEPEST_WITH_CUDA);
         info["cuda_devices"] = cuda_device_count();
+        nb::list names;
+        for (int i = 0; i < cuda_device_count(); ++i) names.append(cuda_device_name(i));
+        info["cuda_device_names"] = names;
+        info["cublas"] = cublas_info();
+        info["cuda_allow_tf32"] = cuda_allow_tf32();
         info["openmp"] = true;
         info["openmp_threads"] = omp_get_max_threads();
 #if defined(__AVX512F__)
@@ -54,18 +81,44 @@ void init_build_info(nb::module_& m) {
   m.def("get_num_threads", []() { return omp_get_max_threads(); });
   m.def(
       "memory_stats",
-      []() {
-        AllocatorStats s = cpu_allocator_stats();
-        nb::dict d;
-        d["allocated_bytes"] = s.allocated_bytes;
-        d["cached_bytes"] = s.cached_bytes;
-        d["peak_allocated_bytes"] = s.peak_allocated_bytes;
-        return d;
+      [](const std::string& device) {
+        const Device d = parse_device(device);
+        return stats_dict(d.is_cpu() ? cpu_allocator_stats() : cuda_allocator_stats(d.index));
       },
-      "Bytes held by live CPU tensors, bytes cached for reuse, and the peak since reset.");
-  m.def("empty_cache", &cpu_allocator_empty_cache,
-        "Returns the CPU allocator's cached blocks to the system.");
-  m.def("reset_peak_memory_stats", &cpu_allocator_reset_peak);
+      nb::arg("device") = "cpu",
+      "Bytes held by live tensors of the device, bytes cached for reuse, and the peak since "
+      "reset.");
+  m.def(
+      "empty_cache",
+      []() {
+        nb::gil_scoped_release release;
+        cpu_allocator_empty_cache();
+        cuda_allocator_empty_cache();
+      },
+      "Returns the cached blocks of the CPU and CUDA allocators to the system.");
+  m.def(
+      "reset_peak_memory_stats",
+      [](const std::string& device) {
+        const Device d = parse_device(device);
+        if (d.is_cpu())
+          cpu_allocator_reset_peak();
+        else
+          cuda_allocator_reset_peak(d.index);
+      },
+      nb::arg("device") = "cpu");
+  m.def(
+      "synchronize",
+      [](const std::string& device) {
+        const Device d = parse_device(device);
+        if (d.is_cpu()) return;
+        nb::gil_scoped_release release;
+        cuda_synchronize(d.index);
+      },
+      nb::arg("device") = "cuda",
+      "Waits until every kernel queued on the device has finished (for timing).");
+  m.def("set_allow_tf32", &cuda_set_allow_tf32, nb::arg("allow"),
+        "Lets float32 GPU matrix products use TF32 tensor cores (inputs rounded to 10 "
+        "mantissa bits); off by default. STEEPEST_ALLOW_TF32=1 turns it on at start.");
 #if defined(STEEPEST_SANITIZED)
   // Deliberate faults for the CI test that proves the sanitizers are live in this build.
   m.def("_sanitizer_fault", [](const std::string& kind, int index) {

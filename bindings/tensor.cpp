@@ -105,11 +105,6 @@ Tensor index(const Tensor& t, const nb::handle& key) {
   return out;
 }
 
-void check_cpu_for_numpy(const Tensor& t) {
-  if (!t.device().is_cpu())
-    throw ValueError("[numpy] the tensor is on " + t.device().str() + "; call .to('cpu') first");
-}
-
 }  // namespace
 
 std::shared_ptr<void> python_owner(nb::handle object) {
@@ -305,10 +300,11 @@ void init_tensor(nb::module_& m) {
   cls.def(
          "numpy",
          [](const Tensor& t) {
-           check_cpu_for_numpy(t);
-           return nb::ndarray<nb::numpy>(tensor_view(t));
+           // A GPU tensor is copied to the host (the copy synchronises its stream).
+           Tensor host = t.device().is_cpu() ? t : ops::to_device(t.detach(), Device{});
+           return nb::ndarray<nb::numpy>(tensor_view(host));
          },
-         "A NumPy array sharing this tensor's memory (CPU tensors).")
+         "A NumPy array sharing this tensor's memory (a host copy for GPU tensors).")
       .def(
           "__dlpack__",
           [](const Tensor& t, nb::kwargs kwargs) {

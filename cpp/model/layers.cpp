@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "steepest/autograd.h"
+#include "steepest/kernels.h"
 #include "steepest/model.h"
 #include "steepest/ops.h"
 
@@ -82,6 +83,20 @@ Dims Layer::build(const Dims& input_shape, uint64_t seed) {
   output_shape_ = build_weights(input_shape, seed);
   built_ = true;
   return output_shape_;
+}
+
+void Layer::to_device(Device device) {
+  for (auto& entry : weights_) {
+    TensorImpl& w = *entry.second.impl();
+    if (w.storage->device() == device) continue;
+    // The weight's impl takes over the copy's storage: autograd identity and
+    // requires_grad stay, only the memory moves (as torch's param.data = ...).
+    Tensor moved = ops::to_device(entry.second.detach(), device);
+    w.storage = moved.storage();
+    w.strides = moved.strides();
+    w.offset = moved.offset();
+    if (w.grad) w.grad = ops::to_device(Tensor(w.grad).detach(), device).impl_ptr();
+  }
 }
 
 Tensor Layer::add_weight(const std::string& name, const Dims& shape, const std::string& initializer,
@@ -304,12 +319,14 @@ void Normalization::write_statistics() {
   if (static_cast<int64_t>(mean_.size()) != size)
     fail("Normalization", "statistics have ", mean_.size(), " entries but the layer normalises ",
          size, per_feature_ ? " features" : " scalar");
-  float* mean = weights_[0].second.data<float>();
-  float* variance = weights_[1].second.data<float>();
+  // Written on the host, then copied into the weights wherever they live.
+  Tensor mean = Tensor::empty({size}, DType::Float32), variance = Tensor::empty({size}, DType::Float32);
   for (int64_t i = 0; i < size; ++i) {
-    mean[i] = static_cast<float>(mean_[static_cast<size_t>(i)]);
-    variance[i] = static_cast<float>(variance_[static_cast<size_t>(i)]);
+    mean.data<float>()[i] = static_cast<float>(mean_[static_cast<size_t>(i)]);
+    variance.data<float>()[i] = static_cast<float>(variance_[static_cast<size_t>(i)]);
   }
+  STEEPEST_KERNEL(weights_[0].second.device(), copy)(mean, weights_[0].second);
+  STEEPEST_KERNEL(weights_[1].second.device(), copy)(variance, weights_[1].second);
 }
 
 // Keras: (x − mean) / max(√variance, ε), here as x·s − mean·s with s = 1/√max(var, ε²).

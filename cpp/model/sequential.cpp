@@ -42,6 +42,13 @@ void Sequential::build(const Dims& input_shape, uint64_t seed) {
   }
   input_shape_ = input_shape;
   built_ = true;
+  if (!device_.is_cpu())
+    for (auto& layer : layers_) layer->to_device(device_);
+}
+
+void Sequential::to(Device device) {
+  for (auto& layer : layers_) layer->to_device(device);
+  device_ = device;
 }
 
 std::vector<Tensor> Sequential::parameters() const {
@@ -259,6 +266,9 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, int64_t batch_size,
       xb = gather_rows(xc, order.data() + begin, count);
       yb = gather_rows(yc, order.data() + begin, count);
     }
+    // Batches are cut on the host and copied to the model's device one at a time.
+    xb = ops::to_device(xb, device_);
+    yb = ops::to_device(yb, device_);
     Tensor output;
     double loss_value;
     if (train) {
@@ -320,11 +330,11 @@ Tensor Sequential::predict(const Tensor& x, int64_t batch_size) const {
   Tensor result;
   for (int64_t begin = 0; begin < n; begin += batch_size) {
     int64_t count = std::min(batch_size, n - begin);
-    Tensor out = forward(ops::slice(x, 0, begin, begin + count, 1), false, 0);
+    Tensor out = forward(ops::to_device(ops::slice(x, 0, begin, begin + count, 1), device_), false, 0);
     if (!result.defined()) {
       Dims shape = out.shape();
       shape[0] = n;
-      result = Tensor::empty(shape, out.dtype(), out.device());
+      result = Tensor::empty(shape, out.dtype());  // on the host, wherever the model runs
     }
     Tensor dst = ops::slice(result, 0, begin, begin + count, 1);
     STEEPEST_KERNEL(out.device(), copy)(out, dst);

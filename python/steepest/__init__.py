@@ -98,3 +98,17 @@ def checkpoint(fn, *inputs):
     """Activation checkpointing: ``fn(*inputs)`` runs without keeping its intermediate
     activations; backward runs it again to get them. Gradients are identical."""
     return _checkpoint(fn, *inputs)
+
+
+# The GPU backend opens cuBLAS on its first matrix product; after the default search path
+# it looks in these folders: pip's nvidia-cublas wheel (CUDA 13) and PyTorch's CUDA 12 one.
+if _core.backends()["cuda"] and "STEEPEST_CUBLAS_PATH" not in _os.environ:
+    import importlib.util as _util
+
+    _nvidia = _util.find_spec("nvidia")
+    if _nvidia is not None and _nvidia.submodule_search_locations:
+        _os.environ["STEEPEST_CUBLAS_PATH"] = _os.pathsep.join(
+            _os.path.join(d, sub)
+            for d in _nvidia.submodule_search_locations
+            for sub in ("cu13/lib", "cublas/lib")
+        )

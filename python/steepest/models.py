@@ -395,6 +395,13 @@ class Sequential:
         print_fn(line)
 
     def to(self, device: str) -> "Sequential":
+        """Moves the weights to ``device`` ("cpu", "cuda" or "cuda:N") and keeps them there.
+
+        fit, evaluate and predict then copy each batch from the host to the device, so x
+        and y stay NumPy arrays or CPU tensors; predict returns host arrays. The optimizer
+        state follows the parameters at the next step. Saving and get/set_weights read
+        host memory: call ``model.to("cpu")`` first.
+        """
         if device != "cpu":
             backends = _core.backends()
             if not backends["cuda"]:
@@ -402,7 +409,7 @@ class Sequential:
                     f"[Sequential.to] device {device!r} is not available: this build of steepest "
                     f"{'has no CUDA backend' if not backends['cuda_compiled'] else 'found no GPU'}"
                 )
-            raise NotImplementedError("[Sequential.to] training on the GPU is not implemented yet")
+        self._impl.to(device)
         return self
 
     # ------------------------------------------------------------------ persistence

@@ -54,6 +54,9 @@ class Layer {
   const Dims& output_shape() const { return output_shape_; }
   // Trainable weights by name ("kernel", "bias", ...), in a fixed order.
   std::vector<std::pair<std::string, Tensor>>& weights() { return weights_; }
+  // Moves every weight and its grad to `device` in place (the tensors keep their identity,
+  // so a parameter list taken before still holds the moved weights).
+  void to_device(Device device);
 
  protected:
   virtual Dims build_weights(const Dims& input_shape, uint64_t seed) = 0;
@@ -270,6 +273,10 @@ class Sequential {
   bool built() const { return built_; }
   const Dims& input_shape() const { return input_shape_; }
   std::vector<Tensor> parameters() const;
+  // Puts the weights on `device` (also those built later); fit, evaluate and predict then
+  // copy each batch there from the host, and predict returns host tensors.
+  void to(Device device);
+  Device device() const { return device_; }
 
   void compile(std::shared_ptr<optim::Optimizer> optimizer, LossSpec loss,
                std::vector<Metric> metrics);
@@ -299,6 +306,7 @@ class Sequential {
   std::vector<std::shared_ptr<Layer>> layers_;
   Dims input_shape_;
   bool built_ = false;
+  Device device_;
   std::shared_ptr<optim::Optimizer> optimizer_;
   LossSpec loss_;
   std::vector<Metric> metrics_;
