@@ -1,65 +1,262 @@
 // Convolution as the seed's 实际的卷积 describes it: every receptive field becomes a column
-// of X_col (im2col), the output is W_row · X_col, and the backward pass is two matrix
-// products plus col2im, which adds each column's gradient back onto the pixels it was
-// read from. Images are split across threads with a per-thread column buffer; with fewer
-// images than threads the GEMM itself runs in parallel instead.
+// of X_col (im2col), the output is W_row · X_col, and the backward pass is the products
+// dW_row = G · X_colᵀ and dX_col = W_rowᵀ · G followed by col2im.
+//
+// X_col is never stored: it is a GemmSource that the GEMM asks for one sliver at a time
+// while packing, read from a zero-bordered copy of the images, so the 9×-larger column
+// matrix never travels through memory. The columns of a group of images sit side by
+// side, so one GEMM with N = images·OH·OW covers the group (small images alone would
+// give GEMMs too thin to run fast); a group's outputs go through a thread-local wide
+// buffer sized by a memory budget, while images with enough pixels each write their
+// NCHW block directly. For stride 1, dX is itself a convolution (of G with the flipped,
+// channel-swapped kernel), which needs no col2im; strided convolutions form dX_col and
+// col2im it. A 1×1, stride-1, unpadded convolution reads each image as its X_col.
+// Pooling runs one plane per task; max pooling is branch-free inside the image.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
+#include "gemm_source.h"
 #include "loops.h"
 #include "steepest/kernels.h"
 
 namespace steepest::cpu {
 namespace {
 
-// (C, H, W) image -> (C·kh·kw, out_h·out_w) columns; padding reads as 0.
+// An image with at least this many output pixels is a wide enough GEMM on its own.
+constexpr int64_t kWideImage = 1024;
+// Upper bound on the elements of a group's wide buffer (16 MiB of float32).
+constexpr int64_t kWideBudget = int64_t{1} << 22;
+
 template <class T>
-void im2col(const T* image, const Conv2dGeometry& g, T* cols) {
-  const int64_t spatial = g.out_h * g.out_w;
-  for (int64_t c = 0; c < g.in_channels; ++c)
-    for (int64_t ki = 0; ki < g.kernel_h; ++ki)
-      for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-        T* row = cols + ((c * g.kernel_h + ki) * g.kernel_w + kj) * spatial;
-        const T* plane = image + c * g.in_h * g.in_w;
-        for (int64_t oh = 0; oh < g.out_h; ++oh) {
-          int64_t ih = oh * g.stride_h - g.pad_h + ki;
-          T* dst = row + oh * g.out_w;
-          if (ih < 0 || ih >= g.in_h) {
-            std::fill(dst, dst + g.out_w, T(0));
-            continue;
-          }
-          const T* src = plane + ih * g.in_w;
-          for (int64_t ow = 0; ow < g.out_w; ++ow) {
-            int64_t iw = ow * g.stride_w - g.pad_w + kj;
-            dst[ow] = (iw >= 0 && iw < g.in_w) ? src[iw] : T(0);
-          }
-        }
-      }
+T* scratch(std::vector<T>& buffer, int64_t size) {
+  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(static_cast<size_t>(size));
+  return buffer.data();
 }
 
-// The adjoint of im2col: accumulates columns back into a zeroed (C, H, W) image.
-template <class T>
-void col2im(const T* cols, const Conv2dGeometry& g, T* image) {
+int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+
+// Grain for parallel_for over tasks of `work` elements each.
+int64_t grain_for(int64_t work) {
+  return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(work, 1));
+}
+
+// Threads that run whole images, one GEMM each, when every image is its own GEMM: with
+// no barrier inside an image this also holds up when the cores are shared. 1 means the
+// images run in turn and each GEMM uses the threads.
+int image_threads(int64_t batch) {
+  if (omp_in_parallel()) return 1;
+  return static_cast<int>(std::min<int64_t>(omp_get_max_threads(), batch));
+}
+
+// image(n, thread) for every n in [0, batch), each thread taking a contiguous share.
+template <class Fn>
+void for_each_image(int64_t batch, int threads, Fn&& image) {
+  if (threads <= 1) {
+    for (int64_t n = 0; n < batch; ++n) image(n, 0);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    for (int64_t n = batch * t / nt; n < batch * (t + 1) / nt; ++n) image(n, static_cast<int>(t));
+  }
+}
+
+// Images per GEMM: one when an image is wide enough, else as many as the wide buffer
+// (channels × images·OH·OW) allows, balanced over the batch.
+int64_t group_size(const Conv2dGeometry& g, int64_t channels) {
   const int64_t spatial = g.out_h * g.out_w;
-  std::fill(image, image + g.in_channels * g.in_h * g.in_w, T(0));
-  for (int64_t c = 0; c < g.in_channels; ++c)
-    for (int64_t ki = 0; ki < g.kernel_h; ++ki)
-      for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-        const T* row = cols + ((c * g.kernel_h + ki) * g.kernel_w + kj) * spatial;
-        T* plane = image + c * g.in_h * g.in_w;
-        for (int64_t oh = 0; oh < g.out_h; ++oh) {
-          int64_t ih = oh * g.stride_h - g.pad_h + ki;
-          if (ih < 0 || ih >= g.in_h) continue;
-          const T* src = row + oh * g.out_w;
-          T* dst = plane + ih * g.in_w;
-          for (int64_t ow = 0; ow < g.out_w; ++ow) {
-            int64_t iw = ow * g.stride_w - g.pad_w + kj;
-            if (iw >= 0 && iw < g.in_w) dst[iw] += src[ow];
-          }
+  if (spatial >= kWideImage || g.batch <= 1) return 1;
+  const int64_t fit = std::clamp<int64_t>(kWideBudget / std::max<int64_t>(channels * spatial, 1),
+                                          1, g.batch);
+  const int64_t groups = (g.batch + fit - 1) / fit;
+  return (g.batch + groups - 1) / groups;
+}
+
+struct IndexRange {
+  int64_t lo, hi;
+};
+
+// Output columns [lo, hi) whose input column ow·stride + kj − pad lies inside the image.
+IndexRange valid_columns(const Conv2dGeometry& g, int64_t kj) {
+  const int64_t shift = kj - g.pad_w;
+  const int64_t lo = std::clamp<int64_t>(ceil_div(-shift, g.stride_w), 0, g.out_w);
+  const int64_t hi = std::clamp<int64_t>(ceil_div(g.in_w - shift, g.stride_w), lo, g.out_w);
+  return {lo, hi};
+}
+
+// dst[0, len) = src[0, len) for len >= 16, in fixed 16-element blocks, the last one
+// overlapping the one before: a fixed-size memcpy compiles to a few vector moves, while
+// a variable-length copy of a short row becomes a library call.
+template <class T>
+void copy_blocks(const T* src, int64_t len, T* dst) {
+  constexpr int64_t kBlock = 16;
+  for (int64_t s = 0; s + kBlock <= len; s += kBlock) std::memcpy(dst + s, src + s, sizeof(T) * kBlock);
+  if (len % kBlock) std::memcpy(dst + len - kBlock, src + len - kBlock, sizeof(T) * kBlock);
+}
+
+// X_col of the images [n0, n0 + count): row r = (c, ki, kj), column p = (image, oh, ow).
+// As a GEMM operand it is op(B) = X_col (forward) or X_colᵀ (dW). The images are first
+// copied with their zero padding made explicit (a plane stride that is rarely a multiple
+// of 4 KiB also spares the L1 cache the aliasing of NCHW planes); then
+// X_col(r, p) = padded[start(p) + offset(r)] with no bounds checks, and at stride 1 an
+// output row is a plain copy of a stretch of a padded row.
+template <class T>
+class Columns final : public GemmSource<T> {
+ public:
+  Columns(const T* x, const Conv2dGeometry& g, int64_t n0, int64_t count, bool transposed)
+      : g_(g), transposed_(transposed), hp_(g.in_h + 2 * g.pad_h), wp_(g.in_w + 2 * g.pad_w) {
+    pad_images(x + n0 * g.in_channels * g.in_h * g.in_w, count);
+  }
+
+  void pack(int64_t k0, int64_t kc, int64_t j0, int64_t cols, int width, T* dst) const override {
+    if (transposed_)
+      pack_transposed(k0, kc, j0, cols, width, dst);
+    else
+      pack_rows(k0, kc, j0, cols, width, dst);
+  }
+
+ private:
+  // padded_: (count, C, H + 2·pad_h, W + 2·pad_w); start_[p]: where output pixel p's
+  // receptive field begins in it (tap (0, 0) of channel 0).
+  void pad_images(const T* x, int64_t count) {
+    thread_local std::vector<T> image_buffer;
+    thread_local std::vector<int64_t> start_buffer;
+    const int64_t planes = count * g_.in_channels;
+    T* padded = padded_ = scratch(image_buffer, planes * hp_ * wp_);
+    parallel_for(planes, grain_for(hp_ * wp_), [&](int64_t begin, int64_t end) {
+      std::fill(padded + begin * hp_ * wp_, padded + end * hp_ * wp_, T(0));
+      for (int64_t plane = begin; plane < end; ++plane)
+        pad_plane(x + plane * g_.in_h * g_.in_w, padded + plane * hp_ * wp_);
+    });
+    const int64_t spatial = g_.out_h * g_.out_w, pixels = count * spatial;
+    start_ = scratch(start_buffer, pixels);
+    for (int64_t p = 0; p < pixels; ++p) {
+      const int64_t image = p / spatial, oh = (p % spatial) / g_.out_w, ow = p % g_.out_w;
+      start_[p] = (image * g_.in_channels * hp_ + oh * g_.stride_h) * wp_ + ow * g_.stride_w;
+    }
+  }
+
+  // One (H, W) plane into the interior of its zeroed (H + 2·pad_h, W + 2·pad_w) copy.
+  void pad_plane(const T* src, T* dst) const {
+    dst += g_.pad_h * wp_ + g_.pad_w;
+    if (g_.in_w >= 16) {
+      for (int64_t h = 0; h < g_.in_h; ++h) copy_blocks(src + h * g_.in_w, g_.in_w, dst + h * wp_);
+    } else if (g_.in_w == 4 || g_.in_w == 8) {
+      // Fixed-size copies: a variable-length copy of a short row is a library call.
+      for (int64_t h = 0; h < g_.in_h; ++h)
+        if (g_.in_w == 4)
+          std::memcpy(dst + h * wp_, src + h * g_.in_w, sizeof(T) * 4);
+        else
+          std::memcpy(dst + h * wp_, src + h * g_.in_w, sizeof(T) * 8);
+    } else {
+      for (int64_t w = 0; w < g_.in_w; ++w)
+        for (int64_t h = 0; h < g_.in_h; ++h) dst[h * wp_ + w] = src[h * g_.in_w + w];
+    }
+  }
+
+  // The padded-copy address of X_col row r's pixel 0 (tap (ki, kj) of channel c).
+  const T* row_base(int64_t r) const {
+    const int64_t taps = g_.kernel_h * g_.kernel_w, tap = r % taps;
+    return padded_ + ((r / taps) * hp_ + tap / g_.kernel_w) * wp_ + tap % g_.kernel_w;
+  }
+
+  // Whether the columns from p0 on come in whole output rows of consecutive padded
+  // elements (stride 1, p0 at the start of a row): read() then copies row by row.
+  bool whole_rows(int64_t p0) const { return g_.stride_w == 1 && p0 % g_.out_w == 0; }
+
+  // out[i] = X_col(r, p0 + i) for i < count, with base = row_base(r) and
+  // rows = whole_rows(p0).
+  void read(const T* base, int64_t p0, int64_t count, bool rows, T* out) const {
+    const int64_t* start = start_ + p0;
+    const int64_t width = g_.out_w;
+    if (rows) {
+      if (width == 4) return copy_rows<4>(base, start, count, out);
+      if (width == 8) return copy_rows<8>(base, start, count, out);
+      if (width >= 16) {
+        int64_t i = 0;
+        for (; i + width <= count; i += width) copy_blocks(base + start[i], width, out + i);
+        for (; i < count; ++i) out[i] = base[start[i]];
+        return;
+      }
+    }
+    for (int64_t i = 0; i < count; ++i) out[i] = base[start[i]];
+  }
+
+  template <int L>
+  static void copy_rows(const T* base, const int64_t* start, int64_t count, T* out) {
+    int64_t i = 0;
+    for (; i + L <= count; i += L) std::memcpy(out + i, base + start[i], sizeof(T) * L);
+    for (; i < count; ++i) out[i] = base[start[i]];
+  }
+
+  // op(B) = X_col: dst[k·width + i] = X_col(k0 + k, j0 + i). Consecutive rows step
+  // through the taps, then on to the next channel's plane.
+  void pack_rows(int64_t k0, int64_t kc, int64_t j0, int64_t cols, int width, T* dst) const {
+    const T* plane = row_base(k0 - k0 % (g_.kernel_h * g_.kernel_w));
+    int64_t ki = (k0 / g_.kernel_w) % g_.kernel_h, kj = k0 % g_.kernel_w;
+    const bool rows = whole_rows(j0);
+    for (int64_t k = 0; k < kc; ++k, dst += width) {
+      read(plane + ki * wp_ + kj, j0, cols, rows, dst);
+      for (int64_t i = cols; i < width; ++i) dst[i] = T(0);
+      if (++kj == g_.kernel_w) {
+        kj = 0;
+        if (++ki == g_.kernel_h) {
+          ki = 0;
+          plane += hp_ * wp_;
         }
       }
+    }
+  }
+
+  // op(B) = X_colᵀ: dst[k·width + i] = X_col(j0 + i, k0 + k). Rows of X_col are read in
+  // order into a block that the GEMM's transposing pack turns k-major.
+  void pack_transposed(int64_t k0, int64_t kc, int64_t j0, int64_t cols, int width,
+                       T* dst) const {
+    thread_local std::vector<T> block_buffer;
+    T* block = scratch(block_buffer, cols * kc);
+    const bool rows = whole_rows(k0);
+    for (int64_t i = 0; i < cols; ++i) read(row_base(j0 + i), k0, kc, rows, block + i * kc);
+    cpu::pack_transposed(block, kc, cols, width, kc, dst);
+  }
+
+  const Conv2dGeometry& g_;
+  bool transposed_;
+  int64_t hp_, wp_;
+  T* padded_ = nullptr;
+  int64_t* start_ = nullptr;
+};
+
+// NCHW rows of the images [n0, n0 + count) <-> the wide (channels × count·spatial)
+// layout of the GEMMs; from_wide adds bias[channel] when given.
+template <class T>
+void to_wide(const T* nchw, int64_t channels, int64_t spatial, int64_t n0, int64_t count,
+             T* wide) {
+  parallel_for(count * channels, grain_for(spatial), [&](int64_t b, int64_t e) {
+    for (int64_t task = b; task < e; ++task) {
+      const int64_t i = task / channels, c = task % channels;
+      const T* src = nchw + ((n0 + i) * channels + c) * spatial;
+      T* dst = wide + c * count * spatial + i * spatial;
+      for (int64_t p = 0; p < spatial; ++p) dst[p] = src[p];
+    }
+  });
+}
+
+template <class T>
+void from_wide(const T* wide, const T* bias, int64_t channels, int64_t spatial, int64_t n0,
+               int64_t count, T* nchw) {
+  parallel_for(count * channels, grain_for(spatial), [&](int64_t b, int64_t e) {
+    for (int64_t task = b; task < e; ++task) {
+      const int64_t i = task / channels, c = task % channels;
+      const T* src = wide + c * count * spatial + i * spatial;
+      T* dst = nchw + ((n0 + i) * channels + c) * spatial;
+      const T add = bias ? bias[c] : T(0);
+      for (int64_t p = 0; p < spatial; ++p) dst[p] = src[p] + add;
+    }
+  });
 }
 
 template <class T>
@@ -83,151 +280,318 @@ GemmArgs matrix_product(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
 }
 
 template <class T>
-std::vector<T>& column_buffer(size_t size) {
-  thread_local std::vector<T> buffer;
-  if (buffer.size() < size) buffer.resize(size);
-  return buffer;
+void add_bias(const T* bias, const Conv2dGeometry& g, T* y) {
+  const int64_t spatial = g.out_h * g.out_w;
+  parallel_for(g.batch * g.out_channels, grain_for(spatial), [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; ++row) {
+      const T add = bias[row % g.out_channels];
+      T* dst = y + row * spatial;
+      for (int64_t p = 0; p < spatial; ++p) dst[p] += add;
+    }
+  });
 }
 
-// Runs fn(n) for every image, across threads when there are enough images.
-template <class Fn>
-void for_each_image(int64_t batch, Fn&& fn) {
-  if (batch >= omp_get_max_threads()) {
-    parallel_for(batch, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) fn(n);
+bool is_pointwise(const Conv2dGeometry& g) {
+  return g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
+         g.pad_h == 0 && g.pad_w == 0;
+}
+
+// y = conv(x, w) + bias (bias may be null): per group, Y_col = W_row · X_col.
+template <class T>
+void convolve(const T* x, const T* w, const T* bias, const Conv2dGeometry& g, T* y) {
+  const int64_t ckk = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t spatial = g.out_h * g.out_w;
+  if (is_pointwise(g)) {
+    // Y[n] = W · X[n]: each image is already its X_col (C × H·W).
+    GemmArgs args = matrix_product<T>(false, false, g.out_channels, spatial, ckk, w, ckk, x,
+                                      spatial, y, spatial, 0.0);
+    args.batch = g.batch;
+    args.stride_b = ckk * spatial;
+    args.stride_c = g.out_channels * spatial;
+    gemm(args);
+    if (bias) add_bias(bias, g, y);
+    return;
+  }
+  const int64_t size = group_size(g, g.out_channels);
+  if (size == 1) {
+    // Each image's NCHW block is its Y_col.
+    for_each_image(g.batch, image_threads(g.batch), [&](int64_t n, int) {
+      T* out = y + n * g.out_channels * spatial;
+      gemm(matrix_product<T>(false, false, g.out_channels, spatial, ckk, w, ckk, nullptr, 0,
+                             out, spatial, 0.0),
+           Columns<T>(x, g, n, 1, false));
+      if (bias)
+        for (int64_t o = 0; o < g.out_channels; ++o)
+          for (int64_t p = 0; p < spatial; ++p) out[o * spatial + p] += bias[o];
     });
-  } else {
-    for (int64_t n = 0; n < batch; ++n) fn(n);
+    return;
+  }
+  thread_local std::vector<T> wide_buffer;
+  for (int64_t n0 = 0; n0 < g.batch; n0 += size) {
+    const int64_t count = std::min(size, g.batch - n0), width = count * spatial;
+    T* wide = scratch(wide_buffer, g.out_channels * width);
+    gemm(matrix_product<T>(false, false, g.out_channels, width, ckk, w, ckk, nullptr, 0, wide,
+                           width, 0.0),
+         Columns<T>(x, g, n0, count, false));
+    from_wide(wide, bias, g.out_channels, spatial, n0, count, y);
   }
 }
 
 template <class T>
 void conv_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                   const Conv2dGeometry& g, Tensor& y) {
+  convolve(x.data<T>(), weight.data<T>(), bias.defined() ? bias.data<T>() : nullptr, g,
+           y.data<T>());
+}
+
+// db = Σ over images and pixels of G. Each thread adds the images' blocks of its channels
+// (long contiguous vector adds, whatever the image size), then sums each channel's row.
+template <class T>
+void bias_gradient(const T* grad_y, const Conv2dGeometry& g, T* grad_bias) {
+  const int64_t spatial = g.out_h * g.out_w;
+  parallel_for(g.out_channels, grain_for(g.batch * spatial), [&](int64_t b, int64_t e) {
+    thread_local std::vector<T> rows_buffer;
+    const int64_t len = (e - b) * spatial;
+    T* rows = scratch(rows_buffer, len);
+    std::copy(grad_y + b * spatial, grad_y + b * spatial + len, rows);
+    for (int64_t n = 1; n < g.batch; ++n) {
+      const T* src = grad_y + (n * g.out_channels + b) * spatial;
+      for (int64_t i = 0; i < len; ++i) rows[i] += src[i];
+    }
+    for (int64_t o = b; o < e; ++o) {
+      T acc = 0;
+      for (int64_t p = 0; p < spatial; ++p) acc += rows[(o - b) * spatial + p];
+      grad_bias[o] = acc;
+    }
+  });
+}
+
+// dW_row = Σ_groups G · X_colᵀ, accumulated in place (beta = 1 after the first group).
+template <class T>
+void weight_gradient(const T* x, const T* grad_y, const Conv2dGeometry& g, T* grad_w) {
   const int64_t ckk = g.in_channels * g.kernel_h * g.kernel_w;
   const int64_t spatial = g.out_h * g.out_w;
-  const T* px = x.data<T>();
-  const T* pw = weight.data<T>();
-  const T* pb = bias.defined() ? bias.data<T>() : nullptr;
-  T* py = y.data<T>();
-  for_each_image(g.batch, [&](int64_t n) {
-    std::vector<T>& cols = column_buffer<T>(static_cast<size_t>(ckk * spatial));
-    im2col(px + n * g.in_channels * g.in_h * g.in_w, g, cols.data());
-    T* out = py + n * g.out_channels * spatial;
-    // Y_col = W_row · X_col
-    gemm(matrix_product<T>(false, false, g.out_channels, spatial, ckk, pw, ckk, cols.data(),
-                           spatial, out, spatial, 0.0));
-    if (pb)
-      for (int64_t o = 0; o < g.out_channels; ++o)
-        for (int64_t p = 0; p < spatial; ++p) out[o * spatial + p] += pb[o];
+  thread_local std::vector<T> wide_buffer, partial_buffer;
+  const int64_t size = group_size(g, g.out_channels);
+  if (size == 1) {
+    // Each thread adds its images into its own zeroed partial dW (beta = 1); the
+    // partials are summed last.
+    const int threads = image_threads(g.batch);
+    const int64_t wsize = g.out_channels * ckk;
+    T* partial = threads > 1 ? scratch(partial_buffer, threads * wsize) : grad_w;
+    std::fill(partial, partial + threads * wsize, T(0));
+    for_each_image(g.batch, threads, [&](int64_t n, int t) {
+      gemm(matrix_product<T>(false, false, g.out_channels, ckk, spatial,
+                             grad_y + n * g.out_channels * spatial, spatial, nullptr, 0,
+                             partial + t * wsize, ckk, 1.0),
+           Columns<T>(x, g, n, 1, true));
+    });
+    if (threads > 1)
+      parallel_for(wsize, kParallelGrain, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          T acc = 0;
+          for (int t = 0; t < threads; ++t) acc += partial[t * wsize + i];
+          grad_w[i] = acc;
+        }
+      });
+    return;
+  }
+  for (int64_t n0 = 0; n0 < g.batch; n0 += size) {
+    const int64_t count = std::min(size, g.batch - n0), width = count * spatial;
+    const T* g_wide = grad_y + n0 * g.out_channels * spatial;
+    if (count > 1) {
+      T* wide = scratch(wide_buffer, g.out_channels * width);
+      to_wide(grad_y, g.out_channels, spatial, n0, count, wide);
+      g_wide = wide;
+    }
+    gemm(matrix_product<T>(false, false, g.out_channels, ckk, width, g_wide, width, nullptr, 0,
+                           grad_w, ckk, n0 == 0 ? 0.0 : 1.0),
+         Columns<T>(x, g, n0, count, true));
+  }
+}
+
+// The adjoint of im2col: writes each image plane of dx as the sum of the column entries
+// that were read from its pixels. cols covers the images [n0, n0 + count).
+template <class T>
+void col2im(const T* cols, const Conv2dGeometry& g, int64_t n0, int64_t count, T* dx) {
+  const int64_t spatial = g.out_h * g.out_w, width = count * spatial;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  parallel_for(count * g.in_channels, grain_for(taps * spatial), [&](int64_t b, int64_t e) {
+    for (int64_t task = b; task < e; ++task) {
+      const int64_t i = task / g.in_channels, c = task % g.in_channels;
+      T* plane = dx + ((n0 + i) * g.in_channels + c) * g.in_h * g.in_w;
+      std::fill(plane, plane + g.in_h * g.in_w, T(0));
+      for (int64_t ki = 0; ki < g.kernel_h; ++ki)
+        for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+          const T* src = cols + ((c * g.kernel_h + ki) * g.kernel_w + kj) * width + i * spatial;
+          const IndexRange valid = valid_columns(g, kj);
+          const int64_t shift = kj - g.pad_w;
+          for (int64_t oh = 0; oh < g.out_h; ++oh, src += g.out_w) {
+            const int64_t ih = oh * g.stride_h - g.pad_h + ki;
+            if (ih < 0 || ih >= g.in_h) continue;
+            T* row = plane + ih * g.in_w;
+            for (int64_t ow = valid.lo; ow < valid.hi; ++ow) row[ow * g.stride_w + shift] += src[ow];
+          }
+        }
+    }
   });
+}
+
+// dX for a stride-1 convolution: the full correlation of G with the kernel flipped in
+// space and with input and output channels swapped, i.e. a convolution with padding
+// k − 1 − pad whose output has the input's size.
+template <class T>
+void input_gradient_stride1(const T* w, const T* grad_y, const Conv2dGeometry& g, T* dx) {
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  thread_local std::vector<T> flipped_buffer;
+  T* flipped = scratch(flipped_buffer, g.in_channels * g.out_channels * taps);
+  for (int64_t o = 0; o < g.out_channels; ++o)
+    for (int64_t c = 0; c < g.in_channels; ++c)
+      for (int64_t t = 0; t < taps; ++t)
+        flipped[(c * g.out_channels + o) * taps + (taps - 1 - t)] =
+            w[(o * g.in_channels + c) * taps + t];
+  Conv2dGeometry t = g;
+  t.in_channels = g.out_channels;
+  t.out_channels = g.in_channels;
+  t.in_h = g.out_h;
+  t.in_w = g.out_w;
+  t.out_h = g.in_h;
+  t.out_w = g.in_w;
+  t.pad_h = g.kernel_h - 1 - g.pad_h;
+  t.pad_w = g.kernel_w - 1 - g.pad_w;
+  convolve<T>(grad_y, flipped, nullptr, t, dx);
+}
+
+// dX_col = W_rowᵀ · G per group, then col2im (any stride).
+template <class T>
+void input_gradient_strided(const T* w, const T* grad_y, const Conv2dGeometry& g, T* dx) {
+  const int64_t ckk = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t spatial = g.out_h * g.out_w;
+  thread_local std::vector<T> cols_buffer, wide_buffer;
+  const int64_t size = group_size(g, std::max(g.out_channels, ckk));
+  for (int64_t n0 = 0; n0 < g.batch; n0 += size) {
+    const int64_t count = std::min(size, g.batch - n0), width = count * spatial;
+    const T* g_wide = grad_y + n0 * g.out_channels * spatial;
+    if (count > 1) {
+      T* wide = scratch(wide_buffer, g.out_channels * width);
+      to_wide(grad_y, g.out_channels, spatial, n0, count, wide);
+      g_wide = wide;
+    }
+    T* cols = scratch(cols_buffer, ckk * width);
+    gemm(matrix_product<T>(true, false, ckk, width, g.out_channels, w, ckk, g_wide, width, cols,
+                           width, 0.0));
+    col2im(cols, g, n0, count, dx);
+  }
 }
 
 template <class T>
 void conv_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y,
                    const Conv2dGeometry& g, Tensor* grad_x, Tensor* grad_weight,
                    Tensor* grad_bias) {
-  const int64_t ckk = g.in_channels * g.kernel_h * g.kernel_w;
   const int64_t spatial = g.out_h * g.out_w;
-  const int64_t image_size = g.in_channels * g.in_h * g.in_w;
   const T* px = x.data<T>();
   const T* pw = weight.data<T>();
   const T* pg = grad_y.data<T>();
-
-  if (grad_bias) {
-    T* gb = grad_bias->data<T>();
-    for (int64_t o = 0; o < g.out_channels; ++o) {
-      T acc = 0;
-      for (int64_t n = 0; n < g.batch; ++n) {
-        const T* row = pg + (n * g.out_channels + o) * spatial;
-        for (int64_t p = 0; p < spatial; ++p) acc += row[p];
-      }
-      gb[o] = acc;
-    }
-  }
-
-  if (grad_x) {
-    T* gx = grad_x->data<T>();
-    for_each_image(g.batch, [&](int64_t n) {
-      std::vector<T>& cols = column_buffer<T>(static_cast<size_t>(ckk * spatial));
-      // dL/dX_col = W_rowᵀ · G, then col2im.
-      gemm(matrix_product<T>(true, false, ckk, spatial, g.out_channels, pw, ckk,
-                             pg + n * g.out_channels * spatial, spatial, cols.data(), spatial,
-                             0.0));
-      col2im(cols.data(), g, gx + n * image_size);
-    });
-  }
-
+  if (grad_bias) bias_gradient(pg, g, grad_bias->data<T>());
   if (grad_weight) {
     T* gw = grad_weight->data<T>();
-    const int64_t wsize = g.out_channels * ckk;
-    int threads = g.batch >= omp_get_max_threads() ? omp_get_max_threads() : 1;
-    // One partial dW per thread, summed at the end, so images can run in parallel.
-    std::vector<T> partial(static_cast<size_t>(wsize * threads), T(0));
-    auto accumulate = [&](int64_t begin, int64_t end, T* dst) {
-      for (int64_t n = begin; n < end; ++n) {
-        std::vector<T>& cols = column_buffer<T>(static_cast<size_t>(ckk * spatial));
-        im2col(px + n * image_size, g, cols.data());
-        // dL/dW_row += G · X_colᵀ
-        gemm(matrix_product<T>(false, true, g.out_channels, ckk, spatial,
-                               pg + n * g.out_channels * spatial, spatial, cols.data(), spatial,
-                               dst, ckk, 1.0));
-      }
-    };
-    if (threads > 1) {
-#pragma omp parallel num_threads(threads)
-      {
-        int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-        accumulate(g.batch * t / nt, g.batch * (t + 1) / nt, partial.data() + t * wsize);
-      }
+    if (is_pointwise(g)) {
+      // dW = Σ_n G[n] · X[n]ᵀ, accumulated in place (beta = 1 after the first image).
+      for (int64_t n = 0; n < g.batch; ++n)
+        gemm(matrix_product<T>(false, true, g.out_channels, g.in_channels, spatial,
+                               pg + n * g.out_channels * spatial, spatial,
+                               px + n * g.in_channels * spatial, spatial, gw, g.in_channels,
+                               n == 0 ? 0.0 : 1.0));
     } else {
-      accumulate(0, g.batch, partial.data());
-    }
-    for (int64_t i = 0; i < wsize; ++i) {
-      T acc = 0;
-      for (int t = 0; t < threads; ++t) acc += partial[static_cast<size_t>(t * wsize + i)];
-      gw[i] = acc;
+      weight_gradient(px, pg, g, gw);
     }
   }
+  if (grad_x) {
+    T* gx = grad_x->data<T>();
+    if (g.stride_h == 1 && g.stride_w == 1 && g.pad_h < g.kernel_h && g.pad_w < g.kernel_w)
+      input_gradient_stride1(pw, pg, g, gx);
+    else
+      input_gradient_strided(pw, pg, g, gx);
+  }
+}
+
+// Output positions [lo, hi) along one axis whose window lies inside the image.
+IndexRange inner_windows(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t pad) {
+  const int64_t lo = std::clamp<int64_t>(ceil_div(pad, stride), 0, out);
+  const int64_t hi = std::clamp<int64_t>((in - kernel + pad) / stride + 1, lo, out);
+  return {lo, hi};
 }
 
 template <class T>
 void pool_forward(PoolKind kind, const T* x, const Conv2dGeometry& g, T* y, int64_t* argmax) {
   const int64_t planes = g.batch * g.in_channels;
   const T inv_area = T(1) / static_cast<T>(g.kernel_h * g.kernel_w);
-  parallel_for(planes, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.in_h * g.in_w, 1)),
-               [&](int64_t begin, int64_t end) {
-                 for (int64_t p = begin; p < end; ++p) {
-                   const T* plane = x + p * g.in_h * g.in_w;
-                   for (int64_t oh = 0; oh < g.out_h; ++oh)
-                     for (int64_t ow = 0; ow < g.out_w; ++ow) {
-                       T best = -std::numeric_limits<T>::infinity();
-                       int64_t best_index = -1;
-                       T total = 0;
-                       for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-                         int64_t ih = oh * g.stride_h - g.pad_h + ki;
-                         if (ih < 0 || ih >= g.in_h) continue;
-                         for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-                           int64_t iw = ow * g.stride_w - g.pad_w + kj;
-                           if (iw < 0 || iw >= g.in_w) continue;
-                           T v = plane[ih * g.in_w + iw];
-                           total += v;
-                           if (best_index < 0 || v > best || std::isnan(v)) {
-                             best = v;
-                             best_index = ih * g.in_w + iw;
-                           }
-                         }
-                       }
-                       int64_t o = (p * g.out_h + oh) * g.out_w + ow;
-                       if (kind == PoolKind::Max) {
-                         y[o] = best;
-                         argmax[o] = best_index;
-                       } else {
-                         y[o] = total * inv_area;
-                       }
-                     }
-                 }
-               });
+  const IndexRange rows = inner_windows(g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h);
+  const IndexRange cols = inner_windows(g.in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_w);
+  // Any window: skips the padding; NaN wins, and a later NaN over an earlier one.
+  auto window = [&](const T* plane, int64_t oh, int64_t ow, T& best, int64_t& best_index,
+                    T& total) {
+    best = -std::numeric_limits<T>::infinity();
+    best_index = -1;
+    total = 0;
+    for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+      const int64_t ih = oh * g.stride_h - g.pad_h + ki;
+      if (ih < 0 || ih >= g.in_h) continue;
+      for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+        const int64_t iw = ow * g.stride_w - g.pad_w + kj;
+        if (iw < 0 || iw >= g.in_w) continue;
+        const T v = plane[ih * g.in_w + iw];
+        total += v;
+        if (best_index < 0 || v > best || std::isnan(v)) {
+          best = v;
+          best_index = ih * g.in_w + iw;
+        }
+      }
+    }
+  };
+  // A window inside the image, max only: branch-free selects, because on real data
+  // "is this the new max" is a coin flip the branch predictor loses half the time
+  // (measured 6x faster). A NaN sends the window back to the exact scan above.
+  auto inner_max = [&](const T* plane, int64_t oh, int64_t ow, T& best, int64_t& best_index) {
+    const int64_t first = (oh * g.stride_h - g.pad_h) * g.in_w + ow * g.stride_w - g.pad_w;
+    best = plane[first];
+    best_index = first;
+    bool nan = best != best;
+    for (int64_t ki = 0; ki < g.kernel_h; ++ki)
+      for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+        const int64_t i = first + ki * g.in_w + kj;
+        const T v = plane[i];
+        const bool take = v > best;
+        best = take ? v : best;
+        best_index = take ? i : best_index;
+        nan |= v != v;
+      }
+    return !nan;
+  };
+  parallel_for(planes, grain_for(g.in_h * g.in_w), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const T* plane = x + p * g.in_h * g.in_w;
+      for (int64_t oh = 0; oh < g.out_h; ++oh)
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          const int64_t o = (p * g.out_h + oh) * g.out_w + ow;
+          T best, total;
+          int64_t best_index;
+          const bool inner = oh >= rows.lo && oh < rows.hi && ow >= cols.lo && ow < cols.hi;
+          if (kind == PoolKind::Max && inner && inner_max(plane, oh, ow, best, best_index)) {
+            y[o] = best;
+            argmax[o] = best_index;
+            continue;
+          }
+          window(plane, oh, ow, best, best_index, total);
+          if (kind == PoolKind::Max) {
+            y[o] = best;
+            argmax[o] = best_index;
+          } else {
+            y[o] = total * inv_area;
+          }
+        }
+    }
+  });
 }
 
 template <class T>
@@ -235,30 +599,29 @@ void pool_backward(PoolKind kind, const T* gy, const int64_t* argmax, const Conv
                    T* gx) {
   const int64_t planes = g.batch * g.in_channels;
   const T inv_area = T(1) / static_cast<T>(g.kernel_h * g.kernel_w);
-  parallel_for(planes, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.in_h * g.in_w, 1)),
-               [&](int64_t begin, int64_t end) {
-                 for (int64_t p = begin; p < end; ++p) {
-                   T* plane = gx + p * g.in_h * g.in_w;
-                   std::fill(plane, plane + g.in_h * g.in_w, T(0));
-                   for (int64_t oh = 0; oh < g.out_h; ++oh)
-                     for (int64_t ow = 0; ow < g.out_w; ++ow) {
-                       int64_t o = (p * g.out_h + oh) * g.out_w + ow;
-                       if (kind == PoolKind::Max) {
-                         // The seed's max derivation: only the argmax receives gradient.
-                         plane[argmax[o]] += gy[o];
-                         continue;
-                       }
-                       for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-                         int64_t ih = oh * g.stride_h - g.pad_h + ki;
-                         if (ih < 0 || ih >= g.in_h) continue;
-                         for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-                           int64_t iw = ow * g.stride_w - g.pad_w + kj;
-                           if (iw >= 0 && iw < g.in_w) plane[ih * g.in_w + iw] += gy[o] * inv_area;
-                         }
-                       }
-                     }
-                 }
-               });
+  parallel_for(planes, grain_for(g.in_h * g.in_w), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      T* plane = gx + p * g.in_h * g.in_w;
+      std::fill(plane, plane + g.in_h * g.in_w, T(0));
+      for (int64_t oh = 0; oh < g.out_h; ++oh)
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          int64_t o = (p * g.out_h + oh) * g.out_w + ow;
+          if (kind == PoolKind::Max) {
+            // The seed's max derivation: only the argmax receives gradient.
+            plane[argmax[o]] += gy[o];
+            continue;
+          }
+          for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+            int64_t ih = oh * g.stride_h - g.pad_h + ki;
+            if (ih < 0 || ih >= g.in_h) continue;
+            for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+              int64_t iw = ow * g.stride_w - g.pad_w + kj;
+              if (iw >= 0 && iw < g.in_w) plane[ih * g.in_w + iw] += gy[o] * inv_area;
+            }
+          }
+        }
+    }
+  });
 }
 
 }  // namespace

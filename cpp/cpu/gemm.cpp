@@ -1,158 +1,417 @@
-// A cache-blocked GEMM: panels of A and B are packed into contiguous, zero-padded
-// buffers (which also absorbs the four transpose combinations and ragged edges), then a
-// 4×16 register-blocked inner kernel accumulates into C. The packed SIMD kernel with
-// run-time CPU dispatch replaces the inner kernel in the CPU-speed work; the interface
-// (GemmArgs: batched, strided, alpha/beta) stays.
-#include <algorithm>
-#include <vector>
+// GEMM in the Goto/BLIS structure: for each KC×NC panel of op(B) (packed once, shared by
+// all threads) and each MC×KC block of op(A) (packed per thread), a register-blocked
+// micro-kernel computes MR×NR tiles of C. Packing absorbs the four transpose
+// combinations and zero-pads the ragged edges, so the kernel has no slow path; partial
+// tiles go through a small buffer. When C fits one MC block (the batch-sized products of
+// training), each B sliver is packed just before use instead, or read in place. The
+// micro-kernel is picked once at run time: AVX-512F, else AVX2+FMA, else portable C++
+// (x86-64 only: the instruction-set files are built with x86 flags). Threads split C into
+// row blocks × column slivers; products too small to repay waking the OpenMP team run on
+// the calling thread, and batches of such products run one per thread.
+#include <omp.h>
 
-#include "loops.h"
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+
+#include "gemm_kernels.h"
+#include "gemm_microkernel.h"
+#include "gemm_source.h"
 #include "steepest/kernels.h"
 
 namespace steepest::cpu {
 namespace {
 
-constexpr int64_t kMr = 4;
-constexpr int64_t kNr = 16;
-constexpr int64_t kKc = 256;
-constexpr int64_t kMc = 64;
-constexpr int64_t kNc = 1024;
+using gemm_detail::Isa;
+using gemm_detail::Shape;
 
-template <class T>
-struct Matrix {
-  const T* data;
-  int64_t ld;
-  bool trans;
-  // Element (row, col) of op(M).
-  T at(int64_t row, int64_t col) const { return trans ? data[col * ld + row] : data[row * ld + col]; }
+// Below this many multiply-adds per thread (about 2 µs of work) a product runs on fewer
+// threads: waking the team costs more than the split saves. Measured on 2 cores: 64³ and
+// 80³ are no faster on two threads, 32×256×64 (the digits MLP's first layer) is 1.5x.
+constexpr int64_t kMinWorkPerThread = int64_t{1} << 18;
+
+template <class Tp>
+struct ScalarOps {
+  using T = Tp;
+  using V = Tp;
+  static constexpr int kLanes = 1;
+  static V zero() { return V(0); }
+  static V load(const T* p) { return *p; }
+  static void store(T* p, V v) { *p = v; }
+  static V broadcast(T x) { return x; }
+  static V fma(V a, V b, V c) { return a * b + c; }
+  static V mul(V a, V b) { return a * b; }
 };
 
-// Packs rows [i0, i0+mc) × cols [k0, k0+kc) of op(A) into row-major mc_pad × kc.
 template <class T>
-void pack_a(const Matrix<T>& a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, T* dst) {
-  int64_t mc_pad = (mc + kMr - 1) / kMr * kMr;
-  for (int64_t i = 0; i < mc_pad; ++i) {
-    T* row = dst + i * kc;
-    if (i >= mc) {
-      std::fill(row, row + kc, T(0));
-    } else if (!a.trans) {
-      std::copy(a.data + (i0 + i) * a.ld + k0, a.data + (i0 + i) * a.ld + k0 + kc, row);
-    } else {
-      for (int64_t k = 0; k < kc; ++k) row[k] = a.data[(k0 + k) * a.ld + i0 + i];
+void micro_kernel_scalar(int64_t kc, const T* a, const T* b, int64_t ldb, T* c, int64_t ldc,
+                         T alpha, T beta) {
+  using S = Shape<T, Isa::Scalar>;
+  gemm_detail::micro_kernel<ScalarOps<T>, S::kMr, S::kNr>(kc, a, b, ldb, c, ldc, alpha, beta);
+}
+
+// The best kernel the CPU runs; STEEPEST_GEMM_ISA=avx2|scalar caps it so the tests can
+// check the fallback kernels on a machine that has AVX-512.
+Isa detect_isa() {
+  __builtin_cpu_init();
+  Isa isa = Isa::Scalar;
+  if (__builtin_cpu_supports("avx512f"))
+    isa = Isa::Avx512;
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    isa = Isa::Avx2;
+  const char* cap = std::getenv("STEEPEST_GEMM_ISA");
+  if (cap && std::strcmp(cap, "scalar") == 0) return Isa::Scalar;
+  if (cap && std::strcmp(cap, "avx2") == 0 && isa == Isa::Avx512) return Isa::Avx2;
+  return isa;
+}
+
+template <class T>
+class PackBuffer {
+ public:
+  T* get(size_t count) {
+    if (count > capacity_) {
+      data_.reset(static_cast<T*>(::operator new(count * sizeof(T), std::align_val_t{64})));
+      capacity_ = count;
     }
+    return data_.get();
+  }
+
+ private:
+  struct Free {
+    void operator()(T* p) const { ::operator delete(p, std::align_val_t{64}); }
+  };
+  std::unique_ptr<T, Free> data_;
+  size_t capacity_ = 0;
+};
+
+// One product C = alpha · op(A) · op(B) + beta · C.
+template <class T>
+struct Product {
+  const T* a;
+  int64_t lda;
+  bool trans_a;
+  const T* b;
+  int64_t ldb;
+  bool trans_b;
+  T* c;
+  int64_t ldc;
+  int64_t m, n, k;
+  T alpha, beta;
+  const GemmSource<T>* b_source;  // when set, op(B) comes from it instead of b
+};
+
+// [begin, end) of part `i` of `parts` near-equal pieces of `count` units.
+struct Range {
+  int64_t begin, end;
+};
+Range split(int64_t count, int64_t i, int64_t parts) {
+  return {count * i / parts, count * (i + 1) / parts};
+}
+
+// C = beta · C, with beta == 0 writing zeros (C may hold NaN or garbage).
+template <class T>
+void scale_c(const Product<T>& p) {
+  for (int64_t i = 0; i < p.m; ++i) {
+    T* row = p.c + i * p.ldc;
+    if (p.beta == T(0))
+      std::fill(row, row + p.n, T(0));
+    else if (p.beta != T(1))
+      for (int64_t j = 0; j < p.n; ++j) row[j] *= p.beta;
   }
 }
 
-// Packs rows [k0, k0+kc) × cols [j0, j0+nc) of op(B) into row-major kc × nc_pad.
-template <class T>
-void pack_b(const Matrix<T>& b, int64_t k0, int64_t kc, int64_t j0, int64_t nc, T* dst) {
-  int64_t nc_pad = (nc + kNr - 1) / kNr * kNr;
-  for (int64_t k = 0; k < kc; ++k) {
-    T* row = dst + k * nc_pad;
-    if (!b.trans) {
-      std::copy(b.data + (k0 + k) * b.ld + j0, b.data + (k0 + k) * b.ld + j0 + nc, row);
-    } else {
-      for (int64_t j = 0; j < nc; ++j) row[j] = b.data[(j0 + j) * b.ld + k0 + k];
-    }
-    std::fill(row + nc, row + nc_pad, T(0));
-  }
-}
+template <class T, Isa isa>
+struct Driver {
+  using S = Shape<T, isa>;
+  static constexpr int kMr = S::kMr, kNr = S::kNr;
 
-// C[i0.., j0..] += alpha * Ap · Bp for one packed block.
-template <class T>
-void block_kernel(const T* ap, const T* bp, int64_t mc, int64_t nc, int64_t kc, T alpha, T* c,
-                  int64_t ldc) {
-  int64_t nc_pad = (nc + kNr - 1) / kNr * kNr;
-  for (int64_t i = 0; i < mc; i += kMr) {
-    for (int64_t j = 0; j < nc; j += kNr) {
-      T acc[kMr][kNr] = {};
-      const T* a0 = ap + i * kc;
-      for (int64_t k = 0; k < kc; ++k) {
-        const T* b = bp + k * nc_pad + j;
-        for (int64_t r = 0; r < kMr; ++r) {
-          const T av = a0[r * kc + k];
-          for (int64_t q = 0; q < kNr; ++q) acc[r][q] += av * b[q];
+  static void kernel(int64_t kc, const T* a, const T* b, int64_t ldb, T* c, int64_t ldc,
+                     T alpha, T beta) {
+    if constexpr (isa == Isa::Avx512)
+      gemm_detail::micro_kernel_avx512(kc, a, b, ldb, c, ldc, alpha, beta);
+    else if constexpr (isa == Isa::Avx2)
+      gemm_detail::micro_kernel_avx2(kc, a, b, ldb, c, ldc, alpha, beta);
+    else
+      micro_kernel_scalar<T>(kc, a, b, ldb, c, ldc, alpha, beta);
+  }
+
+  // A row-major B is read in place, without packing, when C is at most this many rows:
+  // each sliver of B then feeds too few tiles to repay copying it (measured with the
+  // digits MLP's 32-row products; beyond 4·MR rows packing wins on 1024-wide B).
+  static constexpr int64_t kDirectRows = 4 * kMr;
+  static bool direct_b(const Product<T>& p) {
+    return !p.b_source && !p.trans_b && p.m <= kDirectRows;
+  }
+
+  // dst[k·width + i] = src[i·ld + k] for k < kc, i < rows; 0 for rows <= i < width.
+  static void pack_transposed(const T* src, int64_t ld, int64_t rows, int width, int64_t kc,
+                              T* dst) {
+    if constexpr (isa == Isa::Avx512) {
+      constexpr int lanes = 64 / sizeof(T);
+      for (int i0 = 0; i0 < width; i0 += lanes)
+        gemm_detail::pack_transposed_avx512(src + i0 * ld, ld, std::max<int64_t>(0, rows - i0),
+                                            std::min(lanes, width - i0), kc, dst + i0, width);
+    } else {
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t k = 0; k < kc; ++k) dst[k * width + i] = src[i * ld + k];
+      for (int64_t i = rows; i < width; ++i)
+        for (int64_t k = 0; k < kc; ++k) dst[k * width + i] = T(0);
+    }
+  }
+
+  // Slivers [s0, s1) of `width` columns each, from a row-major source whose first `cols`
+  // columns are valid (the rest pack as 0): dst[(s·kc + k)·width + i] = src[k·ld + s·width + i].
+  // Rows of the source are read in order, which the hardware prefetcher follows.
+  template <int width>
+  static void pack_copied(const T* src, int64_t ld, int64_t cols, int64_t s0, int64_t s1,
+                          int64_t kc, T* dst) {
+    for (int64_t k = 0; k < kc; ++k, src += ld) {
+      for (int64_t s = s0; s < s1; ++s) {
+        T* d = dst + (s * kc + k) * width;
+        const T* row = src + s * width;
+        const int64_t valid = std::min<int64_t>(width, cols - s * width);
+        if (valid == width) {
+          for (int i = 0; i < width; ++i) d[i] = row[i];
+        } else {
+          for (int64_t i = 0; i < valid; ++i) d[i] = row[i];
+          for (int64_t i = valid; i < width; ++i) d[i] = T(0);
         }
       }
-      int64_t rows = std::min(kMr, mc - i), cols = std::min(kNr, nc - j);
-      for (int64_t r = 0; r < rows; ++r) {
-        T* dst = c + (i + r) * ldc + j;
-        for (int64_t q = 0; q < cols; ++q) dst[q] += alpha * acc[r][q];
+    }
+  }
+
+  // Rows [i0, i0+mc) × depth [k0, k0+kc) of op(A) as MR-row slivers, k-major.
+  static void pack_a(const Product<T>& p, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
+                     T* dst) {
+    const int64_t slivers = (mc + kMr - 1) / kMr;
+    // op(A)(i, k) is A(k, i) when transposed: each step of k is then a row of A.
+    if (p.trans_a) {
+      pack_copied<kMr>(p.a + k0 * p.lda + i0, p.lda, mc, 0, slivers, kc, dst);
+      return;
+    }
+    for (int64_t s = 0; s < slivers; ++s)
+      pack_transposed(p.a + (i0 + s * kMr) * p.lda + k0, p.lda,
+                      std::min<int64_t>(kMr, mc - s * kMr), kMr, kc, dst + s * kMr * kc);
+  }
+
+  // Slivers [s0, s1) of the depth [k0, k0+kc) × columns [j0, j0+nc) panel of op(B), each
+  // NR columns wide, k-major.
+  static void pack_b(const Product<T>& p, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
+                     int64_t s0, int64_t s1, T* panel) {
+    if (p.b_source) {
+      for (int64_t s = s0; s < s1; ++s)
+        p.b_source->pack(k0, kc, j0 + s * kNr, std::min<int64_t>(kNr, nc - s * kNr), kNr,
+                         panel + s * kNr * kc);
+      return;
+    }
+    if (!p.trans_b) {
+      pack_copied<kNr>(p.b + k0 * p.ldb + j0, p.ldb, nc, s0, s1, kc, panel);
+      return;
+    }
+    for (int64_t s = s0; s < s1; ++s)
+      pack_transposed(p.b + (j0 + s * kNr) * p.ldb + k0, p.ldb,
+                      std::min<int64_t>(kNr, nc - s * kNr), kNr, kc, panel + s * kNr * kc);
+  }
+
+  // Threads form a tm × tn grid: tm row blocks of C, tn shares of each B panel's slivers,
+  // chosen to keep each thread's part of C near square; ties go to rows (each thread then
+  // reuses its own A block across the whole panel).
+  static int row_parts(int threads, int64_t m, int64_t n) {
+    int best = threads;
+    double best_cost = 1e300;
+    for (int tm = threads; tm >= 1; --tm) {
+      if (threads % tm) continue;
+      const int tn = threads / tm;
+      const double rows = std::ceil(double(m) / (tm * kMr)) * kMr;
+      const double cols = std::ceil(double(n) / (tn * kNr)) * kNr;
+      const double cost = std::abs(std::log(rows / cols));
+      if (cost < best_cost - 1e-9) {
+        best = tm;
+        best_cost = cost;
+      }
+    }
+    return best;
+  }
+
+  static size_t panel_size(int64_t n, int64_t k) {
+    const int64_t nc = std::min<int64_t>(S::kNc, (n + kNr - 1) / kNr * kNr);
+    return static_cast<size_t>(std::min<int64_t>(S::kKc, k) * nc);
+  }
+
+  // C fits one MC block: each thread packs all of A once per depth step and then each
+  // of its B slivers just before the tiles that use it, so a sliver goes from packing to
+  // the kernel through L1/L2 instead of through a KC×NC panel in memory, and threads
+  // never wait for each other. A row-major B with few rows of C is not packed at all.
+  static void run_streamed(const Product<T>& p, int t, int threads) {
+    thread_local PackBuffer<T> a_buffer, b_buffer;
+    const int64_t max_kc = std::min<int64_t>(S::kKc, p.k);
+    T* ap = a_buffer.get(static_cast<size_t>(S::kMc * max_kc));
+    T* bp = b_buffer.get(static_cast<size_t>(kNr * max_kc));
+    const bool direct = direct_b(p);
+    const Range mine = split((p.n + kNr - 1) / kNr, t, threads);
+    for (int64_t pc = 0; pc < p.k; pc += S::kKc) {
+      const int64_t kc = std::min<int64_t>(S::kKc, p.k - pc);
+      // Later depth steps add onto the partial sums already in C.
+      const T beta = pc == 0 ? p.beta : T(1);
+      pack_a(p, 0, p.m, pc, kc, ap);
+      for (int64_t s = mine.begin; s < mine.end; ++s) {
+        const int64_t j = s * kNr, cols = std::min<int64_t>(kNr, p.n - j);
+        const T* b = bp;
+        int64_t ldb = kNr;
+        if (direct && cols == kNr) {
+          b = p.b + pc * p.ldb + j;
+          ldb = p.ldb;
+        } else {
+          pack_b(p, pc, kc, j, cols, 0, 1, bp);
+        }
+        for (int64_t ir = 0; ir < p.m; ir += kMr)
+          tile(kc, ap + ir * kc, b, ldb, std::min<int64_t>(kMr, p.m - ir), cols,
+               p.c + ir * p.ldc + j, p.ldc, p.alpha, beta);
       }
     }
   }
-}
 
-template <class T>
-void scale_c(T* c, int64_t m, int64_t n, int64_t ldc, T beta) {
-  for (int64_t i = 0; i < m; ++i) {
-    T* row = c + i * ldc;
-    if (beta == T(0))
-      std::fill(row, row + n, T(0));
-    else if (beta != T(1))
-      for (int64_t j = 0; j < n; ++j) row[j] *= beta;
-  }
-}
-
-template <class T>
-std::vector<T>& scratch(int which) {
-  thread_local std::vector<T> buffers[2];
-  return buffers[which];
-}
-
-// One matrix product; `parallel` lets it split the M blocks over OpenMP threads.
-template <class T>
-void gemm_one(const Matrix<T>& a, const Matrix<T>& b, T* c, int64_t ldc, int64_t m, int64_t n,
-              int64_t k, T alpha, T beta, bool parallel) {
-  scale_c(c, m, n, ldc, beta);
-  if (m == 0 || n == 0 || k == 0 || alpha == T(0)) return;
-  for (int64_t j0 = 0; j0 < n; j0 += kNc) {
-    int64_t nc = std::min(kNc, n - j0);
-    for (int64_t k0 = 0; k0 < k; k0 += kKc) {
-      int64_t kc = std::min(kKc, k - k0);
-      std::vector<T>& bp = scratch<T>(0);
-      bp.resize(static_cast<size_t>(kc * ((nc + kNr - 1) / kNr * kNr)));
-      pack_b(b, k0, kc, j0, nc, bp.data());
-      const T* bpp = bp.data();
-      int64_t blocks = (m + kMc - 1) / kMc;
-      auto run_blocks = [&](int64_t begin, int64_t end) {
-        std::vector<T>& apack = scratch<T>(1);
-        apack.resize(static_cast<size_t>(((kMc + kMr - 1) / kMr * kMr) * kc));
-        for (int64_t blk = begin; blk < end; ++blk) {
-          int64_t i0 = blk * kMc, mc = std::min(kMc, m - i0);
-          pack_a(a, i0, mc, k0, kc, apack.data());
-          block_kernel(apack.data(), bpp, mc, nc, kc, alpha, c + i0 * ldc + j0, ldc);
+  // The share of thread t in the tm × tn grid: for each KC×NC panel of B (packed by all
+  // threads together) and each MC block of its rows, the tiles of its column slivers.
+  // panels[0..1] alternate between consecutive panels so that one barrier per panel
+  // keeps packing and compute apart.
+  static void run_panels(const Product<T>& p, int t, int threads, int tm, T* const panels[2]) {
+    thread_local PackBuffer<T> a_buffer;
+    const int tn = threads / tm;
+    const Range rows = split((p.m + kMr - 1) / kMr, t / tn, tm);
+    const int64_t row_begin = rows.begin * kMr, row_end = std::min(p.m, rows.end * kMr);
+    T* ap = a_buffer.get(static_cast<size_t>(S::kMc * std::min<int64_t>(S::kKc, p.k)));
+    int parity = 0;
+    for (int64_t jc = 0; jc < p.n; jc += S::kNc) {
+      const int64_t nc = std::min<int64_t>(S::kNc, p.n - jc);
+      const int64_t slivers = (nc + kNr - 1) / kNr;
+      const Range mine = split(slivers, t % tn, tn);
+      for (int64_t pc = 0; pc < p.k; pc += S::kKc) {
+        const int64_t kc = std::min<int64_t>(S::kKc, p.k - pc);
+        T* bp = panels[parity];
+        parity ^= 1;
+        const Range packed = split(slivers, t, threads);
+        pack_b(p, pc, kc, jc, nc, packed.begin, packed.end, bp);
+        if (threads > 1) {
+#pragma omp barrier
         }
-      };
-      // One M block is worth a thread when it holds enough multiply-adds.
-      int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(kMc * nc * kc, 1));
-      if (parallel)
-        parallel_for(blocks, grain, run_blocks);
+        const T beta = pc == 0 ? p.beta : T(1);
+        for (int64_t ic = row_begin; ic < row_end; ic += S::kMc) {
+          const int64_t mc = std::min<int64_t>(S::kMc, row_end - ic);
+          pack_a(p, ic, mc, pc, kc, ap);
+          for (int64_t s = mine.begin; s < mine.end; ++s) {
+            const int64_t j = jc + s * kNr, cols = std::min<int64_t>(kNr, jc + nc - j);
+            for (int64_t ir = 0; ir < mc; ir += kMr)
+              tile(kc, ap + ir * kc, bp + s * kNr * kc, kNr, std::min<int64_t>(kMr, mc - ir),
+                   cols, p.c + (ic + ir) * p.ldc + j, p.ldc, p.alpha, beta);
+          }
+        }
+      }
+    }
+  }
+
+  // One MR×NR tile; a partial tile is computed in full into a buffer (the packing made
+  // the missing rows and columns zero) and only its valid part is merged into C.
+  static void tile(int64_t kc, const T* a, const T* b, int64_t ldb, int64_t rows, int64_t cols,
+                   T* c, int64_t ldc, T alpha, T beta) {
+    if (rows == kMr && cols == kNr) {
+      kernel(kc, a, b, ldb, c, ldc, alpha, beta);
+      return;
+    }
+    alignas(64) T buffer[kMr * kNr];
+    kernel(kc, a, b, ldb, buffer, kNr, alpha, T(0));
+    for (int64_t i = 0; i < rows; ++i) {
+      T* dst = c + i * ldc;
+      const T* src = buffer + i * kNr;
+      if (beta == T(0))
+        for (int64_t j = 0; j < cols; ++j) dst[j] = src[j];
       else
-        run_blocks(0, blocks);
+        for (int64_t j = 0; j < cols; ++j) dst[j] = src[j] + beta * dst[j];
     }
   }
+
+  static void product(const Product<T>& p, int threads) {
+    if (p.m == 0 || p.n == 0) return;
+    if (p.k == 0 || p.alpha == T(0)) {
+      scale_c(p);
+      return;
+    }
+    if (p.m <= S::kMc) {
+      if (threads <= 1) {
+        run_streamed(p, 0, 1);
+        return;
+      }
+#pragma omp parallel num_threads(threads)
+      run_streamed(p, omp_get_thread_num(), omp_get_num_threads());
+      return;
+    }
+    thread_local PackBuffer<T> b_buffer;
+    const size_t size = panel_size(p.n, p.k);
+    T* const base = b_buffer.get(2 * size);
+    T* const panels[2] = {base, base + size};
+    if (threads <= 1) {
+      run_panels(p, 0, 1, 1, panels);
+      return;
+    }
+    const int tm = row_parts(threads, p.m, p.n);
+#pragma omp parallel num_threads(threads)
+    run_panels(p, omp_get_thread_num(), omp_get_num_threads(), tm, panels);
+  }
+};
+
+// Threads worth using for `work` multiply-adds.
+int threads_for(double work) {
+  if (omp_in_parallel()) return 1;
+  const double useful = std::max(1.0, work / double(kMinWorkPerThread));
+  return static_cast<int>(std::min<double>(omp_get_max_threads(), useful));
 }
 
-template <class T>
-void gemm_typed(const GemmArgs& g) {
+template <class T, class D>
+void gemm_batched(D, const GemmArgs& g) {
   const T* a = static_cast<const T*>(g.a);
   const T* b = static_cast<const T*>(g.b);
   T* c = static_cast<T*>(g.c);
-  const T alpha = static_cast<T>(g.alpha), beta = static_cast<T>(g.beta);
-  auto one = [&](int64_t i, bool parallel) {
-    gemm_one<T>({a + i * g.stride_a, g.lda, g.trans_a}, {b + i * g.stride_b, g.ldb, g.trans_b},
-                c + i * g.stride_c, g.ldc, g.m, g.n, g.k, alpha, beta, parallel);
+  auto product = [&](int64_t i) {
+    return Product<T>{a + i * g.stride_a, g.lda, g.trans_a, b + i * g.stride_b, g.ldb,
+                      g.trans_b, c + i * g.stride_c, g.ldc, g.m, g.n, g.k,
+                      static_cast<T>(g.alpha), static_cast<T>(g.beta), nullptr};
   };
-  int64_t flops = g.m * g.n * g.k;
-  if (g.batch > 1 && g.batch >= omp_get_max_threads()) {
-    parallel_for(g.batch, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(flops, 1)),
-                 [&](int64_t begin, int64_t end) {
-                   for (int64_t i = begin; i < end; ++i) one(i, false);
-                 });
-  } else {
-    for (int64_t i = 0; i < g.batch; ++i) one(i, true);
+  const double work = double(g.m) * double(g.n) * double(g.k);
+  const int per_product = threads_for(work);
+  const int over_batch = std::min<int64_t>(threads_for(work * double(g.batch)), g.batch);
+  if (g.batch > 1 && over_batch > per_product) {
+    // Products too small to split: one thread each.
+#pragma omp parallel for num_threads(over_batch) schedule(static)
+    for (int64_t i = 0; i < g.batch; ++i) D::product(product(i), 1);
+    return;
   }
+  for (int64_t i = 0; i < g.batch; ++i) D::product(product(i), per_product);
+}
+
+// Calls fn(Driver<T, isa>{}) for the kernel this CPU runs.
+template <class T, class Fn>
+void with_driver(Fn&& fn) {
+  static const Isa isa = detect_isa();
+  switch (isa) {
+    case Isa::Avx512:
+      return fn(Driver<T, Isa::Avx512>{});
+    case Isa::Avx2:
+      return fn(Driver<T, Isa::Avx2>{});
+    case Isa::Scalar:
+      return fn(Driver<T, Isa::Scalar>{});
+  }
+}
+
+template <class T>
+void gemm_from_source(const GemmArgs& g, const GemmSource<T>& b) {
+  const Product<T> p{static_cast<const T*>(g.a), g.lda, g.trans_a, nullptr, 0, false,
+                     static_cast<T*>(g.c), g.ldc, g.m, g.n, g.k,
+                     static_cast<T>(g.alpha), static_cast<T>(g.beta), &b};
+  const int threads = threads_for(double(g.m) * double(g.n) * double(g.k));
+  with_driver<T>([&](auto driver) { driver.product(p, threads); });
 }
 
 }  // namespace
@@ -160,8 +419,20 @@ void gemm_typed(const GemmArgs& g) {
 void gemm(const GemmArgs& args) {
   dispatch_float("matmul", args.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    gemm_typed<T>(args);
+    with_driver<T>([&](auto driver) { gemm_batched<T>(driver, args); });
   });
+}
+
+void gemm(const GemmArgs& args, const GemmSource<float>& b) { gemm_from_source(args, b); }
+void gemm(const GemmArgs& args, const GemmSource<double>& b) { gemm_from_source(args, b); }
+
+void pack_transposed(const float* src, int64_t ld, int64_t rows, int width, int64_t kc,
+                     float* dst) {
+  with_driver<float>([&](auto driver) { driver.pack_transposed(src, ld, rows, width, kc, dst); });
+}
+void pack_transposed(const double* src, int64_t ld, int64_t rows, int width, int64_t kc,
+                     double* dst) {
+  with_driver<double>([&](auto driver) { driver.pack_transposed(src, ld, rows, width, kc, dst); });
 }
 
 }  // namespace steepest::cpu

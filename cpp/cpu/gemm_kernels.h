@@ -1,0 +1,60 @@
+// The GEMM micro-kernels and their shapes: the contract between the blocking driver
+// (gemm.cpp) and the instruction-set files (gemm_avx2.cpp, gemm_avx512.cpp, compiled
+// with their own -m flags and called only after a run-time CPU check).
+//
+// A micro-kernel computes one MR×NR tile of C from packed panels:
+//   C[i, j] = alpha · Σ_k a[k·MR + i] · b[k·ldb + j] + beta · C[i, j]
+// a holds kc steps of MR rows of op(A), zero-padded to full height; b holds kc steps of
+// NR columns of op(B): a packed, zero-padded sliver (ldb = NR) or full columns of a
+// row-major B read in place (ldb = its row stride). The kernel never branches on edges.
+// beta == 0 does not read C (it may be uninitialised memory).
+#pragma once
+
+#include <cstdint>
+
+namespace steepest::cpu::gemm_detail {
+
+enum class Isa { Scalar, Avx2, Avx512 };
+
+// MR × NR of each kernel, and the cache blocking around it: the MC×KC block of A stays in
+// L2 while the KC×NC panel of B streams from L3. NR is two vector registers. With
+// AVX-512, 8 rows (16 accumulators) measured as fast as 12 on large products and faster
+// on the short ones training produces (C of 32 or 64 rows is then an exact number of
+// tiles). The kernel reads about 20 bytes per cycle, which this CPU's L2 delivers, so KC
+// is sized to cut the passes over C rather than to keep a KC×NR sliver of B in L1
+// (measured: KC 512 beats 256 at 2048²).
+template <class T, Isa isa>
+struct Shape;
+template <class T>
+struct Shape<T, Isa::Avx512> {
+  static constexpr int kMr = 8, kNr = 128 / sizeof(T);
+  static constexpr int64_t kKc = 2048 / sizeof(T), kMc = 144, kNc = 2048;
+};
+template <class T>
+struct Shape<T, Isa::Avx2> {
+  static constexpr int kMr = 6, kNr = 64 / sizeof(T);
+  static constexpr int64_t kKc = 256, kMc = 192, kNc = 4096;
+};
+template <class T>
+struct Shape<T, Isa::Scalar> {
+  static constexpr int kMr = 4, kNr = 32 / sizeof(T);
+  static constexpr int64_t kKc = 256, kMc = 128, kNc = 2048;
+};
+
+void micro_kernel_avx512(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                         int64_t ldc, float alpha, float beta);
+void micro_kernel_avx512(int64_t kc, const double* a, const double* b, int64_t ldb, double* c,
+                         int64_t ldc, double alpha, double beta);
+// The transposing pack: dst[k·dst_stride + i] = src[i·ld + k] for k < kc, i < rows, and
+// 0 for rows <= i < width; width is at most one vector (16 floats, 8 doubles).
+void pack_transposed_avx512(const float* src, int64_t ld, int64_t rows, int64_t width,
+                            int64_t kc, float* dst, int64_t dst_stride);
+void pack_transposed_avx512(const double* src, int64_t ld, int64_t rows, int64_t width,
+                            int64_t kc, double* dst, int64_t dst_stride);
+
+void micro_kernel_avx2(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                       int64_t ldc, float alpha, float beta);
+void micro_kernel_avx2(int64_t kc, const double* a, const double* b, int64_t ldb, double* c,
+                       int64_t ldc, double alpha, double beta);
+
+}  // namespace steepest::cpu::gemm_detail

@@ -1,0 +1,222 @@
+"""The packed SIMD GEMM (cpp/cpu/gemm*.cpp) against numpy.
+
+Every transpose combination (reached through .T views, st.ops.transpose and padded
+row strides, which the GEMM reads without copying), sizes around the micro-tile and
+cache-block edges, batched and broadcast-batched products, and the beta = 1 accumulate
+paths behind matmul and conv2d backward; float64 to near machine precision, float32
+relative to Σ|a||b| (the scale of the rounding error of any summation order). The
+fallback kernels are checked in a subprocess with STEEPEST_GEMM_ISA capping the kernel.
+"""
+
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import steepest as st
+
+ops = st.ops
+
+# |C - C_ref| <= TOL · (|A|·|B|): float32 rounding grows with the depth; these hold with
+# a wide margin for k up to a few thousand.
+TOL = {"float32": 2e-6, "float64": 1e-14}
+
+
+def operand(rng, shape, dtype, layout):
+    """(steepest tensor, numpy values) whose matrix axes are stored as `layout`:
+    "N" row-major, "T" a .T view of the transposed array, "P" st.ops.transpose of it,
+    "S" a slice of wider rows (row stride > columns, non-zero offset)."""
+    values = rng.standard_normal(shape).astype(dtype)
+    if layout == "N":
+        return st.tensor(values, dtype=dtype), values
+    if layout in "TP":
+        stored = st.tensor(np.ascontiguousarray(np.swapaxes(values, -1, -2)), dtype=dtype)
+        if layout == "T":
+            assert len(shape) == 2
+            return stored.T, values
+        return ops.transpose(stored, -1, -2), values
+    wide = np.zeros(shape[:-1] + (shape[-1] + 5,), dtype=dtype)
+    wide[..., 2:2 + shape[-1]] = values
+    return st.tensor(wide, dtype=dtype)[..., 2:2 + shape[-1]], values
+
+
+def check_close(got, a, b, dtype):
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    ref = np.matmul(a64, b64)
+    scale = np.matmul(np.abs(a64), np.abs(b64))
+    assert got.shape == ref.shape
+    err = np.abs(got.astype(np.float64) - ref)
+    bound = TOL[dtype] * scale + np.finfo(np.float64).tiny
+    worst = np.unravel_index(np.argmax(err / bound), err.shape) if err.size else None
+    assert np.all(err <= bound), f"max error {err[worst]} at {worst}, bound {bound[worst]}"
+
+
+# (m, k, n): degenerate, odd, one past and one short of the micro-tile (8×32 float32,
+# 8×16 float64 with AVX-512; 6×16 / 6×8 with AVX2), of the rows for which B is read in
+# place (32), of the depth block (512 float32, 256 float64) and of the row block (144),
+# and a size with several row blocks and ragged edges everywhere.
+SHAPES = [
+    (1, 1, 1), (7, 7, 7), (1, 65, 1), (63, 65, 257), (65, 63, 7), (11, 1, 33),
+    (9, 257, 31), (33, 511, 17), (32, 513, 48), (145, 255, 65), (257, 129, 65),
+    (1029, 917, 63),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("la, lb", list(itertools.product("NTS", "NTS")))
+def test_transposes_and_edges(rng, dtype, la, lb):
+    for m, k, n in SHAPES:
+        a, a_np = operand(rng, (m, k), dtype, la)
+        b, b_np = operand(rng, (k, n), dtype, lb)
+        check_close(ops.matmul(a, b).numpy(), a_np, b_np, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_large_all_transposes_and_threads(rng, dtype):
+    # Several row blocks and column panels, split over threads and run on one.
+    threads = st.get_num_threads()
+    try:
+        for t in sorted({1, threads}):
+            st.set_num_threads(t)
+            for la, lb in itertools.product("NT", "NT"):
+                a, a_np = operand(rng, (1029, 917), dtype, la)
+                b, b_np = operand(rng, (917, 531), dtype, lb)
+                check_close(ops.matmul(a, b).numpy(), a_np, b_np, dtype)
+    finally:
+        st.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_wide_and_deep(rng, dtype):
+    # More columns than one packed B panel holds, and a depth of many blocks.
+    for (m, k, n) in [(3, 5, 4500), (5, 3000, 9), (40, 1300, 700)]:
+        a, a_np = operand(rng, (m, k), dtype, "N")
+        b, b_np = operand(rng, (k, n), dtype, "T")
+        check_close(ops.matmul(a, b).numpy(), a_np, b_np, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("a_shape, b_shape, la, lb", [
+    ((3, 17, 33), (3, 33, 19), "N", "N"),
+    ((4, 25, 70), (4, 70, 40), "P", "P"),
+    ((2, 1, 17, 33), (4, 33, 19), "N", "P"),   # broadcast batch axes
+    ((17, 33), (5, 33, 19), "P", "N"),          # one A for every B (batch stride 0)
+    ((5, 17, 33), (33, 19), "N", "N"),          # folded into one tall product
+    ((64, 8, 8), (64, 8, 8), "N", "P"),         # many tiny products: one thread each
+])
+def test_batched(rng, dtype, a_shape, b_shape, la, lb):
+    a, a_np = operand(rng, a_shape, dtype, la)
+    b, b_np = operand(rng, b_shape, dtype, lb)
+    check_close(ops.matmul(a, b).numpy(), a_np, b_np, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("x_shape, w_shape", [
+    ((37, 70), (70, 45)),
+    ((3, 29, 40), (40, 33)),       # dW sums over the folded batch
+    ((3, 29, 40), (3, 40, 33)),
+])
+def test_matmul_backward(rng, dtype, x_shape, w_shape):
+    x_np = rng.standard_normal(x_shape).astype(dtype)
+    w_np = rng.standard_normal(w_shape).astype(dtype)
+    x = st.tensor(x_np, dtype=dtype, requires_grad=True)
+    w = st.tensor(w_np, dtype=dtype, requires_grad=True)
+    y = ops.matmul(x, w)
+    g_np = rng.standard_normal(y.shape).astype(dtype)
+    y.backward(st.tensor(g_np, dtype=dtype))
+    check_close(x.grad.numpy(), g_np, np.swapaxes(w_np, -1, -2), dtype)
+    if len(w_shape) == 2:
+        k, n = w_shape
+        check_close(w.grad.numpy(), x_np.reshape(-1, k).T, g_np.reshape(-1, n), dtype)
+    else:
+        check_close(w.grad.numpy(), np.swapaxes(x_np, -1, -2), g_np, dtype)
+
+
+def im2col(x, kh, kw, pad):
+    """(N, C, H, W) -> (N, C·kh·kw, OH·OW) receptive-field columns, stride 1, in float64."""
+    n, c, h, w = x.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh, ow = h + 2 * pad - kh + 1, w + 2 * pad - kw + 1
+    cols = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
+    return cols[:, :, :oh, :ow].transpose(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, oh * ow)
+
+
+def col2im(cols, shape, kh, kw, pad):
+    """The adjoint of im2col: adds every column entry back onto its pixel."""
+    n, c, h, w = shape
+    oh, ow = h + 2 * pad - kh + 1, w + 2 * pad - kw + 1
+    cols = cols.reshape(n, c, kh, kw, oh, ow)
+    out = np.zeros((n, c, h + 2 * pad, w + 2 * pad))
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i:i + oh, j:j + ow] += cols[:, :, i, j]
+    return out[:, :, pad:pad + h, pad:pad + w]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("n, c, size, o, k, pad", [
+    (5, 3, 7, 4, 3, 1),        # images side by side in one GEMM, ragged tiles
+    (70, 1, 4, 4096, 3, 1),    # two groups of images: dW accumulates across GEMMs
+    (3, 6, 5, 9, 1, 0),        # 1×1: no im2col
+    (3, 256, 32, 5, 3, 1),     # one GEMM per image, partial dWs summed across threads
+])
+def test_conv(rng, dtype, n, c, size, o, k, pad):
+    x_np = rng.standard_normal((n, c, size, size)).astype(dtype)
+    w_np = rng.standard_normal((o, c, k, k)).astype(dtype)
+    b_np = rng.standard_normal(o).astype(dtype)
+    x = st.tensor(x_np, dtype=dtype, requires_grad=True)
+    w = st.tensor(w_np, dtype=dtype, requires_grad=True)
+    b = st.tensor(b_np, dtype=dtype, requires_grad=True)
+    y = ops.conv2d(x, w, b, padding=pad)
+    cols = im2col(x_np, k, k, pad)                     # (N, C·k·k, OH·OW)
+    w_row = w_np.reshape(o, -1)
+    # Y = W_row · X_col (+ b)
+    y_np = y.numpy().reshape(n, o, -1) - b_np[:, None]
+    for i in range(n):
+        check_close(y_np[i], w_row, cols[i], dtype)
+
+    g_np = rng.standard_normal(y.shape).astype(dtype)
+    y.backward(st.tensor(g_np, dtype=dtype))
+    g_rows = g_np.reshape(n, o, -1)
+    # dL/dW_row = Σ_images G · X_colᵀ, accumulated over the images' columns
+    check_close(w.grad.numpy().reshape(o, -1), np.concatenate(g_rows, axis=1),
+                np.concatenate(cols, axis=1).T, dtype)
+    # db = Σ G over images and pixels, to within the rounding of that sum
+    g64 = g_np.astype(np.float64)
+    db_err = np.abs(b.grad.numpy() - g64.sum(axis=(0, 2, 3)))
+    assert np.all(db_err <= TOL[dtype] * np.abs(g64).sum(axis=(0, 2, 3)))
+    # dL/dX = col2im(W_rowᵀ · G)
+    w64, g64 = w_row.astype(np.float64), g_rows.astype(np.float64)
+    ref = col2im(np.matmul(w64.T, g64), x_np.shape, k, k, pad)
+    scale = col2im(np.matmul(np.abs(w64).T, np.abs(g64)), x_np.shape, k, k, pad)
+    assert np.all(np.abs(x.grad.numpy() - ref) <= TOL[dtype] * scale + 1e-300)
+
+
+FALLBACK_SCRIPT = textwrap.dedent("""
+    import itertools, numpy as np, steepest as st
+    rng = np.random.default_rng(0)
+    for dtype, tol in (("float64", 1e-14), ("float32", 2e-6)):
+        for (m, k, n), ta, tb in itertools.product(
+                [(1, 1, 1), (7, 9, 5), (13, 300, 37), (65, 257, 129)], (0, 1), (0, 1)):
+            a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+            b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+            at, bt = st.tensor(a, dtype=dtype), st.tensor(b, dtype=dtype)
+            a, b = (a.T, at.T) if ta else (a, at), (b.T, bt.T) if tb else (b, bt)
+            got = st.ops.matmul(a[1], b[1]).numpy()
+            ref = a[0].astype(np.float64) @ b[0].astype(np.float64)
+            bound = tol * (np.abs(a[0]).astype(np.float64) @ np.abs(b[0]))
+            assert np.all(np.abs(got - ref) <= bound + 1e-300), (dtype, m, k, n, ta, tb)
+    print("ok")
+""")
+
+
+@pytest.mark.parametrize("isa", ["avx2", "scalar"])
+def test_fallback_kernels(isa):
+    env = dict(os.environ, STEEPEST_GEMM_ISA=isa, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
