@@ -32,9 +32,12 @@ std::pair<int64_t, int64_t> parse_pair(const char* op, const char* name, const n
 // release takes the GIL, so it is safe from threads that run without it.
 std::shared_ptr<void> python_owner(nb::handle object);
 
-// A zero-copy NumPy/DLPack view of a CPU tensor (owner: a copy of the handle).
-nb::ndarray<> tensor_view(const Tensor& t);
-// A tensor borrowing the memory of any DLPack-capable array.
-Tensor tensor_from_ndarray(const nb::ndarray<>& array, nb::handle owner);
+// A zero-copy NumPy/DLPack view of a CPU tensor (owner: a copy of the handle); `as`
+// relabels the elements (bfloat16 as uint16 for NumPy).
+nb::ndarray<> tensor_view(const Tensor& t, std::optional<nb::dlpack::dtype> as = std::nullopt);
+// A tensor borrowing the memory of any DLPack-capable array; `as` reinterprets elements
+// of the same size.
+Tensor tensor_from_ndarray(const nb::ndarray<>& array, nb::handle owner,
+                           std::optional<DType> as = std::nullopt);
 
 }  // namespace steepest::bindings

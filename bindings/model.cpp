@@ -52,6 +52,10 @@ nb::dict logs_dict(const model::Logs& logs) {
   d["batches"] = logs.batches;
   d["stopped"] = logs.stopped;
   d["nan_loss"] = logs.nan_loss;
+  if (logs.loss_scale > 0.0) {
+    d["loss_scale"] = logs.loss_scale;
+    d["skipped_steps"] = logs.skipped_steps;
+  }
   return d;
 }
 
@@ -103,7 +107,11 @@ void init_model(nb::module_& parent) {
              return std::vector<int64_t>(out.begin(), out.end());
            }, arg("input_shape"), arg("seed"))
       .def("forward", &model::Layer::forward, arg("x"), arg("training") = false, arg("step") = 0)
-      .def_prop_ro("final_activation", [](model::Layer& l) { return std::string(activation_name(l.final_activation())); });
+      .def_prop_ro("final_activation", [](model::Layer& l) { return std::string(activation_name(l.final_activation())); })
+      .def_prop_rw(
+          "compute_dtype", [](const model::Layer& l) { return std::string(dtype_name(l.compute_dtype())); },
+          [](model::Layer& l, const std::string& dtype) { l.set_compute_dtype(dtype_from_name(dtype)); },
+          "The dtype the forward pass computes in; the weights stay float32.");
 
   auto act = [](const std::string& name) { return model::activation_from_name(name); };
   auto reg = [](std::pair<double, double> r) { return model::Regularizer{r.first, r.second}; };
@@ -157,11 +165,17 @@ void init_model(nb::module_& parent) {
            arg("device"), "Moves the weights to the device; batches follow them there.")
       .def_prop_ro("device", [](const model::Sequential& s) { return s.device().str(); })
       .def("compile", [](model::Sequential& s, std::shared_ptr<optim::Optimizer> optimizer, const std::string& loss,
-                         bool from_logits, const std::vector<std::string>& metrics) {
+                         bool from_logits, const std::vector<std::string>& metrics,
+                         const std::string& compute_dtype, std::shared_ptr<optim::LossScaler> loss_scaler) {
              std::vector<model::Metric> parsed;
              for (const auto& name : metrics) parsed.push_back(metric_from_name(name));
-             s.compile(std::move(optimizer), {loss_from_name(loss), from_logits}, parsed);
-           }, arg("optimizer"), arg("loss"), arg("from_logits"), arg("metrics"))
+             s.compile(std::move(optimizer), {loss_from_name(loss), from_logits}, parsed,
+                       dtype_from_name(compute_dtype), std::move(loss_scaler));
+           }, arg("optimizer"), arg("loss"), arg("from_logits"), arg("metrics"),
+           arg("compute_dtype") = "float32", arg("loss_scaler").none() = nb::none(),
+           "compute_dtype: the mixed-precision policy's; loss_scaler: dynamic loss scaling in fit.")
+      .def_prop_ro("compute_dtype", [](const model::Sequential& s) { return std::string(dtype_name(s.compute_dtype())); })
+      .def_prop_ro("loss_scaler", &model::Sequential::loss_scaler)
       .def("forward", &model::Sequential::forward, arg("x"), arg("training") = false, arg("step") = 0)
       .def("train_epoch",
            [](model::Sequential& s, const Tensor& x, const Tensor& y, int64_t batch_size,

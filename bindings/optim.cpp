@@ -272,6 +272,26 @@ void init_optim(nb::module_& parent) {
           arg("epsilon_2"), arg("clip_threshold"), arg("relative_step"), arg("weight_decay"),
           arg("clipnorm").none());
 
+  // --------------------------------------------------------------------- loss scaling
+  nb::class_<optim::LossScaler>(m, "LossScaler",
+                                "Dynamic loss scaling with PyTorch GradScaler's state machine.")
+      .def(nb::init<double, double, double, int64_t>(), nb::kw_only(), arg("initial_scale"),
+           arg("growth_factor"), arg("backoff_factor"), arg("growth_interval"))
+      .def("scale", &optim::LossScaler::scale, arg("loss"), "loss · scale, in float32.")
+      .def("unscale", &optim::LossScaler::unscale, arg("params"), Release(),
+           "Divides the grads by the scale in place; returns whether all are finite.")
+      .def("step", &optim::LossScaler::step, arg("optimizer"), arg("params"), Release(),
+           "Unscales if needed, then steps the optimizer unless a grad is inf/NaN; returns "
+           "whether it stepped.")
+      .def("update", &optim::LossScaler::update, "Backs off after a skipped step, grows after "
+                                                 "growth_interval finite ones.")
+      .def("get_scale", &optim::LossScaler::get_scale)
+      .def_prop_ro("growth_tracker", &optim::LossScaler::growth_tracker)
+      .def_prop_ro("growth_factor", &optim::LossScaler::growth_factor)
+      .def_prop_ro("backoff_factor", &optim::LossScaler::backoff_factor)
+      .def_prop_ro("growth_interval", &optim::LossScaler::growth_interval)
+      .def("load_state", &optim::LossScaler::load_state, arg("scale"), arg("growth_tracker"));
+
   // ------------------------------------------------------------------------- clipping
   m.def("clip_grad_norm", &optim::clip_grad_norm, arg("params"), arg("max_norm"), Release(),
         "Scales every grad in place by max_norm / (norm + 1e-6) when the global norm exceeds "

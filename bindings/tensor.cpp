@@ -45,7 +45,7 @@ DType from_dlpack(nb::dlpack::dtype d) {
   }
   throw TypeError("[from_numpy] unsupported array dtype (code " + std::to_string(d.code) +
                   ", " + std::to_string(d.bits) +
-                  " bits); steepest takes float32/64, int32/64 and bool");
+                  " bits); steepest takes float16/32/64, bfloat16, int32/64 and bool");
 }
 
 nb::tuple shape_tuple(const Dims& d) {
@@ -105,6 +105,26 @@ Tensor index(const Tensor& t, const nb::handle& key) {
   return out;
 }
 
+double item(const Tensor& t) {
+  // 16-bit values are exact in float32.
+  return is_half_float(t.dtype()) ? ops::astype(t.detach(), DType::Float32).item() : t.item();
+}
+
+// NumPy has no bfloat16: the ml_dtypes package (JAX's) adds it. The tensor's bits are
+// shared through a uint16 view that ml_dtypes reinterprets.
+nb::object bfloat16_numpy(const Tensor& t) {
+  nb::object dtype;
+  try {
+    dtype = nb::module_::import_("ml_dtypes").attr("bfloat16");
+  } catch (const nb::python_error& e) {
+    if (!e.matches(PyExc_ImportError)) throw;
+    throw TypeError("[numpy] NumPy has no bfloat16 type: install the ml_dtypes package "
+                    "(pip install ml_dtypes), or convert first with t.astype('float32').numpy()");
+  }
+  nb::ndarray<> bits = tensor_view(t, nb::dtype<uint16_t>());
+  return nb::cast(nb::ndarray<nb::numpy>(bits)).attr("view")(dtype);
+}
+
 }  // namespace
 
 std::shared_ptr<void> python_owner(nb::handle object) {
@@ -116,18 +136,21 @@ std::shared_ptr<void> python_owner(nb::handle object) {
   });
 }
 
-nb::ndarray<> tensor_view(const Tensor& t) {
+nb::ndarray<> tensor_view(const Tensor& t, std::optional<nb::dlpack::dtype> as) {
   std::vector<size_t> shape(t.shape().begin(), t.shape().end());
   std::vector<int64_t> strides(t.strides().begin(), t.strides().end());
   auto* keep = new Tensor(t);
   nb::capsule owner(keep, [](void* p) noexcept { delete static_cast<Tensor*>(p); });
   int device_type = t.device().is_cpu() ? nb::device::cpu::value : nb::device::cuda::value;
   return nb::ndarray<>(t.data_ptr(), shape.size(), shape.data(), owner, strides.data(),
-                       to_dlpack(t.dtype()), device_type, t.device().index);
+                       as ? *as : to_dlpack(t.dtype()), device_type, t.device().index);
 }
 
-Tensor tensor_from_ndarray(const nb::ndarray<>& array, nb::handle owner) {
-  DType dtype = from_dlpack(array.dtype());
+Tensor tensor_from_ndarray(const nb::ndarray<>& array, nb::handle owner, std::optional<DType> as) {
+  if (as && itemsize(*as) * 8 != array.dtype().bits)
+    throw TypeError(cat("[from_numpy] cannot read ", static_cast<int>(array.dtype().bits),
+                        "-bit elements as ", dtype_name(*as)));
+  DType dtype = as ? *as : from_dlpack(array.dtype());
   Dims shape, strides;
   int64_t lo = 0, hi = 0;
   for (size_t i = 0; i < array.ndim(); ++i) {
@@ -191,7 +214,7 @@ void init_tensor(nb::module_& m) {
              if (t.ndim() == 0) throw TypeError("[len] len() of a 0-d tensor");
              return t.shape()[0];
            })
-      .def("item", &Tensor::item, "The value of a one-element tensor as a Python float.")
+      .def("item", &item, "The value of a one-element tensor as a Python float.")
       .def(
           "backward",
           [](const Tensor& t, std::optional<Tensor> grad, bool retain_graph) {
@@ -299,12 +322,14 @@ void init_tensor(nb::module_& m) {
 
   cls.def(
          "numpy",
-         [](const Tensor& t) {
+         [](const Tensor& t) -> nb::object {
            // A GPU tensor is copied to the host (the copy synchronises its stream).
            Tensor host = t.device().is_cpu() ? t : ops::to_device(t.detach(), Device{});
-           return nb::ndarray<nb::numpy>(tensor_view(host));
+           if (host.dtype() == DType::BFloat16) return bfloat16_numpy(host);
+           return nb::cast(nb::ndarray<nb::numpy>(tensor_view(host)));
          },
-         "A NumPy array sharing this tensor's memory (a host copy for GPU tensors).")
+         "A NumPy array sharing this tensor's memory (a host copy for GPU tensors); "
+         "bfloat16 needs the ml_dtypes package.")
       .def(
           "__dlpack__",
           [](const Tensor& t, nb::kwargs kwargs) {
@@ -319,9 +344,14 @@ void init_tensor(nb::module_& m) {
 
   m.def(
       "from_dlpack",
-      [](nb::ndarray<> array, nb::handle source) { return tensor_from_ndarray(array, source); },
-      nb::arg("array"), nb::arg("source"),
-      "A tensor sharing the memory of an array that supports DLPack or the buffer protocol.");
+      [](nb::ndarray<> array, nb::handle source, std::optional<std::string> dtype) {
+        std::optional<DType> as;
+        if (dtype) as = dtype_from_name(*dtype);
+        return tensor_from_ndarray(array, source, as);
+      },
+      nb::arg("array"), nb::arg("source"), nb::arg("dtype").none() = nb::none(),
+      "A tensor sharing the memory of an array that supports DLPack or the buffer protocol; "
+      "dtype reinterprets elements of the same size (ml_dtypes' bfloat16 arrive as uint16).");
   m.def(
       "empty",
       [](nb::handle shape, const std::string& dtype, const std::string& device) {

@@ -1,6 +1,7 @@
 """Train a character-level GPT the way the seed's LLM section describes: causal
 language-modelling cross-entropy, AdamW, linear warmup + cosine decay, global-norm
-clipping and activation checkpointing — on a small text, on the CPU.
+clipping, BF16 mixed precision with FP32 master weights and activation checkpointing —
+on a small text, on the CPU.
 
     python examples/tiny_gpt.py                     # the bundled essay, ~0.8M parameters
     python examples/tiny_gpt.py --text book.txt --epochs 40 --plot loss.png
@@ -28,6 +29,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--no-remat", action="store_true", help="keep all activations (more memory)")
+    parser.add_argument("--precision", default="mixed_bfloat16",
+                        choices=("float32", "mixed_bfloat16", "mixed_float16"))
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--plot", help="save the loss curves to this PNG (needs matplotlib)")
@@ -42,6 +45,7 @@ def main() -> None:
     val = st.text.windows(tokens[split - args.context:], args.context, stride=args.context // 4)
     entropy = st.text.unigram_entropy(tokens)
 
+    st.mixed_precision.set_global_policy(args.precision)
     st.manual_seed(args.seed)
     model = st.models.GPT(tokenizer.vocab_size, args.context, args.d_model, args.heads, args.layers,
                           remat=not args.no_remat)
@@ -51,7 +55,8 @@ def main() -> None:
     model.compile(st.optimizers.AdamW(learning_rate=schedule, weight_decay=0.1, clipnorm=1.0),
                   loss=st.losses.CausalLMCrossEntropy())
     print(f"{len(text):,} characters, vocabulary {tokenizer.vocab_size}, {model.count_params():,} parameters, "
-          f"{len(train)} training windows of {args.context}; unigram entropy {entropy:.3f} nats")
+          f"{len(train)} training windows of {args.context}, {args.precision}; "
+          f"unigram entropy {entropy:.3f} nats")
     start = time.process_time()
     history = model.fit(train, train, batch_size=args.batch_size, epochs=args.epochs,
                         validation_data=(val, val), verbose=2, seed=args.seed)

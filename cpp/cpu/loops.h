@@ -1,6 +1,7 @@
 // Generic loops for CPU kernels: an N-operand strided iterator that collapses
-// contiguous dimensions and hands the innermost run to a callback, and a parallel-for
-// that only starts OpenMP threads when the work is large enough to pay for them.
+// contiguous dimensions and hands the innermost run to a callback, a parallel-for
+// that only starts OpenMP threads when the work is large enough to pay for them, and
+// the bulk 16-bit <-> float conversions the kernels of float16/bfloat16 use.
 #pragma once
 
 #include <omp.h>
@@ -8,10 +9,122 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <type_traits>
+#include <vector>
 
 #include "steepest/common.h"
+#include "steepest/half.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define STEEPEST_X86 1
+#endif
 
 namespace steepest::cpu {
+
+// --- 16-bit floats ---------------------------------------------------------------------
+// Kernels of float16/bfloat16 convert runs of up to kConvertBlock values into a float
+// buffer, compute there with the float code, and round the results back: the math is
+// the float32 kernel's, only loads and stores differ.
+inline constexpr int64_t kConvertBlock = 256;
+
+template <class T>
+inline constexpr bool kIsHalf = std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>;
+
+#ifdef STEEPEST_X86
+// F16C converts 8 values per instruction with round-to-nearest-even, bit-identical to
+// half.h. The functions carry a target attribute so the engine still runs on CPUs
+// without F16C (a portable build): the software path is taken there.
+__attribute__((target("avx,f16c"))) inline void f16c_half_to_float(const uint16_t* src, float* dst,
+                                                                    int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  for (; i < n; ++i) dst[i] = half_bits_to_float(src[i]);
+}
+
+__attribute__((target("avx,f16c"))) inline void f16c_float_to_half(const float* src, uint16_t* dst,
+                                                                    int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; ++i) dst[i] = float_to_half_bits(src[i]);
+}
+
+inline bool cpu_has_f16c() {
+#ifdef __F16C__
+  return true;
+#else
+  static const bool has = __builtin_cpu_supports("f16c");
+  return has;
+#endif
+}
+#endif
+
+// Widens n values to the compute type (a plain copy for float and double).
+template <class S, class C>
+inline void load_compute(const S* src, C* dst, int64_t n) {
+  if constexpr (std::is_same_v<S, Half>) {
+#ifdef STEEPEST_X86
+    if (cpu_has_f16c()) return f16c_half_to_float(reinterpret_cast<const uint16_t*>(src), dst, n);
+#endif
+    for (int64_t i = 0; i < n; ++i) dst[i] = half_bits_to_float(src[i].bits);
+  } else if constexpr (std::is_same_v<S, BFloat16>) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = bfloat16_bits_to_float(src[i].bits);
+  } else {
+    std::copy(src, src + n, dst);
+  }
+}
+
+// Rounds n compute-type values into storage (round-to-nearest-even for 16 bits).
+template <class S, class C>
+inline void store_compute(const C* src, S* dst, int64_t n) {
+  if constexpr (std::is_same_v<S, Half>) {
+#ifdef STEEPEST_X86
+    if (cpu_has_f16c()) return f16c_float_to_half(src, reinterpret_cast<uint16_t*>(dst), n);
+#endif
+    for (int64_t i = 0; i < n; ++i) dst[i].bits = float_to_half_bits(src[i]);
+  } else if constexpr (std::is_same_v<S, BFloat16>) {
+    for (int64_t i = 0; i < n; ++i) dst[i].bits = float_to_bfloat16_bits(src[i]);
+  } else {
+    std::copy(src, src + n, dst);
+  }
+}
+
+// One contiguous row in the compute type: the row itself when storage and compute types
+// agree, else a converted copy in a buffer the caller keeps per thread.
+template <class S, class C>
+class RowView {
+ public:
+  static constexpr bool kConverts = !std::is_same_v<S, C>;
+
+  // The row's values for reading.
+  const C* read(const S* row, int64_t n) {
+    if constexpr (kConverts) {
+      buffer_.resize(static_cast<size_t>(n));
+      load_compute(row, buffer_.data(), n);
+      return buffer_.data();
+    } else {
+      return row;
+    }
+  }
+  // Where to write the row; publish() stores it when the row is a buffer.
+  C* write(S* row, int64_t n) {
+    if constexpr (kConverts) {
+      buffer_.resize(static_cast<size_t>(n));
+      return buffer_.data();
+    } else {
+      return row;
+    }
+  }
+  void publish(S* row, int64_t n) {
+    if constexpr (kConverts) store_compute(buffer_.data(), row, n);
+  }
+
+ private:
+  std::vector<C> buffer_;
+};
 
 // Below this many elements a cheap elementwise kernel runs on one thread: waking the
 // OpenMP team costs more than the work (measured: ~2-5 µs per region on this machine).

@@ -1,8 +1,12 @@
 // Row-wise neural-network kernels: softmax / log-softmax (max-shifted, as the seed's
 // log-softmax section derives), fused softmax + cross-entropy, layer norm, embedding,
-// dropout masks and random fills.
+// dropout masks and random fills. float16/bfloat16 rows are widened to float, computed
+// by the same code and rounded back (RowView in loops.h).
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
+#include <vector>
 
 #include "loops.h"
 #include "random.h"
@@ -44,20 +48,23 @@ int64_t rows_grain(int64_t cols) {
 
 void softmax_forward(const Tensor& x, Tensor& y, bool log) {
   int64_t cols = x.shape().back(), rows = cols ? x.numel() / cols : 0;
-  dispatch_float("softmax", x.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const T* px = x.data<T>();
-    T* py = y.data<T>();
+  dispatch_float_storage("softmax", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    const S* px = x.data<S>();
+    S* py = y.data<S>();
     parallel_for(rows, rows_grain(cols), [&](int64_t begin, int64_t end) {
+      RowView<S, C> in, out;
       for (int64_t r = begin; r < end; ++r) {
-        const T* xr = px + r * cols;
-        T* yr = py + r * cols;
-        ShiftedLogSum<T> ls = row_shifted_logsum(xr, cols);
+        const C* xr = in.read(px + r * cols, cols);
+        C* yr = out.write(py + r * cols, cols);
+        ShiftedLogSum<C> ls = row_shifted_logsum(xr, cols);
         if (log) {
           for (int64_t i = 0; i < cols; ++i) yr[i] = (xr[i] - ls.max) - ls.log_sum;
         } else {
           for (int64_t i = 0; i < cols; ++i) yr[i] = std::exp((xr[i] - ls.max) - ls.log_sum);
         }
+        out.publish(py + r * cols, cols);
       }
     });
   });
@@ -66,17 +73,19 @@ void softmax_forward(const Tensor& x, Tensor& y, bool log) {
 // softmax: dL/dz = G ⊙ p − (G·pᵀ) p; log-softmax: dL/dz = G − p Σ G (p = exp(y)).
 void softmax_backward(const Tensor& grad_y, const Tensor& y, Tensor& grad_x, bool log) {
   int64_t cols = y.shape().back(), rows = cols ? y.numel() / cols : 0;
-  dispatch_float("softmax", y.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const T* pg = grad_y.data<T>();
-    const T* py = y.data<T>();
-    T* pgx = grad_x.data<T>();
+  dispatch_float_storage("softmax", y.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    const S* pg = grad_y.data<S>();
+    const S* py = y.data<S>();
+    S* pgx = grad_x.data<S>();
     parallel_for(rows, rows_grain(cols), [&](int64_t begin, int64_t end) {
+      RowView<S, C> g_view, y_view, out;
       for (int64_t r = begin; r < end; ++r) {
-        const T* g = pg + r * cols;
-        const T* yr = py + r * cols;
-        T* gx = pgx + r * cols;
-        T dot = 0;
+        const C* g = g_view.read(pg + r * cols, cols);
+        const C* yr = y_view.read(py + r * cols, cols);
+        C* gx = out.write(pgx + r * cols, cols);
+        C dot = 0;
         if (log) {
           for (int64_t i = 0; i < cols; ++i) dot += g[i];
           for (int64_t i = 0; i < cols; ++i) gx[i] = g[i] - std::exp(yr[i]) * dot;
@@ -84,21 +93,24 @@ void softmax_backward(const Tensor& grad_y, const Tensor& y, Tensor& grad_x, boo
           for (int64_t i = 0; i < cols; ++i) dot += g[i] * yr[i];
           for (int64_t i = 0; i < cols; ++i) gx[i] = yr[i] * (g[i] - dot);
         }
+        out.publish(pgx + r * cols, cols);
       }
     });
   });
 }
 
-// L = −Σ y_i log p_i with log p = z − logsumexp(z) (log-softmax, never log of p).
+// L = −Σ y_i log p_i with log p = z − logsumexp(z) (log-softmax, never log of p). The
+// per-row statistics (max, log Σ) are kept in the compute type: float for 16-bit logits.
 void cross_entropy_forward(const Tensor& logits, const Tensor& labels, Tensor& loss,
                            Tensor& logsumexp) {
   int64_t classes = logits.shape().back(), rows = logits.numel() / std::max<int64_t>(classes, 1);
   bool indices = !is_floating(labels.dtype());
-  dispatch_float("cross_entropy", logits.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const T* z = logits.data<T>();
-    T* out = loss.data<T>();
-    T* lse = logsumexp.data<T>();
+  dispatch_float_storage("cross_entropy", logits.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    const S* z = logits.data<S>();
+    S* out = loss.data<S>();
+    C* lse = logsumexp.data<C>();
     if (indices) {
       // Validate every label before touching memory with it.
       dispatch_all("cross_entropy", labels.dtype(), [&](auto label_tag) {
@@ -111,29 +123,31 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& labels, Tensor& l
                              "] is out of range for ", classes, " classes");
         }
         parallel_for(rows, rows_grain(classes), [&](int64_t begin, int64_t end) {
+          RowView<S, C> z_view;
           for (int64_t r = begin; r < end; ++r) {
-            const T* zr = z + r * classes;
-            ShiftedLogSum<T> ls = row_shifted_logsum(zr, classes);
+            const C* zr = z_view.read(z + r * classes, classes);
+            ShiftedLogSum<C> ls = row_shifted_logsum(zr, classes);
             lse[2 * r] = ls.max;
             lse[2 * r + 1] = ls.log_sum;
-            out[r] = ls.log_sum - (zr[static_cast<int64_t>(lab[r])] - ls.max);
+            out[r] = S(ls.log_sum - (zr[static_cast<int64_t>(lab[r])] - ls.max));
           }
         });
       });
       return;
     }
-    const T* y = labels.data<T>();
+    const S* y = labels.data<S>();
     parallel_for(rows, rows_grain(classes), [&](int64_t begin, int64_t end) {
+      RowView<S, C> z_view, y_view;
       for (int64_t r = begin; r < end; ++r) {
-        const T* zr = z + r * classes;
-        const T* yr = y + r * classes;
-        ShiftedLogSum<T> ls = row_shifted_logsum(zr, classes);
+        const C* zr = z_view.read(z + r * classes, classes);
+        const C* yr = y_view.read(y + r * classes, classes);
+        ShiftedLogSum<C> ls = row_shifted_logsum(zr, classes);
         lse[2 * r] = ls.max;
         lse[2 * r + 1] = ls.log_sum;
-        T acc = 0;
+        C acc = 0;
         for (int64_t i = 0; i < classes; ++i)
-          if (yr[i] != T(0)) acc -= yr[i] * ((zr[i] - ls.max) - ls.log_sum);
-        out[r] = acc;
+          if (yr[i] != C(0)) acc -= yr[i] * ((zr[i] - ls.max) - ls.log_sum);
+        out[r] = S(acc);
       }
     });
   });
@@ -143,74 +157,86 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Te
                             const Tensor& grad_loss, Tensor& grad_logits) {
   int64_t classes = logits.shape().back(), rows = logits.numel() / std::max<int64_t>(classes, 1);
   bool indices = !is_floating(labels.dtype());
-  dispatch_float("cross_entropy", logits.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const T* z = logits.data<T>();
-    const T* lse = logsumexp.data<T>();
-    const T* g = grad_loss.data<T>();
-    T* gz = grad_logits.data<T>();
+  dispatch_float_storage("cross_entropy", logits.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    const S* z = logits.data<S>();
+    const C* lse = logsumexp.data<C>();
+    const S* g = grad_loss.data<S>();
+    S* gz = grad_logits.data<S>();
     if (indices) {
       dispatch_all("cross_entropy", labels.dtype(), [&](auto label_tag) {
         using L = typename decltype(label_tag)::type;
         const L* lab = labels.data<L>();
         parallel_for(rows, rows_grain(classes), [&](int64_t begin, int64_t end) {
+          RowView<S, C> z_view, out_view;
           for (int64_t r = begin; r < end; ++r) {
-            const T* zr = z + r * classes;
-            T* out = gz + r * classes;
+            const C* zr = z_view.read(z + r * classes, classes);
+            C* out = out_view.write(gz + r * classes, classes);
+            const C gr = C(g[r]);
             for (int64_t i = 0; i < classes; ++i)
-              out[i] = g[r] * std::exp((zr[i] - lse[2 * r]) - lse[2 * r + 1]);
-            out[static_cast<int64_t>(lab[r])] -= g[r];  // p − y
+              out[i] = gr * std::exp((zr[i] - lse[2 * r]) - lse[2 * r + 1]);
+            out[static_cast<int64_t>(lab[r])] -= gr;  // p − y
+            out_view.publish(gz + r * classes, classes);
           }
         });
       });
       return;
     }
-    const T* y = labels.data<T>();
+    const S* y = labels.data<S>();
     parallel_for(rows, rows_grain(classes), [&](int64_t begin, int64_t end) {
+      RowView<S, C> z_view, y_view, out_view;
       for (int64_t r = begin; r < end; ++r) {
-        const T* zr = z + r * classes;
-        const T* yr = y + r * classes;
-        T* out = gz + r * classes;
-        T total = 0;
+        const C* zr = z_view.read(z + r * classes, classes);
+        const C* yr = y_view.read(y + r * classes, classes);
+        C* out = out_view.write(gz + r * classes, classes);
+        const C gr = C(g[r]);
+        C total = 0;
         for (int64_t i = 0; i < classes; ++i) total += yr[i];
         // −y + p Σy: the seed's derivation before assuming Σy = 1.
         for (int64_t i = 0; i < classes; ++i)
-          out[i] = g[r] * (std::exp((zr[i] - lse[2 * r]) - lse[2 * r + 1]) * total - yr[i]);
+          out[i] = gr * (std::exp((zr[i] - lse[2 * r]) - lse[2 * r + 1]) * total - yr[i]);
+        out_view.publish(gz + r * classes, classes);
       }
     });
   });
 }
 
+// Row statistics (mean, rstd) are kept in the compute type: float for 16-bit inputs.
 void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
                         Tensor& y, Tensor& mean, Tensor& rstd) {
   int64_t cols = x.shape().back(), rows = cols ? x.numel() / cols : 0;
-  dispatch_float("layer_norm", x.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const T* px = x.data<T>();
-    const T* w = weight.defined() ? weight.data<T>() : nullptr;
-    const T* b = bias.defined() ? bias.data<T>() : nullptr;
-    T* py = y.data<T>();
-    T* pm = mean.data<T>();
-    T* pr = rstd.data<T>();
+  dispatch_float_storage("layer_norm", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    const S* px = x.data<S>();
+    RowView<S, C> w_view, b_view;
+    const C* w = weight.defined() ? w_view.read(weight.data<S>(), cols) : nullptr;
+    const C* b = bias.defined() ? b_view.read(bias.data<S>(), cols) : nullptr;
+    S* py = y.data<S>();
+    C* pm = mean.data<C>();
+    C* pr = rstd.data<C>();
     parallel_for(rows, rows_grain(cols), [&](int64_t begin, int64_t end) {
+      RowView<S, C> in, out;
       for (int64_t r = begin; r < end; ++r) {
-        const T* xr = px + r * cols;
-        T* yr = py + r * cols;
-        T mu = 0;
+        const C* xr = in.read(px + r * cols, cols);
+        C* yr = out.write(py + r * cols, cols);
+        C mu = 0;
         for (int64_t i = 0; i < cols; ++i) mu += xr[i];
-        mu /= static_cast<T>(cols);
-        T var = 0;
+        mu /= static_cast<C>(cols);
+        C var = 0;
         for (int64_t i = 0; i < cols; ++i) var += (xr[i] - mu) * (xr[i] - mu);
-        var /= static_cast<T>(cols);
-        T rs = T(1) / std::sqrt(var + static_cast<T>(eps));
+        var /= static_cast<C>(cols);
+        C rs = C(1) / std::sqrt(var + static_cast<C>(eps));
         pm[r] = mu;
         pr[r] = rs;
         for (int64_t i = 0; i < cols; ++i) {
-          T v = (xr[i] - mu) * rs;
+          C v = (xr[i] - mu) * rs;
           if (w) v *= w[i];
           if (b) v += b[i];
           yr[i] = v;
         }
+        out.publish(py + r * cols, cols);
       }
     });
   });
@@ -222,53 +248,59 @@ void layer_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& we
                          const Tensor& mean, const Tensor& rstd, Tensor& grad_x,
                          Tensor* grad_weight, Tensor* grad_bias) {
   int64_t cols = x.shape().back(), rows = cols ? x.numel() / cols : 0;
-  dispatch_float("layer_norm", x.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const T* pg = grad_y.data<T>();
-    const T* px = x.data<T>();
-    const T* w = weight.defined() ? weight.data<T>() : nullptr;
-    const T* pm = mean.data<T>();
-    const T* pr = rstd.data<T>();
-    T* pgx = grad_x.data<T>();
+  dispatch_float_storage("layer_norm", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    const S* pg = grad_y.data<S>();
+    const S* px = x.data<S>();
+    RowView<S, C> w_view;
+    const C* w = weight.defined() ? w_view.read(weight.data<S>(), cols) : nullptr;
+    const C* pm = mean.data<C>();
+    const C* pr = rstd.data<C>();
+    S* pgx = grad_x.data<S>();
     parallel_for(rows, rows_grain(cols), [&](int64_t begin, int64_t end) {
+      RowView<S, C> g_view, x_view, out;
       for (int64_t r = begin; r < end; ++r) {
-        const T* g = pg + r * cols;
-        const T* xr = px + r * cols;
-        T* gx = pgx + r * cols;
-        T mean_g = 0, mean_gx = 0;
+        const C* g = g_view.read(pg + r * cols, cols);
+        const C* xr = x_view.read(px + r * cols, cols);
+        C* gx = out.write(pgx + r * cols, cols);
+        C mean_g = 0, mean_gx = 0;
         for (int64_t i = 0; i < cols; ++i) {
-          T gh = w ? g[i] * w[i] : g[i];
-          T xh = (xr[i] - pm[r]) * pr[r];
+          C gh = w ? g[i] * w[i] : g[i];
+          C xh = (xr[i] - pm[r]) * pr[r];
           mean_g += gh;
           mean_gx += gh * xh;
         }
-        mean_g /= static_cast<T>(cols);
-        mean_gx /= static_cast<T>(cols);
+        mean_g /= static_cast<C>(cols);
+        mean_gx /= static_cast<C>(cols);
         for (int64_t i = 0; i < cols; ++i) {
-          T gh = w ? g[i] * w[i] : g[i];
-          T xh = (xr[i] - pm[r]) * pr[r];
+          C gh = w ? g[i] * w[i] : g[i];
+          C xh = (xr[i] - pm[r]) * pr[r];
           gx[i] = pr[r] * (gh - mean_g - xh * mean_gx);
         }
+        out.publish(pgx + r * cols, cols);
       }
     });
-    // Parameter gradients are column sums: split over columns so threads never share.
+    // Parameter gradients are column sums: split over columns so threads never share,
+    // each summing its columns in C.
     if (grad_weight || grad_bias) {
-      T* gw = grad_weight ? grad_weight->data<T>() : nullptr;
-      T* gb = grad_bias ? grad_bias->data<T>() : nullptr;
+      S* gw = grad_weight ? grad_weight->data<S>() : nullptr;
+      S* gb = grad_bias ? grad_bias->data<S>() : nullptr;
       parallel_for(cols, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(rows, 1)),
                    [&](int64_t begin, int64_t end) {
-                     for (int64_t i = begin; i < end; ++i) {
-                       if (gw) gw[i] = 0;
-                       if (gb) gb[i] = 0;
-                     }
+                     const int64_t width = end - begin;
+                     std::vector<C> acc_w(gw ? width : 0, C(0)), acc_b(gb ? width : 0, C(0));
+                     RowView<S, C> g_view, x_view;
                      for (int64_t r = 0; r < rows; ++r) {
-                       const T* g = pg + r * cols;
-                       const T* xr = px + r * cols;
-                       for (int64_t i = begin; i < end; ++i) {
-                         if (gw) gw[i] += g[i] * (xr[i] - pm[r]) * pr[r];
-                         if (gb) gb[i] += g[i];
+                       const C* g = g_view.read(pg + r * cols + begin, width);
+                       const C* xr = x_view.read(px + r * cols + begin, width);
+                       for (int64_t i = 0; i < width; ++i) {
+                         if (gw) acc_w[i] += g[i] * (xr[i] - pm[r]) * pr[r];
+                         if (gb) acc_b[i] += g[i];
                        }
                      }
+                     if (gw) store_compute(acc_w.data(), gw + begin, width);
+                     if (gb) store_compute(acc_b.data(), gb + begin, width);
                    });
     }
   });
@@ -276,8 +308,8 @@ void layer_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& we
 
 void embedding_forward(const Tensor& indices, const Tensor& table, Tensor& out) {
   int64_t vocab = table.shape()[0], dim = table.shape()[1], n = indices.numel();
-  dispatch_float("embedding", table.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  dispatch_float_storage("embedding", table.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;  // rows are copied as stored
     dispatch_all("embedding", indices.dtype(), [&](auto index_tag) {
       using I = typename decltype(index_tag)::type;
       const I* idx = indices.data<I>();
@@ -299,23 +331,41 @@ void embedding_forward(const Tensor& indices, const Tensor& table, Tensor& out) 
 }
 
 // Scatter-add of the output gradient into the rows that were read (repeated indices add).
+// A 16-bit table sums each thread's columns in float and rounds once, so a row read many
+// times does not lose its small contributions.
 void embedding_backward(const Tensor& indices, const Tensor& grad_out, Tensor& grad_table) {
-  int64_t dim = grad_table.shape()[1], n = indices.numel();
-  dispatch_float("embedding", grad_table.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  int64_t vocab = grad_table.shape()[0], dim = grad_table.shape()[1], n = indices.numel();
+  dispatch_float_storage("embedding", grad_table.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
     dispatch_all("embedding", indices.dtype(), [&](auto index_tag) {
       using I = typename decltype(index_tag)::type;
       const I* idx = indices.data<I>();
-      const T* g = grad_out.data<T>();
-      T* gt = grad_table.data<T>();
+      const S* g = grad_out.data<S>();
+      S* gt = grad_table.data<S>();
       // Split over the embedding dimension: each thread owns a column range, so repeated
       // indices never race.
       parallel_for(dim, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(n, 1)),
                    [&](int64_t begin, int64_t end) {
-                     for (int64_t i = 0; i < n; ++i) {
-                       T* row = gt + static_cast<int64_t>(idx[i]) * dim;
-                       const T* gr = g + i * dim;
-                       for (int64_t d = begin; d < end; ++d) row[d] += gr[d];
+                     const int64_t width = end - begin;
+                     if constexpr (std::is_same_v<S, C>) {
+                       for (int64_t i = 0; i < n; ++i) {
+                         S* row = gt + static_cast<int64_t>(idx[i]) * dim + begin;
+                         const S* gr = g + i * dim + begin;
+                         for (int64_t d = 0; d < width; ++d) row[d] += gr[d];
+                       }
+                     } else {
+                       std::vector<C> acc(static_cast<size_t>(vocab * width));
+                       for (int64_t v = 0; v < vocab; ++v)
+                         load_compute(gt + v * dim + begin, acc.data() + v * width, width);
+                       RowView<S, C> g_view;
+                       for (int64_t i = 0; i < n; ++i) {
+                         C* row = acc.data() + static_cast<int64_t>(idx[i]) * width;
+                         const C* gr = g_view.read(g + i * dim + begin, width);
+                         for (int64_t d = 0; d < width; ++d) row[d] += gr[d];
+                       }
+                       for (int64_t v = 0; v < vocab; ++v)
+                         store_compute(acc.data() + v * width, gt + v * dim + begin, width);
                      }
                    });
     });
@@ -323,26 +373,32 @@ void embedding_backward(const Tensor& indices, const Tensor& grad_out, Tensor& g
 }
 
 void dropout_mask(Tensor& mask, double rate, uint64_t seed) {
-  dispatch_float("dropout", mask.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    T* m = mask.data<T>();
-    const T keep_scale = static_cast<T>(1.0 / (1.0 - rate));
+  dispatch_float_storage("dropout", mask.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    S* m = mask.data<S>();
+    const S keep_scale = S(1.0 / (1.0 - rate)), zero = S(0.0);
     parallel_for(mask.numel(), kParallelGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i)
-        m[i] = uniform_at(seed, static_cast<uint64_t>(i)) < rate ? T(0) : keep_scale;
+        m[i] = uniform_at(seed, static_cast<uint64_t>(i)) < rate ? zero : keep_scale;
     });
   });
 }
 
 void random_fill(Tensor& out, RandomKind kind, uint64_t seed) {
-  dispatch_float("random", out.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    T* p = out.data<T>();
+  dispatch_float_storage("random", out.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    S* p = out.data<S>();
+    // In 16 bits a uniform draw above the largest value below 1 would round up to 1:
+    // clamp it there so the range stays [0, 1).
+    double below_one = 1.0;
+    if constexpr (std::is_same_v<S, Half>) below_one = 1.0 - 0x1p-11;
+    if constexpr (std::is_same_v<S, BFloat16>) below_one = 1.0 - 0x1p-8;
     parallel_for(out.numel(), kParallelGrain / 8, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         auto index = static_cast<uint64_t>(i);
-        p[i] = static_cast<T>(kind == RandomKind::Uniform ? uniform_at(seed, index)
-                                                          : normal_at(seed, index));
+        double v = kind == RandomKind::Uniform ? std::min(uniform_at(seed, index), below_one)
+                                               : normal_at(seed, index);
+        p[i] = S(v);
       }
     });
   });

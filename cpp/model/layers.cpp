@@ -1,5 +1,6 @@
 // The Keras layers, each a forward pass over ops (so autograd derives its backward) and
-// the weights it owns.
+// the weights it owns. Under a mixed-precision policy (混合精度训练：…同时保留FP32的权重
+// 主副本) the weights stay float32 and each forward casts them to the compute dtype.
 #include <cmath>
 
 #include "steepest/autograd.h"
@@ -99,6 +100,17 @@ void Layer::to_device(Device device) {
   }
 }
 
+void Layer::set_compute_dtype(DType dtype) {
+  if (!is_floating(dtype))
+    fail<TypeError>(kind(), "the compute dtype must be floating-point, got ", dtype_name(dtype));
+  compute_dtype_ = dtype;
+}
+
+Tensor Layer::cast(const Tensor& t) const {
+  if (!t.defined() || !is_floating(t.dtype()) || t.dtype() == compute_dtype_) return t;
+  return ops::astype(t, compute_dtype_);
+}
+
 Tensor Layer::add_weight(const std::string& name, const Dims& shape, const std::string& initializer,
                          int64_t fan_in, int64_t fan_out, uint64_t seed) {
   NoGradGuard no_grad;
@@ -152,7 +164,7 @@ Dims Dense::build_weights(const Dims& input_shape, uint64_t seed) {
 
 // The seed's linear layer, Y = X·W + b.
 Tensor Dense::forward_pre_activation(const Tensor& x, bool, int64_t) {
-  return ops::linear(x, weights_[0].second, use_bias_ ? weights_[1].second : Tensor());
+  return ops::linear(cast(x), cast(weights_[0].second), use_bias_ ? cast(weights_[1].second) : Tensor());
 }
 
 Tensor Dense::forward(const Tensor& x, bool training, int64_t step) {
@@ -211,8 +223,8 @@ Dims Conv2D::build_weights(const Dims& input_shape, uint64_t seed) {
 }
 
 Tensor Conv2D::forward_pre_activation(const Tensor& x, bool, int64_t) {
-  return ops::conv2d(x, weights_[0].second, use_bias_ ? weights_[1].second : Tensor(), strides_,
-                     padding_);
+  return ops::conv2d(cast(x), cast(weights_[0].second), use_bias_ ? cast(weights_[1].second) : Tensor(),
+                     strides_, padding_);
 }
 
 Tensor Conv2D::forward(const Tensor& x, bool training, int64_t step) {
@@ -278,9 +290,9 @@ Dims LayerNormalization::build_weights(const Dims& input_shape, uint64_t seed) {
 }
 
 Tensor LayerNormalization::forward(const Tensor& x, bool, int64_t) {
-  Tensor gamma = scale_ ? weights_[0].second : Tensor();
-  Tensor beta = center_ ? weights_[scale_ ? 1 : 0].second : Tensor();
-  return ops::layer_norm(x, gamma, beta, epsilon_);
+  Tensor gamma = scale_ ? cast(weights_[0].second) : Tensor();
+  Tensor beta = center_ ? cast(weights_[scale_ ? 1 : 0].second) : Tensor();
+  return ops::layer_norm(cast(x), gamma, beta, epsilon_);
 }
 
 Normalization::Normalization(std::string name, bool per_feature, std::vector<double> mean,
@@ -330,10 +342,11 @@ void Normalization::write_statistics() {
 }
 
 // Keras: (x − mean) / max(√variance, ε), here as x·s − mean·s with s = 1/√max(var, ε²).
+// s comes from the float32 statistics before the cast to the compute dtype.
 Tensor Normalization::forward(const Tensor& x, bool, int64_t) {
   constexpr double kEpsilon = 1e-7;
   Tensor inv_std = ops::power(ops::clamp_min(weights_[1].second, kEpsilon * kEpsilon), -0.5);
-  return ops::mul(ops::sub(x, weights_[0].second), inv_std);
+  return ops::mul(ops::sub(cast(x), cast(weights_[0].second)), cast(inv_std));
 }
 
 Embedding::Embedding(std::string name, int64_t input_dim, int64_t output_dim, std::string initializer)
@@ -350,9 +363,12 @@ Dims Embedding::build_weights(const Dims& input_shape, uint64_t seed) {
   return out;
 }
 
+// Rows are gathered from the float32 table and then cast (as Keras does): the same values
+// as casting the whole table first, without its copy, and the scatter-add of the
+// gradient stays in float32.
 Tensor Embedding::forward(const Tensor& x, bool, int64_t) {
   Tensor indices = is_floating(x.dtype()) ? ops::astype(x.detach(), DType::Int64) : x;
-  return ops::embedding(indices, weights_[0].second);
+  return cast(ops::embedding(indices, weights_[0].second));
 }
 
 }  // namespace steepest::model

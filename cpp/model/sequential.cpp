@@ -29,6 +29,7 @@ Tensor gather_rows(const Tensor& x, const int64_t* order, int64_t count) {
 
 void Sequential::add(std::shared_ptr<Layer> layer) {
   if (built_) fail("Sequential", "cannot add layers to a model that is already built");
+  layer->set_compute_dtype(compute_dtype_);
   layers_.push_back(std::move(layer));
 }
 
@@ -60,8 +61,15 @@ std::vector<Tensor> Sequential::parameters() const {
 }
 
 void Sequential::compile(std::shared_ptr<optim::Optimizer> optimizer, LossSpec loss,
-                         std::vector<Metric> metrics) {
+                         std::vector<Metric> metrics, DType compute_dtype,
+                         std::shared_ptr<optim::LossScaler> loss_scaler) {
   if (!optimizer) fail("compile", "an optimizer is required");
+  if (compute_dtype != DType::Float32 && !is_half_float(compute_dtype))
+    fail<TypeError>("compile", "the compute dtype must be float32, float16 or bfloat16, got ",
+                    dtype_name(compute_dtype));
+  for (auto& layer : layers_) layer->set_compute_dtype(compute_dtype);
+  compute_dtype_ = compute_dtype;
+  loss_scaler_ = std::move(loss_scaler);
   optimizer_ = std::move(optimizer);
   loss_ = loss;
   // "accuracy" means the accuracy that fits the loss, as in Keras.
@@ -82,10 +90,24 @@ void Sequential::compile(std::shared_ptr<optim::Optimizer> optimizer, LossSpec l
   metrics_ = std::move(metrics);
 }
 
+namespace {
+
+// The model's input in the compute dtype (integer inputs, token ids, stay as they are).
+Tensor to_compute(const Tensor& x, DType compute_dtype) {
+  return is_floating(x.dtype()) && x.dtype() != compute_dtype ? ops::astype(x, compute_dtype) : x;
+}
+
+// Outputs leave a mixed-precision model in float32: losses and metrics are computed there.
+Tensor to_float32(const Tensor& y) {
+  return is_half_float(y.dtype()) ? ops::astype(y, DType::Float32) : y;
+}
+
+}  // namespace
+
 Tensor Sequential::forward(const Tensor& x, bool training, int64_t step) const {
-  Tensor h = x;
+  Tensor h = to_compute(x, compute_dtype_);
   for (const auto& layer : layers_) h = layer->forward(h, training, step);
-  return h;
+  return to_float32(h);
 }
 
 namespace {
@@ -140,22 +162,24 @@ Tensor loss_of(LossSpec spec, const Tensor& out, const Tensor& y) {
 
 Tensor Sequential::batch_loss(const Tensor& x, const Tensor& y, bool training, int64_t step,
                               Tensor* output) const {
-  Tensor h = x;
+  Tensor h = to_compute(x, compute_dtype_);
   for (size_t i = 0; i + 1 < layers_.size(); ++i) h = layers_[i]->forward(h, training, step);
   Layer& last = *layers_.back();
   Activation act = last.final_activation();
   bool fuse = !loss_.from_logits &&
               ((is_crossentropy(loss_.kind) && act == Activation::Softmax) ||
                (loss_.kind == LossKind::BinaryCrossentropy && act == Activation::Sigmoid));
+  // Under a mixed policy the logits are cast up before the loss: the softmax /
+  // cross-entropy reductions run in float32.
   Tensor loss;
   if (fuse) {
     // softmax + cross-entropy as one log-softmax (the seed's log-softmax section).
-    Tensor logits = last.forward_pre_activation(h, training, step);
+    Tensor logits = to_float32(last.forward_pre_activation(h, training, step));
     loss = loss_of({loss_.kind, true}, logits, y);
     NoGradGuard no_grad;
     *output = apply_activation(act, logits);
   } else {
-    *output = last.forward(h, training, step);
+    *output = to_float32(last.forward(h, training, step));
     loss = loss_of(loss_, *output, y);
   }
   for (const auto& layer : layers_) {
@@ -290,8 +314,17 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, int64_t batch_size,
         for (Tensor& p : params) p.set_grad(Tensor());
       if (group_samples != count)
         loss = ops::mul_scalar(loss, static_cast<double>(count) / static_cast<double>(group_samples));
-      steepest::backward(loss, Tensor());
-      if (last_of_group) optimizer_->step(params);
+      steepest::backward(loss_scaler_ ? loss_scaler_->scale(loss) : loss, Tensor());
+      if (last_of_group) {
+        if (loss_scaler_) {
+          // Unscaled, checked and applied — or skipped on overflow — then the scale moves.
+          if (!loss_scaler_->step(*optimizer_, params)) ++logs.skipped_steps;
+          loss_scaler_->update();
+          logs.loss_scale = loss_scaler_->get_scale();
+        } else {
+          optimizer_->step(params);
+        }
+      }
     } else {
       NoGradGuard no_grad;
       loss_value = batch_loss(xb, yb, false, 0, &output).item();

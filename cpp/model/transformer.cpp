@@ -33,7 +33,8 @@ Tensor TokenAndPositionEmbedding::forward(const Tensor& x, bool, int64_t) {
     fail("TokenAndPositionEmbedding", "sequence of length ", t, " is longer than the context ", context_);
   Tensor tokens = is_floating(x.dtype()) ? ops::astype(x.detach(), DType::Int64) : x;
   Tensor positions = ops::slice(weights_[1].second, 0, 0, t, 1);
-  return ops::add(ops::embedding(tokens, weights_[0].second), positions);
+  // Summed in float32 from the float32 tables, rounded once to the compute dtype.
+  return cast(ops::add(ops::embedding(tokens, weights_[0].second), positions));
 }
 
 TransformerBlock::TransformerBlock(std::string name, int64_t d_model, int64_t num_heads,
@@ -75,7 +76,8 @@ Tensor TransformerBlock::drop(const Tensor& x, bool training, int64_t step, uint
 }
 
 Tensor TransformerBlock::block(const Tensor& x, bool training, int64_t step) {
-  auto w = [&](int i) -> const Tensor& { return weights_[static_cast<size_t>(i)].second; };
+  // Cast inside the block, so that a checkpointed block recomputes the casts too.
+  auto w = [&](int i) { return cast(weights_[static_cast<size_t>(i)].second); };
   const int64_t b = x.shape()[0], t = x.shape()[1], d = d_model_, h = num_heads_;
   // Multi-head self-attention: (B,T,3d) -> q, k, v of (B,H,T,d/H).
   Tensor qkv = ops::linear(ops::layer_norm(x, w(0), w(1), 1e-5), w(2), w(3));
@@ -92,9 +94,9 @@ Tensor TransformerBlock::block(const Tensor& x, bool training, int64_t step) {
 Tensor TransformerBlock::forward(const Tensor& x, bool training, int64_t step) {
   if (x.ndim() != 3 || x.shape()[2] != d_model_)
     fail("TransformerBlock", "expects (batch, time, ", d_model_, ") inputs, got ", x.shape());
-  if (!remat_) return block(x, training, step);
+  if (!remat_) return block(cast(x), training, step);
   return ops::checkpoint([this, training, step](const std::vector<Tensor>& in) { return block(in[0], training, step); },
-                         {x});
+                         {cast(x)});
 }
 
 }  // namespace steepest::model

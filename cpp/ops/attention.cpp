@@ -41,6 +41,14 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   if (k.shape()[k.ndim() - 2] != v.shape()[v.ndim() - 2])
     fail(op, "k of shape ", k.shape(), " and v of shape ", v.shape(), " differ in the sequence axis");
   double s = scale ? *scale : 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(d, 1)));
+  if (is_half_float(q.dtype())) {
+    // 16-bit q, k, v are attended in float32 and the output is rounded once: the
+    // numerics of a fused attention kernel with fp32 accumulation, where the composed
+    // chain below would round scores, scaling, softmax and product to 16 bits in turn
+    // (and as often again in backward). The float32 intermediates cost memory.
+    auto wide = [](const Tensor& t) { return astype(t, DType::Float32); };
+    return astype(scaled_dot_product_attention(wide(q), wide(k), wide(v), causal, s), q.dtype());
+  }
   Tensor scores = mul_scalar(matmul(q, transpose(k, -1, -2)), s);
   if (causal) {
     int64_t tq = q.shape()[q.ndim() - 2], tk = k.shape()[k.ndim() - 2];

@@ -180,8 +180,9 @@ void CrossEntropyBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
     out[0] = reshape(grad_logits, logits_shape);
   }
   if (next.size() > 1 && next[1]) {
-    // log p = (z − m) − log Σ exp(z − m)
-    Tensor log_p = sub(sub(logits, slice(logsumexp, 1, 0, 1, 1)), slice(logsumexp, 1, 1, 2, 1));
+    // log p = (z − m) − log Σ exp(z − m), with the statistics in the logits' dtype
+    Tensor lse = astype(logsumexp, logits.dtype());
+    Tensor log_p = sub(sub(logits, slice(lse, 1, 0, 1, 1)), slice(lse, 1, 1, 2, 1));
     out[1] = reshape(neg(mul(log_p, reshape(per_row, {rows, 1}))), labels_shape);
   }
 }
@@ -215,28 +216,33 @@ void EmbeddingBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
 }
 
 // seed: 实际的卷积的导数 — dL/dW_row = G·X_colᵀ, dL/dX_col = W_rowᵀ·G then col2im.
+// 16-bit tensors run the float32 kernel on widened copies and round each gradient once,
+// as the forward does (cpp/ops/nn.cpp).
 void Conv2dBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
-  Tensor gc = contiguous(g);
+  const DType dtype = x.dtype(), compute = compute_dtype(dtype);
+  Tensor gc = astype(contiguous(g), compute);
+  Tensor xc = astype(x, compute), wc = astype(weight, compute);
   Tensor grad_x, grad_w, grad_b;
-  if (next[0]) grad_x = Tensor::empty(x.shape(), x.dtype(), x.device());
-  if (next[1]) grad_w = Tensor::empty(weight.shape(), x.dtype(), x.device());
+  if (next[0]) grad_x = Tensor::empty(x.shape(), compute, x.device());
+  if (next[1]) grad_w = Tensor::empty(weight.shape(), compute, x.device());
   bool want_b = has_bias && next[2];
-  if (want_b) grad_b = Tensor::empty({geometry.out_channels}, x.dtype(), x.device());
-  STEEPEST_KERNEL(g.device(), conv2d_backward)(x, weight, gc, geometry,
+  if (want_b) grad_b = Tensor::empty({geometry.out_channels}, compute, x.device());
+  STEEPEST_KERNEL(g.device(), conv2d_backward)(xc, wc, gc, geometry,
                                                next[0] ? &grad_x : nullptr,
                                                next[1] ? &grad_w : nullptr,
                                                want_b ? &grad_b : nullptr);
-  out[0] = grad_x;
-  out[1] = grad_w;
-  if (want_b) out[2] = grad_b;
+  if (next[0]) out[0] = astype(grad_x, dtype);
+  if (next[1]) out[1] = astype(grad_w, dtype);
+  if (want_b) out[2] = astype(grad_b, dtype);
 }
 
 void Pool2dBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   const Conv2dGeometry& geo = geometry;
-  Tensor grad_x = Tensor::empty({geo.batch, geo.in_channels, geo.in_h, geo.in_w}, dtype, g.device());
-  STEEPEST_KERNEL(g.device(), pool2d_backward)(kind, contiguous(g),
+  const DType compute = compute_dtype(dtype);
+  Tensor grad_x = Tensor::empty({geo.batch, geo.in_channels, geo.in_h, geo.in_w}, compute, g.device());
+  STEEPEST_KERNEL(g.device(), pool2d_backward)(kind, astype(contiguous(g), compute),
                                                argmax.defined() ? &argmax : nullptr, geo, grad_x);
-  out[0] = grad_x;
+  out[0] = astype(grad_x, dtype);
 }
 
 }  // namespace steepest::ops

@@ -25,6 +25,11 @@ Tensor reduce_loss(const Tensor& per_element, Reduction reduction) {
   return per_element;
 }
 
+// The elementwise losses of 16-bit inputs run in float32 (the seed's mixed precision
+// keeps losses in fp32; the chain of 16-bit roundings through difference, square and
+// mean would cost several ulps) and round once; the casts carry the gradients back.
+Tensor widened(const Tensor& t) { return astype(t, compute_dtype(t.dtype())); }
+
 Tensor softmax_like(const char* op, const Tensor& x, int64_t axis, bool log) {
   check_float(op, x, "input");
   if (x.ndim() == 0) fail(op, "expected at least one dimension, got a 0-d tensor");
@@ -74,8 +79,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, Reduction reduc
   Tensor z = contiguous(reshape(logits.detach(), {rows, classes}));
   Tensor y = indices ? contiguous(reshape(labels.detach(), {rows}))
                      : contiguous(reshape(labels.detach(), {rows, classes}));
+  // The per-row max and log Σ stay in the compute dtype (float32 for 16-bit logits).
   Tensor loss = Tensor::empty({rows}, logits.dtype(), logits.device());
-  Tensor lse = Tensor::empty({rows, 2}, logits.dtype(), logits.device());
+  Tensor lse = Tensor::empty({rows, 2}, compute_dtype(logits.dtype()), logits.device());
   STEEPEST_KERNEL(logits.device(), cross_entropy_forward)(z, y, loss, lse);
   Tensor out;
   if (reduction == Reduction::None) {
@@ -96,6 +102,10 @@ Tensor mse_loss(const Tensor& prediction, const Tensor& target, Reduction reduct
   if (prediction.shape() != target.shape())
     fail("mse_loss", "prediction of shape ", prediction.shape(), " and target of shape ",
          target.shape(), " differ");
+  if (is_half_float(prediction.dtype())) {
+    detail::check_same_dtype("mse_loss", prediction, target);
+    return astype(mse_loss(widened(prediction), widened(target), reduction), prediction.dtype());
+  }
   Tensor diff = sub(prediction, target);
   return reduce_loss(mul(diff, diff), reduction);
 }
@@ -107,6 +117,9 @@ Tensor binary_cross_entropy(const Tensor& input, const Tensor& target, bool from
   detail::check_same_dtype(op, input, target);
   if (input.shape() != target.shape())
     fail(op, "input of shape ", input.shape(), " and target of shape ", target.shape(), " differ");
+  if (is_half_float(input.dtype()))
+    return astype(binary_cross_entropy(widened(input), widened(target), from_logits, reduction),
+                  input.dtype());
   if (!from_logits) {
     // −(y log p + (1 − y) log(1 − p)) on probabilities.
     Tensor one_minus_p = add_scalar(neg(input), 1.0);
@@ -180,8 +193,21 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias,
   }
   Tensor xc = contiguous(x.detach()), wc = contiguous(weight.detach());
   Tensor bc = bias.defined() ? contiguous(bias.detach()) : Tensor();
-  Tensor y = Tensor::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x.dtype(), x.device());
-  STEEPEST_KERNEL(x.device(), conv2d_forward)(xc, wc, bc, g, y);
+  Tensor y;
+  if (is_half_float(x.dtype())) {
+    // float16/bfloat16 (混合精度训练): the convolution kernels are float32/float64 only,
+    // so the operands are widened to float32 (exact), convolved with float32
+    // accumulation, and the output is rounded once. The node keeps the 16-bit x and w;
+    // Conv2dBackward widens them the same way.
+    Tensor y32 = Tensor::empty({g.batch, g.out_channels, g.out_h, g.out_w}, DType::Float32, x.device());
+    STEEPEST_KERNEL(x.device(), conv2d_forward)(astype(xc, DType::Float32), astype(wc, DType::Float32),
+                                                bc.defined() ? astype(bc, DType::Float32) : Tensor(), g,
+                                                y32);
+    y = astype(y32, x.dtype());
+  } else {
+    y = Tensor::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x.dtype(), x.device());
+    STEEPEST_KERNEL(x.device(), conv2d_forward)(xc, wc, bc, g, y);
+  }
   record<Conv2dBackward>(y, {&x, &weight, bias.defined() ? &bias : nullptr}, xc, wc, g,
                          bias.defined());
   return y;
@@ -216,11 +242,14 @@ Tensor pool2d(const char* op, PoolKind kind, const Tensor& x, std::pair<int64_t,
          ")");
   g.out_h = output_extent(g.in_h, g.kernel_h, g.stride_h, g.pad_h);
   g.out_w = output_extent(g.in_w, g.kernel_w, g.stride_w, g.pad_w);
-  Tensor xc = contiguous(x.detach());
-  Tensor y = Tensor::empty({g.batch, g.in_channels, g.out_h, g.out_w}, x.dtype(), x.device());
+  // 16-bit inputs are pooled in float32 and rounded (the pooling kernels are
+  // float32/float64 only); a max is one of the inputs, so max pooling stays exact.
+  Tensor xc = astype(contiguous(x.detach()), compute_dtype(x.dtype()));
+  Tensor y = Tensor::empty({g.batch, g.in_channels, g.out_h, g.out_w}, xc.dtype(), x.device());
   Tensor argmax;
   if (kind == PoolKind::Max) argmax = Tensor::empty(y.shape(), DType::Int64, x.device());
   STEEPEST_KERNEL(x.device(), pool2d_forward)(kind, xc, g, y, kind == PoolKind::Max ? &argmax : nullptr);
+  y = astype(y, x.dtype());
   record<Pool2dBackward>(y, {&x}, kind, argmax, g, x.dtype());
   return y;
 }
@@ -256,9 +285,10 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
   Tensor wc = weight.defined() ? contiguous(weight.detach()) : Tensor();
   Tensor bc = bias.defined() ? contiguous(bias.detach()) : Tensor();
   int64_t rows = cols ? x.numel() / cols : 0;
+  // The row statistics stay in the compute dtype (float32 for 16-bit x).
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  Tensor mu = Tensor::empty({rows}, x.dtype(), x.device());
-  Tensor rstd = Tensor::empty({rows}, x.dtype(), x.device());
+  Tensor mu = Tensor::empty({rows}, compute_dtype(x.dtype()), x.device());
+  Tensor rstd = Tensor::empty({rows}, compute_dtype(x.dtype()), x.device());
   STEEPEST_KERNEL(x.device(), layer_norm_forward)(xc, wc, bc, eps, y, mu, rstd);
   record<LayerNormBackward>(y, {&x, weight.defined() ? &weight : nullptr, bias.defined() ? &bias : nullptr},
                             xc, wc, mu, rstd, bias.defined());

@@ -83,7 +83,10 @@ ReductionPlan plan_reduction(const char* op, const Tensor& x, const Axes& axes, 
 Tensor run_sum(const char* op, const Tensor& x, const Axes& axes, bool keepdims, bool mean) {
   detail::check_float(op, x, "input");
   ReductionPlan plan = plan_reduction(op, x, axes, keepdims);
-  Tensor out = Tensor::empty(plan.out_shape, x.dtype(), x.device());
+  // A 16-bit mean keeps the float sums (the CPU reduce kernel may write float32 for a
+  // 16-bit input) and rounds once, after the division.
+  const bool round_after = mean && is_half_float(x.dtype());
+  Tensor out = Tensor::empty(plan.out_shape, round_after ? DType::Float32 : x.dtype(), x.device());
   STEEPEST_KERNEL(x.device(), reduce)(ReduceOp::Sum, plan.layout, plan.outer, plan.extent,
                                       plan.inner, out, nullptr);
   double scale = 1.0;
@@ -91,6 +94,7 @@ Tensor run_sum(const char* op, const Tensor& x, const Axes& axes, bool keepdims,
     scale = plan.extent ? 1.0 / static_cast<double>(plan.extent) : std::nan("");
     STEEPEST_KERNEL(x.device(), unary)(UnaryOp::MulScalar, out, out, scale);
   }
+  if (round_after) out = astype(out, x.dtype());
   record<SumBackward>(out, {&x}, x.shape(), plan.kept_shape, scale);
   return out;
 }

@@ -88,6 +88,7 @@ __all__ = [
 ]
 
 from . import callbacks, layers, losses, metrics  # noqa: E402
+from . import mixed_precision  # noqa: E402
 from . import models  # noqa: E402
 from .models import Sequential  # noqa: E402
 from . import text  # noqa: E402

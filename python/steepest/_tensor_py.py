@@ -7,8 +7,14 @@ import numpy as np
 from ._core import Tensor
 
 
+def _host_array(t: Tensor) -> np.ndarray:
+    # bfloat16 values are exact in float32, which NumPy prints without ml_dtypes.
+    host = t.to("cpu")
+    return host.astype("float32").numpy() if host.dtype == "bfloat16" else host.numpy()
+
+
 def _repr(self: Tensor) -> str:
-    body = np.array2string(self.to("cpu").numpy(), separator=", ", prefix="tensor(")
+    body = np.array2string(_host_array(self), separator=", ", prefix="tensor(")
     extras = []
     if self.dtype not in ("float32", "int64", "bool"):
         extras.append(f"dtype={self.dtype}")
@@ -22,8 +28,9 @@ def _repr(self: Tensor) -> str:
 
 
 def _array(self: Tensor, dtype=None, copy=None):
-    array = self.to("cpu").numpy()
-    return array if dtype is None else array.astype(dtype)
+    if dtype is not None:  # also bfloat16 without ml_dtypes
+        return _host_array(self).astype(dtype)
+    return self.to("cpu").numpy()
 
 
 def _float(self: Tensor) -> float:

@@ -140,8 +140,8 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=_positive_float, default=None,
                    help="learning rate (default: the optimizer's own default)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
-    p.add_argument("--precision", choices=PRECISIONS, default="float32",
-                   help="default: float32")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="default: float32; mixed_bfloat16 for gpt (the seed's LLM recipe)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the weight initialisation and the batch order "
                         "(the train/test split is always the same; default: 0)")
@@ -189,21 +189,11 @@ def _check_device(device: str) -> None:
     )
 
 
-def _set_precision(precision: str) -> Optional[Any]:
-    """Applies the policy; returns the previous one (to restore), None when unchanged."""
-    mp = getattr(st, "mixed_precision", None)
-    if mp is None:
-        if precision == "float32":
-            return None
-        raise CommandError(
-            f"--precision {precision}: mixed precision is not available in this version of "
-            "steepest yet; use --precision float32"
-        )
-    previous = mp.global_policy()
-    try:
-        mp.set_global_policy(precision)
-    except (ValueError, RuntimeError) as e:
-        raise CommandError(f"--precision {precision}: {e}; use --precision float32") from e
+def _set_precision(precision: str) -> Any:
+    """Sets the global mixed-precision policy model.compile picks up; returns the
+    previous one, which the caller restores (the CLI may run inside a longer process)."""
+    previous = st.mixed_precision.global_policy()
+    st.mixed_precision.set_global_policy(precision)
     return previous
 
 
@@ -248,6 +238,8 @@ def _plot_history(history: Dict[str, List[float]], path: str, title: str) -> Non
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.precision is None:
+        args.precision = "mixed_bfloat16" if args.model == "gpt" else "float32"
     if args.model == "gpt":
         return _train_gpt(args)
     if args.text is not None:
@@ -291,8 +283,7 @@ def _train(args: argparse.Namespace) -> int:
         )
         result = model.evaluate(x_test, y_test, verbose=0)
     finally:
-        if previous_policy is not None:
-            st.mixed_precision.set_global_policy(previous_policy)
+        st.mixed_precision.set_global_policy(previous_policy)
 
     print(f"Test accuracy: {result['accuracy']:.2%} (loss {result['loss']:.4f}) "
           f"on {len(x_test)} images")
@@ -316,8 +307,6 @@ def _train_gpt(args: argparse.Namespace) -> int:
         _check_writable(save_path, "--save")
     if args.plot is not None:
         _check_plotting(args.plot)
-    if args.precision != "float32":
-        raise CommandError(f"--precision {args.precision} is not available yet; use float32")
     if args.text is None:
         text = st.text.default_text()
     else:
@@ -340,13 +329,17 @@ def _train_gpt(args: argparse.Namespace) -> int:
     peak = args.lr if args.lr is not None else 3e-3
     schedule = st.schedules.WarmupCosine(peak, warmup_steps=max(steps // 10, 1), total_steps=steps,
                                          final_learning_rate=peak / 10)
-    model.compile(st.optimizers.AdamW(learning_rate=schedule, weight_decay=0.1, clipnorm=1.0),
-                  loss=st.losses.CausalLMCrossEntropy())
+    previous_policy = _set_precision(args.precision)
+    try:
+        model.compile(st.optimizers.AdamW(learning_rate=schedule, weight_decay=0.1, clipnorm=1.0),
+                      loss=st.losses.CausalLMCrossEntropy())
+    finally:
+        st.mixed_precision.set_global_policy(previous_policy)
     entropy = st.text.unigram_entropy(tokens)
     if not args.quiet:
         print(f"Training a character GPT ({model.count_params():,} parameters) on {len(text):,} "
-              f"characters, vocabulary {tokenizer.vocab_size}, context {context}, {epochs} epochs; "
-              f"unigram entropy {entropy:.3f} nats")
+              f"characters, vocabulary {tokenizer.vocab_size}, context {context}, {epochs} epochs, "
+              f"{args.precision}; unigram entropy {entropy:.3f} nats")
     history = model.fit(train, train, batch_size=args.batch_size, epochs=epochs,
                         validation_data=(val, val), verbose=0 if args.quiet else 2, seed=args.seed)
     best = min(history.history["val_loss"])

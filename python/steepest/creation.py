@@ -10,6 +10,7 @@ from . import _core
 from ._core import Tensor
 
 _NUMPY_TO_DTYPE = {
+    np.dtype(np.float16): "float16",
     np.dtype(np.float32): "float32",
     np.dtype(np.float64): "float64",
     np.dtype(np.int32): "int32",
@@ -29,17 +30,26 @@ def _default_dtype(array: np.ndarray) -> str:
     raise TypeError(f"[tensor] cannot make a tensor from data of dtype {array.dtype}")
 
 
+def _is_bfloat16(dtype: np.dtype) -> bool:
+    # ml_dtypes' bfloat16 (NumPy has none); recognised by name, without importing it.
+    return dtype.name == "bfloat16" and dtype.itemsize == 2
+
+
 def from_numpy(array: np.ndarray) -> Tensor:
-    """A tensor sharing ``array``'s memory (a copy only for negative or odd strides)."""
+    """A tensor sharing ``array``'s memory (a copy only for negative or odd strides).
+    float16 arrays are NumPy's; bfloat16 arrays come from the ml_dtypes package."""
     if not isinstance(array, np.ndarray):
         raise TypeError(f"[from_numpy] expected a numpy.ndarray, got {type(array).__name__}")
-    if array.dtype not in _NUMPY_TO_DTYPE:
+    bfloat16 = _is_bfloat16(array.dtype)
+    if array.dtype not in _NUMPY_TO_DTYPE and not bfloat16:
         raise TypeError(
             f"[from_numpy] unsupported dtype {array.dtype}; "
-            "expected float32, float64, int32, int64 or bool"
+            "expected float16, bfloat16 (ml_dtypes), float32, float64, int32, int64 or bool"
         )
     if any(s < 0 or s % array.itemsize for s in array.strides):
         array = np.ascontiguousarray(array)
+    if bfloat16:  # the bits travel as uint16, relabelled on the C++ side
+        return _core.from_dlpack(array.view(np.uint16), array, "bfloat16")
     return _core.from_dlpack(array, array)
 
 
@@ -57,18 +67,26 @@ def tensor(
     """A new tensor holding a copy of ``data`` (numpy array, nested lists, scalar, Tensor).
 
     ``dtype=None`` picks float32 for floating data, int64 for integers, bool for bools.
+    float16 and bfloat16 values are rounded to nearest-even from the data (without
+    ml_dtypes: bfloat16 is converted by steepest).
     """
     if isinstance(data, Tensor):
-        array = data.numpy()
+        array = data.astype("float32").numpy() if data.dtype == "bfloat16" else data.numpy()
     else:
         array = np.asarray(data)
     target = dtype if dtype is not None else _default_dtype(array)
-    if target not in ("float32", "float64", "int32", "int64", "bool"):
+    if target not in ("float16", "bfloat16", "float32", "float64", "int32", "int64", "bool"):
         raise TypeError(
-            f"[tensor] unknown dtype '{target}'; expected float32, float64, int32, int64 or bool"
+            f"[tensor] unknown dtype '{target}'; expected float16, bfloat16, float32, float64, "
+            "int32, int64 or bool"
         )
-    array = np.array(array, dtype=target, order="C", copy=True)
-    result = _core.from_dlpack(array, array)
+    if target in ("float16", "bfloat16"):
+        # Every float16/bfloat16/float32 value is exact in float64: one rounding, in C++.
+        wide = np.array(array, dtype=np.float64, order="C", copy=True)
+        result = _core.from_dlpack(wide, wide).astype(target)
+    else:
+        array = np.array(array, dtype=target, order="C", copy=True)
+        result = _core.from_dlpack(array, array)
     if device != "cpu":
         result = result.to(device)
     if requires_grad:

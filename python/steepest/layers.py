@@ -75,6 +75,17 @@ class Layer:
     def output_shape(self) -> Tuple[Optional[int], ...]:
         return (None, *self._impl.output_shape)
 
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype the forward pass computes in: the policy of the model that
+        compiled this layer (st.mixed_precision), float32 before."""
+        return self._impl.compute_dtype
+
+    @property
+    def variable_dtype(self) -> str:
+        """The dtype of the weights: float32 under every policy (the master copy)."""
+        return "float32"
+
     def count_params(self) -> int:
         return sum(w.numel() for w in self.weights.values())
 

@@ -19,6 +19,7 @@ from . import _core, io
 from . import callbacks as callbacks_module
 from . import layers as layers_module
 from . import losses as losses_module
+from . import mixed_precision
 from . import optimizers as optimizers_module
 from ._core import Tensor
 from .creation import from_numpy
@@ -87,6 +88,9 @@ class Sequential:
         self._input_shape: Optional[Tuple[int, ...]] = None
         self.optimizer: Optional[optimizers_module.Optimizer] = None
         self.loss: Optional[losses_module.Loss] = None
+        self._policy: Optional[mixed_precision.Policy] = None
+        # Dynamic loss scaling of fit under "mixed_float16" (set by compile).
+        self.loss_scaler: Optional[mixed_precision.LossScaler] = None
         self.metrics_names: List[str] = []
         self.stop_training = False
         self._epochs_done = 0
@@ -158,11 +162,15 @@ class Sequential:
     def compile(self, optimizer: Any = "adamw", loss: Any = None,
                 metrics: Optional[Sequence[str]] = None) -> None:
         """Chooses the optimizer (name or object), the loss (name or st.losses object)
-        and metrics by name."""
+        and metrics by name, and takes the global mixed-precision policy
+        (``st.mixed_precision``): under ``"mixed_float16"`` fit scales the loss with a new
+        ``self.loss_scaler``."""
         if loss is None:
             raise ValueError("[compile] a loss is required, e.g. loss='sparse_categorical_crossentropy'")
         self.optimizer = optimizers_module.get(optimizer)
         self.loss = losses_module.get(loss)
+        self._policy = mixed_precision.global_policy()
+        self.loss_scaler = mixed_precision.LossScaler() if self._policy.loss_scaling else None
         metrics = list(metrics or [])
         for m in metrics:
             if not isinstance(m, str):
@@ -181,7 +189,15 @@ class Sequential:
         return last not in ("softmax", "sigmoid")
 
     def _compile_impl(self) -> None:
-        self._impl.compile(self.optimizer._impl, self.loss.name, self._from_logits(), self.metrics_names)
+        scaler = None if self.loss_scaler is None else self.loss_scaler._impl
+        self._impl.compile(self.optimizer._impl, self.loss.name, self._from_logits(),
+                           self.metrics_names, compute_dtype=self.dtype_policy.compute_dtype,
+                           loss_scaler=scaler)
+
+    @property
+    def dtype_policy(self) -> mixed_precision.Policy:
+        """The mixed-precision policy compile took (before compile: the global one)."""
+        return self._policy if self._policy is not None else mixed_precision.global_policy()
 
     # ------------------------------------------------------------------ data checks
 
@@ -311,14 +327,14 @@ class Sequential:
             names = self.metrics_names
 
             def progress(batch: int, total: int, logs: Dict[str, Any]) -> bool:
-                bar.update(batch, self._named(logs))
+                bar.update(batch, self._named(logs, train=True))
                 return True
 
             result = self._impl.train_epoch(xt, yt, batch_size, order, stop_on_nan,
                                             progress if verbose == 1 else None,
                                             accumulation_steps=gradient_accumulation_steps)
             self._epochs_done += 1
-            logs = self._named(result)
+            logs = self._named(result, train=True)
             if validation is not None and not result["stopped"]:
                 val = self._impl.evaluate(validation[0], validation[1], batch_size)
                 logs.update({f"val_{k}": v for k, v in self._named(val).items()})
@@ -338,10 +354,12 @@ class Sequential:
             cb.on_train_end()
         return history
 
-    def _named(self, logs: Dict[str, Any]) -> Dict[str, float]:
+    def _named(self, logs: Dict[str, Any], train: bool = False) -> Dict[str, float]:
         named = {"loss": float(logs["loss"])}
         for name, value in zip(self.metrics_names, logs["metrics"]):
             named[name] = float(value)
+        if train and "loss_scale" in logs:  # under mixed_float16: the scale after the step
+            named["loss_scale"] = float(logs["loss_scale"])
         return named
 
     def evaluate(self, x: Any, y: Any, batch_size: int = 32, verbose: int = 0) -> Dict[str, float]:
@@ -380,7 +398,10 @@ class Sequential:
         headers = ("Layer (type)", "Output Shape", "Param #")
         widths = [max(len(h), *(len(r[i]) for r in rows)) + 2 for i, h in enumerate(headers)]
         line = "─" * sum(widths)
+        policy = self.dtype_policy
         print_fn(f'Model: "{self.name}"')
+        print_fn(f"Dtype policy: {policy.name} (variables {policy.variable_dtype}, "
+                 f"compute {policy.compute_dtype})")
         print_fn(line)
         print_fn("".join(h.ljust(w) for h, w in zip(headers, widths)))
         print_fn(line)
@@ -389,7 +410,7 @@ class Sequential:
         print_fn(line)
         total = sum(layer.count_params() for layer in self.layers)
         trainable = self.count_params()
-        print_fn(f"Total params: {total:,} ({total * 4 / 1024:.2f} KB, float32)")
+        print_fn(f"Total params: {total:,} ({total * 4 / 1024:.2f} KB, {policy.variable_dtype})")
         print_fn(f"Trainable params: {trainable:,}")
         print_fn(f"Non-trainable params: {total - trainable:,}")
         print_fn(line)
@@ -452,7 +473,10 @@ class Sequential:
                               "iterations": state["iterations"], "state": slots},
                 "loss": {"class_name": type(self.loss).__name__, "config": self.loss.get_config()},
                 "metrics": self.metrics_names,
+                "dtype_policy": self.dtype_policy.name,
             }
+            if self.loss_scaler is not None:
+                compile_config["loss_scaler"] = self.loss_scaler.state_dict()
             metadata["compile"] = json.dumps(compile_config)
         io.write(path, tensors, metadata)
 
@@ -495,6 +519,13 @@ def load_model(path: str) -> Sequential:
         optimizer.load_state_dict({"class_name": opt["class_name"], "config": opt["config"],
                                    "iterations": opt["iterations"], "state": state})
         model.compile(optimizer=optimizer, loss=loss, metrics=compile_config["metrics"])
+        # Training resumes under the policy it was saved with, whatever the global one.
+        model._policy = mixed_precision.Policy(compile_config.get("dtype_policy", "float32"))
+        model.loss_scaler = None
+        if "loss_scaler" in compile_config:
+            model.loss_scaler = mixed_precision.LossScaler()
+            model.loss_scaler.load_state_dict(compile_config["loss_scaler"])
+        model._compile_impl()
     return model
 
 

@@ -1,13 +1,17 @@
 // Element types and the dispatch helpers that turn a runtime DType into a C++ type.
-// float16/bfloat16 have an enum value and a size so storage code is ready for them;
-// kernels reject them until the mixed-precision work adds their arithmetic.
+// float16/bfloat16 are stored as 16 bits (steepest/half.h) and computed in float: the
+// CPU kernels that support them dispatch with the *_storage helpers below, which also
+// name the compute type; dispatch_float/dispatch_all (GEMM, convolution, optimizers,
+// the CUDA kernels) keep rejecting them with a clear error.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
+#include <utility>
 
 #include "steepest/common.h"
+#include "steepest/half.h"
 
 namespace steepest {
 
@@ -19,6 +23,9 @@ DType dtype_from_name(std::string_view name);
 inline bool is_floating(DType d) {
   return d == DType::Float16 || d == DType::BFloat16 || d == DType::Float32 || d == DType::Float64;
 }
+inline bool is_half_float(DType d) { return d == DType::Float16 || d == DType::BFloat16; }
+// The dtype kernels compute a dtype in: float32 for the 16-bit floats.
+inline DType compute_dtype(DType d) { return is_half_float(d) ? DType::Float32 : d; }
 
 template <class T>
 struct DTypeOf;
@@ -41,6 +48,14 @@ struct DTypeOf<float> {
 template <>
 struct DTypeOf<double> {
   static constexpr DType value = DType::Float64;
+};
+template <>
+struct DTypeOf<Half> {
+  static constexpr DType value = DType::Float16;
+};
+template <>
+struct DTypeOf<BFloat16> {
+  static constexpr DType value = DType::BFloat16;
 };
 
 template <class T>
@@ -77,6 +92,44 @@ decltype(auto) dispatch_all(const char* op, DType dtype, Fn&& fn) {
       return fn(TypeTag<double>{});
     default:
       fail<TypeError>(op, dtype_name(dtype), " tensors are not supported yet");
+  }
+}
+
+// A storage type S and the type kernels compute it in (float for Half/BFloat16).
+template <class S>
+struct StorageTag {
+  using type = S;
+  using compute = typename ComputeTypeOf<S>::type;
+};
+
+// Calls fn(StorageTag<S>{}) for every floating type: float16, bfloat16, float32, float64.
+template <class Fn>
+decltype(auto) dispatch_float_storage(const char* op, DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::Float16:
+      return fn(StorageTag<Half>{});
+    case DType::BFloat16:
+      return fn(StorageTag<BFloat16>{});
+    case DType::Float32:
+      return fn(StorageTag<float>{});
+    case DType::Float64:
+      return fn(StorageTag<double>{});
+    default:
+      fail<TypeError>(op, "expected a floating-point tensor, got ", dtype_name(dtype));
+  }
+}
+
+// dispatch_all plus the 16-bit floats (as Half/BFloat16): for kernels that only move or
+// convert values (copy, fill).
+template <class Fn>
+decltype(auto) dispatch_all_storage(const char* op, DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::Float16:
+      return fn(TypeTag<Half>{});
+    case DType::BFloat16:
+      return fn(TypeTag<BFloat16>{});
+    default:
+      return dispatch_all(op, dtype, std::forward<Fn>(fn));
   }
 }
 

@@ -57,9 +57,17 @@ class Layer {
   // Moves every weight and its grad to `device` in place (the tensors keep their identity,
   // so a parameter list taken before still holds the moved weights).
   void to_device(Device device);
+  // The dtype the forward pass computes in (a mixed-precision policy's compute dtype).
+  // Weights stay float32 (the master copy) whatever it is.
+  DType compute_dtype() const { return compute_dtype_; }
+  void set_compute_dtype(DType dtype);
 
  protected:
   virtual Dims build_weights(const Dims& input_shape, uint64_t seed) = 0;
+  // t in the compute dtype when t is floating (weights, inputs). astype is
+  // differentiable, so a weight's gradient comes back through the cast and reaches the
+  // float32 master weight in float32.
+  Tensor cast(const Tensor& t) const;
   // A new trainable weight drawn from a Keras initializer.
   Tensor add_weight(const std::string& name, const Dims& shape, const std::string& initializer,
                     int64_t fan_in, int64_t fan_out, uint64_t seed);
@@ -68,6 +76,7 @@ class Layer {
   bool built_ = false;
   Dims input_shape_, output_shape_;
   std::vector<std::pair<std::string, Tensor>> weights_;
+  DType compute_dtype_ = DType::Float32;
 };
 
 class Dense final : public Layer {
@@ -258,6 +267,8 @@ struct Logs {
   int64_t batches = 0;
   bool stopped = false;  // by the progress callback (Ctrl-C) or a NaN loss
   bool nan_loss = false;
+  double loss_scale = 0.0;  // the loss scaler's scale after the last step; 0 without one
+  int64_t skipped_steps = 0;  // steps the loss scaler skipped (gradients not finite)
 };
 
 // Called after batches (the binding throttles the redraw); returning false stops the
@@ -278,10 +289,18 @@ class Sequential {
   void to(Device device);
   Device device() const { return device_; }
 
+  // compute_dtype is the mixed-precision policy's (float32, float16 or bfloat16): the
+  // layers compute in it from float32 master weights, the model casts its floating input
+  // to it at the first layer and its output back to float32, where the loss and the
+  // metrics are computed. loss_scaler (float16) scales the loss in the train loop and
+  // skips steps whose gradients overflow; null trains without.
   void compile(std::shared_ptr<optim::Optimizer> optimizer, LossSpec loss,
-               std::vector<Metric> metrics);
+               std::vector<Metric> metrics, DType compute_dtype = DType::Float32,
+               std::shared_ptr<optim::LossScaler> loss_scaler = nullptr);
   bool compiled() const { return optimizer_ != nullptr; }
   const std::shared_ptr<optim::Optimizer>& optimizer() const { return optimizer_; }
+  DType compute_dtype() const { return compute_dtype_; }
+  const std::shared_ptr<optim::LossScaler>& loss_scaler() const { return loss_scaler_; }
 
   Tensor forward(const Tensor& x, bool training, int64_t step) const;
   // One epoch over (x, y) in batches; `order` (optional) is the sample order. With
@@ -310,6 +329,8 @@ class Sequential {
   std::shared_ptr<optim::Optimizer> optimizer_;
   LossSpec loss_;
   std::vector<Metric> metrics_;
+  DType compute_dtype_ = DType::Float32;
+  std::shared_ptr<optim::LossScaler> loss_scaler_;
 };
 
 // Rows `order[begin:end]` of x (axis 0) as a new contiguous tensor.

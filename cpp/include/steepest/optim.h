@@ -224,6 +224,54 @@ class Adafactor final : public Optimizer {
   bool relative_step_;
 };
 
+// ------------------------------------------------------------------------- loss scaling
+
+// Dynamic loss scaling for float16 mixed precision (混合精度训练), with the state machine
+// of PyTorch's GradScaler. backward runs on loss · scale so that small gradients do not
+// flush to zero in float16; the float32 gradients are divided by the scale again before
+// clipping and the update (exact for the power-of-two scales the defaults produce). A
+// step whose gradients hold inf or NaN is skipped entirely — parameters, optimizer
+// state, step count and learning-rate schedule untouched — and the scale is multiplied
+// by backoff_factor (no floor); after growth_interval consecutive finite steps it is
+// multiplied by growth_factor, adopted only while it stays finite in float32.
+//
+// Per step: scale(loss).backward(); [unscale(params), e.g. to clip or inspect];
+// step(optimizer, params); update().
+class LossScaler {
+ public:
+  LossScaler(double initial_scale, double growth_factor, double backoff_factor,
+             int64_t growth_interval);
+
+  // loss · scale in float32 (a 16-bit loss is widened first); differentiable.
+  Tensor scale(const Tensor& loss) const;
+  // Divides every defined grad by the scale in place and records whether all are
+  // finite; returns that. At most once between two update() calls, before step().
+  bool unscale(const std::vector<Tensor>& params);
+  // Unscales (unless unscale() ran), then steps the optimizer, or skips the step when
+  // a gradient is not finite. Returns whether the optimizer stepped.
+  bool step(Optimizer& optimizer, const std::vector<Tensor>& params);
+  // Backs the scale off after a skipped step, grows it after growth_interval finite
+  // steps in a row; then the next step may begin.
+  void update();
+
+  double get_scale() const { return scale_; }
+  // Finite steps since the scale last changed.
+  int64_t growth_tracker() const { return growth_tracker_; }
+  double growth_factor() const { return growth_factor_; }
+  double backoff_factor() const { return backoff_factor_; }
+  int64_t growth_interval() const { return growth_interval_; }
+  // Restores the state saved from get_scale() and growth_tracker().
+  void load_state(double scale, int64_t growth_tracker);
+
+ private:
+  enum class Stage { Ready, Unscaled, Stepped };
+  float scale_;  // float32, as the gradients it multiplies (and as torch keeps it)
+  double growth_factor_, backoff_factor_;
+  int64_t growth_interval_, growth_tracker_ = 0;
+  Stage stage_ = Stage::Ready;
+  bool found_inf_ = false;
+};
+
 // ----------------------------------------------------------------------------- clipping
 
 // √(Σ‖grad‖²) over the params that have a grad.
