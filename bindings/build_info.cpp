@@ -55,13 +55,14 @@ void init_build_info(nb::module_& m) {
         info["cuda_allow_tf32"] = cuda_allow_tf32();
         info["openmp"] = true;
         info["openmp_threads"] = omp_get_max_threads();
-#if defined(__AVX512F__)
-        info["simd"] = "avx512";
-#elif defined(__AVX2__)
-        info["simd"] = "avx2";
-#else
-        info["simd"] = "baseline";
-#endif
+        // The GEMM picks its micro-kernel at run time from what this CPU supports.
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f"))
+          info["simd"] = "avx512";
+        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+          info["simd"] = "avx2";
+        else
+          info["simd"] = "baseline";
 #if defined(__SANITIZE_ADDRESS__)
         info["sanitizers"] = "address,undefined";
 #else
