@@ -70,7 +70,14 @@ def main() -> None:
     print("---\n" + tokenizer.decode(sample) + "\n---")
 
     if args.plot:
-        import matplotlib.pyplot as plt
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            print("--plot needs matplotlib (pip install matplotlib); no plot written")
+            return
 
         plt.plot(history.history["loss"], label="train")
         plt.plot(history.history["val_loss"], label="validation")
