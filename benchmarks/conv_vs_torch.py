@@ -16,7 +16,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gemm_vs_numpy import Worker, interleaved_medians  # noqa: E402
+from gemm_vs_numpy import Worker, interleaved_medians
 
 LIBRARIES = ("steepest", "torch")
 # name, batch, in channels, image size, out channels, input needs a gradient
@@ -25,6 +25,14 @@ LAYERS = [
     ("digits conv2 32x32x4x4 -> 64", 32, 32, 4, 64, True),
     ("conv 32x64x32x32 -> 64", 32, 64, 32, 64, True),
 ]
+
+
+def step(conv, x, w, b, g, backward):
+    """One forward (and backward) pass; gradients are dropped, not accumulated."""
+    y = conv(x, w, b)
+    if backward:
+        y.backward(g)
+        x.grad = w.grad = b.grad = None
 
 
 def run_worker(lib, threads):
@@ -75,18 +83,11 @@ def run_worker(lib, threads):
             x, w, b = tensor(arrays[0], grad_x), tensor(arrays[1], True), tensor(arrays[2], True)
             layers[name] = (x, w, b, tensor(arrays[3], False))
         x, w, b, g = layers[name]
-
-        def step():
-            y = conv(x, w, b)
-            if req["backward"]:
-                y.backward(g)
-                x.grad = w.grad = b.grad = None
-
         for _ in range(2):
-            step()
+            step(conv, x, w, b, g, req["backward"])
         t0 = time.perf_counter()
         for _ in range(req["reps"]):
-            step()
+            step(conv, x, w, b, g, req["backward"])
         sys.stdout.write(json.dumps({"seconds": (time.perf_counter() - t0) / req["reps"]}) + "\n")
         sys.stdout.flush()
 
@@ -115,7 +116,7 @@ def main():
             for index, layer in enumerate(LAYERS):
                 for backward in (False, True):
                     ms = [1e3 * s for s in interleaved_medians(
-                        workers, dict(op="time", layer=index, backward=backward), args.rounds,
+                        workers, {"op": "time", "layer": index, "backward": backward}, args.rounds,
                         args.min_seconds, args.pause)]
                     label = "fwd+bwd" if backward else "fwd"
                     print(f"  {layer[0]:32} {label:8} {ms[0]:9.3f} {ms[1]:9.3f}"

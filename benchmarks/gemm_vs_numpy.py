@@ -211,7 +211,7 @@ def gemm_cases(sizes, batches, width):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 1024, 2048])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[128, 256, 512, 1024, 2048])
     parser.add_argument("--batches", type=int, nargs="*", default=[32, 256])
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=7)
@@ -241,7 +241,7 @@ def main():
                   f" {'st/np':>6} {'st/torch':>8} {'st %peak':>8}   (GFLOP/s)")
             for name, sa, sb, ta, tb in gemm_cases(args.sizes, args.batches, args.width):
                 (m, k), n = sa, sb[1]
-                request = dict(op="time", a=list(sa), b=list(sb), ta=ta, tb=tb)
+                request = {"op": "time", "a": list(sa), "b": list(sb), "ta": ta, "tb": tb}
                 seconds = interleaved_medians(workers, request, args.rounds, args.min_seconds,
                                               args.pause)
                 gflops = [2.0 * m * n * k / s / 1e9 for s in seconds]

@@ -217,6 +217,6 @@ FALLBACK_SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("isa", ["avx2", "scalar"])
 def test_fallback_kernels(isa):
     env = dict(os.environ, STEEPEST_GEMM_ISA=isa, PYTHONPATH=os.pathsep.join(sys.path))
-    result = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT], env=env,
+    result = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT], env=env, check=False,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr

@@ -340,6 +340,8 @@ struct Driver {
       return;
     }
     if (p.m <= S::kMc) {
+      // Threads share out the column slivers; more threads than slivers would only wait.
+      threads = static_cast<int>(std::min<int64_t>(threads, (p.n + kNr - 1) / kNr));
       if (threads <= 1) {
         run_streamed(p, 0, 1);
         return;
