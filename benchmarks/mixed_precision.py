@@ -11,8 +11,11 @@ allocated before the step (the float32 weights and the batch):
   and, under a mixed policy, the 16-bit copies of the weights that the matrix products
   save for their backward (½ of the float32 weights for 16-bit copies).
 
-On the CPU the 16-bit path widens operands to float32 for the GEMM and rounds the
-result, so each product has float32 temporaries; the activations themselves are halved.
+The GEMM widens 16-bit operands while it packs them (no float32 copies of A or B) and
+accumulates C in float32. The activations are halved; at small batches the peak is
+still above float32's, because each layer's 16-bit weight copy is kept until its
+backward and its weight gradient exists in 16 bits before the cast back to the float32
+master gradient (as under PyTorch autocast), while all float32 gradients are live.
 Also reported: milliseconds per forward+backward (best of --repeats).
 
     python benchmarks/mixed_precision.py [--width 1024] [--depth 4] [--batch 256 1024 4096]

@@ -136,6 +136,69 @@ def test_matmul_backward(rng, dtype, x_shape, w_shape):
         check_close(w.grad.numpy(), np.swapaxes(x_np, -1, -2), g_np, dtype)
 
 
+# float16/bfloat16 operands are widened while the GEMM packs them and C is rounded once
+# from a float32 block: the result must be the float32 product of the widened operands,
+# rounded to 16 bits, bit for bit (same packed values, same kernel, same order).
+def half_operand(rng, shape, dtype, layout):
+    """A 16-bit (m, k) matrix stored as `layout` (operand()'s "N", "T" or "S")."""
+    values = rng.standard_normal(shape).astype(np.float32)
+    if layout == "N":
+        return st.tensor(values).astype(dtype)
+    if layout == "T":
+        return st.tensor(np.ascontiguousarray(values.T)).astype(dtype).T
+    wide = np.zeros(shape[:-1] + (shape[-1] + 5,), dtype=np.float32)
+    wide[..., 2:2 + shape[-1]] = values
+    return st.tensor(wide).astype(dtype)[..., 2:2 + shape[-1]]
+
+
+def widened_reference(a16, b16, dtype):
+    return ops.matmul(a16.astype("float32"), b16.astype("float32")).astype(dtype)
+
+
+def assert_same_bits(got, ref):
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    g = got.astype("float32").numpy()
+    r = ref.astype("float32").numpy()
+    assert np.array_equal(g, r, equal_nan=True), f"max diff {np.max(np.abs(g - r))}"
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("la, lb", [("N", "N"), ("T", "N"), ("N", "T"), ("T", "T"), ("S", "S")])
+def test_half_transposes_and_edges(rng, dtype, la, lb):
+    for m, k, n in SHAPES:
+        a = half_operand(rng, (m, k), dtype, la)
+        b = half_operand(rng, (k, n), dtype, lb)
+        assert_same_bits(ops.matmul(a, b), widened_reference(a, b, dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("a_shape, b_shape", [
+    ((3, 17, 33), (3, 33, 19)),
+    ((2, 1, 17, 33), (4, 33, 19)),
+    ((5, 17, 33), (33, 19)),
+    ((64, 8, 8), (64, 8, 8)),      # one product per thread, one float32 block each
+    ((3, 40, 1300), (1300, 700)),  # several depth blocks accumulate in float32
+])
+def test_half_batched_and_deep(rng, dtype, a_shape, b_shape):
+    a = st.tensor(rng.standard_normal(a_shape).astype(np.float32)).astype(dtype)
+    b = st.tensor(rng.standard_normal(b_shape).astype(np.float32)).astype(dtype)
+    assert_same_bits(ops.matmul(a, b), widened_reference(a, b, dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_backward_accumulates_in_float32(rng, dtype):
+    # Products whose 16-bit partial sums would drift: k = 4096 ones. Float32 accumulation
+    # gives exactly 4096 (representable in both 16-bit types); 16-bit accumulation stalls
+    # at 2048 in float16 and at 256 in bfloat16.
+    x = st.ones((8, 4096), dtype=dtype, requires_grad=True)
+    w = st.ones((4096, 8), dtype=dtype, requires_grad=True)
+    y = ops.matmul(x, w)
+    assert np.all(y.astype("float32").numpy() == 4096.0)
+    y.backward(st.ones((8, 8), dtype=dtype))
+    assert x.grad.dtype == dtype and np.all(x.grad.astype("float32").numpy() == 8.0)
+    assert np.all(w.grad.astype("float32").numpy() == 8.0)
+
+
 def im2col(x, kh, kw, pad):
     """(N, C, H, W) -> (N, C·kh·kw, OH·OW) receptive-field columns, stride 1, in float64."""
     n, c, h, w = x.shape
@@ -210,6 +273,12 @@ FALLBACK_SCRIPT = textwrap.dedent("""
             ref = a[0].astype(np.float64) @ b[0].astype(np.float64)
             bound = tol * (np.abs(a[0]).astype(np.float64) @ np.abs(b[0]))
             assert np.all(np.abs(got - ref) <= bound + 1e-300), (dtype, m, k, n, ta, tb)
+            if dtype == "float32":
+                got16 = st.ops.matmul(a[1].astype("bfloat16"), b[1].astype("bfloat16"))
+                ref16 = st.ops.matmul(a[1].astype("bfloat16").astype("float32"),
+                                      b[1].astype("bfloat16").astype("float32"))
+                assert np.array_equal(got16.astype("float32").numpy(),
+                                      ref16.astype("bfloat16").astype("float32").numpy())
     print("ok")
 """)
 

@@ -7,7 +7,10 @@
 // micro-kernel is picked once at run time: AVX-512F, else AVX2+FMA, else portable C++
 // (x86-64 only: the instruction-set files are built with x86 flags). Threads split C into
 // row blocks × column slivers; products too small to repay waking the OpenMP team run on
-// the calling thread, and batches of such products run one per thread.
+// the calling thread, and batches of such products run one per thread. float16/bfloat16
+// operands are widened to float while they are packed, so the product runs the float
+// kernel with float accumulation and no widened copy of A or B ever exists; C is
+// accumulated in a float block and rounded once.
 #include <omp.h>
 
 #include <algorithm>
@@ -20,6 +23,7 @@
 #include "gemm_kernels.h"
 #include "gemm_microkernel.h"
 #include "gemm_source.h"
+#include "loops.h"
 #include "steepest/kernels.h"
 
 namespace steepest::cpu {
@@ -87,13 +91,15 @@ class PackBuffer {
   size_t capacity_ = 0;
 };
 
-// One product C = alpha · op(A) · op(B) + beta · C.
-template <class T>
+// One product C = alpha · op(A) · op(B) + beta · C, computed in T from operands stored
+// as S (T itself, or a 16-bit type widened to T by the packing).
+template <class T, class S = T>
 struct Product {
-  const T* a;
+  using Storage = S;
+  const S* a;
   int64_t lda;
   bool trans_a;
-  const T* b;
+  const S* b;
   int64_t ldb;
   bool trans_b;
   T* c;
@@ -112,8 +118,8 @@ Range split(int64_t count, int64_t i, int64_t parts) {
 }
 
 // C = beta · C, with beta == 0 writing zeros (C may hold NaN or garbage).
-template <class T>
-void scale_c(const Product<T>& p) {
+template <class T, class S>
+void scale_c(const Product<T, S>& p) {
   for (int64_t i = 0; i < p.m; ++i) {
     T* row = p.c + i * p.ldc;
     if (p.beta == T(0))
@@ -125,8 +131,8 @@ void scale_c(const Product<T>& p) {
 
 template <class T, Isa isa>
 struct Driver {
-  using S = Shape<T, isa>;
-  static constexpr int kMr = S::kMr, kNr = S::kNr;
+  using Blocking = Shape<T, isa>;
+  static constexpr int kMr = Blocking::kMr, kNr = Blocking::kNr;
 
   static void kernel(int64_t kc, const T* a, const T* b, int64_t ldb, T* c, int64_t ldc,
                      T alpha, T beta) {
@@ -142,8 +148,9 @@ struct Driver {
   // each sliver of B then feeds too few tiles to repay copying it (measured with the
   // digits MLP's 32-row products; beyond 4·MR rows packing wins on 1024-wide B).
   static constexpr int64_t kDirectRows = 4 * kMr;
-  static bool direct_b(const Product<T>& p) {
-    return !p.b_source && !p.trans_b && p.m <= kDirectRows;
+  template <class S>
+  static bool direct_b(const Product<T, S>& p) {
+    return std::is_same_v<S, T> && !p.b_source && !p.trans_b && p.m <= kDirectRows;
   }
 
   // dst[k·width + i] = src[i·ld + k] for k < kc, i < rows; 0 for rows <= i < width.
@@ -162,29 +169,44 @@ struct Driver {
     }
   }
 
+  // The same from 16-bit rows, widened first into a per-thread scratch of rows × kc.
+  template <class S, class = std::enable_if_t<!std::is_same_v<S, T>>>
+  static void pack_transposed(const S* src, int64_t ld, int64_t rows, int width, int64_t kc,
+                              T* dst) {
+    thread_local PackBuffer<T> scratch;
+    T* widened = scratch.get(static_cast<size_t>(std::max<int64_t>(rows, 1) * kc));
+    for (int64_t i = 0; i < rows; ++i) load_compute(src + i * ld, widened + i * kc, kc);
+    pack_transposed(static_cast<const T*>(widened), kc, rows, width, kc, dst);
+  }
+
   // Slivers [s0, s1) of `width` columns each, from a row-major source whose first `cols`
   // columns are valid (the rest pack as 0): dst[(s·kc + k)·width + i] = src[k·ld + s·width + i].
   // Rows of the source are read in order, which the hardware prefetcher follows.
-  template <int width>
-  static void pack_copied(const T* src, int64_t ld, int64_t cols, int64_t s0, int64_t s1,
+  template <int width, class S>
+  static void pack_copied(const S* src, int64_t ld, int64_t cols, int64_t s0, int64_t s1,
                           int64_t kc, T* dst) {
     for (int64_t k = 0; k < kc; ++k, src += ld) {
       for (int64_t s = s0; s < s1; ++s) {
         T* d = dst + (s * kc + k) * width;
-        const T* row = src + s * width;
+        const S* row = src + s * width;
         const int64_t valid = std::min<int64_t>(width, cols - s * width);
-        if (valid == width) {
-          for (int i = 0; i < width; ++i) d[i] = row[i];
-        } else {
+        if constexpr (std::is_same_v<S, T>) {
+          if (valid == width) {
+            for (int i = 0; i < width; ++i) d[i] = row[i];
+            continue;
+          }
           for (int64_t i = 0; i < valid; ++i) d[i] = row[i];
-          for (int64_t i = valid; i < width; ++i) d[i] = T(0);
+        } else {
+          load_compute(row, d, valid);
         }
+        for (int64_t i = valid; i < width; ++i) d[i] = T(0);
       }
     }
   }
 
   // Rows [i0, i0+mc) × depth [k0, k0+kc) of op(A) as MR-row slivers, k-major.
-  static void pack_a(const Product<T>& p, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
+  template <class S>
+  static void pack_a(const Product<T, S>& p, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
                      T* dst) {
     const int64_t slivers = (mc + kMr - 1) / kMr;
     // op(A)(i, k) is A(k, i) when transposed: each step of k is then a row of A.
@@ -199,13 +221,16 @@ struct Driver {
 
   // Slivers [s0, s1) of the depth [k0, k0+kc) × columns [j0, j0+nc) panel of op(B), each
   // NR columns wide, k-major.
-  static void pack_b(const Product<T>& p, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
+  template <class S>
+  static void pack_b(const Product<T, S>& p, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
                      int64_t s0, int64_t s1, T* panel) {
-    if (p.b_source) {
-      for (int64_t s = s0; s < s1; ++s)
-        p.b_source->pack(k0, kc, j0 + s * kNr, std::min<int64_t>(kNr, nc - s * kNr), kNr,
-                         panel + s * kNr * kc);
-      return;
+    if constexpr (std::is_same_v<S, T>) {
+      if (p.b_source) {
+        for (int64_t s = s0; s < s1; ++s)
+          p.b_source->pack(k0, kc, j0 + s * kNr, std::min<int64_t>(kNr, nc - s * kNr), kNr,
+                           panel + s * kNr * kc);
+        return;
+      }
     }
     if (!p.trans_b) {
       pack_copied<kNr>(p.b + k0 * p.ldb + j0, p.ldb, nc, s0, s1, kc, panel);
@@ -237,23 +262,24 @@ struct Driver {
   }
 
   static size_t panel_size(int64_t n, int64_t k) {
-    const int64_t nc = std::min<int64_t>(S::kNc, (n + kNr - 1) / kNr * kNr);
-    return static_cast<size_t>(std::min<int64_t>(S::kKc, k) * nc);
+    const int64_t nc = std::min<int64_t>(Blocking::kNc, (n + kNr - 1) / kNr * kNr);
+    return static_cast<size_t>(std::min<int64_t>(Blocking::kKc, k) * nc);
   }
 
   // C fits one MC block: each thread packs all of A once per depth step and then each
   // of its B slivers just before the tiles that use it, so a sliver goes from packing to
   // the kernel through L1/L2 instead of through a KC×NC panel in memory, and threads
   // never wait for each other. A row-major B with few rows of C is not packed at all.
-  static void run_streamed(const Product<T>& p, int t, int threads) {
+  template <class S>
+  static void run_streamed(const Product<T, S>& p, int t, int threads) {
     thread_local PackBuffer<T> a_buffer, b_buffer;
-    const int64_t max_kc = std::min<int64_t>(S::kKc, p.k);
-    T* ap = a_buffer.get(static_cast<size_t>(S::kMc * max_kc));
+    const int64_t max_kc = std::min<int64_t>(Blocking::kKc, p.k);
+    T* ap = a_buffer.get(static_cast<size_t>(Blocking::kMc * max_kc));
     T* bp = b_buffer.get(static_cast<size_t>(kNr * max_kc));
     const bool direct = direct_b(p);
     const Range mine = split((p.n + kNr - 1) / kNr, t, threads);
-    for (int64_t pc = 0; pc < p.k; pc += S::kKc) {
-      const int64_t kc = std::min<int64_t>(S::kKc, p.k - pc);
+    for (int64_t pc = 0; pc < p.k; pc += Blocking::kKc) {
+      const int64_t kc = std::min<int64_t>(Blocking::kKc, p.k - pc);
       // Later depth steps add onto the partial sums already in C.
       const T beta = pc == 0 ? p.beta : T(1);
       pack_a(p, 0, p.m, pc, kc, ap);
@@ -261,12 +287,15 @@ struct Driver {
         const int64_t j = s * kNr, cols = std::min<int64_t>(kNr, p.n - j);
         const T* b = bp;
         int64_t ldb = kNr;
-        if (direct && cols == kNr) {
-          b = p.b + pc * p.ldb + j;
-          ldb = p.ldb;
-        } else {
-          pack_b(p, pc, kc, j, cols, 0, 1, bp);
+        bool in_place = false;
+        if constexpr (std::is_same_v<S, T>) {
+          if (direct && cols == kNr) {
+            b = p.b + pc * p.ldb + j;
+            ldb = p.ldb;
+            in_place = true;
+          }
         }
+        if (!in_place) pack_b(p, pc, kc, j, cols, 0, 1, bp);
         for (int64_t ir = 0; ir < p.m; ir += kMr)
           tile(kc, ap + ir * kc, b, ldb, std::min<int64_t>(kMr, p.m - ir), cols,
                p.c + ir * p.ldc + j, p.ldc, p.alpha, beta);
@@ -278,19 +307,20 @@ struct Driver {
   // threads together) and each MC block of its rows, the tiles of its column slivers.
   // panels[0..1] alternate between consecutive panels so that one barrier per panel
   // keeps packing and compute apart.
-  static void run_panels(const Product<T>& p, int t, int threads, int tm, T* const panels[2]) {
+  template <class S>
+  static void run_panels(const Product<T, S>& p, int t, int threads, int tm, T* const panels[2]) {
     thread_local PackBuffer<T> a_buffer;
     const int tn = threads / tm;
     const Range rows = split((p.m + kMr - 1) / kMr, t / tn, tm);
     const int64_t row_begin = rows.begin * kMr, row_end = std::min(p.m, rows.end * kMr);
-    T* ap = a_buffer.get(static_cast<size_t>(S::kMc * std::min<int64_t>(S::kKc, p.k)));
+    T* ap = a_buffer.get(static_cast<size_t>(Blocking::kMc * std::min<int64_t>(Blocking::kKc, p.k)));
     int parity = 0;
-    for (int64_t jc = 0; jc < p.n; jc += S::kNc) {
-      const int64_t nc = std::min<int64_t>(S::kNc, p.n - jc);
+    for (int64_t jc = 0; jc < p.n; jc += Blocking::kNc) {
+      const int64_t nc = std::min<int64_t>(Blocking::kNc, p.n - jc);
       const int64_t slivers = (nc + kNr - 1) / kNr;
       const Range mine = split(slivers, t % tn, tn);
-      for (int64_t pc = 0; pc < p.k; pc += S::kKc) {
-        const int64_t kc = std::min<int64_t>(S::kKc, p.k - pc);
+      for (int64_t pc = 0; pc < p.k; pc += Blocking::kKc) {
+        const int64_t kc = std::min<int64_t>(Blocking::kKc, p.k - pc);
         T* bp = panels[parity];
         parity ^= 1;
         const Range packed = split(slivers, t, threads);
@@ -299,8 +329,8 @@ struct Driver {
 #pragma omp barrier
         }
         const T beta = pc == 0 ? p.beta : T(1);
-        for (int64_t ic = row_begin; ic < row_end; ic += S::kMc) {
-          const int64_t mc = std::min<int64_t>(S::kMc, row_end - ic);
+        for (int64_t ic = row_begin; ic < row_end; ic += Blocking::kMc) {
+          const int64_t mc = std::min<int64_t>(Blocking::kMc, row_end - ic);
           pack_a(p, ic, mc, pc, kc, ap);
           for (int64_t s = mine.begin; s < mine.end; ++s) {
             const int64_t j = jc + s * kNr, cols = std::min<int64_t>(kNr, jc + nc - j);
@@ -333,13 +363,14 @@ struct Driver {
     }
   }
 
-  static void product(const Product<T>& p, int threads) {
+  template <class S>
+  static void product(const Product<T, S>& p, int threads) {
     if (p.m == 0 || p.n == 0) return;
     if (p.k == 0 || p.alpha == T(0)) {
       scale_c(p);
       return;
     }
-    if (p.m <= S::kMc) {
+    if (p.m <= Blocking::kMc) {
       // Threads share out the column slivers; more threads than slivers would only wait.
       threads = static_cast<int>(std::min<int64_t>(threads, (p.n + kNr - 1) / kNr));
       if (threads <= 1) {
@@ -371,26 +402,45 @@ int threads_for(double work) {
   return static_cast<int>(std::min<double>(omp_get_max_threads(), useful));
 }
 
-template <class T, class D>
+// The batch of products, each on `threads` threads or, when products are too small to
+// split, one per thread. With 16-bit storage each running product accumulates C in its
+// own float block (allocated here, so memory_stats sees it) and rounds it into C once.
+template <class T, class S, class D>
 void gemm_batched(D, const GemmArgs& g) {
-  const T* a = static_cast<const T*>(g.a);
-  const T* b = static_cast<const T*>(g.b);
-  T* c = static_cast<T*>(g.c);
-  auto product = [&](int64_t i) {
-    return Product<T>{a + i * g.stride_a, g.lda, g.trans_a, b + i * g.stride_b, g.ldb,
-                      g.trans_b, c + i * g.stride_c, g.ldc, g.m, g.n, g.k,
-                      static_cast<T>(g.alpha), static_cast<T>(g.beta), nullptr};
-  };
+  const S* a = static_cast<const S*>(g.a);
+  const S* b = static_cast<const S*>(g.b);
+  S* c = static_cast<S*>(g.c);
+  const T alpha = static_cast<T>(g.alpha), beta = static_cast<T>(g.beta);
   const double work = double(g.m) * double(g.n) * double(g.k);
   const int per_product = threads_for(work);
   const int over_batch = std::min<int64_t>(threads_for(work * double(g.batch)), g.batch);
-  if (g.batch > 1 && over_batch > per_product) {
-    // Products too small to split: one thread each.
+  const bool split_batch = g.batch > 1 && over_batch > per_product;
+  constexpr bool kWidens = !std::is_same_v<S, T>;
+  Tensor blocks;
+  if constexpr (kWidens)
+    blocks = Tensor::empty({split_batch ? over_batch : 1, g.m, g.n}, DTypeOf<T>::value, Device{});
+  auto run = [&](int64_t i, int slot, int threads) {
+    S* ci = c + i * g.stride_c;
+    if constexpr (kWidens) {
+      T* block = static_cast<T*>(blocks.data_ptr()) + slot * g.m * g.n;
+      if (beta != T(0))
+        for (int64_t r = 0; r < g.m; ++r) load_compute(ci + r * g.ldc, block + r * g.n, g.n);
+      D::product(Product<T, S>{a + i * g.stride_a, g.lda, g.trans_a, b + i * g.stride_b, g.ldb,
+                               g.trans_b, block, g.n, g.m, g.n, g.k, alpha, beta, nullptr},
+                 threads);
+      for (int64_t r = 0; r < g.m; ++r) store_compute(block + r * g.n, ci + r * g.ldc, g.n);
+    } else {
+      D::product(Product<T>{a + i * g.stride_a, g.lda, g.trans_a, b + i * g.stride_b, g.ldb,
+                            g.trans_b, ci, g.ldc, g.m, g.n, g.k, alpha, beta, nullptr},
+                 threads);
+    }
+  };
+  if (split_batch) {
 #pragma omp parallel for num_threads(over_batch) schedule(static)
-    for (int64_t i = 0; i < g.batch; ++i) D::product(product(i), 1);
+    for (int64_t i = 0; i < g.batch; ++i) run(i, omp_get_thread_num(), 1);
     return;
   }
-  for (int64_t i = 0; i < g.batch; ++i) D::product(product(i), per_product);
+  for (int64_t i = 0; i < g.batch; ++i) run(i, 0, per_product);
 }
 
 // Calls fn(Driver<T, isa>{}) for the kernel this CPU runs.
@@ -419,9 +469,10 @@ void gemm_from_source(const GemmArgs& g, const GemmSource<T>& b) {
 }  // namespace
 
 void gemm(const GemmArgs& args) {
-  dispatch_float("matmul", args.dtype, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    with_driver<T>([&](auto driver) { gemm_batched<T>(driver, args); });
+  dispatch_float_storage("matmul", args.dtype, [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using T = typename decltype(tag)::compute;
+    with_driver<T>([&](auto driver) { gemm_batched<T, S>(driver, args); });
   });
 }
 

@@ -1,6 +1,6 @@
 // matmul with numpy semantics (1-D promotion, broadcast batch axes) on top of one
 // strided batched GEMM call; transposed operands are passed as flags, not copies.
-// float16/bfloat16 operands go through the float32 GEMM (see matmul_nd).
+// float16/bfloat16 operands are multiplied with float32 accumulation (see matmul_nd).
 #include "backward.h"
 #include "internal.h"
 
@@ -130,20 +130,11 @@ Tensor gemm_product(const Tensor& a, const Tensor& b) {
   return out;
 }
 
-// The seed's mixed precision (混合精度训练) computes products of 16-bit operands with
-// float32 accumulation. The GEMM kernels are float32/float64 only, so the 16-bit path
-// lives here: both operands are widened to float32 (exact), multiplied by the float32
-// GEMM, and the result is rounded once to the operands' dtype — what a tensor-core GEMM
-// with fp32 accumulation returns. The node saves the 16-bit operands, so the memory
-// kept for backward is halved; its products (MatmulBackward) take this path again.
+// The seed's mixed precision (混合精度训练): float16/bfloat16 operands go to the GEMM as
+// they are; it accumulates in float32 and rounds the result once, as a tensor-core GEMM
+// does. The node saves the 16-bit operands, so the memory kept for backward is halved.
 Tensor matmul_nd(const Tensor& a, const Tensor& b) {
-  Tensor out;
-  if (is_half_float(a.dtype())) {
-    Tensor product = gemm_product(astype(a.detach(), DType::Float32), astype(b.detach(), DType::Float32));
-    out = astype(product, a.dtype());
-  } else {
-    out = gemm_product(a.detach(), b.detach());
-  }
+  Tensor out = gemm_product(a.detach(), b.detach());
   record<MatmulBackward>(out, {&a, &b}, a, b);
   return out;
 }
