@@ -648,6 +648,24 @@ def test_compile_takes_the_policy(policy):
     assert f"Dtype policy: {policy} (variables float32, compute {compute})" in lines
 
 
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_a_layer_takes_the_policy_it_was_built_under(policy):
+    # Keras: a layer used on its own computes under the global policy of its construction
+    # and keeps float32 weights; the cast of the weights is differentiable.
+    st.mixed_precision.set_global_policy(policy)
+    dense = st.layers.Dense(3)
+    st.mixed_precision.set_global_policy("float32")
+    compute = st.mixed_precision.Policy(policy).compute_dtype
+    assert dense.dtype_policy.name == policy and dense.compute_dtype == compute
+    x = st.tensor(np.ones((2, 4), np.float32))
+    y = dense(x)
+    assert y.dtype == compute
+    assert all(w.dtype == "float32" for w in dense.weights.values())
+    st.ops.sum(y.astype("float32")).backward()
+    assert dense.weights["kernel"].grad.dtype == "float32"
+    assert st.layers.Dense(3).compute_dtype == "float32"
+
+
 def test_fit_skips_overflowing_steps_and_backs_off():
     model, (x, y), _ = _digits_model("mlp", "mixed_float16")
     model.loss_scaler.load_state_dict({**model.loss_scaler.state_dict(), "scale": 2.0**30})

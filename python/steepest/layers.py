@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _core
+from . import _core, mixed_precision
 from ._core import Tensor
 
 _model = _core.model
@@ -51,13 +51,27 @@ def _regularizer(owner: str, regularizer: Any) -> Tuple[float, float]:
 
 
 class Layer:
-    """Base class. ``layer(x, training=False)`` runs the layer eagerly (with autograd)."""
+    """Base class. ``layer(x, training=False)`` runs the layer eagerly (with autograd).
 
-    _impl: Any
+    As in Keras, a layer takes the global mixed-precision policy in force when it is
+    constructed (``st.mixed_precision.set_global_policy``): used on its own it computes
+    in that policy's dtype. A model applies its own policy to its layers: float32 until
+    ``compile``, then the global policy at compile time.
+    """
 
     def __init__(self, name: Optional[str], config: Dict[str, Any]) -> None:
         self.name = name or _unique_name(_snake(type(self).__name__))
         self._config = config
+        self._construction_policy = mixed_precision.global_policy()
+
+    @property
+    def _impl(self) -> Any:
+        return self._core_layer
+
+    @_impl.setter
+    def _impl(self, core_layer: Any) -> None:
+        core_layer.compute_dtype = self._construction_policy.compute_dtype
+        self._core_layer = core_layer
 
     def get_config(self) -> Dict[str, Any]:
         """The constructor arguments (JSON-serialisable) that rebuild this layer."""
@@ -77,14 +91,19 @@ class Layer:
 
     @property
     def compute_dtype(self) -> str:
-        """The dtype the forward pass computes in: the policy of the model that
-        compiled this layer (st.mixed_precision), float32 before."""
+        """The dtype the forward pass computes in (see the class docstring)."""
         return self._impl.compute_dtype
 
     @property
     def variable_dtype(self) -> str:
         """The dtype of the weights: float32 under every policy (the master copy)."""
         return "float32"
+
+    @property
+    def dtype_policy(self) -> "mixed_precision.Policy":
+        """The policy the layer computes under now (see the class docstring)."""
+        names = {"float32": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+        return mixed_precision.Policy(names[self.compute_dtype])
 
     def count_params(self) -> int:
         return sum(w.numel() for w in self.weights.values())
