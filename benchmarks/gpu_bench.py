@@ -3,13 +3,16 @@
 1. Copy bandwidth: a 1 GiB device-to-device copy (read + write counted), steepest's copy
    kernel and torch's copy_; the larger is the yardstick for the memory-bound kernels.
 2. GEMM TFLOP/s for square float32 products, steepest (cuBLAS through its dlopen'ed
-   GEMM) vs torch.matmul, with TF32 off (the default) and on; bf16 is reported for
-   torch only until steepest has bf16 kernels.
+   GEMM) vs torch.matmul, with TF32 off (the default) and on, and in bfloat16 (cuBLAS
+   with 16-bit inputs and float32 accumulation on both sides).
 3. One fused AdamW step on 100M float32 parameters (one tensor, and 100 tensors of 1M):
    GB/s moved (28 bytes per parameter) and its fraction of the copy bandwidth, beside
    torch.optim.AdamW(fused=True).
 4. One training step (forward, backward, AdamW) of a 4-layer 4096-wide ReLU MLP at
-   batch 1024 with softmax cross-entropy, steepest ops vs PyTorch eager.
+   batch 1024 with softmax cross-entropy, steepest ops vs PyTorch eager: in float32
+   (TF32 off and on), and mixed bfloat16 (float32 master weights cast to bfloat16 in the
+   forward pass, loss in float32; torch.autocast on the PyTorch side). The issue's check
+   is steepest's bf16 step faster than its float32 step.
 
 Times are the median of timed repeats after warm-up, each block closed by a device
 synchronisation. Writes a JSON report when --out is given.
@@ -88,7 +91,9 @@ def gemm(torch, sizes: list[int], repeats: int) -> list[dict[str, float]]:
         ha, hb = ta.bfloat16(), tb.bfloat16()
         seconds = timed(lambda ha=ha, hb=hb: ha @ hb, torch.cuda.synchronize, repeats)
         row["torch_bf16_tflops"] = flops / seconds / 1e12
-        row["steepest_bf16_tflops"] = None  # no bf16 kernels yet
+        sa, sb = a.astype("bfloat16"), b.astype("bfloat16")
+        seconds = timed(lambda sa=sa, sb=sb: ops.matmul(sa, sb), st_sync, repeats)
+        row["steepest_bf16_tflops"] = flops / seconds / 1e12
         rows.append(row)
     return rows
 
@@ -141,13 +146,16 @@ def mlp_step(torch, width: int, depth: int, batch: int, repeats: int) -> dict[st
     params = ws + bs
     opt = st.optimizers.AdamW(learning_rate=1e-4)
 
-    def step_st() -> None:
-        h = x
+    def step_st(compute: str = "float32") -> None:
+        h = x.astype(compute) if compute != "float32" else x
         for i in range(depth):
-            h = ops.linear(h, ws[i], bs[i])
+            if compute == "float32":
+                h = ops.linear(h, ws[i], bs[i])
+            else:  # what a layer does under a mixed policy
+                h = ops.linear(h, ws[i].astype(compute), bs[i].astype(compute))
             if i < depth - 1:
                 h = ops.relu(h)
-        loss = ops.cross_entropy(h, labels)
+        loss = ops.cross_entropy(h.astype("float32") if compute != "float32" else h, labels)
         for p in params:
             p.grad = None
         loss.backward()
@@ -159,13 +167,14 @@ def mlp_step(torch, width: int, depth: int, batch: int, repeats: int) -> dict[st
     tbs = [torch.zeros(width, device="cuda", requires_grad=True) for _ in range(depth)]
     t_opt = torch.optim.AdamW(tws + tbs, lr=1e-4)
 
-    def step_torch() -> None:
-        h = tx
-        for i in range(depth):
-            h = h @ tws[i] + tbs[i]
-            if i < depth - 1:
-                h = torch.relu(h)
-        loss = torch.nn.functional.cross_entropy(h, tlabels)
+    def step_torch(autocast: bool = False) -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            h = tx
+            for i in range(depth):
+                h = torch.nn.functional.linear(h, tws[i].t(), tbs[i])
+                if i < depth - 1:
+                    h = torch.relu(h)
+        loss = torch.nn.functional.cross_entropy(h.float(), tlabels)
         t_opt.zero_grad(set_to_none=True)
         loss.backward()
         t_opt.step()
@@ -179,6 +188,10 @@ def mlp_step(torch, width: int, depth: int, batch: int, repeats: int) -> dict[st
         result[f"torch_{tag}_ms"] = timed(step_torch, torch.cuda.synchronize, repeats) * 1e3
     st._core.set_allow_tf32(False)
     torch.backends.cuda.matmul.allow_tf32 = False
+    result["steepest_bf16_ms"] = timed(lambda: step_st("bfloat16"), st_sync, repeats) * 1e3
+    result["torch_autocast_bf16_ms"] = timed(lambda: step_torch(True), torch.cuda.synchronize,
+                                             repeats) * 1e3
+    result["steepest_bf16_vs_fp32"] = result["steepest_fp32_ms"] / result["steepest_bf16_ms"]
     return result
 
 
