@@ -57,19 +57,25 @@ void micro_kernel_scalar(int64_t kc, const T* a, const T* b, int64_t ldb, T* c, 
   gemm_detail::micro_kernel<ScalarOps<T>, S::kMr, S::kNr>(kc, a, b, ldb, c, ldc, alpha, beta);
 }
 
-// The best kernel the CPU runs; STEEPEST_GEMM_ISA=avx2|scalar caps it so the tests can
-// check the fallback kernels on a machine that has AVX-512.
+// The best kernel the CPU runs (Avx512Bf16 only serves bfloat16 operands; the others
+// then use Avx512). STEEPEST_GEMM_ISA=avx512|avx2|scalar caps it so the tests can check
+// the fallback kernels on a machine that has more.
 Isa detect_isa() {
   __builtin_cpu_init();
   Isa isa = Isa::Scalar;
   if (__builtin_cpu_supports("avx512f"))
-    isa = Isa::Avx512;
+    isa = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16")
+              ? Isa::Avx512Bf16
+              : Isa::Avx512;
   else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
     isa = Isa::Avx2;
   const char* cap = std::getenv("STEEPEST_GEMM_ISA");
-  if (cap && std::strcmp(cap, "scalar") == 0) return Isa::Scalar;
-  if (cap && std::strcmp(cap, "avx2") == 0 && isa == Isa::Avx512) return Isa::Avx2;
-  return isa;
+  if (!cap) return isa;
+  const Isa capped = std::strcmp(cap, "scalar") == 0  ? Isa::Scalar
+                     : std::strcmp(cap, "avx2") == 0  ? Isa::Avx2
+                     : std::strcmp(cap, "avx512") == 0 ? Isa::Avx512
+                                                       : isa;
+  return std::min(isa, capped);
 }
 
 template <class T>
@@ -133,10 +139,22 @@ template <class T, Isa isa>
 struct Driver {
   using Blocking = Shape<T, isa>;
   static constexpr int kMr = Blocking::kMr, kNr = Blocking::kNr;
+  // Avx512Bf16 packs bfloat16 bits as k-pairs (gemm_avx512.cpp), padding an odd depth.
+  static constexpr bool kPairs = isa == Isa::Avx512Bf16;
+  using Packed = std::conditional_t<kPairs, uint16_t, T>;
+  static int64_t packed_depth(int64_t kc) { return kPairs ? (kc + 1) / 2 * 2 : kc; }
 
-  static void kernel(int64_t kc, const T* a, const T* b, int64_t ldb, T* c, int64_t ldc,
-                     T alpha, T beta) {
-    if constexpr (isa == Isa::Avx512)
+  template <class S>
+  static const uint16_t* bits(const S* p) {
+    static_assert(std::is_same_v<S, BFloat16>, "k-pairs are packed from bfloat16 only");
+    return reinterpret_cast<const uint16_t*>(p);
+  }
+
+  static void kernel(int64_t kc, const Packed* a, const Packed* b, int64_t ldb, T* c,
+                     int64_t ldc, T alpha, T beta) {
+    if constexpr (kPairs)
+      gemm_detail::micro_kernel_avx512_bf16(kc, a, b, c, ldc, alpha, beta);
+    else if constexpr (isa == Isa::Avx512)
       gemm_detail::micro_kernel_avx512(kc, a, b, ldb, c, ldc, alpha, beta);
     else if constexpr (isa == Isa::Avx2)
       gemm_detail::micro_kernel_avx2(kc, a, b, ldb, c, ldc, alpha, beta);
@@ -207,8 +225,27 @@ struct Driver {
   // Rows [i0, i0+mc) × depth [k0, k0+kc) of op(A) as MR-row slivers, k-major.
   template <class S>
   static void pack_a(const Product<T, S>& p, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
-                     T* dst) {
+                     Packed* dst) {
     const int64_t slivers = (mc + kMr - 1) / kMr;
+    if constexpr (kPairs) {
+      const int64_t depth = packed_depth(kc);
+      for (int64_t s = 0; s < slivers; ++s) {
+        const int64_t rows = std::min<int64_t>(kMr, mc - s * kMr), i = i0 + s * kMr;
+        if (p.trans_a)
+          gemm_detail::pack_pairs_across_rows_avx512(bits(p.a) + k0 * p.lda + i, p.lda, rows,
+                                                     kMr, kc, dst + s * kMr * depth);
+        else
+          gemm_detail::pack_pairs_along_rows_avx512(bits(p.a) + i * p.lda + k0, p.lda, rows,
+                                                    kMr, kc, dst + s * kMr * depth, kMr);
+      }
+    } else {
+      pack_a_widened(p, i0, mc, k0, kc, slivers, dst);
+    }
+  }
+
+  template <class S>
+  static void pack_a_widened(const Product<T, S>& p, int64_t i0, int64_t mc, int64_t k0,
+                             int64_t kc, int64_t slivers, T* dst) {
     // op(A)(i, k) is A(k, i) when transposed: each step of k is then a row of A.
     if (p.trans_a) {
       pack_copied<kMr>(p.a + k0 * p.lda + i0, p.lda, mc, 0, slivers, kc, dst);
@@ -223,7 +260,31 @@ struct Driver {
   // NR columns wide, k-major.
   template <class S>
   static void pack_b(const Product<T, S>& p, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
-                     int64_t s0, int64_t s1, T* panel) {
+                     int64_t s0, int64_t s1, Packed* panel) {
+    if constexpr (kPairs) {
+      const int64_t depth = packed_depth(kc);
+      for (int64_t s = s0; s < s1; ++s) {
+        const int64_t cols = std::min<int64_t>(kNr, nc - s * kNr), j = j0 + s * kNr;
+        Packed* dst = panel + s * kNr * depth;
+        if (!p.trans_b) {
+          gemm_detail::pack_pairs_across_rows_avx512(bits(p.b) + k0 * p.ldb + j, p.ldb, cols,
+                                                     kNr, kc, dst);
+          continue;
+        }
+        // Along rows, one call packs at most 16 columns.
+        for (int64_t h = 0; h < kNr; h += 16)
+          gemm_detail::pack_pairs_along_rows_avx512(
+              bits(p.b) + (j + h) * p.ldb + k0, p.ldb, std::clamp<int64_t>(cols - h, 0, 16), 16,
+              kc, dst + 2 * h, kNr);
+      }
+    } else {
+      pack_b_widened(p, k0, kc, j0, nc, s0, s1, panel);
+    }
+  }
+
+  template <class S>
+  static void pack_b_widened(const Product<T, S>& p, int64_t k0, int64_t kc, int64_t j0,
+                             int64_t nc, int64_t s0, int64_t s1, T* panel) {
     if constexpr (std::is_same_v<S, T>) {
       if (p.b_source) {
         for (int64_t s = s0; s < s1; ++s)
@@ -263,7 +324,7 @@ struct Driver {
 
   static size_t panel_size(int64_t n, int64_t k) {
     const int64_t nc = std::min<int64_t>(Blocking::kNc, (n + kNr - 1) / kNr * kNr);
-    return static_cast<size_t>(std::min<int64_t>(Blocking::kKc, k) * nc);
+    return static_cast<size_t>(packed_depth(std::min<int64_t>(Blocking::kKc, k)) * nc);
   }
 
   // C fits one MC block: each thread packs all of A once per depth step and then each
@@ -272,10 +333,10 @@ struct Driver {
   // never wait for each other. A row-major B with few rows of C is not packed at all.
   template <class S>
   static void run_streamed(const Product<T, S>& p, int t, int threads) {
-    thread_local PackBuffer<T> a_buffer, b_buffer;
-    const int64_t max_kc = std::min<int64_t>(Blocking::kKc, p.k);
-    T* ap = a_buffer.get(static_cast<size_t>(Blocking::kMc * max_kc));
-    T* bp = b_buffer.get(static_cast<size_t>(kNr * max_kc));
+    thread_local PackBuffer<Packed> a_buffer, b_buffer;
+    const int64_t max_depth = packed_depth(std::min<int64_t>(Blocking::kKc, p.k));
+    Packed* ap = a_buffer.get(static_cast<size_t>(Blocking::kMc * max_depth));
+    Packed* bp = b_buffer.get(static_cast<size_t>(kNr * max_depth));
     const bool direct = direct_b(p);
     const Range mine = split((p.n + kNr - 1) / kNr, t, threads);
     for (int64_t pc = 0; pc < p.k; pc += Blocking::kKc) {
@@ -285,7 +346,7 @@ struct Driver {
       pack_a(p, 0, p.m, pc, kc, ap);
       for (int64_t s = mine.begin; s < mine.end; ++s) {
         const int64_t j = s * kNr, cols = std::min<int64_t>(kNr, p.n - j);
-        const T* b = bp;
+        const Packed* b = bp;
         int64_t ldb = kNr;
         bool in_place = false;
         if constexpr (std::is_same_v<S, T>) {
@@ -297,7 +358,7 @@ struct Driver {
         }
         if (!in_place) pack_b(p, pc, kc, j, cols, 0, 1, bp);
         for (int64_t ir = 0; ir < p.m; ir += kMr)
-          tile(kc, ap + ir * kc, b, ldb, std::min<int64_t>(kMr, p.m - ir), cols,
+          tile(kc, ap + ir * packed_depth(kc), b, ldb, std::min<int64_t>(kMr, p.m - ir), cols,
                p.c + ir * p.ldc + j, p.ldc, p.alpha, beta);
       }
     }
@@ -308,12 +369,14 @@ struct Driver {
   // panels[0..1] alternate between consecutive panels so that one barrier per panel
   // keeps packing and compute apart.
   template <class S>
-  static void run_panels(const Product<T, S>& p, int t, int threads, int tm, T* const panels[2]) {
-    thread_local PackBuffer<T> a_buffer;
+  static void run_panels(const Product<T, S>& p, int t, int threads, int tm,
+                         Packed* const panels[2]) {
+    thread_local PackBuffer<Packed> a_buffer;
     const int tn = threads / tm;
     const Range rows = split((p.m + kMr - 1) / kMr, t / tn, tm);
     const int64_t row_begin = rows.begin * kMr, row_end = std::min(p.m, rows.end * kMr);
-    T* ap = a_buffer.get(static_cast<size_t>(Blocking::kMc * std::min<int64_t>(Blocking::kKc, p.k)));
+    Packed* ap = a_buffer.get(
+        static_cast<size_t>(Blocking::kMc * packed_depth(std::min<int64_t>(Blocking::kKc, p.k))));
     int parity = 0;
     for (int64_t jc = 0; jc < p.n; jc += Blocking::kNc) {
       const int64_t nc = std::min<int64_t>(Blocking::kNc, p.n - jc);
@@ -321,7 +384,7 @@ struct Driver {
       const Range mine = split(slivers, t % tn, tn);
       for (int64_t pc = 0; pc < p.k; pc += Blocking::kKc) {
         const int64_t kc = std::min<int64_t>(Blocking::kKc, p.k - pc);
-        T* bp = panels[parity];
+        Packed* bp = panels[parity];
         parity ^= 1;
         const Range packed = split(slivers, t, threads);
         pack_b(p, pc, kc, jc, nc, packed.begin, packed.end, bp);
@@ -335,7 +398,8 @@ struct Driver {
           for (int64_t s = mine.begin; s < mine.end; ++s) {
             const int64_t j = jc + s * kNr, cols = std::min<int64_t>(kNr, jc + nc - j);
             for (int64_t ir = 0; ir < mc; ir += kMr)
-              tile(kc, ap + ir * kc, bp + s * kNr * kc, kNr, std::min<int64_t>(kMr, mc - ir),
+              tile(kc, ap + ir * packed_depth(kc), bp + s * kNr * packed_depth(kc), kNr,
+                   std::min<int64_t>(kMr, mc - ir),
                    cols, p.c + (ic + ir) * p.ldc + j, p.ldc, p.alpha, beta);
           }
         }
@@ -345,7 +409,8 @@ struct Driver {
 
   // One MR×NR tile; a partial tile is computed in full into a buffer (the packing made
   // the missing rows and columns zero) and only its valid part is merged into C.
-  static void tile(int64_t kc, const T* a, const T* b, int64_t ldb, int64_t rows, int64_t cols,
+  static void tile(int64_t kc, const Packed* a, const Packed* b, int64_t ldb, int64_t rows,
+                   int64_t cols,
                    T* c, int64_t ldc, T alpha, T beta) {
     if (rows == kMr && cols == kNr) {
       kernel(kc, a, b, ldb, c, ldc, alpha, beta);
@@ -381,10 +446,10 @@ struct Driver {
       run_streamed(p, omp_get_thread_num(), omp_get_num_threads());
       return;
     }
-    thread_local PackBuffer<T> b_buffer;
+    thread_local PackBuffer<Packed> b_buffer;
     const size_t size = panel_size(p.n, p.k);
-    T* const base = b_buffer.get(2 * size);
-    T* const panels[2] = {base, base + size};
+    Packed* const base = b_buffer.get(2 * size);
+    Packed* const panels[2] = {base, base + size};
     if (threads <= 1) {
       run_panels(p, 0, 1, 1, panels);
       return;
@@ -443,11 +508,14 @@ void gemm_batched(D, const GemmArgs& g) {
   for (int64_t i = 0; i < g.batch; ++i) run(i, 0, per_product);
 }
 
-// Calls fn(Driver<T, isa>{}) for the kernel this CPU runs.
-template <class T, class Fn>
+// Calls fn(Driver<T, isa>{}) for the kernel this CPU runs on operands stored as S.
+template <class T, class S = T, class Fn>
 void with_driver(Fn&& fn) {
   static const Isa isa = detect_isa();
   switch (isa) {
+    case Isa::Avx512Bf16:
+      if constexpr (std::is_same_v<S, BFloat16>) return fn(Driver<T, Isa::Avx512Bf16>{});
+      return fn(Driver<T, Isa::Avx512>{});
     case Isa::Avx512:
       return fn(Driver<T, Isa::Avx512>{});
     case Isa::Avx2:
@@ -472,7 +540,7 @@ void gemm(const GemmArgs& args) {
   dispatch_float_storage("matmul", args.dtype, [&](auto tag) {
     using S = typename decltype(tag)::type;
     using T = typename decltype(tag)::compute;
-    with_driver<T>([&](auto driver) { gemm_batched<T, S>(driver, args); });
+    with_driver<T, S>([&](auto driver) { gemm_batched<T, S>(driver, args); });
   });
 }
 

@@ -1,11 +1,15 @@
 // AVX-512F GEMM micro-kernels (8×32 float32, 8×16 float64: 16 zmm accumulators) and
 // the transposing pack (row-major A, transposed B) done as in-register 16×16 / 8×8
-// transposes, which is several times faster than element-wise copies.
-// Built with -mavx512f -mfma (CMakeLists.txt) and called only when the CPU reports
-// AVX-512F at run time (gemm.cpp).
-// NOTE: GCC 12 reports -Wmaybe-uninitialized inside its own AVX-512 shuffle intrinsics
-// (GCC PR105593, the `_mm512_undefined_*` pass-through); the pragma must precede the header.
+// transposes, which is several times faster than element-wise copies; and the bfloat16
+// kernel and packs for CPUs with AVX512_BF16 (8×32, float32 accumulators).
+// Built with -mavx512f -mfma (CMakeLists.txt; the bfloat16 functions add their own
+// target attribute) and called only when the CPU reports the features at run time
+// (gemm.cpp).
+// NOTE: GCC 12 reports -Wmaybe-uninitialized (-Wuninitialized where inlined into a
+// function with its own target attribute) inside its own AVX-512 shuffle intrinsics
+// (GCC PR105593, the `_mm512_undefined_*` pass-through); the pragmas must precede the header.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include "gemm_kernels.h"
@@ -133,7 +137,116 @@ void pack_transposed(const typename P::T* src, int64_t ld, int64_t rows, int64_t
   }
 }
 
+// --- bfloat16 pairs (AVX512_BF16) ------------------------------------------------------
+// VDPBF16PS multiplies the two bfloat16 halves of each 32-bit lane of two registers and
+// adds both products to the float32 lane of an accumulator: per instruction, two steps of
+// k for 16 columns. So both operands are packed as k-pairs: element (k, i) of a sliver of
+// width w sits at [(k/2 · w + i) · 2 + k%2], with a zero partner for an odd depth.
+
+#define STEEPEST_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+// The pairs of rows 2p and 2p+1 of a row-major block, interleaved column by column.
+alignas(64) constexpr uint16_t kInterleaveLow[32] = {
+    0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+    8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+alignas(64) constexpr uint16_t kInterleaveHigh[32] = {
+    16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+    24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+
+inline __mmask32 low_bits32(int64_t n) {
+  return n >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((uint32_t{1} << n) - 1);
+}
+
 }  // namespace
+
+STEEPEST_BF16_TARGET void pack_pairs_across_rows_avx512(const uint16_t* src, int64_t ld,
+                                                        int64_t cols, int64_t width, int64_t kc,
+                                                        uint16_t* dst) {
+  const __m512i low = _mm512_load_si512(kInterleaveLow);
+  const __m512i high = _mm512_load_si512(kInterleaveHigh);
+  for (int64_t k = 0; k < kc; k += 2, dst += 2 * width) {
+    const uint16_t* row0 = src + k * ld;
+    const bool has_partner = k + 1 < kc;
+    for (int64_t i0 = 0; i0 < width; i0 += 32) {
+      const __mmask32 valid = low_bits32(cols - i0 < 0 ? 0 : cols - i0);
+      const __m512i v0 = _mm512_maskz_loadu_epi16(valid, row0 + i0);
+      const __m512i v1 = has_partner ? _mm512_maskz_loadu_epi16(valid, row0 + ld + i0)
+                                     : _mm512_setzero_si512();
+      uint16_t* out = dst + 2 * i0;
+      const int64_t columns = width - i0 < 32 ? width - i0 : 32;
+      const __m512i first = _mm512_permutex2var_epi16(v0, low, v1);
+      if (columns == 32) {
+        _mm512_storeu_si512(out, first);
+        _mm512_storeu_si512(out + 32, _mm512_permutex2var_epi16(v0, high, v1));
+      } else {  // at most 16 columns: the first register holds them
+        _mm512_mask_storeu_epi16(out, low_bits32(2 * columns), first);
+      }
+    }
+  }
+}
+
+STEEPEST_BF16_TARGET void pack_pairs_along_rows_avx512(const uint16_t* src, int64_t ld,
+                                                       int64_t rows, int64_t width, int64_t kc,
+                                                       uint16_t* dst, int64_t dst_stride) {
+  const __mmask16 lanes = static_cast<__mmask16>((1u << width) - 1);
+  __m512 r[16];
+  for (int64_t k0 = 0; k0 < kc; k0 += 32) {
+    const int64_t depth = kc - k0 < 32 ? kc - k0 : 32;
+    const __mmask32 in = low_bits32(depth);
+    for (int i = 0; i < rows; ++i) __builtin_prefetch(src + i * ld + k0 + 128);
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i)
+      r[i] = i < rows ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(in, src + i * ld + k0))
+                      : _mm512_setzero_ps();
+    // Each 32-bit lane is one k-pair, so the pair-wise transpose is a float transpose.
+    transpose16(r);
+    const int64_t pairs = (depth + 1) / 2;
+    for (int64_t p = 0; p < pairs; ++p)
+      _mm512_mask_storeu_epi32(dst + (k0 / 2 + p) * dst_stride * 2, lanes,
+                               _mm512_castps_si512(r[p]));
+  }
+}
+
+STEEPEST_BF16_TARGET void micro_kernel_avx512_bf16(int64_t kc, const uint16_t* a,
+                                                   const uint16_t* b, float* c, int64_t ldc,
+                                                   float alpha, float beta) {
+  constexpr int kMr = Shape<float, Isa::Avx512Bf16>::kMr;
+  __m512 acc[kMr][2];
+#pragma GCC unroll 8
+  for (int i = 0; i < kMr; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+#pragma GCC unroll 8
+  for (int i = 0; i < kMr; ++i) {
+    __builtin_prefetch(c + i * ldc, 1);
+    __builtin_prefetch(c + i * ldc + 31, 1);
+  }
+  const int64_t pairs = (kc + 1) / 2;
+#pragma GCC unroll 2
+  for (int64_t p = 0; p < pairs; ++p) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + 32);
+#pragma GCC unroll 8
+    for (int i = 0; i < kMr; ++i) {
+      uint32_t pair;
+      __builtin_memcpy(&pair, a + 2 * i, sizeof pair);
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, b1);
+    }
+    a += 2 * kMr;
+    b += 64;
+  }
+  const __m512 va = _mm512_set1_ps(alpha);
+#pragma GCC unroll 8
+  for (int i = 0; i < kMr; ++i)
+#pragma GCC unroll 2
+    for (int j = 0; j < 2; ++j) {
+      float* out = c + i * ldc + 16 * j;
+      const __m512 scaled = _mm512_mul_ps(acc[i][j], va);
+      _mm512_storeu_ps(out, beta == 0.0f ? scaled
+                                         : _mm512_fmadd_ps(_mm512_loadu_ps(out),
+                                                           _mm512_set1_ps(beta), scaled));
+    }
+}
 
 void pack_transposed_avx512(const float* src, int64_t ld, int64_t rows, int64_t width,
                             int64_t kc, float* dst, int64_t dst_stride) {

@@ -14,7 +14,9 @@
 
 namespace steepest::cpu::gemm_detail {
 
-enum class Isa { Scalar, Avx2, Avx512 };
+// Avx512Bf16: float32 products of bfloat16 operands with AVX512_BF16's pair-wise dot
+// products (operands packed as k-pairs, see gemm_avx512.cpp).
+enum class Isa { Scalar, Avx2, Avx512, Avx512Bf16 };
 
 // MR × NR of each kernel, and the cache blocking around it: the MC×KC block of A stays in
 // L2 while the KC×NC panel of B streams from L3. NR is two vector registers. With
@@ -29,6 +31,13 @@ template <class T>
 struct Shape<T, Isa::Avx512> {
   static constexpr int kMr = 8, kNr = 128 / sizeof(T);
   static constexpr int64_t kKc = 2048 / sizeof(T), kMc = 144, kNc = 2048;
+};
+// The packed bfloat16 operands take half the bytes of float32 ones: twice the depth in
+// the same cache footprint.
+template <class T>
+struct Shape<T, Isa::Avx512Bf16> {
+  static constexpr int kMr = 8, kNr = 32;
+  static constexpr int64_t kKc = 1024, kMc = 144, kNc = 2048;
 };
 template <class T>
 struct Shape<T, Isa::Avx2> {
@@ -51,6 +60,19 @@ void pack_transposed_avx512(const float* src, int64_t ld, int64_t rows, int64_t 
                             int64_t kc, float* dst, int64_t dst_stride);
 void pack_transposed_avx512(const double* src, int64_t ld, int64_t rows, int64_t width,
                             int64_t kc, double* dst, int64_t dst_stride);
+
+// C[i, j] = alpha · Σ_k a(k, i) · b(k, j) + beta · C[i, j] over an 8×32 tile, with a
+// and b bfloat16 bits packed as k-pairs (a: width 8, b: width 32) and float32 sums.
+// AVX512_BF16 treats bfloat16 subnormal inputs as zero and flushes subnormal sums.
+void micro_kernel_avx512_bf16(int64_t kc, const uint16_t* a, const uint16_t* b, float* c,
+                              int64_t ldc, float alpha, float beta);
+// The k-pair packs: element (k, i) of op(M) is src[k·ld + i] (across rows) or
+// src[i·ld + k] (along rows; width at most 16, dst_stride the sliver width in pairs).
+void pack_pairs_across_rows_avx512(const uint16_t* src, int64_t ld, int64_t cols,
+                                   int64_t width, int64_t kc, uint16_t* dst);
+void pack_pairs_along_rows_avx512(const uint16_t* src, int64_t ld, int64_t rows,
+                                  int64_t width, int64_t kc, uint16_t* dst,
+                                  int64_t dst_stride);
 
 void micro_kernel_avx2(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
                        int64_t ldc, float alpha, float beta);
