@@ -14,8 +14,14 @@ epoch, then the median of --epochs timed epochs. Each (framework, case) runs in 
 subprocess so the peak RSS (``ru_maxrss``) of one is not inflated by the other.
 torch is optional: without it only steepest is reported.
 
+--precision mixed_bfloat16 (or mixed_float16) trains steepest under that policy
+(st.mixed_precision) and torch under torch.autocast("cpu", dtype=...), with float32
+master weights on both sides; the targets are those of float32. (torch's CPU autocast
+has no loss scaling; with mixed_float16 steepest scales its loss, torch does not.)
+
     python benchmarks/fit_vs_torch.py                     # all cases, 3 epochs, 2 threads
     python benchmarks/fit_vs_torch.py --cases digits-mlp --epochs 5
+    python benchmarks/fit_vs_torch.py --precision mixed_bfloat16
 """
 
 import argparse
@@ -59,11 +65,12 @@ def load_data(case, st):
     return x, y
 
 
-def run_steepest(case, x, y, epochs, threads):
+def run_steepest(case, x, y, epochs, threads, precision):
     st = import_steepest()
     from steepest.cli import build_model
 
     st.set_num_threads(threads)
+    st.mixed_precision.set_global_policy(precision)
     st.manual_seed(0)
     if case == "wide-mlp":
         L = st.layers
@@ -86,7 +93,7 @@ def run_steepest(case, x, y, epochs, threads):
     return times[1:], loss
 
 
-def run_torch(case, x, y, epochs, threads):
+def run_torch(case, x, y, epochs, threads, precision):
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -113,6 +120,9 @@ def run_torch(case, x, y, epochs, threads):
     n, batch = len(xt), BATCH[case]
     generator = torch.Generator().manual_seed(0)
 
+    compute = {"float32": None, "mixed_bfloat16": torch.bfloat16,
+               "mixed_float16": torch.float16}[precision]
+
     def epoch():
         model.train()
         total = 0.0
@@ -120,7 +130,9 @@ def run_torch(case, x, y, epochs, threads):
         for start in range(0, n, batch):
             idx = perm[start:start + batch]
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xt[idx]), yt[idx])
+            with torch.autocast("cpu", dtype=compute or torch.bfloat16, enabled=compute is not None):
+                logits = model(xt[idx])
+            loss = F.cross_entropy(logits.float(), yt[idx])
             loss.backward()
             optimizer.step()
             total += loss.item() * len(idx)
@@ -134,19 +146,19 @@ def run_torch(case, x, y, epochs, threads):
     return times[1:], loss
 
 
-def worker(framework, case, epochs, threads):
+def worker(framework, case, epochs, threads, precision):
     """Runs one case in this process and prints its result as one JSON line."""
     x, y = load_data(case, import_steepest())
     run = run_steepest if framework == "steepest" else run_torch
-    times, loss = run(case, x, y, epochs, threads)
+    times, loss = run(case, x, y, epochs, threads, precision)
     # Linux reports ru_maxrss in KiB.
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"times": times, "loss": loss, "rss_mib": rss_mib}))
 
 
-def measure(framework, case, epochs, threads):
+def measure(framework, case, epochs, threads, precision):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, case,
-           "--epochs", str(epochs), "--threads", str(threads)]
+           "--epochs", str(epochs), "--threads", str(threads), "--precision", precision]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{framework} {case} failed (exit {proc.returncode}):\n{proc.stderr}")
@@ -162,6 +174,9 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=3,
                    help="timed epochs after one warm-up; the median is reported (default 3)")
     p.add_argument("--threads", type=int, default=2, help="threads for both (default 2)")
+    p.add_argument("--precision", default="float32",
+                   choices=["float32", "mixed_bfloat16", "mixed_float16"],
+                   help="steepest's policy; torch autocasts to the same 16-bit type")
     p.add_argument("--no-torch", action="store_true", help="skip the torch baseline")
     p.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
     p.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CASE"), help=argparse.SUPPRESS)
@@ -174,7 +189,7 @@ def main(argv=None):
     if args.epochs < 1 or args.threads < 1:
         p.error("--epochs and --threads must be at least 1")
     if args.worker:
-        worker(args.worker[0], args.worker[1], args.epochs, args.threads)
+        worker(args.worker[0], args.worker[1], args.epochs, args.threads, args.precision)
         return 0
 
     # Only looked up, not imported: Linux carries ru_maxrss across fork/exec, so a parent
@@ -183,8 +198,8 @@ def main(argv=None):
     if not args.no_torch and not have_torch:
         print("torch not installed: reporting steepest only")
 
-    print(f"AdamW, {args.threads} thread(s), median of {args.epochs} epoch(s) after 1 warm-up, "
-          "each run in its own process")
+    print(f"AdamW, {args.precision}, {args.threads} thread(s), median of {args.epochs} epoch(s) "
+          "after 1 warm-up, each run in its own process")
     # With a core taken by another process, an OpenMP barrier can wait a whole scheduler
     # time slice: seconds per epoch then swing by 10-100x and say nothing about the code.
     load = os.getloadavg()[0]
@@ -198,11 +213,11 @@ def main(argv=None):
     print(header)
     all_met = True
     for case in cases:
-        s = measure("steepest", case, args.epochs, args.threads)
+        s = measure("steepest", case, args.epochs, args.threads, args.precision)
         line = (f"{case:11s} {BATCH[case]:5d} {s['median']:13.4f} {s['rss_mib']:8.0f} "
                 f"{s['loss']:7.4f}")
         if have_torch:
-            t = measure("torch", case, args.epochs, args.threads)
+            t = measure("torch", case, args.epochs, args.threads, args.precision)
             ratio = t["median"] / s["median"]
             met = ratio >= TARGET[case]
             all_met &= met
