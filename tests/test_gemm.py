@@ -269,6 +269,48 @@ def test_conv(rng, dtype, n, c, size, o, k, pad):
     assert np.all(np.abs(x.grad.numpy() - ref) <= TOL[dtype] * scale + 1e-300)
 
 
+@pytest.mark.parametrize("n, c, size, o, k, pad, stride", [
+    (5, 3, 7, 4, 3, 1, 1),
+    (70, 1, 4, 40, 3, 1, 1),
+    (3, 6, 5, 9, 1, 0, 1),
+    (3, 16, 32, 5, 3, 1, 1),
+    (4, 5, 9, 6, 3, 1, 2),      # strided: dX through col2im
+])
+def test_bfloat16_conv(rng, n, c, size, o, k, pad, stride):
+    # bfloat16 convolutions may multiply in bfloat16 (GemmArgs::bf16_products): exact
+    # products, float32 sums, each result rounded once to bfloat16.
+    def bf16(shape):
+        return st.tensor(rng.standard_normal(shape).astype(np.float32)).astype("bfloat16")
+
+    def widened(t):
+        return t.astype("float32").numpy().astype(np.float64)
+
+    def check(got, ref, scale):
+        err = np.abs(got.astype("float32").numpy() - ref)
+        bound = 2.0**-8 * np.abs(ref) + TOL["float32"] * scale + 1e-30
+        assert np.all(err <= bound), f"max excess {np.max(err - bound)}"
+
+    x, w = bf16((n, c, size, size)), bf16((o, c, k, k))
+    x.requires_grad, w.requires_grad = True, True
+    y = ops.conv2d(x, w, stride=stride, padding=pad)
+    g = bf16(y.shape)
+    y.backward(g)
+    assert y.dtype == x.grad.dtype == w.grad.dtype == "bfloat16"
+    x64, w64, g64 = widened(x), widened(w), widened(g)
+    # The float64 reference of the same convolution, through float64 steepest ops.
+    x_ref = st.tensor(x64, requires_grad=True)
+    w_ref = st.tensor(w64, requires_grad=True)
+    y_ref = ops.conv2d(x_ref, w_ref, stride=stride, padding=pad)
+    y_ref.backward(st.tensor(g64))
+    y_abs = ops.conv2d(st.tensor(np.abs(x64)), st.tensor(np.abs(w64)), stride=stride, padding=pad)
+    check(y, y_ref.numpy(), y_abs.numpy())
+    xa = st.tensor(np.abs(x64), requires_grad=True)
+    wa = st.tensor(np.abs(w64), requires_grad=True)
+    ops.conv2d(xa, wa, stride=stride, padding=pad).backward(st.tensor(np.abs(g64)))
+    check(x.grad, x_ref.grad.numpy(), xa.grad.numpy())
+    check(w.grad, w_ref.grad.numpy(), wa.grad.numpy())
+
+
 FALLBACK_SCRIPT = textwrap.dedent("""
     import itertools, numpy as np, steepest as st
     rng = np.random.default_rng(0)

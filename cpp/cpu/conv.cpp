@@ -260,9 +260,11 @@ void from_wide(const T* wide, const T* bias, int64_t channels, int64_t spatial, 
 }
 
 template <class T>
-GemmArgs matrix_product(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a,
-                        int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc, double beta) {
+GemmArgs matrix_product(const Conv2dGeometry& g, bool trans_a, bool trans_b, int64_t m,
+                        int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+                        T* c, int64_t ldc, double beta) {
   GemmArgs args;
+  args.bf16_products = g.bf16_products;
   args.dtype = DTypeOf<T>::value;
   args.trans_a = trans_a;
   args.trans_b = trans_b;
@@ -303,7 +305,7 @@ void convolve(const T* x, const T* w, const T* bias, const Conv2dGeometry& g, T*
   const int64_t spatial = g.out_h * g.out_w;
   if (is_pointwise(g)) {
     // Y[n] = W · X[n]: each image is already its X_col (C × H·W).
-    GemmArgs args = matrix_product<T>(false, false, g.out_channels, spatial, ckk, w, ckk, x,
+    GemmArgs args = matrix_product<T>(g, false, false, g.out_channels, spatial, ckk, w, ckk, x,
                                       spatial, y, spatial, 0.0);
     args.batch = g.batch;
     args.stride_b = ckk * spatial;
@@ -317,7 +319,7 @@ void convolve(const T* x, const T* w, const T* bias, const Conv2dGeometry& g, T*
     // Each image's NCHW block is its Y_col.
     for_each_image(g.batch, image_threads(g.batch), [&](int64_t n, int) {
       T* out = y + n * g.out_channels * spatial;
-      gemm(matrix_product<T>(false, false, g.out_channels, spatial, ckk, w, ckk, nullptr, 0,
+      gemm(matrix_product<T>(g, false, false, g.out_channels, spatial, ckk, w, ckk, nullptr, 0,
                              out, spatial, 0.0),
            Columns<T>(x, g, n, 1, false));
       if (bias)
@@ -330,7 +332,7 @@ void convolve(const T* x, const T* w, const T* bias, const Conv2dGeometry& g, T*
   for (int64_t n0 = 0; n0 < g.batch; n0 += size) {
     const int64_t count = std::min(size, g.batch - n0), width = count * spatial;
     T* wide = scratch(wide_buffer, g.out_channels * width);
-    gemm(matrix_product<T>(false, false, g.out_channels, width, ckk, w, ckk, nullptr, 0, wide,
+    gemm(matrix_product<T>(g, false, false, g.out_channels, width, ckk, w, ckk, nullptr, 0, wide,
                            width, 0.0),
          Columns<T>(x, g, n0, count, false));
     from_wide(wide, bias, g.out_channels, spatial, n0, count, y);
@@ -381,7 +383,7 @@ void weight_gradient(const T* x, const T* grad_y, const Conv2dGeometry& g, T* gr
     T* partial = threads > 1 ? scratch(partial_buffer, threads * wsize) : grad_w;
     std::fill(partial, partial + threads * wsize, T(0));
     for_each_image(g.batch, threads, [&](int64_t n, int t) {
-      gemm(matrix_product<T>(false, false, g.out_channels, ckk, spatial,
+      gemm(matrix_product<T>(g, false, false, g.out_channels, ckk, spatial,
                              grad_y + n * g.out_channels * spatial, spatial, nullptr, 0,
                              partial + t * wsize, ckk, 1.0),
            Columns<T>(x, g, n, 1, true));
@@ -404,7 +406,7 @@ void weight_gradient(const T* x, const T* grad_y, const Conv2dGeometry& g, T* gr
       to_wide(grad_y, g.out_channels, spatial, n0, count, wide);
       g_wide = wide;
     }
-    gemm(matrix_product<T>(false, false, g.out_channels, ckk, width, g_wide, width, nullptr, 0,
+    gemm(matrix_product<T>(g, false, false, g.out_channels, ckk, width, g_wide, width, nullptr, 0,
                            grad_w, ckk, n0 == 0 ? 0.0 : 1.0),
          Columns<T>(x, g, n0, count, true));
   }
@@ -478,7 +480,7 @@ void input_gradient_strided(const T* w, const T* grad_y, const Conv2dGeometry& g
       g_wide = wide;
     }
     T* cols = scratch(cols_buffer, ckk * width);
-    gemm(matrix_product<T>(true, false, ckk, width, g.out_channels, w, ckk, g_wide, width, cols,
+    gemm(matrix_product<T>(g, true, false, ckk, width, g.out_channels, w, ckk, g_wide, width, cols,
                            width, 0.0));
     col2im(cols, g, n0, count, dx);
   }
@@ -498,7 +500,7 @@ void conv_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y,
     if (is_pointwise(g)) {
       // dW = Σ_n G[n] · X[n]ᵀ, accumulated in place (beta = 1 after the first image).
       for (int64_t n = 0; n < g.batch; ++n)
-        gemm(matrix_product<T>(false, true, g.out_channels, g.in_channels, spatial,
+        gemm(matrix_product<T>(g, false, true, g.out_channels, g.in_channels, spatial,
                                pg + n * g.out_channels * spatial, spatial,
                                px + n * g.in_channels * spatial, spatial, gw, g.in_channels,
                                n == 0 ? 0.0 : 1.0));

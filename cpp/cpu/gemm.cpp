@@ -144,10 +144,18 @@ struct Driver {
   using Packed = std::conditional_t<kPairs, uint16_t, T>;
   static int64_t packed_depth(int64_t kc) { return kPairs ? (kc + 1) / 2 * 2 : kc; }
 
-  template <class S>
-  static const uint16_t* bits(const S* p) {
-    static_assert(std::is_same_v<S, BFloat16>, "k-pairs are packed from bfloat16 only");
-    return reinterpret_cast<const uint16_t*>(p);
+  static const uint16_t* bits(const BFloat16* p) { return reinterpret_cast<const uint16_t*>(p); }
+
+  // Operands stored as float (holding bfloat16 values, GemmArgs::bf16_products) are
+  // rounded into a per-thread bfloat16 block first: rows × cols of src into dst with
+  // row stride dst_ld. Rows past `rows` up to `pad_rows` are zero.
+  static const uint16_t* narrowed(const float* src, int64_t ld, int64_t rows, int64_t pad_rows,
+                                  int64_t cols, int64_t dst_ld) {
+    thread_local PackBuffer<BFloat16> block;
+    BFloat16* dst = block.get(static_cast<size_t>(std::max<int64_t>(pad_rows, 1) * dst_ld));
+    for (int64_t r = 0; r < rows; ++r) store_compute(src + r * ld, dst + r * dst_ld, cols);
+    std::fill(dst + rows * dst_ld, dst + pad_rows * dst_ld, BFloat16{});
+    return bits(dst);
   }
 
   static void kernel(int64_t kc, const Packed* a, const Packed* b, int64_t ldb, T* c,
@@ -168,7 +176,7 @@ struct Driver {
   static constexpr int64_t kDirectRows = 4 * kMr;
   template <class S>
   static bool direct_b(const Product<T, S>& p) {
-    return std::is_same_v<S, T> && !p.b_source && !p.trans_b && p.m <= kDirectRows;
+    return std::is_same_v<S, T> && !kPairs && !p.b_source && !p.trans_b && p.m <= kDirectRows;
   }
 
   // dst[k·width + i] = src[i·ld + k] for k < kc, i < rows; 0 for rows <= i < width.
@@ -231,12 +239,23 @@ struct Driver {
       const int64_t depth = packed_depth(kc);
       for (int64_t s = 0; s < slivers; ++s) {
         const int64_t rows = std::min<int64_t>(kMr, mc - s * kMr), i = i0 + s * kMr;
-        if (p.trans_a)
-          gemm_detail::pack_pairs_across_rows_avx512(bits(p.a) + k0 * p.lda + i, p.lda, rows,
-                                                     kMr, kc, dst + s * kMr * depth);
-        else
-          gemm_detail::pack_pairs_along_rows_avx512(bits(p.a) + i * p.lda + k0, p.lda, rows,
-                                                    kMr, kc, dst + s * kMr * depth, kMr);
+        Packed* out = dst + s * kMr * depth;
+        if (p.trans_a) {
+          if constexpr (std::is_same_v<S, float>)
+            gemm_detail::pack_pairs_across_rows_avx512(
+                narrowed(p.a + k0 * p.lda + i, p.lda, kc, kc, rows, kMr), kMr, rows, kMr, kc, out);
+          else
+            gemm_detail::pack_pairs_across_rows_avx512(bits(p.a) + k0 * p.lda + i, p.lda, rows,
+                                                       kMr, kc, out);
+        } else {
+          if constexpr (std::is_same_v<S, float>)
+            gemm_detail::pack_pairs_along_rows_avx512(
+                narrowed(p.a + i * p.lda + k0, p.lda, rows, rows, kc, kc), kc, rows, kMr, kc,
+                out, kMr);
+          else
+            gemm_detail::pack_pairs_along_rows_avx512(bits(p.a) + i * p.lda + k0, p.lda, rows,
+                                                      kMr, kc, out, kMr);
+        }
       }
     } else {
       pack_a_widened(p, i0, mc, k0, kc, slivers, dst);
@@ -266,16 +285,31 @@ struct Driver {
       for (int64_t s = s0; s < s1; ++s) {
         const int64_t cols = std::min<int64_t>(kNr, nc - s * kNr), j = j0 + s * kNr;
         Packed* dst = panel + s * kNr * depth;
+        if (p.b_source) {
+          thread_local PackBuffer<T> sliver;
+          T* values = sliver.get(static_cast<size_t>(kc * kNr));
+          p.b_source->pack(k0, kc, j, cols, kNr, values);
+          gemm_detail::pack_pairs_across_rows_avx512(narrowed(values, kNr, kc, kc, kNr, kNr),
+                                                     kNr, kNr, kNr, kc, dst);
+          continue;
+        }
+        const uint16_t* b = nullptr;
+        int64_t ldb = p.ldb;
+        if constexpr (std::is_same_v<S, float>) {
+          b = p.trans_b ? narrowed(p.b + j * p.ldb + k0, p.ldb, cols, kNr, kc, kc)
+                        : narrowed(p.b + k0 * p.ldb + j, p.ldb, kc, kc, cols, kNr);
+          ldb = p.trans_b ? kc : kNr;
+        } else {
+          b = bits(p.b) + (p.trans_b ? j * p.ldb + k0 : k0 * p.ldb + j);
+        }
         if (!p.trans_b) {
-          gemm_detail::pack_pairs_across_rows_avx512(bits(p.b) + k0 * p.ldb + j, p.ldb, cols,
-                                                     kNr, kc, dst);
+          gemm_detail::pack_pairs_across_rows_avx512(b, ldb, cols, kNr, kc, dst);
           continue;
         }
         // Along rows, one call packs at most 16 columns.
         for (int64_t h = 0; h < kNr; h += 16)
           gemm_detail::pack_pairs_along_rows_avx512(
-              bits(p.b) + (j + h) * p.ldb + k0, p.ldb, std::clamp<int64_t>(cols - h, 0, 16), 16,
-              kc, dst + 2 * h, kNr);
+              b + h * ldb, ldb, std::clamp<int64_t>(cols - h, 0, 16), 16, kc, dst + 2 * h, kNr);
       }
     } else {
       pack_b_widened(p, k0, kc, j0, nc, s0, s1, panel);
@@ -349,7 +383,7 @@ struct Driver {
         const Packed* b = bp;
         int64_t ldb = kNr;
         bool in_place = false;
-        if constexpr (std::is_same_v<S, T>) {
+        if constexpr (std::is_same_v<S, T> && !kPairs) {
           if (direct && cols == kNr) {
             b = p.b + pc * p.ldb + j;
             ldb = p.ldb;
@@ -508,13 +542,16 @@ void gemm_batched(D, const GemmArgs& g) {
   for (int64_t i = 0; i < g.batch; ++i) run(i, 0, per_product);
 }
 
-// Calls fn(Driver<T, isa>{}) for the kernel this CPU runs on operands stored as S.
+// Calls fn(Driver<T, isa>{}) for the kernel this CPU runs on operands stored as S;
+// bf16_products: float operands that hold bfloat16 values (GemmArgs).
 template <class T, class S = T, class Fn>
-void with_driver(Fn&& fn) {
+void with_driver(Fn&& fn, bool bf16_products = false) {
   static const Isa isa = detect_isa();
   switch (isa) {
     case Isa::Avx512Bf16:
-      if constexpr (std::is_same_v<S, BFloat16>) return fn(Driver<T, Isa::Avx512Bf16>{});
+      if constexpr (std::is_same_v<S, BFloat16> || std::is_same_v<S, float>)
+        if (std::is_same_v<S, BFloat16> || bf16_products)
+          return fn(Driver<float, Isa::Avx512Bf16>{});
       return fn(Driver<T, Isa::Avx512>{});
     case Isa::Avx512:
       return fn(Driver<T, Isa::Avx512>{});
@@ -531,7 +568,7 @@ void gemm_from_source(const GemmArgs& g, const GemmSource<T>& b) {
                      static_cast<T*>(g.c), g.ldc, g.m, g.n, g.k,
                      static_cast<T>(g.alpha), static_cast<T>(g.beta), &b};
   const int threads = threads_for(double(g.m) * double(g.n) * double(g.k));
-  with_driver<T>([&](auto driver) { driver.product(p, threads); });
+  with_driver<T>([&](auto driver) { driver.product(p, threads); }, g.bf16_products);
 }
 
 }  // namespace
@@ -540,7 +577,8 @@ void gemm(const GemmArgs& args) {
   dispatch_float_storage("matmul", args.dtype, [&](auto tag) {
     using S = typename decltype(tag)::type;
     using T = typename decltype(tag)::compute;
-    with_driver<T, S>([&](auto driver) { gemm_batched<T, S>(driver, args); });
+    with_driver<T, S>([&](auto driver) { gemm_batched<T, S>(driver, args); },
+                      args.bf16_products);
   });
 }
 

@@ -198,7 +198,9 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias,
     // float16/bfloat16 (混合精度训练): the convolution kernels are float32/float64 only,
     // so the operands are widened to float32 (exact), convolved with float32
     // accumulation, and the output is rounded once. The node keeps the 16-bit x and w;
-    // Conv2dBackward widens them the same way.
+    // Conv2dBackward widens them the same way. Widened bfloat16 values let the GEMMs
+    // multiply in bfloat16 (exact products, float32 sums) where the hardware can.
+    g.bf16_products = x.dtype() == DType::BFloat16;
     Tensor y32 = Tensor::empty({g.batch, g.out_channels, g.out_h, g.out_w}, DType::Float32, x.device());
     STEEPEST_KERNEL(x.device(), conv2d_forward)(astype(xc, DType::Float32), astype(wc, DType::Float32),
                                                 bc.defined() ? astype(bc, DType::Float32) : Tensor(), g,

@@ -46,6 +46,10 @@ struct GemmArgs {
   void* c = nullptr;
   int64_t ldc = 0, stride_c = 0;
   double alpha = 1.0, beta = 0.0;
+  // float32 operands that hold bfloat16 values (widened): the products may be computed
+  // from their bfloat16 form, which is exact, with float32 sums (cuBLAS's
+  // CUBLAS_COMPUTE_32F_FAST_16BF). Set for the GEMMs of a bfloat16 convolution.
+  bool bf16_products = false;
 };
 
 // Geometry shared by convolution and pooling (NCHW).
@@ -54,6 +58,8 @@ struct Conv2dGeometry {
   int64_t out_channels = 0, kernel_h = 0, kernel_w = 0;
   int64_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0;
   int64_t out_h = 0, out_w = 0;
+  // The convolution's operands are bfloat16 values held as float32 (GemmArgs).
+  bool bf16_products = false;
 };
 
 #define KERNEL(name, params) void name params;
