@@ -1,14 +1,17 @@
 // Shared by the CUDA translation units: launch checking, the device guard and per-device
-// stream, launch geometry, warp/block reductions and the strided indexer of the generic
-// elementwise launcher. Every kernel runs on its device's one stream, so work is ordered
-// without events; host reads (copies to the CPU, reductions returned as doubles)
-// synchronise that stream.
+// stream, launch geometry, warp/block reductions, the strided indexer of the generic
+// elementwise launcher and the 16-bit load/store helpers. Every kernel runs on its
+// device's one stream, so work is ordered without events; host reads (copies to the CPU,
+// reductions returned as doubles) synchronise that stream.
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <array>
 #include <cstdint>
+#include <type_traits>
 
 #include "steepest/kernels.h"
 
@@ -98,6 +101,58 @@ decltype(auto) dispatch_index(const char* op, DType dtype, Fn&& fn) {
       return fn(TypeTag<int64_t>{});
     default:
       fail<TypeError>(op, "expected an integer index tensor, got ", dtype_name(dtype));
+  }
+}
+
+// ------------------------------------------------------------------ 16-bit storage
+
+// float16/bfloat16 kernels compute in float like the CPU's (dtype.h's StorageTag): they
+// load with to_compute, which is exact, and round once with to_storage. Half and
+// BFloat16 (half.h) hold only the bits; their conversions are host code.
+template <class S>
+inline constexpr bool kIsHalf = std::is_same_v<S, Half> || std::is_same_v<S, BFloat16>;
+
+template <class S>
+using compute_t = typename ComputeTypeOf<S>::type;
+
+template <class S>
+__device__ __forceinline__ compute_t<S> to_compute(S v) {
+  if constexpr (std::is_same_v<S, Half>)
+    return __half2float(__ushort_as_half(v.bits));
+  else if constexpr (std::is_same_v<S, BFloat16>)
+    return __bfloat162float(__ushort_as_bfloat16(v.bits));
+  else
+    return v;
+}
+
+// half.h's round_to_odd: a double rounded to float this way, then to 16 bits to nearest
+// even, is rounded once (double -> float -> 16 bits to nearest could round twice).
+__device__ __forceinline__ float round_to_odd(double d) {
+  const float f = __double2float_rn(d);
+  if (isnan(d) || static_cast<double>(f) == d) return f;
+  const unsigned u = __float_as_uint(f);
+  if (u & 1u) return f;
+  return __uint_as_float(fabs(d) > fabs(static_cast<double>(f)) ? u + 1 : u - 1);
+}
+
+// Rounds a float or double to 16-bit S, to nearest even; any other S is a static_cast.
+template <class S, class V>
+__device__ __forceinline__ S to_storage(V v) {
+  if constexpr (kIsHalf<S>) {
+    static_assert(std::is_same_v<V, float> || std::is_same_v<V, double>, "rounds floats only");
+    float f;
+    if constexpr (std::is_same_v<V, double>)
+      f = round_to_odd(v);
+    else
+      f = v;
+    S out;
+    if constexpr (std::is_same_v<S, Half>)
+      out.bits = __half_as_ushort(__float2half_rn(f));
+    else
+      out.bits = __bfloat16_as_ushort(__float2bfloat16_rn(f));
+    return out;
+  } else {
+    return static_cast<S>(v);
   }
 }
 

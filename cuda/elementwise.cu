@@ -1,6 +1,8 @@
 // Elementwise CUDA kernels: one small functor per operation (the same formulas as
 // cpp/cpu/elementwise.cpp) over one generic strided launcher, plus fill and the copy
-// entry point, which also moves data between the host and the devices.
+// entry point, which also moves data between the host and the devices. float16 and
+// bfloat16 run the float functors: the adapters load each operand into float and round
+// the result once.
 //
 // The launcher collapses the operands' dimensions (common.cuh's Strided); when every
 // operand is contiguous it indexes linearly, else it decomposes each linear index
@@ -90,20 +92,35 @@ struct BceWithLogitsGrad {
   template <class T> __device__ T operator()(T z, T y, T) const { return stable_sigmoid(z) - y; }
 };
 
-// Adapters that bind the scalar, so every kernel below sees f(inputs...).
-template <class F, class T>
+// Adapters that bind the scalar, so every kernel below sees f(inputs...) on storage
+// values of type S: the functor runs in S's compute type.
+template <class F, class S>
 struct BindUnary {
-  T scalar;
-  __device__ auto operator()(T x) const { return F{}(x, scalar); }
+  compute_t<S> scalar;
+  __device__ S operator()(S x) const { return to_storage<S>(F{}(to_compute(x), scalar)); }
 };
-template <class F, class T>
+template <class F, class S>
 struct BindBinary {
-  T scalar;
-  __device__ auto operator()(T a, T b) const { return F{}(a, b, scalar); }
+  using C = compute_t<S>;
+  // The type a kernel stores: bool for comparisons, else S.
+  using Result = std::conditional_t<std::is_same_v<decltype(F{}(C{}, C{}, C{})), bool>, bool, S>;
+  C scalar;
+  __device__ Result operator()(S a, S b) const {
+    return to_storage<Result>(F{}(to_compute(a), to_compute(b), scalar));
+  }
 };
+// As the CPU's convert: into 16 bits, an integer or double rounds once from double. A
+// same-type copy moves the bits (a 16-bit NaN keeps its payload).
 template <class Src, class Dst>
 struct Convert {
-  __device__ Dst operator()(Src x) const { return static_cast<Dst>(x); }
+  __device__ Dst operator()(Src x) const {
+    if constexpr (std::is_same_v<Src, Dst>)
+      return x;
+    else if constexpr (kIsHalf<Dst> && !kIsHalf<Src> && !std::is_same_v<Src, float>)
+      return to_storage<Dst>(static_cast<double>(x));
+    else
+      return to_storage<Dst>(to_compute(x));
+  }
 };
 
 template <bool kContiguous, class Out, class In, class F>
@@ -168,17 +185,17 @@ void launch_map2(const Tensor& a, const Tensor& b, Tensor& out, F f) {
   STEEPEST_CUDA_CHECK_LAUNCH();
 }
 
-template <class T, class F>
-void binary_typed(const Tensor& a, const Tensor& b, Tensor& out, T scalar) {
-  using R = std::conditional_t<std::is_same_v<decltype(F{}(T{}, T{}, T{})), bool>, bool, T>;
-  launch_map2<R, T>(a, b, out, BindBinary<F, T>{scalar});
+template <class S, class F>
+void binary_typed(const Tensor& a, const Tensor& b, Tensor& out, compute_t<S> scalar) {
+  using Bound = BindBinary<F, S>;
+  launch_map2<typename Bound::Result, S>(a, b, out, Bound{scalar});
 }
 
 // Strided copy with dtype conversion within one device.
 void device_copy(const Tensor& src, Tensor& dst) {
-  dispatch_all("copy", src.dtype(), [&](auto src_tag) {
+  dispatch_all_storage("copy", src.dtype(), [&](auto src_tag) {
     using Src = typename decltype(src_tag)::type;
-    dispatch_all("copy", dst.dtype(), [&](auto dst_tag) {
+    dispatch_all_storage("copy", dst.dtype(), [&](auto dst_tag) {
       using Dst = typename decltype(dst_tag)::type;
       launch_map1<Dst, Src>(src, dst, Convert<Src, Dst>{});
     });
@@ -268,8 +285,9 @@ void fill(Tensor& dst, double value) {
   const int64_t n = dst.numel();
   if (n == 0) return;
   DeviceGuard guard(dst.device());
-  dispatch_all("fill", dst.dtype(), [&](auto tag) {
+  dispatch_all_storage("fill", dst.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
+    // For 16 bits, static_cast rounds on the host with half.h's Half(double), as the CPU does.
     fill_kernel<<<blocks_for(n), kThreads, 0, guard.stream()>>>(n, dst.data<T>(),
                                                                static_cast<T>(value));
     STEEPEST_CUDA_CHECK_LAUNCH();
@@ -277,13 +295,14 @@ void fill(Tensor& dst, double value) {
 }
 
 void unary(UnaryOp op, const Tensor& x, Tensor& out, double scalar) {
-  dispatch_float("unary", x.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const T s = static_cast<T>(scalar);
+  dispatch_float_storage("unary", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    const C s = static_cast<C>(scalar);
     switch (op) {
 #define STEEPEST_CASE(name)                                  \
   case UnaryOp::name:                                        \
-    launch_map1<T, T>(x, out, BindUnary<name, T>{s});        \
+    launch_map1<S, S>(x, out, BindUnary<name, S>{s});        \
     break;
       STEEPEST_UNARY_OPS(STEEPEST_CASE)
 #undef STEEPEST_CASE
@@ -293,13 +312,14 @@ void unary(UnaryOp op, const Tensor& x, Tensor& out, double scalar) {
 
 void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out, double scalar) {
   if (is_floating(a.dtype())) {
-    dispatch_float("binary", a.dtype(), [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      const T s = static_cast<T>(scalar);
+    dispatch_float_storage("binary", a.dtype(), [&](auto tag) {
+      using S = typename decltype(tag)::type;
+      using C = typename decltype(tag)::compute;
+      const C s = static_cast<C>(scalar);
       switch (op) {
 #define STEEPEST_CASE(name)                 \
   case BinaryOp::name:                      \
-    binary_typed<T, name>(a, b, out, s);    \
+    binary_typed<S, name>(a, b, out, s);    \
     break;
         STEEPEST_BINARY_OPS(STEEPEST_CASE)
 #undef STEEPEST_CASE

@@ -1,5 +1,6 @@
-// Matrix products on the GPU: GEMM through cuBLAS with fp32 accumulation, and the
-// convolution and pooling built on it.
+// Matrix products on the GPU: GEMM through cuBLAS with fp32 accumulation (float16 and
+// bfloat16 operands too, on the tensor cores), and the convolution and pooling built on
+// it.
 //
 // cuBLAS is loaded with dlopen on the first GEMM, so importing steepest never needs
 // libcublas: "libcublas.so.13" from the default search path first, then from the
@@ -7,7 +8,8 @@
 // nvidia-cublas wheel), then the same for cuBLAS 12, whose GEMM entry point has the same
 // signature (a PyTorch built for CUDA 12 ships only that one). TF32 tensor cores are used
 // for float32 only when asked (set_allow_tf32 or STEEPEST_ALLOW_TF32=1): they round the
-// inputs to 10 mantissa bits.
+// inputs to 10 mantissa bits. A 16-bit C is rounded once from the fp32 accumulators:
+// the handle disallows split-K reductions in the output type.
 //
 // Convolution is the seed's 实际的卷积 in its plain form: im2col into a column buffer
 // (a chunk of images at a time, the buffer capped by kColumnBudget), a batched GEMM, and
@@ -35,6 +37,7 @@ namespace {
 
 using CreateFn = cublasStatus_t (*)(cublasHandle_t*);
 using SetStreamFn = cublasStatus_t (*)(cublasHandle_t, cudaStream_t);
+using SetMathModeFn = cublasStatus_t (*)(cublasHandle_t, cublasMath_t);
 using PropertyFn = cublasStatus_t (*)(libraryPropertyType, int*);
 using StatusStringFn = const char* (*)(cublasStatus_t);
 using GemmFn = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int,
@@ -50,6 +53,7 @@ struct Cublas {
   std::string error;  // why loading failed: every path tried
   CreateFn create = nullptr;
   SetStreamFn set_stream = nullptr;
+  SetMathModeFn set_math_mode = nullptr;
   StatusStringFn status_string = nullptr;
   GemmFn gemm = nullptr;
 };
@@ -92,11 +96,12 @@ Cublas load_cublas() {
   PropertyFn property = nullptr;
   symbol(c.create, "cublasCreate_v2");
   symbol(c.set_stream, "cublasSetStream_v2");
+  symbol(c.set_math_mode, "cublasSetMathMode");
   symbol(c.gemm, "cublasGemmStridedBatchedEx");
   symbol(property, "cublasGetProperty");
   // Optional: only used to name a failure.
   c.status_string = reinterpret_cast<StatusStringFn>(dlsym(c.library, "cublasGetStatusString"));
-  if (!c.create || !c.set_stream || !c.gemm || !property) {
+  if (!c.create || !c.set_stream || !c.set_math_mode || !c.gemm || !property) {
     c.library = nullptr;
     return c;
   }
@@ -141,6 +146,9 @@ cublasHandle_t handle_for(const cuda::DeviceGuard& guard) {
     cublasHandle_t handle = nullptr;
     check_cublas(c.create(&handle), "cublasCreate");
     check_cublas(c.set_stream(handle, guard.stream()), "cublasSetStream");
+    const auto math = static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
+                                                CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION);
+    check_cublas(c.set_math_mode(handle, math), "cublasSetMathMode");
     handles[index] = handle;
   }
   return handles[index];
@@ -179,13 +187,14 @@ namespace cuda {
 namespace {
 
 // C[i] = beta·C[i] for an empty inner dimension (k = 0), which cuBLAS may not accept.
-template <class T>
-__global__ void scale_matrices(T* c, int64_t batch, int64_t m, int64_t n, int64_t ldc,
-                               int64_t stride_c, T beta) {
+template <class S>
+__global__ void scale_matrices(S* c, int64_t batch, int64_t m, int64_t n, int64_t ldc,
+                               int64_t stride_c, compute_t<S> beta) {
+  using C = compute_t<S>;
   STEEPEST_GRID_STRIDE(e, batch * m * n) {
     const int64_t b = e / (m * n), i = (e / n) % m, j = e % n;
-    T& v = c[b * stride_c + i * ldc + j];
-    v = beta == T(0) ? T(0) : beta * v;
+    S& v = c[b * stride_c + i * ldc + j];
+    v = to_storage<S>(beta == C(0) ? C(0) : beta * to_compute(v));
   }
 }
 
@@ -203,13 +212,15 @@ int checked_int(const char* what, int64_t value) {
 void gemm(const GemmArgs& a) {
   if (a.m == 0 || a.n == 0 || a.batch == 0) return;
   DeviceGuard guard(Device{DeviceType::CUDA, device_of(a.c)});
-  if (a.dtype != DType::Float32 && a.dtype != DType::Float64)
-    fail<TypeError>("matmul", "expected float32 or float64 on the GPU, got ", dtype_name(a.dtype));
+  if (!is_floating(a.dtype))
+    fail<TypeError>("matmul", "expected float16, bfloat16, float32 or float64 on the GPU, got ",
+                    dtype_name(a.dtype));
   if (a.k == 0) {
-    dispatch_float("matmul", a.dtype, [&](auto tag) {
-      using T = typename decltype(tag)::type;
+    dispatch_float_storage("matmul", a.dtype, [&](auto tag) {
+      using S = typename decltype(tag)::type;
+      using C = typename decltype(tag)::compute;
       scale_matrices<<<blocks_for(a.batch * a.m * a.n), kThreads, 0, guard.stream()>>>(
-          static_cast<T*>(a.c), a.batch, a.m, a.n, a.ldc, a.stride_c, static_cast<T>(a.beta));
+          static_cast<S*>(a.c), a.batch, a.m, a.n, a.ldc, a.stride_c, static_cast<C>(a.beta));
       STEEPEST_CUDA_CHECK_LAUNCH();
     });
     return;
@@ -222,10 +233,19 @@ void gemm(const GemmArgs& a) {
   const int ldb = checked_int("ldb", a.ldb), lda = checked_int("lda", a.lda);
   const int ldc = checked_int("ldc", a.ldc), batch = checked_int("batch", a.batch);
   cublasStatus_t status;
-  if (a.dtype == DType::Float32) {
+  if (is_half_float(a.dtype)) {
+    // A, B and C in 16 bits, products accumulated in fp32 (alpha and beta are floats).
     const float alpha = static_cast<float>(a.alpha), beta = static_cast<float>(a.beta);
-    const cublasComputeType_t compute =
-        allow_tf32().load() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    const cudaDataType type = a.dtype == DType::Float16 ? CUDA_R_16F : CUDA_R_16BF;
+    status = c.gemm(handle, op_b, op_a, m, n, k, &alpha, a.b, type, ldb, a.stride_b, a.a, type,
+                    lda, a.stride_a, &beta, a.c, type, ldc, a.stride_c, batch,
+                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  } else if (a.dtype == DType::Float32) {
+    const float alpha = static_cast<float>(a.alpha), beta = static_cast<float>(a.beta);
+    // Operands that hold bfloat16 values lose nothing on the bfloat16 tensor cores.
+    const cublasComputeType_t compute = a.bf16_products       ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                        : allow_tf32().load() ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                              : CUBLAS_COMPUTE_32F;
     status = c.gemm(handle, op_b, op_a, m, n, k, &alpha, a.b, CUDA_R_32F, ldb, a.stride_b, a.a,
                     CUDA_R_32F, lda, a.stride_a, &beta, a.c, CUDA_R_32F, ldc, a.stride_c, batch,
                     compute, CUBLAS_GEMM_DEFAULT);
@@ -330,12 +350,13 @@ int64_t chunk_images(const Conv2dGeometry& g, int64_t per_image) {
   return std::clamp<int64_t>(kColumnBudget / std::max<int64_t>(per_image, 1), 1, g.batch);
 }
 
-GemmArgs product(DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-                 const void* a, int64_t lda, int64_t stride_a, const void* b, int64_t ldb,
-                 int64_t stride_b, void* c, int64_t ldc, int64_t stride_c, int64_t batch,
-                 double beta) {
+GemmArgs product(DType dtype, const Conv2dGeometry& g, bool trans_a, bool trans_b, int64_t m,
+                 int64_t n, int64_t k, const void* a, int64_t lda, int64_t stride_a,
+                 const void* b, int64_t ldb, int64_t stride_b, void* c, int64_t ldc,
+                 int64_t stride_c, int64_t batch, double beta) {
   GemmArgs args;
   args.dtype = dtype;
+  args.bf16_products = g.bf16_products;
   args.trans_a = trans_a;
   args.trans_b = trans_b;
   args.m = m;
@@ -364,7 +385,7 @@ void conv_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
   T* py = y.data<T>();
   if (is_pointwise(g)) {
     // Y[n] = W · X[n]: every image is its own X_col.
-    gemm(product(dtype, false, false, g.out_channels, spatial, ckk, weight.data_ptr(), ckk, 0,
+    gemm(product(dtype, g, false, false, g.out_channels, spatial, ckk, weight.data_ptr(), ckk, 0,
                  x.data_ptr(), spatial, ckk * spatial, py, spatial, out_image, g.batch, 0.0));
   } else {
     const int64_t chunk = chunk_images(g, ckk * spatial);
@@ -375,7 +396,7 @@ void conv_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
           x.data<T>(), g, n0, count, cols.data<T>(), spatial, ckk * spatial);
       STEEPEST_CUDA_CHECK_LAUNCH();
       // Y[n] = W_row · X_col[n] for the chunk: W is shared (batch stride 0).
-      gemm(product(dtype, false, false, g.out_channels, spatial, ckk, weight.data_ptr(), ckk, 0,
+      gemm(product(dtype, g, false, false, g.out_channels, spatial, ckk, weight.data_ptr(), ckk, 0,
                    cols.data_ptr(), spatial, ckk * spatial, py + n0 * out_image, spatial,
                    out_image, count, 0.0));
     }
@@ -418,7 +439,7 @@ void conv_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y,
         STEEPEST_CUDA_CHECK_LAUNCH();
         g_wide = wide.data<T>();
       }
-      gemm(product(dtype, false, true, g.out_channels, ckk, width, g_wide, width, 0,
+      gemm(product(dtype, g, false, true, g.out_channels, ckk, width, g_wide, width, 0,
                    cols.data_ptr(), width, 0, grad_weight->data_ptr(), ckk, 0, 1,
                    n0 == 0 ? 0.0 : 1.0));
     }
@@ -427,7 +448,7 @@ void conv_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y,
     T* gx = grad_x->data<T>();
     if (is_pointwise(g)) {
       // dX[n] = Wᵀ · G[n]
-      gemm(product(dtype, true, false, g.in_channels, spatial, g.out_channels, weight.data_ptr(),
+      gemm(product(dtype, g, true, false, g.in_channels, spatial, g.out_channels, weight.data_ptr(),
                    ckk, 0, pg, spatial, out_image, gx, spatial, in_image, g.batch, 0.0));
       return;
     }
@@ -436,7 +457,7 @@ void conv_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y,
     Tensor cols = Tensor::empty({chunk * ckk * spatial}, dtype, x.device());
     for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
       const int64_t count = std::min(chunk, g.batch - n0);
-      gemm(product(dtype, true, false, ckk, spatial, g.out_channels, weight.data_ptr(), ckk, 0,
+      gemm(product(dtype, g, true, false, ckk, spatial, g.out_channels, weight.data_ptr(), ckk, 0,
                    pg + n0 * out_image, spatial, out_image, cols.data_ptr(), spatial,
                    ckk * spatial, count, 0.0));
       col2im<<<blocks_for(count * in_image), kThreads, 0, guard.stream()>>>(cols.data<T>(), g, n0,

@@ -2,13 +2,16 @@
 // of (outer, extent, inner), softmax / log-softmax, fused softmax + cross-entropy, layer
 // norm, embedding, dropout masks and random fills. The formulas are those of
 // cpp/cpu/reduce.cpp and cpp/cpu/nn.cpp; only the summation order differs (trees of
-// warps instead of one running sum).
+// warps instead of one running sum). float16/bfloat16 storage S is computed in float
+// (C = compute_t<S>): sums, row statistics and the logsumexp/mean/rstd tensors stay in
+// float, and each stored value is rounded once.
 //
 // Row kernels give a row to a warp when it has at most 1024 columns, else to a block
 // (common.cuh's launch_rows); the column kernels (inner > 1, parameter gradients) give
 // each thread a column and split the rows over threadIdx.y.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "common.cuh"
 
@@ -64,32 +67,38 @@ __device__ T column_combine(T value, T* shared, Combine combine) {
   return value;
 }
 
-// Sum of each row; rows are split into `chunks` segments when there are too few rows
-// to fill the GPU: then out holds (rows, chunks) partials for a second pass.
-template <bool kWarp, class T>
-__global__ void sum_rows(const T* x, int64_t rows, int64_t cols, int64_t chunks, T* out) {
+// Sum of each row into O (S, or C when the op layer still scales the sums: a 16-bit
+// mean rounds once, after dividing); rows are split into `chunks` segments when there
+// are too few rows to fill the GPU: then out holds (rows, chunks) partials in C for a
+// second pass.
+template <bool kWarp, class S, class O>
+__global__ void sum_rows(const S* x, int64_t rows, int64_t cols, int64_t chunks, O* out) {
+  using C = compute_t<S>;
   const int64_t task = STEEPEST_ROW_INDEX();
   if (task >= rows * chunks) return;
   const int64_t row = task / chunks, chunk = task % chunks;
   const int64_t len = (cols + chunks - 1) / chunks;
   const int64_t begin = chunk * len, end = begin + len < cols ? begin + len : cols;
-  const T* xr = x + row * cols;
-  T acc = 0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) acc += xr[i];
-  acc = row_reduce<kWarp>(acc, SumOp{}, T(0));
-  if (threadIdx.x == 0) out[task] = acc;
+  const S* xr = x + row * cols;
+  C acc = 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) acc += to_compute(xr[i]);
+  acc = row_reduce<kWarp>(acc, SumOp{}, C(0));
+  if (threadIdx.x == 0) out[task] = to_storage<O>(acc);
 }
 
-template <bool kWarp, class T>
-__global__ void max_rows(const T* x, int64_t rows, int64_t cols, T* out, int64_t* argmax) {
+// The maximum is one of the inputs, so storing it back into S is exact.
+template <bool kWarp, class S>
+__global__ void max_rows(const S* x, int64_t rows, int64_t cols, S* out, int64_t* argmax) {
+  using C = compute_t<S>;
   const int64_t row = STEEPEST_ROW_INDEX();
   if (row >= rows) return;
-  const T* xr = x + row * cols;
-  ArgMax<T> best{T(0), -1};
-  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) best = better(best, ArgMax<T>{xr[i], i});
+  const S* xr = x + row * cols;
+  ArgMax<C> best{C(0), -1};
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x)
+    best = better(best, ArgMax<C>{to_compute(xr[i]), i});
   best = warp_argmax(best);
   if constexpr (!kWarp) {
-    __shared__ T values[32];
+    __shared__ C values[32];
     __shared__ int64_t indices[32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     if (lane == 0) {
@@ -98,45 +107,48 @@ __global__ void max_rows(const T* x, int64_t rows, int64_t cols, T* out, int64_t
     }
     __syncthreads();
     if (warp == 0) {
-      best = lane < static_cast<int>(blockDim.x / 32) ? ArgMax<T>{values[lane], indices[lane]}
-                                                       : ArgMax<T>{T(0), -1};
+      best = lane < static_cast<int>(blockDim.x / 32) ? ArgMax<C>{values[lane], indices[lane]}
+                                                       : ArgMax<C>{C(0), -1};
       best = warp_argmax(best);
     }
   }
   if (threadIdx.x == 0) {
-    out[row] = best.value;
+    out[row] = to_storage<S>(best.value);
     if (argmax) argmax[row] = best.index;
   }
 }
 
 // inner > 1: thread x of a block owns column c of one outer slice.
-template <class T>
-__global__ void sum_columns(const T* x, int64_t outer, int64_t extent, int64_t inner, T* out) {
-  __shared__ T shared[kThreads];
+template <class S, class O>
+__global__ void sum_columns(const S* x, int64_t outer, int64_t extent, int64_t inner, O* out) {
+  using C = compute_t<S>;
+  __shared__ C shared[kThreads];
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   for (int64_t o = blockIdx.y; o < outer; o += gridDim.y) {
-    T acc = 0;
+    C acc = 0;
     if (c < inner)
-      for (int64_t e = threadIdx.y; e < extent; e += blockDim.y) acc += x[(o * extent + e) * inner + c];
+      for (int64_t e = threadIdx.y; e < extent; e += blockDim.y)
+        acc += to_compute(x[(o * extent + e) * inner + c]);
     acc = column_combine(acc, shared, SumOp{});
-    if (threadIdx.y == 0 && c < inner) out[o * inner + c] = acc;
+    if (threadIdx.y == 0 && c < inner) out[o * inner + c] = to_storage<O>(acc);
     __syncthreads();
   }
 }
 
-template <class T>
-__global__ void max_columns(const T* x, int64_t outer, int64_t extent, int64_t inner, T* out,
+template <class S>
+__global__ void max_columns(const S* x, int64_t outer, int64_t extent, int64_t inner, S* out,
                             int64_t* argmax) {
-  __shared__ ArgMax<T> shared[kThreads];
+  using C = compute_t<S>;
+  __shared__ ArgMax<C> shared[kThreads];
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   for (int64_t o = blockIdx.y; o < outer; o += gridDim.y) {
-    ArgMax<T> best{T(0), -1};
+    ArgMax<C> best{C(0), -1};
     if (c < inner)
       for (int64_t e = threadIdx.y; e < extent; e += blockDim.y)
-        best = better(best, ArgMax<T>{x[(o * extent + e) * inner + c], e});
-    best = column_combine(best, shared, [](ArgMax<T> a, ArgMax<T> b) { return better(a, b); });
+        best = better(best, ArgMax<C>{to_compute(x[(o * extent + e) * inner + c]), e});
+    best = column_combine(best, shared, [](ArgMax<C> a, ArgMax<C> b) { return better(a, b); });
     if (threadIdx.y == 0 && c < inner) {
-      out[o * inner + c] = best.value;
+      out[o * inner + c] = to_storage<S>(best.value);
       if (argmax) argmax[o * inner + c] = best.index;
     }
     __syncthreads();
@@ -155,59 +167,70 @@ dim3 column_grid(int64_t outer, int64_t inner) {
 // ---------------------------------------------------------------- softmax family
 
 // The seed's log-softmax shift, kept apart as on the CPU: m = max x and log Σ exp(x − m).
-template <bool kWarp, class T>
-__device__ void row_shifted_logsum(const T* x, int64_t n, T& max, T& log_sum) {
-  T m = neg_inf<T>();
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = x[i] > m ? x[i] : m;
-  m = row_reduce<kWarp>(m, MaxOp{}, neg_inf<T>());
+template <bool kWarp, class S, class C = compute_t<S>>
+__device__ void row_shifted_logsum(const S* x, int64_t n, C& max, C& log_sum) {
+  C m = neg_inf<C>();
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const C v = to_compute(x[i]);
+    m = v > m ? v : m;
+  }
+  m = row_reduce<kWarp>(m, MaxOp{}, neg_inf<C>());
   max = m;
   if (isinf(m)) {
-    log_sum = T(0);
+    log_sum = C(0);
     return;
   }
-  T s = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += exp(x[i] - m);
-  log_sum = log(row_reduce<kWarp>(s, SumOp{}, T(0)));
+  C s = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += exp(to_compute(x[i]) - m);
+  log_sum = log(row_reduce<kWarp>(s, SumOp{}, C(0)));
 }
 
-template <bool kWarp, class T>
-__global__ void softmax_rows(const T* x, T* y, int64_t rows, int64_t cols, bool log_output) {
+template <bool kWarp, class S>
+__global__ void softmax_rows(const S* x, S* y, int64_t rows, int64_t cols, bool log_output) {
+  using C = compute_t<S>;
   const int64_t row = STEEPEST_ROW_INDEX();
   if (row >= rows) return;
-  const T* xr = x + row * cols;
-  T* yr = y + row * cols;
-  T m, ls;
+  const S* xr = x + row * cols;
+  S* yr = y + row * cols;
+  C m, ls;
   row_shifted_logsum<kWarp>(xr, cols, m, ls);
-  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x)
-    yr[i] = log_output ? (xr[i] - m) - ls : exp((xr[i] - m) - ls);
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    const C v = to_compute(xr[i]);
+    yr[i] = to_storage<S>(log_output ? (v - m) - ls : exp((v - m) - ls));
+  }
 }
 
 // softmax: dL/dz = G ⊙ p − (G·pᵀ) p; log-softmax: dL/dz = G − p Σ G (p = exp(y)).
-template <bool kWarp, class T>
-__global__ void softmax_backward_rows(const T* gy, const T* y, T* gx, int64_t rows,
+template <bool kWarp, class S>
+__global__ void softmax_backward_rows(const S* gy, const S* y, S* gx, int64_t rows,
                                       int64_t cols, bool log_output) {
+  using C = compute_t<S>;
   const int64_t row = STEEPEST_ROW_INDEX();
   if (row >= rows) return;
-  const T* g = gy + row * cols;
-  const T* yr = y + row * cols;
-  T* out = gx + row * cols;
-  T dot = 0;
-  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) dot += log_output ? g[i] : g[i] * yr[i];
-  dot = row_reduce<kWarp>(dot, SumOp{}, T(0));
+  const S* g = gy + row * cols;
+  const S* yr = y + row * cols;
+  S* out = gx + row * cols;
+  C dot = 0;
   for (int64_t i = threadIdx.x; i < cols; i += blockDim.x)
-    out[i] = log_output ? g[i] - exp(yr[i]) * dot : yr[i] * (g[i] - dot);
+    dot += log_output ? to_compute(g[i]) : to_compute(g[i]) * to_compute(yr[i]);
+  dot = row_reduce<kWarp>(dot, SumOp{}, C(0));
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    const C gi = to_compute(g[i]), yi = to_compute(yr[i]);
+    out[i] = to_storage<S>(log_output ? gi - exp(yi) * dot : yi * (gi - dot));
+  }
 }
 
 // L = −log p_label with log p = (z − m) − log Σ; a label outside [0, classes) is
 // recorded in `bad` and never used as an address.
-template <bool kWarp, class T, class L>
-__global__ void cross_entropy_index_rows(const T* z, const L* labels, T* loss, T* lse,
+template <bool kWarp, class S, class L>
+__global__ void cross_entropy_index_rows(const S* z, const L* labels, S* loss, compute_t<S>* lse,
                                          int64_t rows, int64_t classes,
                                          unsigned long long* bad) {
+  using C = compute_t<S>;
   const int64_t row = STEEPEST_ROW_INDEX();
   if (row >= rows) return;
-  const T* zr = z + row * classes;
-  T m, ls;
+  const S* zr = z + row * classes;
+  C m, ls;
   row_shifted_logsum<kWarp>(zr, classes, m, ls);
   if (threadIdx.x != 0) return;
   lse[2 * row] = m;
@@ -215,164 +238,180 @@ __global__ void cross_entropy_index_rows(const T* z, const L* labels, T* loss, T
   const auto c = static_cast<int64_t>(labels[row]);
   if (c < 0 || c >= classes) {
     atomicMin(bad, static_cast<unsigned long long>(row));
-    loss[row] = T(NAN);
+    loss[row] = to_storage<S>(C(NAN));
     return;
   }
-  loss[row] = ls - (zr[c] - m);
+  loss[row] = to_storage<S>(ls - (to_compute(zr[c]) - m));
 }
 
 // L = −Σ y_i log p_i over the nonzero targets.
-template <bool kWarp, class T>
-__global__ void cross_entropy_prob_rows(const T* z, const T* y, T* loss, T* lse, int64_t rows,
-                                        int64_t classes) {
+template <bool kWarp, class S>
+__global__ void cross_entropy_prob_rows(const S* z, const S* y, S* loss, compute_t<S>* lse,
+                                        int64_t rows, int64_t classes) {
+  using C = compute_t<S>;
   const int64_t row = STEEPEST_ROW_INDEX();
   if (row >= rows) return;
-  const T* zr = z + row * classes;
-  const T* yr = y + row * classes;
-  T m, ls;
+  const S* zr = z + row * classes;
+  const S* yr = y + row * classes;
+  C m, ls;
   row_shifted_logsum<kWarp>(zr, classes, m, ls);
-  T acc = 0;
-  for (int64_t i = threadIdx.x; i < classes; i += blockDim.x)
-    if (yr[i] != T(0)) acc -= yr[i] * ((zr[i] - m) - ls);
-  acc = row_reduce<kWarp>(acc, SumOp{}, T(0));
+  C acc = 0;
+  for (int64_t i = threadIdx.x; i < classes; i += blockDim.x) {
+    const C yi = to_compute(yr[i]);
+    if (yi != C(0)) acc -= yi * ((to_compute(zr[i]) - m) - ls);
+  }
+  acc = row_reduce<kWarp>(acc, SumOp{}, C(0));
   if (threadIdx.x == 0) {
     lse[2 * row] = m;
     lse[2 * row + 1] = ls;
-    loss[row] = acc;
+    loss[row] = to_storage<S>(acc);
   }
 }
 
 // grad = g_row · (p − onehot(label)): the seed's p − y.
-template <class T, class L>
-__global__ void cross_entropy_index_backward(const T* z, const L* labels, const T* lse,
-                                             const T* grad_loss, T* grad, int64_t rows,
+template <class S, class L>
+__global__ void cross_entropy_index_backward(const S* z, const L* labels, const compute_t<S>* lse,
+                                             const S* grad_loss, S* grad, int64_t rows,
                                              int64_t classes) {
+  using C = compute_t<S>;
   STEEPEST_GRID_STRIDE(e, rows * classes) {
     const int64_t row = e / classes, i = e - row * classes;
-    const T g = grad_loss[row];
-    const T p = exp((z[e] - lse[2 * row]) - lse[2 * row + 1]);
-    grad[e] = g * p - (static_cast<int64_t>(labels[row]) == i ? g : T(0));
+    const C g = to_compute(grad_loss[row]);
+    const C p = exp((to_compute(z[e]) - lse[2 * row]) - lse[2 * row + 1]);
+    grad[e] = to_storage<S>(g * p - (static_cast<int64_t>(labels[row]) == i ? g : C(0)));
   }
 }
 
 // −y + p Σy: the seed's derivation before assuming Σy = 1.
-template <bool kWarp, class T>
-__global__ void cross_entropy_prob_backward(const T* z, const T* y, const T* lse,
-                                            const T* grad_loss, T* grad, int64_t rows,
+template <bool kWarp, class S>
+__global__ void cross_entropy_prob_backward(const S* z, const S* y, const compute_t<S>* lse,
+                                            const S* grad_loss, S* grad, int64_t rows,
                                             int64_t classes) {
+  using C = compute_t<S>;
   const int64_t row = STEEPEST_ROW_INDEX();
   if (row >= rows) return;
-  const T* zr = z + row * classes;
-  const T* yr = y + row * classes;
-  T* out = grad + row * classes;
-  T total = 0;
-  for (int64_t i = threadIdx.x; i < classes; i += blockDim.x) total += yr[i];
-  total = row_reduce<kWarp>(total, SumOp{}, T(0));
-  const T g = grad_loss[row], m = lse[2 * row], ls = lse[2 * row + 1];
+  const S* zr = z + row * classes;
+  const S* yr = y + row * classes;
+  S* out = grad + row * classes;
+  C total = 0;
+  for (int64_t i = threadIdx.x; i < classes; i += blockDim.x) total += to_compute(yr[i]);
+  total = row_reduce<kWarp>(total, SumOp{}, C(0));
+  const C g = to_compute(grad_loss[row]), m = lse[2 * row], ls = lse[2 * row + 1];
   for (int64_t i = threadIdx.x; i < classes; i += blockDim.x)
-    out[i] = g * (exp((zr[i] - m) - ls) * total - yr[i]);
+    out[i] = to_storage<S>(g * (exp((to_compute(zr[i]) - m) - ls) * total - to_compute(yr[i])));
 }
 
 // ------------------------------------------------------------------- layer norm
 
-template <bool kWarp, class T>
-__global__ void layer_norm_rows(const T* x, const T* w, const T* b, T eps, T* y, T* mean,
-                                T* rstd, int64_t rows, int64_t cols) {
+// mean and rstd are C: the row statistics stay in float for 16-bit x.
+template <bool kWarp, class S>
+__global__ void layer_norm_rows(const S* x, const S* w, const S* b, compute_t<S> eps, S* y,
+                                compute_t<S>* mean, compute_t<S>* rstd, int64_t rows,
+                                int64_t cols) {
+  using C = compute_t<S>;
   const int64_t row = STEEPEST_ROW_INDEX();
   if (row >= rows) return;
-  const T* xr = x + row * cols;
-  T* yr = y + row * cols;
-  T mu = 0;
-  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) mu += xr[i];
-  mu = row_reduce<kWarp>(mu, SumOp{}, T(0)) / static_cast<T>(cols);
-  T var = 0;
-  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) var += (xr[i] - mu) * (xr[i] - mu);
-  var = row_reduce<kWarp>(var, SumOp{}, T(0)) / static_cast<T>(cols);
-  const T rs = T(1) / sqrt(var + eps);
+  const S* xr = x + row * cols;
+  S* yr = y + row * cols;
+  C mu = 0;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) mu += to_compute(xr[i]);
+  mu = row_reduce<kWarp>(mu, SumOp{}, C(0)) / static_cast<C>(cols);
+  C var = 0;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    const C d = to_compute(xr[i]) - mu;
+    var += d * d;
+  }
+  var = row_reduce<kWarp>(var, SumOp{}, C(0)) / static_cast<C>(cols);
+  const C rs = C(1) / sqrt(var + eps);
   if (threadIdx.x == 0) {
     mean[row] = mu;
     rstd[row] = rs;
   }
   for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
-    T v = (xr[i] - mu) * rs;
-    if (w) v *= w[i];
-    if (b) v += b[i];
-    yr[i] = v;
+    C v = (to_compute(xr[i]) - mu) * rs;
+    if (w) v *= to_compute(w[i]);
+    if (b) v += to_compute(b[i]);
+    yr[i] = to_storage<S>(v);
   }
 }
 
 // dx = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)) with x̂ = (x − μ)·rstd and ĝ = G ⊙ w.
-template <bool kWarp, class T>
-__global__ void layer_norm_backward_rows(const T* gy, const T* x, const T* w, const T* mean,
-                                         const T* rstd, T* gx, int64_t rows, int64_t cols) {
+template <bool kWarp, class S>
+__global__ void layer_norm_backward_rows(const S* gy, const S* x, const S* w,
+                                         const compute_t<S>* mean, const compute_t<S>* rstd,
+                                         S* gx, int64_t rows, int64_t cols) {
+  using C = compute_t<S>;
   const int64_t row = STEEPEST_ROW_INDEX();
   if (row >= rows) return;
-  const T* g = gy + row * cols;
-  const T* xr = x + row * cols;
-  T* out = gx + row * cols;
-  const T mu = mean[row], rs = rstd[row];
-  T mean_g = 0, mean_gx = 0;
+  const S* g = gy + row * cols;
+  const S* xr = x + row * cols;
+  S* out = gx + row * cols;
+  const C mu = mean[row], rs = rstd[row];
+  C mean_g = 0, mean_gx = 0;
   for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
-    const T gh = w ? g[i] * w[i] : g[i];
+    const C gh = w ? to_compute(g[i]) * to_compute(w[i]) : to_compute(g[i]);
     mean_g += gh;
-    mean_gx += gh * ((xr[i] - mu) * rs);
+    mean_gx += gh * ((to_compute(xr[i]) - mu) * rs);
   }
-  mean_g = row_reduce<kWarp>(mean_g, SumOp{}, T(0)) / static_cast<T>(cols);
-  mean_gx = row_reduce<kWarp>(mean_gx, SumOp{}, T(0)) / static_cast<T>(cols);
+  mean_g = row_reduce<kWarp>(mean_g, SumOp{}, C(0)) / static_cast<C>(cols);
+  mean_gx = row_reduce<kWarp>(mean_gx, SumOp{}, C(0)) / static_cast<C>(cols);
   for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
-    const T gh = w ? g[i] * w[i] : g[i];
-    out[i] = rs * (gh - mean_g - (xr[i] - mu) * rs * mean_gx);
+    const C gh = w ? to_compute(g[i]) * to_compute(w[i]) : to_compute(g[i]);
+    out[i] = to_storage<S>(rs * (gh - mean_g - (to_compute(xr[i]) - mu) * rs * mean_gx));
   }
 }
 
 // dw = Σ_rows G ⊙ x̂, db = Σ_rows G: column sums, a thread per column.
-template <class T>
-__global__ void layer_norm_param_grads(const T* gy, const T* x, const T* mean, const T* rstd,
-                                       T* gw, T* gb, int64_t rows, int64_t cols) {
-  __shared__ T shared[kThreads];
+template <class S>
+__global__ void layer_norm_param_grads(const S* gy, const S* x, const compute_t<S>* mean,
+                                       const compute_t<S>* rstd, S* gw, S* gb, int64_t rows,
+                                       int64_t cols) {
+  using C = compute_t<S>;
+  __shared__ C shared[kThreads];
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  T acc_w = 0, acc_b = 0;
+  C acc_w = 0, acc_b = 0;
   if (c < cols)
     for (int64_t r = threadIdx.y; r < rows; r += blockDim.y) {
-      const T g = gy[r * cols + c];
-      acc_w += g * (x[r * cols + c] - mean[r]) * rstd[r];
+      const C g = to_compute(gy[r * cols + c]);
+      acc_w += g * (to_compute(x[r * cols + c]) - mean[r]) * rstd[r];
       acc_b += g;
     }
   acc_w = column_combine(acc_w, shared, SumOp{});
   __syncthreads();
   acc_b = column_combine(acc_b, shared, SumOp{});
   if (threadIdx.y == 0 && c < cols) {
-    if (gw) gw[c] = acc_w;
-    if (gb) gb[c] = acc_b;
+    if (gw) gw[c] = to_storage<S>(acc_w);
+    if (gb) gb[c] = to_storage<S>(acc_b);
   }
 }
 
 // --------------------------------------------------------------------- embedding
 
-template <class T, class I>
-__global__ void embedding_gather(const I* indices, const T* table, T* out, int64_t n,
+// Rows are copied as stored.
+template <class S, class I>
+__global__ void embedding_gather(const I* indices, const S* table, S* out, int64_t n,
                                  int64_t vocab, int64_t dim, unsigned long long* bad) {
   STEEPEST_GRID_STRIDE(e, n * dim) {
     const int64_t i = e / dim, d = e - i * dim;
     const auto v = static_cast<int64_t>(indices[i]);
     if (v < 0 || v >= vocab) {
       atomicMin(bad, static_cast<unsigned long long>(i));
-      out[e] = T(0);
+      out[e] = to_storage<S>(compute_t<S>(0));
     } else {
       out[e] = table[v * dim + d];
     }
   }
 }
 
-// Scatter-add: repeated indices add up through atomics (order-dependent in the last
-// bits, like PyTorch's embedding backward on CUDA).
-template <class T, class I>
-__global__ void embedding_scatter(const I* indices, const T* grad_out, T* grad_table, int64_t n,
-                                  int64_t vocab, int64_t dim) {
+// Scatter-add into a table of the compute type: repeated indices add up through
+// atomics (order-dependent in the last bits, like PyTorch's embedding backward on CUDA).
+template <class S, class I>
+__global__ void embedding_scatter(const I* indices, const S* grad_out, compute_t<S>* grad_table,
+                                  int64_t n, int64_t vocab, int64_t dim) {
   STEEPEST_GRID_STRIDE(e, n * dim) {
     const int64_t i = e / dim, d = e - i * dim;
     const auto v = static_cast<int64_t>(indices[i]);
-    if (v >= 0 && v < vocab) atomicAdd(grad_table + v * dim + d, grad_out[e]);
+    if (v >= 0 && v < vocab) atomicAdd(grad_table + v * dim + d, to_compute(grad_out[e]));
   }
 }
 
@@ -399,17 +438,22 @@ __device__ double normal_at(uint64_t seed, uint64_t index) {
   return sqrt(-2.0 * log1p(-u1)) * cos(6.283185307179586476925 * u2);
 }
 
-template <class T>
-__global__ void dropout_kernel(T* mask, int64_t n, double rate, T keep_scale, uint64_t seed) {
+// keep_scale and zero come rounded from the host, as the CPU rounds them.
+template <class S>
+__global__ void dropout_kernel(S* mask, int64_t n, double rate, S keep_scale, S zero,
+                               uint64_t seed) {
   STEEPEST_GRID_STRIDE(i, n)
-  mask[i] = uniform_at(seed, static_cast<uint64_t>(i)) < rate ? T(0) : keep_scale;
+  mask[i] = uniform_at(seed, static_cast<uint64_t>(i)) < rate ? zero : keep_scale;
 }
 
-template <class T>
-__global__ void random_kernel(T* out, int64_t n, bool normal, uint64_t seed) {
+// Uniform draws are clamped to below_one, the largest S below 1 (1 for float and double),
+// so that rounding to 16 bits keeps the range [0, 1), as on the CPU.
+template <class S>
+__global__ void random_kernel(S* out, int64_t n, bool normal, double below_one, uint64_t seed) {
   STEEPEST_GRID_STRIDE(i, n) {
     const auto index = static_cast<uint64_t>(i);
-    out[i] = static_cast<T>(normal ? normal_at(seed, index) : uniform_at(seed, index));
+    const double v = normal ? normal_at(seed, index) : fmin(uniform_at(seed, index), below_one);
+    out[i] = to_storage<S>(v);
   }
 }
 
@@ -425,43 +469,54 @@ void reduce(ReduceOp op, const Tensor& x, int64_t outer, int64_t extent, int64_t
   if (outer * inner == 0) return;
   DeviceGuard guard(x.device());
   const cudaStream_t stream = guard.stream();
-  dispatch_float("reduce", x.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const T* px = x.data<T>();
-    T* po = out.data<T>();
-    int64_t* pa = argmax ? argmax->data<int64_t>() : nullptr;
-    if (inner > 1) {
-      const dim3 grid = column_grid(outer, inner), block(kColumnTile, kColumnSplit);
-      if (op == ReduceOp::Sum)
-        sum_columns<<<grid, block, 0, stream>>>(px, outer, extent, inner, po);
-      else
-        max_columns<<<grid, block, 0, stream>>>(px, outer, extent, inner, po, pa);
-      STEEPEST_CUDA_CHECK_LAUNCH();
-      return;
-    }
+  dispatch_float_storage("reduce", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    const S* px = x.data<S>();
+    const dim3 grid = column_grid(outer, inner), block(kColumnTile, kColumnSplit);
     if (op == ReduceOp::Max) {
-      launch_rows(stream, outer, extent, max_rows<true, T>, max_rows<false, T>, px, outer, extent,
+      S* po = out.data<S>();
+      int64_t* pa = argmax ? argmax->data<int64_t>() : nullptr;
+      if (inner > 1) {
+        max_columns<<<grid, block, 0, stream>>>(px, outer, extent, inner, po, pa);
+        STEEPEST_CUDA_CHECK_LAUNCH();
+        return;
+      }
+      launch_rows(stream, outer, extent, max_rows<true, S>, max_rows<false, S>, px, outer, extent,
                   po, pa);
       return;
     }
-    // Few long rows (a full sum) would leave most of the GPU idle: split each row into
-    // chunks and add the partial sums in a second pass.
-    constexpr int64_t kChunkLength = 16384;
-    const int64_t busy_rows = 4 * static_cast<int64_t>(multiprocessor_count(guard.index()));
-    int64_t chunks = 1;
-    if (outer < busy_rows && extent > 2 * kChunkLength)
-      chunks = std::min<int64_t>((extent + kChunkLength - 1) / kChunkLength, 1024);
-    if (chunks == 1) {
-      launch_rows(stream, outer, extent, sum_rows<true, T>, sum_rows<false, T>, px, outer,
-                  extent, int64_t{1}, po);
-      return;
-    }
-    Tensor partial = Tensor::empty({outer, chunks}, x.dtype(), x.device());
-    T* pp = partial.data<T>();
-    launch_rows(stream, outer * chunks, extent, sum_rows<true, T>, sum_rows<false, T>, px,
-                outer, extent, chunks, pp);
-    launch_rows(stream, outer, chunks, sum_rows<true, T>, sum_rows<false, T>,
-                static_cast<const T*>(pp), outer, chunks, int64_t{1}, po);
+    auto sum_into = [&](auto* po) {
+      using O = std::remove_pointer_t<decltype(po)>;
+      if (inner > 1) {
+        sum_columns<<<grid, block, 0, stream>>>(px, outer, extent, inner, po);
+        STEEPEST_CUDA_CHECK_LAUNCH();
+        return;
+      }
+      // Few long rows (a full sum) would leave most of the GPU idle: split each row into
+      // chunks and add the partial sums in a second pass.
+      constexpr int64_t kChunkLength = 16384;
+      const int64_t busy_rows = 4 * static_cast<int64_t>(multiprocessor_count(guard.index()));
+      int64_t chunks = 1;
+      if (outer < busy_rows && extent > 2 * kChunkLength)
+        chunks = std::min<int64_t>((extent + kChunkLength - 1) / kChunkLength, 1024);
+      if (chunks == 1) {
+        launch_rows(stream, outer, extent, sum_rows<true, S, O>, sum_rows<false, S, O>, px,
+                    outer, extent, int64_t{1}, po);
+        return;
+      }
+      Tensor partial = Tensor::empty({outer, chunks}, compute_dtype(x.dtype()), x.device());
+      C* pp = partial.data<C>();
+      launch_rows(stream, outer * chunks, extent, sum_rows<true, S, C>, sum_rows<false, S, C>, px,
+                  outer, extent, chunks, pp);
+      launch_rows(stream, outer, chunks, sum_rows<true, C, O>, sum_rows<false, C, O>,
+                  static_cast<const C*>(pp), outer, chunks, int64_t{1}, po);
+    };
+    // The op layer asks for float sums of a 16-bit mean by passing a float32 out.
+    if (out.dtype() != x.dtype())
+      sum_into(out.data<C>());
+    else
+      sum_into(out.data<S>());
   });
 }
 
@@ -469,10 +524,10 @@ void softmax_forward(const Tensor& x, Tensor& y, bool log) {
   const int64_t rows = rows_of(x), cols = x.shape().back();
   if (rows == 0) return;
   DeviceGuard guard(x.device());
-  dispatch_float("softmax", x.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    launch_rows(guard.stream(), rows, cols, softmax_rows<true, T>, softmax_rows<false, T>,
-                x.data<T>(), y.data<T>(), rows, cols, log);
+  dispatch_float_storage("softmax", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    launch_rows(guard.stream(), rows, cols, softmax_rows<true, S>, softmax_rows<false, S>,
+                x.data<S>(), y.data<S>(), rows, cols, log);
   });
 }
 
@@ -480,10 +535,10 @@ void softmax_backward(const Tensor& grad_y, const Tensor& y, Tensor& grad_x, boo
   const int64_t rows = rows_of(y), cols = y.shape().back();
   if (rows == 0) return;
   DeviceGuard guard(y.device());
-  dispatch_float("softmax", y.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    launch_rows(guard.stream(), rows, cols, softmax_backward_rows<true, T>,
-                softmax_backward_rows<false, T>, grad_y.data<T>(), y.data<T>(), grad_x.data<T>(),
+  dispatch_float_storage("softmax", y.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    launch_rows(guard.stream(), rows, cols, softmax_backward_rows<true, S>,
+                softmax_backward_rows<false, S>, grad_y.data<S>(), y.data<S>(), grad_x.data<S>(),
                 rows, cols, log);
   });
 }
@@ -495,21 +550,22 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& labels, Tensor& l
   if (rows == 0) return;
   DeviceGuard guard(logits.device());
   const cudaStream_t stream = guard.stream();
-  dispatch_float("cross_entropy", logits.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const T* z = logits.data<T>();
-    T* out = loss.data<T>();
-    T* lse = logsumexp.data<T>();
+  dispatch_float_storage("cross_entropy", logits.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    const S* z = logits.data<S>();
+    S* out = loss.data<S>();
+    C* lse = logsumexp.data<C>();
     if (is_floating(labels.dtype())) {
-      launch_rows(stream, rows, classes, cross_entropy_prob_rows<true, T>,
-                  cross_entropy_prob_rows<false, T>, z, labels.data<T>(), out, lse, rows, classes);
+      launch_rows(stream, rows, classes, cross_entropy_prob_rows<true, S>,
+                  cross_entropy_prob_rows<false, S>, z, labels.data<S>(), out, lse, rows, classes);
       return;
     }
     dispatch_index("cross_entropy", labels.dtype(), [&](auto label_tag) {
       using L = typename decltype(label_tag)::type;
       IndexCheck check(guard);
-      launch_rows(stream, rows, classes, cross_entropy_index_rows<true, T, L>,
-                  cross_entropy_index_rows<false, T, L>, z, labels.data<L>(), out, lse, rows,
+      launch_rows(stream, rows, classes, cross_entropy_index_rows<true, S, L>,
+                  cross_entropy_index_rows<false, S, L>, z, labels.data<L>(), out, lse, rows,
                   classes, check.slot());
       const int64_t r = check.first_bad(guard);
       if (r >= 0)
@@ -526,15 +582,16 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Te
   if (rows == 0) return;
   DeviceGuard guard(logits.device());
   const cudaStream_t stream = guard.stream();
-  dispatch_float("cross_entropy", logits.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const T* z = logits.data<T>();
-    const T* lse = logsumexp.data<T>();
-    const T* g = grad_loss.data<T>();
-    T* gz = grad_logits.data<T>();
+  dispatch_float_storage("cross_entropy", logits.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    const S* z = logits.data<S>();
+    const C* lse = logsumexp.data<C>();
+    const S* g = grad_loss.data<S>();
+    S* gz = grad_logits.data<S>();
     if (is_floating(labels.dtype())) {
-      launch_rows(stream, rows, classes, cross_entropy_prob_backward<true, T>,
-                  cross_entropy_prob_backward<false, T>, z, labels.data<T>(), lse, g, gz, rows,
+      launch_rows(stream, rows, classes, cross_entropy_prob_backward<true, S>,
+                  cross_entropy_prob_backward<false, S>, z, labels.data<S>(), lse, g, gz, rows,
                   classes);
       return;
     }
@@ -552,13 +609,14 @@ void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bia
   const int64_t rows = rows_of(x), cols = x.shape().back();
   if (rows == 0) return;
   DeviceGuard guard(x.device());
-  dispatch_float("layer_norm", x.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const T* w = weight.defined() ? weight.data<T>() : nullptr;
-    const T* b = bias.defined() ? bias.data<T>() : nullptr;
-    launch_rows(guard.stream(), rows, cols, layer_norm_rows<true, T>, layer_norm_rows<false, T>,
-                x.data<T>(), w, b, static_cast<T>(eps), y.data<T>(), mean.data<T>(),
-                rstd.data<T>(), rows, cols);
+  dispatch_float_storage("layer_norm", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    const S* w = weight.defined() ? weight.data<S>() : nullptr;
+    const S* b = bias.defined() ? bias.data<S>() : nullptr;
+    launch_rows(guard.stream(), rows, cols, layer_norm_rows<true, S>, layer_norm_rows<false, S>,
+                x.data<S>(), w, b, static_cast<C>(eps), y.data<S>(), mean.data<C>(),
+                rstd.data<C>(), rows, cols);
   });
 }
 
@@ -567,19 +625,20 @@ void layer_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& we
                          Tensor* grad_weight, Tensor* grad_bias) {
   const int64_t rows = rows_of(x), cols = x.shape().back();
   DeviceGuard guard(x.device());
-  dispatch_float("layer_norm", x.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const T* w = weight.defined() ? weight.data<T>() : nullptr;
+  dispatch_float_storage("layer_norm", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    const S* w = weight.defined() ? weight.data<S>() : nullptr;
     if (rows > 0)
-      launch_rows(guard.stream(), rows, cols, layer_norm_backward_rows<true, T>,
-                  layer_norm_backward_rows<false, T>, grad_y.data<T>(), x.data<T>(), w,
-                  mean.data<T>(), rstd.data<T>(), grad_x.data<T>(), rows, cols);
+      launch_rows(guard.stream(), rows, cols, layer_norm_backward_rows<true, S>,
+                  layer_norm_backward_rows<false, S>, grad_y.data<S>(), x.data<S>(), w,
+                  mean.data<C>(), rstd.data<C>(), grad_x.data<S>(), rows, cols);
     if ((grad_weight || grad_bias) && cols > 0) {
       const auto tiles = static_cast<unsigned>((cols + kColumnTile - 1) / kColumnTile);
       layer_norm_param_grads<<<tiles, dim3(kColumnTile, kColumnSplit), 0, guard.stream()>>>(
-          grad_y.data<T>(), x.data<T>(), mean.data<T>(), rstd.data<T>(),
-          grad_weight ? grad_weight->data<T>() : nullptr,
-          grad_bias ? grad_bias->data<T>() : nullptr, rows, cols);
+          grad_y.data<S>(), x.data<S>(), mean.data<C>(), rstd.data<C>(),
+          grad_weight ? grad_weight->data<S>() : nullptr,
+          grad_bias ? grad_bias->data<S>() : nullptr, rows, cols);
       STEEPEST_CUDA_CHECK_LAUNCH();
     }
   });
@@ -589,13 +648,13 @@ void embedding_forward(const Tensor& indices, const Tensor& table, Tensor& out) 
   const int64_t vocab = table.shape()[0], dim = table.shape()[1], n = indices.numel();
   if (n * dim == 0) return;
   DeviceGuard guard(table.device());
-  dispatch_float("embedding", table.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  dispatch_float_storage("embedding", table.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
     dispatch_index("embedding", indices.dtype(), [&](auto index_tag) {
       using I = typename decltype(index_tag)::type;
       IndexCheck check(guard);
       embedding_gather<<<blocks_for(n * dim), kThreads, 0, guard.stream()>>>(
-          indices.data<I>(), table.data<T>(), out.data<T>(), n, vocab, dim, check.slot());
+          indices.data<I>(), table.data<S>(), out.data<S>(), n, vocab, dim, check.slot());
       STEEPEST_CUDA_CHECK_LAUNCH();
       const int64_t i = check.first_bad(guard);
       if (i >= 0)
@@ -609,14 +668,25 @@ void embedding_backward(const Tensor& indices, const Tensor& grad_out, Tensor& g
   const int64_t vocab = grad_table.shape()[0], dim = grad_table.shape()[1], n = indices.numel();
   if (n * dim == 0) return;
   DeviceGuard guard(grad_table.device());
-  dispatch_float("embedding", grad_table.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  dispatch_float_storage("embedding", grad_table.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    // A 16-bit table sums in a float copy and is rounded once at the end, as on the CPU:
+    // 16-bit atomics would round every addition, losing a row's small contributions.
+    constexpr bool kWiden = !std::is_same_v<S, C>;
+    Tensor acc = grad_table;
+    if constexpr (kWiden) {
+      acc = Tensor::empty(grad_table.shape(), compute_dtype(grad_table.dtype()),
+                          grad_table.device());
+      cuda::copy(grad_table, acc);
+    }
     dispatch_index("embedding", indices.dtype(), [&](auto index_tag) {
       using I = typename decltype(index_tag)::type;
       embedding_scatter<<<blocks_for(n * dim), kThreads, 0, guard.stream()>>>(
-          indices.data<I>(), grad_out.data<T>(), grad_table.data<T>(), n, vocab, dim);
+          indices.data<I>(), grad_out.data<S>(), acc.data<C>(), n, vocab, dim);
       STEEPEST_CUDA_CHECK_LAUNCH();
     });
+    if constexpr (kWiden) cuda::copy(acc, grad_table);
   });
 }
 
@@ -624,10 +694,10 @@ void dropout_mask(Tensor& mask, double rate, uint64_t seed) {
   const int64_t n = mask.numel();
   if (n == 0) return;
   DeviceGuard guard(mask.device());
-  dispatch_float("dropout", mask.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  dispatch_float_storage("dropout", mask.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
     dropout_kernel<<<blocks_for(n), kThreads, 0, guard.stream()>>>(
-        mask.data<T>(), n, rate, static_cast<T>(1.0 / (1.0 - rate)), seed);
+        mask.data<S>(), n, rate, static_cast<S>(1.0 / (1.0 - rate)), static_cast<S>(0.0), seed);
     STEEPEST_CUDA_CHECK_LAUNCH();
   });
 }
@@ -636,10 +706,13 @@ void random_fill(Tensor& out, RandomKind kind, uint64_t seed) {
   const int64_t n = out.numel();
   if (n == 0) return;
   DeviceGuard guard(out.device());
-  dispatch_float("random", out.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  dispatch_float_storage("random", out.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    double below_one = 1.0;
+    if constexpr (std::is_same_v<S, Half>) below_one = 1.0 - 0x1p-11;
+    if constexpr (std::is_same_v<S, BFloat16>) below_one = 1.0 - 0x1p-8;
     random_kernel<<<blocks_for(n), kThreads, 0, guard.stream()>>>(
-        out.data<T>(), n, kind == RandomKind::Normal, seed);
+        out.data<S>(), n, kind == RandomKind::Normal, below_one, seed);
     STEEPEST_CUDA_CHECK_LAUNCH();
   });
 }

@@ -1,8 +1,8 @@
 // Element types and the dispatch helpers that turn a runtime DType into a C++ type.
 // float16/bfloat16 are stored as 16 bits (steepest/half.h) and computed in float: the
-// CPU kernels that support them dispatch with the *_storage helpers below, which also
-// name the compute type; dispatch_float/dispatch_all (GEMM, convolution, optimizers,
-// the CUDA kernels) keep rejecting them with a clear error.
+// kernels that support them (CPU and CUDA) dispatch with the *_storage helpers below,
+// which also name the compute type; dispatch_float/dispatch_all (convolution, pooling,
+// optimizers) keep rejecting them with a clear error.
 #pragma once
 
 #include <cstddef>
