@@ -446,8 +446,8 @@ __global__ void dropout_kernel(S* mask, int64_t n, double rate, S keep_scale, S 
   mask[i] = uniform_at(seed, static_cast<uint64_t>(i)) < rate ? zero : keep_scale;
 }
 
-// Uniform draws are clamped to below_one, the largest S below 1 (1 for float and double),
-// so that rounding to 16 bits keeps the range [0, 1), as on the CPU.
+// Uniform draws are clamped to below_one, the largest S below 1 (1 for double), so that
+// rounding to S keeps the range [0, 1), as on the CPU.
 template <class S>
 __global__ void random_kernel(S* out, int64_t n, bool normal, double below_one, uint64_t seed) {
   STEEPEST_GRID_STRIDE(i, n) {
@@ -709,6 +709,7 @@ void random_fill(Tensor& out, RandomKind kind, uint64_t seed) {
   dispatch_float_storage("random", out.dtype(), [&](auto tag) {
     using S = typename decltype(tag)::type;
     double below_one = 1.0;
+    if constexpr (std::is_same_v<S, float>) below_one = 1.0 - 0x1p-24;
     if constexpr (std::is_same_v<S, Half>) below_one = 1.0 - 0x1p-11;
     if constexpr (std::is_same_v<S, BFloat16>) below_one = 1.0 - 0x1p-8;
     random_kernel<<<blocks_for(n), kThreads, 0, guard.stream()>>>(

@@ -388,9 +388,10 @@ void random_fill(Tensor& out, RandomKind kind, uint64_t seed) {
   dispatch_float_storage("random", out.dtype(), [&](auto tag) {
     using S = typename decltype(tag)::type;
     S* p = out.data<S>();
-    // In 16 bits a uniform draw above the largest value below 1 would round up to 1:
-    // clamp it there so the range stays [0, 1).
+    // Rounded to S, a uniform draw above the largest S below 1 would become 1 (in float32
+    // one draw in 2^25): clamp it there so the range stays [0, 1).
     double below_one = 1.0;
+    if constexpr (std::is_same_v<S, float>) below_one = 1.0 - 0x1p-24;
     if constexpr (std::is_same_v<S, Half>) below_one = 1.0 - 0x1p-11;
     if constexpr (std::is_same_v<S, BFloat16>) below_one = 1.0 - 0x1p-8;
     parallel_for(out.numel(), kParallelGrain / 8, [&](int64_t begin, int64_t end) {
