@@ -110,9 +110,6 @@ decltype(auto) dispatch_index(const char* op, DType dtype, Fn&& fn) {
 // load with to_compute, which is exact, and round once with to_storage. Half and
 // BFloat16 (half.h) hold only the bits; their conversions are host code.
 template <class S>
-inline constexpr bool kIsHalf = std::is_same_v<S, Half> || std::is_same_v<S, BFloat16>;
-
-template <class S>
 using compute_t = typename ComputeTypeOf<S>::type;
 
 template <class S>

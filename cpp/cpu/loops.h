@@ -28,9 +28,6 @@ namespace steepest::cpu {
 // the float32 kernel's, only loads and stores differ.
 inline constexpr int64_t kConvertBlock = 256;
 
-template <class T>
-inline constexpr bool kIsHalf = std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>;
-
 #ifdef STEEPEST_X86
 // F16C converts 8 values per instruction with round-to-nearest-even, bit-identical to
 // half.h. The functions carry a target attribute so the engine still runs on CPUs
