@@ -8,6 +8,7 @@
 
 #include "loops.h"
 #include "steepest/kernels.h"
+#include "vmath.h"
 
 namespace steepest::cpu {
 namespace {
@@ -15,26 +16,49 @@ namespace {
 constexpr double kInvSqrt2 = 0.70710678118654752440;
 constexpr double kInvSqrt2Pi = 0.39894228040143267794;
 
-template <class T>
-T stable_sigmoid(T x) {
-  if (x >= T(0)) return T(1) / (T(1) + std::exp(-x));
-  T e = std::exp(x);
-  return e / (T(1) + e);
+// The transcendental functions of the functors. float (and float16/bfloat16, computed
+// in float) takes the branch-free code of vmath.h, which vectorises; double keeps libm,
+// whose accuracy the float64 gradient checks rely on.
+namespace math {
+STEEPEST_VMATH_INLINE float exp(float x) { return vmath::exp(x); }
+STEEPEST_VMATH_INLINE double exp(double x) { return std::exp(x); }
+STEEPEST_VMATH_INLINE float log(float x) { return vmath::log(x); }
+STEEPEST_VMATH_INLINE double log(double x) { return std::log(x); }
+STEEPEST_VMATH_INLINE float log1p(float x) { return vmath::log1p(x); }
+STEEPEST_VMATH_INLINE double log1p(double x) { return std::log1p(x); }
+STEEPEST_VMATH_INLINE float tanh(float x) { return vmath::tanh(x); }
+STEEPEST_VMATH_INLINE double tanh(double x) { return std::tanh(x); }
+STEEPEST_VMATH_INLINE float erf(float x) { return vmath::erf(x); }
+STEEPEST_VMATH_INLINE double erf(double x) { return std::erf(x); }
+STEEPEST_VMATH_INLINE float sigmoid(float x) { return vmath::sigmoid(x); }
+STEEPEST_VMATH_INLINE double sigmoid(double x) {
+  if (x >= 0.0) return 1.0 / (1.0 + std::exp(-x));
+  const double e = std::exp(x);
+  return e / (1.0 + e);
 }
+}  // namespace math
 
 // Unary functors: f(x, scalar).
 struct Neg { template <class T> T operator()(T x, T) const { return -x; } };
-struct Exp { template <class T> T operator()(T x, T) const { return std::exp(x); } };
-struct Log { template <class T> T operator()(T x, T) const { return std::log(x); } };
+struct Exp {
+  template <class T> STEEPEST_VMATH_INLINE T operator()(T x, T) const { return math::exp(x); }
+};
+struct Log {
+  template <class T> STEEPEST_VMATH_INLINE T operator()(T x, T) const { return math::log(x); }
+};
 struct Sqrt { template <class T> T operator()(T x, T) const { return std::sqrt(x); } };
 struct Abs { template <class T> T operator()(T x, T) const { return x < T(0) ? -x : x; } };
 // NOTE: the gradient of relu at 0 is taken as 0 (ReluGrad uses x > 0), as in PyTorch.
 struct Relu { template <class T> T operator()(T x, T) const { return x > T(0) ? x : T(0); } };
-struct Sigmoid { template <class T> T operator()(T x, T) const { return stable_sigmoid(x); } };
-struct Tanh { template <class T> T operator()(T x, T) const { return std::tanh(x); } };
+struct Sigmoid {
+  template <class T> STEEPEST_VMATH_INLINE T operator()(T x, T) const { return math::sigmoid(x); }
+};
+struct Tanh {
+  template <class T> STEEPEST_VMATH_INLINE T operator()(T x, T) const { return math::tanh(x); }
+};
 struct Gelu {
-  template <class T> T operator()(T x, T) const {
-    return T(0.5) * x * (T(1) + std::erf(x * T(kInvSqrt2)));
+  template <class T> STEEPEST_VMATH_INLINE T operator()(T x, T) const {
+    return T(0.5) * x * (T(1) + math::erf(x * T(kInvSqrt2)));
   }
 };
 struct PowScalar { template <class T> T operator()(T x, T s) const { return std::pow(x, s); } };
@@ -64,9 +88,9 @@ struct SigmoidGrad { template <class T> T operator()(T g, T z, T) const { return
 struct TanhGrad { template <class T> T operator()(T g, T z, T) const { return g * (T(1) - z * z); } };
 // GELU(x) = x Φ(x): G ⊙ (Φ(x) + x φ(x))
 struct GeluGrad {
-  template <class T> T operator()(T g, T x, T) const {
-    T cdf = T(0.5) * (T(1) + std::erf(x * T(kInvSqrt2)));
-    T pdf = T(kInvSqrt2Pi) * std::exp(T(-0.5) * x * x);
+  template <class T> STEEPEST_VMATH_INLINE T operator()(T g, T x, T) const {
+    T cdf = T(0.5) * (T(1) + math::erf(x * T(kInvSqrt2)));
+    T pdf = T(kInvSqrt2Pi) * math::exp(T(-0.5) * x * x);
     return g * (cdf + x * pdf);
   }
 };
@@ -81,29 +105,38 @@ struct ClampMinGrad { template <class T> T operator()(T g, T x, T lo) const { re
 // Binary cross-entropy on logits z against targets y, in the overflow-free form
 // max(z, 0) − z·y + log(1 + e^(−|z|)).
 struct BceWithLogits {
-  template <class T> T operator()(T z, T y, T) const {
+  template <class T> STEEPEST_VMATH_INLINE T operator()(T z, T y, T) const {
     T abs_z = z < T(0) ? -z : z;
-    return (z > T(0) ? z : T(0)) - z * y + std::log1p(std::exp(-abs_z));
+    return (z > T(0) ? z : T(0)) - z * y + math::log1p(math::exp(-abs_z));
   }
 };
 // d/dz of the above: sigmoid(z) − y (the seed's a − y).
 struct BceWithLogitsGrad {
-  template <class T> T operator()(T z, T y, T) const { return stable_sigmoid(z) - y; }
+  template <class T> STEEPEST_VMATH_INLINE T operator()(T z, T y, T) const {
+    return math::sigmoid(z) - y;
+  }
 };
 
-// Elements per thread worth a parallel region. The functors built on libm calls cost
-// 5-15 ns an element here, so they split long before the arithmetic ones (tanh on 8192
-// floats: 66 µs on one thread).
-constexpr int64_t kMathGrain = 2048;
+// Elements per thread worth a parallel region (one costs 2-5 µs, loops.h). libm calls
+// (the float64 transcendentals, pow) cost 3-26 ns an element here, so they split long
+// before the arithmetic ones; the vectorised float code of vmath.h costs 0.2-0.8 ns.
+constexpr int64_t kLibmGrain = 2048;
+constexpr int64_t kVmathGrain = 8192;
 template <class F>
-constexpr bool kCallsLibm =
+constexpr bool kTranscendental =
     std::is_same_v<F, Exp> || std::is_same_v<F, Log> || std::is_same_v<F, Sigmoid> ||
-    std::is_same_v<F, Tanh> || std::is_same_v<F, Gelu> || std::is_same_v<F, PowScalar> ||
-    std::is_same_v<F, GeluGrad> || std::is_same_v<F, PowScalarGrad> ||
+    std::is_same_v<F, Tanh> || std::is_same_v<F, Gelu> || std::is_same_v<F, GeluGrad> ||
     std::is_same_v<F, BceWithLogits> || std::is_same_v<F, BceWithLogitsGrad>;
 template <class F>
+constexpr bool kCallsPow = std::is_same_v<F, PowScalar> || std::is_same_v<F, PowScalarGrad>;
+template <class F, class C>
 constexpr int64_t grain_of() {
-  return kCallsLibm<F> ? kMathGrain : kParallelGrain;
+  if constexpr (kCallsPow<F> || (kTranscendental<F> && std::is_same_v<C, double>))
+    return kLibmGrain;
+  else if constexpr (kTranscendental<F>)
+    return kVmathGrain;
+  else
+    return kParallelGrain;
 }
 
 // out = f(x) over storage S computed in C. 16-bit storage goes through float buffers
@@ -133,7 +166,7 @@ void unary_loop(const Tensor& x, Tensor& out, C scalar, F f) {
     } else {
       for (int64_t i = 0; i < n; ++i) po[i * st[0]] = S(f(C(pi[i * st[1]]), scalar));
     }
-  }, grain_of<F>());
+  }, grain_of<F, C>());
 }
 
 // out = f(a, b) over storage S computed in C; R is S, or bool for comparisons.
@@ -184,7 +217,7 @@ void binary_loop(const Tensor& a, const Tensor& b, Tensor& out, C scalar, F f) {
           po[i * st[0]] = S(v);
       }
     }
-  }, grain_of<F>());
+  }, grain_of<F, C>());
 }
 
 // One value converted between any two storage types. Into 16 bits, from a double (or
