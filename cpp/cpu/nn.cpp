@@ -4,6 +4,7 @@
 // by the same code and rounded back (RowView in loops.h).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -11,15 +12,61 @@
 #include "loops.h"
 #include "random.h"
 #include "steepest/kernels.h"
+#include "vmath.h"
 
 namespace steepest::cpu {
 namespace {
 
+// Row reductions keep one 64-byte vector of independent partial results (GCC vector
+// extensions: AVX-512, AVX2 or SSE registers, whatever the build targets); a single
+// running sum or max is a serial chain the compiler may not reorder. The order is
+// fixed, so the results are deterministic.
+typedef float FloatLanes __attribute__((vector_size(64)));
+typedef double DoubleLanes __attribute__((vector_size(64)));
+template <class T>
+using Lanes = std::conditional_t<std::is_same_v<T, float>, FloatLanes, DoubleLanes>;
+template <class T>
+constexpr int kLanes = 64 / sizeof(T);
+
+template <class T>
+Lanes<T> load_lanes(const T* p) {
+  Lanes<T> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// Ignores NaN (`x > m ? x : m` never picks it), as the softmax shift always has.
 template <class T>
 T row_max(const T* x, int64_t n) {
-  T m = -std::numeric_limits<T>::infinity();
-  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  constexpr T kLowest = -std::numeric_limits<T>::infinity();
+  Lanes<T> lanes = Lanes<T>{} + kLowest;
+  int64_t i = 0;
+  for (; i + kLanes<T> <= n; i += kLanes<T>) {
+    const Lanes<T> v = load_lanes(x + i);
+    lanes = v > lanes ? v : lanes;
+  }
+  T m = kLowest;
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  for (int k = 0; k < kLanes<T>; ++k) m = lanes[k] > m ? lanes[k] : m;
   return m;
+}
+
+// Σ f(x[i]) over a row, f applied in blocks so that its loop vectorises (vmath.h).
+template <class T, class F>
+T row_sum(const T* x, int64_t n, F f) {
+  constexpr int64_t kBlock = 256;
+  T block[kBlock];
+  Lanes<T> lanes = {};
+  T rest = 0;
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t len = std::min(kBlock, n - i0);
+    for (int64_t j = 0; j < len; ++j) block[j] = f(x[i0 + j]);
+    int64_t j = 0;
+    for (; j + kLanes<T> <= len; j += kLanes<T>) lanes += load_lanes(block + j);
+    for (; j < len; ++j) rest += block[j];
+  }
+  for (int k = 0; k < kLanes<T>; ++k) rest += lanes[k];
+  return rest;
 }
 
 // The seed's log-softmax shift: log Σ exp(x) = m + log Σ exp(x − m) with m = max x.
@@ -35,9 +82,8 @@ template <class T>
 ShiftedLogSum<T> row_shifted_logsum(const T* x, int64_t n) {
   T m = row_max(x, n);
   if (std::isinf(m)) return {m, T(0)};
-  T s = 0;
-  for (int64_t i = 0; i < n; ++i) s += std::exp(x[i] - m);
-  return {m, std::log(s)};
+  const T s = row_sum(x, n, [m](T v) { return math::exp(v - m); });
+  return {m, math::log(s)};
 }
 
 int64_t rows_grain(int64_t cols) {
@@ -58,11 +104,18 @@ void softmax_forward(const Tensor& x, Tensor& y, bool log) {
       for (int64_t r = begin; r < end; ++r) {
         const C* xr = in.read(px + r * cols, cols);
         C* yr = out.write(py + r * cols, cols);
-        ShiftedLogSum<C> ls = row_shifted_logsum(xr, cols);
         if (log) {
+          ShiftedLogSum<C> ls = row_shifted_logsum(xr, cols);
           for (int64_t i = 0; i < cols; ++i) yr[i] = (xr[i] - ls.max) - ls.log_sum;
         } else {
-          for (int64_t i = 0; i < cols; ++i) yr[i] = std::exp((xr[i] - ls.max) - ls.log_sum);
+          // e^(x − m) once, then scaled by 1/Σ: one exp per element instead of two. An
+          // infinite m leaves e^(x − m) as it is (NaN or 0/1), as the log form does.
+          const C m = row_max(xr, cols);
+          for (int64_t i = 0; i < cols; ++i) yr[i] = math::exp(xr[i] - m);
+          if (!std::isinf(m)) {
+            const C scale = C(1) / row_sum(yr, cols, [](C v) { return v; });
+            for (int64_t i = 0; i < cols; ++i) yr[i] *= scale;
+          }
         }
         out.publish(py + r * cols, cols);
       }
@@ -85,12 +138,13 @@ void softmax_backward(const Tensor& grad_y, const Tensor& y, Tensor& grad_x, boo
         const C* g = g_view.read(pg + r * cols, cols);
         const C* yr = y_view.read(py + r * cols, cols);
         C* gx = out.write(pgx + r * cols, cols);
-        C dot = 0;
         if (log) {
-          for (int64_t i = 0; i < cols; ++i) dot += g[i];
-          for (int64_t i = 0; i < cols; ++i) gx[i] = g[i] - std::exp(yr[i]) * dot;
+          const C sum = row_sum(g, cols, [](C v) { return v; });
+          for (int64_t i = 0; i < cols; ++i) gx[i] = g[i] - math::exp(yr[i]) * sum;
         } else {
-          for (int64_t i = 0; i < cols; ++i) dot += g[i] * yr[i];
+          // G·p: the products go through gx, which is overwritten just after.
+          for (int64_t i = 0; i < cols; ++i) gx[i] = g[i] * yr[i];
+          const C dot = row_sum(gx, cols, [](C v) { return v; });
           for (int64_t i = 0; i < cols; ++i) gx[i] = yr[i] * (g[i] - dot);
         }
         out.publish(pgx + r * cols, cols);
@@ -175,7 +229,7 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Te
             C* out = out_view.write(gz + r * classes, classes);
             const C gr = C(g[r]);
             for (int64_t i = 0; i < classes; ++i)
-              out[i] = gr * std::exp((zr[i] - lse[2 * r]) - lse[2 * r + 1]);
+              out[i] = gr * math::exp((zr[i] - lse[2 * r]) - lse[2 * r + 1]);
             out[static_cast<int64_t>(lab[r])] -= gr;  // p − y
             out_view.publish(gz + r * classes, classes);
           }
@@ -191,11 +245,10 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Te
         const C* yr = y_view.read(y + r * classes, classes);
         C* out = out_view.write(gz + r * classes, classes);
         const C gr = C(g[r]);
-        C total = 0;
-        for (int64_t i = 0; i < classes; ++i) total += yr[i];
+        const C total = row_sum(yr, classes, [](C v) { return v; });
         // −y + p Σy: the seed's derivation before assuming Σy = 1.
         for (int64_t i = 0; i < classes; ++i)
-          out[i] = gr * (std::exp((zr[i] - lse[2 * r]) - lse[2 * r + 1]) * total - yr[i]);
+          out[i] = gr * (math::exp((zr[i] - lse[2 * r]) - lse[2 * r + 1]) * total - yr[i]);
         out_view.publish(gz + r * classes, classes);
       }
     });

@@ -216,3 +216,29 @@ STEEPEST_VMATH_INLINE float erf(float x) {
 }
 
 }  // namespace steepest::cpu::vmath
+
+namespace steepest::cpu {
+
+// The transcendental functions the CPU kernels call: float (and float16/bfloat16,
+// computed in float) takes the branch-free code above, which vectorises; double keeps
+// libm, whose accuracy the float64 gradient checks rely on.
+namespace math {
+STEEPEST_VMATH_INLINE float exp(float x) { return vmath::exp(x); }
+STEEPEST_VMATH_INLINE double exp(double x) { return std::exp(x); }
+STEEPEST_VMATH_INLINE float log(float x) { return vmath::log(x); }
+STEEPEST_VMATH_INLINE double log(double x) { return std::log(x); }
+STEEPEST_VMATH_INLINE float log1p(float x) { return vmath::log1p(x); }
+STEEPEST_VMATH_INLINE double log1p(double x) { return std::log1p(x); }
+STEEPEST_VMATH_INLINE float tanh(float x) { return vmath::tanh(x); }
+STEEPEST_VMATH_INLINE double tanh(double x) { return std::tanh(x); }
+STEEPEST_VMATH_INLINE float erf(float x) { return vmath::erf(x); }
+STEEPEST_VMATH_INLINE double erf(double x) { return std::erf(x); }
+STEEPEST_VMATH_INLINE float sigmoid(float x) { return vmath::sigmoid(x); }
+STEEPEST_VMATH_INLINE double sigmoid(double x) {
+  if (x >= 0.0) return 1.0 / (1.0 + std::exp(-x));
+  const double e = std::exp(x);
+  return e / (1.0 + e);
+}
+}  // namespace math
+
+}  // namespace steepest::cpu
