@@ -107,3 +107,39 @@ def test_mean_gradient_is_uniform():
     t = st.tensor(np.ones((2, 5)), dtype="float64", requires_grad=True)
     ops.mean(t).backward()
     np.testing.assert_allclose(t.grad.numpy(), np.full((2, 5), 0.1))
+
+
+def _argmax_from_gradient(t, axis):
+    ops.max(t, axis=axis).backward(st.ones_like(ops.max(t.detach(), axis=axis)))
+    return np.argmax(t.grad.astype("float32").numpy() != 0, axis=axis)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+@pytest.mark.parametrize("axis, shape", [(1, (37, 53)), (1, (5, 1000)), (0, (53, 300)),
+                                         (1, (4, 33, 70))])
+def test_max_takes_the_first_maximum_and_the_first_nan(rng, dtype, axis, shape):
+    # Values from a small set, so that ties are everywhere; then rows of -inf, signed
+    # zeros and NaNs. The vectorised row and column kernels must pick what a left-to-right
+    # scan picks: the first maximum, or the first NaN.
+    x = rng.integers(-3, 4, shape).astype(np.float32)
+    flat = np.moveaxis(x, axis, -1).reshape(-1, shape[axis])
+    flat[0] = -np.inf
+    flat[1] = 0.0
+    flat[1, ::3] = -0.0
+    flat[2, 5] = np.nan
+    flat[2, 9] = np.nan
+    flat[3, -1] = np.nan
+    flat[4, :] = np.nan
+    x = np.moveaxis(flat.reshape(np.moveaxis(x, axis, -1).shape), -1, axis).copy()
+    t = st.tensor(x).astype(dtype).detach()
+    t.requires_grad = True
+    got = ops.max(t, axis=axis).astype("float32").numpy()
+    values = t.astype("float32").numpy()
+    nan_first = np.argmax(np.isnan(values), axis=axis)
+    has_nan = np.isnan(values).any(axis=axis)
+    expected_index = np.where(has_nan, nan_first, np.argmax(np.where(np.isnan(values), -np.inf,
+                                                                      values), axis=axis))
+    expected = np.take_along_axis(values, np.expand_dims(expected_index, axis), axis).squeeze(axis)
+    np.testing.assert_array_equal(got, expected)
+    assert np.array_equal(np.signbit(got), np.signbit(expected))
+    np.testing.assert_array_equal(_argmax_from_gradient(t, axis), expected_index)
