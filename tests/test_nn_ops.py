@@ -114,12 +114,30 @@ LN_TOL = dict(rtol=LOOSE_RTOL, atol=F32_ATOL)  # mean/variance summation order d
     pytest.param((4, 2), None, id="two-features"),
     pytest.param((3, 5), ("slice", "slice", None), id="sliced-x-w"),
     pytest.param((4, 3), ("T", None, "slice"), id="transposed-x"),
+    pytest.param((3, 600), None, id="rows-of-600"),  # vector lanes, blocks and tails
 ])
 def test_layer_norm(shape, layouts):
     c = shape[-1]
     check_op(lambda x, w, b: ops.layer_norm(x, w, b),
              lambda x, w, b: F.layer_norm(x, (c,), w, b, eps=1e-5),
              [shape, (c,), (c,)], noncontig=layouts, **LN_TOL)
+
+
+@pytest.mark.parametrize("affine", ["weight", "bias", "none"])
+def test_layer_norm_without_some_parameters(affine):
+    # Each parameter combination has its own loop in the CPU kernel.
+    def fn(x, p):
+        return ops.layer_norm(x, p if affine == "weight" else None, p if affine == "bias" else None)
+
+    def ref(x, p):
+        return F.layer_norm(x, (37,), p if affine == "weight" else None,
+                            p if affine == "bias" else None, eps=1e-5)
+
+    if affine == "none":
+        check_op(lambda x: ops.layer_norm(x), lambda x: F.layer_norm(x, (37,), eps=1e-5),
+                 [(5, 37)], **LN_TOL)
+    else:
+        check_op(fn, ref, [(5, 37), (37,)], **LN_TOL)
 
 
 def test_layer_norm_single_feature():

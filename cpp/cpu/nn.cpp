@@ -51,22 +51,29 @@ T row_max(const T* x, int64_t n) {
   return m;
 }
 
-// Σ f(x[i]) over a row, f applied in blocks so that its loop vectorises (vmath.h).
-template <class T, class F>
-T row_sum(const T* x, int64_t n, F f) {
+// Σ term(i) for i < n, the terms computed in blocks so that their loop vectorises
+// (vmath.h), then added in lanes.
+template <class T, class Term>
+T sum_over(int64_t n, Term term) {
   constexpr int64_t kBlock = 256;
   T block[kBlock];
   Lanes<T> lanes = {};
   T rest = 0;
   for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
     const int64_t len = std::min(kBlock, n - i0);
-    for (int64_t j = 0; j < len; ++j) block[j] = f(x[i0 + j]);
+    for (int64_t j = 0; j < len; ++j) block[j] = term(i0 + j);
     int64_t j = 0;
     for (; j + kLanes<T> <= len; j += kLanes<T>) lanes += load_lanes(block + j);
     for (; j < len; ++j) rest += block[j];
   }
   for (int k = 0; k < kLanes<T>; ++k) rest += lanes[k];
   return rest;
+}
+
+// Σ f(x[i]) over a row.
+template <class T, class F>
+T row_sum(const T* x, int64_t n, F f) {
+  return sum_over<T>(n, [x, f](int64_t i) { return f(x[i]); });
 }
 
 // The seed's log-softmax shift: log Σ exp(x) = m + log Σ exp(x − m) with m = max x.
@@ -274,20 +281,19 @@ void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bia
       for (int64_t r = begin; r < end; ++r) {
         const C* xr = in.read(px + r * cols, cols);
         C* yr = out.write(py + r * cols, cols);
-        C mu = 0;
-        for (int64_t i = 0; i < cols; ++i) mu += xr[i];
-        mu /= static_cast<C>(cols);
-        C var = 0;
-        for (int64_t i = 0; i < cols; ++i) var += (xr[i] - mu) * (xr[i] - mu);
-        var /= static_cast<C>(cols);
-        C rs = C(1) / std::sqrt(var + static_cast<C>(eps));
+        const C mu = row_sum(xr, cols, [](C v) { return v; }) / static_cast<C>(cols);
+        const C var = row_sum(xr, cols, [mu](C v) { return (v - mu) * (v - mu); }) /
+                      static_cast<C>(cols);
+        const C rs = C(1) / std::sqrt(var + static_cast<C>(eps));
         pm[r] = mu;
         pr[r] = rs;
-        for (int64_t i = 0; i < cols; ++i) {
-          C v = (xr[i] - mu) * rs;
-          if (w) v *= w[i];
-          if (b) v += b[i];
-          yr[i] = v;
+        // One loop per case, so that each vectorises without a test per element.
+        if (w && b) {
+          for (int64_t i = 0; i < cols; ++i) yr[i] = (xr[i] - mu) * rs * w[i] + b[i];
+        } else if (w) {
+          for (int64_t i = 0; i < cols; ++i) yr[i] = (xr[i] - mu) * rs * w[i];
+        } else {
+          for (int64_t i = 0; i < cols; ++i) yr[i] = (xr[i] - mu) * rs + (b ? b[i] : C(0));
         }
         out.publish(py + r * cols, cols);
       }
@@ -317,20 +323,19 @@ void layer_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& we
         const C* g = g_view.read(pg + r * cols, cols);
         const C* xr = x_view.read(px + r * cols, cols);
         C* gx = out.write(pgx + r * cols, cols);
-        C mean_g = 0, mean_gx = 0;
-        for (int64_t i = 0; i < cols; ++i) {
-          C gh = w ? g[i] * w[i] : g[i];
-          C xh = (xr[i] - pm[r]) * pr[r];
-          mean_g += gh;
-          mean_gx += gh * xh;
+        const C mu = pm[r], rs = pr[r];
+        // ĝ goes through gx, which the last loop overwrites.
+        if (w) {
+          for (int64_t i = 0; i < cols; ++i) gx[i] = g[i] * w[i];
+        } else {
+          std::copy(g, g + cols, gx);
         }
-        mean_g /= static_cast<C>(cols);
-        mean_gx /= static_cast<C>(cols);
-        for (int64_t i = 0; i < cols; ++i) {
-          C gh = w ? g[i] * w[i] : g[i];
-          C xh = (xr[i] - pm[r]) * pr[r];
-          gx[i] = pr[r] * (gh - mean_g - xh * mean_gx);
-        }
+        const C mean_g = row_sum(gx, cols, [](C v) { return v; }) / static_cast<C>(cols);
+        const C mean_gx =
+            sum_over<C>(cols, [&](int64_t i) { return gx[i] * ((xr[i] - mu) * rs); }) /
+            static_cast<C>(cols);
+        for (int64_t i = 0; i < cols; ++i)
+          gx[i] = rs * (gx[i] - mean_g - (xr[i] - mu) * rs * mean_gx);
         out.publish(pgx + r * cols, cols);
       }
     });
@@ -346,11 +351,13 @@ void layer_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& we
                      RowView<S, C> g_view, x_view;
                      for (int64_t r = 0; r < rows; ++r) {
                        const C* g = g_view.read(pg + r * cols + begin, width);
-                       const C* xr = x_view.read(px + r * cols + begin, width);
-                       for (int64_t i = 0; i < width; ++i) {
-                         if (gw) acc_w[i] += g[i] * (xr[i] - pm[r]) * pr[r];
-                         if (gb) acc_b[i] += g[i];
+                       const C mu = pm[r], rs = pr[r];
+                       if (gw) {
+                         const C* xr = x_view.read(px + r * cols + begin, width);
+                         for (int64_t i = 0; i < width; ++i) acc_w[i] += g[i] * (xr[i] - mu) * rs;
                        }
+                       if (gb)
+                         for (int64_t i = 0; i < width; ++i) acc_b[i] += g[i];
                      }
                      if (gw) store_compute(acc_w.data(), gw + begin, width);
                      if (gb) store_compute(acc_b.data(), gb + begin, width);
