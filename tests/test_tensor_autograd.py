@@ -359,3 +359,16 @@ def test_grad_check_skips_inputs_without_grad():
     x = st.tensor(rng.standard_normal((2, 3)), dtype="float64", requires_grad=True)
     c = st.tensor(rng.standard_normal((2, 3)), dtype="float64")
     assert st.grad_check(lambda a, b: a * b.exp(), [x, c]) is True
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (64, 128), (3, 33, 17), (1, 5), (300, 7)])
+@pytest.mark.parametrize("dtype, to", [("float32", "float32"), ("float64", "float32"),
+                                       ("float32", "bfloat16"), ("int64", "int64")])
+def test_transposing_copies(shape, dtype, to):
+    # The CPU copy tiles transposed layouts; every element must land where numpy puts it,
+    # converted as a contiguous copy converts it.
+    x = np.arange(np.prod(shape)).reshape(shape).astype(dtype)
+    got = st.ops.transpose(st.tensor(x), -1, -2).astype(to).contiguous()
+    expected = st.tensor(np.ascontiguousarray(np.swapaxes(x, -1, -2))).astype(to)
+    np.testing.assert_array_equal(got.astype("float64").numpy(),
+                                  expected.astype("float64").numpy())

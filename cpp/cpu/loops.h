@@ -182,6 +182,13 @@ class StridedLoop {
     }
   }
 
+  // The collapsed dimensions (empty tensors have none worth walking: check numel).
+  int ndim() const { return ndim_; }
+  int64_t extent(int d) const { return shape_[static_cast<size_t>(d)]; }
+  int64_t stride(int operand, int d) const {
+    return strides_[static_cast<size_t>(operand)][static_cast<size_t>(d)];
+  }
+
   int64_t numel() const {
     if (empty_) return 0;
     int64_t n = 1;
