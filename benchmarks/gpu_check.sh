@@ -2,7 +2,8 @@
 # The GPU check of the CUDA backend, for a machine with an NVIDIA GPU, nvcc, CMake, ninja,
 # nanobind, scikit-build-core, numpy, pytest and a CUDA build of PyTorch, and no network:
 #   1. builds steepest with STEEPEST_CUDA=ON into a private site folder,
-#   2. runs tests/test_cuda.py (every kernel against the CPU, DLPack with torch.cuda),
+#   2. runs tests/test_cuda.py (every kernel against the CPU, in float32/64 and 16 bits,
+#      DLPack with torch.cuda),
 #   3. runs the same tests under compute-sanitizer's memcheck (torch tests off),
 #   4. runs benchmarks/gpu_bench.py,
 # and writes report.md (with the logs and the benchmark JSON beside it) under $OUT, or
@@ -67,7 +68,7 @@ if step build 200 env STEEPEST_CUDA=ON python3 -m pip install -v --no-build-isol
     status=1
   fi
 
-  step cuda_tests 80 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
+  step cuda_tests 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
 
   if command -v compute-sanitizer >/dev/null || [ -x /usr/local/cuda/bin/compute-sanitizer ]; then
     sanitizer="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
