@@ -1,6 +1,6 @@
 // Fused optimizer updates on the GPU: one launch per parameter for the elementwise rules
-// (the formulas of cpp/cpu/optim.cpp), and for the rules that need a whole-tensor
-// quantity (clipping's Σg², Lamb's trust ratio, Adafactor's RMS(U)) a two-pass
+// (steepest/update_rules.h, shared with cpp/cpu/optim.cpp), and for the rules that need a
+// whole-tensor quantity (clipping's Σg², Lamb's trust ratio, Adafactor's RMS(U)) a two-pass
 // reduction in double whose result the host reads back (that read synchronises).
 //
 // Reductions use a fixed grid and add their per-block partials in block order, so a
@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "common.cuh"
+#include "steepest/update_rules.h"
 
 namespace steepest::cuda {
 namespace {
@@ -75,27 +76,16 @@ void for_each(const DeviceGuard& guard, int64_t n, F f) {
 // ------------------------------------------------------------------ SGD and RMSProp
 
 template <class T>
-struct SgdCoefficients {
-  T lr, momentum, keep, weight_decay, scale;  // keep = 1 − dampening
-  T from_grad, from_velocity;                 // the step: from_grad·g + from_velocity·v
-};
-
-template <class T>
 struct SgdStep {
   T* p;
   const T* g;
   T* v;
-  SgdCoefficients<T> c;
+  rules::Sgd<T> c;
   __device__ void operator()(int64_t i) const {
-    if (!v) {  // seed: θ = θ − η∇J(θ)
-      p[i] -= c.lr * (c.scale * g[i] + c.weight_decay * p[i]);
-      return;
-    }
-    const T gi = c.scale * g[i] + c.weight_decay * p[i];
-    const T vi = c.momentum * v[i] + c.keep * gi;  // seed: v = βv + (1−β)g when d = β
-    v[i] = vi;
-    // seed: momentum θ −= ηv; Nesterov kept at the look-ahead: φ −= η((1−d)g + βv)
-    p[i] -= c.lr * (c.from_grad * gi + c.from_velocity * vi);
+    if (v)
+      rules::sgd_momentum_step(p[i], g[i], v[i], c);
+    else
+      rules::sgd_step(p[i], g[i], c);
   }
 };
 
@@ -104,39 +94,11 @@ struct RmspropStep {
   T* p;
   const T* g;
   T* e2;
-  T lr, rho, mix, eps, weight_decay, scale;
-  __device__ void operator()(int64_t i) const {
-    const T gi = scale * g[i] + weight_decay * p[i];
-    // seed: RMSProp — E[g²] = ρE[g²] + (1−ρ)g², θ −= η g/(√E[g²] + ε)
-    const T ei = rho * e2[i] + mix * gi * gi;
-    e2[i] = ei;
-    p[i] -= lr * gi / (sqrt(ei) + eps);
-  }
+  rules::Rmsprop<T> c;
+  __device__ void operator()(int64_t i) const { rules::rmsprop_step(p[i], g[i], e2[i], c); }
 };
 
 // --------------------------------------------------------------------- Adam family
-
-template <class T>
-struct AdamCoefficients {
-  T lr, beta1, mix1, beta2, mix2, eps, inv_bc1, inv_bc2;
-  T l2, decay, scale;  // λ into the gradient, decoupled λ, clip factor
-};
-
-template <class T>
-AdamCoefficients<T> adam_coefficients(double lr, double beta1, double beta2, double eps,
-                                      int64_t step, double l2, double decay, double scale) {
-  // seed: Adam's bias correction divides by 1 − βᵗ
-  const double t = static_cast<double>(step);
-  return {T(lr),    T(beta1), T(1.0 - beta1), T(beta2), T(1.0 - beta2), T(eps),
-          T(1.0 / (1.0 - std::pow(beta1, t))), T(1.0 / (1.0 - std::pow(beta2, t))),
-          T(l2),    T(decay), T(scale)};
-}
-
-// seed: Adam — m̂/(√v̂ + ε) with m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ)
-template <class T>
-__device__ T adam_direction(T m, T v, const AdamCoefficients<T>& c) {
-  return (m * c.inv_bc1) / (sqrt(v * c.inv_bc2) + c.eps);
-}
 
 template <class T>
 struct AdamStep {
@@ -144,16 +106,8 @@ struct AdamStep {
   const T* g;
   T* m;
   T* v;
-  AdamCoefficients<T> c;
-  __device__ void operator()(int64_t i) const {
-    const T gi = c.scale * g[i] + c.l2 * p[i];
-    const T mi = c.beta1 * m[i] + c.mix1 * gi;       // m = β₁m + (1−β₁)g
-    const T vi = c.beta2 * v[i] + c.mix2 * gi * gi;  // v = β₂v + (1−β₂)g²
-    m[i] = mi;
-    v[i] = vi;
-    // AdamW: θ −= η(m̂/(√v̂+ε) + λθ); decay is 0 for Adam
-    p[i] -= c.lr * (adam_direction(mi, vi, c) + c.decay * p[i]);
-  }
+  rules::Adam<T> c;
+  __device__ void operator()(int64_t i) const { rules::adam_step(p[i], g[i], m[i], v[i], c); }
 };
 
 // Moments, then Σθ² and Σ(r + λθ)² for the trust ratio.
@@ -163,14 +117,9 @@ struct LambMoments {
   const T* g;
   T* m;
   T* v;
-  AdamCoefficients<T> c;
+  rules::Adam<T> c;
   __device__ void operator()(int64_t i, Sums<2>& acc) const {
-    const T gi = c.scale * g[i];
-    const T mi = c.beta1 * m[i] + c.mix1 * gi;
-    const T vi = c.beta2 * v[i] + c.mix2 * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    const T u = adam_direction(mi, vi, c) + c.decay * p[i];
+    const T u = rules::lamb_moments_step(p[i], g[i], m[i], v[i], c);
     acc.v[0] += static_cast<double>(p[i]) * p[i];
     acc.v[1] += static_cast<double>(u) * u;
   }
@@ -181,10 +130,8 @@ struct LambApply {
   T* p;
   const T* m;
   const T* v;
-  AdamCoefficients<T> c;
-  __device__ void operator()(int64_t i) const {
-    p[i] -= c.lr * (adam_direction(m[i], v[i], c) + c.decay * p[i]);
-  }
+  rules::Adam<T> c;
+  __device__ void operator()(int64_t i) const { rules::lamb_apply_step(p[i], m[i], v[i], c); }
 };
 
 template <class T>
@@ -209,13 +156,6 @@ Factored factored_shape(const Tensor& grad) {
   return {rows * cols == 0 ? 0 : grad.numel() / (rows * cols), rows, cols};
 }
 
-// (s·g)² in double after rounding s·g to T, as the CPU squares it.
-template <class T>
-__device__ double scaled_square(T s, T g) {
-  const double gs = static_cast<T>(s * g);
-  return gs * gs;
-}
-
 // R = β̂R + (1−β̂)·mean_j(g² + ε₁) for every row of every matrix.
 template <bool kWarp, class T>
 __global__ void adafactor_row_means(const T* g, T* row, int64_t all_rows, int64_t cols, T s,
@@ -223,10 +163,10 @@ __global__ void adafactor_row_means(const T* g, T* row, int64_t all_rows, int64_
   const int64_t r = STEEPEST_ROW_INDEX();
   if (r >= all_rows) return;
   double acc = 0.0;
-  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) acc += scaled_square(s, g[r * cols + j]);
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x)
+    acc += rules::scaled_square(s, g[r * cols + j]);
   acc = row_reduce<kWarp>(acc, SumOp{}, 0.0);
-  if (threadIdx.x == 0)
-    row[r] = static_cast<T>(beta * row[r] + (1.0 - beta) * (acc / static_cast<double>(cols) + eps1));
+  if (threadIdx.x == 0) row[r] = rules::factor_ema(row[r], acc / static_cast<double>(cols), beta, eps1);
 }
 
 // C = β̂C + (1−β̂)·mean_i(g² + ε₁): thread x owns column j of matrix blockIdx.y.
@@ -239,13 +179,13 @@ __global__ void adafactor_column_means(const T* g, T* col, Factored f, T s, doub
     double acc = 0.0;
     if (j < f.cols)
       for (int64_t i = threadIdx.y; i < f.rows; i += blockDim.y)
-        acc += scaled_square(s, g[(b * f.rows + i) * f.cols + j]);
+        acc += rules::scaled_square(s, g[(b * f.rows + i) * f.cols + j]);
     shared[threadIdx.y * blockDim.x + threadIdx.x] = acc;
     __syncthreads();
     if (threadIdx.y == 0 && j < f.cols) {
       for (unsigned y = 1; y < blockDim.y; ++y) acc += shared[y * blockDim.x + threadIdx.x];
       T& c = col[b * f.cols + j];
-      c = static_cast<T>(beta * c + (1.0 - beta) * (acc / static_cast<double>(f.rows) + eps1));
+      c = rules::factor_ema(c, acc / static_cast<double>(f.rows), beta, eps1);
     }
     __syncthreads();
   }
@@ -260,7 +200,7 @@ __global__ void adafactor_row_inverses(const T* row, int64_t rows, T* inv_row) {
   for (int64_t i = threadIdx.x; i < rows; i += blockDim.x) mean += row[b * rows + i];
   mean = row_reduce<false>(mean, SumOp{}, 0.0) / static_cast<double>(rows);
   for (int64_t i = threadIdx.x; i < rows; i += blockDim.x)
-    inv_row[b * rows + i] = static_cast<T>(1.0 / sqrt(row[b * rows + i] / mean));
+    inv_row[b * rows + i] = static_cast<T>(rules::inverse_root(row[b * rows + i] / mean));
 }
 
 template <class T>
@@ -268,15 +208,9 @@ struct ColumnInverse {
   const T* col;
   T* inv_col;
   __device__ void operator()(int64_t j) const {
-    inv_col[j] = static_cast<T>(1.0 / sqrt(static_cast<double>(col[j])));
+    inv_col[j] = static_cast<T>(rules::inverse_root(col[j]));
   }
 };
-
-// U = s·g·inv_row·inv_col: Σ U² and the update must see the same U.
-template <class T>
-__device__ T factored_u(T s, T g, T ir, T ic) {
-  return s * g * ir * ic;
-}
 
 template <class T>
 struct FactoredUpdateSquares {
@@ -287,7 +221,7 @@ struct FactoredUpdateSquares {
   T s;
   __device__ void operator()(int64_t e, Sums<1>& acc) const {
     const int64_t r = e / f.cols, j = e - r * f.cols;
-    const double u = factored_u(s, g[e], inv_row[r], inv_col[(r / f.rows) * f.cols + j]);
+    const double u = rules::factored_u(s, g[e], inv_row[r], inv_col[(r / f.rows) * f.cols + j]);
     acc.v[0] += u * u;
   }
 };
@@ -302,7 +236,8 @@ struct FactoredApply {
   T s, keep, alpha;
   __device__ void operator()(int64_t e) const {
     const int64_t r = e / f.cols, j = e - r * f.cols;
-    p[e] = keep * p[e] - alpha * factored_u(s, g[e], inv_row[r], inv_col[(r / f.rows) * f.cols + j]);
+    const T u = rules::factored_u(s, g[e], inv_row[r], inv_col[(r / f.rows) * f.cols + j]);
+    p[e] = keep * p[e] - alpha * u;
   }
 };
 
@@ -313,10 +248,9 @@ struct FullMoments {
   T* v;
   T beta, mix, eps1, s;
   __device__ void operator()(int64_t i, Sums<1>& acc) const {
-    const T gs = s * g[i];
-    const T vi = beta * v[i] + mix * (gs * gs + eps1);
+    const T vi = rules::full_moment(s * g[i], v[i], beta, mix, eps1);
     v[i] = vi;
-    const T u = gs / sqrt(vi);
+    const T u = rules::full_u(s, g[i], vi);
     acc.v[0] += static_cast<double>(u) * u;
   }
 };
@@ -327,7 +261,9 @@ struct FullApply {
   const T* g;
   const T* v;
   T s, keep, alpha;
-  __device__ void operator()(int64_t i) const { p[i] = keep * p[i] - alpha * (s * g[i] / sqrt(v[i])); }
+  __device__ void operator()(int64_t i) const {
+    p[i] = keep * p[i] - alpha * rules::full_u(s, g[i], v[i]);
+  }
 };
 
 // inv_row (batch·rows) and inv_col (batch·cols) from the factored moment.
@@ -364,13 +300,8 @@ void sgd_update(Tensor& param, const Tensor& grad, Tensor* velocity, double lr, 
   DeviceGuard guard(param.device());
   dispatch_float("sgd_update", param.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const SgdCoefficients<T> c{T(lr),
-                               T(momentum),
-                               T(1.0 - dampening),
-                               T(weight_decay),
-                               T(grad_scale),
-                               nesterov ? T(1.0 - dampening) : T(0),
-                               nesterov ? T(momentum) : T(1)};
+    const auto c = rules::sgd_coefficients<T>(lr, momentum, dampening, nesterov, weight_decay,
+                                              grad_scale);
     for_each(guard, param.numel(),
              SgdStep<T>{param.data<T>(), grad.data<T>(),
                         velocity ? velocity->data<T>() : nullptr, c});
@@ -383,8 +314,9 @@ void rmsprop_update(Tensor& param, const Tensor& grad, Tensor& mean_square, doub
   dispatch_float("rmsprop_update", param.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     for_each(guard, param.numel(),
-             RmspropStep<T>{param.data<T>(), grad.data<T>(), mean_square.data<T>(), T(lr), T(rho),
-                            T(1.0 - rho), T(eps), T(weight_decay), T(grad_scale)});
+             RmspropStep<T>{param.data<T>(), grad.data<T>(), mean_square.data<T>(),
+                            rules::rmsprop_coefficients<T>(lr, rho, eps, weight_decay,
+                                                           grad_scale)});
   });
 }
 
@@ -394,7 +326,7 @@ void adam_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, double
   DeviceGuard guard(param.device());
   dispatch_float("adam_update", param.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const auto c = adam_coefficients<T>(lr, beta1, beta2, eps, step, decoupled ? 0.0 : weight_decay,
+    const auto c = rules::adam_coefficients<T>(lr, beta1, beta2, eps, step, decoupled ? 0.0 : weight_decay,
                                         decoupled ? weight_decay : 0.0, grad_scale);
     for_each(guard, param.numel(),
              AdamStep<T>{param.data<T>(), grad.data<T>(), m.data<T>(), v.data<T>(), c});
@@ -408,7 +340,7 @@ void lamb_moments(const Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
   dispatch_float("lamb_moments", param.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     const auto c =
-        adam_coefficients<T>(0.0, beta1, beta2, eps, step, 0.0, weight_decay, grad_scale);
+        rules::adam_coefficients<T>(0.0, beta1, beta2, eps, step, 0.0, weight_decay, grad_scale);
     const auto sums = device_sum<2>(
         guard, param.numel(),
         LambMoments<T>{param.data<T>(), grad.data<T>(), m.data<T>(), v.data<T>(), c});
@@ -422,7 +354,7 @@ void lamb_apply(Tensor& param, const Tensor& m, const Tensor& v, double lr, doub
   DeviceGuard guard(param.device());
   dispatch_float("lamb_apply", param.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const auto c = adam_coefficients<T>(lr, beta1, beta2, eps, step, 0.0, weight_decay, 1.0);
+    const auto c = rules::adam_coefficients<T>(lr, beta1, beta2, eps, step, 0.0, weight_decay, 1.0);
     for_each(guard, param.numel(), LambApply<T>{param.data<T>(), m.data<T>(), v.data<T>(), c});
   });
 }

@@ -1,6 +1,8 @@
 // Fused optimizer updates on the CPU. Each update is one pass over contiguous (param,
-// grad, state) memory split across OpenMP threads. The rules that need a whole-tensor
-// quantity (Lamb's trust ratio, Adafactor's RMS(U)) make the fewest passes it allows.
+// grad, state) memory split across OpenMP threads, applying the per-element rules of
+// steepest/update_rules.h (shared with the CUDA kernels). The rules that need a
+// whole-tensor quantity (Lamb's trust ratio, Adafactor's RMS(U)) make the fewest passes
+// it allows.
 //
 // NOTE: the per-element loops live in *_range functions that take __restrict pointers
 // and their coefficients by value. Written inline in a parallel_for lambda, the loops
@@ -17,6 +19,7 @@
 
 #include "loops.h"
 #include "steepest/kernels.h"
+#include "steepest/update_rules.h"
 
 namespace steepest::cpu {
 namespace {
@@ -57,95 +60,36 @@ struct NormPair {
 // ------------------------------------------------------------------ SGD and RMSProp
 
 template <class T>
-struct SgdCoefficients {
-  T lr, momentum, keep, weight_decay, scale;  // keep = 1 − dampening
-  T from_grad, from_velocity;                 // the step: from_grad·g + from_velocity·v
-};
-
-template <class T>
-void sgd_range(T* __restrict p, const T* __restrict g, T* __restrict v, SgdCoefficients<T> c,
+void sgd_range(T* __restrict p, const T* __restrict g, T* __restrict v, rules::Sgd<T> c,
                int64_t begin, int64_t end) {
-  if (!v) {  // seed: θ = θ − η∇J(θ)
-    for (int64_t i = begin; i < end; ++i) p[i] -= c.lr * (c.scale * g[i] + c.weight_decay * p[i]);
+  if (!v) {
+    for (int64_t i = begin; i < end; ++i) rules::sgd_step(p[i], g[i], c);
     return;
   }
-  for (int64_t i = begin; i < end; ++i) {
-    const T gi = c.scale * g[i] + c.weight_decay * p[i];
-    const T vi = c.momentum * v[i] + c.keep * gi;  // seed: v = βv + (1−β)g when d = β
-    v[i] = vi;
-    // seed: momentum θ −= ηv; Nesterov kept at the look-ahead φ = θ − ηβv: φ −= η((1−d)g + βv)
-    p[i] -= c.lr * (c.from_grad * gi + c.from_velocity * vi);
-  }
+  for (int64_t i = begin; i < end; ++i) rules::sgd_momentum_step(p[i], g[i], v[i], c);
 }
 
 template <class T>
-struct RmspropCoefficients {
-  T lr, rho, mix, eps, weight_decay, scale;
-};
-
-template <class T>
-void rmsprop_range(T* __restrict p, const T* __restrict g, T* __restrict e2,
-                   RmspropCoefficients<T> c, int64_t begin, int64_t end) {
-  for (int64_t i = begin; i < end; ++i) {
-    const T gi = c.scale * g[i] + c.weight_decay * p[i];
-    // seed: RMSProp — E[g²] = ρE[g²] + (1−ρ)g², θ −= η g/(√E[g²] + ε)
-    const T ei = c.rho * e2[i] + c.mix * gi * gi;
-    e2[i] = ei;
-    p[i] -= c.lr * gi / (std::sqrt(ei) + c.eps);
-  }
+void rmsprop_range(T* __restrict p, const T* __restrict g, T* __restrict e2, rules::Rmsprop<T> c,
+                   int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) rules::rmsprop_step(p[i], g[i], e2[i], c);
 }
 
 // --------------------------------------------------------------------- Adam family
 
 template <class T>
-struct AdamCoefficients {
-  T lr, beta1, mix1, beta2, mix2, eps, inv_bc1, inv_bc2;
-  T l2, decay, scale;  // λ into the gradient, decoupled λ, clip factor
-};
-
-template <class T>
-AdamCoefficients<T> adam_coefficients(double lr, double beta1, double beta2, double eps,
-                                      int64_t step, double l2, double decay, double scale) {
-  // seed: Adam's bias correction divides by 1 − βᵗ
-  const double t = static_cast<double>(step);
-  return {T(lr),    T(beta1), T(1.0 - beta1), T(beta2), T(1.0 - beta2), T(eps),
-          T(1.0 / (1.0 - std::pow(beta1, t))), T(1.0 / (1.0 - std::pow(beta2, t))),
-          T(l2),    T(decay), T(scale)};
-}
-
-// seed: Adam — m̂/(√v̂ + ε) with m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ)
-template <class T>
-inline T adam_direction(T m, T v, const AdamCoefficients<T>& c) {
-  return (m * c.inv_bc1) / (std::sqrt(v * c.inv_bc2) + c.eps);
-}
-
-template <class T>
 void adam_range(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v,
-                AdamCoefficients<T> c, int64_t begin, int64_t end) {
-  for (int64_t i = begin; i < end; ++i) {
-    const T gi = c.scale * g[i] + c.l2 * p[i];
-    const T mi = c.beta1 * m[i] + c.mix1 * gi;       // m = β₁m + (1−β₁)g
-    const T vi = c.beta2 * v[i] + c.mix2 * gi * gi;  // v = β₂v + (1−β₂)g²
-    m[i] = mi;
-    v[i] = vi;
-    // AdamW: θ −= η(m̂/(√v̂+ε) + λθ); decay is 0 for Adam
-    p[i] -= c.lr * (adam_direction(mi, vi, c) + c.decay * p[i]);
-  }
+                rules::Adam<T> c, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) rules::adam_step(p[i], g[i], m[i], v[i], c);
 }
 
 template <class T>
 NormPair lamb_moments_range(const T* __restrict p, const T* __restrict g, T* __restrict m,
-                            T* __restrict v, AdamCoefficients<T> c, int64_t begin, int64_t end) {
+                            T* __restrict v, rules::Adam<T> c, int64_t begin, int64_t end) {
   double param_sq = 0.0, update_sq = 0.0;
 #pragma omp simd reduction(+ : param_sq, update_sq)
   for (int64_t i = begin; i < end; ++i) {
-    const T gi = c.scale * g[i];
-    const T mi = c.beta1 * m[i] + c.mix1 * gi;
-    const T vi = c.beta2 * v[i] + c.mix2 * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    // r + λθ, the update whose norm the trust ratio divides by
-    const T u = adam_direction(mi, vi, c) + c.decay * p[i];
+    const T u = rules::lamb_moments_step(p[i], g[i], m[i], v[i], c);
     update_sq += static_cast<double>(u) * u;
     param_sq += static_cast<double>(p[i]) * p[i];
   }
@@ -154,9 +98,8 @@ NormPair lamb_moments_range(const T* __restrict p, const T* __restrict g, T* __r
 
 template <class T>
 void lamb_apply_range(T* __restrict p, const T* __restrict m, const T* __restrict v,
-                      AdamCoefficients<T> c, int64_t begin, int64_t end) {
-  for (int64_t i = begin; i < end; ++i)
-    p[i] -= c.lr * (adam_direction(m[i], v[i], c) + c.decay * p[i]);
+                      rules::Adam<T> c, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) rules::lamb_apply_step(p[i], m[i], v[i], c);
 }
 
 // ------------------------------------------------------------------------ Adafactor
@@ -173,9 +116,8 @@ Factored factored_shape(const Tensor& grad) {
   return {rows * cols == 0 ? 0 : grad.numel() / (rows * cols), rows, cols};
 }
 
-// Adafactor's v̂_ij = R_i C_j / mean_i(R) as two vectors of reciprocal square roots,
-// U_ij = g_ij · inv_row_i · inv_col_j: R_i / mean(R) is O(1) and C_j ≥ ε₁, so neither
-// factor underflows in float32 the way the product R_i C_j (≥ ε₁²) would.
+// Adafactor's v̂_ij = R_i C_j / mean_i(R) as two vectors of reciprocal square roots
+// (rules::inverse_root), U_ij = g_ij · inv_row_i · inv_col_j.
 template <class T>
 void factored_inverses(const T* row, const T* col, const Factored& f, std::vector<T>& inv_row,
                        std::vector<T>& inv_col) {
@@ -187,10 +129,10 @@ void factored_inverses(const T* row, const T* col, const Factored& f, std::vecto
     mean /= static_cast<double>(f.rows);
     for (int64_t i = 0; i < f.rows; ++i)
       inv_row[static_cast<size_t>(b * f.rows + i)] =
-          static_cast<T>(1.0 / std::sqrt(row[b * f.rows + i] / mean));
+          static_cast<T>(rules::inverse_root(row[b * f.rows + i] / mean));
   }
   for (int64_t j = 0; j < f.batch * f.cols; ++j)
-    inv_col[static_cast<size_t>(j)] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(col[j])));
+    inv_col[static_cast<size_t>(j)] = static_cast<T>(rules::inverse_root(col[j]));
 }
 
 // Σ_j (s·g_j)² over one row, in double.
@@ -198,27 +140,14 @@ template <class T>
 double row_square_sum(const T* __restrict g, T s, int64_t n) {
   double acc = 0.0;
 #pragma omp simd reduction(+ : acc)
-  for (int64_t j = 0; j < n; ++j) {
-    const double gs = static_cast<T>(s * g[j]);
-    acc += gs * gs;
-  }
+  for (int64_t j = 0; j < n; ++j) acc += rules::scaled_square(s, g[j]);
   return acc;
 }
 
 // acc_j += (s·g_j)² over one row segment.
 template <class T>
 void add_squares(double* __restrict acc, const T* __restrict g, T s, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    const double gs = static_cast<T>(s * g[j]);
-    acc[j] += gs * gs;
-  }
-}
-
-// U_j = s·g_j·ir·ic_j along one row: Σ U² (moments) and θ = keep·θ − α·U (apply) must
-// see the same U, so both go through this expression.
-template <class T>
-inline T factored_u(T s, T g, T ir, T ic) {
-  return s * g * ir * ic;
+  for (int64_t j = 0; j < n; ++j) acc[j] += rules::scaled_square(s, g[j]);
 }
 
 template <class T>
@@ -226,7 +155,7 @@ double row_update_sq(const T* __restrict g, const T* __restrict ic, T s, T ir, i
   double acc = 0.0;
 #pragma omp simd reduction(+ : acc)
   for (int64_t j = 0; j < n; ++j) {
-    const double u = factored_u(s, g[j], ir, ic[j]);
+    const double u = rules::factored_u(s, g[j], ir, ic[j]);
     acc += u * u;
   }
   return acc;
@@ -235,7 +164,8 @@ double row_update_sq(const T* __restrict g, const T* __restrict ic, T s, T ir, i
 template <class T>
 void row_apply(T* __restrict p, const T* __restrict g, const T* __restrict ic, T s, T ir,
                T keep, T alpha, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) p[j] = keep * p[j] - alpha * factored_u(s, g[j], ir, ic[j]);
+  for (int64_t j = 0; j < n; ++j)
+    p[j] = keep * p[j] - alpha * rules::factored_u(s, g[j], ir, ic[j]);
 }
 
 // The full (unfactored) second moment: v = β̂v + (1−β̂)(g² + ε₁), Σ (g/√v)².
@@ -245,10 +175,9 @@ double full_moments_range(const T* __restrict g, T* __restrict v, T beta, T mix,
   double acc = 0.0;
 #pragma omp simd reduction(+ : acc)
   for (int64_t i = begin; i < end; ++i) {
-    const T gs = s * g[i];
-    const T vi = beta * v[i] + mix * (gs * gs + eps1);
+    const T vi = rules::full_moment(s * g[i], v[i], beta, mix, eps1);
     v[i] = vi;
-    const T u = gs / std::sqrt(vi);
+    const T u = rules::full_u(s, g[i], vi);
     acc += static_cast<double>(u) * u;
   }
   return acc;
@@ -257,7 +186,7 @@ double full_moments_range(const T* __restrict g, T* __restrict v, T beta, T mix,
 template <class T>
 void full_apply_range(T* __restrict p, const T* __restrict g, const T* __restrict v, T s, T keep,
                       T alpha, int64_t begin, int64_t end) {
-  for (int64_t i = begin; i < end; ++i) p[i] = keep * p[i] - alpha * (s * g[i] / std::sqrt(v[i]));
+  for (int64_t i = begin; i < end; ++i) p[i] = keep * p[i] - alpha * rules::full_u(s, g[i], v[i]);
 }
 
 template <class T>
@@ -265,12 +194,11 @@ double adafactor_factored_moments(const T* g, T* row, T* col, const Factored& f,
                                   double eps1, T s) {
   const int64_t all_rows = f.batch * f.rows;
   const int64_t row_grain = std::max<int64_t>(1, kParallelGrain / f.cols);
-  const double mix = 1.0 - beta;
   // EMA of the row means: R = β̂R + (1−β̂)·mean_j(g² + ε₁)
   parallel_for(all_rows, row_grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const double mean = row_square_sum(g + r * f.cols, s, f.cols) / static_cast<double>(f.cols);
-      row[r] = static_cast<T>(beta * row[r] + mix * (mean + eps1));
+      row[r] = rules::factor_ema(row[r], mean, beta, eps1);
     }
   });
   // ... and of the column means, C = β̂C + (1−β̂)·mean_i(g² + ε₁), by column blocks so
@@ -288,8 +216,8 @@ double adafactor_factored_moments(const T* g, T* row, T* col, const Factored& f,
                      add_squares(acc, g + (b * f.rows + i) * f.cols + j0, s, width);
                    T* c = col + b * f.cols + j0;
                    for (int64_t j = 0; j < width; ++j)
-                     c[j] = static_cast<T>(beta * c[j] +
-                                           mix * (acc[j] / static_cast<double>(f.rows) + eps1));
+                     c[j] = rules::factor_ema(c[j], acc[j] / static_cast<double>(f.rows), beta,
+                                              eps1);
                  }
                });
   std::vector<T> inv_row, inv_col;
@@ -322,13 +250,8 @@ void sgd_update(Tensor& param, const Tensor& grad, Tensor* velocity, double lr, 
     T* p = param.data<T>();
     const T* g = grad.data<T>();
     T* v = velocity ? velocity->data<T>() : nullptr;
-    const SgdCoefficients<T> c{T(lr),
-                               T(momentum),
-                               T(1.0 - dampening),
-                               T(weight_decay),
-                               T(grad_scale),
-                               nesterov ? T(1.0 - dampening) : T(0),
-                               nesterov ? T(momentum) : T(1)};
+    const auto c = rules::sgd_coefficients<T>(lr, momentum, dampening, nesterov, weight_decay,
+                                              grad_scale);
     parallel_for(param.numel(), kParallelGrain,
                  [&](int64_t begin, int64_t end) { sgd_range(p, g, v, c, begin, end); });
   });
@@ -341,8 +264,7 @@ void rmsprop_update(Tensor& param, const Tensor& grad, Tensor& mean_square, doub
     T* p = param.data<T>();
     const T* g = grad.data<T>();
     T* e2 = mean_square.data<T>();
-    const RmspropCoefficients<T> c{T(lr), T(rho), T(1.0 - rho), T(eps), T(weight_decay),
-                                   T(grad_scale)};
+    const auto c = rules::rmsprop_coefficients<T>(lr, rho, eps, weight_decay, grad_scale);
     parallel_for(param.numel(), kParallelGrain,
                  [&](int64_t begin, int64_t end) { rmsprop_range(p, g, e2, c, begin, end); });
   });
@@ -357,7 +279,7 @@ void adam_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, double
     const T* g = grad.data<T>();
     T* m1 = m.data<T>();
     T* m2 = v.data<T>();
-    const auto c = adam_coefficients<T>(lr, beta1, beta2, eps, step, decoupled ? 0.0 : weight_decay,
+    const auto c = rules::adam_coefficients<T>(lr, beta1, beta2, eps, step, decoupled ? 0.0 : weight_decay,
                                         decoupled ? weight_decay : 0.0, grad_scale);
     parallel_for(param.numel(), kParallelGrain,
                  [&](int64_t begin, int64_t end) { adam_range(p, g, m1, m2, c, begin, end); });
@@ -374,7 +296,7 @@ void lamb_moments(const Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
     T* m1 = m.data<T>();
     T* m2 = v.data<T>();
     const auto c =
-        adam_coefficients<T>(0.0, beta1, beta2, eps, step, 0.0, weight_decay, grad_scale);
+        rules::adam_coefficients<T>(0.0, beta1, beta2, eps, step, 0.0, weight_decay, grad_scale);
     const NormPair norms =
         parallel_reduce<NormPair>(param.numel(), kParallelGrain, [&](int64_t begin, int64_t end) {
           return lamb_moments_range(p, g, m1, m2, c, begin, end);
@@ -391,7 +313,7 @@ void lamb_apply(Tensor& param, const Tensor& m, const Tensor& v, double lr, doub
     T* p = param.data<T>();
     const T* m1 = m.data<T>();
     const T* m2 = v.data<T>();
-    const auto c = adam_coefficients<T>(lr, beta1, beta2, eps, step, 0.0, weight_decay, 1.0);
+    const auto c = rules::adam_coefficients<T>(lr, beta1, beta2, eps, step, 0.0, weight_decay, 1.0);
     parallel_for(param.numel(), kParallelGrain,
                  [&](int64_t begin, int64_t end) { lamb_apply_range(p, m1, m2, c, begin, end); });
   });
