@@ -4,21 +4,22 @@
 // cuda_available() is then false and the first device allocation names the reason.
 //
 // The allocator keeps freed blocks in size classes (512 bytes at least, then eighths of
-// the next power of two: at most 12.5% waste) and hands them out again, so an eager step
-// stops calling cudaMalloc after the first iteration. Reuse needs no events: every
+// the next power of two: at most 12.5% waste; steepest/block_cache.h) and hands them out
+// again, so an eager step stops calling cudaMalloc after the first iteration. Reuse needs no events: every
 // kernel of a device runs on its one stream, so a block freed by the host is only
 // touched again by work queued after the work that used it. Cached blocks go back to
 // the driver on empty_cache, or when cudaMalloc fails. STEEPEST_CUDA_NO_CACHING=1 turns
 // the cache off (exact sizes, cudaFree at once), as compute-sanitizer's memcheck needs
 // to see every overrun and every use after free.
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "common.cuh"
+#include "steepest/block_cache.h"
 #include "steepest/storage.h"
 
 namespace steepest {
@@ -65,11 +66,7 @@ bool caching_enabled() {
 size_t size_class(size_t nbytes) {
   if (!caching_enabled()) return nbytes == 0 ? 1 : nbytes;
   constexpr size_t kMinimum = 512;  // cudaMalloc's own granularity is at least this
-  if (nbytes <= kMinimum) return kMinimum;
-  size_t power = kMinimum;
-  while (power < nbytes) power <<= 1;
-  const size_t eighth = power / 8;
-  return (nbytes + eighth - 1) / eighth * eighth;
+  return BlockCache::size_class(nbytes, kMinimum, kMinimum);
 }
 
 // Per-device state: the stream, its properties and the cache of free blocks.
@@ -96,17 +93,7 @@ class DeviceState {
 
   void* allocate(size_t nbytes) {
     const size_t cls = size_class(nbytes);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto it = free_.find(cls);
-      if (it != free_.end() && !it->second.empty()) {
-        void* p = it->second.back();
-        it->second.pop_back();
-        stats_.cached_bytes -= cls;
-        note_allocated(cls);
-        return p;
-      }
-    }
+    if (void* p = cache_.take(cls)) return p;
     cuda::CurrentDevice current(index_);
     void* p = nullptr;
     cudaError_t error = cudaMalloc(&p, cls);
@@ -122,64 +109,37 @@ class DeviceState {
                        s.allocated_bytes, " bytes in use by tensors): ",
                        cudaGetErrorString(error));
     }
-    std::lock_guard<std::mutex> lock(mutex_);
-    note_allocated(cls);
+    cache_.note_allocated(cls);
     return p;
   }
 
   // Runs in Storage's destructor: nothing here throws, and with caching on (the default)
   // nothing calls CUDA.
   void deallocate(void* p, size_t nbytes) {
-    const size_t cls = size_class(nbytes);
-    std::lock_guard<std::mutex> lock(mutex_);
-    stats_.allocated_bytes -= cls;
-    if (!caching_enabled()) {
-      // A destructor must not throw: an error is dropped, and cleared so that the next
-      // launch check does not report it.
-      if (cudaFree(p) != cudaSuccess) cudaGetLastError();
-      return;
-    }
-    stats_.cached_bytes += cls;
-    free_[cls].push_back(p);
+    const size_t max_cached = caching_enabled() ? SIZE_MAX : 0;
+    // A destructor must not throw: an error is dropped, and cleared so that the next
+    // launch check does not report it.
+    if (!cache_.keep(p, size_class(nbytes), max_cached) && cudaFree(p) != cudaSuccess)
+      cudaGetLastError();
   }
 
   void empty_cache() {
-    std::map<size_t, std::vector<void*>> blocks;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      blocks.swap(free_);
-      stats_.cached_bytes = 0;
-    }
+    const std::vector<void*> blocks = cache_.drain();
     if (blocks.empty()) return;
     cuda::CurrentDevice current(index_);
     // cudaFree waits for the device, so queued kernels that used a block finish first.
-    for (auto& entry : blocks)
-      for (void* p : entry.second) STEEPEST_CUDA_CHECK(cudaFree(p));
+    for (void* p : blocks) STEEPEST_CUDA_CHECK(cudaFree(p));
   }
 
-  AllocatorStats stats() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return stats_;
-  }
-  void reset_peak() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stats_.peak_allocated_bytes = stats_.allocated_bytes;
-  }
+  AllocatorStats stats() { return cache_.stats(); }
+  void reset_peak() { cache_.reset_peak(); }
 
  private:
-  void note_allocated(size_t cls) {
-    stats_.allocated_bytes += cls;
-    if (stats_.allocated_bytes > stats_.peak_allocated_bytes)
-      stats_.peak_allocated_bytes = stats_.allocated_bytes;
-  }
-
   int index_;
   std::once_flag init_;
   cudaStream_t stream_ = nullptr;
   int multiprocessors_ = 0;
-  std::mutex mutex_;
-  std::map<size_t, std::vector<void*>> free_;
-  AllocatorStats stats_;
+  BlockCache cache_;
 };
 
 // Leaked on purpose, like the CPU allocator: tensors held by Python objects may die
