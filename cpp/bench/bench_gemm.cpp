@@ -1,36 +1,43 @@
 // GEMM throughput of steepest::cpu::gemm in float32: square sizes 64…2048, then the
 // products of one training step of the digits MLP (batch 32, 64→256→256→10): forward
-// Y = X·W, backward dW = Xᵀ·G (trans_a) and dX = G·Wᵀ (trans_b), as cpp/ops calls them.
+// Y = X·W, backward dW = Xᵀ·G (trans_a) and dX = G·Wᵀ (trans_b), as cpp/ops calls them;
+// then square float16 and bfloat16 products (float32 accumulation: bfloat16 through the
+// AVX512_BF16 kernel where the CPU has it, float16 widened while packing).
 // The last argument of every benchmark is the OpenMP thread count.
 #include <random>
 #include <vector>
 
 #include "bench_util.h"
+#include "steepest/half.h"
 #include "steepest/kernels.h"
 
 namespace steepest::bench {
 namespace {
 
+template <class T>
 struct Operands {
-  std::vector<float> a, b, c;
+  std::vector<T> a, b, c;
 };
 
-Operands random_operands(int64_t m, int64_t n, int64_t k) {
+template <class T>
+Operands<T> random_operands(int64_t m, int64_t n, int64_t k) {
   std::mt19937 gen(42);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  Operands o{std::vector<float>(static_cast<size_t>(m * k)),
-             std::vector<float>(static_cast<size_t>(k * n)),
-             std::vector<float>(static_cast<size_t>(m * n))};
-  for (float& x : o.a) x = dist(gen);
-  for (float& x : o.b) x = dist(gen);
+  Operands<T> o{std::vector<T>(static_cast<size_t>(m * k)),
+                std::vector<T>(static_cast<size_t>(k * n)),
+                std::vector<T>(static_cast<size_t>(m * n))};
+  for (T& x : o.a) x = T(dist(gen));
+  for (T& x : o.b) x = T(dist(gen));
   return o;
 }
 
 // C (m×n) = op(A) · op(B) with op(A) m×k, op(B) k×n, both stored densely.
+template <class T = float>
 void run_gemm(benchmark::State& state, int64_t m, int64_t n, int64_t k, bool trans_a,
               bool trans_b) {
-  Operands o = random_operands(m, n, k);
+  Operands<T> o = random_operands<T>(m, n, k);
   GemmArgs args;
+  args.dtype = DTypeOf<T>::value;
   args.trans_a = trans_a;
   args.trans_b = trans_b;
   args.m = m;
@@ -83,6 +90,23 @@ STEEPEST_GEMM_SHAPE(fc3_dX_32x10x256, 32, 256, 10, false, true);
 STEEPEST_GEMM_SHAPE(tall_32x1024x1024, 32, 1024, 1024, false, false);
 STEEPEST_GEMM_SHAPE(tall_256x1024x1024, 256, 1024, 1024, false, false);
 #undef STEEPEST_GEMM_SHAPE
+
+template <class T>
+void GemmHalf(benchmark::State& state) {
+  use_threads(state, 1);
+  const int64_t n = state.range(0);
+  run_gemm<T>(state, n, n, n, false, false);
+}
+BENCHMARK(GemmHalf<BFloat16>)
+    ->Name("GemmBfloat16")
+    ->ArgsProduct({{256, 1024, 2048}, {1, 2}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(GemmHalf<Half>)
+    ->Name("GemmFloat16")
+    ->ArgsProduct({{256, 1024}, {1, 2}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace steepest::bench
