@@ -143,3 +143,19 @@ def test_max_takes_the_first_maximum_and_the_first_nan(rng, dtype, axis, shape):
     np.testing.assert_array_equal(got, expected)
     assert np.array_equal(np.signbit(got), np.signbit(expected))
     np.testing.assert_array_equal(_argmax_from_gradient(t, axis), expected_index)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("op", [ops.sum, ops.mean])
+def test_sums_over_separated_axes_round_once_in_16_bits(rng, dtype, op):
+    # Axes (0, 2, 3) of NCHW are reduced in stages (rows of H·W, then the batch) with
+    # float32 sums: the 16-bit result is the float32 result rounded once.
+    x = st.tensor(rng.standard_normal((6, 5, 7, 9)).astype(np.float32)).astype(dtype)
+    got = op(x, axis=(0, 2, 3))
+    ref = op(x.astype("float32"), axis=(0, 2, 3)).astype(dtype)
+    assert got.dtype == dtype and got.shape == (5,)
+    np.testing.assert_array_equal(got.astype("float32").numpy(), ref.astype("float32").numpy())
+    np.testing.assert_allclose(
+        op(x.astype("float32"), axis=(0, 2, 3)).numpy(),
+        getattr(np, op.__name__)(x.astype("float32").numpy().astype(np.float64), axis=(0, 2, 3)),
+        rtol=1e-5, atol=1e-5)

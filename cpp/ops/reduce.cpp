@@ -1,6 +1,7 @@
 // Reductions: any set of axes is brought into the (outer, extent, inner) form the
 // kernels take — without a copy when the reduced axes are adjacent in a contiguous
-// tensor, otherwise by moving them last.
+// tensor; otherwise sums reduce one adjacent run at a time (staged_sum) and max moves
+// the axes last with a permuted copy.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -22,18 +23,28 @@ struct ReductionPlan {
   Dims out_shape, kept_shape;
 };
 
+// Bit i set: axis i is reduced.
+uint32_t reduced_mask(const char* op, const Tensor& x, const Axes& axes) {
+  if (!axes) return (1u << x.ndim()) - 1;
+  uint32_t reduced = 0;
+  for (int64_t axis : *axes) {
+    int a = normalize_axis(op, axis, x.shape());
+    if (reduced & (1u << a)) fail(op, "axis ", axis, " is repeated");
+    reduced |= 1u << a;
+  }
+  return reduced;
+}
+
+// Whether the reduced axes form one adjacent run (or there are none).
+bool one_run(uint32_t reduced) {
+  if (reduced == 0) return true;
+  const uint32_t shifted = reduced >> __builtin_ctz(reduced);
+  return (shifted & (shifted + 1)) == 0;
+}
+
 ReductionPlan plan_reduction(const char* op, const Tensor& x, const Axes& axes, bool keepdims) {
   int ndim = x.ndim();
-  uint32_t reduced = 0;
-  if (!axes) {
-    reduced = (1u << ndim) - 1;
-  } else {
-    for (int64_t axis : *axes) {
-      int a = normalize_axis(op, axis, x.shape());
-      if (reduced & (1u << a)) fail(op, "axis ", axis, " is repeated");
-      reduced |= 1u << a;
-    }
-  }
+  const uint32_t reduced = reduced_mask(op, x, axes);
   ReductionPlan plan;
   for (int i = 0; i < ndim; ++i) {
     bool r = reduced & (1u << i);
@@ -80,8 +91,63 @@ ReductionPlan plan_reduction(const char* op, const Tensor& x, const Axes& axes, 
   return plan;
 }
 
+// Sums over axes that are not adjacent, one run of adjacent reduced axes at a time from
+// the innermost: each stage is an (outer, extent, inner) reduction of the previous
+// stage's result, so no permuted copy of x is made (an NCHW sum over (0, 2, 3) adds
+// rows of H·W, then columns of C). The stages keep float32 sums for 16-bit x. Returns
+// the sums with the reduced axes kept as 1, and the number of elements each adds.
+Tensor staged_sum(const Tensor& x, uint32_t reduced, int64_t& count) {
+  Tensor current = contiguous(x.detach());
+  const DType sums = compute_dtype(x.dtype());
+  Dims shape = current.shape();
+  count = 1;
+  for (int end = x.ndim() - 1; end >= 0;) {
+    if (!(reduced & (1u << end))) {
+      --end;
+      continue;
+    }
+    int begin = end;
+    while (begin > 0 && (reduced & (1u << (begin - 1)))) --begin;
+    int64_t outer = 1, extent = 1, inner = 1;
+    Dims next = shape;
+    for (int i = 0; i < x.ndim(); ++i) {
+      if (i < begin) outer *= shape[i];
+      else if (i <= end) extent *= shape[i];
+      else inner *= shape[i];
+      if (i >= begin && i <= end) next[i] = 1;
+    }
+    Tensor out = Tensor::empty(next, sums, x.device());
+    STEEPEST_KERNEL(x.device(), reduce)(ReduceOp::Sum, current, outer, extent, inner, out,
+                                        nullptr);
+    count *= extent;
+    current = out;
+    shape = next;
+    end = begin - 1;
+  }
+  return current;
+}
+
 Tensor run_sum(const char* op, const Tensor& x, const Axes& axes, bool keepdims, bool mean) {
   detail::check_float(op, x, "input");
+  const uint32_t reduced = reduced_mask(op, x, axes);
+  if (!one_run(reduced)) {
+    Dims kept_shape, out_shape;
+    for (int i = 0; i < x.ndim(); ++i) {
+      const bool r = reduced & (1u << i);
+      kept_shape.push_back(r ? 1 : x.shape()[i]);
+      if (!r || keepdims) out_shape.push_back(r ? 1 : x.shape()[i]);
+    }
+    int64_t count = 0;
+    Tensor out = staged_sum(x, reduced, count);
+    double scale = 1.0;
+    if (mean) {
+      scale = count ? 1.0 / static_cast<double>(count) : std::nan("");
+      STEEPEST_KERNEL(x.device(), unary)(UnaryOp::MulScalar, out, out, scale);
+    }
+    out = reshape(astype(out, x.dtype()), out_shape);
+    record<SumBackward>(out, {&x}, x.shape(), kept_shape, scale);
+    return out;
+  }
   ReductionPlan plan = plan_reduction(op, x, axes, keepdims);
   // A 16-bit mean keeps the float sums (the CPU reduce kernel may write float32 for a
   // 16-bit input) and rounds once, after the division.
