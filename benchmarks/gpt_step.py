@@ -4,6 +4,7 @@ activation checkpointing (remat).
 
     python benchmarks/gpt_step.py                  # speed, d_model 128, 4 layers, context 64
     python benchmarks/gpt_step.py --memory         # peak memory: 6 layers at context 256
+    python benchmarks/gpt_step.py --precision mixed_bfloat16   # torch under autocast
 """
 
 import argparse
@@ -53,6 +54,7 @@ def speed(args):
     data = rng.integers(0, args.vocab, (args.batch * args.steps, args.context))
     tokens_per_step = args.batch * args.context
     st.manual_seed(0)
+    st.mixed_precision.set_global_policy(args.precision)
     model = st.models.GPT(args.vocab, args.context, args.d_model, args.heads, args.layers)
     model.compile(st.optimizers.AdamW(learning_rate=1e-3), st.losses.CausalLMCrossEntropy())
     model.fit(data[: args.batch * 2], data[: args.batch * 2], batch_size=args.batch, verbose=0, seed=0)
@@ -63,7 +65,8 @@ def speed(args):
         times.append((time.perf_counter() - t) / args.steps)
     st_step = float(np.median(times))
     print(f"GPT d_model={args.d_model} layers={args.layers} heads={args.heads} context={args.context} "
-          f"batch={args.batch}, {model.count_params():,} parameters, {args.threads} thread(s)")
+          f"batch={args.batch}, {model.count_params():,} parameters, {args.threads} thread(s), "
+          f"{args.precision}")
     print(f"steepest  {st_step * 1e3:8.1f} ms/step  {tokens_per_step / st_step:10,.0f} tokens/s")
     if torch is None:
         print("torch not installed: no comparison")
@@ -73,10 +76,14 @@ def speed(args):
     opt = torch.optim.AdamW(tm.parameters(), lr=1e-3)
     x = torch.from_numpy(data)
 
+    compute = {"mixed_bfloat16": torch.bfloat16, "mixed_float16": torch.float16}.get(args.precision)
+
     def step(batch):
         opt.zero_grad(set_to_none=True)
-        logits = tm(batch)
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, args.vocab), batch[:, 1:].reshape(-1))
+        with torch.autocast("cpu", dtype=compute or torch.bfloat16, enabled=compute is not None):
+            logits = tm(batch)
+        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, args.vocab),
+                               batch[:, 1:].reshape(-1))
         loss.backward()
         opt.step()
 
@@ -122,6 +129,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--precision", default="float32",
+                        choices=["float32", "mixed_bfloat16", "mixed_float16"],
+                        help="steepest's policy; torch autocasts to the same 16-bit type")
     args = parser.parse_args()
     st.set_num_threads(args.threads)
     if torch is not None:
