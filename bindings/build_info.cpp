@@ -9,6 +9,7 @@
 #include <limits>
 #include <vector>
 
+#include "steepest/dist.h"
 #include "steepest/storage.h"
 
 // Defined by cuda/runtime.cu and cuda/linalg.cu, or by cuda/no_cuda.cpp without CUDA.
@@ -53,6 +54,7 @@ void init_build_info(nb::module_& m) {
         info["cuda_device_names"] = names;
         info["cublas"] = cublas_info();
         info["cuda_allow_tf32"] = cuda_allow_tf32();
+        info["mpi"] = dist::mpi_compiled();
         info["openmp"] = true;
         info["openmp_threads"] = omp_get_max_threads();
         // The GEMM picks its micro-kernel at run time from what this CPU supports.

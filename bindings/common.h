@@ -21,6 +21,7 @@ void init_autograd(nb::module_& m);
 void init_optim(nb::module_& m);
 void init_model(nb::module_& m);
 void init_build_info(nb::module_& m);
+void init_dist(nb::module_& m);
 
 // None -> all axes; int -> one axis; sequence of ints -> those axes.
 ops::Axes parse_axes(const nb::handle& axis);

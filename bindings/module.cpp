@@ -21,4 +21,5 @@ NB_MODULE(_core, m) {
   steepest::bindings::init_optim(m);
   steepest::bindings::init_model(m);
   steepest::bindings::init_build_info(m);
+  steepest::bindings::init_dist(m);
 }

@@ -63,7 +63,8 @@ void AccumulateGrad::apply(const Tensor& grad_output, std::vector<Tensor>&) {
   STEEPEST_KERNEL(current.device(), binary)(BinaryOp::Add, current, incoming, current, 0.0);
 }
 
-void backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
+void backward(const Tensor& root, const Tensor& grad, bool retain_graph,
+              const GradientReadyHook& on_gradient_ready) {
   if (!root.requires_grad())
     fail<StateError>("backward",
                      "the tensor does not require grad and has no grad_fn; call "
@@ -119,7 +120,11 @@ void backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
     grad_inputs.assign(node->next.size(), Tensor());
     // A node that received no gradient still runs its bookkeeping so that nodes below
     // it see their dependency counts reach zero.
-    if (grad_output.defined()) node->apply(grad_output, grad_inputs);
+    if (grad_output.defined()) {
+      node->apply(grad_output, grad_inputs);
+      if (on_gradient_ready)
+        if (auto* accumulator = dynamic_cast<AccumulateGrad*>(node)) on_gradient_ready(accumulator->leaf());
+    }
     if (!retain_graph) {
       node->release_saved();
       node->released = !node->next.empty();

@@ -4,6 +4,7 @@
 // goes, so a second backward through the same graph is detected and refused.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -33,6 +34,7 @@ class AccumulateGrad final : public Node {
   explicit AccumulateGrad(std::shared_ptr<TensorImpl> leaf) : leaf_(std::move(leaf)) {}
   void apply(const Tensor& grad_output, std::vector<Tensor>& grad_inputs) override;
   const char* name() const override { return "AccumulateGrad"; }
+  Tensor leaf() const { return Tensor(leaf_); }
 
  private:
   std::shared_ptr<TensorImpl> leaf_;
@@ -64,7 +66,12 @@ bool any_requires_grad(std::initializer_list<const Tensor*> inputs);
 void attach(Tensor& output, std::shared_ptr<Node> node,
             std::initializer_list<const Tensor*> inputs);
 
+// Called with a leaf once backward has accumulated all of its gradient (data-parallel
+// training starts the leaf's all-reduce there, while backward goes on).
+using GradientReadyHook = std::function<void(const Tensor& leaf)>;
+
 // Runs backpropagation from `root`. grad may be undefined only for a one-element root.
-void backward(const Tensor& root, const Tensor& grad, bool retain_graph = false);
+void backward(const Tensor& root, const Tensor& grad, bool retain_graph = false,
+              const GradientReadyHook& on_gradient_ready = {});
 
 }  // namespace steepest

@@ -1,0 +1,161 @@
+// Data parallelism (the seed's LLM practice: 在数据并行中，需要跨设备同步梯度). A Communicator
+// joins the processes of one job; its collectives act on whole tensors and are checked
+// before they run, so ranks that disagree on a tensor's shape or dtype get an error on
+// every rank instead of a hang or corrupt memory. The transport underneath is an existing
+// engine — MPI for CPU tensors (cpp/dist/mpi.cpp, compiled when the build finds MPI) —
+// or, for a process started without a launcher, a single-process stand-in of world size 1.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "steepest/autograd.h"
+#include "steepest/tensor.h"
+
+namespace steepest::dist {
+
+enum class ReduceOp { Sum, Mean, Max, Min };
+ReduceOp reduce_op_from_name(const std::string& name);
+const char* reduce_op_name(ReduceOp op);
+
+// A collective in flight. wait() blocks until it has completed; test() drives it on
+// (MPI progresses non-blocking collectives inside library calls) and says whether it is done.
+class Work {
+ public:
+  virtual ~Work() = default;
+  virtual void wait() = 0;
+  virtual bool test() = 0;
+};
+
+// What a backend provides, on contiguous host buffers. Reductions see float32, float64,
+// int32 and int64 elements and ReduceOp Sum, Max or Min (Mean and the 16-bit types are
+// built on top by Communicator); buffers may hold no elements.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual const char* name() const = 0;
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  virtual int local_rank() const = 0;
+  virtual void all_reduce(void* data, int64_t count, DType dtype, ReduceOp op) = 0;
+  virtual std::unique_ptr<Work> all_reduce_async(void* data, int64_t count, DType dtype,
+                                                 ReduceOp op) = 0;
+  virtual void broadcast(void* data, int64_t bytes, int root) = 0;
+  // Rank r contributes bytes[r] bytes; recv receives them all in rank order.
+  virtual void all_gather(const void* send, void* recv, const std::vector<int64_t>& bytes) = 0;
+  // send holds Σcounts elements in rank order; rank r receives the reduction of its
+  // counts[r] elements.
+  virtual void reduce_scatter(const void* send, void* recv, const std::vector<int64_t>& counts,
+                              DType dtype, ReduceOp op) = 0;
+  virtual void barrier() = 0;
+  // Ends every process of the job with `code` (an uncaught error on one rank must not
+  // leave the others waiting in a collective).
+  [[noreturn]] virtual void abort(int code) = 0;
+};
+
+class Communicator {
+ public:
+  explicit Communicator(std::unique_ptr<Transport> transport);
+  const char* backend() const { return transport_->name(); }
+  int rank() const { return transport_->rank(); }
+  int world_size() const { return transport_->world_size(); }
+  int local_rank() const { return transport_->local_rank(); }
+
+  // In place on t (any dtype but bool; Mean only for floating tensors).
+  void all_reduce(Tensor& t, ReduceOp op);
+  void broadcast(Tensor& t, int root);
+  // Every rank's t, concatenated along axis 0 (shapes must agree past axis 0).
+  Tensor all_gather(const Tensor& t);
+  // Reduces t over the ranks and gives rank r its r-th slice of axis 0, which must
+  // divide evenly by the world size.
+  Tensor reduce_scatter(const Tensor& t, ReduceOp op);
+  void barrier();
+  [[noreturn]] void abort(int code);
+
+  // Checks that every rank calls the same thing: `what` describes this rank's side
+  // (e.g. "all_reduce(sum) of float32 (3, 4)"); when the descriptions differ, every rank
+  // raises a ValueError saying `expected` and listing them.
+  void check_agreement(const char* op, const std::string& what,
+                       const char* expected = "every rank must make the same call with tensors "
+                                              "of the same shape and dtype");
+
+  Transport& transport() { return *transport_; }
+
+ private:
+  std::unique_ptr<Transport> transport_;
+};
+
+// The number of processes the launcher (mpirun, mpiexec, srun) started this one among;
+// 1 without a launcher.
+int launcher_world_size();
+// Whether this build can run the backend ("mpi": compiled against MPI).
+bool backend_available(const std::string& backend);
+
+// Joins the job: backend "mpi", or "" to choose (MPI under a launcher, else a single
+// process). Calling it again with the same backend does nothing.
+void init(const std::string& backend);
+bool is_initialized();
+// The job's communicator, or null before init().
+Communicator* world();
+// Leaves the job (MPI_Finalize). MPI joins a process once, so init() afterwards fails.
+void finalize();
+
+// ------------------------------------------------------------ data-parallel training
+
+// This rank's contiguous share [begin, end) of `count` samples: the first count % world
+// ranks take one sample more.
+std::pair<int64_t, int64_t> local_share(int64_t count, int rank, int world);
+
+// Checks that every rank holds a model of the same layout (weight count, shapes and
+// dtypes), then gives every rank rank 0's weights.
+void synchronize_replicas(Communicator& comm, const std::vector<Tensor>& weights);
+
+// The gradient synchronisation of fit. Each rank back-propagates its share of the global
+// batch with the loss weighted by share / global count; reduce() then sums the gradients
+// over the ranks, so the optimizer sees the gradient of the mean loss over the global
+// batch (parameters without a gradient count as zero).
+// - Replicated optimizer state (PyTorch DDP): gradients travel in buckets of about
+//   STEEPEST_DDP_BUCKET_MB MiB (default 4), in reverse parameter order; overlap_hook() starts
+//   a bucket's non-blocking all-reduce as soon as backward has produced all its gradients
+//   (STEEPEST_DDP_OVERLAP=0 waits for the end of backward, to measure what overlap gains).
+// - Sharded optimizer state (ZeRO stage 1, as in llm.c): each parameter has one owner
+//   rank (balanced by size); reduce() reduce-scatters so that a rank receives only the
+//   summed gradients of its own parameters (the others' grads become undefined, so the
+//   optimizer keeps state for its 1/world share); gather_parameters() all-gathers the
+//   updated parameters afterwards.
+class GradientReducer {
+ public:
+  GradientReducer(Communicator& comm, std::vector<Tensor> params, bool shard_optimizer_state);
+  ~GradientReducer();
+  // The hook to pass to the step's last backward, or an empty one.
+  GradientReadyHook overlap_hook();
+  void reduce();
+  void gather_parameters();
+  // The group whose ranks each hold part of the gradients (for a global clip norm and a
+  // global overflow check), or null when every rank holds all of them.
+  Communicator* shard_group() { return sharded_ ? &comm_ : nullptr; }
+
+ private:
+  struct Bucket;
+  void on_gradient_ready(const Tensor& leaf);
+  void launch(Bucket& bucket);
+  void reduce_replicated();
+  void reduce_sharded();
+
+  Communicator& comm_;
+  std::vector<Tensor> params_;
+  bool sharded_;
+  bool overlap_ = true;
+  std::vector<Bucket> buckets_;
+  std::vector<std::pair<size_t, size_t>> slot_of_;  // param index -> (bucket, member)
+  std::vector<std::vector<size_t>> owned_;          // ZeRO: rank -> its params, in order
+  Tensor received_;                                 // ZeRO: this rank's summed gradients
+};
+
+// The backends' constructors (cpp/dist/mpi.cpp or cpp/dist/no_mpi.cpp).
+std::unique_ptr<Transport> make_mpi_transport();
+bool mpi_compiled();
+
+}  // namespace steepest::dist
