@@ -166,14 +166,20 @@ void init_model(nb::module_& parent) {
       .def_prop_ro("device", [](const model::Sequential& s) { return s.device().str(); })
       .def("compile", [](model::Sequential& s, std::shared_ptr<optim::Optimizer> optimizer, const std::string& loss,
                          bool from_logits, const std::vector<std::string>& metrics,
-                         const std::string& compute_dtype, std::shared_ptr<optim::LossScaler> loss_scaler) {
+                         const std::string& compute_dtype, std::shared_ptr<optim::LossScaler> loss_scaler,
+                         bool shard_optimizer_state) {
              std::vector<model::Metric> parsed;
              for (const auto& name : metrics) parsed.push_back(metric_from_name(name));
              s.compile(std::move(optimizer), {loss_from_name(loss), from_logits}, parsed,
-                       dtype_from_name(compute_dtype), std::move(loss_scaler));
+                       dtype_from_name(compute_dtype), std::move(loss_scaler), shard_optimizer_state);
            }, arg("optimizer"), arg("loss"), arg("from_logits"), arg("metrics"),
            arg("compute_dtype") = "float32", arg("loss_scaler").none() = nb::none(),
-           "compute_dtype: the mixed-precision policy's; loss_scaler: dynamic loss scaling in fit.")
+           arg("shard_optimizer_state") = false,
+           "compute_dtype: the mixed-precision policy's; loss_scaler: dynamic loss scaling in fit; "
+           "shard_optimizer_state: ZeRO stage 1 under data parallelism.")
+      .def("synchronize_replicas", &model::Sequential::synchronize_replicas,
+           nb::call_guard<nb::gil_scoped_release>(),
+           "Checks that every rank built the same model and gives all of them rank 0's weights.")
       .def_prop_ro("compute_dtype", [](const model::Sequential& s) { return std::string(dtype_name(s.compute_dtype())); })
       .def_prop_ro("loss_scaler", &model::Sequential::loss_scaler)
       .def("forward", &model::Sequential::forward, arg("x"), arg("training") = false, arg("step") = 0)

@@ -190,7 +190,8 @@ void init_optim(nb::module_& parent) {
   // ----------------------------------------------------------------------- optimizers
   nb::class_<optim::Optimizer>(m, "Optimizer", nb::type_slots(optimizer_slots),
                               "The C++ optimizer behind st.optimizers.")
-      .def("step", &optim::Optimizer::step, arg("params"), arg("skip") = false, Release(),
+      .def("step", [](optim::Optimizer& o, const std::vector<Tensor>& params, bool skip) { o.step(params, skip); },
+           arg("params"), arg("skip") = false, Release(),
            "Updates every param that has a grad, in place; state is matched by position.")
       .def_prop_ro("name", &optim::Optimizer::name)
       .def_prop_ro("iterations", &optim::Optimizer::iterations)
@@ -278,9 +279,12 @@ void init_optim(nb::module_& parent) {
       .def(nb::init<double, double, double, int64_t>(), nb::kw_only(), arg("initial_scale"),
            arg("growth_factor"), arg("backoff_factor"), arg("growth_interval"))
       .def("scale", &optim::LossScaler::scale, arg("loss"), "loss · scale, in float32.")
-      .def("unscale", &optim::LossScaler::unscale, arg("params"), Release(),
+      .def("unscale", [](optim::LossScaler& s, const std::vector<Tensor>& params) { return s.unscale(params); },
+           arg("params"), Release(),
            "Divides the grads by the scale in place; returns whether all are finite.")
-      .def("step", &optim::LossScaler::step, arg("optimizer"), arg("params"), Release(),
+      .def("step", [](optim::LossScaler& s, optim::Optimizer& optimizer, const std::vector<Tensor>& params) {
+             return s.step(optimizer, params);
+           }, arg("optimizer"), arg("params"), Release(),
            "Unscales if needed, then steps the optimizer unless a grad is inf/NaN; returns "
            "whether it stepped.")
       .def("update", &optim::LossScaler::update, "Backs off after a skipped step, grows after "

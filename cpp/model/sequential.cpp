@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "steepest/autograd.h"
+#include "steepest/dist.h"
 #include "steepest/kernels.h"
 #include "steepest/model.h"
 #include "steepest/ops.h"
@@ -62,7 +63,7 @@ std::vector<Tensor> Sequential::parameters() const {
 
 void Sequential::compile(std::shared_ptr<optim::Optimizer> optimizer, LossSpec loss,
                          std::vector<Metric> metrics, DType compute_dtype,
-                         std::shared_ptr<optim::LossScaler> loss_scaler) {
+                         std::shared_ptr<optim::LossScaler> loss_scaler, bool shard_optimizer_state) {
   if (!optimizer) fail("compile", "an optimizer is required");
   if (compute_dtype != DType::Float32 && !is_half_float(compute_dtype))
     fail<TypeError>("compile", "the compute dtype must be float32, float16 or bfloat16, got ",
@@ -71,6 +72,7 @@ void Sequential::compile(std::shared_ptr<optim::Optimizer> optimizer, LossSpec l
   compute_dtype_ = compute_dtype;
   loss_scaler_ = std::move(loss_scaler);
   optimizer_ = std::move(optimizer);
+  shard_optimizer_state_ = shard_optimizer_state;
   loss_ = loss;
   // "accuracy" means the accuracy that fits the loss, as in Keras.
   for (Metric& m : metrics) {
@@ -240,27 +242,36 @@ double metric_sum(Metric metric, const T* out, const L* y, int64_t rows, int64_t
 
 }  // namespace
 
-void Sequential::accumulate_metrics(const Tensor& output, const Tensor& y, int64_t n, Logs& logs) const {
-  if (metrics_.empty()) return;
+std::vector<double> Sequential::metric_sums(const Tensor& output, const Tensor& y, int64_t n) const {
+  std::vector<double> sums(metrics_.size(), 0.0);
+  if (metrics_.empty() || n == 0) return sums;
   Tensor out = ops::contiguous(ops::to_device(output.detach(), {}));
   Tensor labels = ops::contiguous(ops::to_device(y.detach(), {}));
-  int64_t cols = n ? out.numel() / n : 0;
+  int64_t cols = out.numel() / n;
   bool index_labels = !is_floating(labels.dtype());
   if (!index_labels && labels.numel() != out.numel())
     fail("metrics", "labels of shape ", labels.shape(), " do not match outputs of shape ", out.shape());
   for (size_t i = 0; i < metrics_.size(); ++i) {
     if (index_labels && metrics_[i] != Metric::SparseCategoricalAccuracy)
       fail("metrics", "integer labels need sparse_categorical_accuracy (or 'accuracy' with a sparse loss)");
-    double batch_sum = dispatch_float("metrics", out.dtype(), [&](auto tag) {
+    sums[i] = dispatch_float("metrics", out.dtype(), [&](auto tag) {
       using T = typename decltype(tag)::type;
       return dispatch_all("metrics", labels.dtype(), [&](auto label_tag) {
         using L = typename decltype(label_tag)::type;
         return metric_sum<T, L>(metrics_[i], out.data<T>(), labels.data<L>(), n, cols, index_labels);
       });
     });
-    double seen = static_cast<double>(logs.samples);
-    logs.metrics[i] = (logs.metrics[i] * seen + batch_sum) / (seen + static_cast<double>(n));
   }
+  return sums;
+}
+
+void Sequential::synchronize_replicas() {
+  dist::Communicator* comm = dist::world();
+  if (!built_ || !comm || comm->world_size() == 1) return;
+  std::vector<Tensor> weights;
+  for (const auto& layer : layers_)
+    for (auto& entry : layer->weights()) weights.push_back(entry.second);
+  dist::synchronize_replicas(*comm, weights);
 }
 
 Logs Sequential::run(const Tensor& x, const Tensor& y, int64_t batch_size,
@@ -278,31 +289,70 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, int64_t batch_size,
   logs.metrics.assign(metrics_.size(), 0.0);
   std::vector<Tensor> params = parameters();
   int64_t total_batches = (n + batch_size - 1) / batch_size;
+
+  dist::Communicator* comm = dist::world();
+  const bool distributed = comm && comm->world_size() > 1;
+  if (distributed)
+    comm->check_agreement(train ? "fit" : "evaluate",
+                          cat(n, " samples in batches of ", batch_size, ", accumulating ", accumulation_steps),
+                          "every rank must pass the same data and batch size");
+  std::unique_ptr<dist::GradientReducer> reducer;
+  if (train && distributed)
+    reducer = std::make_unique<dist::GradientReducer>(*comm, params, shard_optimizer_state_);
+  optim::LossScaler* scaler = train ? loss_scaler_.get() : nullptr;
+  // Under data parallelism a stop asked for on one rank (by its progress callback) is
+  // agreed on at the next batch's exchange, so that every rank takes the same steps.
+  bool stop_requested = false;
+
   Tensor xc = order.empty() ? x : ops::contiguous(x.detach());
   Tensor yc = order.empty() ? y : ops::contiguous(y.detach());
   for (int64_t b = 0; b < total_batches; ++b) {
     int64_t begin = b * batch_size, count = std::min(batch_size, n - begin);
+    auto [share_begin, share_end] =
+        distributed ? dist::local_share(count, comm->rank(), comm->world_size()) : std::pair<int64_t, int64_t>{0, count};
+    int64_t local = share_end - share_begin, first = begin + share_begin;
     Tensor xb, yb;
     if (order.empty()) {
-      xb = ops::slice(x.detach(), 0, begin, begin + count, 1);
-      yb = ops::slice(y.detach(), 0, begin, begin + count, 1);
+      xb = ops::slice(x.detach(), 0, first, first + local, 1);
+      yb = ops::slice(y.detach(), 0, first, first + local, 1);
     } else {
-      xb = gather_rows(xc, order.data() + begin, count);
-      yb = gather_rows(yc, order.data() + begin, count);
+      xb = gather_rows(xc, order.data() + first, local);
+      yb = gather_rows(yc, order.data() + first, local);
     }
     // Batches are cut on the host and copied to the model's device one at a time.
     xb = ops::to_device(xb, device_);
     yb = ops::to_device(yb, device_);
-    Tensor output;
-    double loss_value;
+    // A rank whose share of a last, small batch is empty computes nothing but still
+    // takes part in every exchange.
+    Tensor output, loss;
+    double loss_value = 0.0;
+    if (local > 0) {
+      if (train) {
+        loss = batch_loss(xb, yb, true, optimizer_->iterations(), &output);
+        loss_value = loss.item();
+      } else {
+        NoGradGuard no_grad;
+        loss_value = batch_loss(xb, yb, false, 0, &output).item();
+      }
+    }
+    // Sums over the batch: the loss, each metric, the samples; then the stop flag.
+    std::vector<double> sums{loss_value * static_cast<double>(local)};
+    for (double m : metric_sums(output, yb, local)) sums.push_back(m);
+    sums.push_back(static_cast<double>(local));
+    sums.push_back(stop_requested ? 1.0 : 0.0);
+    if (distributed)
+      comm->transport().all_reduce(sums.data(), static_cast<int64_t>(sums.size()), DType::Float64,
+                                   dist::ReduceOp::Sum);
+    if (sums.back() > 0.0) {
+      logs.stopped = true;
+      break;
+    }
+    const double loss_sum = sums.front();
     if (train) {
-      int64_t step = optimizer_->iterations();
-      Tensor loss = batch_loss(xb, yb, true, step, &output);
-      loss_value = loss.item();
-      if (stop_on_nan && !std::isfinite(loss_value)) {
+      if (stop_on_nan && !std::isfinite(loss_sum)) {
         // Stop before the update: the weights stay those of the last finite step.
         logs.nan_loss = logs.stopped = true;
-        logs.loss = loss_value;
+        logs.loss = loss_sum / static_cast<double>(count);
         break;
       }
       int64_t group = b / accumulation_steps;
@@ -312,32 +362,40 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, int64_t batch_size,
       bool last_of_group = (b + 1) % accumulation_steps == 0 || b + 1 == total_batches;
       if (first_of_group)
         for (Tensor& p : params) p.set_grad(Tensor());
-      if (group_samples != count)
-        loss = ops::mul_scalar(loss, static_cast<double>(count) / static_cast<double>(group_samples));
-      steepest::backward(loss_scaler_ ? loss_scaler_->scale(loss) : loss, Tensor());
-      if (last_of_group) {
-        if (loss_scaler_) {
-          // Unscaled, checked and applied — or skipped on overflow — then the scale moves.
-          if (!loss_scaler_->step(*optimizer_, params)) ++logs.skipped_steps;
-          loss_scaler_->update();
-          logs.loss_scale = loss_scaler_->get_scale();
-        } else {
-          optimizer_->step(params);
-        }
+      if (local > 0) {
+        // Weighted by the share of the step's global samples: summed over batches and
+        // ranks, the gradient is that of the mean loss over all of them.
+        if (group_samples != local)
+          loss = ops::mul_scalar(loss, static_cast<double>(local) / static_cast<double>(group_samples));
+        steepest::backward(scaler ? scaler->scale(loss) : loss, Tensor(), false,
+                           reducer && last_of_group ? reducer->overlap_hook() : GradientReadyHook());
       }
-    } else {
-      NoGradGuard no_grad;
-      loss_value = batch_loss(xb, yb, false, 0, &output).item();
+      if (last_of_group) {
+        if (reducer) reducer->reduce();
+        dist::Communicator* shards = reducer ? reducer->shard_group() : nullptr;
+        if (scaler) {
+          // Unscaled, checked and applied — or skipped on overflow — then the scale moves.
+          if (!scaler->step(*optimizer_, params, shards)) ++logs.skipped_steps;
+          scaler->update();
+          logs.loss_scale = scaler->get_scale();
+        } else {
+          optimizer_->step(params, false, shards);
+        }
+        if (reducer) reducer->gather_parameters();
+      }
     }
-    accumulate_metrics(output, yb, count, logs);
-    double seen = static_cast<double>(logs.samples);
-    logs.loss = (logs.loss * seen + loss_value * static_cast<double>(count)) /
-                (seen + static_cast<double>(count));
+    const double seen = static_cast<double>(logs.samples), batch = static_cast<double>(count);
+    for (size_t i = 0; i < metrics_.size(); ++i)
+      logs.metrics[i] = (logs.metrics[i] * seen + sums[i + 1]) / (seen + batch);
+    logs.loss = (logs.loss * seen + loss_sum) / (seen + batch);
     logs.samples += count;
     logs.batches = b + 1;
     if (progress && !progress(b + 1, total_batches, logs)) {
-      logs.stopped = true;
-      break;
+      stop_requested = true;
+      if (!distributed) {
+        logs.stopped = true;
+        break;
+      }
     }
   }
   return logs;

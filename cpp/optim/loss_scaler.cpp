@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "checks.h"
+#include "steepest/dist.h"
 #include "steepest/kernels.h"
 #include "steepest/ops.h"
 #include "steepest/optim.h"
@@ -35,7 +36,7 @@ Tensor LossScaler::scale(const Tensor& loss) const {
   return ops::mul_scalar(ops::astype(loss, compute_dtype(loss.dtype())), static_cast<double>(scale_));
 }
 
-bool LossScaler::unscale(const std::vector<Tensor>& params) {
+bool LossScaler::unscale(const std::vector<Tensor>& params, dist::Communicator* shards) {
   if (stage_ == Stage::Unscaled)
     fail<StateError>(kOwner, "unscale() was already called since the last update()");
   if (stage_ == Stage::Stepped)
@@ -56,17 +57,23 @@ bool LossScaler::unscale(const std::vector<Tensor>& params) {
                                                    squares);
     if (!std::isfinite(squares)) finite = false;
   }
+  if (shards) {
+    int32_t all_finite = finite ? 1 : 0;
+    shards->transport().all_reduce(&all_finite, 1, DType::Int32, dist::ReduceOp::Min);
+    finite = all_finite != 0;
+  }
   found_inf_ = !finite;
   stage_ = Stage::Unscaled;
   return finite;
 }
 
-bool LossScaler::step(Optimizer& optimizer, const std::vector<Tensor>& params) {
+bool LossScaler::step(Optimizer& optimizer, const std::vector<Tensor>& params,
+                      dist::Communicator* shards) {
   if (stage_ == Stage::Stepped)
     fail<StateError>(kOwner, "step() was already called since the last update()");
-  if (stage_ == Stage::Ready) unscale(params);
+  if (stage_ == Stage::Ready) unscale(params, shards);
   // A skipped step leaves everything as it was: no update, no step count, no schedule.
-  optimizer.step(params, found_inf_);
+  optimizer.step(params, found_inf_, shards);
   stage_ = Stage::Stepped;
   return !found_inf_;
 }

@@ -5,6 +5,7 @@
 
 #include "checks.h"
 #include "steepest/common.h"
+#include "steepest/dist.h"
 #include "steepest/kernels.h"
 #include "steepest/ops.h"
 #include "steepest/optim.h"
@@ -73,7 +74,7 @@ double Optimizer::learning_rate() const {
   return lr;
 }
 
-void Optimizer::step(const std::vector<Tensor>& params, bool skip) {
+void Optimizer::step(const std::vector<Tensor>& params, bool skip, dist::Communicator* shards) {
   if (skip) return;
   const char* op = name_.c_str();
   const double lr = learning_rate();
@@ -110,6 +111,7 @@ void Optimizer::step(const std::vector<Tensor>& params, bool skip) {
   if (clipnorm_) {
     double total = 0.0;
     for (const Work& w : work) total += sum_of_squares(w.grad);
+    if (shards) shards->transport().all_reduce(&total, 1, DType::Float64, dist::ReduceOp::Sum);
     const double norm = std::sqrt(total);
     if (norm > *clipnorm_) grad_scale = *clipnorm_ / (norm + kClipEpsilon);
   }

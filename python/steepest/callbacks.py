@@ -10,6 +10,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from . import distributed
+
 
 class Callback:
     """Base class; ``self.model`` is the model being trained."""
@@ -92,7 +94,9 @@ class EarlyStopping(Callback):
 
 
 class ModelCheckpoint(Callback):
-    """Saves the model after every epoch (or only when ``monitor`` improves).
+    """Saves the model after every epoch (or only when ``monitor`` improves). In a
+    data-parallel job every rank takes part (the logs are global, so all decide alike)
+    and rank 0 writes the file.
 
     ``filepath`` may contain ``{epoch}`` and log keys, e.g. ``"ckpt-{epoch:02d}.steepest"``.
     """
@@ -127,16 +131,21 @@ class LearningRateScheduler(Callback):
 
 
 class CSVLogger(Callback):
-    """Appends each epoch's logs to a CSV file."""
+    """Appends each epoch's logs to a CSV file (in a data-parallel job, rank 0's)."""
 
     def __init__(self, filename: str, separator: str = ",", append: bool = False) -> None:
         self.filename, self.separator, self.append = filename, separator, append
+        self._file = None
 
     def on_train_begin(self, logs=None) -> None:
+        if distributed.rank() != 0:
+            return
         self._write_header = not (self.append and os.path.exists(self.filename))
         self._file = open(self.filename, "a" if self.append else "w", newline="")
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if self._file is None:
+            return
         logs = logs or {}
         keys = sorted(logs)
         writer = csv.writer(self._file, delimiter=self.separator)
@@ -147,7 +156,9 @@ class CSVLogger(Callback):
         self._file.flush()
 
     def on_train_end(self, logs=None) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class TerminateOnNaN(Callback):

@@ -237,6 +237,11 @@ def _plot_history(history: Dict[str, List[float]], path: str, title: str) -> Non
     plt.close(fig)
 
 
+def _processes() -> str:
+    ranks = st.distributed.world_size()
+    return f", {ranks} processes (data parallel)" if ranks > 1 else ""
+
+
 def _train(args: argparse.Namespace) -> int:
     if args.precision is None:
         args.precision = "mixed_bfloat16" if args.model == "gpt" else "float32"
@@ -270,7 +275,7 @@ def _train(args: argparse.Namespace) -> int:
                 f"Training {'a CNN' if args.model == 'cnn' else 'an MLP'} on the 8x8 digits: "
                 f"{len(x_train):,} train / {len(x_test):,} test images, {type(optimizer).__name__} "
                 f"(learning rate {optimizer.learning_rate:g}), batch {args.batch_size}, "
-                f"{epochs} epochs, {args.device}, {args.precision}"
+                f"{epochs} epochs, {args.device}, {args.precision}{_processes()}"
             )
         history = model.fit(
             x_train,
@@ -291,7 +296,7 @@ def _train(args: argparse.Namespace) -> int:
         model.save(save_path)
         print(f"Saved the model to {os.path.abspath(save_path)} "
               "(load it with steepest.models.load_model)")
-    if args.plot is not None:
+    if args.plot is not None and st.distributed.rank() == 0:
         _plot_history(history.history, args.plot, f"digits {args.model}, {args.optimizer}")
         print(f"Saved the training curves to {os.path.abspath(args.plot)}")
     return 0
@@ -339,7 +344,7 @@ def _train_gpt(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"Training a character GPT ({model.count_params():,} parameters) on {len(text):,} "
               f"characters, vocabulary {tokenizer.vocab_size}, context {context}, {epochs} epochs, "
-              f"{args.precision}; unigram entropy {entropy:.3f} nats")
+              f"{args.precision}{_processes()}; unigram entropy {entropy:.3f} nats")
     history = model.fit(train, train, batch_size=args.batch_size, epochs=epochs,
                         validation_data=(val, val), verbose=0 if args.quiet else 2, seed=args.seed)
     best = min(history.history["val_loss"])
@@ -350,7 +355,7 @@ def _train_gpt(args: argparse.Namespace) -> int:
     if save_path is not None:
         model.save(save_path)
         print(f"Saved the model to {os.path.abspath(save_path)} (load it with steepest.models.load_model)")
-    if args.plot is not None:
+    if args.plot is not None and st.distributed.rank() == 0:
         _plot_history(history.history, args.plot, "character GPT")
         print(f"Saved the training curves to {os.path.abspath(args.plot)}")
     return 0
@@ -364,6 +369,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     through argparse, with a usage message.
     """
     args = build_parser().parse_args(argv)
+    # Under mpirun every rank trains its share; rank 0 alone reports (one progress bar,
+    # one accuracy line) and writes files (model.save writes on rank 0 only).
+    st.distributed._ensure_initialized()
+    if st.distributed.rank() != 0:
+        sys.stdout = open(os.devnull, "w")
     try:
         return args.func(args)
     except CommandError as e:

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _core, io
 from . import callbacks as callbacks_module
+from . import distributed
 from . import layers as layers_module
 from . import losses as losses_module
 from . import mixed_precision
@@ -92,6 +93,7 @@ class Sequential:
         # Dynamic loss scaling of fit under "mixed_float16" (set by compile).
         self.loss_scaler: Optional[mixed_precision.LossScaler] = None
         self.metrics_names: List[str] = []
+        self._shard_optimizer_state = False
         self.stop_training = False
         self._epochs_done = 0
         # Drawn now, so that st.manual_seed(s) before constructing fixes the weights.
@@ -160,11 +162,19 @@ class Sequential:
     # ------------------------------------------------------------------ compile
 
     def compile(self, optimizer: Any = "adamw", loss: Any = None,
-                metrics: Optional[Sequence[str]] = None) -> None:
+                metrics: Optional[Sequence[str]] = None,
+                shard_optimizer_state: bool = False) -> None:
         """Chooses the optimizer (name or object), the loss (name or st.losses object)
         and metrics by name, and takes the global mixed-precision policy
         (``st.mixed_precision``): under ``"mixed_float16"`` fit scales the loss with a new
-        ``self.loss_scaler``."""
+        ``self.loss_scaler``.
+
+        ``shard_optimizer_state=True`` (ZeRO stage 1) makes each rank of a data-parallel
+        job keep the optimizer state of only its share of the parameters, about 1/world
+        of it; the weights trained are the same.
+        """
+        if not isinstance(shard_optimizer_state, bool):
+            raise TypeError(f"[compile] shard_optimizer_state must be True or False, got {shard_optimizer_state!r}")
         if loss is None:
             raise ValueError("[compile] a loss is required, e.g. loss='sparse_categorical_crossentropy'")
         self.optimizer = optimizers_module.get(optimizer)
@@ -176,6 +186,7 @@ class Sequential:
             if not isinstance(m, str):
                 raise TypeError(f"[compile] metrics are given by name, got {m!r}")
         self.metrics_names = metrics
+        self._shard_optimizer_state = shard_optimizer_state
         if self._impl.built or self._input_shape is not None:
             self.build()
 
@@ -192,7 +203,8 @@ class Sequential:
         scaler = None if self.loss_scaler is None else self.loss_scaler._impl
         self._impl.compile(self.optimizer._impl, self.loss.name, self._from_logits(),
                            self.metrics_names, compute_dtype=self.dtype_policy.compute_dtype,
-                           loss_scaler=scaler)
+                           loss_scaler=scaler,
+                           shard_optimizer_state=self._shard_optimizer_state)
 
     @property
     def dtype_policy(self) -> mixed_precision.Policy:
@@ -271,7 +283,16 @@ class Sequential:
         step. With ``seed`` the shuffling is reproducible, also across save/load.
         ``gradient_accumulation_steps=k`` sums the gradients of k batches before each
         optimizer step: the same update as a batch k times larger.
+
+        Under ``st.distributed`` with several processes (``mpirun -n 2 python train.py``)
+        every rank passes the same data; ``batch_size`` is the global batch, each rank
+        computes its contiguous share of every batch, and the update uses the gradient of
+        the mean loss over the whole global batch. Rank 0's initial weights go to every
+        rank, losses, metrics and History are global, only rank 0 prints, and stop
+        decisions (callbacks, NaN, Ctrl-C) are taken by all ranks together.
         """
+        distributed._ensure_initialized()
+        ranks = distributed.world_size()
         if not isinstance(gradient_accumulation_steps, int) or gradient_accumulation_steps < 1:
             raise ValueError(
                 f"[fit] gradient_accumulation_steps must be a positive int, got {gradient_accumulation_steps!r}"
@@ -281,6 +302,8 @@ class Sequential:
             raise ValueError(f"[fit] batch_size must be a positive int, got {batch_size!r}")
         if verbose not in (0, 1, 2):
             raise ValueError(f"[fit] verbose must be 0, 1 or 2, got {verbose!r}")
+        if distributed.rank() != 0:
+            verbose = 0
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"[fit] validation_split must be in [0, 1), got {validation_split}")
         x_array, y_array = _as_array("x", x), _as_array("y", y)
@@ -297,6 +320,8 @@ class Sequential:
         xt = self._prepare_x("fit", x_array)
         yt = self._prepare_y("fit", y_array, len(x_array))
         self._compile_impl()
+        if ranks > 1:
+            self._impl.synchronize_replicas()
         validation = None
         if validation_data is not None:
             vx, vy = validation_data
@@ -310,6 +335,8 @@ class Sequential:
             cb.set_model(self)
         self.stop_training = False
         base_seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**63))
+        if ranks > 1:  # one shuffle order for all ranks
+            base_seed = int(distributed._broadcast_object(base_seed, 0))
         n = xt.shape[0]
         batches = (n + batch_size - 1) // batch_size
         for cb in all_callbacks:
@@ -340,14 +367,18 @@ class Sequential:
                 logs.update({f"val_{k}": v for k, v in self._named(val).items()})
             bar.finish(logs)
             if result["interrupted"]:
-                print("\nTraining interrupted (Ctrl-C): weights are those of the last finished step.")
+                if distributed.rank() == 0:
+                    print("\nTraining interrupted (Ctrl-C): weights are those of the last finished step.")
                 self.stop_training = True
             if result["nan_loss"]:
-                print(f"\nBatch {result['batches'] + 1}: invalid loss, terminating training")
+                if distributed.rank() == 0:
+                    print(f"\nBatch {result['batches'] + 1}: invalid loss, terminating training")
                 self.stop_training = True
             for cb in all_callbacks:
                 cb.on_epoch_end(epoch, logs)
             del names
+            if ranks > 1:
+                self.stop_training = distributed._agree_any(self.stop_training)
             if self.stop_training:
                 break
         for cb in all_callbacks:
@@ -365,11 +396,12 @@ class Sequential:
     def evaluate(self, x: Any, y: Any, batch_size: int = 32, verbose: int = 0) -> Dict[str, float]:
         """The loss and metrics over (x, y), as a dict."""
         self._check_compiled("evaluate")
+        distributed._ensure_initialized()
         xt = self._prepare_x("evaluate", x)
         yt = self._prepare_y("evaluate", y, xt.shape[0])
         self._compile_impl()
         logs = self._named(self._impl.evaluate(xt, yt, batch_size))
-        if verbose:
+        if verbose and distributed.rank() == 0:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         return logs
 
@@ -442,11 +474,33 @@ class Sequential:
             "layers": [{"class_name": type(l).__name__, "config": l.get_config()} for l in self.layers],
         }
 
+    def _optimizer_state(self) -> Dict[str, Any]:
+        """The optimizer's state_dict; with sharded state (ZeRO) each parameter's entry
+        comes from the rank that holds it (a collective: every rank calls it)."""
+        state = self.optimizer.state_dict()
+        if distributed.world_size() == 1 or not self._shard_optimizer_state:
+            return state
+        entries = state["state"]
+        holders = distributed.all_gather(from_numpy(
+            np.array([[entry is not None for entry in entries]], dtype=np.int32))).numpy()
+        for index in range(len(entries)):
+            owners = np.flatnonzero(holders[:, index])
+            if owners.size:
+                entries[index] = distributed._broadcast_object(entries[index], int(owners[0]))
+        return state
+
     def save(self, path: str) -> None:
         """Writes weights, optimizer state and the architecture/compile config to one
-        safetensors file, atomically."""
+        safetensors file, atomically.
+
+        In a data-parallel job every rank calls it (as the same script runs everywhere)
+        and only rank 0 writes; sharded optimizer state is gathered there first.
+        """
         if not self._impl.built:
             self.build()
+        state = self._optimizer_state() if self.optimizer is not None else None
+        if distributed.rank() != 0:
+            return
         tensors: Dict[str, np.ndarray] = {}
         for layer in self.layers:
             for wname, w in layer.weights.items():
@@ -454,8 +508,7 @@ class Sequential:
         metadata = {"format": "steepest", "format_version": _FORMAT_VERSION,
                     "config": json.dumps(self.get_config()),
                     "epochs_done": str(self._epochs_done)}
-        if self.optimizer is not None:
-            state = self.optimizer.state_dict()
+        if state is not None:
             slots = []
             for index, entry in enumerate(state["state"]):
                 if entry is None:

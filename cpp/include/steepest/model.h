@@ -294,16 +294,25 @@ class Sequential {
   // to it at the first layer and its output back to float32, where the loss and the
   // metrics are computed. loss_scaler (float16) scales the loss in the train loop and
   // skips steps whose gradients overflow; null trains without.
+  // shard_optimizer_state: under data parallelism each rank keeps the optimizer state
+  // of its 1/world share of the parameters (ZeRO stage 1; see dist::GradientReducer).
   void compile(std::shared_ptr<optim::Optimizer> optimizer, LossSpec loss,
                std::vector<Metric> metrics, DType compute_dtype = DType::Float32,
-               std::shared_ptr<optim::LossScaler> loss_scaler = nullptr);
+               std::shared_ptr<optim::LossScaler> loss_scaler = nullptr,
+               bool shard_optimizer_state = false);
   bool compiled() const { return optimizer_ != nullptr; }
+  bool shard_optimizer_state() const { return shard_optimizer_state_; }
+  // Under data parallelism (dist::world() of more than one rank): checks that every rank
+  // built the same model and gives all of them rank 0's weights. fit calls it first.
+  void synchronize_replicas();
   const std::shared_ptr<optim::Optimizer>& optimizer() const { return optimizer_; }
   DType compute_dtype() const { return compute_dtype_; }
   const std::shared_ptr<optim::LossScaler>& loss_scaler() const { return loss_scaler_; }
 
   Tensor forward(const Tensor& x, bool training, int64_t step) const;
-  // One epoch over (x, y) in batches; `order` (optional) is the sample order. With
+  // One epoch over (x, y) in batches; `order` (optional) is the sample order. Under data
+  // parallelism every rank passes the same x, y and order, batch_size is the global batch
+  // and each rank computes its contiguous share of every batch; the logs are global. With
   // accumulation_steps = k the gradients of k consecutive batches are summed, each
   // weighted by its share of the k batches' samples, before one optimizer step: the
   // same update as one batch k times larger.
@@ -318,7 +327,8 @@ class Sequential {
   // expects probabilities (stable log-softmax instead of log(softmax)).
   Tensor batch_loss(const Tensor& x, const Tensor& y, bool training, int64_t step,
                     Tensor* output) const;
-  void accumulate_metrics(const Tensor& output, const Tensor& y, int64_t n, Logs& logs) const;
+  // Σ over the n rows of each metric, in compile order.
+  std::vector<double> metric_sums(const Tensor& output, const Tensor& y, int64_t n) const;
   Logs run(const Tensor& x, const Tensor& y, int64_t batch_size, const std::vector<int64_t>& order,
            bool train, bool stop_on_nan, const Progress& progress, int64_t accumulation_steps);
 
@@ -331,6 +341,7 @@ class Sequential {
   std::vector<Metric> metrics_;
   DType compute_dtype_ = DType::Float32;
   std::shared_ptr<optim::LossScaler> loss_scaler_;
+  bool shard_optimizer_state_ = false;
 };
 
 // Rows `order[begin:end]` of x (axis 0) as a new contiguous tensor.

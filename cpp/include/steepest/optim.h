@@ -15,6 +15,10 @@
 
 #include "steepest/tensor.h"
 
+namespace steepest::dist {
+class Communicator;
+}
+
 namespace steepest::optim {
 
 // ---------------------------------------------------------------------------- schedules
@@ -89,8 +93,10 @@ class Optimizer {
   // State is matched to parameters by their position in `params`, so pass the same
   // list in the same order on every call. skip=true does nothing at all: the step does
   // not count (iterations and the schedule do not advance), as a loss scaler needs for
-  // a step whose gradients overflowed.
-  void step(const std::vector<Tensor>& params, bool skip = false);
+  // a step whose gradients overflowed. shards: the group whose ranks each hold the grads
+  // of their own parameters only (ZeRO stage 1), over which clipnorm takes the global norm.
+  void step(const std::vector<Tensor>& params, bool skip = false,
+            dist::Communicator* shards = nullptr);
 
   const std::string& name() const { return name_; }
   // Number of steps taken; the schedule is evaluated here.
@@ -246,10 +252,13 @@ class LossScaler {
   Tensor scale(const Tensor& loss) const;
   // Divides every defined grad by the scale in place and records whether all are
   // finite; returns that. At most once between two update() calls, before step().
-  bool unscale(const std::vector<Tensor>& params);
+  // shards (ZeRO stage 1): the ranks that hold the other gradients; a step is finite only
+  // when it is on every one of them.
+  bool unscale(const std::vector<Tensor>& params, dist::Communicator* shards = nullptr);
   // Unscales (unless unscale() ran), then steps the optimizer, or skips the step when
   // a gradient is not finite. Returns whether the optimizer stepped.
-  bool step(Optimizer& optimizer, const std::vector<Tensor>& params);
+  bool step(Optimizer& optimizer, const std::vector<Tensor>& params,
+            dist::Communicator* shards = nullptr);
   // Backs the scale off after a skipped step, grows it after growth_interval finite
   // steps in a row; then the next step may begin.
   void update();

