@@ -32,10 +32,10 @@ needs_mpi = pytest.mark.skipif(
 )
 
 
-def launch(script, *args, ranks=2, timeout=240, check=True):
+def launch(script, *args, ranks=2, timeout=240, check=True, env=None):
     """`mpirun -n ranks python script args`; returns the CompletedProcess."""
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
     # --oversubscribe: more ranks than this machine's cores is fine for correctness tests.
     command = [MPIRUN, "--oversubscribe", "-n", str(ranks), sys.executable, script, *map(str, args)]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
@@ -44,14 +44,14 @@ def launch(script, *args, ranks=2, timeout=240, check=True):
     return proc
 
 
-def train(out, *args, ranks):
+def train(out, *args, ranks, env=None):
     out.mkdir(exist_ok=True)
     script = os.path.join(SCRIPTS, "train.py")
     if ranks == 1:  # a plain process: no launcher at all
         env = dict(os.environ, OMP_NUM_THREADS="1")
         subprocess.run([sys.executable, script, str(out), *map(str, args)], check=True, env=env, timeout=240)
     else:
-        launch(script, out, *args, ranks=ranks)
+        launch(script, out, *args, ranks=ranks, env=env)
     return [dict(np.load(out / f"rank{r}.npz")) for r in range(ranks)]
 
 
@@ -122,15 +122,18 @@ def test_collectives_match_numpy(ranks):
 
 
 @needs_mpi
-@pytest.mark.parametrize("samples, batch, accumulate", [
-    (203, 32, 1),   # last batch of 11: shares of 6 and 5
-    (97, 32, 1),    # last batch of 1: rank 1 has no sample in it
-    (203, 16, 2),   # gradient accumulation over the global batches
+@pytest.mark.parametrize("samples, batch, accumulate, overlap", [
+    (203, 32, 1, "1"),   # last batch of 11: shares of 6 and 5; buckets sent during backward
+    (203, 32, 1, "0"),   # ... and after backward
+    (97, 32, 1, "1"),    # last batch of 1: rank 1 has no sample in it
+    (203, 16, 2, "1"),   # gradient accumulation over the global batches
 ])
-def test_two_ranks_train_the_model_one_process_trains(tmp_path, samples, batch, accumulate):
+def test_two_ranks_train_the_model_one_process_trains(tmp_path, samples, batch, accumulate, overlap):
     args = ("--samples", samples, "--batch", batch, "--accumulate", accumulate)
     single = train(tmp_path / "one", *args, ranks=1)[0]
-    pair = train(tmp_path / "two", *args, ranks=2)
+    # Buckets of 1 KiB: several per step, so that their order across ranks is exercised.
+    pair = train(tmp_path / "two", *args, ranks=2,
+                 env={"STEEPEST_DDP_OVERLAP": overlap, "STEEPEST_DDP_BUCKET_MB": str(1 / 1024)})
     for mine, other in zip(weights(pair[0]), weights(pair[1])):
         assert np.array_equal(mine, other)  # replicas stay bit-identical
     for mine, reference in zip(weights(pair[0]), weights(single)):

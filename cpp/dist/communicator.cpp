@@ -46,13 +46,6 @@ class SingleProcess final : public Transport {
   int world_size() const override { return 1; }
   int local_rank() const override { return 0; }
   void all_reduce(void*, int64_t, DType, ReduceOp) override {}
-  std::unique_ptr<Work> all_reduce_async(void*, int64_t, DType, ReduceOp) override {
-    struct Done final : Work {
-      void wait() override {}
-      bool test() override { return true; }
-    };
-    return std::make_unique<Done>();
-  }
   void broadcast(void*, int64_t, int) override {}
   void all_gather(const void* send, void* recv, const std::vector<int64_t>& bytes) override {
     copy(send, recv, bytes[0], DType::Bool);

@@ -60,31 +60,6 @@ int as_count(int64_t count, const char* op) {
   return static_cast<int>(count);
 }
 
-class MpiWork final : public Work {
- public:
-  explicit MpiWork(std::vector<MPI_Request> requests) : requests_(std::move(requests)) {}
-  ~MpiWork() override {
-    // A request dropped unfinished (an exception between start and wait) must still
-    // complete before its buffer can go.
-    if (!requests_.empty()) MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE);
-  }
-  void wait() override {
-    check(MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE),
-          "MPI_Waitall");
-    requests_.clear();
-  }
-  bool test() override {
-    int done = 0;
-    check(MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &done, MPI_STATUSES_IGNORE),
-          "MPI_Testall");
-    if (done) requests_.clear();
-    return done != 0;
-  }
-
- private:
-  std::vector<MPI_Request> requests_;
-};
-
 class Mpi final : public Transport {
  public:
   Mpi() {
@@ -125,20 +100,6 @@ class Mpi final : public Transport {
                           mpi_op(op), comm_),
             "MPI_Allreduce");
     }
-  }
-
-  std::unique_ptr<Work> all_reduce_async(void* data, int64_t count, DType dtype, ReduceOp op) override {
-    const size_t item = itemsize(dtype);
-    std::vector<MPI_Request> requests;
-    for (int64_t done = 0; done < count || requests.empty(); done += kMaxCount) {
-      int chunk = static_cast<int>(std::min(kMaxCount, count - done));
-      MPI_Request request;
-      check(MPI_Iallreduce(MPI_IN_PLACE, static_cast<char*>(data) + done * item, chunk, mpi_type(dtype),
-                           mpi_op(op), comm_, &request),
-            "MPI_Iallreduce");
-      requests.push_back(request);
-    }
-    return std::make_unique<MpiWork>(std::move(requests));
   }
 
   void broadcast(void* data, int64_t bytes, int root) override {

@@ -6,8 +6,13 @@
 // or, for a process started without a launcher, a single-process stand-in of world size 1.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <exception>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -20,15 +25,6 @@ enum class ReduceOp { Sum, Mean, Max, Min };
 ReduceOp reduce_op_from_name(const std::string& name);
 const char* reduce_op_name(ReduceOp op);
 
-// A collective in flight. wait() blocks until it has completed; test() drives it on
-// (MPI progresses non-blocking collectives inside library calls) and says whether it is done.
-class Work {
- public:
-  virtual ~Work() = default;
-  virtual void wait() = 0;
-  virtual bool test() = 0;
-};
-
 // What a backend provides, on contiguous host buffers. Reductions see float32, float64,
 // int32 and int64 elements and ReduceOp Sum, Max or Min (Mean and the 16-bit types are
 // built on top by Communicator); buffers may hold no elements.
@@ -40,8 +36,6 @@ class Transport {
   virtual int world_size() const = 0;
   virtual int local_rank() const = 0;
   virtual void all_reduce(void* data, int64_t count, DType dtype, ReduceOp op) = 0;
-  virtual std::unique_ptr<Work> all_reduce_async(void* data, int64_t count, DType dtype,
-                                                 ReduceOp op) = 0;
   virtual void broadcast(void* data, int64_t bytes, int root) = 0;
   // Rank r contributes bytes[r] bytes; recv receives them all in rank order.
   virtual void all_gather(const void* send, void* recv, const std::vector<int64_t>& bytes) = 0;
@@ -117,9 +111,11 @@ void synchronize_replicas(Communicator& comm, const std::vector<Tensor>& weights
 // over the ranks, so the optimizer sees the gradient of the mean loss over the global
 // batch (parameters without a gradient count as zero).
 // - Replicated optimizer state (PyTorch DDP): gradients travel in buckets of about
-//   STEEPEST_DDP_BUCKET_MB MiB (default 4), in reverse parameter order; overlap_hook() starts
-//   a bucket's non-blocking all-reduce as soon as backward has produced all its gradients
-//   (STEEPEST_DDP_OVERLAP=0 waits for the end of backward, to measure what overlap gains).
+//   STEEPEST_DDP_BUCKET_MB MiB (default 4), in reverse parameter order; overlap_hook() hands
+//   a bucket to a sender thread as soon as backward has produced all its gradients, so it
+//   travels while backward goes on — when the rank has a core beyond its compute threads
+//   for that thread; else every bucket goes after backward (STEEPEST_DDP_OVERLAP=1 or 0
+//   forces either, to measure what overlap gains).
 // - Sharded optimizer state (ZeRO stage 1, as in llm.c): each parameter has one owner
 //   rank (balanced by size); reduce() reduce-scatters so that a rank receives only the
 //   summed gradients of its own parameters (the others' grads become undefined, so the
@@ -144,11 +140,23 @@ class GradientReducer {
   void reduce_replicated();
   void reduce_sharded();
 
+  // The sender thread all-reduces the buckets queued by launch(), in order, with blocking
+  // calls (faster than MPI's non-blocking collectives, which progress only inside MPI calls).
+  void send_buckets();
+
   Communicator& comm_;
   std::vector<Tensor> params_;
   bool sharded_;
   bool overlap_ = true;
   std::vector<Bucket> buckets_;
+  size_t next_launch_ = 0;
+  std::thread sender_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<Bucket*> queue_;
+  size_t sent_ = 0;
+  bool closing_ = false;
+  std::exception_ptr error_;
   std::vector<std::pair<size_t, size_t>> slot_of_;  // param index -> (bucket, member)
   std::vector<std::vector<size_t>> owned_;          // ZeRO: rank -> its params, in order
   Tensor received_;                                 // ZeRO: this rank's summed gradients
