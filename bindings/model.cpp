@@ -177,6 +177,9 @@ void init_model(nb::module_& parent) {
            arg("shard_optimizer_state") = false,
            "compute_dtype: the mixed-precision policy's; loss_scaler: dynamic loss scaling in fit; "
            "shard_optimizer_state: ZeRO stage 1 under data parallelism.")
+      .def("gather_optimizer_state", &model::Sequential::gather_optimizer_state,
+           nb::call_guard<nb::gil_scoped_release>(),
+           "After a fit with sharded optimizer state: every rank gets the whole state (a collective).")
       .def("synchronize_replicas", &model::Sequential::synchronize_replicas,
            nb::call_guard<nb::gil_scoped_release>(),
            "Checks that every rank built the same model and gives all of them rank 0's weights.")

@@ -154,10 +154,20 @@ def test_zero1_matches_unsharded_and_shards_the_state(tmp_path):
         assert np.array_equal(b, c)
     full = int(plain[0]["state_bytes"])
     parts = [int(r["state_bytes"]) for r in sharded]
-    assert sum(parts) == full and all(0 < p < full for p in parts)
+    # Equal chunks of the parameters laid end to end: half the state each, up to the
+    # padding of the last chunk (one element of each of AdamW's two slots).
+    assert sum(parts) == full and all(abs(p - full / 2) <= 8 for p in parts), (parts, full)
     # The model saved by rank 0 holds the whole optimizer state, gathered from both ranks.
     model = st.models.load_model(str(tmp_path / "zero" / "model.steepest"))
     assert all(entry is not None for entry in model.optimizer.state_dict()["state"])
+
+
+@needs_mpi
+def test_zero1_refuses_optimizers_that_update_whole_tensors(tmp_path):
+    (tmp_path / "out").mkdir()
+    proc = launch(os.path.join(SCRIPTS, "train.py"), tmp_path / "out", "--shard", "--optimizer", "lamb",
+                  check=False)
+    assert proc.returncode != 0 and "elementwise optimizer" in proc.stderr
 
 
 @needs_mpi

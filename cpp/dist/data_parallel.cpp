@@ -9,11 +9,11 @@
 #include <cstdlib>
 #include <utility>
 #include <cstring>
-#include <numeric>
 
 #include "steepest/common.h"
 #include "steepest/dist.h"
 #include "steepest/kernels.h"
+#include "steepest/ops.h"
 
 namespace steepest::dist {
 
@@ -89,6 +89,86 @@ void synchronize_replicas(Communicator& comm, const std::vector<Tensor>& weights
   }
 }
 
+ShardLayout ShardLayout::of(const std::vector<Tensor>& params, int rank, int world) {
+  ShardLayout layout;
+  for (const Tensor& p : params) layout.total += p.numel();
+  layout.chunk = (layout.total + world - 1) / world;
+  const int64_t first = rank * layout.chunk, last = std::min(layout.total, first + layout.chunk);
+  int64_t start = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int64_t end = start + params[i].numel();
+    const int64_t begin = std::max(first, start), stop = std::min(last, end);
+    if (begin < stop) layout.pieces.push_back({i, begin - start, stop - begin, begin - first});
+    start = end;
+  }
+  return layout;
+}
+
+namespace {
+
+// Elements [begin, begin + count) of a contiguous tensor, as a 1-D view.
+Tensor piece_of(const Tensor& t, const ShardPiece& piece) {
+  return Tensor::view_of(t.storage(), {piece.count}, {1}, t.offset() + piece.begin, t.dtype());
+}
+
+}  // namespace
+
+void shard_optimizer_state(Communicator& comm, optim::Optimizer& optimizer, const std::vector<Tensor>& params) {
+  const ShardLayout layout = ShardLayout::of(params, comm.rank(), comm.world_size());
+  const std::vector<optim::ParamState>& full = optimizer.state();
+  std::vector<optim::ParamState> pieces;
+  for (const ShardPiece& piece : layout.pieces) {
+    optim::ParamState state;
+    if (piece.param < full.size() && !full[piece.param].empty()) {
+      state.step = full[piece.param].step;
+      for (const auto& [name, slot] : full[piece.param].slots) {
+        if (slot.numel() != params[piece.param].numel() || !slot.is_contiguous())
+          fail("fit", "slot '", name, "' of parameter ", piece.param, " has shape ", slot.shape(),
+               "; sharding needs slots of the parameter's shape ", params[piece.param].shape());
+        state.slots.emplace_back(name, ops::clone(piece_of(slot, piece)));
+      }
+    }
+    pieces.push_back(std::move(state));
+  }
+  optimizer.load_state(std::move(pieces), optimizer.iterations());
+}
+
+void gather_optimizer_state(Communicator& comm, optim::Optimizer& optimizer, const std::vector<Tensor>& params) {
+  const int world = comm.world_size();
+  const ShardLayout layout = ShardLayout::of(params, comm.rank(), world);
+  const std::vector<optim::ParamState>& mine = optimizer.state();
+  if (!mine.empty() && mine.size() != layout.pieces.size())
+    fail("distributed", "the sharded optimizer state has ", mine.size(), " entries for ",
+         layout.pieces.size(), " pieces of this rank's shard");
+  // A parameter's step count is its pieces' (they step together); 0 where never stepped.
+  std::vector<int64_t> steps(params.size(), 0);
+  for (size_t j = 0; j < mine.size(); ++j) steps[layout.pieces[j].param] = mine[j].step;
+  comm.transport().all_reduce(steps.data(), static_cast<int64_t>(steps.size()), DType::Int64, ReduceOp::Max);
+  std::vector<optim::ParamState> full(params.size());
+  for (size_t i = 0; i < params.size(); ++i) full[i].step = steps[i];
+  if (!params.empty()) {
+    const DType dtype = params[0].dtype();
+    const int64_t item = static_cast<int64_t>(itemsize(dtype));
+    // Elementwise optimizers keep the same slots for every parameter.
+    for (const optim::SlotSpec& spec : optimizer.slot_specs(params[0])) {
+      Tensor chunk = Tensor::zeros({layout.chunk}, dtype);
+      for (size_t j = 0; j < mine.size(); ++j)
+        for (const auto& [name, slot] : mine[j].slots)
+          if (name == spec.name) copy_into(slot, slice_of(chunk, layout.pieces[j].offset, slot.shape()));
+      Tensor all = Tensor::empty({layout.chunk * world}, dtype);
+      comm.transport().all_gather(chunk.data_ptr(), all.data_ptr(),
+                                  std::vector<int64_t>(world, layout.chunk * item));
+      int64_t offset = 0;
+      for (size_t i = 0; i < params.size(); ++i) {
+        if (steps[i] > 0)
+          full[i].slots.emplace_back(spec.name, ops::clone(slice_of(all, offset, params[i].shape())));
+        offset += params[i].numel();
+      }
+    }
+  }
+  optimizer.load_state(std::move(full), optimizer.iterations());
+}
+
 struct GradientReducer::Bucket {
   DType dtype;
   std::vector<size_t> members;
@@ -98,30 +178,24 @@ struct GradientReducer::Bucket {
   Tensor flat;
 };
 
-GradientReducer::GradientReducer(Communicator& comm, std::vector<Tensor> params, bool shard_optimizer_state)
-    : comm_(comm), params_(std::move(params)), sharded_(shard_optimizer_state) {
+GradientReducer::GradientReducer(Communicator& comm, std::vector<Tensor> params,
+                                 optim::Optimizer* shard_optimizer_state)
+    : comm_(comm), params_(std::move(params)), sharded_(shard_optimizer_state != nullptr) {
   for (size_t i = 0; i < params_.size(); ++i)
     if (!params_[i].device().is_cpu() || !params_[i].is_contiguous())
       fail("fit", "data-parallel training over MPI needs contiguous CPU parameters; parameter ", i,
            " is a ", params_[i].device().str(), " tensor of shape ", params_[i].shape());
   if (sharded_) {
+    if (!shard_optimizer_state->elementwise())
+      fail("compile", "shard_optimizer_state=True splits parameters into flat shards, which needs "
+                      "an elementwise optimizer (SGD, RMSprop, Adam, AdamW); ",
+           shard_optimizer_state->name(), " updates whole tensors at once");
     for (size_t i = 1; i < params_.size(); ++i)
       if (params_[i].dtype() != params_[0].dtype())
         fail<TypeError>("compile", "shard_optimizer_state=True needs parameters of one dtype, got ",
                         dtype_name(params_[0].dtype()), " and ", dtype_name(params_[i].dtype()));
-    // Largest first onto the least loaded rank: shares within one parameter of 1/world.
-    std::vector<size_t> by_size(params_.size());
-    std::iota(by_size.begin(), by_size.end(), size_t{0});
-    std::stable_sort(by_size.begin(), by_size.end(),
-                     [&](size_t a, size_t b) { return params_[a].numel() > params_[b].numel(); });
-    owned_.assign(static_cast<size_t>(comm_.world_size()), {});
-    std::vector<int64_t> load(owned_.size(), 0);
-    for (size_t i : by_size) {
-      size_t rank = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
-      owned_[rank].push_back(i);
-      load[rank] += params_[i].numel();
-    }
-    for (auto& list : owned_) std::sort(list.begin(), list.end());
+    layout_ = ShardLayout::of(params_, comm_.rank(), comm_.world_size());
+    for (const ShardPiece& piece : layout_.pieces) pieces_.push_back(piece_of(params_[piece.param], piece));
     return;
   }
   overlap_ = env_number("STEEPEST_DDP_OVERLAP", spare_core() ? 1.0 : 0.0) != 0.0;
@@ -243,61 +317,43 @@ void GradientReducer::reduce_replicated() {
 }
 
 void GradientReducer::reduce_sharded() {
+  const int world = comm_.world_size();
   const DType dtype = params_.empty() ? DType::Float32 : params_[0].dtype();
-  std::vector<int64_t> counts;
-  int64_t total = 0;
-  for (const auto& list : owned_) {
-    int64_t count = 0;
-    for (size_t i : list) count += params_[i].numel();
-    counts.push_back(count);
-    total += count;
-  }
-  Tensor send = Tensor::zeros({total}, dtype);
+  Tensor send = Tensor::empty({layout_.chunk * world}, dtype);
   int64_t offset = 0;
-  for (const auto& list : owned_)
-    for (size_t i : list) {
-      const Tensor& p = params_[i];
-      if (p.grad().defined()) copy_into(p.grad(), slice_of(send, offset, p.shape()));
-      offset += p.numel();
-    }
-  const size_t me = static_cast<size_t>(comm_.rank());
-  received_ = Tensor::empty({counts[me]}, dtype);
-  comm_.transport().reduce_scatter(send.data_ptr(), received_.data_ptr(), counts, dtype, ReduceOp::Sum);
-  for (Tensor& p : params_) p.set_grad(Tensor());
-  offset = 0;
-  for (size_t i : owned_[me]) {
-    params_[i].set_grad(slice_of(received_, offset, params_[i].shape()));
-    offset += params_[i].numel();
+  for (const Tensor& p : params_) {
+    Tensor slot = slice_of(send, offset, p.shape());
+    if (p.grad().defined())
+      copy_into(p.grad(), slot);
+    else
+      STEEPEST_KERNEL(slot.device(), fill)(slot, 0.0);
+    offset += p.numel();
   }
+  Tensor padding = slice_of(send, offset, {layout_.chunk * world - offset});
+  STEEPEST_KERNEL(padding.device(), fill)(padding, 0.0);
+  Tensor received = Tensor::empty({layout_.chunk}, dtype);
+  comm_.transport().reduce_scatter(send.data_ptr(), received.data_ptr(),
+                                   std::vector<int64_t>(world, layout_.chunk), dtype, ReduceOp::Sum);
+  for (Tensor& p : params_) p.set_grad(Tensor());
+  for (size_t j = 0; j < pieces_.size(); ++j)
+    pieces_[j].set_grad(slice_of(received, layout_.pieces[j].offset, {layout_.pieces[j].count}));
 }
 
 void GradientReducer::gather_parameters() {
   if (!sharded_ || params_.empty()) return;
+  const int world = comm_.world_size();
   const DType dtype = params_[0].dtype();
-  const int64_t item = static_cast<int64_t>(itemsize(dtype));
-  std::vector<int64_t> bytes;
-  int64_t total = 0;
-  for (const auto& list : owned_) {
-    int64_t count = 0;
-    for (size_t i : list) count += params_[i].numel();
-    bytes.push_back(count * item);
-    total += count;
-  }
-  const size_t me = static_cast<size_t>(comm_.rank());
-  Tensor mine = Tensor::empty({bytes[me] / item}, dtype);
+  Tensor mine = Tensor::zeros({layout_.chunk}, dtype);
+  for (size_t j = 0; j < pieces_.size(); ++j)
+    copy_into(pieces_[j], slice_of(mine, layout_.pieces[j].offset, {layout_.pieces[j].count}));
+  Tensor all = Tensor::empty({layout_.chunk * world}, dtype);
+  comm_.transport().all_gather(mine.data_ptr(), all.data_ptr(),
+                               std::vector<int64_t>(world, layout_.chunk * static_cast<int64_t>(itemsize(dtype))));
   int64_t offset = 0;
-  for (size_t i : owned_[me]) {
-    copy_into(params_[i], slice_of(mine, offset, params_[i].shape()));
-    offset += params_[i].numel();
+  for (Tensor& p : params_) {
+    copy_into(slice_of(all, offset, p.shape()), p);
+    offset += p.numel();
   }
-  Tensor all = Tensor::empty({total}, dtype);
-  comm_.transport().all_gather(mine.data_ptr(), all.data_ptr(), bytes);
-  offset = 0;
-  for (size_t rank = 0; rank < owned_.size(); ++rank)
-    for (size_t i : owned_[rank]) {
-      if (rank != me) copy_into(slice_of(all, offset, params_[i].shape()), params_[i]);
-      offset += params_[i].numel();
-    }
 }
 
 }  // namespace steepest::dist

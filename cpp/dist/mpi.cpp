@@ -110,6 +110,12 @@ class Mpi final : public Transport {
   }
 
   void all_gather(const void* send, void* recv, const std::vector<int64_t>& bytes) override {
+    if (std::all_of(bytes.begin(), bytes.end(), [&](int64_t b) { return b == bytes[0]; })) {
+      check(MPI_Allgather(send, as_count(bytes[0], "all_gather"), MPI_BYTE, recv,
+                          as_count(bytes[0], "all_gather"), MPI_BYTE, comm_),
+            "MPI_Allgather");
+      return;
+    }
     std::vector<int> counts(bytes.size()), displacements(bytes.size());
     int64_t offset = 0;
     for (size_t r = 0; r < bytes.size(); ++r) {
@@ -122,6 +128,8 @@ class Mpi final : public Transport {
           "MPI_Allgatherv");
   }
 
+  // MPI_Reduce_scatter even for equal counts: Open MPI 5's MPI_Reduce_scatter_block took
+  // 11 ms on 11 MiB over 2 ranks here, against 3.7 ms.
   void reduce_scatter(const void* send, void* recv, const std::vector<int64_t>& counts, DType dtype,
                       ReduceOp op) override {
     std::vector<int> recv_counts(counts.size());

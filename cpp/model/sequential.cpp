@@ -71,6 +71,7 @@ void Sequential::compile(std::shared_ptr<optim::Optimizer> optimizer, LossSpec l
   for (auto& layer : layers_) layer->set_compute_dtype(compute_dtype);
   compute_dtype_ = compute_dtype;
   loss_scaler_ = std::move(loss_scaler);
+  if (optimizer != optimizer_) optimizer_state_sharded_ = false;
   optimizer_ = std::move(optimizer);
   shard_optimizer_state_ = shard_optimizer_state;
   loss_ = loss;
@@ -265,6 +266,12 @@ std::vector<double> Sequential::metric_sums(const Tensor& output, const Tensor& 
   return sums;
 }
 
+void Sequential::gather_optimizer_state() {
+  if (!optimizer_state_sharded_) return;
+  dist::gather_optimizer_state(*dist::world(), *optimizer_, parameters());
+  optimizer_state_sharded_ = false;
+}
+
 void Sequential::synchronize_replicas() {
   dist::Communicator* comm = dist::world();
   if (!built_ || !comm || comm->world_size() == 1) return;
@@ -297,8 +304,14 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, int64_t batch_size,
                           cat(n, " samples in batches of ", batch_size, ", accumulating ", accumulation_steps),
                           "every rank must pass the same data and batch size");
   std::unique_ptr<dist::GradientReducer> reducer;
-  if (train && distributed)
-    reducer = std::make_unique<dist::GradientReducer>(*comm, params, shard_optimizer_state_);
+  if (train && distributed) {
+    const bool shard = shard_optimizer_state_;
+    reducer = std::make_unique<dist::GradientReducer>(*comm, params, shard ? optimizer_.get() : nullptr);
+    if (shard && !optimizer_state_sharded_) dist::shard_optimizer_state(*comm, *optimizer_, params);
+    if (!shard) gather_optimizer_state();
+    optimizer_state_sharded_ = shard;
+  }
+  const std::vector<Tensor>& stepped = reducer ? reducer->step_parameters() : params;
   optim::LossScaler* scaler = train ? loss_scaler_.get() : nullptr;
   // Under data parallelism a stop asked for on one rank (by its progress callback) is
   // agreed on at the next batch's exchange, so that every rank takes the same steps.
@@ -375,11 +388,11 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, int64_t batch_size,
         dist::Communicator* shards = reducer ? reducer->shard_group() : nullptr;
         if (scaler) {
           // Unscaled, checked and applied — or skipped on overflow — then the scale moves.
-          if (!scaler->step(*optimizer_, params, shards)) ++logs.skipped_steps;
+          if (!scaler->step(*optimizer_, stepped, shards)) ++logs.skipped_steps;
           scaler->update();
           logs.loss_scale = scaler->get_scale();
         } else {
-          optimizer_->step(params, false, shards);
+          optimizer_->step(stepped, false, shards);
         }
         if (reducer) reducer->gather_parameters();
       }

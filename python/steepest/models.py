@@ -170,8 +170,11 @@ class Sequential:
         ``self.loss_scaler``.
 
         ``shard_optimizer_state=True`` (ZeRO stage 1) makes each rank of a data-parallel
-        job keep the optimizer state of only its share of the parameters, about 1/world
-        of it; the weights trained are the same.
+        job keep the optimizer state of only its 1/world share of the parameters (laid end
+        to end and cut into equal chunks); the weights trained are the same. It needs an
+        elementwise optimizer (SGD, RMSprop, Adam, AdamW). Between fits
+        ``optimizer.state_dict()`` then shows this rank's shard; ``save`` gathers the
+        whole state.
         """
         if not isinstance(shard_optimizer_state, bool):
             raise TypeError(f"[compile] shard_optimizer_state must be True or False, got {shard_optimizer_state!r}")
@@ -475,19 +478,12 @@ class Sequential:
         }
 
     def _optimizer_state(self) -> Dict[str, Any]:
-        """The optimizer's state_dict; with sharded state (ZeRO) each parameter's entry
-        comes from the rank that holds it (a collective: every rank calls it)."""
-        state = self.optimizer.state_dict()
-        if distributed.world_size() == 1 or not self._shard_optimizer_state:
-            return state
-        entries = state["state"]
-        holders = distributed.all_gather(from_numpy(
-            np.array([[entry is not None for entry in entries]], dtype=np.int32))).numpy()
-        for index in range(len(entries)):
-            owners = np.flatnonzero(holders[:, index])
-            if owners.size:
-                entries[index] = distributed._broadcast_object(entries[index], int(owners[0]))
-        return state
+        """The optimizer's per-parameter state_dict. After a fit with sharded state (ZeRO)
+        each rank holds its shard only, so this gathers it first: a collective, which
+        every rank calls."""
+        if distributed.world_size() > 1:
+            self._impl.gather_optimizer_state()
+        return self.optimizer.state_dict()
 
     def save(self, path: str) -> None:
         """Writes weights, optimizer state and the architecture/compile config to one

@@ -3,7 +3,7 @@ MLP and saves each rank's final weights, history and optimizer-state size to
 OUT/rank<r>.npz, so the test can compare ranks with each other and with one process.
 
     train.py OUT [--shard] [--accumulate K] [--samples N] [--batch B] [--precision P]
-                 [--fault die|raise|mismatch]
+                 [--optimizer adamw|lamb] [--fault die|raise|mismatch]
 """
 
 import argparse
@@ -23,6 +23,7 @@ parser.add_argument("--batch", type=int, default=32)
 parser.add_argument("--epochs", type=int, default=3)
 parser.add_argument("--precision", default="float32")
 parser.add_argument("--fault", choices=("die", "raise", "mismatch"))
+parser.add_argument("--optimizer", choices=("adamw", "lamb"), default="adamw")
 args = parser.parse_args()
 
 st.distributed.init()
@@ -40,7 +41,8 @@ st.manual_seed(100 + rank)
 hidden = 32 + (rank if args.fault == "mismatch" else 0)
 model = st.Sequential([st.layers.Input((12,)), st.layers.Dense(hidden, activation="relu"),
                        st.layers.Dense(hidden, activation="tanh"), st.layers.Dense(4)])
-model.compile(optimizer=st.optimizers.AdamW(learning_rate=0.01, clipnorm=0.5),
+optimizer = {"adamw": st.optimizers.AdamW, "lamb": st.optimizers.Lamb}[args.optimizer]
+model.compile(optimizer=optimizer(learning_rate=0.01, clipnorm=0.5),
               loss="sparse_categorical_crossentropy", metrics=["accuracy"],
               shard_optimizer_state=args.shard)
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "steepest/autograd.h"
+#include "steepest/optim.h"
 #include "steepest/tensor.h"
 
 namespace steepest::dist {
@@ -106,6 +107,29 @@ std::pair<int64_t, int64_t> local_share(int64_t count, int rank, int world);
 // dtypes), then gives every rank rank 0's weights.
 void synchronize_replicas(Communicator& comm, const std::vector<Tensor>& weights);
 
+// ZeRO stage 1's split of the parameters, as llm.c does it: all parameters laid end to
+// end (in parameter order) and cut into world equal chunks (the last padded); rank r owns
+// chunk r, which may cover pieces of several parameters.
+struct ShardPiece {
+  size_t param;          // index into the parameter list
+  int64_t begin, count;  // elements [begin, begin + count) of that parameter
+  int64_t offset;        // where they start inside the chunk
+};
+struct ShardLayout {
+  int64_t total = 0, chunk = 0;
+  std::vector<ShardPiece> pieces;  // this rank's
+  static ShardLayout of(const std::vector<Tensor>& params, int rank, int world);
+};
+
+// Optimizer state kept per piece of this rank's chunk (one entry per ShardLayout piece)
+// instead of per parameter: shard_optimizer_state() slices the per-parameter state into
+// pieces, gather_optimizer_state() gives every rank the whole per-parameter state again
+// (a collective; before saving, or training unsharded).
+void shard_optimizer_state(Communicator& comm, optim::Optimizer& optimizer,
+                           const std::vector<Tensor>& params);
+void gather_optimizer_state(Communicator& comm, optim::Optimizer& optimizer,
+                            const std::vector<Tensor>& params);
+
 // The gradient synchronisation of fit. Each rank back-propagates its share of the global
 // batch with the loss weighted by share / global count; reduce() then sums the gradients
 // over the ranks, so the optimizer sees the gradient of the mean loss over the global
@@ -116,18 +140,21 @@ void synchronize_replicas(Communicator& comm, const std::vector<Tensor>& weights
 //   travels while backward goes on — when the rank has a core beyond its compute threads
 //   for that thread; else every bucket goes after backward (STEEPEST_DDP_OVERLAP=1 or 0
 //   forces either, to measure what overlap gains).
-// - Sharded optimizer state (ZeRO stage 1, as in llm.c): each parameter has one owner
-//   rank (balanced by size); reduce() reduce-scatters so that a rank receives only the
-//   summed gradients of its own parameters (the others' grads become undefined, so the
-//   optimizer keeps state for its 1/world share); gather_parameters() all-gathers the
-//   updated parameters afterwards.
+// - Sharded optimizer state (ZeRO stage 1): reduce() reduce-scatters the gradients, so
+//   that a rank receives the summed gradients of its chunk only; the optimizer steps the
+//   chunk's pieces (step_parameters()), keeping state for 1/world of the elements; then
+//   gather_parameters() all-gathers the updated chunks into every replica.
 class GradientReducer {
  public:
-  GradientReducer(Communicator& comm, std::vector<Tensor> params, bool shard_optimizer_state);
+  // shard_optimizer_state: the optimizer whose state to shard, or null to replicate it.
+  GradientReducer(Communicator& comm, std::vector<Tensor> params,
+                  optim::Optimizer* shard_optimizer_state);
   ~GradientReducer();
   // The hook to pass to the step's last backward, or an empty one.
   GradientReadyHook overlap_hook();
   void reduce();
+  // What the optimizer steps: the parameters, or views of this rank's pieces of them.
+  const std::vector<Tensor>& step_parameters() const { return sharded_ ? pieces_ : params_; }
   void gather_parameters();
   // The group whose ranks each hold part of the gradients (for a global clip norm and a
   // global overflow check), or null when every rank holds all of them.
@@ -139,7 +166,6 @@ class GradientReducer {
   void launch(Bucket& bucket);
   void reduce_replicated();
   void reduce_sharded();
-
   // The sender thread all-reduces the buckets queued by launch(), in order, with blocking
   // calls (faster than MPI's non-blocking collectives, which progress only inside MPI calls).
   void send_buckets();
@@ -158,8 +184,8 @@ class GradientReducer {
   bool closing_ = false;
   std::exception_ptr error_;
   std::vector<std::pair<size_t, size_t>> slot_of_;  // param index -> (bucket, member)
-  std::vector<std::vector<size_t>> owned_;          // ZeRO: rank -> its params, in order
-  Tensor received_;                                 // ZeRO: this rank's summed gradients
+  ShardLayout layout_;                              // ZeRO
+  std::vector<Tensor> pieces_;                      // ZeRO: views of this rank's pieces
 };
 
 // The backends' constructors (cpp/dist/mpi.cpp or cpp/dist/no_mpi.cpp).

@@ -305,6 +305,10 @@ class Sequential {
   // Under data parallelism (dist::world() of more than one rank): checks that every rank
   // built the same model and gives all of them rank 0's weights. fit calls it first.
   void synchronize_replicas();
+  // After fit with shard_optimizer_state, the optimizer keeps the state of this rank's
+  // shard only; this gives every rank the whole per-parameter state again (a collective,
+  // e.g. before saving). Does nothing when the state is not sharded.
+  void gather_optimizer_state();
   const std::shared_ptr<optim::Optimizer>& optimizer() const { return optimizer_; }
   DType compute_dtype() const { return compute_dtype_; }
   const std::shared_ptr<optim::LossScaler>& loss_scaler() const { return loss_scaler_; }
@@ -342,6 +346,7 @@ class Sequential {
   DType compute_dtype_ = DType::Float32;
   std::shared_ptr<optim::LossScaler> loss_scaler_;
   bool shard_optimizer_state_ = false;
+  bool optimizer_state_sharded_ = false;  // the optimizer holds per-piece state (ZeRO)
 };
 
 // Rows `order[begin:end]` of x (axis 0) as a new contiguous tensor.

@@ -110,6 +110,10 @@ class Optimizer {
 
   // The slots this optimizer keeps for `param`, in the order updates use them.
   virtual std::vector<SlotSpec> slot_specs(const Tensor& param) const = 0;
+  // Whether an element's update depends only on that element and on scalars shared by
+  // all (learning rate, clip factor): then any slice of a parameter can be updated on its
+  // own, with slots of the slice's shape — what ZeRO's flat shards need.
+  virtual bool elementwise() const { return true; }
   // Bytes of state for `params` once each has been stepped (step counters excluded).
   int64_t state_size_bytes(const std::vector<Tensor>& params) const;
 
@@ -200,6 +204,7 @@ class Lamb final : public Optimizer {
   Lamb(std::shared_ptr<const Schedule> learning_rate, double beta_1, double beta_2,
        double epsilon, double weight_decay, std::optional<double> clipnorm);
   std::vector<SlotSpec> slot_specs(const Tensor& param) const override;
+  bool elementwise() const override { return false; }
 
  private:
   void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
@@ -220,6 +225,7 @@ class Adafactor final : public Optimizer {
             double epsilon_1, double epsilon_2, double clip_threshold, bool relative_step,
             double weight_decay, std::optional<double> clipnorm);
   std::vector<SlotSpec> slot_specs(const Tensor& param) const override;
+  bool elementwise() const override { return false; }
 
   static constexpr double kDefaultLearningRate = 1e-2;
 
