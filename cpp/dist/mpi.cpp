@@ -145,10 +145,9 @@ class Mpi final : public Transport {
 
   void barrier() override { check(MPI_Barrier(comm_), "MPI_Barrier"); }
 
-  [[noreturn]] void abort(int code) override {
+  void abort(int code) override {
     std::fflush(nullptr);
     MPI_Abort(MPI_COMM_WORLD, code);
-    std::_Exit(code);
   }
 
  private:

@@ -354,7 +354,7 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, int64_t batch_size,
     sums.push_back(static_cast<double>(local));
     sums.push_back(stop_requested ? 1.0 : 0.0);
     if (distributed)
-      comm->transport().all_reduce(sums.data(), static_cast<int64_t>(sums.size()), DType::Float64,
+      comm->control().all_reduce(sums.data(), static_cast<int64_t>(sums.size()), DType::Float64,
                                    dist::ReduceOp::Sum);
     if (sums.back() > 0.0) {
       logs.stopped = true;

@@ -59,7 +59,7 @@ bool LossScaler::unscale(const std::vector<Tensor>& params, dist::Communicator* 
   }
   if (shards) {
     int32_t all_finite = finite ? 1 : 0;
-    shards->transport().all_reduce(&all_finite, 1, DType::Int32, dist::ReduceOp::Min);
+    shards->control().all_reduce(&all_finite, 1, DType::Int32, dist::ReduceOp::Min);
     finite = all_finite != 0;
   }
   found_inf_ = !finite;

@@ -111,7 +111,7 @@ void Optimizer::step(const std::vector<Tensor>& params, bool skip, dist::Communi
   if (clipnorm_) {
     double total = 0.0;
     for (const Work& w : work) total += sum_of_squares(w.grad);
-    if (shards) shards->transport().all_reduce(&total, 1, DType::Float64, dist::ReduceOp::Sum);
+    if (shards) shards->control().all_reduce(&total, 1, DType::Float64, dist::ReduceOp::Sum);
     const double norm = std::sqrt(total);
     if (norm > *clipnorm_) grad_scale = *clipnorm_ / (norm + kClipEpsilon);
   }

@@ -101,6 +101,16 @@ def checkpoint(fn, *inputs):
     return _checkpoint(fn, *inputs)
 
 
+# The NCCL backend opens libnccl when st.distributed.init("nccl") asks for it; after the
+# default search path it looks in the nvidia-nccl wheel.
+if _core.backends()["nccl"] and "STEEPEST_NCCL_PATH" not in _os.environ:
+    import importlib.util as _util
+
+    _nvidia = _util.find_spec("nvidia")
+    if _nvidia is not None and _nvidia.submodule_search_locations:
+        _os.environ["STEEPEST_NCCL_PATH"] = _os.pathsep.join(
+            _os.path.join(d, "nccl", "lib") for d in _nvidia.submodule_search_locations)
+
 # The GPU backend opens cuBLAS on its first matrix product; after the default search path
 # it looks in these folders: pip's nvidia-cublas wheel (CUDA 13) and PyTorch's CUDA 12 one.
 if _core.backends()["cuda"] and "STEEPEST_CUBLAS_PATH" not in _os.environ:

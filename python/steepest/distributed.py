@@ -2,14 +2,15 @@
 
 Launch the same script on every process — ``mpirun -n 2 python train.py`` (or mpiexec,
 a hostfile, Slurm's ``srun``) — and ``fit`` splits each global batch across them, sums
-the gradients with MPI and makes one update everywhere. ``init()`` joins the job; ``fit``
-calls it by itself under a launcher. Without a launcher the world is one process and
-everything works unchanged.
+the gradients and makes one update everywhere. ``init()`` joins the job; ``fit`` calls it
+by itself under a launcher (with MPI). Without a launcher the world is one process and
+everything works unchanged. ``init("nccl")`` moves CUDA tensors instead, one GPU per
+rank: put the model on ``f"cuda:{st.distributed.local_rank()}"``.
 
-Collectives act in place on CPU tensors (``all_reduce``, ``broadcast``) or return new
-ones (``all_gather``, ``reduce_scatter``); every rank must make the same call with
-tensors of the same shape and dtype, and a mismatch raises on every rank instead of
-hanging.
+Collectives act in place (``all_reduce``, ``broadcast``) or return new tensors
+(``all_gather``, ``reduce_scatter``), on CPU tensors with MPI and on the rank's GPU with
+NCCL; every rank must make the same call with tensors of the same shape and dtype, and a
+mismatch raises on every rank instead of hanging.
 """
 
 from __future__ import annotations
@@ -20,18 +21,16 @@ import sys
 import traceback
 from typing import Any, Optional
 
-import numpy as np
-
 from . import _core
 from ._core import Tensor
-from .creation import from_numpy
 
 _dist = _core.dist
 
 
 def init(backend: Optional[str] = None) -> None:
-    """Joins the job. ``backend``: ``"mpi"`` (CPU tensors) or None to choose — MPI when a
-    launcher started several processes, a single process otherwise.
+    """Joins the job. ``backend``: ``"mpi"`` (CPU tensors), ``"nccl"`` (CUDA tensors,
+    bootstrapped over MPI) or None to choose — MPI when a launcher started several
+    processes, a single process otherwise.
 
     Under several processes an uncaught exception on any rank ends the whole job (MPI
     abort) instead of leaving the others waiting in a collective.
@@ -90,7 +89,7 @@ def local_rank() -> int:
 
 
 def backend() -> Optional[str]:
-    """"mpi", "local" (one process, no launcher), or None before init."""
+    """"mpi", "nccl", "local" (one process, no launcher), or None before init."""
     return _dist.backend() if _dist.is_initialized() else None
 
 
@@ -144,23 +143,14 @@ def finalize() -> None:
 
 
 def _broadcast_object(obj: Any, root: int) -> Any:
-    """A picklable object from rank ``root`` on every rank (metadata, optimizer state)."""
+    """A picklable object from rank ``root`` on every rank (a shuffle seed)."""
     payload = pickle.dumps(obj) if rank() == root else b""
-    size = broadcast(from_numpy(np.array([len(payload)], dtype=np.int64)), root)
-    length = int(size.numpy()[0])
-    padded = np.zeros((length + 3) // 4, dtype=np.int32)
-    if rank() == root:
-        padded.view(np.uint8)[:length] = np.frombuffer(payload, dtype=np.uint8)
-    data = broadcast(from_numpy(padded), root).numpy()
-    return pickle.loads(data.view(np.uint8)[:length].tobytes())
+    return pickle.loads(_dist.broadcast_bytes(payload, int(root)))
 
 
 def _agree_any(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on any."""
-    if world_size() == 1:
-        return bool(flag)
-    t = all_reduce(from_numpy(np.array([1 if flag else 0], dtype=np.int32)), "max")
-    return bool(t.numpy()[0])
+    return bool(flag) if world_size() == 1 else _dist.any_rank(bool(flag))
 
 
 __all__ = ["all_gather", "all_reduce", "backend", "barrier", "broadcast", "finalize", "init",

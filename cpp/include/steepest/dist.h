@@ -26,13 +26,18 @@ enum class ReduceOp { Sum, Mean, Max, Min };
 ReduceOp reduce_op_from_name(const std::string& name);
 const char* reduce_op_name(ReduceOp op);
 
-// What a backend provides, on contiguous host buffers. Reductions see float32, float64,
-// int32 and int64 elements and ReduceOp Sum, Max or Min (Mean and the 16-bit types are
-// built on top by Communicator); buffers may hold no elements.
+// What a backend provides, on contiguous buffers in memory of device() (host memory for
+// MPI, the rank's GPU for NCCL). Reductions see float32, float64, int32 and int64 elements
+// and ReduceOp Sum, Max or Min (Mean and the 16-bit types are built on top by
+// Communicator); buffers may hold no elements.
 class Transport {
  public:
   virtual ~Transport() = default;
   virtual const char* name() const = 0;
+  virtual Device device() const { return {}; }
+  // The transport for small exchanges in host memory (agreement checks, loss sums, a clip
+  // norm): this one, or the MPI transport that bootstrapped a GPU one.
+  virtual Transport& control() { return *this; }
   virtual int rank() const = 0;
   virtual int world_size() const = 0;
   virtual int local_rank() const = 0;
@@ -46,14 +51,16 @@ class Transport {
                               DType dtype, ReduceOp op) = 0;
   virtual void barrier() = 0;
   // Ends every process of the job with `code` (an uncaught error on one rank must not
-  // leave the others waiting in a collective).
-  [[noreturn]] virtual void abort(int code) = 0;
+  // leave the others waiting in a collective); Communicator::abort exits should it return.
+  virtual void abort(int code) = 0;
 };
 
 class Communicator {
  public:
   explicit Communicator(std::unique_ptr<Transport> transport);
   const char* backend() const { return transport_->name(); }
+  // Where the tensors this communicator moves must live.
+  Device device() const { return transport_->device(); }
   int rank() const { return transport_->rank(); }
   int world_size() const { return transport_->world_size(); }
   int local_rank() const { return transport_->local_rank(); }
@@ -76,7 +83,9 @@ class Communicator {
                        const char* expected = "every rank must make the same call with tensors "
                                               "of the same shape and dtype");
 
+  // Tensor data in device() memory, and small host-memory exchanges.
   Transport& transport() { return *transport_; }
+  Transport& control() { return transport_->control(); }
 
  private:
   std::unique_ptr<Transport> transport_;
@@ -85,11 +94,10 @@ class Communicator {
 // The number of processes the launcher (mpirun, mpiexec, srun) started this one among;
 // 1 without a launcher.
 int launcher_world_size();
-// Whether this build can run the backend ("mpi": compiled against MPI).
-bool backend_available(const std::string& backend);
 
-// Joins the job: backend "mpi", or "" to choose (MPI under a launcher, else a single
-// process). Calling it again with the same backend does nothing.
+// Joins the job: backend "mpi" (CPU tensors), "nccl" (CUDA tensors, bootstrapped over
+// MPI, one GPU per rank: the local rank's), or "" to choose (MPI under a launcher, else a
+// single process). Calling it again with the same backend does nothing.
 void init(const std::string& backend);
 bool is_initialized();
 // The job's communicator, or null before init().
@@ -188,8 +196,11 @@ class GradientReducer {
   std::vector<Tensor> pieces_;                      // ZeRO: views of this rank's pieces
 };
 
-// The backends' constructors (cpp/dist/mpi.cpp or cpp/dist/no_mpi.cpp).
+// The backends' constructors (cpp/dist/mpi.cpp or cpp/dist/no_mpi.cpp; cuda/nccl.cu or
+// cpp/dist/no_nccl.cpp).
 std::unique_ptr<Transport> make_mpi_transport();
 bool mpi_compiled();
+std::unique_ptr<Transport> make_nccl_transport(std::unique_ptr<Transport> bootstrap);
+bool nccl_compiled();
 
 }  // namespace steepest::dist
