@@ -220,3 +220,13 @@ def test_cli_trains_under_mpirun_with_one_report(tmp_path):
     accuracy = float(out.split("Test accuracy: ")[1].split("%")[0])
     assert accuracy > 80.0
     assert st.models.load_model(str(path)).count_params() > 0
+
+
+@needs_mpi
+def test_cli_trains_a_gpt_under_mpirun(tmp_path):
+    path = tmp_path / "gpt.steepest"
+    proc = launch("-m", "steepest", "train", "--model", "gpt", "--epochs", "1", "--save", path)
+    out = proc.stdout
+    assert out.count("Validation loss") == 1 and out.count("Saved the model") == 1, out
+    assert "2 processes (data parallel)" in out
+    assert st.models.load_model(str(path)).count_params() > 0
