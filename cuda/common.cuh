@@ -11,7 +11,9 @@
 
 #include <array>
 #include <cstdint>
+#include <string>
 #include <type_traits>
+#include <vector>
 
 #include "steepest/kernels.h"
 
@@ -38,6 +40,12 @@ namespace steepest::cuda {
 // After a <<<...>>> launch: a bad configuration is reported here, a fault inside the
 // kernel at the next synchronising call.
 #define STEEPEST_CUDA_CHECK_LAUNCH() STEEPEST_CUDA_CHECK(cudaGetLastError())
+
+// dlopen of the first library that loads among `names`, looked up on the default search
+// path, then in each folder of the ':'-separated environment variable `folders_variable`.
+// Returns null and lists every failed try in `error` when none loads.
+void* open_library(const std::vector<std::string>& names, const char* folders_variable,
+                   std::string& path, std::string& error);
 
 // The stream every kernel of `device_index` runs on (created on first use).
 cudaStream_t stream_for(int device_index);

@@ -58,36 +58,9 @@ struct Cublas {
   GemmFn gemm = nullptr;
 };
 
-std::vector<std::string> cublas_candidates() {
-  std::vector<std::string> folders;
-  if (const char* env = std::getenv("STEEPEST_CUBLAS_PATH")) {
-    std::string list = env;
-    for (size_t start = 0; start <= list.size();) {
-      size_t end = list.find(':', start);
-      if (end == std::string::npos) end = list.size();
-      if (end > start) folders.push_back(list.substr(start, end - start));
-      start = end + 1;
-    }
-  }
-  std::vector<std::string> candidates;
-  for (const char* name : {"libcublas.so.13", "libcublas.so.12"}) {
-    candidates.emplace_back(name);
-    for (const std::string& folder : folders) candidates.push_back(folder + "/" + name);
-  }
-  return candidates;
-}
-
 Cublas load_cublas() {
   Cublas c;
-  for (const std::string& candidate : cublas_candidates()) {
-    c.library = dlopen(candidate.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (c.library) {
-      c.path = candidate;
-      break;
-    }
-    const char* why = dlerror();
-    c.error += "\n  " + (why ? std::string(why) : candidate + ": not found");
-  }
+  c.library = cuda::open_library({"libcublas.so.13", "libcublas.so.12"}, "STEEPEST_CUBLAS_PATH", c.path, c.error);
   if (!c.library) return c;
   auto symbol = [&](auto& fn, const char* name) {
     fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(c.library, name));

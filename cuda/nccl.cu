@@ -13,7 +13,6 @@
 #include <dlfcn.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -45,22 +44,8 @@ struct NcclLibrary {
 
 NcclLibrary load_nccl() {
   NcclLibrary lib;
-  std::vector<std::string> candidates{"libnccl.so.2"};
-  if (const char* env = std::getenv("STEEPEST_NCCL_PATH")) {
-    std::string list = env;
-    for (size_t start = 0; start <= list.size();) {
-      size_t end = list.find(':', start);
-      if (end == std::string::npos) end = list.size();
-      if (end > start) candidates.push_back(list.substr(start, end - start) + "/libnccl.so.2");
-      start = end + 1;
-    }
-  }
-  for (const std::string& candidate : candidates) {
-    lib.handle = dlopen(candidate.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (lib.handle) break;
-    const char* why = dlerror();
-    lib.error += "\n  " + (why ? std::string(why) : candidate + ": not found");
-  }
+  std::string path;
+  lib.handle = cuda::open_library({"libnccl.so.2"}, "STEEPEST_NCCL_PATH", path, lib.error);
   if (!lib.handle) return lib;
   bool complete = true;
   auto symbol = [&](auto& fn, const char* name) {

