@@ -13,6 +13,8 @@ NB_MODULE(_core, m) {
       PyErr_SetString(PyExc_TypeError, e.what());
     } catch (const steepest::StateError& e) {
       PyErr_SetString(PyExc_RuntimeError, e.what());
+    } catch (const steepest::MemoryError& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
     }
   });
   steepest::bindings::init_tensor(m);

@@ -21,17 +21,32 @@ ops::Axes parse_axes(const nb::handle& axis) {
   return axes;
 }
 
+namespace {
+
+// A Python int as int64, or a ValueError naming the op (nanobind's cast would only say
+// std::bad_cast).
+int64_t as_int64(const char* op, const char* what, nb::handle value) {
+  int overflow = 0;
+  long long v = PyLong_AsLongLongAndOverflow(value.ptr(), &overflow);
+  if (overflow != 0)
+    fail(op, what, " ", nb::str(value).c_str(), " does not fit in 64 bits");
+  if (v == -1 && PyErr_Occurred()) throw nb::python_error();
+  return v;
+}
+
+}  // namespace
+
 Dims parse_shape(const char* op, const nb::handle& shape) {
   Dims dims;
   if (PyLong_Check(shape.ptr())) {
-    dims.push_back(nb::cast<int64_t>(shape));
+    dims.push_back(as_int64(op, "the shape entry", shape));
     return dims;
   }
   if (!(nb::isinstance<nb::tuple>(shape) || nb::isinstance<nb::list>(shape)))
     fail<TypeError>(op, "shape must be an int or a sequence of ints");
   for (nb::handle h : shape) {
     if (!PyLong_Check(h.ptr())) fail<TypeError>(op, "shape entries must be ints");
-    dims.push_back(nb::cast<int64_t>(h));
+    dims.push_back(as_int64(op, "the shape entry", h));
   }
   return dims;
 }

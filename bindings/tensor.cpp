@@ -41,11 +41,13 @@ DType from_dlpack(nb::dlpack::dtype d) {
     if (code == Code::Int && d.bits == 32) return DType::Int32;
     if (code == Code::Int && d.bits == 64) return DType::Int64;
     if (code == Code::Bool && d.bits == 8) return DType::Bool;
-    if (code == Code::UInt && d.bits == 8) return DType::Bool;
   }
-  throw TypeError("[from_numpy] unsupported array dtype (code " + std::to_string(d.code) +
-                  ", " + std::to_string(d.bits) +
-                  " bits); steepest takes float16/32/64, bfloat16, int32/64 and bool");
+  // Unsigned integers included: uint8 values read as bool would turn 2 into True.
+  const char* kind = code == Code::UInt ? "uint" : code == Code::Int ? "int" : code == Code::Float ? "float" : "code ";
+  throw TypeError("[from_dlpack] unsupported array dtype " + std::string(kind) + std::to_string(d.bits) +
+                  (d.lanes == 1 ? "" : " x" + std::to_string(d.lanes)) +
+                  "; steepest takes float16/32/64, bfloat16, int32/64 and bool (convert first, e.g. "
+                  "a.astype(numpy.int32))");
 }
 
 nb::tuple shape_tuple(const Dims& d) {

@@ -32,7 +32,8 @@ struct Log { template <class T> __device__ T operator()(T x, T) const { return l
 struct Sqrt { template <class T> __device__ T operator()(T x, T) const { return sqrt(x); } };
 struct Abs { template <class T> __device__ T operator()(T x, T) const { return x < T(0) ? -x : x; } };
 // NOTE: the gradient of relu at 0 is taken as 0 (ReluGrad uses x > 0), as in PyTorch.
-struct Relu { template <class T> __device__ T operator()(T x, T) const { return x > T(0) ? x : T(0); } };
+// NaN passes through (x < 0 is false for it), as in torch and NumPy.
+struct Relu { template <class T> __device__ T operator()(T x, T) const { return x < T(0) ? T(0) : x; } };
 struct Sigmoid { template <class T> __device__ T operator()(T x, T) const { return stable_sigmoid(x); } };
 struct Tanh { template <class T> __device__ T operator()(T x, T) const { return tanh(x); } };
 struct Gelu {

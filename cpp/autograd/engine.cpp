@@ -1,6 +1,7 @@
 // The backward engine: counts, for every node reachable from the root, how many
 // gradients it will receive, then runs nodes once all their gradients have arrived
 // (Kahn's algorithm), summing gradients that meet at the same node.
+#include <mutex>
 #include <unordered_map>
 #include <vector>
 
@@ -11,6 +12,33 @@ namespace steepest {
 namespace {
 thread_local bool g_grad_enabled = true;
 }
+
+namespace {
+thread_local std::vector<std::shared_ptr<Node>>* g_release_queue = nullptr;
+}  // namespace
+
+void release_graph(std::shared_ptr<Node>&& node) {
+  if (!node) return;
+  if (g_release_queue) {
+    g_release_queue->push_back(std::move(node));
+    return;
+  }
+  std::vector<std::shared_ptr<Node>> queue;
+  g_release_queue = &queue;
+  queue.push_back(std::move(node));
+  while (!queue.empty()) {
+    std::shared_ptr<Node> next = std::move(queue.back());
+    queue.pop_back();
+    next.reset();  // may queue the nodes it held
+  }
+  g_release_queue = nullptr;
+}
+
+Node::~Node() {
+  for (auto& edge : next) release_graph(std::move(edge));
+}
+
+TensorImpl::~TensorImpl() { release_graph(std::move(grad_fn)); }
 
 bool grad_enabled() { return g_grad_enabled; }
 void set_grad_enabled(bool enabled) { g_grad_enabled = enabled; }
@@ -63,8 +91,17 @@ void AccumulateGrad::apply(const Tensor& grad_output, std::vector<Tensor>&) {
   STEEPEST_KERNEL(current.device(), binary)(BinaryOp::Add, current, incoming, current, 0.0);
 }
 
+namespace {
+// One backward at a time in the process: two threads walking one graph would both run its
+// nodes and free its saved tensors under each other. With the lock the later caller finds
+// the graph released and gets the usual error. Recursive: a node's backward may run a
+// backward of its own (attention's recomputation, checkpointing).
+std::recursive_mutex g_backward_mutex;
+}  // namespace
+
 void backward(const Tensor& root, const Tensor& grad, bool retain_graph,
               const GradientReadyHook& on_gradient_ready) {
+  std::lock_guard<std::recursive_mutex> lock(g_backward_mutex);
   if (!root.requires_grad())
     fail<StateError>("backward",
                      "the tensor does not require grad and has no grad_fn; call "

@@ -1,9 +1,16 @@
 #include "steepest/block_cache.h"
 
+#include <limits>
+
+#include "steepest/common.h"
+
 namespace steepest {
 
 size_t BlockCache::size_class(size_t nbytes, size_t small, size_t granularity) {
   if (nbytes == 0) nbytes = 1;
+  // The doubling below would wrap to 0 and never end.
+  if (nbytes > std::numeric_limits<size_t>::max() / 4)
+    throw MemoryError(cat("[allocate] ", nbytes, " bytes exceed any memory"));
   if (nbytes <= small) return (nbytes + granularity - 1) / granularity * granularity;
   size_t power = small;
   while (power < nbytes) power <<= 1;

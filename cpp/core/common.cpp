@@ -33,8 +33,21 @@ void Dims::erase(int pos) {
 
 int64_t Dims::product() const {
   int64_t p = 1;
-  for (int i = 0; i < size_; ++i) p *= values_[i];
+  for (int i = 0; i < size_; ++i)
+    if (__builtin_mul_overflow(p, values_[i], &p))
+      throw ValueError(cat("[shape] ", str(), " has more elements than 2^63 - 1"));
   return p;
+}
+
+size_t checked_bytes(const char* op, int64_t numel, size_t item) {
+  // 2^48 bytes (256 TiB) is beyond any machine's memory, and far from overflowing the
+  // size arithmetic of the allocators.
+  constexpr int64_t kMaxBytes = int64_t{1} << 48;
+  int64_t bytes = 0;
+  if (numel < 0 || __builtin_mul_overflow(numel, static_cast<int64_t>(item), &bytes) || bytes > kMaxBytes)
+    throw MemoryError(cat("[", op, "] ", numel, " elements of ", item, " bytes exceed any memory (",
+                          "at most 2^48 bytes per tensor)"));
+  return static_cast<size_t>(bytes);
 }
 
 bool Dims::operator==(const Dims& other) const {

@@ -24,7 +24,7 @@ class CpuCachingAllocator {
     if (p == nullptr) {
       empty_cache();
       p = std::aligned_alloc(kAlignment, cls);
-      if (p == nullptr) throw std::bad_alloc();
+      if (p == nullptr) throw MemoryError(cat("[allocate] out of memory: cannot allocate ", cls, " bytes on the cpu"));
     }
     cache_.note_allocated(cls);
     return p;

@@ -19,7 +19,7 @@ Tensor Tensor::empty(const Dims& shape, DType dtype, Device device) {
   for (int64_t d : shape)
     if (d < 0) fail("empty", "negative dimension in shape ", shape);
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = Storage::allocate(static_cast<size_t>(shape.product()) * itemsize(dtype), device);
+  impl->storage = Storage::allocate(checked_bytes("empty", shape.product(), itemsize(dtype)), device);
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;

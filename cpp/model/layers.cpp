@@ -239,7 +239,11 @@ Tensor Conv2D::regularization() const {
 
 Pool2D::Pool2D(std::string name, bool max, std::pair<int64_t, int64_t> pool_size,
                std::pair<int64_t, int64_t> strides)
-    : Layer(std::move(name)), max_(max), pool_(pool_size), strides_(strides) {}
+    : Layer(std::move(name)), max_(max), pool_(pool_size), strides_(strides) {
+  if (pool_.first <= 0 || pool_.second <= 0 || strides_.first <= 0 || strides_.second <= 0)
+    fail(kind(), "pool_size and strides must be positive, got pool_size ", Dims{pool_.first, pool_.second},
+         " and strides ", Dims{strides_.first, strides_.second});
+}
 
 Dims Pool2D::build_weights(const Dims& input_shape, uint64_t) {
   if (input_shape.size() != 3)

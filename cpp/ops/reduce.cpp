@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <limits>
 
 #include "backward.h"
 #include "internal.h"
@@ -224,7 +225,12 @@ Tensor rand(const Dims& shape, std::optional<uint64_t> seed, DType dtype, Device
 
 Tensor arange(int64_t start, int64_t stop, int64_t step, DType dtype, Device device) {
   if (step == 0) fail("arange", "step must not be zero");
-  int64_t count = std::max<int64_t>(0, (stop - start + step - (step > 0 ? 1 : -1)) / step);
+  // In 128 bits: stop − start may not fit in 64.
+  const __int128 span = static_cast<__int128>(stop) - start + step - (step > 0 ? 1 : -1);
+  const __int128 wide_count = std::max<__int128>(0, span / step);
+  if (wide_count > std::numeric_limits<int64_t>::max())
+    fail("arange", "[", start, ", ", stop, ") in steps of ", step, " has too many elements");
+  const auto count = static_cast<int64_t>(wide_count);
   Tensor host = Tensor::empty({count}, DType::Int64);
   int64_t* p = host.data<int64_t>();
   for (int64_t i = 0; i < count; ++i) p[i] = start + i * step;

@@ -58,6 +58,19 @@ def from_dlpack(obj: Any) -> Tensor:
     return _core.from_dlpack(obj, obj)
 
 
+def _check_integer_range(array: np.ndarray, target: str) -> None:
+    # NumPy's cast wraps out-of-range values and turns NaN into -2**63 without a word.
+    if array.size == 0 or array.dtype.kind not in "fiu":
+        return
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise ValueError(f"[tensor] cannot convert NaN or infinity to {target}")
+    info = np.iinfo(target)
+    low, high = array.min(), array.max()
+    if low < info.min or high > info.max:
+        bad = high if high > info.max else low
+        raise OverflowError(f"[tensor] {bad} is out of the range of {target} [{info.min}, {info.max}]")
+
+
 def tensor(
     data: Any,
     dtype: Optional[str] = None,
@@ -80,6 +93,8 @@ def tensor(
             f"[tensor] unknown dtype '{target}'; expected float16, bfloat16, float32, float64, "
             "int32, int64 or bool"
         )
+    if target in ("int32", "int64"):
+        _check_integer_range(array, target)
     if target in ("float16", "bfloat16"):
         # Every float16/bfloat16/float32 value is exact in float64: one rounding, in C++.
         wide = np.array(array, dtype=np.float64, order="C", copy=True)

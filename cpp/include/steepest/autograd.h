@@ -12,9 +12,15 @@
 
 namespace steepest {
 
+// Drops a reference to a graph node. The last reference to a node frees it, and it frees
+// the nodes only it held: a chain of 200,000 ops would overflow the C stack if each
+// destructor freed the next one itself, so nodes freed inside another's destruction wait
+// in a per-thread queue that the outermost call drains.
+void release_graph(std::shared_ptr<Node>&& node);
+
 class Node {
  public:
-  virtual ~Node() = default;
+  virtual ~Node();
   // grad_inputs has one slot per entry of `next`; leave a slot undefined for "no gradient".
   virtual void apply(const Tensor& grad_output, std::vector<Tensor>& grad_inputs) = 0;
   virtual const char* name() const = 0;

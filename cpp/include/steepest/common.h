@@ -61,6 +61,10 @@ struct IndexError : std::out_of_range {
 struct StateError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+// Out of memory, or a size no memory could hold (maps to MemoryError in Python).
+struct MemoryError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 template <class... Parts>
 std::string cat(const Parts&... parts) {
@@ -75,6 +79,10 @@ template <class Error = ValueError, class... Parts>
 [[noreturn]] void fail(const char* op, const Parts&... parts) {
   throw Error(cat("[", op, "] ", parts...));
 }
+
+// The bytes a tensor of `numel` elements of `item` bytes takes, or a MemoryError naming
+// the op when no machine could hold them (sizes are checked before anything is allocated).
+size_t checked_bytes(const char* op, int64_t numel, size_t item);
 
 // Wraps a possibly negative axis into [0, ndim), or throws naming the op and the shape.
 // `ndim` may exceed shape.size() by one for ops that insert an axis (unsqueeze).

@@ -29,6 +29,13 @@ struct TensorImpl {
   std::shared_ptr<Node> grad_fn;
   std::shared_ptr<TensorImpl> grad;
   std::weak_ptr<Node> grad_accumulator;
+
+  TensorImpl() = default;
+  TensorImpl(const TensorImpl&) = default;
+  TensorImpl& operator=(const TensorImpl&) = default;
+  // Hands its grad_fn to release_graph (autograd.h), so that freeing a long graph never
+  // recurses once per node.
+  ~TensorImpl();
 };
 
 Dims contiguous_strides(const Dims& shape);
