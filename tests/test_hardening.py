@@ -110,3 +110,86 @@ def test_integer_tensors_refuse_values_they_cannot_hold(data, dtype, error):
     with pytest.raises(error, match=r"\[tensor\]"):
         st.tensor(data, dtype=dtype)
     assert st.tensor([2**62, -(2**63)]).numpy().tolist() == [2**62, -(2**63)]
+
+
+# ------------------------------------------------------------------ files
+
+
+def _safetensors_blob(header, data=b""):
+    import json
+    import struct
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def _raw_blob(header_text):
+    import struct
+    return struct.pack("<Q", len(header_text)) + header_text
+
+
+def test_plain_safetensors_round_trip_with_the_safetensors_package(tmp_path):
+    numpy_io = pytest.importorskip("safetensors.numpy")
+    arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "h": np.array([1.5, -2], np.float16),
+              "i": np.array([7, -8], np.int64), "u": np.array([0, 200, 255], np.uint8),
+              "m": np.array([True, False])}
+    numpy_io.save_file(arrays, str(tmp_path / "theirs.safetensors"))
+    loaded = st.io.load_file(str(tmp_path / "theirs.safetensors"))
+    for name, array in arrays.items():
+        assert np.array_equal(loaded[name].numpy(), array)
+    assert loaded["u"].dtype == "int32" and loaded["h"].dtype == "float16"
+    st.io.save_file({"t": st.tensor([[1.0, 2.0]]), "b": st.tensor([1.0, 3.0], dtype="bfloat16"),
+                     "n": np.array([1, 2], np.int32)}, str(tmp_path / "ours.safetensors"))
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "ours.safetensors"), framework="numpy") as f:
+        assert set(f.keys()) == {"t", "b", "n"} and np.array_equal(f.get_tensor("n"), [1, 2])
+    back = st.io.load_file(str(tmp_path / "ours.safetensors"))
+    assert back["b"].dtype == "bfloat16" and back["b"].astype("float32").numpy().tolist() == [1.0, 3.0]
+
+
+def test_bfloat16_from_torch_safetensors(tmp_path, torch_mod):
+    torch_io = pytest.importorskip("safetensors.torch")
+    torch_io.save_file({"x": torch_mod.tensor([1.0, -2.5, 3.0], dtype=torch_mod.bfloat16)},
+                       str(tmp_path / "bf16.safetensors"))
+    x = st.io.load_file(str(tmp_path / "bf16.safetensors"))["x"]
+    assert x.dtype == "bfloat16" and x.astype("float32").numpy().tolist() == [1.0, -2.5, 3.0]
+
+
+@pytest.mark.parametrize("blob, text", [
+    (_safetensors_blob({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                        "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)),
+     "without overlaps"),
+    (_safetensors_blob({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, bytes(8)), "needs 16 bytes"),
+    (_safetensors_blob({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(4)), "truncated"),
+    (_safetensors_blob({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 8]}}, bytes(8)), "invalid shape"),
+    (_safetensors_blob({"a": {"dtype": "X9", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)), "unsupported dtype"),
+    (_raw_blob(b'{"a":' + b"[" * 100 + b"]" * 100 + b"}"), "nests deeper"),
+    (b"\xff" * 8 + b"{}", "does not fit the file"),
+    (b"\x02\x00\x00\x00\x00\x00\x00\x00[]", "damaged"),
+])
+def test_crafted_files_are_refused(tmp_path, blob, text):
+    path = tmp_path / "crafted.safetensors"
+    path.write_bytes(blob)
+    with pytest.raises(st.io.CorruptFileError, match=text) as caught:
+        st.io.load_file(str(path))
+    assert str(caught.value).startswith(f"[load_file] {path}")
+    with pytest.raises(ValueError, match=r"^\[load_model\] "):
+        st.models.load_model(str(path))
+
+
+def test_special_files_and_plain_files_are_refused_by_load_model(tmp_path):
+    with pytest.raises(ValueError, match="not a tensor file"):
+        st.models.load_model("/dev/zero")
+    st.io.save_file({"x": np.ones(2, np.float32)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ValueError, match="no steepest checksum"):
+        st.models.load_model(str(tmp_path / "plain.safetensors"))
+
+
+def test_a_save_removes_what_killed_saves_of_that_path_left(tmp_path):
+    target = tmp_path / "m.safetensors"
+    stale = [tmp_path / f".m.safetensors.killed{i}.tmp" for i in range(3)]
+    other = tmp_path / ".other.safetensors.x.tmp"
+    for p in [*stale, other]:
+        p.write_bytes(b"partial")
+    st.io.save_file({"x": np.zeros(3, np.float32)}, str(target))
+    assert not any(p.exists() for p in stale) and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.safetensors.x.tmp", "m.safetensors"]
