@@ -193,3 +193,12 @@ def test_a_save_removes_what_killed_saves_of_that_path_left(tmp_path):
     st.io.save_file({"x": np.zeros(3, np.float32)}, str(target))
     assert not any(p.exists() for p in stale) and other.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.safetensors.x.tmp", "m.safetensors"]
+
+
+def test_read_only_arrays_are_copied_not_refused(tmp_path):
+    np.save(tmp_path / "x.npy", np.arange(6, dtype=np.float32).reshape(3, 2))
+    x = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert st.from_numpy(x).numpy().tolist() == x.tolist()
+    model = st.Sequential([st.layers.Input((2,)), st.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(x, x[:, :1], verbose=0)

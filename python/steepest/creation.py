@@ -36,7 +36,8 @@ def _is_bfloat16(dtype: np.dtype) -> bool:
 
 
 def from_numpy(array: np.ndarray) -> Tensor:
-    """A tensor sharing ``array``'s memory (a copy only for negative or odd strides).
+    """A tensor sharing ``array``'s memory (a copy only for negative or odd strides and for
+    read-only arrays).
     float16 arrays are NumPy's; bfloat16 arrays come from the ml_dtypes package."""
     if not isinstance(array, np.ndarray):
         raise TypeError(f"[from_numpy] expected a numpy.ndarray, got {type(array).__name__}")
@@ -48,6 +49,10 @@ def from_numpy(array: np.ndarray) -> Tensor:
         )
     if any(s < 0 or s % array.itemsize for s in array.strides):
         array = np.ascontiguousarray(array)
+    if not array.flags.writeable:
+        # Tensors are writable (in-place ops, optimizers), so a read-only array (np.load
+        # with mmap_mode="r", a broadcast view) is copied rather than shared.
+        array = np.array(array, copy=True)
     if bfloat16:  # the bits travel as uint16, relabelled on the C++ side
         return _core.from_dlpack(array.view(np.uint16), array, "bfloat16")
     return _core.from_dlpack(array, array)
