@@ -202,3 +202,15 @@ def test_read_only_arrays_are_copied_not_refused(tmp_path):
     model = st.Sequential([st.layers.Input((2,)), st.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     model.fit(x, x[:, :1], verbose=0)
+
+
+def test_permute_with_negative_axes_has_the_right_gradient(torch_mod):
+    a = np.random.default_rng(0).standard_normal((2, 3, 4, 5))
+    x = st.tensor(a, dtype="float64", requires_grad=True)
+    y = x.permute((-2, -1, 1, 0))
+    (y * st.tensor(np.arange(y.numel(), dtype=np.float64).reshape(y.shape), dtype="float64")).sum().backward()
+    t = torch_mod.tensor(a, requires_grad=True)
+    u = t.permute(-2, -1, 1, 0)
+    (u * torch_mod.arange(u.numel(), dtype=torch_mod.float64).reshape(u.shape)).sum().backward()
+    assert y.shape == tuple(u.shape)
+    np.testing.assert_array_equal(x.grad.numpy(), t.grad.numpy())

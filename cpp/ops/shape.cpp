@@ -104,21 +104,23 @@ Tensor flatten(const Tensor& x) {
 Tensor permute(const Tensor& x, const Dims& order) {
   if (order.size() != x.ndim())
     fail("permute", "order ", order, " does not match a tensor of shape ", x.shape());
-  Dims shape, strides;
+  // Normalised once here: the backward node (and inverse_permutation, which indexes
+  // with the entries) only ever sees axes in [0, ndim).
+  Dims axes, shape, strides;
   uint32_t seen = 0;
+  bool identity = true;
   for (int i = 0; i < order.size(); ++i) {
     int axis = normalize_axis("permute", order[i], x.shape());
     if (seen & (1u << axis)) fail("permute", "order ", order, " repeats axis ", axis);
     seen |= 1u << axis;
+    identity = identity && axis == i;
+    axes.push_back(axis);
     shape.push_back(x.shape()[axis]);
     strides.push_back(x.strides()[axis]);
   }
-  bool identity = true;
-  for (int i = 0; i < order.size(); ++i)
-    if (normalize_axis("permute", order[i], x.shape()) != i) identity = false;
   if (identity) return x;
   Tensor out = x.alias(shape, strides, x.offset());
-  record<PermuteBackward>(out, {&x}, order);
+  record<PermuteBackward>(out, {&x}, axes);
   return out;
 }
 
