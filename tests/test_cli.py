@@ -127,3 +127,28 @@ def test_train_gpt_on_the_bundled_text(capsys):
 def test_text_is_only_for_gpt(capsys):
     assert main(["train", "--model", "mlp", "--text", "x.txt", "--no-save"]) == 1
     assert "--text is for --model gpt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--lr", "inf"], "--lr: must be a finite number"),
+    (["--lr", "nan"], "--lr: must be a finite number"),
+    (["--seed", "-1"], "--seed: must be at least 0"),
+    (["--batch-size", str(10**30)], "--batch-size: must be at most"),
+])
+def test_train_refuses_bad_numbers_before_training(capsys, args, text):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "mlp", "--no-save", *args])
+    assert exit_info.value.code == 2 and text in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("save, text", [("{tmp}", "is a folder"), ("/proc/steepest-x.steepest", "cannot write")])
+def test_train_checks_the_save_path_before_training(capsys, tmp_path, save, text):
+    rc, out, err = run(capsys, "train", "--model", "mlp", "--epochs", "1", "--save", save.format(tmp=tmp_path))
+    assert rc == 1 and text in err and "Epoch" not in out
+
+
+def test_train_gpt_refuses_an_empty_text(capsys, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    rc, _, err = run(capsys, "train", "--model", "gpt", "--text", str(empty), "--no-save")
+    assert rc == 1 and "is empty" in err

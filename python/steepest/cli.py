@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
 import sys
+import tempfile
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import steepest as st
@@ -96,14 +98,24 @@ def make_optimizer(name: str, learning_rate: Optional[float] = None) -> Any:
     return OPTIMIZERS[name](learning_rate=learning_rate)
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, low: int, high: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    if value > high:
+        raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1, 2**31 - 1)
+
+
+def _seed(text: str) -> int:
+    return _whole_number(text, 0, 2**63 - 1)
 
 
 def _positive_float(text: str) -> float:
@@ -111,6 +123,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
     return value
@@ -142,7 +156,7 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="default: float32; mixed_bfloat16 for gpt (the seed's LLM recipe)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=_seed, default=0,
                    help="seed of the weight initialisation and the batch order "
                         "(the train/test split is always the same; default: 0)")
     save = p.add_mutually_exclusive_group()
@@ -209,9 +223,17 @@ def _check_plotting(path: str) -> None:
 
 
 def _check_writable(path: str, option: str) -> None:
+    # Checked before training: a run must not end in a save that cannot happen.
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise CommandError(f"{option} {path}: the folder {folder} does not exist; create it first")
+    if os.path.isdir(path):
+        raise CommandError(f"{option} {path}: is a folder; give a file name")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise CommandError(f"{option} {path}: cannot write in {folder} ({e.strerror})") from None
 
 
 def _plot_history(history: Dict[str, List[float]], path: str, title: str) -> None:
@@ -320,6 +342,8 @@ def _train_gpt(args: argparse.Namespace) -> int:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise CommandError(f"cannot read --text {args.text}: {e}") from None
+        if not text:
+            raise CommandError(f"--text {args.text} is empty")
     context = 64
     tokenizer = st.text.CharTokenizer.from_text(text)
     tokens = tokenizer.encode(text)
