@@ -396,8 +396,11 @@ class Sequential:
             named["loss_scale"] = float(logs["loss_scale"])
         return named
 
-    def evaluate(self, x: Any, y: Any, batch_size: int = 32, verbose: int = 0) -> Dict[str, float]:
-        """The loss and metrics over (x, y), as a dict."""
+    def evaluate(self, x: Any, y: Any, batch_size: int = 32, verbose: int = 0,
+                 return_dict: bool = False) -> Union[float, List[float], Dict[str, float]]:
+        """The loss and metrics over (x, y), as Keras 3 returns them: the loss as a float
+        when the model has no metrics, else ``[loss, *metrics]`` in compile order; with
+        ``return_dict=True`` a dict keyed by name."""
         self._check_compiled("evaluate")
         distributed._ensure_initialized()
         xt = self._prepare_x("evaluate", x)
@@ -406,7 +409,10 @@ class Sequential:
         logs = self._named(self._impl.evaluate(xt, yt, batch_size))
         if verbose and distributed.rank() == 0:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
-        return logs
+        if return_dict:
+            return logs
+        values = list(logs.values())
+        return values if len(values) > 1 else values[0]
 
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
         """The model's outputs for x (inference mode: dropout off) as a NumPy array."""
