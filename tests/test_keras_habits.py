@@ -47,3 +47,75 @@ def test_evaluate_without_metrics_returns_a_float():
 def test_predict_takes_verbose():
     x, _ = _blobs()
     assert _classifier().predict(x, batch_size=64, verbose=0).shape == (len(x), 3)
+
+
+# ---------------------------------------------------------------- losses over any leading shape
+
+def _sequence_tagger(vocab=11, classes=5, steps=6, loss="sparse_categorical_crossentropy"):
+    st.manual_seed(0)
+    model = st.Sequential([
+        st.layers.Input((steps,)),
+        st.layers.Embedding(vocab, 8),
+        st.layers.Dense(classes),
+    ])
+    model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+    return model
+
+
+def _log_softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def test_sparse_crossentropy_over_time_steps():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 11, (64, 6))
+    tags = tokens % 5  # (B, T) int targets for (B, T, V) logits
+    model = _sequence_tagger()
+    history = model.fit(tokens, tags, batch_size=16, epochs=5, verbose=0, seed=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    logits = model.predict(tokens).astype(np.float64)
+    assert logits.shape == (64, 6, 5)
+    log_p = _log_softmax(logits)
+    expected_loss = -np.take_along_axis(log_p, tags[..., None], axis=-1).mean()
+    loss, accuracy = model.evaluate(tokens, tags, batch_size=10)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    assert accuracy == pytest.approx(np.mean(logits.argmax(-1) == tags))
+
+
+def test_categorical_crossentropy_over_time_steps():
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, 11, (32, 6))
+    one_hot = np.eye(5, dtype=np.float32)[tokens % 5]  # (B, T, V)
+    model = _sequence_tagger(loss="categorical_crossentropy")
+    model.fit(tokens, one_hot, epochs=1, verbose=0, seed=0)
+    logits = model.predict(tokens).astype(np.float64)
+    loss, accuracy = model.evaluate(tokens, one_hot)
+    assert loss == pytest.approx(-(one_hot * _log_softmax(logits)).sum(-1).mean(), rel=1e-5)
+    assert accuracy == pytest.approx(np.mean(logits.argmax(-1) == tokens % 5))
+
+
+@pytest.mark.parametrize("loss", ["mse", "mae", "binary_crossentropy"])
+def test_elementwise_losses_average_over_every_element(loss):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((40, 4, 3)).astype(np.float32)
+    y = (rng.random((40, 4, 2)) > 0.5).astype(np.float32)
+    st.manual_seed(0)
+    model = st.Sequential([st.layers.Input((4, 3)), st.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss=loss, metrics=["mae"])
+    out = model.predict(x).astype(np.float64)
+    expected = {
+        "mse": np.mean((out - y) ** 2),
+        "mae": np.mean(np.abs(out - y)),
+        "binary_crossentropy": np.mean(np.maximum(out, 0) - out * y + np.log1p(np.exp(-np.abs(out)))),
+    }[loss]
+    value, mae = model.evaluate(x, y, batch_size=16)
+    assert value == pytest.approx(expected, rel=1e-5)
+    assert mae == pytest.approx(np.mean(np.abs(out - y)), rel=1e-5)
+
+
+def test_sparse_labels_of_the_wrong_shape_are_refused():
+    model = _sequence_tagger()
+    tokens = np.zeros((8, 6), dtype=np.int64)
+    with pytest.raises(ValueError, match=r"expected class indices of shape \(8, 6\)"):
+        model.fit(tokens, np.zeros((8, 5), dtype=np.int64), verbose=0)

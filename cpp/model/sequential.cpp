@@ -248,20 +248,26 @@ std::vector<double> Sequential::metric_sums(const Tensor& output, const Tensor& 
   if (metrics_.empty() || n == 0) return sums;
   Tensor out = ops::contiguous(ops::to_device(output.detach(), {}));
   Tensor labels = ops::contiguous(ops::to_device(y.detach(), {}));
-  int64_t cols = out.numel() / n;
+  // A position is one entry of the output's last axis, e.g. one time step of (B, T, V)
+  // logits; metrics average over every position, as Keras does.
+  int64_t cols = out.ndim() > 1 ? out.shape().back() : 1;
+  int64_t positions = cols ? out.numel() / cols : 0;
   bool index_labels = !is_floating(labels.dtype());
-  if (!index_labels && labels.numel() != out.numel())
+  if (index_labels ? labels.numel() != positions : labels.numel() != out.numel())
     fail("metrics", "labels of shape ", labels.shape(), " do not match outputs of shape ", out.shape());
   for (size_t i = 0; i < metrics_.size(); ++i) {
     if (index_labels && metrics_[i] != Metric::SparseCategoricalAccuracy)
       fail("metrics", "integer labels need sparse_categorical_accuracy (or 'accuracy' with a sparse loss)");
-    sums[i] = dispatch_float("metrics", out.dtype(), [&](auto tag) {
+    double total = dispatch_float("metrics", out.dtype(), [&](auto tag) {
       using T = typename decltype(tag)::type;
       return dispatch_all("metrics", labels.dtype(), [&](auto label_tag) {
         using L = typename decltype(label_tag)::type;
-        return metric_sum<T, L>(metrics_[i], out.data<T>(), labels.data<L>(), n, cols, index_labels);
+        return metric_sum<T, L>(metrics_[i], out.data<T>(), labels.data<L>(), positions, cols, index_labels);
       });
     });
+    // Every sample holds positions / n of them: the caller's running mean over samples
+    // stays the mean over positions.
+    sums[i] = positions ? total * static_cast<double>(n) / static_cast<double>(positions) : 0.0;
   }
   return sums;
 }

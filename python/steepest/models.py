@@ -253,9 +253,19 @@ class Sequential:
             if array.dtype.kind == "f":
                 if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
                     raise ValueError(f"[{op}] sparse labels must be integer class indices")
-            array = array.astype(np.int64).reshape(n)
-            classes = self.layers[-1].output_shape[-1]
-            if n and (array.min() < 0 or array.max() >= classes):
+            output_shape = (n, *self.layers[-1].output_shape[1:])
+            expected = output_shape[:-1]
+            # Keras also takes a trailing axis of 1, as in (B, 1) labels for (B, C) outputs.
+            if array.shape == (*expected, 1):
+                array = array.reshape(expected)
+            if array.shape != expected:
+                raise ValueError(
+                    f"[{op}] sparse labels of shape {array.shape} do not fit outputs of shape "
+                    f"{output_shape}: expected class indices of shape {expected}"
+                )
+            array = array.astype(np.int64)
+            classes = output_shape[-1]
+            if array.size and (array.min() < 0 or array.max() >= classes):
                 bad = array.min() if array.min() < 0 else array.max()
                 raise ValueError(
                     f"[{op}] label {bad} is out of range: the model outputs {classes} classes "

@@ -331,7 +331,8 @@ class Sequential {
   // expects probabilities (stable log-softmax instead of log(softmax)).
   Tensor batch_loss(const Tensor& x, const Tensor& y, bool training, int64_t step,
                     Tensor* output) const;
-  // Σ over the n rows of each metric, in compile order.
+  // Σ over the n samples of each metric (a sample's value: the mean over its positions),
+  // in compile order.
   std::vector<double> metric_sums(const Tensor& output, const Tensor& y, int64_t n) const;
   Logs run(const Tensor& x, const Tensor& y, int64_t batch_size, const std::vector<int64_t>& order,
            bool train, bool stop_on_nan, const Progress& progress, int64_t accumulation_steps);
