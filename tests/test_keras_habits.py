@@ -119,3 +119,54 @@ def test_sparse_labels_of_the_wrong_shape_are_refused():
     tokens = np.zeros((8, 6), dtype=np.int64)
     with pytest.raises(ValueError, match=r"expected class indices of shape \(8, 6\)"):
         model.fit(tokens, np.zeros((8, 5), dtype=np.int64), verbose=0)
+
+
+# ---------------------------------------------------------------- progress output
+
+class _Terminal:
+    """A stdout that says it is a terminal and keeps what is written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def test_progress_is_one_line_per_epoch_outside_a_terminal(capsys):
+    x, y = _blobs()
+    _classifier().fit(x, y, epochs=2, verbose=1, seed=0)
+    out = capsys.readouterr().out
+    assert "\r" not in out
+    lines = out.splitlines()
+    assert lines[0] == "Epoch 1/2" and lines[2] == "Epoch 2/2" and len(lines) == 4
+    assert "loss: " in lines[1] and "accuracy: " in lines[1]
+
+
+def test_progress_bar_redraws_in_a_terminal(monkeypatch):
+    x, y = _blobs()
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stdout", terminal)
+    _classifier().fit(x, y, epochs=1, verbose=1, seed=0)
+    assert "\r" in terminal.text and "[==============================]" in terminal.text
+
+
+def test_verbose_0_prints_nothing_even_for_a_nan_loss(capsys, caplog):
+    x, y = _blobs()
+    model = _classifier(optimizer=st.optimizers.SGD(learning_rate=1e6))
+    model.fit(x, y, epochs=3, verbose=0, seed=0, callbacks=[st.callbacks.TerminateOnNaN()])
+    assert capsys.readouterr() == ("", "") and not caplog.records
+
+
+def test_a_nan_loss_is_logged_on_the_steepest_logger(caplog):
+    x, y = _blobs()
+    model = _classifier(optimizer=st.optimizers.SGD(learning_rate=1e6))
+    model.fit(x, y, epochs=3, verbose=2, seed=0, callbacks=[st.callbacks.TerminateOnNaN()])
+    assert [r.name for r in caplog.records] == ["steepest"]
+    assert "invalid loss, terminating training" in caplog.records[0].getMessage()

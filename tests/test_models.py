@@ -187,7 +187,8 @@ def test_embedding_layernorm_model_trains():
     assert history.history["accuracy"][-1] > 0.95
 
 
-def test_progress_bar_output(capsys):
+def test_progress_bar_output(capsys, monkeypatch):
+    monkeypatch.setattr("steepest.models._interactive", lambda: True)  # as in a terminal
     x, y = _blobs(n=100)
     model = _mlp()
     model.fit(x, y, batch_size=50, epochs=2, verbose=1, seed=0)

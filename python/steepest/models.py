@@ -3,12 +3,13 @@
 The model is a C++ object (``steepest._core.model.Sequential``); ``fit`` hands it whole
 epochs. Python validates inputs, keeps the Keras bookkeeping (history, callbacks,
 validation) and draws the progress bar, which the C++ loop refreshes at most ten
-times a second.
+times a second. Warnings (Ctrl-C, a NaN loss) go to the ``logging`` logger "steepest".
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -26,6 +27,7 @@ from ._core import Tensor
 from .creation import from_numpy
 
 _FORMAT_VERSION = "1"
+_logger = logging.getLogger("steepest")
 
 
 def _as_array(name: str, data: Any) -> np.ndarray:
@@ -37,12 +39,28 @@ def _as_array(name: str, data: Any) -> np.ndarray:
         raise TypeError(f"[fit] {name} must be array-like, got {type(data).__name__}: {e}") from None
 
 
+def _interactive() -> bool:
+    """Whether a progress bar can be redrawn in place: a terminal or a Jupyter notebook.
+    Redrawn to a file or a CI log, every ``\\r`` would become a line of its own."""
+    isatty = getattr(sys.stdout, "isatty", None)
+    return bool(isatty and isatty()) or "ipykernel" in sys.modules
+
+
 class _ProgressBar:
-    """Keras-style progress line: ``12/57 [=====>....] - ETA: 1s - loss: 0.4123``."""
+    """Keras-style progress line: ``12/57 [=====>....] - ETA: 1s - loss: 0.4123``.
+
+    verbose=1 redraws it during the epoch where that can be done in place (see
+    ``_interactive``) and otherwise, like verbose=2, prints one line per epoch."""
 
     def __init__(self, total: int, verbose: int, width: int = 30) -> None:
+        if verbose == 1 and not _interactive():
+            verbose = 2
         self.total, self.verbose, self.width = total, verbose, width
         self.start = time.perf_counter()
+
+    @property
+    def redraws(self) -> bool:
+        return self.verbose == 1
 
     def _values(self, logs: Dict[str, float]) -> str:
         return "".join(f" - {k}: {v:.4f}" for k, v in logs.items())
@@ -364,14 +382,13 @@ class Sequential:
                 rng = np.random.default_rng([base_seed, self._epochs_done])
                 order = rng.permutation(n).astype(np.int64)
             bar = _ProgressBar(batches, verbose)
-            names = self.metrics_names
 
             def progress(batch: int, total: int, logs: Dict[str, Any]) -> bool:
                 bar.update(batch, self._named(logs, train=True))
                 return True
 
             result = self._impl.train_epoch(xt, yt, batch_size, order, stop_on_nan,
-                                            progress if verbose == 1 else None,
+                                            progress if bar.redraws else None,
                                             accumulation_steps=gradient_accumulation_steps)
             self._epochs_done += 1
             logs = self._named(result, train=True)
@@ -380,16 +397,15 @@ class Sequential:
                 logs.update({f"val_{k}": v for k, v in self._named(val).items()})
             bar.finish(logs)
             if result["interrupted"]:
-                if distributed.rank() == 0:
-                    print("\nTraining interrupted (Ctrl-C): weights are those of the last finished step.")
+                if verbose:
+                    _logger.warning("Training interrupted (Ctrl-C): weights are those of the last finished step.")
                 self.stop_training = True
             if result["nan_loss"]:
-                if distributed.rank() == 0:
-                    print(f"\nBatch {result['batches'] + 1}: invalid loss, terminating training")
+                if verbose:
+                    _logger.warning("Batch %d: invalid loss, terminating training", result["batches"] + 1)
                 self.stop_training = True
             for cb in all_callbacks:
                 cb.on_epoch_end(epoch, logs)
-            del names
             if ranks > 1:
                 self.stop_training = distributed._agree_any(self.stop_training)
             if self.stop_training:
