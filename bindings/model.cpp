@@ -189,36 +189,41 @@ void init_model(nb::module_& parent) {
       .def("train_epoch",
            [](model::Sequential& s, const Tensor& x, const Tensor& y, int64_t batch_size,
               std::optional<nb::ndarray<int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>> order,
-              bool stop_on_nan, nb::object callback, double report_seconds, int64_t accumulation_steps) {
-             std::vector<int64_t> sample_order = as_order(order);
+              bool stop_on_nan, nb::object callback, double report_seconds, int64_t accumulation_steps,
+              std::optional<Tensor> sample_weight, int64_t steps) {
+             model::Batching batching{batch_size, as_order(order), steps, accumulation_steps};
              bool interrupted = false;
              model::Progress progress = throttled(callback, report_seconds, interrupted);
              model::Logs logs;
              {
                nb::gil_scoped_release release;
-               logs = s.train_epoch(x, y, batch_size, sample_order, stop_on_nan, progress,
-                                    accumulation_steps);
+               logs = s.train_epoch(x, y, sample_weight.value_or(Tensor()), batching, stop_on_nan, progress);
              }
              nb::dict d = logs_dict(logs);
              d["interrupted"] = interrupted;
              return d;
            },
            arg("x"), arg("y"), arg("batch_size"), arg("order").none(), arg("stop_on_nan"),
-           arg("callback").none(), arg("report_seconds") = 0.1, arg("accumulation_steps") = 1)
+           arg("callback").none(), arg("report_seconds") = 0.1, arg("accumulation_steps") = 1,
+           arg("sample_weight").none() = nb::none(), arg("steps") = 0,
+           "One epoch; steps > 0 runs only the first `steps` batches.")
       .def("evaluate",
-           [](model::Sequential& s, const Tensor& x, const Tensor& y, int64_t batch_size) {
+           [](model::Sequential& s, const Tensor& x, const Tensor& y, int64_t batch_size,
+              std::optional<Tensor> sample_weight, int64_t steps) {
+             model::Batching batching{batch_size, {}, steps, 1};
              bool interrupted = false;
              model::Progress progress = throttled(nb::none(), 0.25, interrupted);
              model::Logs logs;
              {
                nb::gil_scoped_release release;
-               logs = s.evaluate(x, y, batch_size, progress);
+               logs = s.evaluate(x, y, sample_weight.value_or(Tensor()), batching, progress);
              }
              nb::dict d = logs_dict(logs);
              d["interrupted"] = interrupted;
              return d;
            },
-           arg("x"), arg("y"), arg("batch_size"))
+           arg("x"), arg("y"), arg("batch_size"), arg("sample_weight").none() = nb::none(),
+           arg("steps") = 0)
       .def("predict", &model::Sequential::predict, arg("x"), arg("batch_size"),
            nb::call_guard<nb::gil_scoped_release>());
 }

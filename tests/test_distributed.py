@@ -122,14 +122,17 @@ def test_collectives_match_numpy(ranks):
 
 
 @needs_mpi
-@pytest.mark.parametrize("samples, batch, accumulate, overlap", [
-    (203, 32, 1, "1"),   # last batch of 11: shares of 6 and 5; buckets sent during backward
-    (203, 32, 1, "0"),   # ... and after backward
-    (97, 32, 1, "1"),    # last batch of 1: rank 1 has no sample in it
-    (203, 16, 2, "1"),   # gradient accumulation over the global batches
+@pytest.mark.parametrize("samples, batch, accumulate, overlap, extra", [
+    (203, 32, 1, "1", ()),   # last batch of 11: shares of 6 and 5; buckets sent during backward
+    (203, 32, 1, "0", ()),   # ... and after backward
+    (97, 32, 1, "1", ()),    # last batch of 1: rank 1 has no sample in it
+    (203, 16, 2, "1", ()),   # gradient accumulation over the global batches
+    # sample and class weights cut with each rank's share; 5 of 13 batches per epoch,
+    # so the last accumulation group holds one batch
+    (203, 16, 2, "1", ("--weighted",)),
 ])
-def test_two_ranks_train_the_model_one_process_trains(tmp_path, samples, batch, accumulate, overlap):
-    args = ("--samples", samples, "--batch", batch, "--accumulate", accumulate)
+def test_two_ranks_train_the_model_one_process_trains(tmp_path, samples, batch, accumulate, overlap, extra):
+    args = ("--samples", samples, "--batch", batch, "--accumulate", accumulate, *extra)
     single = train(tmp_path / "one", *args, ranks=1)[0]
     # Buckets of 1 KiB: several per step, so that their order across ranks is exercised.
     pair = train(tmp_path / "two", *args, ranks=2,

@@ -170,3 +170,101 @@ def test_a_nan_loss_is_logged_on_the_steepest_logger(caplog):
     model.fit(x, y, epochs=3, verbose=2, seed=0, callbacks=[st.callbacks.TerminateOnNaN()])
     assert [r.name for r in caplog.records] == ["steepest"]
     assert "invalid loss, terminating training" in caplog.records[0].getMessage()
+
+
+# ---------------------------------------------------------------- fit arguments
+
+def _per_sample_crossentropy(model, x, y):
+    log_p = _log_softmax(model.predict(x).astype(np.float64))
+    return -log_p[np.arange(len(y)), y]
+
+
+def test_sample_weight_weighs_the_loss_as_keras_does():
+    x, y = _blobs()
+    model = _classifier()
+    w = np.random.default_rng(3).uniform(0.0, 2.0, len(x))
+    loss, accuracy = model.evaluate(x, y, sample_weight=w, batch_size=50)
+    # Σ w·loss / number of samples (not / Σ w); metrics stay unweighted.
+    assert loss == pytest.approx(np.sum(w * _per_sample_crossentropy(model, x, y)) / len(x), rel=1e-5)
+    assert accuracy == model.evaluate(x, y)[1]
+
+
+def test_a_constant_sample_weight_scales_the_gradient():
+    x, y = _blobs()
+    doubled = _classifier(optimizer=st.optimizers.SGD(learning_rate=0.05))
+    doubled.fit(x, y, epochs=2, verbose=0, seed=1, sample_weight=np.full(len(x), 2.0))
+    faster = _classifier(optimizer=st.optimizers.SGD(learning_rate=0.1))
+    faster.fit(x, y, epochs=2, verbose=0, seed=1)
+    for a, b in zip(doubled.get_weights(), faster.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_class_weight_is_a_sample_weight_per_label():
+    x, y = _blobs()
+    by_class = _classifier()
+    by_class.fit(x, y, epochs=2, verbose=0, seed=2, class_weight={0: 1.0, 1: 3.0, 2: 0.5})
+    by_sample = _classifier()
+    by_sample.fit(x, y, epochs=2, verbose=0, seed=2, sample_weight=np.array([1.0, 3.0, 0.5])[y])
+    for a, b in zip(by_class.get_weights(), by_sample.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sample_weight_per_time_step():
+    rng = np.random.default_rng(4)
+    tokens = rng.integers(0, 11, (32, 6))
+    tags = tokens % 5
+    mask = (rng.random((32, 6)) > 0.3).astype(np.float32)  # e.g. padding positions weigh 0
+    model = _sequence_tagger()
+    model.fit(tokens, tags, epochs=1, verbose=0, seed=0, sample_weight=mask)
+    log_p = _log_softmax(model.predict(tokens).astype(np.float64))
+    terms = -np.take_along_axis(log_p, tags[..., None], axis=-1)[..., 0]
+    loss, _ = model.evaluate(tokens, tags, sample_weight=mask)
+    assert loss == pytest.approx(np.sum(mask * terms) / terms.size, rel=1e-5)
+
+
+def test_bad_sample_weight_is_refused():
+    x, y = _blobs()
+    with pytest.raises(ValueError, match=r"\[fit\] sample_weight of shape \(3,\) for 256 samples"):
+        _classifier().fit(x, y, verbose=0, sample_weight=np.ones(3))
+
+
+class _Epochs(st.callbacks.Callback):
+    def __init__(self):
+        self.begun, self.ended = [], []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.begun.append(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ended.append(epoch)
+
+
+def test_initial_epoch_resumes_the_epoch_count(capsys):
+    x, y = _blobs()
+    seen = _Epochs()
+    history = _classifier().fit(x, y, epochs=5, initial_epoch=2, verbose=2, callbacks=[seen])
+    assert seen.begun == seen.ended == history.epoch == [2, 3, 4]
+    out = capsys.readouterr().out
+    assert "Epoch 3/5" in out and "Epoch 1/5" not in out
+    assert len(history.history["loss"]) == 3
+
+
+def test_steps_per_epoch_limits_the_batches():
+    x, y = _blobs()
+    model = _classifier()
+    model.fit(x, y, batch_size=16, epochs=3, steps_per_epoch=4, verbose=0)
+    assert model.optimizer.iterations == 12
+
+
+def test_validation_steps_and_freq():
+    x, y = _blobs()
+    vx, vy = _blobs(n=100, seed=1)
+    model = _classifier()
+    history = model.fit(x, y, epochs=4, validation_data=(vx, vy), validation_freq=2,
+                        validation_steps=2, batch_size=16, verbose=0, seed=0)
+    assert len(history.history["loss"]) == 4 and len(history.history["val_loss"]) == 2
+    # the last epoch validated, on its first 2 batches of 16
+    assert history.history["val_loss"][-1] == pytest.approx(model.evaluate(vx[:32], vy[:32])[0], rel=1e-6)
+    history = _classifier().fit(x, y, epochs=4, validation_data=(vx, vy), validation_freq=[1, 3],
+                                verbose=0, seed=0)
+    assert len(history.history["val_loss"]) == 2

@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -44,6 +44,33 @@ def _interactive() -> bool:
     Redrawn to a file or a CI log, every ``\\r`` would become a line of its own."""
     isatty = getattr(sys.stdout, "isatty", None)
     return bool(isatty and isatty()) or "ipykernel" in sys.modules
+
+
+def _optional_count(name: str, value: Optional[int]) -> int:
+    """A positive count, or 0 for None ("all of them")."""
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"[fit] {name} must be a positive int or None, got {value!r}")
+    return value
+
+
+def _validation_schedule(validation_freq: Union[int, Sequence[int]]) -> Callable[[int], bool]:
+    """Keras' validation_freq: every n-th epoch (an int), or the listed 1-based epochs."""
+    if isinstance(validation_freq, int) and not isinstance(validation_freq, bool):
+        if validation_freq < 1:
+            raise ValueError(f"[fit] validation_freq must be >= 1, got {validation_freq}")
+        return lambda epoch: (epoch + 1) % validation_freq == 0
+    if isinstance(validation_freq, (list, tuple, set, range)) and all(isinstance(e, int) for e in validation_freq):
+        listed = set(validation_freq)
+        return lambda epoch: epoch + 1 in listed
+    raise ValueError(f"[fit] validation_freq must be an int or a list of epochs, got {validation_freq!r}")
+
+
+def _broadcast_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a · b for arrays whose shapes agree on their leading axes: (B,) and (B, T) give (B, T)."""
+    ndim = max(a.ndim, b.ndim)
+    return a.reshape(a.shape + (1,) * (ndim - a.ndim)) * b.reshape(b.shape + (1,) * (ndim - b.ndim))
 
 
 class _ProgressBar:
@@ -295,6 +322,43 @@ class Sequential:
             array = array.astype(np.float32)
         return from_numpy(np.ascontiguousarray(array))
 
+    def _prepare_weights(self, op: str, sample_weight: Any, class_weight: Optional[Dict[int, float]],
+                         y: Tensor) -> Optional[Tensor]:
+        """Per-sample (or per-position) loss weights: sample_weight times the weight of
+        each label's class, or None when neither is given."""
+        weights = None
+        if sample_weight is not None:
+            weights = _as_array("sample_weight", sample_weight)
+            if weights.dtype.kind not in "fiub":
+                raise TypeError(f"[{op}] sample_weight must be numeric, got dtype {weights.dtype}")
+            if weights.ndim == 0 or weights.shape[0] != y.shape[0]:
+                raise ValueError(
+                    f"[{op}] sample_weight of shape {weights.shape} for {y.shape[0]} samples; "
+                    f"expected one weight per sample, shape ({y.shape[0]},)"
+                )
+            if not np.all(np.isfinite(weights)):
+                raise ValueError(f"[{op}] sample_weight contains NaN or inf")
+        if class_weight is not None:
+            if not isinstance(class_weight, dict):
+                raise TypeError(f"[{op}] class_weight must be a dict {{class index: weight}}, got {class_weight!r}")
+            labels = y.numpy()
+            # Keras: class indices, one-hot rows (argmax), or 0/1 targets (rounded).
+            if labels.dtype.kind in "iu":
+                classes = labels
+            elif labels.ndim > 1 and labels.shape[-1] > 1:
+                classes = labels.argmax(axis=-1)
+            else:
+                classes = np.round(labels.reshape(labels.shape[:-1] if labels.ndim > 1 else labels.shape))
+            classes = classes.astype(np.int64)
+            table = np.ones(max([int(classes.max(initial=0)), *map(int, class_weight)]) + 1)
+            for c, w in class_weight.items():
+                table[int(c)] = float(w)
+            by_class = table[classes]
+            weights = by_class if weights is None else _broadcast_product(weights, by_class)
+        if weights is None:
+            return None
+        return from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
+
     def _check_compiled(self, op: str) -> None:
         if self.optimizer is None:
             raise RuntimeError(f"[{op}] the model must be compiled first: call model.compile(optimizer=..., loss=...)")
@@ -302,13 +366,25 @@ class Sequential:
     # ------------------------------------------------------------------ training
 
     def fit(self, x: Any, y: Any, batch_size: int = 32, epochs: int = 1,
-            validation_data: Optional[Tuple[Any, Any]] = None, validation_split: float = 0.0,
+            validation_data: Optional[Tuple[Any, ...]] = None, validation_split: float = 0.0,
             shuffle: bool = True, verbose: int = 1,
             callbacks: Optional[Sequence[callbacks_module.Callback]] = None,
-            seed: Optional[int] = None,
+            seed: Optional[int] = None, sample_weight: Any = None,
+            class_weight: Optional[Dict[int, float]] = None, initial_epoch: int = 0,
+            steps_per_epoch: Optional[int] = None, validation_steps: Optional[int] = None,
+            validation_freq: Union[int, Sequence[int]] = 1,
             gradient_accumulation_steps: int = 1) -> callbacks_module.History:
-        """Trains for ``epochs`` epochs; returns a History whose ``.history`` maps
-        "loss", each metric, and their "val_" counterparts to per-epoch values.
+        """Trains from epoch ``initial_epoch`` up to ``epochs``; returns a History whose
+        ``.history`` maps "loss", each metric, and their "val_" counterparts to per-epoch
+        values.
+
+        As in Keras: ``sample_weight`` (one weight per sample, or per position such as
+        (B, T)) and ``class_weight`` ({class: weight}) weigh the loss as Σ w·loss divided
+        by the number of loss terms (metrics stay unweighted); ``validation_data`` may be
+        (x, y) or (x, y, sample_weight). ``steps_per_epoch`` runs only the first that many
+        batches of each epoch's order, ``validation_steps`` evaluates that many validation
+        batches, and ``validation_freq`` validates every that many epochs (an int) or
+        after the listed epochs (1-based).
 
         Ctrl-C stops after the current step and keeps the weights of the last finished
         step. With ``seed`` the shuffling is reproducible, also across save/load.
@@ -337,27 +413,38 @@ class Sequential:
             verbose = 0
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"[fit] validation_split must be in [0, 1), got {validation_split}")
+        if not isinstance(initial_epoch, int) or initial_epoch < 0:
+            raise ValueError(f"[fit] initial_epoch must be an int >= 0, got {initial_epoch!r}")
+        steps = _optional_count("steps_per_epoch", steps_per_epoch)
+        validation_batches = _optional_count("validation_steps", validation_steps)
+        validates = _validation_schedule(validation_freq)
         x_array, y_array = _as_array("x", x), _as_array("y", y)
         if x_array.ndim == 0 or y_array.ndim == 0 or len(x_array) != len(y_array):
             raise ValueError(
                 f"[fit] x and y must have the same number of samples, got x of shape "
                 f"{x_array.shape} and y of shape {y_array.shape}"
             )
+        w_array = None if sample_weight is None else _as_array("sample_weight", sample_weight)
         if validation_split and validation_data is None:
             # Keras: the last fraction of the samples, taken before shuffling.
             cut = int(len(x_array) * (1.0 - validation_split))
-            validation_data = (x_array[cut:], y_array[cut:])
+            validation_data = (x_array[cut:], y_array[cut:], None if w_array is None else w_array[cut:])
             x_array, y_array = x_array[:cut], y_array[:cut]
+            w_array = None if w_array is None else w_array[:cut]
         xt = self._prepare_x("fit", x_array)
         yt = self._prepare_y("fit", y_array, len(x_array))
+        wt = self._prepare_weights("fit", w_array, class_weight, yt)
         self._compile_impl()
         if ranks > 1:
             self._impl.synchronize_replicas()
         validation = None
         if validation_data is not None:
-            vx, vy = validation_data
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("[fit] validation_data must be (x, y) or (x, y, sample_weight)")
+            vx, vy, vw = (*validation_data, None)[:3]
             vxt = self._prepare_x("fit", vx)
-            validation = (vxt, self._prepare_y("fit", vy, vxt.shape[0]))
+            vyt = self._prepare_y("fit", vy, vxt.shape[0])
+            validation = (vxt, vyt, self._prepare_weights("fit", vw, None, vyt))
 
         history = callbacks_module.History()
         all_callbacks = [history, *(callbacks or [])]
@@ -370,9 +457,11 @@ class Sequential:
             base_seed = int(distributed._broadcast_object(base_seed, 0))
         n = xt.shape[0]
         batches = (n + batch_size - 1) // batch_size
+        if steps:
+            batches = min(batches, steps)
         for cb in all_callbacks:
             cb.on_train_begin()
-        for epoch in range(epochs):
+        for epoch in range(initial_epoch, epochs):
             for cb in all_callbacks:
                 cb.on_epoch_begin(epoch)
             if verbose:
@@ -389,11 +478,13 @@ class Sequential:
 
             result = self._impl.train_epoch(xt, yt, batch_size, order, stop_on_nan,
                                             progress if bar.redraws else None,
-                                            accumulation_steps=gradient_accumulation_steps)
+                                            accumulation_steps=gradient_accumulation_steps,
+                                            sample_weight=wt, steps=steps)
             self._epochs_done += 1
             logs = self._named(result, train=True)
-            if validation is not None and not result["stopped"]:
-                val = self._impl.evaluate(validation[0], validation[1], batch_size)
+            if validation is not None and not result["stopped"] and validates(epoch):
+                vxt, vyt, vwt = validation
+                val = self._impl.evaluate(vxt, vyt, batch_size, sample_weight=vwt, steps=validation_batches)
                 logs.update({f"val_{k}": v for k, v in self._named(val).items()})
             bar.finish(logs)
             if result["interrupted"]:
@@ -423,16 +514,19 @@ class Sequential:
         return named
 
     def evaluate(self, x: Any, y: Any, batch_size: int = 32, verbose: int = 0,
+                 sample_weight: Any = None,
                  return_dict: bool = False) -> Union[float, List[float], Dict[str, float]]:
         """The loss and metrics over (x, y), as Keras 3 returns them: the loss as a float
         when the model has no metrics, else ``[loss, *metrics]`` in compile order; with
-        ``return_dict=True`` a dict keyed by name."""
+        ``return_dict=True`` a dict keyed by name. ``sample_weight`` weighs the loss as
+        in ``fit``."""
         self._check_compiled("evaluate")
         distributed._ensure_initialized()
         xt = self._prepare_x("evaluate", x)
         yt = self._prepare_y("evaluate", y, xt.shape[0])
+        wt = self._prepare_weights("evaluate", sample_weight, None, yt)
         self._compile_impl()
-        logs = self._named(self._impl.evaluate(xt, yt, batch_size))
+        logs = self._named(self._impl.evaluate(xt, yt, batch_size, sample_weight=wt))
         if verbose and distributed.rank() == 0:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         if return_dict:
