@@ -268,3 +268,143 @@ def test_validation_steps_and_freq():
     history = _classifier().fit(x, y, epochs=4, validation_data=(vx, vy), validation_freq=[1, 3],
                                 verbose=0, seed=0)
     assert len(history.history["val_loss"]) == 2
+
+
+# ---------------------------------------------------------------- callbacks
+
+class _BatchLog(st.callbacks.Callback):
+    def __init__(self):
+        self.calls = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.calls.append(("begin", batch))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.calls.append(("end", batch, dict(logs)))
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.calls.append(("test", batch, dict(logs)))
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.calls.append(("predict", batch, logs["outputs"].shape))
+
+
+def test_batch_hooks_see_every_batch_with_running_logs():
+    x, y = _blobs(n=100)
+    log = _BatchLog()
+    model = _classifier()
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=0, callbacks=[log],
+              validation_data=(x[:40], y[:40]))
+    train = [c for c in log.calls if c[0] in ("begin", "end")]
+    assert [c[:2] for c in train] == [(k, b) for _ in range(2) for b in range(4) for k in ("begin", "end")]
+    assert set(train[1][2]) == {"loss", "accuracy"}
+    assert [c[1] for c in log.calls if c[0] == "test"] == [0, 1, 0, 1]  # validation, each epoch
+    log.calls.clear()
+    model.evaluate(x, y, batch_size=50, callbacks=[log])
+    assert [c[:2] for c in log.calls] == [("test", 0), ("test", 1)]
+    assert log.calls[-1][2]["loss"] == pytest.approx(model.evaluate(x, y)[0])
+    log.calls.clear()
+    model.predict(x, batch_size=64, callbacks=[log])
+    assert log.calls == [("predict", 0, (64, 3)), ("predict", 1, (36, 3))]
+
+
+def test_stop_training_from_a_batch_hook():
+    x, y = _blobs()
+    model = _classifier()
+
+    class StopAfterThree(st.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                self.model.stop_training = True
+
+    history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[StopAfterThree()])
+    assert model.optimizer.iterations == 3 and len(history.epoch) == 1
+
+
+def test_only_overridden_batch_hooks_hand_control_to_python():
+    from steepest.callbacks import overriding
+
+    epoch_only = st.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: None)
+    per_batch = st.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: None)
+    callbacks = [st.callbacks.History(), st.callbacks.EarlyStopping(), epoch_only, per_batch, _BatchLog()]
+    assert overriding(callbacks, "on_train_batch_end") == callbacks[3:]
+    assert overriding(callbacks, "on_train_batch_begin") == callbacks[4:]
+
+
+def test_lambda_callback():
+    x, y = _blobs()
+    seen = []
+    callback = st.callbacks.LambdaCallback(
+        on_train_begin=lambda logs: seen.append("train"),
+        on_epoch_end=lambda epoch, logs: seen.append((epoch, round(logs["loss"], 6))),
+        on_batch_end=lambda batch, logs: seen.append(batch),
+    )
+    history = _classifier().fit(x, y, batch_size=128, epochs=2, verbose=0, seed=0, callbacks=[callback])
+    assert seen == ["train", 0, 1, (0, round(history.history["loss"][0], 6)),
+                    0, 1, (1, round(history.history["loss"][1], 6))]
+    with pytest.raises(ValueError, match=r"\[LambdaCallback\] unknown hook 'on_epoch_finish'"):
+        st.callbacks.LambdaCallback(on_epoch_finish=print)
+
+
+def test_reduce_lr_on_plateau():
+    x, y = _blobs()
+    model = _classifier(optimizer=st.optimizers.SGD(learning_rate=0.1))
+    reduce = st.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=1, min_delta=10.0,
+                                            min_lr=0.02)
+    history = model.fit(x, y, epochs=4, verbose=0, seed=0, callbacks=[reduce])
+    # min_delta=10: no epoch counts as an improvement after the first; each epoch logs
+    # the rate it trained with, then the rate is halved, down to min_lr
+    assert history.history["learning_rate"] == pytest.approx([0.1, 0.1, 0.05, 0.025])
+    assert model.optimizer.learning_rate == pytest.approx(0.02)
+
+
+class _Crash(st.callbacks.Callback):
+    def __init__(self, at_epoch):
+        self.at_epoch = at_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise RuntimeError("the machine went down")
+
+
+def _dropout_classifier():
+    st.manual_seed(0)
+    model = st.Sequential([st.layers.Input((8,)), st.layers.Dense(16, activation="relu"),
+                           st.layers.Dropout(0.3), st.layers.Dense(3)])
+    model.compile(optimizer="adamw", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+@pytest.mark.parametrize("seed", [5, None])
+def test_backup_and_restore_resumes_after_a_crash(tmp_path, seed, capsys):
+    x, y = _blobs()
+    backup = str(tmp_path / "backup")
+    first = _dropout_classifier()
+    with pytest.raises(RuntimeError, match="went down"):
+        first.fit(x, y, epochs=5, seed=seed, verbose=0,
+                  callbacks=[st.callbacks.BackupAndRestore(backup), _Crash(3)])
+    resumed = _dropout_classifier()  # a new process would build the model afresh
+    seen = _Epochs()
+    history = resumed.fit(x, y, epochs=5, seed=seed, verbose=2,
+                          callbacks=[st.callbacks.BackupAndRestore(backup), seen])
+    assert seen.begun == [3, 4] and history.epoch == [3, 4]
+    assert "Epoch 4/5" in capsys.readouterr().out
+    assert not (tmp_path / "backup" / "latest.steepest").exists()  # finished: backup removed
+    if seed is None:
+        return  # the shuffling seed was restored too, but there is no reference run
+    reference = _dropout_classifier()
+    reference.fit(x, y, epochs=5, seed=seed, verbose=0)
+    assert resumed.optimizer.iterations == reference.optimizer.iterations
+    for a, b in zip(resumed.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_backup_keeps_the_unseeded_shuffle(tmp_path):
+    x, y = _blobs()
+    backup = str(tmp_path / "backup")
+    first = _dropout_classifier()
+    with pytest.raises(RuntimeError):
+        first.fit(x, y, epochs=3, verbose=0, callbacks=[st.callbacks.BackupAndRestore(backup), _Crash(1)])
+    resumed = _dropout_classifier()
+    resumed.fit(x, y, epochs=2, verbose=0, callbacks=[st.callbacks.BackupAndRestore(backup)])
+    assert resumed._shuffle_seed == first._shuffle_seed

@@ -313,7 +313,7 @@ void Sequential::synchronize_replicas() {
 }
 
 Logs Sequential::run(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
-                     const Batching& batching, bool train, bool stop_on_nan, const Progress& progress) {
+                     const Batching& batching, bool train, bool stop_on_nan, const BatchCallbacks& callbacks) {
   const int64_t batch_size = batching.batch_size, accumulation_steps = batching.accumulation_steps;
   const std::vector<int64_t>& order = batching.order;
   if (!built_) fail("fit", "the model is not built; give it an Input layer or call build()");
@@ -359,6 +359,7 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, const Tensor& sample_weig
   Tensor yc = order.empty() ? y : ops::contiguous(y.detach());
   Tensor wc = order.empty() || !sample_weight.defined() ? sample_weight : ops::contiguous(sample_weight.detach());
   for (int64_t b = 0; b < total_batches; ++b) {
+    if (callbacks.before_batch) callbacks.before_batch(b);
     int64_t begin = b * batch_size, count = std::min(batch_size, n - begin);
     auto [share_begin, share_end] =
         distributed ? dist::local_share(count, comm->rank(), comm->world_size()) : std::pair<int64_t, int64_t>{0, count};
@@ -440,7 +441,7 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, const Tensor& sample_weig
     logs.loss = (logs.loss * seen + loss_sum) / (seen + batch);
     logs.samples += count;
     logs.batches = b + 1;
-    if (progress && !progress(b + 1, total_batches, logs)) {
+    if (callbacks.after_batch && !callbacks.after_batch(b + 1, total_batches, logs)) {
       stop_requested = true;
       if (!distributed) {
         logs.stopped = true;
@@ -452,21 +453,21 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, const Tensor& sample_weig
 }
 
 Logs Sequential::train_epoch(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
-                             const Batching& batching, bool stop_on_nan, const Progress& progress) {
+                             const Batching& batching, bool stop_on_nan, const BatchCallbacks& callbacks) {
   if (!batching.order.empty() && static_cast<int64_t>(batching.order.size()) != (x.ndim() ? x.shape()[0] : 0))
     fail("fit", "the shuffle order has ", batching.order.size(), " entries for ", x.shape()[0], " samples");
-  return run(x, y, sample_weight, batching, true, stop_on_nan, progress);
+  return run(x, y, sample_weight, batching, true, stop_on_nan, callbacks);
 }
 
 Logs Sequential::evaluate(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
-                          const Batching& batching, const Progress& progress) {
+                          const Batching& batching, const BatchCallbacks& callbacks) {
   Batching in_order = batching;
   in_order.order.clear();
   in_order.accumulation_steps = 1;
-  return run(x, y, sample_weight, in_order, false, false, progress);
+  return run(x, y, sample_weight, in_order, false, false, callbacks);
 }
 
-Tensor Sequential::predict(const Tensor& x, int64_t batch_size) const {
+Tensor Sequential::predict(const Tensor& x, int64_t batch_size, const PredictCallbacks& callbacks) const {
   if (!built_) fail("predict", "the model is not built; give it an Input layer or call build()");
   if (batch_size <= 0) fail("predict", "batch_size must be positive, got ", batch_size);
   NoGradGuard no_grad;
@@ -474,6 +475,7 @@ Tensor Sequential::predict(const Tensor& x, int64_t batch_size) const {
   Tensor result;
   for (int64_t begin = 0; begin < n; begin += batch_size) {
     int64_t count = std::min(batch_size, n - begin);
+    if (callbacks.before_batch) callbacks.before_batch(begin / batch_size);
     Tensor out = forward(ops::to_device(ops::slice(x, 0, begin, begin + count, 1), device_), false, 0);
     if (!result.defined()) {
       Dims shape = out.shape();
@@ -482,6 +484,7 @@ Tensor Sequential::predict(const Tensor& x, int64_t batch_size) const {
     }
     Tensor dst = ops::slice(result, 0, begin, begin + count, 1);
     STEEPEST_KERNEL(out.device(), copy)(out, dst);
+    if (callbacks.after_batch) callbacks.after_batch(begin / batch_size, dst);
   }
   if (!result.defined()) fail("predict", "x has no samples");
   return result;

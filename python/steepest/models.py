@@ -67,6 +67,22 @@ def _validation_schedule(validation_freq: Union[int, Sequence[int]]) -> Callable
     raise ValueError(f"[fit] validation_freq must be an int or a list of epochs, got {validation_freq!r}")
 
 
+def _hooks(callbacks: Sequence[callbacks_module.Callback], hook: str,
+           make_logs: Callable[[Any], Any]) -> Optional[Callable[[int, Any], None]]:
+    """A function (batch, raw logs) that calls ``hook`` on the callbacks that override
+    it, or None when none does, so that the batch loop stays in C++."""
+    chosen = callbacks_module.overriding(list(callbacks), hook)
+    if not chosen:
+        return None
+
+    def call(batch: int, raw: Any = None) -> None:
+        logs = make_logs(raw)
+        for cb in chosen:
+            getattr(cb, hook)(batch, logs)
+
+    return call
+
+
 def _broadcast_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a · b for arrays whose shapes agree on their leading axes: (B,) and (B, T) give (B, T)."""
     ndim = max(a.ndim, b.ndim)
@@ -141,6 +157,9 @@ class Sequential:
         self._shard_optimizer_state = False
         self.stop_training = False
         self._epochs_done = 0
+        # fit's shuffling seed and first epoch, which BackupAndRestore saves and restores.
+        self._shuffle_seed = 0
+        self._initial_epoch = 0
         # Drawn now, so that st.manual_seed(s) before constructing fixes the weights.
         self._seed = int(_core.next_seed())
         for layer in layers or []:
@@ -447,7 +466,9 @@ class Sequential:
             validation = (vxt, vyt, self._prepare_weights("fit", vw, None, vyt))
 
         history = callbacks_module.History()
-        all_callbacks = [history, *(callbacks or [])]
+        # History last, as in Keras: it records the logs as the other callbacks left them
+        # (ReduceLROnPlateau adds the learning rate).
+        all_callbacks = [*(callbacks or []), history]
         stop_on_nan = any(getattr(cb, "stop_on_nan", False) for cb in all_callbacks)
         for cb in all_callbacks:
             cb.set_model(self)
@@ -459,11 +480,17 @@ class Sequential:
         batches = (n + batch_size - 1) // batch_size
         if steps:
             batches = min(batches, steps)
+        # BackupAndRestore's on_train_begin may move both on, to resume a crashed fit.
+        self._shuffle_seed, self._initial_epoch = base_seed, initial_epoch
         for cb in all_callbacks:
-            cb.on_train_begin()
-        for epoch in range(initial_epoch, epochs):
+            cb.on_train_begin(None)
+        base_seed = self._shuffle_seed
+        batch_begin = _hooks(all_callbacks, "on_train_batch_begin", lambda logs: None)
+        batch_end = _hooks(all_callbacks, "on_train_batch_end", lambda logs: self._named(logs, train=True))
+        logs: Dict[str, float] = {}
+        for epoch in range(self._initial_epoch, epochs):
             for cb in all_callbacks:
-                cb.on_epoch_begin(epoch)
+                cb.on_epoch_begin(epoch, None)
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs}")
             order = None
@@ -473,19 +500,24 @@ class Sequential:
             bar = _ProgressBar(batches, verbose)
 
             def progress(batch: int, total: int, logs: Dict[str, Any]) -> bool:
-                bar.update(batch, self._named(logs, train=True))
-                return True
+                if bar.redraws:
+                    bar.update(batch, self._named(logs, train=True))
+                if batch_end is not None:
+                    batch_end(batch - 1, logs)
+                return not self.stop_training
 
+            # Python runs per batch only for a batch hook; the bar is redrawn at most
+            # every 0.1 s.
             result = self._impl.train_epoch(xt, yt, batch_size, order, stop_on_nan,
-                                            progress if bar.redraws else None,
+                                            progress if bar.redraws or batch_end else None,
+                                            report_seconds=0.0 if batch_end else 0.1,
                                             accumulation_steps=gradient_accumulation_steps,
-                                            sample_weight=wt, steps=steps)
+                                            sample_weight=wt, steps=steps, batch_begin=batch_begin)
             self._epochs_done += 1
             logs = self._named(result, train=True)
             if validation is not None and not result["stopped"] and validates(epoch):
-                vxt, vyt, vwt = validation
-                val = self._impl.evaluate(vxt, vyt, batch_size, sample_weight=vwt, steps=validation_batches)
-                logs.update({f"val_{k}": v for k, v in self._named(val).items()})
+                val = self._run_evaluation(*validation, batch_size, validation_batches, all_callbacks)
+                logs.update({f"val_{k}": v for k, v in val.items()})
             bar.finish(logs)
             if result["interrupted"]:
                 if verbose:
@@ -502,8 +534,28 @@ class Sequential:
             if self.stop_training:
                 break
         for cb in all_callbacks:
-            cb.on_train_end()
+            cb.on_train_end(logs)
         return history
+
+    def _run_evaluation(self, xt: Tensor, yt: Tensor, wt: Optional[Tensor], batch_size: int,
+                        steps: int, callbacks: Sequence[callbacks_module.Callback]) -> Dict[str, float]:
+        """The test loop of evaluate and of fit's validation, with the test hooks."""
+        for cb in callbacks:
+            cb.on_test_begin(None)
+        batch_begin = _hooks(callbacks, "on_test_batch_begin", lambda logs: None)
+        batch_end = _hooks(callbacks, "on_test_batch_end", self._named)
+
+        def progress(batch: int, total: int, logs: Dict[str, Any]) -> bool:
+            batch_end(batch - 1, logs)
+            return True
+
+        result = self._impl.evaluate(xt, yt, batch_size, sample_weight=wt, steps=steps,
+                                     callback=progress if batch_end else None,
+                                     report_seconds=0.0, batch_begin=batch_begin)
+        logs = self._named(result)
+        for cb in callbacks:
+            cb.on_test_end(logs)
+        return logs
 
     def _named(self, logs: Dict[str, Any], train: bool = False) -> Dict[str, float]:
         named = {"loss": float(logs["loss"])}
@@ -514,19 +566,24 @@ class Sequential:
         return named
 
     def evaluate(self, x: Any, y: Any, batch_size: int = 32, verbose: int = 0,
-                 sample_weight: Any = None,
+                 sample_weight: Any = None, steps: Optional[int] = None,
+                 callbacks: Optional[Sequence[callbacks_module.Callback]] = None,
                  return_dict: bool = False) -> Union[float, List[float], Dict[str, float]]:
         """The loss and metrics over (x, y), as Keras 3 returns them: the loss as a float
         when the model has no metrics, else ``[loss, *metrics]`` in compile order; with
         ``return_dict=True`` a dict keyed by name. ``sample_weight`` weighs the loss as
-        in ``fit``."""
+        in ``fit``; ``steps`` evaluates only the first that many batches; callbacks get
+        the test hooks."""
         self._check_compiled("evaluate")
         distributed._ensure_initialized()
         xt = self._prepare_x("evaluate", x)
         yt = self._prepare_y("evaluate", y, xt.shape[0])
         wt = self._prepare_weights("evaluate", sample_weight, None, yt)
         self._compile_impl()
-        logs = self._named(self._impl.evaluate(xt, yt, batch_size, sample_weight=wt))
+        callbacks = list(callbacks or [])
+        for cb in callbacks:
+            cb.set_model(self)
+        logs = self._run_evaluation(xt, yt, wt, batch_size, _optional_count("steps", steps), callbacks)
         if verbose and distributed.rank() == 0:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         if return_dict:
@@ -534,10 +591,22 @@ class Sequential:
         values = list(logs.values())
         return values if len(values) > 1 else values[0]
 
-    def predict(self, x: Any, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
-        """The model's outputs for x (inference mode: dropout off) as a NumPy array."""
+    def predict(self, x: Any, batch_size: int = 32, verbose: int = 0,
+                callbacks: Optional[Sequence[callbacks_module.Callback]] = None) -> np.ndarray:
+        """The model's outputs for x (inference mode: dropout off) as a NumPy array.
+        Callbacks get the predict hooks; a batch's end sees ``{"outputs": array}``."""
         xt = self._prepare_x("predict", x)
-        return self._impl.predict(xt, batch_size).numpy()
+        callbacks = list(callbacks or [])
+        for cb in callbacks:
+            cb.set_model(self)
+            cb.on_predict_begin(None)
+        batch_end = _hooks(callbacks, "on_predict_batch_end", lambda outputs: {"outputs": outputs.numpy()})
+        outputs = self._impl.predict(xt, batch_size,
+                                     batch_begin=_hooks(callbacks, "on_predict_batch_begin", lambda logs: None),
+                                     batch_end=batch_end).numpy()
+        for cb in callbacks:
+            cb.on_predict_end(None)
+        return outputs
 
     def __call__(self, x: Tensor, training: bool = False) -> Tensor:
         """Eager forward pass with autograd (for custom training loops)."""
@@ -618,6 +687,9 @@ class Sequential:
         In a data-parallel job every rank calls it (as the same script runs everywhere)
         and only rank 0 writes; sharded optimizer state is gathered there first.
         """
+        self._write(path, {})
+
+    def _write(self, path: str, extra_metadata: Dict[str, str]) -> None:
         if not self._impl.built:
             self.build()
         state = self._optimizer_state() if self.optimizer is not None else None
@@ -629,7 +701,7 @@ class Sequential:
                 tensors[f"model/{layer.name}/{wname}"] = w.numpy()
         metadata = {"format": "steepest", "format_version": _FORMAT_VERSION,
                     "config": json.dumps(self.get_config()),
-                    "epochs_done": str(self._epochs_done)}
+                    "epochs_done": str(self._epochs_done), **extra_metadata}
         if state is not None:
             slots = []
             for index, entry in enumerate(state["state"]):
@@ -655,6 +727,57 @@ class Sequential:
             metadata["compile"] = json.dumps(compile_config)
         io.write(path, tensors, metadata)
 
+    def _load_weights(self, tensors: Dict[str, np.ndarray], path: str,
+                      saved_names: Optional[List[str]] = None) -> None:
+        """Weights by layer name; with ``saved_names``, the i-th layer takes the weights
+        saved under the i-th name (a model built again gets new automatic names)."""
+        names = saved_names if saved_names is not None else [layer.name for layer in self.layers]
+        if len(names) != len(self.layers):
+            raise ValueError(f"[load_model] {path} holds {len(names)} layers, the model has {len(self.layers)}")
+        for layer, name in zip(self.layers, names):
+            for wname, w in layer.weights.items():
+                key = f"model/{name}/{wname}"
+                if key not in tensors:
+                    raise ValueError(f"[load_model] {path} has no weight {key!r}")
+                w.numpy()[...] = tensors[key]
+
+    def _save_backup(self, path: str, epochs_finished: int) -> None:
+        """BackupAndRestore's file: ``save`` plus where fit stands."""
+        state = {"epoch": epochs_finished, "shuffle_seed": self._shuffle_seed}
+        self._write(path, {"backup": json.dumps(state)})
+
+    def _restore_backup(self, path: str) -> None:
+        """Puts the model, its optimizer and fit's epoch and shuffling back where
+        ``_save_backup`` left them."""
+        tensors, metadata = io.read(path)
+        if "backup" not in metadata or "compile" not in metadata:
+            raise ValueError(f"[BackupAndRestore] {path} is not a backup written by BackupAndRestore")
+        saved_layers = json.loads(metadata["config"])["layers"]
+        self._load_weights(tensors, path, [entry["config"]["name"] for entry in saved_layers])
+        self._epochs_done = int(metadata["epochs_done"])
+        compile_config = json.loads(metadata["compile"])
+        self.optimizer.load_state_dict(_saved_optimizer_state(tensors, compile_config["optimizer"]))
+        if self.loss_scaler is not None and "loss_scaler" in compile_config:
+            self.loss_scaler.load_state_dict(compile_config["loss_scaler"])
+        self._compile_impl()
+        state = json.loads(metadata["backup"])
+        self._shuffle_seed, self._initial_epoch = int(state["shuffle_seed"]), int(state["epoch"])
+
+
+def _saved_optimizer_state(tensors: Dict[str, np.ndarray], saved: Dict[str, Any]) -> Dict[str, Any]:
+    """The optimizer's state_dict from what ``save`` wrote."""
+    state = []
+    for index, record in enumerate(saved["state"]):
+        if record is None:
+            state.append(None)
+            continue
+        entry: Dict[str, Any] = {"step": record["step"]}
+        for key in record["slots"]:
+            entry[key] = tensors[f"optimizer/{index}/{key}"]
+        state.append(entry)
+    return {"class_name": saved["class_name"], "config": saved["config"],
+            "iterations": saved["iterations"], "state": state}
+
 
 def load_model(path: str) -> Sequential:
     """Restores a model saved with ``model.save``: predictions are bit-identical and
@@ -669,12 +792,7 @@ def load_model(path: str) -> Sequential:
     for entry in config["layers"]:
         model.add(layers_module.deserialize(entry))
     model.build()
-    for layer in model.layers:
-        for wname, w in layer.weights.items():
-            key = f"model/{layer.name}/{wname}"
-            if key not in tensors:
-                raise ValueError(f"[load_model] {path} has no weight {key!r}")
-            w.numpy()[...] = tensors[key]
+    model._load_weights(tensors, path)
     model._epochs_done = int(metadata.get("epochs_done", "0"))
     if "compile" in metadata:
         compile_config = json.loads(metadata["compile"])
@@ -682,17 +800,7 @@ def load_model(path: str) -> Sequential:
         loss_entry = compile_config["loss"]
         loss = getattr(losses_module, loss_entry["class_name"])(**loss_entry["config"])
         optimizer = optimizers_module.get(opt["class_name"].lower())
-        state = []
-        for index, record in enumerate(opt["state"]):
-            if record is None:
-                state.append(None)
-                continue
-            entry: Dict[str, Any] = {"step": record["step"]}
-            for key in record["slots"]:
-                entry[key] = tensors[f"optimizer/{index}/{key}"]
-            state.append(entry)
-        optimizer.load_state_dict({"class_name": opt["class_name"], "config": opt["config"],
-                                   "iterations": opt["iterations"], "state": state})
+        optimizer.load_state_dict(_saved_optimizer_state(tensors, opt))
         model.compile(optimizer=optimizer, loss=loss, metrics=compile_config["metrics"])
         # Training resumes under the policy it was saved with, whatever the global one.
         model._policy = mixed_precision.Policy(compile_config.get("dtype_policy", "float32"))

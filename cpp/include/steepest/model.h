@@ -286,6 +286,18 @@ struct Batching {
 // loop after the current step.
 using Progress = std::function<bool(int64_t batch, int64_t total_batches, const Logs& logs)>;
 
+// What the batch loops call around each batch. before_batch (batch index from 0) is set
+// only where some Python callback overrides a batch-begin hook, so that a model trained
+// without one never leaves C++ between batches.
+struct BatchCallbacks {
+  Progress after_batch;
+  std::function<void(int64_t batch)> before_batch;
+};
+struct PredictCallbacks {
+  std::function<void(int64_t batch)> before_batch;
+  std::function<void(int64_t batch, const Tensor& outputs)> after_batch;
+};
+
 class Sequential {
  public:
   void add(std::shared_ptr<Layer> layer);
@@ -331,10 +343,10 @@ class Sequential {
   // batching, batch_size is the global batch and each rank computes its contiguous
   // share of every batch; the logs are global.
   Logs train_epoch(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
-                   const Batching& batching, bool stop_on_nan, const Progress& progress);
+                   const Batching& batching, bool stop_on_nan, const BatchCallbacks& callbacks);
   Logs evaluate(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
-                const Batching& batching, const Progress& progress);
-  Tensor predict(const Tensor& x, int64_t batch_size) const;
+                const Batching& batching, const BatchCallbacks& callbacks);
+  Tensor predict(const Tensor& x, int64_t batch_size, const PredictCallbacks& callbacks = {}) const;
 
  private:
   // The loss of a batch, fusing a final softmax/sigmoid into the loss when the loss
@@ -345,7 +357,7 @@ class Sequential {
   // in compile order.
   std::vector<double> metric_sums(const Tensor& output, const Tensor& y, int64_t n) const;
   Logs run(const Tensor& x, const Tensor& y, const Tensor& sample_weight, const Batching& batching,
-           bool train, bool stop_on_nan, const Progress& progress);
+           bool train, bool stop_on_nan, const BatchCallbacks& callbacks);
 
   std::vector<std::shared_ptr<Layer>> layers_;
   Dims input_shape_;
