@@ -408,3 +408,44 @@ def test_backup_keeps_the_unseeded_shuffle(tmp_path):
     resumed = _dropout_classifier()
     resumed.fit(x, y, epochs=2, verbose=0, callbacks=[st.callbacks.BackupAndRestore(backup)])
     assert resumed._shuffle_seed == first._shuffle_seed
+
+
+# ---------------------------------------------------------------- weights on any device
+
+requires_cuda = pytest.mark.skipif(not st.backends()["cuda"], reason="needs a CUDA GPU")
+
+
+def _roundtrip_weights(model):
+    x, _ = _blobs(n=16)
+    before = model.predict(x)
+    weights = model.get_weights()
+    model.set_weights([np.zeros_like(w) for w in weights])
+    assert all(not w.any() for w in model.get_weights())
+    assert not model.predict(x).any()
+    model.set_weights(weights)
+    np.testing.assert_array_equal(model.predict(x), before)
+
+
+def test_set_weights_writes_in_place_on_the_cpu():
+    model = _classifier()
+    params = model.parameters()  # taken before: the same tensors are written
+    model.set_weights([np.ones_like(w) for w in model.get_weights()])
+    assert all(np.all(p.numpy() == 1) for p in params)
+    _roundtrip_weights(model)
+
+
+@requires_cuda
+def test_get_and_set_weights_on_a_gpu_model():
+    model = _classifier()
+    model.to("cuda")
+    _roundtrip_weights(model)
+    assert all(p.device.startswith("cuda") for p in model.parameters())
+
+
+def test_copy_into_a_tensor_checks_the_shape():
+    t = st.zeros((2, 3))
+    t.copy_(st.tensor(np.arange(6.0).reshape(2, 3), dtype="float64"))
+    assert t.dtype == "float32" and t.numpy().tolist() == [[0, 1, 2], [3, 4, 5]]
+    with pytest.raises(ValueError, match=r"\[copy_\] cannot write a tensor of shape \(3, 2\) into one of shape \(2, 3\)"):
+        t.copy_(st.zeros((3, 2)))
+

@@ -46,6 +46,12 @@ def _interactive() -> bool:
     return bool(isatty and isatty()) or "ipykernel" in sys.modules
 
 
+def _assign(weight: Tensor, value: Any) -> None:
+    """Writes an array into a weight in place, on whatever device it lives: writing into
+    ``weight.numpy()`` would change only a host copy of a GPU weight."""
+    weight.copy_(from_numpy(np.ascontiguousarray(value)))
+
+
 def _optional_count(name: str, value: Optional[int]) -> int:
     """A positive count, or 0 for None ("all of them")."""
     if value is None:
@@ -211,9 +217,11 @@ class Sequential:
         return self._impl.parameters()
 
     def get_weights(self) -> List[np.ndarray]:
-        return [p.numpy().copy() for p in self.parameters()]
+        """Host copies of the trainable weights, wherever the model runs."""
+        return [np.array(p.numpy()) for p in self.parameters()]
 
     def set_weights(self, weights: Sequence[np.ndarray]) -> None:
+        """Writes the trainable weights in place (to the GPU for a model moved there)."""
         params = self.parameters()
         if len(weights) != len(params):
             raise ValueError(f"[set_weights] expected {len(params)} arrays, got {len(weights)}")
@@ -221,7 +229,7 @@ class Sequential:
             w = np.asarray(w)
             if tuple(w.shape) != tuple(p.shape):
                 raise ValueError(f"[set_weights] weight of shape {w.shape} for a parameter of shape {p.shape}")
-            p.numpy()[...] = w
+            _assign(p, w)
 
     # ------------------------------------------------------------------ compile
 
@@ -650,8 +658,8 @@ class Sequential:
 
         fit, evaluate and predict then copy each batch from the host to the device, so x
         and y stay NumPy arrays or CPU tensors; predict returns host arrays. The optimizer
-        state follows the parameters at the next step. Saving and get/set_weights read
-        host memory: call ``model.to("cpu")`` first.
+        state follows the parameters at the next step. get/set_weights, save and
+        BackupAndRestore copy through host memory.
         """
         if device != "cpu":
             backends = _core.backends()
@@ -739,7 +747,7 @@ class Sequential:
                 key = f"model/{name}/{wname}"
                 if key not in tensors:
                     raise ValueError(f"[load_model] {path} has no weight {key!r}")
-                w.numpy()[...] = tensors[key]
+                _assign(w, tensors[key])
 
     def _save_backup(self, path: str, epochs_finished: int) -> None:
         """BackupAndRestore's file: ``save`` plus where fit stands."""
