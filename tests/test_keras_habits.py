@@ -449,3 +449,32 @@ def test_copy_into_a_tensor_checks_the_shape():
     with pytest.raises(ValueError, match=r"\[copy_\] cannot write a tensor of shape \(3, 2\) into one of shape \(2, 3\)"):
         t.copy_(st.zeros((3, 2)))
 
+
+# ---------------------------------------------------------------- Input(shape, dtype)
+
+def _declared_tagger():
+    st.manual_seed(0)
+    model = st.Sequential([st.layers.Input((6,), dtype="int64"), st.layers.Embedding(11, 8),
+                           st.layers.Dense(5)])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_input_dtype_declares_token_ids(tmp_path):
+    tokens = np.random.default_rng(5).integers(0, 11, (32, 6))
+    model = _declared_tagger()
+    # ids read as floats (from a CSV, say) are still ids
+    model.fit(tokens.astype(np.float64), tokens % 5, epochs=1, verbose=0, seed=0)
+    np.testing.assert_array_equal(model.predict(tokens.astype(np.float32)), model.predict(tokens))
+    with pytest.raises(ValueError, match=r"\[predict\] the model takes integer inputs"):
+        model.predict(tokens + 0.5)
+    model.save(str(tmp_path / "tagger.steepest"))
+    restored = st.models.load_model(str(tmp_path / "tagger.steepest"))
+    assert restored._input_dtype == "int64"
+    np.testing.assert_array_equal(restored.predict(tokens), model.predict(tokens))
+
+
+def test_input_dtype_is_checked():
+    with pytest.raises(TypeError, match=r"\[Input\] dtype must be one of"):
+        st.layers.Input((4,), dtype="complex64")
+    assert st.layers.Input((4,), dtype="int64").dtype == "int64"

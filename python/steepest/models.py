@@ -154,6 +154,7 @@ class Sequential:
         self._impl = _core.model.Sequential()
         self.layers: List[layers_module.Layer] = []
         self._input_shape: Optional[Tuple[int, ...]] = None
+        self._input_dtype: Optional[str] = None  # Input(dtype=...); None: guessed
         self.optimizer: Optional[optimizers_module.Optimizer] = None
         self.loss: Optional[losses_module.Loss] = None
         self._policy: Optional[mixed_precision.Policy] = None
@@ -178,7 +179,7 @@ class Sequential:
         if isinstance(layer, layers_module.Input):
             if self.layers or self._input_shape is not None:
                 raise ValueError("[Sequential.add] Input must come first, and only once")
-            self._input_shape = layer.shape
+            self._input_shape, self._input_dtype = layer.shape, layer.dtype
             return
         if not isinstance(layer, layers_module.Layer):
             raise TypeError(f"[Sequential.add] expected an st.layers layer, got {type(layer).__name__}")
@@ -290,8 +291,6 @@ class Sequential:
 
     def _prepare_x(self, op: str, x: Any) -> Tensor:
         array = _as_array("x", x)
-        embedding_first = bool(self.layers) and isinstance(
-            self.layers[0], (layers_module.Embedding, layers_module.TokenAndPositionEmbedding))
         if array.dtype.kind not in "fiub":
             raise TypeError(f"[{op}] x must be numeric, got dtype {array.dtype}")
         if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
@@ -307,8 +306,17 @@ class Sequential:
                 f"[{op}] the model expects inputs of shape {(None, *expected)}, got x of shape "
                 f"{array.shape}; reshape x or rebuild the model with st.layers.Input({tuple(array.shape[1:])})"
             )
-        dtype = np.int64 if embedding_first else np.float32
-        return from_numpy(np.ascontiguousarray(array, dtype=dtype))
+        if self._integer_input():
+            if array.dtype.kind == "f" and np.any(array != np.round(array)):
+                raise ValueError(f"[{op}] the model takes integer inputs (token ids), got x with fractions")
+            return from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+        return from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+    def _integer_input(self) -> bool:
+        if self._input_dtype is not None:
+            return self._input_dtype.startswith("int")
+        return bool(self.layers) and isinstance(
+            self.layers[0], (layers_module.Embedding, layers_module.TokenAndPositionEmbedding))
 
     def _prepare_y(self, op: str, y: Any, n: int) -> Tensor:
         array = _as_array("y", y)
@@ -677,6 +685,7 @@ class Sequential:
         return {
             "name": self.name,
             "input_shape": list(self._input_shape) if self._input_shape else None,
+            "input_dtype": self._input_dtype,
             "layers": [{"class_name": type(l).__name__, "config": l.get_config()} for l in self.layers],
         }
 
@@ -796,7 +805,7 @@ def load_model(path: str) -> Sequential:
     config = json.loads(metadata["config"])
     model = Sequential(name=config["name"])
     if config["input_shape"] is not None:
-        model.add(layers_module.Input(tuple(config["input_shape"])))
+        model.add(layers_module.Input(tuple(config["input_shape"]), dtype=config.get("input_dtype")))
     for entry in config["layers"]:
         model.add(layers_module.deserialize(entry))
     model.build()
@@ -829,7 +838,7 @@ def GPT(vocab_size: int, context: int, d_model: int, num_heads: int, num_layers:
     ``loss=st.losses.CausalLMCrossEntropy()`` and ``fit(tokens, tokens)``.
     """
     L = layers_module
-    stack: List[Any] = [L.Input((context,)), L.TokenAndPositionEmbedding(vocab_size, context, d_model)]
+    stack: List[Any] = [L.Input((context,), dtype="int64"), L.TokenAndPositionEmbedding(vocab_size, context, d_model)]
     stack += [L.TransformerBlock(d_model, num_heads, mlp_ratio=mlp_ratio, dropout=dropout, remat=remat)
               for _ in range(num_layers)]
     stack += [L.LayerNormalization(epsilon=1e-5), L.Dense(vocab_size)]
