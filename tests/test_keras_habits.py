@@ -268,6 +268,9 @@ def test_validation_steps_and_freq():
     history = _classifier().fit(x, y, epochs=4, validation_data=(vx, vy), validation_freq=[1, 3],
                                 verbose=0, seed=0)
     assert len(history.history["val_loss"]) == 2
+    assert model.evaluate(vx, vy, batch_size=16, steps=2) == pytest.approx(model.evaluate(vx[:32], vy[:32]))
+    with pytest.raises(ValueError, match=r"\[fit\] validation_freq must be >= 1"):
+        model.fit(x, y, validation_data=(vx, vy), validation_freq=0, verbose=0)
 
 
 # ---------------------------------------------------------------- callbacks

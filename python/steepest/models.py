@@ -52,12 +52,12 @@ def _assign(weight: Tensor, value: Any) -> None:
     weight.copy_(from_numpy(np.ascontiguousarray(value)))
 
 
-def _optional_count(name: str, value: Optional[int]) -> int:
+def _optional_count(op: str, name: str, value: Optional[int]) -> int:
     """A positive count, or 0 for None ("all of them")."""
     if value is None:
         return 0
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"[fit] {name} must be a positive int or None, got {value!r}")
+        raise ValueError(f"[{op}] {name} must be a positive int or None, got {value!r}")
     return value
 
 
@@ -450,8 +450,8 @@ class Sequential:
             raise ValueError(f"[fit] validation_split must be in [0, 1), got {validation_split}")
         if not isinstance(initial_epoch, int) or initial_epoch < 0:
             raise ValueError(f"[fit] initial_epoch must be an int >= 0, got {initial_epoch!r}")
-        steps = _optional_count("steps_per_epoch", steps_per_epoch)
-        validation_batches = _optional_count("validation_steps", validation_steps)
+        steps = _optional_count("fit", "steps_per_epoch", steps_per_epoch)
+        validation_batches = _optional_count("fit", "validation_steps", validation_steps)
         validates = _validation_schedule(validation_freq)
         x_array, y_array = _as_array("x", x), _as_array("y", y)
         if x_array.ndim == 0 or y_array.ndim == 0 or len(x_array) != len(y_array):
@@ -522,8 +522,8 @@ class Sequential:
                     batch_end(batch - 1, logs)
                 return not self.stop_training
 
-            # Python runs per batch only for a batch hook; the bar is redrawn at most
-            # every 0.1 s.
+            # Python runs after every batch only for a batch hook; for the bar alone, at
+            # most every 0.1 s.
             result = self._impl.train_epoch(xt, yt, batch_size, order, stop_on_nan,
                                             progress if bar.redraws or batch_end else None,
                                             report_seconds=0.0 if batch_end else 0.1,
@@ -567,7 +567,7 @@ class Sequential:
 
         result = self._impl.evaluate(xt, yt, batch_size, sample_weight=wt, steps=steps,
                                      callback=progress if batch_end else None,
-                                     report_seconds=0.0, batch_begin=batch_begin)
+                                     report_seconds=0.0 if batch_end else 0.25, batch_begin=batch_begin)
         logs = self._named(result)
         for cb in callbacks:
             cb.on_test_end(logs)
@@ -599,7 +599,7 @@ class Sequential:
         callbacks = list(callbacks or [])
         for cb in callbacks:
             cb.set_model(self)
-        logs = self._run_evaluation(xt, yt, wt, batch_size, _optional_count("steps", steps), callbacks)
+        logs = self._run_evaluation(xt, yt, wt, batch_size, _optional_count("evaluate", "steps", steps), callbacks)
         if verbose and distributed.rank() == 0:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         if return_dict:
