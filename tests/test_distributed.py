@@ -149,6 +149,23 @@ def test_two_ranks_train_the_model_one_process_trains(tmp_path, samples, batch, 
 
 
 @needs_mpi
+def test_backup_and_restore_resumes_a_crashed_data_parallel_fit(tmp_path):
+    backup = tmp_path / "backup"
+    out = tmp_path / "resumed"
+    out.mkdir()
+    crashed = launch(os.path.join(SCRIPTS, "train.py"), out, "--epochs", 4, "--backup", backup,
+                     "--crash-at", 2, check=False)
+    assert crashed.returncode != 0 and "crashes at epoch 2" in crashed.stderr
+    assert os.listdir(backup) == ["latest.steepest"]  # rank 0 wrote it, atomically
+    resumed = train(out, "--epochs", 4, "--backup", backup, ranks=2)
+    reference = train(tmp_path / "uninterrupted", "--epochs", 4, ranks=2)
+    assert len(json.loads(str(resumed[0]["history"]))["loss"]) == 2  # epochs 3 and 4 only
+    for a, b in zip(weights(resumed[0]), weights(reference[0])):
+        np.testing.assert_array_equal(a, b)
+    assert not os.listdir(backup)  # finished: removed
+
+
+@needs_mpi
 def test_zero1_matches_unsharded_and_shards_the_state(tmp_path):
     plain = train(tmp_path / "plain", ranks=2)
     sharded = train(tmp_path / "zero", "--shard", ranks=2)

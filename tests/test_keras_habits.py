@@ -481,3 +481,22 @@ def test_input_dtype_is_checked():
     with pytest.raises(TypeError, match=r"\[Input\] dtype must be one of"):
         st.layers.Input((4,), dtype="complex64")
     assert st.layers.Input((4,), dtype="int64").dtype == "int64"
+
+
+def test_backup_survives_ctrl_c(tmp_path):
+    import _thread
+    import threading
+
+    x, y = _blobs(n=512)
+    backup = tmp_path / "backup"
+    model = _classifier()
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    timer.start()
+    try:
+        model.fit(x, y, batch_size=1, epochs=100000, verbose=0,
+                  callbacks=[st.callbacks.BackupAndRestore(str(backup))])
+        assert model._interrupted  # stopped cleanly inside the C++ loop
+    except KeyboardInterrupt:
+        pass  # it landed in Python code between two epochs
+    timer.cancel()
+    assert (backup / "latest.steepest").exists()  # Ctrl-C is not the end: fit can resume

@@ -269,8 +269,8 @@ class BackupAndRestore(Callback):
     """Fault tolerance: saves the whole training state (weights, optimizer state, loss
     scale, shuffling seed, epoch) to ``backup_dir`` after every epoch. When ``fit`` is run
     again after a crash, it resumes after the last finished epoch, as if never stopped.
-    The backup is deleted when training ends normally (``delete_checkpoint``). In a
-    data-parallel job every rank reads the backup and rank 0 writes it."""
+    The backup is deleted when training ends other than by Ctrl-C (``delete_checkpoint``).
+    In a data-parallel job every rank reads the backup and rank 0 writes it."""
 
     def __init__(self, backup_dir: str, save_freq: str = "epoch", delete_checkpoint: bool = True) -> None:
         if not backup_dir:
@@ -290,7 +290,8 @@ class BackupAndRestore(Callback):
         self.model._save_backup(self._path, epoch + 1)
 
     def on_train_end(self, logs=None) -> None:
-        if self.delete_checkpoint and distributed.rank() == 0 and os.path.exists(self._path):
+        if (self.delete_checkpoint and not self.model._interrupted and distributed.rank() == 0
+                and os.path.exists(self._path)):
             os.remove(self._path)
 
 

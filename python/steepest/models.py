@@ -167,6 +167,7 @@ class Sequential:
         # fit's shuffling seed and first epoch, which BackupAndRestore saves and restores.
         self._shuffle_seed = 0
         self._initial_epoch = 0
+        self._interrupted = False  # the last fit was stopped by Ctrl-C
         # Drawn now, so that st.manual_seed(s) before constructing fixes the weights.
         self._seed = int(_core.next_seed())
         for layer in layers or []:
@@ -489,6 +490,7 @@ class Sequential:
         for cb in all_callbacks:
             cb.set_model(self)
         self.stop_training = False
+        self._interrupted = False
         base_seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**63))
         if ranks > 1:  # one shuffle order for all ranks
             base_seed = int(distributed._broadcast_object(base_seed, 0))
@@ -536,6 +538,7 @@ class Sequential:
                 logs.update({f"val_{k}": v for k, v in val.items()})
             bar.finish(logs)
             if result["interrupted"]:
+                self._interrupted = True
                 if verbose:
                     _logger.warning("Training interrupted (Ctrl-C): weights are those of the last finished step.")
                 self.stop_training = True

@@ -4,6 +4,7 @@ OUT/rank<r>.npz, so the test can compare ranks with each other and with one proc
 
     train.py OUT [--shard] [--accumulate K] [--samples N] [--batch B] [--precision P]
                  [--optimizer adamw|lamb] [--fault die|raise|mismatch] [--weighted]
+                 [--backup DIR [--crash-at EPOCH]]
 """
 
 import argparse
@@ -26,6 +27,8 @@ parser.add_argument("--fault", choices=("die", "raise", "mismatch"))
 parser.add_argument("--optimizer", choices=("adamw", "lamb"), default="adamw")
 parser.add_argument("--weighted", action="store_true",
                     help="sample and class weights, and only 5 batches per epoch")
+parser.add_argument("--backup", help="train with BackupAndRestore into this folder")
+parser.add_argument("--crash-at", type=int, help="every rank raises when this epoch begins")
 args = parser.parse_args()
 
 st.distributed.init()
@@ -57,7 +60,15 @@ class Fault(st.callbacks.Callback):
             raise RuntimeError("rank 1 fails on purpose")
 
 
+class Crash(st.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == args.crash_at:
+            raise SystemExit(f"rank {rank} crashes at epoch {epoch} on purpose")
+
+
 callbacks = [Fault()] if args.fault in ("die", "raise") else []
+if args.backup:
+    callbacks += [st.callbacks.BackupAndRestore(args.backup), Crash()]
 weighting = {}
 validation_data = (x[:40], y[:40])
 if args.weighted:
