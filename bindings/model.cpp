@@ -83,6 +83,17 @@ model::Progress throttled(nb::object callback, double report_seconds, bool& inte
   };
 }
 
+// A Python callable called with the GIL, or an empty function for None (the loop then
+// stays in C++).
+template <class... Args>
+std::function<void(Args...)> with_gil(nb::object callable) {
+  if (callable.is_none()) return {};
+  return [callable](Args... args) {
+    nb::gil_scoped_acquire gil;
+    callable(args...);
+  };
+}
+
 std::vector<int64_t> as_order(const std::optional<nb::ndarray<int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>>& order) {
   std::vector<int64_t> out;
   if (order) out.assign(order->data(), order->data() + order->shape(0));
@@ -189,38 +200,57 @@ void init_model(nb::module_& parent) {
       .def("train_epoch",
            [](model::Sequential& s, const Tensor& x, const Tensor& y, int64_t batch_size,
               std::optional<nb::ndarray<int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>> order,
-              bool stop_on_nan, nb::object callback, double report_seconds, int64_t accumulation_steps) {
-             std::vector<int64_t> sample_order = as_order(order);
+              bool stop_on_nan, nb::object callback, double report_seconds, int64_t accumulation_steps,
+              std::optional<Tensor> sample_weight, int64_t steps, nb::object batch_begin) {
+             model::Batching batching{batch_size, as_order(order), steps, accumulation_steps};
              bool interrupted = false;
-             model::Progress progress = throttled(callback, report_seconds, interrupted);
+             model::BatchCallbacks callbacks{throttled(callback, report_seconds, interrupted),
+                                             with_gil<int64_t>(batch_begin)};
              model::Logs logs;
              {
                nb::gil_scoped_release release;
-               logs = s.train_epoch(x, y, batch_size, sample_order, stop_on_nan, progress,
-                                    accumulation_steps);
+               logs = s.train_epoch(x, y, sample_weight.value_or(Tensor()), batching, stop_on_nan, callbacks);
              }
              nb::dict d = logs_dict(logs);
              d["interrupted"] = interrupted;
              return d;
            },
            arg("x"), arg("y"), arg("batch_size"), arg("order").none(), arg("stop_on_nan"),
-           arg("callback").none(), arg("report_seconds") = 0.1, arg("accumulation_steps") = 1)
+           arg("callback").none(), arg("report_seconds") = 0.1, arg("accumulation_steps") = 1,
+           arg("sample_weight").none() = nb::none(), arg("steps") = 0, arg("batch_begin").none() = nb::none(),
+           "One epoch; steps > 0 runs only the first `steps` batches. callback(batches_done, total, logs) "
+           "runs at most every report_seconds (0: after every batch), batch_begin(batch) before each batch.")
       .def("evaluate",
-           [](model::Sequential& s, const Tensor& x, const Tensor& y, int64_t batch_size) {
+           [](model::Sequential& s, const Tensor& x, const Tensor& y, int64_t batch_size,
+              std::optional<Tensor> sample_weight, int64_t steps, nb::object callback,
+              double report_seconds, nb::object batch_begin) {
+             model::Batching batching{batch_size, {}, steps, 1};
              bool interrupted = false;
-             model::Progress progress = throttled(nb::none(), 0.25, interrupted);
+             model::BatchCallbacks callbacks{throttled(callback, report_seconds, interrupted),
+                                             with_gil<int64_t>(batch_begin)};
              model::Logs logs;
              {
                nb::gil_scoped_release release;
-               logs = s.evaluate(x, y, batch_size, progress);
+               logs = s.evaluate(x, y, sample_weight.value_or(Tensor()), batching, callbacks);
              }
              nb::dict d = logs_dict(logs);
              d["interrupted"] = interrupted;
              return d;
            },
-           arg("x"), arg("y"), arg("batch_size"))
-      .def("predict", &model::Sequential::predict, arg("x"), arg("batch_size"),
-           nb::call_guard<nb::gil_scoped_release>());
+           arg("x"), arg("y"), arg("batch_size"), arg("sample_weight").none() = nb::none(),
+           arg("steps") = 0, arg("callback").none() = nb::none(), arg("report_seconds") = 0.25,
+           arg("batch_begin").none() = nb::none())
+      .def("predict",
+           [](const model::Sequential& s, const Tensor& x, int64_t batch_size, nb::object batch_begin,
+              nb::object batch_end) {
+             model::PredictCallbacks callbacks{with_gil<int64_t>(batch_begin),
+                                               with_gil<int64_t, const Tensor&>(batch_end)};
+             nb::gil_scoped_release release;
+             return s.predict(x, batch_size, callbacks);
+           },
+           arg("x"), arg("batch_size"), arg("batch_begin").none() = nb::none(),
+           arg("batch_end").none() = nb::none(),
+           "batch_begin(batch) and batch_end(batch, outputs) run around each batch when given.");
 }
 
 }  // namespace steepest::bindings

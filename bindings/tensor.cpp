@@ -274,6 +274,8 @@ void init_tensor(nb::module_& m) {
            nb::arg("dtype"))
       .def("to", [](const Tensor& t, const std::string& d) { return ops::to_device(t, parse_device(d)); },
            nb::arg("device"))
+      .def("copy_", [](Tensor& t, const Tensor& src) { ops::copy_into(src, t); return t; }, nb::arg("src"),
+           "Writes src into this tensor in place (any device, converted to this dtype); no autograd.")
       .def("sum", [](const Tensor& t, nb::handle axis, bool keepdims) {
              return ops::sum(t, parse_axes(axis), keepdims);
            }, nb::arg("axis").none() = nb::none(), nb::arg("keepdims") = false)

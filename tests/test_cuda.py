@@ -830,7 +830,7 @@ def test_sequential_fits_on_the_gpu_like_on_the_cpu(dropout):
         model.to(device)
         assert all(p.device == model._impl.device for p in params)  # moved in place
         history = model.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=0)
-        results[device] = (history.history["loss"], model.evaluate(x, y), model.predict(x))
+        results[device] = (history.history["loss"], model.evaluate(x, y, return_dict=True), model.predict(x))
         assert isinstance(results[device][2], np.ndarray)
     (loss_cpu, eval_cpu, pred_cpu), (loss_gpu, eval_gpu, pred_gpu) = results["cpu"], results["cuda"]
     np.testing.assert_allclose(loss_gpu, loss_cpu, rtol=1e-3)
@@ -850,7 +850,7 @@ def test_sequential_fits_in_mixed_precision_on_the_gpu_like_on_the_cpu(policy):
             model.to(device)
             history = model.fit(x, y, batch_size=32, epochs=3, verbose=0, seed=0)
             assert all(p.dtype == "float32" for p in model.parameters())  # the master weights
-            results[device] = (history.history, model.evaluate(x, y))
+            results[device] = (history.history, model.evaluate(x, y, return_dict=True))
     finally:
         st.mixed_precision.set_global_policy(before)
     (history_cpu, eval_cpu), (history_gpu, eval_gpu) = results["cpu"], results["cuda"]
@@ -871,7 +871,7 @@ def test_sequential_moves_back_to_the_cpu_with_its_optimizer_state():
     model.fit(x, y, batch_size=64, epochs=1, verbose=0, seed=0)
     model.to("cpu")
     assert all(p.device == "cpu" for p in model.parameters())
-    before = model.evaluate(x, y)["loss"]
+    before = model.evaluate(x, y)
     model.fit(x, y, batch_size=64, epochs=1, verbose=0, seed=1)  # state follows to the CPU
-    assert model.evaluate(x, y)["loss"] < before
+    assert model.evaluate(x, y) < before
     assert len(model.get_weights()) == len(model.parameters())

@@ -20,7 +20,7 @@ def _test_accuracy(kind: str, seed: int) -> float:
     model = build_model(kind, x)
     model.compile(st.optimizers.AdamW(), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, batch_size=32, epochs=20, verbose=0, seed=seed)
-    return model.evaluate(x_test, y_test)["accuracy"]
+    return model.evaluate(x_test, y_test, return_dict=True)["accuracy"]
 
 
 @pytest.mark.training

@@ -133,14 +133,17 @@ def test_nccl_collectives_on_one_rank():
 
 
 @needs_mpi
-@pytest.mark.parametrize("samples, batch, accumulate, overlap", [
-    (203, 32, 1, "1"),   # last batch of 11: shares of 6 and 5; buckets sent during backward
-    (203, 32, 1, "0"),   # ... and after backward
-    (97, 32, 1, "1"),    # last batch of 1: rank 1 has no sample in it
-    (203, 16, 2, "1"),   # gradient accumulation over the global batches
+@pytest.mark.parametrize("samples, batch, accumulate, overlap, extra", [
+    (203, 32, 1, "1", ()),   # last batch of 11: shares of 6 and 5; buckets sent during backward
+    (203, 32, 1, "0", ()),   # ... and after backward
+    (97, 32, 1, "1", ()),    # last batch of 1: rank 1 has no sample in it
+    (203, 16, 2, "1", ()),   # gradient accumulation over the global batches
+    # sample and class weights cut with each rank's share; 5 of 13 batches per epoch,
+    # so the last accumulation group holds one batch
+    (203, 16, 2, "1", ("--weighted",)),
 ])
-def test_two_ranks_train_the_model_one_process_trains(tmp_path, samples, batch, accumulate, overlap):
-    args = ("--samples", samples, "--batch", batch, "--accumulate", accumulate)
+def test_two_ranks_train_the_model_one_process_trains(tmp_path, samples, batch, accumulate, overlap, extra):
+    args = ("--samples", samples, "--batch", batch, "--accumulate", accumulate, *extra)
     single = train(tmp_path / "one", *args, ranks=1)[0]
     # Buckets of 1 KiB: several per step, so that their order across ranks is exercised.
     pair = train(tmp_path / "two", *args, ranks=2,
@@ -154,6 +157,23 @@ def test_two_ranks_train_the_model_one_process_trains(tmp_path, samples, batch, 
     assert h2 == json.loads(str(pair[1]["history"]))  # global logs, the same on every rank
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(h2[key], h1[key], rtol=1e-5, atol=1e-6)
+
+
+@needs_mpi
+def test_backup_and_restore_resumes_a_crashed_data_parallel_fit(tmp_path):
+    backup = tmp_path / "backup"
+    out = tmp_path / "resumed"
+    out.mkdir()
+    crashed = launch(os.path.join(SCRIPTS, "train.py"), out, "--epochs", 4, "--backup", backup,
+                     "--crash-at", 2, check=False)
+    assert crashed.returncode != 0 and "crashes at epoch 2" in crashed.stderr
+    assert os.listdir(backup) == ["latest.steepest"]  # rank 0 wrote it, atomically
+    resumed = train(out, "--epochs", 4, "--backup", backup, ranks=2)
+    reference = train(tmp_path / "uninterrupted", "--epochs", 4, ranks=2)
+    assert len(json.loads(str(resumed[0]["history"]))["loss"]) == 2  # epochs 3 and 4 only
+    for a, b in zip(weights(resumed[0]), weights(reference[0])):
+        np.testing.assert_array_equal(a, b)
+    assert not os.listdir(backup)  # finished: removed
 
 
 @needs_mpi

@@ -742,7 +742,7 @@ def _mean_accuracy(kind, policy):
         model, (x, y), (x_test, y_test) = _digits_model(kind, policy, seed)
         model.fit(x, y, batch_size=32, epochs=20, verbose=0, seed=seed)
         assert all(p.dtype == "float32" for p in model.parameters())  # the master weights
-        accuracies.append(model.evaluate(x_test, y_test)["accuracy"])
+        accuracies.append(model.evaluate(x_test, y_test, return_dict=True)["accuracy"])
     return float(np.mean(accuracies))
 
 

@@ -1,6 +1,7 @@
 // Sequential: the layer stack, its loss and metrics, and the training loop of the
 // seed's 梯度下降算法 with Batch Size — for each mini-batch: forward, loss, backward,
 // one optimizer step.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -123,7 +124,9 @@ bool is_crossentropy(LossKind kind) {
 // Probabilities are clipped away from 0 before the log, as Keras does.
 constexpr double kProbabilityFloor = 1e-7;
 
-Tensor loss_of(LossSpec spec, const Tensor& out, const Tensor& y) {
+// The loss averaged (Reduction::Mean) or per term (Reduction::None): one term per
+// element of the output, or per position (all but the class axis) for cross-entropies.
+Tensor loss_terms(LossSpec spec, const Tensor& out, const Tensor& y, ops::Reduction reduction) {
   Tensor target = y;
   if (!is_crossentropy(spec.kind) && y.shape() != out.shape() && y.numel() == out.numel())
     target = ops::reshape(y, out.shape());
@@ -133,19 +136,20 @@ Tensor loss_of(LossSpec spec, const Tensor& out, const Tensor& y) {
       // From probabilities: softmax(log p) = p / Σp, so the log-probabilities can go
       // through the fused kernel (Keras also renormalises p).
       Tensor logits = spec.from_logits ? out : ops::log(ops::clamp_min(out, kProbabilityFloor));
-      return ops::cross_entropy(logits, target, ops::Reduction::Mean);
+      return ops::cross_entropy(logits, target, reduction);
     }
     case LossKind::BinaryCrossentropy: {
-      if (spec.from_logits)
-        return ops::binary_cross_entropy(out, target, true, ops::Reduction::Mean);
+      if (spec.from_logits) return ops::binary_cross_entropy(out, target, true, reduction);
       Tensor p = ops::clamp_min(out, kProbabilityFloor);
       p = ops::add_scalar(ops::neg(ops::clamp_min(ops::add_scalar(ops::neg(p), 1.0), kProbabilityFloor)), 1.0);
-      return ops::binary_cross_entropy(p, target, false, ops::Reduction::Mean);
+      return ops::binary_cross_entropy(p, target, false, reduction);
     }
     case LossKind::MeanSquaredError:
-      return ops::mse_loss(out, target, ops::Reduction::Mean);
-    case LossKind::MeanAbsoluteError:
-      return ops::mean(ops::abs(ops::sub(out, target)));
+      return ops::mse_loss(out, target, reduction);
+    case LossKind::MeanAbsoluteError: {
+      Tensor terms = ops::abs(ops::sub(out, target));
+      return reduction == ops::Reduction::Mean ? ops::mean(terms) : terms;
+    }
     case LossKind::CausalLanguageModel: {
       // seed: L = −1/T Σ_t log P(x_t | x_<t): the logits at t predict token t + 1.
       if (out.ndim() != 3 || target.ndim() != 2 || out.shape()[1] != target.shape()[1])
@@ -155,16 +159,37 @@ Tensor loss_of(LossSpec spec, const Tensor& out, const Tensor& y) {
       Tensor logits = ops::slice(out, 1, 0, t - 1, 1);
       Tensor next_tokens = ops::slice(target, 1, 1, t, 1);
       if (!spec.from_logits) logits = ops::log(ops::clamp_min(logits, kProbabilityFloor));
-      return ops::cross_entropy(logits, next_tokens, ops::Reduction::Mean);
+      return ops::cross_entropy(logits, next_tokens, reduction);
     }
   }
   return {};
 }
 
+// Keras' "sum over batch size": Σ w·loss over the loss terms divided by their number.
+// sample_weight (undefined: no weights) has a leading part of the terms' shape, e.g.
+// (B,) per sample or (B, T) per time step, and is broadcast over the rest.
+Tensor loss_of(LossSpec spec, const Tensor& out, const Tensor& y, const Tensor& sample_weight) {
+  if (!sample_weight.defined()) return loss_terms(spec, out, y, ops::Reduction::Mean);
+  Tensor terms = loss_terms(spec, out, y, ops::Reduction::None);
+  Tensor w = sample_weight;
+  // The token at t weighs the prediction made at t - 1.
+  if (spec.kind == LossKind::CausalLanguageModel && w.ndim() == 2)
+    w = ops::slice(w, 1, 1, w.shape()[1], 1);
+  Dims shape = w.shape();
+  bool prefix = shape.size() <= terms.shape().size() &&
+                std::equal(shape.begin(), shape.end(), terms.shape().begin());
+  if (!prefix)
+    fail("fit", "sample weights of shape ", sample_weight.shape(), " do not fit loss terms of shape ",
+         terms.shape(), "; expected one weight per sample or per leading position");
+  while (shape.size() < terms.shape().size()) shape.push_back(1);
+  Tensor weighted = ops::mul(terms, ops::reshape(w, shape));
+  return ops::mul_scalar(ops::sum(weighted), 1.0 / static_cast<double>(std::max<int64_t>(terms.numel(), 1)));
+}
+
 }  // namespace
 
-Tensor Sequential::batch_loss(const Tensor& x, const Tensor& y, bool training, int64_t step,
-                              Tensor* output) const {
+Tensor Sequential::batch_loss(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
+                              bool training, int64_t step, Tensor* output) const {
   Tensor h = to_compute(x, compute_dtype_);
   for (size_t i = 0; i + 1 < layers_.size(); ++i) h = layers_[i]->forward(h, training, step);
   Layer& last = *layers_.back();
@@ -178,12 +203,12 @@ Tensor Sequential::batch_loss(const Tensor& x, const Tensor& y, bool training, i
   if (fuse) {
     // softmax + cross-entropy as one log-softmax (the seed's log-softmax section).
     Tensor logits = to_float32(last.forward_pre_activation(h, training, step));
-    loss = loss_of({loss_.kind, true}, logits, y);
+    loss = loss_of({loss_.kind, true}, logits, y, sample_weight);
     NoGradGuard no_grad;
     *output = apply_activation(act, logits);
   } else {
     *output = to_float32(last.forward(h, training, step));
-    loss = loss_of(loss_, *output, y);
+    loss = loss_of(loss_, *output, y, sample_weight);
   }
   for (const auto& layer : layers_) {
     Tensor penalty = layer->regularization();
@@ -248,20 +273,26 @@ std::vector<double> Sequential::metric_sums(const Tensor& output, const Tensor& 
   if (metrics_.empty() || n == 0) return sums;
   Tensor out = ops::contiguous(ops::to_device(output.detach(), {}));
   Tensor labels = ops::contiguous(ops::to_device(y.detach(), {}));
-  int64_t cols = out.numel() / n;
+  // A position is one entry of the output's last axis, e.g. one time step of (B, T, V)
+  // logits; metrics average over every position, as Keras does.
+  int64_t cols = out.ndim() > 1 ? out.shape().back() : 1;
+  int64_t positions = cols ? out.numel() / cols : 0;
   bool index_labels = !is_floating(labels.dtype());
-  if (!index_labels && labels.numel() != out.numel())
+  if (index_labels ? labels.numel() != positions : labels.numel() != out.numel())
     fail("metrics", "labels of shape ", labels.shape(), " do not match outputs of shape ", out.shape());
   for (size_t i = 0; i < metrics_.size(); ++i) {
     if (index_labels && metrics_[i] != Metric::SparseCategoricalAccuracy)
       fail("metrics", "integer labels need sparse_categorical_accuracy (or 'accuracy' with a sparse loss)");
-    sums[i] = dispatch_float("metrics", out.dtype(), [&](auto tag) {
+    double total = dispatch_float("metrics", out.dtype(), [&](auto tag) {
       using T = typename decltype(tag)::type;
       return dispatch_all("metrics", labels.dtype(), [&](auto label_tag) {
         using L = typename decltype(label_tag)::type;
-        return metric_sum<T, L>(metrics_[i], out.data<T>(), labels.data<L>(), n, cols, index_labels);
+        return metric_sum<T, L>(metrics_[i], out.data<T>(), labels.data<L>(), positions, cols, index_labels);
       });
     });
+    // Every sample holds positions / n of them: the caller's running mean over samples
+    // stays the mean over positions.
+    sums[i] = positions ? total * static_cast<double>(n) / static_cast<double>(positions) : 0.0;
   }
   return sums;
 }
@@ -281,9 +312,10 @@ void Sequential::synchronize_replicas() {
   dist::synchronize_replicas(*comm, weights);
 }
 
-Logs Sequential::run(const Tensor& x, const Tensor& y, int64_t batch_size,
-                     const std::vector<int64_t>& order, bool train, bool stop_on_nan,
-                     const Progress& progress, int64_t accumulation_steps) {
+Logs Sequential::run(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
+                     const Batching& batching, bool train, bool stop_on_nan, const BatchCallbacks& callbacks) {
+  const int64_t batch_size = batching.batch_size, accumulation_steps = batching.accumulation_steps;
+  const std::vector<int64_t>& order = batching.order;
   if (!built_) fail("fit", "the model is not built; give it an Input layer or call build()");
   if (!compiled()) fail("fit", "the model must be compiled before fit/evaluate; call compile()");
   if (batch_size <= 0) fail("fit", "batch_size must be positive, got ", batch_size);
@@ -292,16 +324,22 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, int64_t batch_size,
   int64_t n = x.ndim() ? x.shape()[0] : 0;
   if (!y.defined() || y.ndim() == 0 || y.shape()[0] != n)
     fail("fit", "x has ", n, " samples but y has shape ", y.defined() ? y.shape() : Dims{});
+  if (sample_weight.defined() && (sample_weight.ndim() == 0 || sample_weight.shape()[0] != n))
+    fail("fit", "x has ", n, " samples but sample_weight has shape ", sample_weight.shape());
+  if (batching.steps < 0) fail("fit", "steps must be positive (or 0 for all batches), got ", batching.steps);
   Logs logs;
   logs.metrics.assign(metrics_.size(), 0.0);
   std::vector<Tensor> params = parameters();
   int64_t total_batches = (n + batch_size - 1) / batch_size;
+  if (batching.steps > 0) total_batches = std::min(total_batches, batching.steps);
+  const int64_t epoch_samples = std::min(n, total_batches * batch_size);
 
   dist::Communicator* comm = dist::world();
   const bool distributed = comm && comm->world_size() > 1;
   if (distributed)
     comm->check_agreement(train ? "fit" : "evaluate",
-                          cat(n, " samples in batches of ", batch_size, ", accumulating ", accumulation_steps),
+                          cat(n, " samples in ", total_batches, " batches of ", batch_size, ", accumulating ",
+                              accumulation_steps, sample_weight.defined() ? ", weighted" : ""),
                           "every rank must pass the same data and batch size");
   std::unique_ptr<dist::GradientReducer> reducer;
   if (train && distributed) {
@@ -319,33 +357,33 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, int64_t batch_size,
 
   Tensor xc = order.empty() ? x : ops::contiguous(x.detach());
   Tensor yc = order.empty() ? y : ops::contiguous(y.detach());
+  Tensor wc = order.empty() || !sample_weight.defined() ? sample_weight : ops::contiguous(sample_weight.detach());
   for (int64_t b = 0; b < total_batches; ++b) {
+    if (callbacks.before_batch) callbacks.before_batch(b);
     int64_t begin = b * batch_size, count = std::min(batch_size, n - begin);
     auto [share_begin, share_end] =
         distributed ? dist::local_share(count, comm->rank(), comm->world_size()) : std::pair<int64_t, int64_t>{0, count};
     int64_t local = share_end - share_begin, first = begin + share_begin;
-    Tensor xb, yb;
-    if (order.empty()) {
-      xb = ops::slice(x.detach(), 0, first, first + local, 1);
-      yb = ops::slice(y.detach(), 0, first, first + local, 1);
-    } else {
-      xb = gather_rows(xc, order.data() + first, local);
-      yb = gather_rows(yc, order.data() + first, local);
-    }
-    // Batches are cut on the host and copied to the model's device one at a time.
-    xb = ops::to_device(xb, device_);
-    yb = ops::to_device(yb, device_);
+    // Batches are cut on the host and copied to the model's device one at a time; the
+    // sample weights take the same rows as x and y.
+    auto cut = [&](const Tensor& all, const Tensor& contiguous_all) {
+      if (!all.defined()) return Tensor();
+      Tensor rows = order.empty() ? ops::slice(all.detach(), 0, first, first + local, 1)
+                                  : gather_rows(contiguous_all, order.data() + first, local);
+      return ops::to_device(rows, device_);
+    };
+    Tensor xb = cut(x, xc), yb = cut(y, yc), wb = cut(sample_weight, wc);
     // A rank whose share of a last, small batch is empty computes nothing but still
     // takes part in every exchange.
     Tensor output, loss;
     double loss_value = 0.0;
     if (local > 0) {
       if (train) {
-        loss = batch_loss(xb, yb, true, optimizer_->iterations(), &output);
+        loss = batch_loss(xb, yb, wb, true, optimizer_->iterations(), &output);
         loss_value = loss.item();
       } else {
         NoGradGuard no_grad;
-        loss_value = batch_loss(xb, yb, false, 0, &output).item();
+        loss_value = batch_loss(xb, yb, wb, false, 0, &output).item();
       }
     }
     // Sums over the batch: the loss, each metric, the samples; then the stop flag.
@@ -370,7 +408,7 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, int64_t batch_size,
       }
       int64_t group = b / accumulation_steps;
       int64_t group_begin = group * accumulation_steps * batch_size;
-      int64_t group_samples = std::min(accumulation_steps * batch_size, n - group_begin);
+      int64_t group_samples = std::min(accumulation_steps * batch_size, epoch_samples - group_begin);
       bool first_of_group = b % accumulation_steps == 0;
       bool last_of_group = (b + 1) % accumulation_steps == 0 || b + 1 == total_batches;
       if (first_of_group)
@@ -403,7 +441,7 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, int64_t batch_size,
     logs.loss = (logs.loss * seen + loss_sum) / (seen + batch);
     logs.samples += count;
     logs.batches = b + 1;
-    if (progress && !progress(b + 1, total_batches, logs)) {
+    if (callbacks.after_batch && !callbacks.after_batch(b + 1, total_batches, logs)) {
       stop_requested = true;
       if (!distributed) {
         logs.stopped = true;
@@ -414,19 +452,22 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, int64_t batch_size,
   return logs;
 }
 
-Logs Sequential::train_epoch(const Tensor& x, const Tensor& y, int64_t batch_size,
-                             const std::vector<int64_t>& order, bool stop_on_nan,
-                             const Progress& progress, int64_t accumulation_steps) {
-  if (!order.empty() && static_cast<int64_t>(order.size()) != (x.ndim() ? x.shape()[0] : 0))
-    fail("fit", "the shuffle order has ", order.size(), " entries for ", x.shape()[0], " samples");
-  return run(x, y, batch_size, order, true, stop_on_nan, progress, accumulation_steps);
+Logs Sequential::train_epoch(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
+                             const Batching& batching, bool stop_on_nan, const BatchCallbacks& callbacks) {
+  if (!batching.order.empty() && static_cast<int64_t>(batching.order.size()) != (x.ndim() ? x.shape()[0] : 0))
+    fail("fit", "the shuffle order has ", batching.order.size(), " entries for ", x.shape()[0], " samples");
+  return run(x, y, sample_weight, batching, true, stop_on_nan, callbacks);
 }
 
-Logs Sequential::evaluate(const Tensor& x, const Tensor& y, int64_t batch_size, const Progress& progress) {
-  return run(x, y, batch_size, {}, false, false, progress, 1);
+Logs Sequential::evaluate(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
+                          const Batching& batching, const BatchCallbacks& callbacks) {
+  Batching in_order = batching;
+  in_order.order.clear();
+  in_order.accumulation_steps = 1;
+  return run(x, y, sample_weight, in_order, false, false, callbacks);
 }
 
-Tensor Sequential::predict(const Tensor& x, int64_t batch_size) const {
+Tensor Sequential::predict(const Tensor& x, int64_t batch_size, const PredictCallbacks& callbacks) const {
   if (!built_) fail("predict", "the model is not built; give it an Input layer or call build()");
   if (batch_size <= 0) fail("predict", "batch_size must be positive, got ", batch_size);
   NoGradGuard no_grad;
@@ -434,6 +475,7 @@ Tensor Sequential::predict(const Tensor& x, int64_t batch_size) const {
   Tensor result;
   for (int64_t begin = 0; begin < n; begin += batch_size) {
     int64_t count = std::min(batch_size, n - begin);
+    if (callbacks.before_batch) callbacks.before_batch(begin / batch_size);
     Tensor out = forward(ops::to_device(ops::slice(x, 0, begin, begin + count, 1), device_), false, 0);
     if (!result.defined()) {
       Dims shape = out.shape();
@@ -442,6 +484,7 @@ Tensor Sequential::predict(const Tensor& x, int64_t batch_size) const {
     }
     Tensor dst = ops::slice(result, 0, begin, begin + count, 1);
     STEEPEST_KERNEL(out.device(), copy)(out, dst);
+    if (callbacks.after_batch) callbacks.after_batch(begin / batch_size, dst);
   }
   if (!result.defined()) fail("predict", "x has no samples");
   return result;

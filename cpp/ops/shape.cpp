@@ -225,4 +225,12 @@ Tensor to_device(const Tensor& x, Device device) {
   return out;
 }
 
+void copy_into(const Tensor& src, Tensor& dst) {
+  if (src.shape() != dst.shape())
+    fail("copy_", "cannot write a tensor of shape ", src.shape(), " into one of shape ", dst.shape());
+  NoGradGuard no_grad;
+  Tensor staged = to_device(src.detach(), dst.device());
+  STEEPEST_KERNEL(dst.device(), copy)(staged, dst);
+}
+
 }  // namespace steepest::ops

@@ -1,5 +1,7 @@
-"""Keras callbacks (``st.callbacks``), called by ``fit`` at epoch boundaries (the batch
-loop itself runs in C++)."""
+"""Keras callbacks (``st.callbacks``). ``fit`` calls the epoch hooks between epochs; the
+batch loop runs in C++ and hands control back to Python per batch only while some
+callback overrides a batch hook (``on_train_batch_end`` and the like), so a model trained
+without one keeps the C++ loop's speed."""
 
 from __future__ import annotations
 
@@ -13,21 +15,52 @@ import numpy as np
 from . import distributed
 
 
+Logs = Optional[Dict[str, Any]]
+
+
 class Callback:
-    """Base class; ``self.model`` is the model being trained."""
+    """Base class; ``self.model`` is the model being trained. Batch hooks get the batch
+    index within the epoch and, at a batch's end, the epoch's running logs so far."""
 
     model: Any = None
 
     def set_model(self, model: Any) -> None:
         self.model = model
 
-    def on_train_begin(self, logs: Optional[Dict[str, float]] = None) -> None: ...
+    def on_train_begin(self, logs: Logs = None) -> None: ...
 
-    def on_train_end(self, logs: Optional[Dict[str, float]] = None) -> None: ...
+    def on_train_end(self, logs: Logs = None) -> None: ...
 
-    def on_epoch_begin(self, epoch: int, logs: Optional[Dict[str, float]] = None) -> None: ...
+    def on_epoch_begin(self, epoch: int, logs: Logs = None) -> None: ...
 
-    def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, float]] = None) -> None: ...
+    def on_epoch_end(self, epoch: int, logs: Logs = None) -> None: ...
+
+    def on_test_begin(self, logs: Logs = None) -> None: ...
+
+    def on_test_end(self, logs: Logs = None) -> None: ...
+
+    def on_predict_begin(self, logs: Logs = None) -> None: ...
+
+    def on_predict_end(self, logs: Logs = None) -> None: ...
+
+    def on_train_batch_begin(self, batch: int, logs: Logs = None) -> None: ...
+
+    def on_train_batch_end(self, batch: int, logs: Logs = None) -> None: ...
+
+    def on_test_batch_begin(self, batch: int, logs: Logs = None) -> None: ...
+
+    def on_test_batch_end(self, batch: int, logs: Logs = None) -> None: ...
+
+    def on_predict_batch_begin(self, batch: int, logs: Logs = None) -> None: ...
+
+    def on_predict_batch_end(self, batch: int, logs: Logs = None) -> None: ...
+
+
+def overriding(callbacks: List[Callback], hook: str) -> List[Callback]:
+    """The callbacks whose ``hook`` does something: a method other than the base
+    class's, or a function given to LambdaCallback."""
+    base = getattr(Callback, hook)
+    return [cb for cb in callbacks if getattr(getattr(cb, hook), "__func__", getattr(cb, hook)) is not base]
 
 
 class History(Callback):
@@ -161,6 +194,107 @@ class CSVLogger(Callback):
             self._file = None
 
 
+class ReduceLROnPlateau(Callback):
+    """Multiplies the learning rate by ``factor`` when ``monitor`` has not improved for
+    ``patience`` epochs, then waits ``cooldown`` epochs before counting again; never
+    below ``min_lr``. The epoch's logs gain "learning_rate"."""
+
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10,
+                 verbose: int = 0, mode: str = "auto", min_delta: float = 1e-4, cooldown: int = 0,
+                 min_lr: float = 0.0) -> None:
+        if not 0.0 < factor < 1.0:
+            raise ValueError(f"[ReduceLROnPlateau] factor must be in (0, 1), got {factor}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"[ReduceLROnPlateau] mode must be auto, min or max, got {mode!r}")
+        self.monitor, self.factor, self.patience, self.verbose = monitor, factor, patience, verbose
+        self.mode, self.min_delta, self.cooldown, self.min_lr = mode, abs(min_delta), cooldown, min_lr
+
+    def on_train_begin(self, logs=None) -> None:
+        learning_rate = self.model.optimizer.get_config()["learning_rate"]
+        if not isinstance(learning_rate, (int, float)):
+            raise TypeError(
+                f"[ReduceLROnPlateau] needs a float learning rate, got the schedule {learning_rate!r}"
+            )
+        self.wait, self.cooldown_counter = 0, 0
+        self.best = _worst(self.mode, self.monitor)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        logs = logs if logs is not None else {}
+        optimizer = self.model.optimizer
+        logs["learning_rate"] = float(optimizer.learning_rate)
+        current = logs.get(self.monitor)
+        if current is None:
+            raise ValueError(
+                f"[ReduceLROnPlateau] monitor {self.monitor!r} is not in the logs "
+                f"({', '.join(logs)}); pass validation_data for val_* metrics"
+            )
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if _improved(self.mode, self.monitor, current, self.best, self.min_delta):
+            self.best, self.wait = current, 0
+            return
+        if self.cooldown_counter > 0:
+            return
+        self.wait += 1
+        if self.wait < self.patience:
+            return
+        old = float(optimizer.learning_rate)
+        if old > self.min_lr:
+            new = max(old * self.factor, self.min_lr)
+            optimizer.set_learning_rate(new)
+            if self.verbose:
+                print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}.")
+            self.cooldown_counter, self.wait = self.cooldown, 0
+
+
+class LambdaCallback(Callback):
+    """A callback from functions: ``LambdaCallback(on_epoch_end=lambda epoch, logs: ...)``.
+    Any hook of Callback may be given; batch hooks take (batch, logs), epoch hooks
+    (epoch, logs), the others (logs). Only the hooks given are called, so a
+    LambdaCallback without batch hooks keeps the batch loop in C++."""
+
+    _ALIASES = {"on_batch_begin": "on_train_batch_begin", "on_batch_end": "on_train_batch_end"}
+
+    def __init__(self, **hooks: Callable[..., Any]) -> None:
+        for name, function in hooks.items():
+            name = self._ALIASES.get(name, name)
+            if not name.startswith("on_") or not hasattr(Callback, name):
+                raise ValueError(f"[LambdaCallback] unknown hook {name!r}")
+            if function is not None:
+                setattr(self, name, function)
+
+
+class BackupAndRestore(Callback):
+    """Fault tolerance: saves the whole training state (weights, optimizer state, loss
+    scale, shuffling seed, epoch) to ``backup_dir`` after every epoch. When ``fit`` is run
+    again after a crash, it resumes after the last finished epoch, as if never stopped.
+    The backup is deleted when training ends other than by Ctrl-C (``delete_checkpoint``).
+    In a data-parallel job every rank reads the backup and rank 0 writes it."""
+
+    def __init__(self, backup_dir: str, save_freq: str = "epoch", delete_checkpoint: bool = True) -> None:
+        if not backup_dir:
+            raise ValueError("[BackupAndRestore] backup_dir is required")
+        if save_freq != "epoch":
+            raise ValueError(f"[BackupAndRestore] save_freq must be 'epoch', got {save_freq!r}")
+        self.backup_dir, self.delete_checkpoint = backup_dir, delete_checkpoint
+        self._path = os.path.join(backup_dir, "latest.steepest")
+
+    def on_train_begin(self, logs=None) -> None:
+        if os.path.exists(self._path):
+            self.model._restore_backup(self._path)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if distributed.rank() == 0:
+            os.makedirs(self.backup_dir, exist_ok=True)
+        self.model._save_backup(self._path, epoch + 1)
+
+    def on_train_end(self, logs=None) -> None:
+        if (self.delete_checkpoint and not self.model._interrupted and distributed.rank() == 0
+                and os.path.exists(self._path)):
+            os.remove(self._path)
+
+
 class TerminateOnNaN(Callback):
     """Stops training at the first batch whose loss is NaN or infinite.
 
@@ -176,5 +310,5 @@ class TerminateOnNaN(Callback):
             self.model.stop_training = True
 
 
-__all__ = ["CSVLogger", "Callback", "EarlyStopping", "History", "LearningRateScheduler",
-           "ModelCheckpoint", "TerminateOnNaN"]
+__all__ = ["BackupAndRestore", "CSVLogger", "Callback", "EarlyStopping", "History", "LambdaCallback",
+           "LearningRateScheduler", "ModelCheckpoint", "ReduceLROnPlateau", "TerminateOnNaN"]

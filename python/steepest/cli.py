@@ -308,11 +308,11 @@ def _train(args: argparse.Namespace) -> int:
             verbose=0 if args.quiet else 1,
             seed=args.seed,
         )
-        result = model.evaluate(x_test, y_test, verbose=0)
+        test_loss, test_accuracy = model.evaluate(x_test, y_test, verbose=0)
     finally:
         st.mixed_precision.set_global_policy(previous_policy)
 
-    print(f"Test accuracy: {result['accuracy']:.2%} (loss {result['loss']:.4f}) "
+    print(f"Test accuracy: {test_accuracy:.2%} (loss {test_loss:.4f}) "
           f"on {len(x_test)} images")
     if save_path is not None:
         model.save(save_path)

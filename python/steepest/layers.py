@@ -127,19 +127,27 @@ def _snake(name: str) -> str:
     return "".join(out)
 
 
-class Input:
-    """Declares the per-sample input shape (channels-first for images: (C, H, W))."""
+_INPUT_DTYPES = ("float32", "float16", "bfloat16", "float64", "int32", "int64")
 
-    def __init__(self, shape: Sequence[int]) -> None:
+
+class Input:
+    """Declares the per-sample input shape (channels-first for images: (C, H, W)) and,
+    as Keras does, its dtype: ``Input((T,), dtype="int64")`` for token ids. Without a
+    dtype, inputs are float32 unless the first layer is an embedding."""
+
+    def __init__(self, shape: Sequence[int], dtype: Optional[str] = None) -> None:
         if isinstance(shape, int):
             shape = (shape,)
         shape = tuple(shape)
         if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
             raise ValueError(f"[Input] shape must be a tuple of positive ints, got {shape!r}")
+        if dtype is not None and str(dtype) not in _INPUT_DTYPES:
+            raise TypeError(f"[Input] dtype must be one of {', '.join(_INPUT_DTYPES)}, got {dtype!r}")
         self.shape = shape
+        self.dtype = None if dtype is None else str(dtype)
 
     def __repr__(self) -> str:
-        return f"Input({self.shape})"
+        return f"Input({self.shape})" if self.dtype is None else f"Input({self.shape}, dtype={self.dtype!r})"
 
 
 class Dense(Layer):

@@ -3,15 +3,16 @@
 The model is a C++ object (``steepest._core.model.Sequential``); ``fit`` hands it whole
 epochs. Python validates inputs, keeps the Keras bookkeeping (history, callbacks,
 validation) and draws the progress bar, which the C++ loop refreshes at most ten
-times a second.
+times a second. Warnings (Ctrl-C, a NaN loss) go to the ``logging`` logger "steepest".
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from ._core import Tensor
 from .creation import from_numpy
 
 _FORMAT_VERSION = "1"
+_logger = logging.getLogger("steepest")
 
 
 def _as_array(name: str, data: Any) -> np.ndarray:
@@ -37,12 +39,77 @@ def _as_array(name: str, data: Any) -> np.ndarray:
         raise TypeError(f"[fit] {name} must be array-like, got {type(data).__name__}: {e}") from None
 
 
+def _interactive() -> bool:
+    """Whether a progress bar can be redrawn in place: a terminal or a Jupyter notebook.
+    Redrawn to a file or a CI log, every ``\\r`` would become a line of its own."""
+    isatty = getattr(sys.stdout, "isatty", None)
+    return bool(isatty and isatty()) or "ipykernel" in sys.modules
+
+
+def _assign(weight: Tensor, value: Any) -> None:
+    """Writes an array into a weight in place, on whatever device it lives: writing into
+    ``weight.numpy()`` would change only a host copy of a GPU weight."""
+    weight.copy_(from_numpy(np.ascontiguousarray(value)))
+
+
+def _optional_count(op: str, name: str, value: Optional[int]) -> int:
+    """A positive count, or 0 for None ("all of them")."""
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"[{op}] {name} must be a positive int or None, got {value!r}")
+    return value
+
+
+def _validation_schedule(validation_freq: Union[int, Sequence[int]]) -> Callable[[int], bool]:
+    """Keras' validation_freq: every n-th epoch (an int), or the listed 1-based epochs."""
+    if isinstance(validation_freq, int) and not isinstance(validation_freq, bool):
+        if validation_freq < 1:
+            raise ValueError(f"[fit] validation_freq must be >= 1, got {validation_freq}")
+        return lambda epoch: (epoch + 1) % validation_freq == 0
+    if isinstance(validation_freq, (list, tuple, set, range)) and all(isinstance(e, int) for e in validation_freq):
+        listed = set(validation_freq)
+        return lambda epoch: epoch + 1 in listed
+    raise ValueError(f"[fit] validation_freq must be an int or a list of epochs, got {validation_freq!r}")
+
+
+def _hooks(callbacks: Sequence[callbacks_module.Callback], hook: str,
+           make_logs: Callable[[Any], Any]) -> Optional[Callable[[int, Any], None]]:
+    """A function (batch, raw logs) that calls ``hook`` on the callbacks that override
+    it, or None when none does, so that the batch loop stays in C++."""
+    chosen = callbacks_module.overriding(list(callbacks), hook)
+    if not chosen:
+        return None
+
+    def call(batch: int, raw: Any = None) -> None:
+        logs = make_logs(raw)
+        for cb in chosen:
+            getattr(cb, hook)(batch, logs)
+
+    return call
+
+
+def _broadcast_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a · b for arrays whose shapes agree on their leading axes: (B,) and (B, T) give (B, T)."""
+    ndim = max(a.ndim, b.ndim)
+    return a.reshape(a.shape + (1,) * (ndim - a.ndim)) * b.reshape(b.shape + (1,) * (ndim - b.ndim))
+
+
 class _ProgressBar:
-    """Keras-style progress line: ``12/57 [=====>....] - ETA: 1s - loss: 0.4123``."""
+    """Keras-style progress line: ``12/57 [=====>....] - ETA: 1s - loss: 0.4123``.
+
+    verbose=1 redraws it during the epoch where that can be done in place (see
+    ``_interactive``) and otherwise, like verbose=2, prints one line per epoch."""
 
     def __init__(self, total: int, verbose: int, width: int = 30) -> None:
+        if verbose == 1 and not _interactive():
+            verbose = 2
         self.total, self.verbose, self.width = total, verbose, width
         self.start = time.perf_counter()
+
+    @property
+    def redraws(self) -> bool:
+        return self.verbose == 1
 
     def _values(self, logs: Dict[str, float]) -> str:
         return "".join(f" - {k}: {v:.4f}" for k, v in logs.items())
@@ -87,6 +154,7 @@ class Sequential:
         self._impl = _core.model.Sequential()
         self.layers: List[layers_module.Layer] = []
         self._input_shape: Optional[Tuple[int, ...]] = None
+        self._input_dtype: Optional[str] = None  # Input(dtype=...); None: guessed
         self.optimizer: Optional[optimizers_module.Optimizer] = None
         self.loss: Optional[losses_module.Loss] = None
         self._policy: Optional[mixed_precision.Policy] = None
@@ -96,6 +164,10 @@ class Sequential:
         self._shard_optimizer_state = False
         self.stop_training = False
         self._epochs_done = 0
+        # fit's shuffling seed and first epoch, which BackupAndRestore saves and restores.
+        self._shuffle_seed = 0
+        self._initial_epoch = 0
+        self._interrupted = False  # the last fit was stopped by Ctrl-C
         # Drawn now, so that st.manual_seed(s) before constructing fixes the weights.
         self._seed = int(_core.next_seed())
         for layer in layers or []:
@@ -108,7 +180,7 @@ class Sequential:
         if isinstance(layer, layers_module.Input):
             if self.layers or self._input_shape is not None:
                 raise ValueError("[Sequential.add] Input must come first, and only once")
-            self._input_shape = layer.shape
+            self._input_shape, self._input_dtype = layer.shape, layer.dtype
             return
         if not isinstance(layer, layers_module.Layer):
             raise TypeError(f"[Sequential.add] expected an st.layers layer, got {type(layer).__name__}")
@@ -147,9 +219,11 @@ class Sequential:
         return self._impl.parameters()
 
     def get_weights(self) -> List[np.ndarray]:
-        return [p.numpy().copy() for p in self.parameters()]
+        """Host copies of the trainable weights, wherever the model runs."""
+        return [np.array(p.numpy()) for p in self.parameters()]
 
     def set_weights(self, weights: Sequence[np.ndarray]) -> None:
+        """Writes the trainable weights in place (to the GPU for a model moved there)."""
         params = self.parameters()
         if len(weights) != len(params):
             raise ValueError(f"[set_weights] expected {len(params)} arrays, got {len(weights)}")
@@ -157,7 +231,7 @@ class Sequential:
             w = np.asarray(w)
             if tuple(w.shape) != tuple(p.shape):
                 raise ValueError(f"[set_weights] weight of shape {w.shape} for a parameter of shape {p.shape}")
-            p.numpy()[...] = w
+            _assign(p, w)
 
     # ------------------------------------------------------------------ compile
 
@@ -218,8 +292,6 @@ class Sequential:
 
     def _prepare_x(self, op: str, x: Any) -> Tensor:
         array = _as_array("x", x)
-        embedding_first = bool(self.layers) and isinstance(
-            self.layers[0], (layers_module.Embedding, layers_module.TokenAndPositionEmbedding))
         if array.dtype.kind not in "fiub":
             raise TypeError(f"[{op}] x must be numeric, got dtype {array.dtype}")
         if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
@@ -235,8 +307,17 @@ class Sequential:
                 f"[{op}] the model expects inputs of shape {(None, *expected)}, got x of shape "
                 f"{array.shape}; reshape x or rebuild the model with st.layers.Input({tuple(array.shape[1:])})"
             )
-        dtype = np.int64 if embedding_first else np.float32
-        return from_numpy(np.ascontiguousarray(array, dtype=dtype))
+        if self._integer_input():
+            if array.dtype.kind == "f" and np.any(array != np.round(array)):
+                raise ValueError(f"[{op}] the model takes integer inputs (token ids), got x with fractions")
+            return from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+        return from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+    def _integer_input(self) -> bool:
+        if self._input_dtype is not None:
+            return self._input_dtype.startswith("int")
+        return bool(self.layers) and isinstance(
+            self.layers[0], (layers_module.Embedding, layers_module.TokenAndPositionEmbedding))
 
     def _prepare_y(self, op: str, y: Any, n: int) -> Tensor:
         array = _as_array("y", y)
@@ -253,9 +334,19 @@ class Sequential:
             if array.dtype.kind == "f":
                 if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
                     raise ValueError(f"[{op}] sparse labels must be integer class indices")
-            array = array.astype(np.int64).reshape(n)
-            classes = self.layers[-1].output_shape[-1]
-            if n and (array.min() < 0 or array.max() >= classes):
+            output_shape = (n, *self.layers[-1].output_shape[1:])
+            expected = output_shape[:-1]
+            # Keras also takes a trailing axis of 1, as in (B, 1) labels for (B, C) outputs.
+            if array.shape == (*expected, 1):
+                array = array.reshape(expected)
+            if array.shape != expected:
+                raise ValueError(
+                    f"[{op}] sparse labels of shape {array.shape} do not fit outputs of shape "
+                    f"{output_shape}: expected class indices of shape {expected}"
+                )
+            array = array.astype(np.int64)
+            classes = output_shape[-1]
+            if array.size and (array.min() < 0 or array.max() >= classes):
                 bad = array.min() if array.min() < 0 else array.max()
                 raise ValueError(
                     f"[{op}] label {bad} is out of range: the model outputs {classes} classes "
@@ -267,6 +358,43 @@ class Sequential:
             array = array.astype(np.float32)
         return from_numpy(np.ascontiguousarray(array))
 
+    def _prepare_weights(self, op: str, sample_weight: Any, class_weight: Optional[Dict[int, float]],
+                         y: Tensor) -> Optional[Tensor]:
+        """Per-sample (or per-position) loss weights: sample_weight times the weight of
+        each label's class, or None when neither is given."""
+        weights = None
+        if sample_weight is not None:
+            weights = _as_array("sample_weight", sample_weight)
+            if weights.dtype.kind not in "fiub":
+                raise TypeError(f"[{op}] sample_weight must be numeric, got dtype {weights.dtype}")
+            if weights.ndim == 0 or weights.shape[0] != y.shape[0]:
+                raise ValueError(
+                    f"[{op}] sample_weight of shape {weights.shape} for {y.shape[0]} samples; "
+                    f"expected one weight per sample, shape ({y.shape[0]},)"
+                )
+            if not np.all(np.isfinite(weights)):
+                raise ValueError(f"[{op}] sample_weight contains NaN or inf")
+        if class_weight is not None:
+            if not isinstance(class_weight, dict):
+                raise TypeError(f"[{op}] class_weight must be a dict {{class index: weight}}, got {class_weight!r}")
+            labels = y.numpy()
+            # Keras: class indices, one-hot rows (argmax), or 0/1 targets (rounded).
+            if labels.dtype.kind in "iu":
+                classes = labels
+            elif labels.ndim > 1 and labels.shape[-1] > 1:
+                classes = labels.argmax(axis=-1)
+            else:
+                classes = np.round(labels.reshape(labels.shape[:-1] if labels.ndim > 1 else labels.shape))
+            classes = classes.astype(np.int64)
+            table = np.ones(max([int(classes.max(initial=0)), *map(int, class_weight)]) + 1)
+            for c, w in class_weight.items():
+                table[int(c)] = float(w)
+            by_class = table[classes]
+            weights = by_class if weights is None else _broadcast_product(weights, by_class)
+        if weights is None:
+            return None
+        return from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
+
     def _check_compiled(self, op: str) -> None:
         if self.optimizer is None:
             raise RuntimeError(f"[{op}] the model must be compiled first: call model.compile(optimizer=..., loss=...)")
@@ -274,13 +402,25 @@ class Sequential:
     # ------------------------------------------------------------------ training
 
     def fit(self, x: Any, y: Any, batch_size: int = 32, epochs: int = 1,
-            validation_data: Optional[Tuple[Any, Any]] = None, validation_split: float = 0.0,
+            validation_data: Optional[Tuple[Any, ...]] = None, validation_split: float = 0.0,
             shuffle: bool = True, verbose: int = 1,
             callbacks: Optional[Sequence[callbacks_module.Callback]] = None,
-            seed: Optional[int] = None,
+            seed: Optional[int] = None, sample_weight: Any = None,
+            class_weight: Optional[Dict[int, float]] = None, initial_epoch: int = 0,
+            steps_per_epoch: Optional[int] = None, validation_steps: Optional[int] = None,
+            validation_freq: Union[int, Sequence[int]] = 1,
             gradient_accumulation_steps: int = 1) -> callbacks_module.History:
-        """Trains for ``epochs`` epochs; returns a History whose ``.history`` maps
-        "loss", each metric, and their "val_" counterparts to per-epoch values.
+        """Trains from epoch ``initial_epoch`` up to ``epochs``; returns a History whose
+        ``.history`` maps "loss", each metric, and their "val_" counterparts to per-epoch
+        values.
+
+        As in Keras: ``sample_weight`` (one weight per sample, or per position such as
+        (B, T)) and ``class_weight`` ({class: weight}) weigh the loss as Σ w·loss divided
+        by the number of loss terms (metrics stay unweighted); ``validation_data`` may be
+        (x, y) or (x, y, sample_weight). ``steps_per_epoch`` runs only the first that many
+        batches of each epoch's order, ``validation_steps`` evaluates that many validation
+        batches, and ``validation_freq`` validates every that many epochs (an int) or
+        after the listed epochs (1-based).
 
         Ctrl-C stops after the current step and keeps the weights of the last finished
         step. With ``seed`` the shuffling is reproducible, also across save/load.
@@ -309,44 +449,66 @@ class Sequential:
             verbose = 0
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"[fit] validation_split must be in [0, 1), got {validation_split}")
+        if not isinstance(initial_epoch, int) or initial_epoch < 0:
+            raise ValueError(f"[fit] initial_epoch must be an int >= 0, got {initial_epoch!r}")
+        steps = _optional_count("fit", "steps_per_epoch", steps_per_epoch)
+        validation_batches = _optional_count("fit", "validation_steps", validation_steps)
+        validates = _validation_schedule(validation_freq)
         x_array, y_array = _as_array("x", x), _as_array("y", y)
         if x_array.ndim == 0 or y_array.ndim == 0 or len(x_array) != len(y_array):
             raise ValueError(
                 f"[fit] x and y must have the same number of samples, got x of shape "
                 f"{x_array.shape} and y of shape {y_array.shape}"
             )
+        w_array = None if sample_weight is None else _as_array("sample_weight", sample_weight)
         if validation_split and validation_data is None:
             # Keras: the last fraction of the samples, taken before shuffling.
             cut = int(len(x_array) * (1.0 - validation_split))
-            validation_data = (x_array[cut:], y_array[cut:])
+            validation_data = (x_array[cut:], y_array[cut:], None if w_array is None else w_array[cut:])
             x_array, y_array = x_array[:cut], y_array[:cut]
+            w_array = None if w_array is None else w_array[:cut]
         xt = self._prepare_x("fit", x_array)
         yt = self._prepare_y("fit", y_array, len(x_array))
+        wt = self._prepare_weights("fit", w_array, class_weight, yt)
         self._compile_impl()
         if ranks > 1:
             self._impl.synchronize_replicas()
         validation = None
         if validation_data is not None:
-            vx, vy = validation_data
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("[fit] validation_data must be (x, y) or (x, y, sample_weight)")
+            vx, vy, vw = (*validation_data, None)[:3]
             vxt = self._prepare_x("fit", vx)
-            validation = (vxt, self._prepare_y("fit", vy, vxt.shape[0]))
+            vyt = self._prepare_y("fit", vy, vxt.shape[0])
+            validation = (vxt, vyt, self._prepare_weights("fit", vw, None, vyt))
 
         history = callbacks_module.History()
-        all_callbacks = [history, *(callbacks or [])]
+        # History last, as in Keras: it records the logs as the other callbacks left them
+        # (ReduceLROnPlateau adds the learning rate).
+        all_callbacks = [*(callbacks or []), history]
         stop_on_nan = any(getattr(cb, "stop_on_nan", False) for cb in all_callbacks)
         for cb in all_callbacks:
             cb.set_model(self)
         self.stop_training = False
+        self._interrupted = False
         base_seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**63))
         if ranks > 1:  # one shuffle order for all ranks
             base_seed = int(distributed._broadcast_object(base_seed, 0))
         n = xt.shape[0]
         batches = (n + batch_size - 1) // batch_size
+        if steps:
+            batches = min(batches, steps)
+        # BackupAndRestore's on_train_begin may move both on, to resume a crashed fit.
+        self._shuffle_seed, self._initial_epoch = base_seed, initial_epoch
         for cb in all_callbacks:
-            cb.on_train_begin()
-        for epoch in range(epochs):
+            cb.on_train_begin(None)
+        base_seed = self._shuffle_seed
+        batch_begin = _hooks(all_callbacks, "on_train_batch_begin", lambda logs: None)
+        batch_end = _hooks(all_callbacks, "on_train_batch_end", lambda logs: self._named(logs, train=True))
+        logs: Dict[str, float] = {}
+        for epoch in range(self._initial_epoch, epochs):
             for cb in all_callbacks:
-                cb.on_epoch_begin(epoch)
+                cb.on_epoch_begin(epoch, None)
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs}")
             order = None
@@ -354,39 +516,65 @@ class Sequential:
                 rng = np.random.default_rng([base_seed, self._epochs_done])
                 order = rng.permutation(n).astype(np.int64)
             bar = _ProgressBar(batches, verbose)
-            names = self.metrics_names
 
             def progress(batch: int, total: int, logs: Dict[str, Any]) -> bool:
-                bar.update(batch, self._named(logs, train=True))
-                return True
+                if bar.redraws:
+                    bar.update(batch, self._named(logs, train=True))
+                if batch_end is not None:
+                    batch_end(batch - 1, logs)
+                return not self.stop_training
 
+            # Python runs after every batch only for a batch hook; for the bar alone, at
+            # most every 0.1 s.
             result = self._impl.train_epoch(xt, yt, batch_size, order, stop_on_nan,
-                                            progress if verbose == 1 else None,
-                                            accumulation_steps=gradient_accumulation_steps)
+                                            progress if bar.redraws or batch_end else None,
+                                            report_seconds=0.0 if batch_end else 0.1,
+                                            accumulation_steps=gradient_accumulation_steps,
+                                            sample_weight=wt, steps=steps, batch_begin=batch_begin)
             self._epochs_done += 1
             logs = self._named(result, train=True)
-            if validation is not None and not result["stopped"]:
-                val = self._impl.evaluate(validation[0], validation[1], batch_size)
-                logs.update({f"val_{k}": v for k, v in self._named(val).items()})
+            if validation is not None and not result["stopped"] and validates(epoch):
+                val = self._run_evaluation(*validation, batch_size, validation_batches, all_callbacks)
+                logs.update({f"val_{k}": v for k, v in val.items()})
             bar.finish(logs)
             if result["interrupted"]:
-                if distributed.rank() == 0:
-                    print("\nTraining interrupted (Ctrl-C): weights are those of the last finished step.")
+                self._interrupted = True
+                if verbose:
+                    _logger.warning("Training interrupted (Ctrl-C): weights are those of the last finished step.")
                 self.stop_training = True
             if result["nan_loss"]:
-                if distributed.rank() == 0:
-                    print(f"\nBatch {result['batches'] + 1}: invalid loss, terminating training")
+                if verbose:
+                    _logger.warning("Batch %d: invalid loss, terminating training", result["batches"] + 1)
                 self.stop_training = True
             for cb in all_callbacks:
                 cb.on_epoch_end(epoch, logs)
-            del names
             if ranks > 1:
                 self.stop_training = distributed._agree_any(self.stop_training)
             if self.stop_training:
                 break
         for cb in all_callbacks:
-            cb.on_train_end()
+            cb.on_train_end(logs)
         return history
+
+    def _run_evaluation(self, xt: Tensor, yt: Tensor, wt: Optional[Tensor], batch_size: int,
+                        steps: int, callbacks: Sequence[callbacks_module.Callback]) -> Dict[str, float]:
+        """The test loop of evaluate and of fit's validation, with the test hooks."""
+        for cb in callbacks:
+            cb.on_test_begin(None)
+        batch_begin = _hooks(callbacks, "on_test_batch_begin", lambda logs: None)
+        batch_end = _hooks(callbacks, "on_test_batch_end", self._named)
+
+        def progress(batch: int, total: int, logs: Dict[str, Any]) -> bool:
+            batch_end(batch - 1, logs)
+            return True
+
+        result = self._impl.evaluate(xt, yt, batch_size, sample_weight=wt, steps=steps,
+                                     callback=progress if batch_end else None,
+                                     report_seconds=0.0 if batch_end else 0.25, batch_begin=batch_begin)
+        logs = self._named(result)
+        for cb in callbacks:
+            cb.on_test_end(logs)
+        return logs
 
     def _named(self, logs: Dict[str, Any], train: bool = False) -> Dict[str, float]:
         named = {"loss": float(logs["loss"])}
@@ -396,22 +584,48 @@ class Sequential:
             named["loss_scale"] = float(logs["loss_scale"])
         return named
 
-    def evaluate(self, x: Any, y: Any, batch_size: int = 32, verbose: int = 0) -> Dict[str, float]:
-        """The loss and metrics over (x, y), as a dict."""
+    def evaluate(self, x: Any, y: Any, batch_size: int = 32, verbose: int = 0,
+                 sample_weight: Any = None, steps: Optional[int] = None,
+                 callbacks: Optional[Sequence[callbacks_module.Callback]] = None,
+                 return_dict: bool = False) -> Union[float, List[float], Dict[str, float]]:
+        """The loss and metrics over (x, y), as Keras 3 returns them: the loss as a float
+        when the model has no metrics, else ``[loss, *metrics]`` in compile order; with
+        ``return_dict=True`` a dict keyed by name. ``sample_weight`` weighs the loss as
+        in ``fit``; ``steps`` evaluates only the first that many batches; callbacks get
+        the test hooks."""
         self._check_compiled("evaluate")
         distributed._ensure_initialized()
         xt = self._prepare_x("evaluate", x)
         yt = self._prepare_y("evaluate", y, xt.shape[0])
+        wt = self._prepare_weights("evaluate", sample_weight, None, yt)
         self._compile_impl()
-        logs = self._named(self._impl.evaluate(xt, yt, batch_size))
+        callbacks = list(callbacks or [])
+        for cb in callbacks:
+            cb.set_model(self)
+        logs = self._run_evaluation(xt, yt, wt, batch_size, _optional_count("evaluate", "steps", steps), callbacks)
         if verbose and distributed.rank() == 0:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
-        return logs
+        if return_dict:
+            return logs
+        values = list(logs.values())
+        return values if len(values) > 1 else values[0]
 
-    def predict(self, x: Any, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
-        """The model's outputs for x (inference mode: dropout off) as a NumPy array."""
+    def predict(self, x: Any, batch_size: int = 32, verbose: int = 0,
+                callbacks: Optional[Sequence[callbacks_module.Callback]] = None) -> np.ndarray:
+        """The model's outputs for x (inference mode: dropout off) as a NumPy array.
+        Callbacks get the predict hooks; a batch's end sees ``{"outputs": array}``."""
         xt = self._prepare_x("predict", x)
-        return self._impl.predict(xt, batch_size).numpy()
+        callbacks = list(callbacks or [])
+        for cb in callbacks:
+            cb.set_model(self)
+            cb.on_predict_begin(None)
+        batch_end = _hooks(callbacks, "on_predict_batch_end", lambda outputs: {"outputs": outputs.numpy()})
+        outputs = self._impl.predict(xt, batch_size,
+                                     batch_begin=_hooks(callbacks, "on_predict_batch_begin", lambda logs: None),
+                                     batch_end=batch_end).numpy()
+        for cb in callbacks:
+            cb.on_predict_end(None)
+        return outputs
 
     def __call__(self, x: Tensor, training: bool = False) -> Tensor:
         """Eager forward pass with autograd (for custom training loops)."""
@@ -455,8 +669,8 @@ class Sequential:
 
         fit, evaluate and predict then copy each batch from the host to the device, so x
         and y stay NumPy arrays or CPU tensors; predict returns host arrays. The optimizer
-        state follows the parameters at the next step. Saving and get/set_weights read
-        host memory: call ``model.to("cpu")`` first.
+        state follows the parameters at the next step. get/set_weights, save and
+        BackupAndRestore copy through host memory.
         """
         if device != "cpu":
             backends = _core.backends()
@@ -474,6 +688,7 @@ class Sequential:
         return {
             "name": self.name,
             "input_shape": list(self._input_shape) if self._input_shape else None,
+            "input_dtype": self._input_dtype,
             "layers": [{"class_name": type(l).__name__, "config": l.get_config()} for l in self.layers],
         }
 
@@ -492,6 +707,9 @@ class Sequential:
         In a data-parallel job every rank calls it (as the same script runs everywhere)
         and only rank 0 writes; sharded optimizer state is gathered there first.
         """
+        self._write(path, {})
+
+    def _write(self, path: str, extra_metadata: Dict[str, str]) -> None:
         if not self._impl.built:
             self.build()
         state = self._optimizer_state() if self.optimizer is not None else None
@@ -503,7 +721,7 @@ class Sequential:
                 tensors[f"model/{layer.name}/{wname}"] = w.numpy()
         metadata = {"format": "steepest", "format_version": _FORMAT_VERSION,
                     "config": json.dumps(self.get_config()),
-                    "epochs_done": str(self._epochs_done)}
+                    "epochs_done": str(self._epochs_done), **extra_metadata}
         if state is not None:
             slots = []
             for index, entry in enumerate(state["state"]):
@@ -529,6 +747,57 @@ class Sequential:
             metadata["compile"] = json.dumps(compile_config)
         io.write(path, tensors, metadata)
 
+    def _load_weights(self, tensors: Dict[str, np.ndarray], path: str,
+                      saved_names: Optional[List[str]] = None) -> None:
+        """Weights by layer name; with ``saved_names``, the i-th layer takes the weights
+        saved under the i-th name (a model built again gets new automatic names)."""
+        names = saved_names if saved_names is not None else [layer.name for layer in self.layers]
+        if len(names) != len(self.layers):
+            raise ValueError(f"[load_model] {path} holds {len(names)} layers, the model has {len(self.layers)}")
+        for layer, name in zip(self.layers, names):
+            for wname, w in layer.weights.items():
+                key = f"model/{name}/{wname}"
+                if key not in tensors:
+                    raise ValueError(f"[load_model] {path} has no weight {key!r}")
+                _assign(w, tensors[key])
+
+    def _save_backup(self, path: str, epochs_finished: int) -> None:
+        """BackupAndRestore's file: ``save`` plus where fit stands."""
+        state = {"epoch": epochs_finished, "shuffle_seed": self._shuffle_seed}
+        self._write(path, {"backup": json.dumps(state)})
+
+    def _restore_backup(self, path: str) -> None:
+        """Puts the model, its optimizer and fit's epoch and shuffling back where
+        ``_save_backup`` left them."""
+        tensors, metadata = io.read(path)
+        if "backup" not in metadata or "compile" not in metadata:
+            raise ValueError(f"[BackupAndRestore] {path} is not a backup written by BackupAndRestore")
+        saved_layers = json.loads(metadata["config"])["layers"]
+        self._load_weights(tensors, path, [entry["config"]["name"] for entry in saved_layers])
+        self._epochs_done = int(metadata["epochs_done"])
+        compile_config = json.loads(metadata["compile"])
+        self.optimizer.load_state_dict(_saved_optimizer_state(tensors, compile_config["optimizer"]))
+        if self.loss_scaler is not None and "loss_scaler" in compile_config:
+            self.loss_scaler.load_state_dict(compile_config["loss_scaler"])
+        self._compile_impl()
+        state = json.loads(metadata["backup"])
+        self._shuffle_seed, self._initial_epoch = int(state["shuffle_seed"]), int(state["epoch"])
+
+
+def _saved_optimizer_state(tensors: Dict[str, np.ndarray], saved: Dict[str, Any]) -> Dict[str, Any]:
+    """The optimizer's state_dict from what ``save`` wrote."""
+    state = []
+    for index, record in enumerate(saved["state"]):
+        if record is None:
+            state.append(None)
+            continue
+        entry: Dict[str, Any] = {"step": record["step"]}
+        for key in record["slots"]:
+            entry[key] = tensors[f"optimizer/{index}/{key}"]
+        state.append(entry)
+    return {"class_name": saved["class_name"], "config": saved["config"],
+            "iterations": saved["iterations"], "state": state}
+
 
 def load_model(path: str) -> Sequential:
     """Restores a model saved with ``model.save``: predictions are bit-identical and
@@ -539,16 +808,11 @@ def load_model(path: str) -> Sequential:
     config = json.loads(metadata["config"])
     model = Sequential(name=config["name"])
     if config["input_shape"] is not None:
-        model.add(layers_module.Input(tuple(config["input_shape"])))
+        model.add(layers_module.Input(tuple(config["input_shape"]), dtype=config.get("input_dtype")))
     for entry in config["layers"]:
         model.add(layers_module.deserialize(entry))
     model.build()
-    for layer in model.layers:
-        for wname, w in layer.weights.items():
-            key = f"model/{layer.name}/{wname}"
-            if key not in tensors:
-                raise ValueError(f"[load_model] {path} has no weight {key!r}")
-            w.numpy()[...] = tensors[key]
+    model._load_weights(tensors, path)
     model._epochs_done = int(metadata.get("epochs_done", "0"))
     if "compile" in metadata:
         compile_config = json.loads(metadata["compile"])
@@ -556,17 +820,7 @@ def load_model(path: str) -> Sequential:
         loss_entry = compile_config["loss"]
         loss = getattr(losses_module, loss_entry["class_name"])(**loss_entry["config"])
         optimizer = optimizers_module.get(opt["class_name"].lower())
-        state = []
-        for index, record in enumerate(opt["state"]):
-            if record is None:
-                state.append(None)
-                continue
-            entry: Dict[str, Any] = {"step": record["step"]}
-            for key in record["slots"]:
-                entry[key] = tensors[f"optimizer/{index}/{key}"]
-            state.append(entry)
-        optimizer.load_state_dict({"class_name": opt["class_name"], "config": opt["config"],
-                                   "iterations": opt["iterations"], "state": state})
+        optimizer.load_state_dict(_saved_optimizer_state(tensors, opt))
         model.compile(optimizer=optimizer, loss=loss, metrics=compile_config["metrics"])
         # Training resumes under the policy it was saved with, whatever the global one.
         model._policy = mixed_precision.Policy(compile_config.get("dtype_policy", "float32"))
@@ -587,7 +841,7 @@ def GPT(vocab_size: int, context: int, d_model: int, num_heads: int, num_layers:
     ``loss=st.losses.CausalLMCrossEntropy()`` and ``fit(tokens, tokens)``.
     """
     L = layers_module
-    stack: List[Any] = [L.Input((context,)), L.TokenAndPositionEmbedding(vocab_size, context, d_model)]
+    stack: List[Any] = [L.Input((context,), dtype="int64"), L.TokenAndPositionEmbedding(vocab_size, context, d_model)]
     stack += [L.TransformerBlock(d_model, num_heads, mlp_ratio=mlp_ratio, dropout=dropout, remat=remat)
               for _ in range(num_layers)]
     stack += [L.LayerNormalization(epsilon=1e-5), L.Dense(vocab_size)]

@@ -3,7 +3,8 @@ MLP and saves each rank's final weights, history and optimizer-state size to
 OUT/rank<r>.npz, so the test can compare ranks with each other and with one process.
 
     train.py OUT [--shard] [--accumulate K] [--samples N] [--batch B] [--precision P]
-                 [--optimizer adamw|lamb] [--fault die|raise|mismatch]
+                 [--optimizer adamw|lamb] [--fault die|raise|mismatch] [--weighted]
+                 [--backup DIR [--crash-at EPOCH]]
 """
 
 import argparse
@@ -24,6 +25,10 @@ parser.add_argument("--epochs", type=int, default=3)
 parser.add_argument("--precision", default="float32")
 parser.add_argument("--fault", choices=("die", "raise", "mismatch"))
 parser.add_argument("--optimizer", choices=("adamw", "lamb"), default="adamw")
+parser.add_argument("--weighted", action="store_true",
+                    help="sample and class weights, and only 5 batches per epoch")
+parser.add_argument("--backup", help="train with BackupAndRestore into this folder")
+parser.add_argument("--crash-at", type=int, help="every rank raises when this epoch begins")
 args = parser.parse_args()
 
 st.distributed.init()
@@ -55,11 +60,25 @@ class Fault(st.callbacks.Callback):
             raise RuntimeError("rank 1 fails on purpose")
 
 
+class Crash(st.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == args.crash_at:
+            raise SystemExit(f"rank {rank} crashes at epoch {epoch} on purpose")
+
+
 callbacks = [Fault()] if args.fault in ("die", "raise") else []
+if args.backup:
+    callbacks += [st.callbacks.BackupAndRestore(args.backup), Crash()]
+weighting = {}
+validation_data = (x[:40], y[:40])
+if args.weighted:
+    w = rng.uniform(0.2, 2.0, args.samples).astype(np.float32)
+    weighting = dict(sample_weight=w, class_weight={0: 3.0, 2: 0.5}, steps_per_epoch=5)
+    validation_data = (x[:40], y[:40], w[:40])
 try:
     history = model.fit(x, y, batch_size=args.batch, epochs=args.epochs, seed=7, verbose=0,
-                        validation_data=(x[:40], y[:40]), callbacks=callbacks,
-                        gradient_accumulation_steps=args.accumulate)
+                        validation_data=validation_data, callbacks=callbacks,
+                        gradient_accumulation_steps=args.accumulate, **weighting)
 except ValueError as e:
     if args.fault != "mismatch":
         raise

@@ -271,9 +271,32 @@ struct Logs {
   int64_t skipped_steps = 0;  // steps the loss scaler skipped (gradients not finite)
 };
 
+// How an epoch walks through the data.
+struct Batching {
+  int64_t batch_size = 32;
+  std::vector<int64_t> order;  // the sample order; empty: as given
+  int64_t steps = 0;           // batches to run (Keras' steps_per_epoch); 0: all of them
+  // With k, the gradients of k consecutive batches are summed, each weighted by its
+  // share of the k batches' samples, before one optimizer step: the same update as one
+  // batch k times larger.
+  int64_t accumulation_steps = 1;
+};
+
 // Called after batches (the binding throttles the redraw); returning false stops the
 // loop after the current step.
 using Progress = std::function<bool(int64_t batch, int64_t total_batches, const Logs& logs)>;
+
+// What the batch loops call around each batch. before_batch (batch index from 0) is set
+// only where some Python callback overrides a batch-begin hook, so that a model trained
+// without one never leaves C++ between batches.
+struct BatchCallbacks {
+  Progress after_batch;
+  std::function<void(int64_t batch)> before_batch;
+};
+struct PredictCallbacks {
+  std::function<void(int64_t batch)> before_batch;
+  std::function<void(int64_t batch, const Tensor& outputs)> after_batch;
+};
 
 class Sequential {
  public:
@@ -314,27 +337,27 @@ class Sequential {
   const std::shared_ptr<optim::LossScaler>& loss_scaler() const { return loss_scaler_; }
 
   Tensor forward(const Tensor& x, bool training, int64_t step) const;
-  // One epoch over (x, y) in batches; `order` (optional) is the sample order. Under data
-  // parallelism every rank passes the same x, y and order, batch_size is the global batch
-  // and each rank computes its contiguous share of every batch; the logs are global. With
-  // accumulation_steps = k the gradients of k consecutive batches are summed, each
-  // weighted by its share of the k batches' samples, before one optimizer step: the
-  // same update as one batch k times larger.
-  Logs train_epoch(const Tensor& x, const Tensor& y, int64_t batch_size,
-                   const std::vector<int64_t>& order, bool stop_on_nan, const Progress& progress,
-                   int64_t accumulation_steps = 1);
-  Logs evaluate(const Tensor& x, const Tensor& y, int64_t batch_size, const Progress& progress);
-  Tensor predict(const Tensor& x, int64_t batch_size) const;
+  // One epoch over (x, y) in batches. sample_weight (undefined: none) weighs the loss
+  // terms, Keras' way: Σ w·loss / number of terms; it is cut into batches with the same
+  // rows as x and y. Under data parallelism every rank passes the same data and
+  // batching, batch_size is the global batch and each rank computes its contiguous
+  // share of every batch; the logs are global.
+  Logs train_epoch(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
+                   const Batching& batching, bool stop_on_nan, const BatchCallbacks& callbacks);
+  Logs evaluate(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
+                const Batching& batching, const BatchCallbacks& callbacks);
+  Tensor predict(const Tensor& x, int64_t batch_size, const PredictCallbacks& callbacks = {}) const;
 
  private:
   // The loss of a batch, fusing a final softmax/sigmoid into the loss when the loss
   // expects probabilities (stable log-softmax instead of log(softmax)).
-  Tensor batch_loss(const Tensor& x, const Tensor& y, bool training, int64_t step,
-                    Tensor* output) const;
-  // Σ over the n rows of each metric, in compile order.
+  Tensor batch_loss(const Tensor& x, const Tensor& y, const Tensor& sample_weight, bool training,
+                    int64_t step, Tensor* output) const;
+  // Σ over the n samples of each metric (a sample's value: the mean over its positions),
+  // in compile order.
   std::vector<double> metric_sums(const Tensor& output, const Tensor& y, int64_t n) const;
-  Logs run(const Tensor& x, const Tensor& y, int64_t batch_size, const std::vector<int64_t>& order,
-           bool train, bool stop_on_nan, const Progress& progress, int64_t accumulation_steps);
+  Logs run(const Tensor& x, const Tensor& y, const Tensor& sample_weight, const Batching& batching,
+           bool train, bool stop_on_nan, const BatchCallbacks& callbacks);
 
   std::vector<std::shared_ptr<Layer>> layers_;
   Dims input_shape_;

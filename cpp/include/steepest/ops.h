@@ -96,6 +96,9 @@ Tensor contiguous(const Tensor& x);
 Tensor clone(const Tensor& x);
 Tensor astype(const Tensor& x, DType dtype);
 Tensor to_device(const Tensor& x, Device device);
+// Writes src into dst in place, from any device and dtype (dst keeps its own): how
+// weights are set on a GPU model. Not recorded by autograd.
+void copy_into(const Tensor& src, Tensor& dst);
 
 // Creation.
 Tensor randn(const Dims& shape, std::optional<uint64_t> seed, DType dtype, Device device);
