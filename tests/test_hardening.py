@@ -214,3 +214,17 @@ def test_permute_with_negative_axes_has_the_right_gradient(torch_mod):
     (u * torch_mod.arange(u.numel(), dtype=torch_mod.float64).reshape(u.shape)).sum().backward()
     assert y.shape == tuple(u.shape)
     np.testing.assert_array_equal(x.grad.numpy(), t.grad.numpy())
+
+
+def test_empty_data_and_huge_batches_are_not_silently_zero():
+    model = st.Sequential([st.layers.Input((3,)), st.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((10, 3), np.float32), np.zeros((10, 2), np.float32)
+    history = model.fit(x, y, batch_size=2**63 - 1, verbose=0)  # one batch: the whole data
+    assert history.history["loss"][0] > 0
+    with pytest.raises(ValueError, match=r"\[fit\] x has no samples"):
+        model.fit(x[:0], y[:0], verbose=0)
+    with pytest.raises(ValueError, match=r"\[fit\] x has no samples"):
+        model.fit(x, y, validation_split=0.95, verbose=0)
+    with pytest.raises(ValueError, match=r"\[evaluate\] x has no samples"):
+        model.evaluate(x[:0], y[:0])

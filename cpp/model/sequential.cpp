@@ -314,23 +314,29 @@ void Sequential::synchronize_replicas() {
 
 Logs Sequential::run(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
                      const Batching& batching, bool train, bool stop_on_nan, const BatchCallbacks& callbacks) {
-  const int64_t batch_size = batching.batch_size, accumulation_steps = batching.accumulation_steps;
   const std::vector<int64_t>& order = batching.order;
-  if (!built_) fail("fit", "the model is not built; give it an Input layer or call build()");
-  if (!compiled()) fail("fit", "the model must be compiled before fit/evaluate; call compile()");
-  if (batch_size <= 0) fail("fit", "batch_size must be positive, got ", batch_size);
-  if (accumulation_steps <= 0)
-    fail("fit", "gradient_accumulation_steps must be positive, got ", accumulation_steps);
+  const char* op = train ? "fit" : "evaluate";
+  if (!built_) fail(op, "the model is not built; give it an Input layer or call build()");
+  if (!compiled()) fail(op, "the model must be compiled before fit/evaluate; call compile()");
+  if (batching.batch_size <= 0) fail(op, "batch_size must be positive, got ", batching.batch_size);
+  if (batching.accumulation_steps <= 0)
+    fail(op, "gradient_accumulation_steps must be positive, got ", batching.accumulation_steps);
   int64_t n = x.ndim() ? x.shape()[0] : 0;
   if (!y.defined() || y.ndim() == 0 || y.shape()[0] != n)
-    fail("fit", "x has ", n, " samples but y has shape ", y.defined() ? y.shape() : Dims{});
+    fail(op, "x has ", n, " samples but y has shape ", y.defined() ? y.shape() : Dims{});
+  // An empty epoch would report a loss of 0 for data never seen.
+  if (n == 0) fail(op, "x has no samples");
+  // A batch larger than the data is the whole data; clamped, no batch count below can
+  // overflow (batch_size = 2^63 - 1 gave zero batches and a loss of 0).
+  const int64_t batch_size = std::min(batching.batch_size, n);
+  const int64_t accumulation_steps = std::min(batching.accumulation_steps, n);
   if (sample_weight.defined() && (sample_weight.ndim() == 0 || sample_weight.shape()[0] != n))
     fail("fit", "x has ", n, " samples but sample_weight has shape ", sample_weight.shape());
   if (batching.steps < 0) fail("fit", "steps must be positive (or 0 for all batches), got ", batching.steps);
   Logs logs;
   logs.metrics.assign(metrics_.size(), 0.0);
   std::vector<Tensor> params = parameters();
-  int64_t total_batches = (n + batch_size - 1) / batch_size;
+  int64_t total_batches = n / batch_size + (n % batch_size != 0);
   if (batching.steps > 0) total_batches = std::min(total_batches, batching.steps);
   const int64_t epoch_samples = std::min(n, total_batches * batch_size);
 
