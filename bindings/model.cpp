@@ -178,6 +178,7 @@ void init_model(nb::module_& parent) {
              s.build(Dims(shape.begin(), shape.end()), seed);
            }, arg("input_shape"), arg("seed"))
       .def("parameters", &model::Sequential::parameters)
+      .def("parameter_names", &model::Sequential::parameter_names)
       .def("to", [](model::Sequential& s, const std::string& device) { s.to(parse_device(device)); },
            arg("device"), "Moves the weights to the device; batches follow them there.")
       .def_prop_ro("device", [](const model::Sequential& s) { return s.device().str(); })

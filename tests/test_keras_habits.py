@@ -574,3 +574,60 @@ def test_same_padding_pads_like_keras_at_any_stride(size, kernel, stride):
     expected = st.ops.conv2d(x, conv.weights["kernel"], conv.weights["bias"], stride=stride, padding=pads)
     np.testing.assert_array_equal(y.numpy(), expected.numpy())
 
+
+# ------------------------------------------------------------ exclude_from_weight_decay
+
+@pytest.mark.parametrize("name, extra", [
+    ("SGD", {"momentum": 0.9}), ("RMSprop", {}), ("Adam", {}), ("AdamW", {}), ("Lamb", {}),
+    ("Adafactor", {"relative_step": False}),
+])
+def test_exclude_from_weight_decay_var_list(name, extra):
+    # With zero gradients only weight decay (decoupled or L2) moves a parameter.
+    optimizer = getattr(st.optimizers, name)(learning_rate=0.1, weight_decay=0.1, **extra)
+    kernel, bias = st.ones((3, 2)), st.ones((2,))
+    for p in (kernel, bias):
+        p.grad = st.zeros(p.shape)
+    optimizer.exclude_from_weight_decay(var_list=[bias])
+    optimizer.step([kernel, bias])
+    assert np.all(kernel.numpy() < 1)
+    np.testing.assert_array_equal(bias.numpy(), np.ones(2, np.float32))
+
+
+def _frozen_projection_model():
+    # A 1-unit projection followed by LayerNormalization over that one unit: the output
+    # is beta whatever the projection gives, so "proj" and gamma get zero gradients and
+    # only weight decay can move them.
+    st.manual_seed(0)
+    return st.Sequential([
+        st.layers.Input((4,)),
+        st.layers.Dense(1, bias_initializer="ones", name="proj"),
+        st.layers.LayerNormalization(),
+        st.layers.Dense(3),
+    ])
+
+
+def test_exclude_from_weight_decay_var_names_in_fit(tmp_path):
+    x, y = _blobs(n=64, features=4)
+    model = _frozen_projection_model()
+    optimizer = st.optimizers.AdamW(learning_rate=0.1, weight_decay=0.5)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma"])
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    model.build()
+    kernel0 = model.layers[0].weights["kernel"].numpy().copy()
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)  # 8 steps
+    np.testing.assert_allclose(model.layers[0].weights["kernel"].numpy(), kernel0 * 0.95 ** 8, rtol=1e-5)
+    np.testing.assert_array_equal(model.layers[0].weights["bias"].numpy(), [1.0])
+    np.testing.assert_array_equal(model.layers[1].weights["gamma"].numpy(), [1.0])
+    model.save(str(tmp_path / "m.steepest"))
+    restored = st.models.load_model(str(tmp_path / "m.steepest"))
+    assert restored.optimizer.state_dict()["exclude_from_weight_decay"] == ["bias", "gamma"]
+
+
+def test_gpt_recipe_decays_only_matrices():
+    model = st.models.GPT(vocab_size=11, context=8, d_model=16, num_heads=2, num_layers=2)
+    model.build()
+    for layer in model.layers:
+        for name, weight in layer.weights.items():
+            path = f"{layer.name}/{name}"
+            excluded = any(part in path for part in st.models.GPT_NO_WEIGHT_DECAY)
+            assert excluded == (weight.ndim != 2), path

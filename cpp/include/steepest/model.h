@@ -317,6 +317,9 @@ class Sequential {
   bool built() const { return built_; }
   const Dims& input_shape() const { return input_shape_; }
   std::vector<Tensor> parameters() const;
+  // Keras' variable paths of parameters() ("dense/kernel"), in the same order: the names
+  // save_weights writes and exclude_from_weight_decay matches.
+  std::vector<std::string> parameter_names() const;
   // Puts the weights on `device` (also those built later); fit, evaluate and predict then
   // copy each batch there from the host, and predict returns host tensors.
   void to(Device device);
