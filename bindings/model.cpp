@@ -138,12 +138,18 @@ void init_model(nb::module_& parent) {
       .def("__init__", [act, reg](model::Conv2D* self, std::string name, int64_t filters,
                                   std::pair<int64_t, int64_t> kernel, std::pair<int64_t, int64_t> strides,
                                   bool same, std::string activation, bool use_bias, std::string kernel_init,
-                                  std::pair<double, double> kernel_reg) {
+                                  std::pair<double, double> kernel_reg, const std::string& data_format) {
         new (self) model::Conv2D(std::move(name), filters, kernel, strides, same, act(activation), use_bias,
-                                 std::move(kernel_init), reg(kernel_reg));
+                                 std::move(kernel_init), reg(kernel_reg),
+                                 model::data_format_from_name("Conv2D", data_format));
       });
   nb::class_<model::Pool2D, model::Layer>(m, "Pool2D")
-      .def(nb::init<std::string, bool, std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>>());
+      .def("__init__", [](model::Pool2D* self, std::string name, bool max, std::pair<int64_t, int64_t> pool,
+                          std::pair<int64_t, int64_t> strides, const std::string& data_format) {
+        const char* op = max ? "MaxPool2D" : "AvgPool2D";
+        new (self) model::Pool2D(std::move(name), max, pool, strides,
+                                 model::data_format_from_name(op, data_format));
+      });
   nb::class_<model::Flatten, model::Layer>(m, "Flatten").def(nb::init<std::string>());
   nb::class_<model::ActivationLayer, model::Layer>(m, "Activation")
       .def("__init__", [act](model::ActivationLayer* self, std::string name, std::string activation) {
@@ -172,6 +178,7 @@ void init_model(nb::module_& parent) {
              s.build(Dims(shape.begin(), shape.end()), seed);
            }, arg("input_shape"), arg("seed"))
       .def("parameters", &model::Sequential::parameters)
+      .def("parameter_names", &model::Sequential::parameter_names)
       .def("to", [](model::Sequential& s, const std::string& device) { s.to(parse_device(device)); },
            arg("device"), "Moves the weights to the device; batches follow them there.")
       .def_prop_ro("device", [](const model::Sequential& s) { return s.device().str(); })

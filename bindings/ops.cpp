@@ -65,6 +65,17 @@ namespace {
 
 Tensor optional_tensor(const std::optional<Tensor>& t) { return t ? *t : Tensor(); }
 
+// conv2d's padding: an int, a pair (ph, pw), or ((top, bottom), (left, right)) as
+// torch.nn.functional.pad and Keras' ZeroPadding2D write uneven padding.
+ops::Padding2d parse_padding(const char* op, const nb::handle& value) {
+  bool nested = (nb::isinstance<nb::tuple>(value) || nb::isinstance<nb::list>(value)) &&
+                nb::len(value) == 2 && !PyLong_Check(nb::handle(value[0]).ptr());
+  if (!nested) return parse_pair(op, "padding", value);
+  auto [top, bottom] = parse_pair(op, "padding", value[0]);
+  auto [left, right] = parse_pair(op, "padding", value[1]);
+  return {top, bottom, left, right};
+}
+
 }  // namespace
 
 void init_ops(nb::module_& parent) {
@@ -132,12 +143,13 @@ void init_ops(nb::module_& parent) {
   m.def("conv2d",
         [](const Tensor& x, const Tensor& w, std::optional<Tensor> b, nb::handle stride, nb::handle padding) {
           auto s = parse_pair("conv2d", "stride", stride);
-          auto p = parse_pair("conv2d", "padding", padding);
+          auto p = parse_padding("conv2d", padding);
           nb::gil_scoped_release release;
           return ops::conv2d(x, w, optional_tensor(b), s, p);
         },
         arg("x"), arg("w"), arg("b").none() = nb::none(), arg("stride") = 1, arg("padding") = 0,
-        "2-D convolution (NCHW; w: out x in x kh x kw) via im2col + GEMM.");
+        "2-D convolution (NCHW; w: out x in x kh x kw) via im2col + GEMM. padding: an int,\n"
+        "(ph, pw), or ((top, bottom), (left, right)).");
   m.def("max_pool2d",
         [](const Tensor& x, nb::handle kernel, nb::handle stride, nb::handle padding) {
           auto k = parse_pair("max_pool2d", "kernel_size", kernel);

@@ -193,6 +193,11 @@ void init_optim(nb::module_& parent) {
       .def("step", [](optim::Optimizer& o, const std::vector<Tensor>& params, bool skip) { o.step(params, skip); },
            arg("params"), arg("skip") = false, Release(),
            "Updates every param that has a grad, in place; state is matched by position.")
+      .def("exclude_from_weight_decay", &optim::Optimizer::exclude_from_weight_decay,
+           arg("var_list"), arg("var_names"),
+           "No weight decay for the tensors of var_list and the parameters whose name contains "
+           "one of var_names (replaces earlier exclusions).")
+      .def_prop_ro("excluded_names", &optim::Optimizer::excluded_names)
       .def_prop_ro("name", &optim::Optimizer::name)
       .def_prop_ro("iterations", &optim::Optimizer::iterations)
       .def_prop_ro("learning_rate", &optim::Optimizer::learning_rate,

@@ -249,8 +249,8 @@ __global__ void im2col(const T* x, Conv2dGeometry g, int64_t n0, int64_t count, 
   STEEPEST_GRID_STRIDE(e, count * ckk * spatial) {
     const int64_t p = e % spatial, r = (e / spatial) % ckk, n = e / (spatial * ckk);
     const int64_t c = r / taps, ki = (r / g.kernel_w) % g.kernel_h, kj = r % g.kernel_w;
-    const int64_t ih = (p / g.out_w) * g.stride_h - g.pad_h + ki;
-    const int64_t iw = (p % g.out_w) * g.stride_w - g.pad_w + kj;
+    const int64_t ih = (p / g.out_w) * g.stride_h - g.pad_top + ki;
+    const int64_t iw = (p % g.out_w) * g.stride_w - g.pad_left + kj;
     const bool inside = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
     cols[n * stride_n + r * ld + p] =
         inside ? x[(((n0 + n) * g.in_channels + c) * g.in_h + ih) * g.in_w + iw] : T(0);
@@ -270,12 +270,12 @@ __global__ void col2im(const T* cols, Conv2dGeometry g, int64_t n0, int64_t coun
     const T* base = cols + n * ckk * spatial;
     T acc = 0;
     for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-      const int64_t oh_scaled = ih + g.pad_h - ki;
+      const int64_t oh_scaled = ih + g.pad_top - ki;
       if (oh_scaled < 0 || oh_scaled % g.stride_h != 0) continue;
       const int64_t oh = oh_scaled / g.stride_h;
       if (oh >= g.out_h) continue;
       for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-        const int64_t ow_scaled = iw + g.pad_w - kj;
+        const int64_t ow_scaled = iw + g.pad_left - kj;
         if (ow_scaled < 0 || ow_scaled % g.stride_w != 0) continue;
         const int64_t ow = ow_scaled / g.stride_w;
         if (ow >= g.out_w) continue;
@@ -315,7 +315,7 @@ __global__ void bias_gradient(const T* gy, int64_t batch, int64_t channels, int6
 
 bool is_pointwise(const Conv2dGeometry& g) {
   return g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
-         g.pad_h == 0 && g.pad_w == 0;
+         g.pad_top == 0 && g.pad_bottom == 0 && g.pad_left == 0 && g.pad_right == 0;
 }
 
 // Images per chunk so that `per_image` elements each stay within the budget.
@@ -454,10 +454,10 @@ __global__ void pool_forward(bool max_pool, const T* x, Conv2dGeometry g, T* y, 
     T best = -T(INFINITY), total = 0;
     int64_t best_index = -1;
     for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-      const int64_t ih = oh * g.stride_h - g.pad_h + ki;
+      const int64_t ih = oh * g.stride_h - g.pad_top + ki;
       if (ih < 0 || ih >= g.in_h) continue;
       for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-        const int64_t iw = ow * g.stride_w - g.pad_w + kj;
+        const int64_t iw = ow * g.stride_w - g.pad_left + kj;
         if (iw < 0 || iw >= g.in_w) continue;
         const T v = plane[ih * g.in_w + iw];
         total += v;
@@ -488,10 +488,10 @@ __global__ void pool_backward(bool max_pool, const T* gy, const int64_t* argmax,
     const int64_t pixel = ih * g.in_w + iw;
     // Windows oh with oh·s − pad ≤ ih < oh·s − pad + k.
     // (C++ division truncates, so a negative first bound still clamps to 0.)
-    const int64_t oh_first = (ih + g.pad_h - g.kernel_h + g.stride_h) / g.stride_h;
-    const int64_t oh_last = (ih + g.pad_h) / g.stride_h;
-    const int64_t ow_first = (iw + g.pad_w - g.kernel_w + g.stride_w) / g.stride_w;
-    const int64_t ow_last = (iw + g.pad_w) / g.stride_w;
+    const int64_t oh_first = (ih + g.pad_top - g.kernel_h + g.stride_h) / g.stride_h;
+    const int64_t oh_last = (ih + g.pad_top) / g.stride_h;
+    const int64_t ow_first = (iw + g.pad_left - g.kernel_w + g.stride_w) / g.stride_w;
+    const int64_t ow_last = (iw + g.pad_left) / g.stride_w;
     const int64_t oh_lo = oh_first > 0 ? oh_first : 0, oh_hi = oh_last < g.out_h ? oh_last : g.out_h - 1;
     const int64_t ow_lo = ow_first > 0 ? ow_first : 0, ow_hi = ow_last < g.out_w ? ow_last : g.out_w - 1;
     T acc = 0;

@@ -194,6 +194,16 @@ def test_zero1_matches_unsharded_and_shards_the_state(tmp_path):
 
 
 @needs_mpi
+def test_zero1_pieces_keep_their_parameters_weight_decay_exclusion(tmp_path):
+    # AdamW(weight_decay=0.5) with exclude_from_weight_decay(var_names=["bias"]): each flat
+    # piece of a rank's shard must decay (or not) as its parameter does.
+    single = train(tmp_path / "one", "--exclude-bias", ranks=1)[0]
+    sharded = train(tmp_path / "zero", "--shard", "--exclude-bias", ranks=2)
+    for a, b in zip(weights(single), weights(sharded[0])):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+@needs_mpi
 def test_zero1_refuses_optimizers_that_update_whole_tensors(tmp_path):
     (tmp_path / "out").mkdir()
     proc = launch(os.path.join(SCRIPTS, "train.py"), tmp_path / "out", "--shard", "--optimizer", "lamb",

@@ -500,3 +500,134 @@ def test_backup_survives_ctrl_c(tmp_path):
         pass  # it landed in Python code between two epochs
     timer.cancel()
     assert (backup / "latest.steepest").exists()  # Ctrl-C is not the end: fit can resume
+
+
+# ------------------------------------------------------- images: data_format and "same"
+
+def _images(n=16, h=9, w=9, c=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, h, w, c)).astype(np.float32), rng.integers(0, 3, n)
+
+
+def test_channels_last_images_train_like_keras(tmp_path):
+    x, y = _images()
+    st.manual_seed(0)
+    model = st.Sequential([
+        st.layers.Input((9, 9, 2)),
+        st.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", data_format="channels_last"),
+        st.layers.MaxPool2D(2, data_format="channels_last"),
+        st.layers.Flatten(),
+        st.layers.Dense(3),
+    ])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert [l.output_shape for l in model.layers[:2]] == [(None, 5, 5, 4), (None, 2, 2, 4)]
+    assert model.predict(x).shape == (16, 3)
+    model.save(str(tmp_path / "nhwc.steepest"))
+    restored = st.models.load_model(str(tmp_path / "nhwc.steepest"))
+    assert restored.layers[0].get_config()["data_format"] == "channels_last"
+    assert restored.layers[1].get_config()["data_format"] == "channels_last"
+    np.testing.assert_array_equal(restored.predict(x), model.predict(x))
+
+
+def test_channels_last_computes_what_channels_first_does():
+    x, _ = _images()
+    nchw = x.transpose(0, 3, 1, 2).copy()
+    outputs = {}
+    for fmt, data in (("channels_first", nchw), ("channels_last", x)):
+        conv = st.layers.Conv2D(3, (3, 2), strides=(2, 1), padding="same", data_format=fmt)
+        pool = st.layers.AvgPool2D(2, data_format=fmt)
+        st.manual_seed(0)  # the same kernel (out, in, kh, kw) in both layouts
+        outputs[fmt] = pool(conv(st.tensor(data))).numpy()
+    np.testing.assert_allclose(outputs["channels_last"], outputs["channels_first"].transpose(0, 2, 3, 1),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_image_data_format_sets_the_default():
+    assert st.config.image_data_format() == "channels_first"
+    st.config.set_image_data_format("channels_last")
+    try:
+        model = st.Sequential([st.layers.Input((28, 28, 1)),
+                               st.layers.Conv2D(8, 3, strides=2, padding="same"),
+                               st.layers.MaxPool2D()])
+        model.build()
+        assert model.layers[0].output_shape == (None, 14, 14, 8)
+        assert model.layers[1].output_shape == (None, 7, 7, 8)
+        assert model.predict(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 7, 7, 8)
+    finally:
+        st.config.set_image_data_format("channels_first")
+    assert st.layers.Conv2D(8, 3).get_config()["data_format"] == "channels_first"
+    with pytest.raises(ValueError, match=r"\[set_image_data_format\] data_format must be"):
+        st.config.set_image_data_format("NHWC")
+
+
+@pytest.mark.parametrize("size, kernel, stride", [(28, 3, 2), (7, 2, 1), (8, 4, 3), (5, 1, 2)])
+def test_same_padding_pads_like_keras_at_any_stride(size, kernel, stride):
+    # Keras: output ceil(size / stride); the odd padding pixel goes after (bottom/right).
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    x = st.randn((2, 3, size, size), seed=1)
+    conv = st.layers.Conv2D(4, kernel, strides=stride, padding="same")
+    y = conv(x)
+    assert y.shape == (2, 4, out, out)
+    pads = ((total // 2, total - total // 2),) * 2
+    expected = st.ops.conv2d(x, conv.weights["kernel"], conv.weights["bias"], stride=stride, padding=pads)
+    np.testing.assert_array_equal(y.numpy(), expected.numpy())
+
+
+# ------------------------------------------------------------ exclude_from_weight_decay
+
+@pytest.mark.parametrize("name, extra", [
+    ("SGD", {"momentum": 0.9}), ("RMSprop", {}), ("Adam", {}), ("AdamW", {}), ("Lamb", {}),
+    ("Adafactor", {"relative_step": False}),
+])
+def test_exclude_from_weight_decay_var_list(name, extra):
+    # With zero gradients only weight decay (decoupled or L2) moves a parameter.
+    optimizer = getattr(st.optimizers, name)(learning_rate=0.1, weight_decay=0.1, **extra)
+    kernel, bias = st.ones((3, 2)), st.ones((2,))
+    for p in (kernel, bias):
+        p.grad = st.zeros(p.shape)
+    optimizer.exclude_from_weight_decay(var_list=[bias])
+    optimizer.step([kernel, bias])
+    assert np.all(kernel.numpy() < 1)
+    np.testing.assert_array_equal(bias.numpy(), np.ones(2, np.float32))
+
+
+def _frozen_projection_model():
+    # A 1-unit projection followed by LayerNormalization over that one unit: the output
+    # is beta whatever the projection gives, so "proj" and gamma get zero gradients and
+    # only weight decay can move them.
+    st.manual_seed(0)
+    return st.Sequential([
+        st.layers.Input((4,)),
+        st.layers.Dense(1, bias_initializer="ones", name="proj"),
+        st.layers.LayerNormalization(),
+        st.layers.Dense(3),
+    ])
+
+
+def test_exclude_from_weight_decay_var_names_in_fit(tmp_path):
+    x, y = _blobs(n=64, features=4)
+    model = _frozen_projection_model()
+    optimizer = st.optimizers.AdamW(learning_rate=0.1, weight_decay=0.5)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma"])
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    model.build()
+    kernel0 = model.layers[0].weights["kernel"].numpy().copy()
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)  # 8 steps
+    np.testing.assert_allclose(model.layers[0].weights["kernel"].numpy(), kernel0 * 0.95 ** 8, rtol=1e-5)
+    np.testing.assert_array_equal(model.layers[0].weights["bias"].numpy(), [1.0])
+    np.testing.assert_array_equal(model.layers[1].weights["gamma"].numpy(), [1.0])
+    model.save(str(tmp_path / "m.steepest"))
+    restored = st.models.load_model(str(tmp_path / "m.steepest"))
+    assert restored.optimizer.state_dict()["exclude_from_weight_decay"] == ["bias", "gamma"]
+
+
+def test_gpt_recipe_decays_only_matrices():
+    model = st.models.GPT(vocab_size=11, context=8, d_model=16, num_heads=2, num_layers=2)
+    model.build()
+    for layer in model.layers:
+        for name, weight in layer.weights.items():
+            path = f"{layer.name}/{name}"
+            excluded = any(part in path for part in st.models.GPT_NO_WEIGHT_DECAY)
+            assert excluded == (weight.ndim != 2), path

@@ -38,6 +38,32 @@ def test_conv2d(x, w, bias, stride, padding):
                  [x, w], **CONV_TOL)
 
 
+ASYMMETRIC_CASES = [
+    # x, w, stride, padding ((top, bottom), (left, right)) or (ph, pw)
+    pytest.param((2, 2, 7, 7), (3, 2, 3, 3), 2, ((0, 1), (0, 1)), id="keras-same-stride2"),
+    pytest.param((1, 2, 5, 6), (2, 2, 2, 3), 1, ((0, 1), (1, 1)), id="even-kernel-stride1"),
+    pytest.param((1, 1, 4, 5), (2, 1, 3, 2), 1, ((2, 0), (0, 3)), id="one-sided-beyond-kernel"),
+    pytest.param((2, 3, 6, 5), (2, 3, 3, 3), (2, 1), ((1, 2), (2, 1)), id="rect-stride"),
+    pytest.param((1, 2, 5, 5), (2, 2, 3, 3), 1, (1, 2), id="pair"),
+]
+
+
+@pytest.mark.parametrize("x, w, stride, padding", ASYMMETRIC_CASES)
+def test_conv2d_asymmetric_padding(x, w, stride, padding):
+    (top, bottom), (left, right) = padding if isinstance(padding[0], tuple) else [(p, p) for p in padding]
+    check_op(lambda x_, w_, b_: ops.conv2d(x_, w_, b_, stride=stride, padding=padding),
+             lambda x_, w_, b_: F.conv2d(F.pad(x_, (left, right, top, bottom)), w_, b_, stride=stride),
+             [x, w, (w[0],)], **CONV_TOL)
+
+
+def test_conv2d_padding_errors():
+    x, w = st.randn((1, 1, 4, 4)), st.randn((1, 1, 3, 3))
+    with pytest.raises(ValueError, match=r"\[conv2d\] padding must be non-negative, got \(\(0, -1\), \(1, 1\)\)"):
+        ops.conv2d(x, w, padding=((0, -1), (1, 1)))
+    with pytest.raises(TypeError, match=r"\[conv2d\] padding must be an int or a pair of ints"):
+        ops.conv2d(x, w, padding=((0, 1, 2), (1, 1)))
+
+
 @pytest.mark.parametrize("layouts", [
     pytest.param(("T", None, None), id="transposed-x"),
     pytest.param((None, "slice", "slice"), id="sliced-w-b"),

@@ -19,7 +19,7 @@ struct ConvLayer {
     g.in_h = g.in_w = size;
     g.out_channels = out_channels;
     g.kernel_h = g.kernel_w = kernel;
-    g.pad_h = g.pad_w = pad;
+    g.pad_top = g.pad_bottom = g.pad_left = g.pad_right = pad;
     g.out_h = g.out_w = size + 2 * pad - kernel + 1;
     x = ops::randn({batch, in_channels, size, size}, 1, DType::Float32, Device{});
     weight = ops::randn({out_channels, in_channels, kernel, kernel}, 2, DType::Float32, Device{});

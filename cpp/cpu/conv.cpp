@@ -82,7 +82,7 @@ struct IndexRange {
 
 // Output columns [lo, hi) whose input column ow·stride + kj − pad lies inside the image.
 IndexRange valid_columns(const Conv2dGeometry& g, int64_t kj) {
-  const int64_t shift = kj - g.pad_w;
+  const int64_t shift = kj - g.pad_left;
   const int64_t lo = std::clamp<int64_t>(ceil_div(-shift, g.stride_w), 0, g.out_w);
   const int64_t hi = std::clamp<int64_t>(ceil_div(g.in_w - shift, g.stride_w), lo, g.out_w);
   return {lo, hi};
@@ -108,7 +108,7 @@ template <class T>
 class Columns final : public GemmSource<T> {
  public:
   Columns(const T* x, const Conv2dGeometry& g, int64_t n0, int64_t count, bool transposed)
-      : g_(g), transposed_(transposed), hp_(g.in_h + 2 * g.pad_h), wp_(g.in_w + 2 * g.pad_w) {
+      : g_(g), transposed_(transposed), hp_(g.in_h + g.pad_top + g.pad_bottom), wp_(g.in_w + g.pad_left + g.pad_right) {
     pad_images(x + n0 * g.in_channels * g.in_h * g.in_w, count);
   }
 
@@ -120,7 +120,7 @@ class Columns final : public GemmSource<T> {
   }
 
  private:
-  // padded_: (count, C, H + 2·pad_h, W + 2·pad_w); start_[p]: where output pixel p's
+  // padded_: (count, C, top + H + bottom, left + W + right); start_[p]: where output pixel p's
   // receptive field begins in it (tap (0, 0) of channel 0).
   void pad_images(const T* x, int64_t count) {
     thread_local std::vector<T> image_buffer;
@@ -140,9 +140,9 @@ class Columns final : public GemmSource<T> {
     }
   }
 
-  // One (H, W) plane into the interior of its zeroed (H + 2·pad_h, W + 2·pad_w) copy.
+  // One (H, W) plane into the interior of its zeroed padded copy.
   void pad_plane(const T* src, T* dst) const {
-    dst += g_.pad_h * wp_ + g_.pad_w;
+    dst += g_.pad_top * wp_ + g_.pad_left;
     if (g_.in_w >= 16) {
       for (int64_t h = 0; h < g_.in_h; ++h) copy_blocks(src + h * g_.in_w, g_.in_w, dst + h * wp_);
     } else if (g_.in_w == 4 || g_.in_w == 8) {
@@ -295,7 +295,7 @@ void add_bias(const T* bias, const Conv2dGeometry& g, T* y) {
 
 bool is_pointwise(const Conv2dGeometry& g) {
   return g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
-         g.pad_h == 0 && g.pad_w == 0;
+         g.pad_top == 0 && g.pad_bottom == 0 && g.pad_left == 0 && g.pad_right == 0;
 }
 
 // y = conv(x, w) + bias (bias may be null): per group, Y_col = W_row · X_col.
@@ -427,9 +427,9 @@ void col2im(const T* cols, const Conv2dGeometry& g, int64_t n0, int64_t count, T
         for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
           const T* src = cols + ((c * g.kernel_h + ki) * g.kernel_w + kj) * width + i * spatial;
           const IndexRange valid = valid_columns(g, kj);
-          const int64_t shift = kj - g.pad_w;
+          const int64_t shift = kj - g.pad_left;
           for (int64_t oh = 0; oh < g.out_h; ++oh, src += g.out_w) {
-            const int64_t ih = oh * g.stride_h - g.pad_h + ki;
+            const int64_t ih = oh * g.stride_h - g.pad_top + ki;
             if (ih < 0 || ih >= g.in_h) continue;
             T* row = plane + ih * g.in_w;
             for (int64_t ow = valid.lo; ow < valid.hi; ++ow) row[ow * g.stride_w + shift] += src[ow];
@@ -441,7 +441,7 @@ void col2im(const T* cols, const Conv2dGeometry& g, int64_t n0, int64_t count, T
 
 // dX for a stride-1 convolution: the full correlation of G with the kernel flipped in
 // space and with input and output channels swapped, i.e. a convolution with padding
-// k − 1 − pad whose output has the input's size.
+// k − 1 − pad (per side) whose output has the input's size.
 template <class T>
 void input_gradient_stride1(const T* w, const T* grad_y, const Conv2dGeometry& g, T* dx) {
   const int64_t taps = g.kernel_h * g.kernel_w;
@@ -459,8 +459,10 @@ void input_gradient_stride1(const T* w, const T* grad_y, const Conv2dGeometry& g
   t.in_w = g.out_w;
   t.out_h = g.in_h;
   t.out_w = g.in_w;
-  t.pad_h = g.kernel_h - 1 - g.pad_h;
-  t.pad_w = g.kernel_w - 1 - g.pad_w;
+  t.pad_top = g.kernel_h - 1 - g.pad_top;
+  t.pad_bottom = g.kernel_h - 1 - g.pad_bottom;
+  t.pad_left = g.kernel_w - 1 - g.pad_left;
+  t.pad_right = g.kernel_w - 1 - g.pad_right;
   convolve<T>(grad_y, flipped, nullptr, t, dx);
 }
 
@@ -510,7 +512,8 @@ void conv_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y,
   }
   if (grad_x) {
     T* gx = grad_x->data<T>();
-    if (g.stride_h == 1 && g.stride_w == 1 && g.pad_h < g.kernel_h && g.pad_w < g.kernel_w)
+    if (g.stride_h == 1 && g.stride_w == 1 && std::max(g.pad_top, g.pad_bottom) < g.kernel_h &&
+        std::max(g.pad_left, g.pad_right) < g.kernel_w)
       input_gradient_stride1(pw, pg, g, gx);
     else
       input_gradient_strided(pw, pg, g, gx);
@@ -528,8 +531,8 @@ template <class T>
 void pool_forward(PoolKind kind, const T* x, const Conv2dGeometry& g, T* y, int64_t* argmax) {
   const int64_t planes = g.batch * g.in_channels;
   const T inv_area = T(1) / static_cast<T>(g.kernel_h * g.kernel_w);
-  const IndexRange rows = inner_windows(g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h);
-  const IndexRange cols = inner_windows(g.in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_w);
+  const IndexRange rows = inner_windows(g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_top);
+  const IndexRange cols = inner_windows(g.in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_left);
   // Any window: skips the padding; NaN wins, and a later NaN over an earlier one.
   auto window = [&](const T* plane, int64_t oh, int64_t ow, T& best, int64_t& best_index,
                     T& total) {
@@ -537,10 +540,10 @@ void pool_forward(PoolKind kind, const T* x, const Conv2dGeometry& g, T* y, int6
     best_index = -1;
     total = 0;
     for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-      const int64_t ih = oh * g.stride_h - g.pad_h + ki;
+      const int64_t ih = oh * g.stride_h - g.pad_top + ki;
       if (ih < 0 || ih >= g.in_h) continue;
       for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-        const int64_t iw = ow * g.stride_w - g.pad_w + kj;
+        const int64_t iw = ow * g.stride_w - g.pad_left + kj;
         if (iw < 0 || iw >= g.in_w) continue;
         const T v = plane[ih * g.in_w + iw];
         total += v;
@@ -555,7 +558,7 @@ void pool_forward(PoolKind kind, const T* x, const Conv2dGeometry& g, T* y, int6
   // "is this the new max" is a coin flip the branch predictor loses half the time
   // (measured 6x faster). A NaN sends the window back to the exact scan above.
   auto inner_max = [&](const T* plane, int64_t oh, int64_t ow, T& best, int64_t& best_index) {
-    const int64_t first = (oh * g.stride_h - g.pad_h) * g.in_w + ow * g.stride_w - g.pad_w;
+    const int64_t first = (oh * g.stride_h - g.pad_top) * g.in_w + ow * g.stride_w - g.pad_left;
     best = plane[first];
     best_index = first;
     bool nan = best != best;
@@ -614,10 +617,10 @@ void pool_backward(PoolKind kind, const T* gy, const int64_t* argmax, const Conv
             continue;
           }
           for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-            int64_t ih = oh * g.stride_h - g.pad_h + ki;
+            int64_t ih = oh * g.stride_h - g.pad_top + ki;
             if (ih < 0 || ih >= g.in_h) continue;
             for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-              int64_t iw = ow * g.stride_w - g.pad_w + kj;
+              int64_t iw = ow * g.stride_w - g.pad_left + kj;
               if (iw >= 0 && iw < g.in_w) plane[ih * g.in_w + iw] += gy[o] * inv_area;
             }
           }

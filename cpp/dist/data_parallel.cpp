@@ -114,6 +114,13 @@ Tensor piece_of(const Tensor& t, const ShardPiece& piece) {
 
 }  // namespace
 
+optim::DecayMask GradientReducer::step_decay_mask(const optim::DecayMask& per_parameter) const {
+  if (!sharded_) return per_parameter;
+  optim::DecayMask mask;
+  for (const ShardPiece& piece : layout_.pieces) mask.push_back(per_parameter[piece.param]);
+  return mask;
+}
+
 void shard_optimizer_state(Communicator& comm, optim::Optimizer& optimizer, const std::vector<Tensor>& params) {
   const ShardLayout layout = ShardLayout::of(params, comm.rank(), comm.world_size());
   const std::vector<optim::ParamState>& full = optimizer.state();

@@ -181,37 +181,67 @@ Tensor Dense::regularization() const {
 
 // ---------------------------------------------------------------------------- Conv2D
 
+DataFormat data_format_from_name(const char* op, const std::string& name) {
+  if (name == "channels_first") return DataFormat::ChannelsFirst;
+  if (name == "channels_last") return DataFormat::ChannelsLast;
+  fail(op, "data_format must be 'channels_first' or 'channels_last', got '", name, "'");
+}
+
+namespace {
+
+// A per-sample image shape in `format` as (C, H, W).
+Dims channels_first_shape(const char* op, DataFormat format, const Dims& shape) {
+  bool last = format == DataFormat::ChannelsLast;
+  if (shape.size() != 3)
+    fail(op, "expects ", last ? "channels-last images (H, W, C)" : "channels-first images (C, H, W)",
+         ", got input shape ", shape);
+  return last ? Dims{shape[2], shape[0], shape[1]} : shape;
+}
+
+// (C, H, W) back in `format`.
+Dims in_format(DataFormat format, const Dims& chw) {
+  return format == DataFormat::ChannelsLast ? Dims{chw[1], chw[2], chw[0]} : chw;
+}
+
+// The kernels compute on NCHW; a channels-last layer applies `f` between two transposes.
+template <class F>
+Tensor on_nchw(DataFormat format, const Tensor& x, F f) {
+  if (format == DataFormat::ChannelsFirst) return f(x);
+  return ops::permute(f(ops::permute(x, {0, 3, 1, 2})), {0, 2, 3, 1});
+}
+
+// TF/Keras "same": output ceil(in / stride), the odd padding pixel after.
+std::pair<int64_t, int64_t> same_padding(int64_t in, int64_t kernel, int64_t stride) {
+  int64_t out = (in + stride - 1) / stride;
+  int64_t total = std::max<int64_t>((out - 1) * stride + kernel - in, 0);
+  return {total / 2, total - total / 2};
+}
+
+}  // namespace
+
 Conv2D::Conv2D(std::string name, int64_t filters, std::pair<int64_t, int64_t> kernel_size,
                std::pair<int64_t, int64_t> strides, bool same_padding, Activation activation,
-               bool use_bias, std::string kernel_initializer, Regularizer kernel_regularizer)
+               bool use_bias, std::string kernel_initializer, Regularizer kernel_regularizer,
+               DataFormat data_format)
     : Layer(std::move(name)), filters_(filters), kernel_(kernel_size), strides_(strides),
-      same_padding_(same_padding), activation_(activation), use_bias_(use_bias),
-      kernel_initializer_(std::move(kernel_initializer)), kernel_regularizer_(kernel_regularizer) {
+      same_padding_(same_padding), data_format_(data_format), activation_(activation),
+      use_bias_(use_bias), kernel_initializer_(std::move(kernel_initializer)),
+      kernel_regularizer_(kernel_regularizer) {
   if (filters <= 0) fail("Conv2D", "filters must be positive, got ", filters);
   if (kernel_.first <= 0 || kernel_.second <= 0 || strides_.first <= 0 || strides_.second <= 0)
     fail("Conv2D", "kernel_size and strides must be positive");
 }
 
 Dims Conv2D::build_weights(const Dims& input_shape, uint64_t seed) {
-  if (input_shape.size() != 3)
-    fail("Conv2D", "expects channels-first images (C, H, W), got input shape ", input_shape);
-  int64_t channels = input_shape[0], h = input_shape[1], w = input_shape[2];
+  Dims chw = channels_first_shape("Conv2D", data_format_, input_shape);
+  int64_t channels = chw[0], h = chw[1], w = chw[2];
   if (same_padding_) {
-    // "same": output = ceil(input / stride); steepest pads symmetrically, so the total
-    // padding must be even (always true for odd kernels at stride 1).
-    auto pad_for = [&](int64_t in, int64_t k, int64_t s, const char* axis) {
-      int64_t out = (in + s - 1) / s;
-      int64_t total = std::max<int64_t>((out - 1) * s + k - in, 0);
-      if (total % 2)
-        fail("Conv2D", "padding='same' needs an even total padding along ", axis, " (kernel ", k,
-             ", stride ", s, ", input ", in, "); use an odd kernel or padding='valid'");
-      return total / 2;
-    };
-    padding_ = {pad_for(h, kernel_.first, strides_.first, "height"),
-                pad_for(w, kernel_.second, strides_.second, "width")};
+    auto [top, bottom] = same_padding(h, kernel_.first, strides_.first);
+    auto [left, right] = same_padding(w, kernel_.second, strides_.second);
+    padding_ = {top, bottom, left, right};
   }
-  int64_t out_h = (h + 2 * padding_.first - kernel_.first) / strides_.first + 1;
-  int64_t out_w = (w + 2 * padding_.second - kernel_.second) / strides_.second + 1;
+  int64_t out_h = (h + padding_.top + padding_.bottom - kernel_.first) / strides_.first + 1;
+  int64_t out_w = (w + padding_.left + padding_.right - kernel_.second) / strides_.second + 1;
   if (out_h <= 0 || out_w <= 0)
     fail("Conv2D", "kernel ", Dims{kernel_.first, kernel_.second}, " does not fit input ",
          input_shape);
@@ -219,12 +249,14 @@ Dims Conv2D::build_weights(const Dims& input_shape, uint64_t seed) {
   add_weight("kernel", {filters_, channels, kernel_.first, kernel_.second}, kernel_initializer_,
              channels * area, filters_ * area, seed);
   if (use_bias_) add_weight("bias", {filters_}, "zeros", 0, 0, seed + 1);
-  return {filters_, out_h, out_w};
+  return in_format(data_format_, {filters_, out_h, out_w});
 }
 
 Tensor Conv2D::forward_pre_activation(const Tensor& x, bool, int64_t) {
-  return ops::conv2d(cast(x), cast(weights_[0].second), use_bias_ ? cast(weights_[1].second) : Tensor(),
-                     strides_, padding_);
+  return on_nchw(data_format_, cast(x), [&](const Tensor& nchw) {
+    return ops::conv2d(nchw, cast(weights_[0].second),
+                       use_bias_ ? cast(weights_[1].second) : Tensor(), strides_, padding_);
+  });
 }
 
 Tensor Conv2D::forward(const Tensor& x, bool training, int64_t step) {
@@ -238,26 +270,29 @@ Tensor Conv2D::regularization() const {
 // ------------------------------------------------------------------- pooling, reshaping
 
 Pool2D::Pool2D(std::string name, bool max, std::pair<int64_t, int64_t> pool_size,
-               std::pair<int64_t, int64_t> strides)
-    : Layer(std::move(name)), max_(max), pool_(pool_size), strides_(strides) {
+               std::pair<int64_t, int64_t> strides, DataFormat data_format)
+    : Layer(std::move(name)), max_(max), pool_(pool_size), strides_(strides),
+      data_format_(data_format) {
   if (pool_.first <= 0 || pool_.second <= 0 || strides_.first <= 0 || strides_.second <= 0)
     fail(kind(), "pool_size and strides must be positive, got pool_size ", Dims{pool_.first, pool_.second},
          " and strides ", Dims{strides_.first, strides_.second});
 }
 
 Dims Pool2D::build_weights(const Dims& input_shape, uint64_t) {
-  if (input_shape.size() != 3)
-    fail(kind(), "expects channels-first images (C, H, W), got input shape ", input_shape);
-  int64_t out_h = (input_shape[1] - pool_.first) / strides_.first + 1;
-  int64_t out_w = (input_shape[2] - pool_.second) / strides_.second + 1;
-  if (input_shape[1] < pool_.first || input_shape[2] < pool_.second)
+  Dims chw = channels_first_shape(kind(), data_format_, input_shape);
+  if (chw[1] < pool_.first || chw[2] < pool_.second)
     fail(kind(), "pool_size ", Dims{pool_.first, pool_.second}, " is larger than the input ",
          input_shape);
-  return {input_shape[0], out_h, out_w};
+  int64_t out_h = (chw[1] - pool_.first) / strides_.first + 1;
+  int64_t out_w = (chw[2] - pool_.second) / strides_.second + 1;
+  return in_format(data_format_, {chw[0], out_h, out_w});
 }
 
 Tensor Pool2D::forward(const Tensor& x, bool, int64_t) {
-  return max_ ? ops::max_pool2d(x, pool_, strides_, {0, 0}) : ops::avg_pool2d(x, pool_, strides_, {0, 0});
+  return on_nchw(data_format_, x, [&](const Tensor& nchw) {
+    return max_ ? ops::max_pool2d(nchw, pool_, strides_, {0, 0})
+                : ops::avg_pool2d(nchw, pool_, strides_, {0, 0});
+  });
 }
 
 Dims Flatten::build_weights(const Dims& input_shape, uint64_t) { return {input_shape.product()}; }

@@ -62,6 +62,14 @@ std::vector<Tensor> Sequential::parameters() const {
   return params;
 }
 
+std::vector<std::string> Sequential::parameter_names() const {
+  std::vector<std::string> names;
+  for (const auto& layer : layers_)
+    for (auto& entry : layer->weights())
+      if (entry.second.requires_grad()) names.push_back(layer->name() + "/" + entry.first);
+  return names;
+}
+
 void Sequential::compile(std::shared_ptr<optim::Optimizer> optimizer, LossSpec loss,
                          std::vector<Metric> metrics, DType compute_dtype,
                          std::shared_ptr<optim::LossScaler> loss_scaler, bool shard_optimizer_state) {
@@ -356,6 +364,11 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, const Tensor& sample_weig
     optimizer_state_sharded_ = shard;
   }
   const std::vector<Tensor>& stepped = reducer ? reducer->step_parameters() : params;
+  optim::DecayMask decay;
+  if (train) {
+    decay = optimizer_->decay_mask(params, parameter_names());
+    if (reducer) decay = reducer->step_decay_mask(decay);
+  }
   optim::LossScaler* scaler = train ? loss_scaler_.get() : nullptr;
   // Under data parallelism a stop asked for on one rank (by its progress callback) is
   // agreed on at the next batch's exchange, so that every rank takes the same steps.
@@ -432,11 +445,11 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, const Tensor& sample_weig
         dist::Communicator* shards = reducer ? reducer->shard_group() : nullptr;
         if (scaler) {
           // Unscaled, checked and applied — or skipped on overflow — then the scale moves.
-          if (!scaler->step(*optimizer_, stepped, shards)) ++logs.skipped_steps;
+          if (!scaler->step(*optimizer_, stepped, shards, decay)) ++logs.skipped_steps;
           scaler->update();
           logs.loss_scale = scaler->get_scale();
         } else {
-          optimizer_->step(stepped, false, shards);
+          optimizer_->step(stepped, false, shards, decay);
         }
         if (reducer) reducer->gather_parameters();
       }

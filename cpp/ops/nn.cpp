@@ -136,8 +136,9 @@ Tensor binary_cross_entropy(const Tensor& input, const Tensor& target, bool from
 
 namespace {
 
-int64_t output_extent(int64_t in, int64_t kernel, int64_t stride, int64_t pad) {
-  return (in + 2 * pad - kernel) / stride + 1;
+int64_t output_extent(int64_t in, int64_t kernel, int64_t stride, int64_t pad_before,
+                      int64_t pad_after) {
+  return (in + pad_before + pad_after - kernel) / stride + 1;
 }
 
 void check_image(const char* op, const Tensor& x) {
@@ -145,23 +146,38 @@ void check_image(const char* op, const Tensor& x) {
   if (x.ndim() != 4) fail(op, "expected an NCHW input of 4 dimensions, got shape ", x.shape());
 }
 
-void check_window(const char* op, std::pair<int64_t, int64_t> stride,
-                  std::pair<int64_t, int64_t> padding) {
+void check_stride(const char* op, std::pair<int64_t, int64_t> stride) {
   if (stride.first <= 0 || stride.second <= 0)
     fail(op, "stride must be positive, got (", stride.first, ", ", stride.second, ")");
-  if (padding.first < 0 || padding.second < 0)
-    fail(op, "padding must be non-negative, got (", padding.first, ", ", padding.second, ")");
+}
+
+// The padding fields of g from `padding`, and the output extent that follows.
+void set_padding(const char* op, const Tensor& x, const ops::Padding2d& padding, Conv2dGeometry& g) {
+  if (padding.top < 0 || padding.bottom < 0 || padding.left < 0 || padding.right < 0)
+    fail(op, "padding must be non-negative, got ((", padding.top, ", ", padding.bottom, "), (",
+         padding.left, ", ", padding.right, "))");
+  g.pad_top = padding.top;
+  g.pad_bottom = padding.bottom;
+  g.pad_left = padding.left;
+  g.pad_right = padding.right;
+  const int64_t padded_h = g.in_h + g.pad_top + g.pad_bottom, padded_w = g.in_w + g.pad_left + g.pad_right;
+  if (g.kernel_h > padded_h || g.kernel_w > padded_w)
+    fail(op, "kernel ", Dims{g.kernel_h, g.kernel_w}, " is larger than the padded input ",
+         Dims{padded_h, padded_w}, " (input shape ", x.shape(), ", padding ((", g.pad_top, ", ",
+         g.pad_bottom, "), (", g.pad_left, ", ", g.pad_right, ")))");
+  g.out_h = output_extent(g.in_h, g.kernel_h, g.stride_h, g.pad_top, g.pad_bottom);
+  g.out_w = output_extent(g.in_w, g.kernel_w, g.stride_w, g.pad_left, g.pad_right);
 }
 
 }  // namespace
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias,
-              std::pair<int64_t, int64_t> stride, std::pair<int64_t, int64_t> padding) {
+              std::pair<int64_t, int64_t> stride, const Padding2d& padding) {
   const char* op = "conv2d";
   check_image(op, x);
   detail::check_same_dtype(op, x, weight);
   detail::check_same_device(op, x, weight);
-  check_window(op, stride, padding);
+  check_stride(op, stride);
   if (weight.ndim() != 4)
     fail(op, "weight must be (out_channels, in_channels, kh, kw), got shape ", weight.shape());
   if (weight.shape()[1] != x.shape()[1])
@@ -177,14 +193,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias,
   g.kernel_w = weight.shape()[3];
   g.stride_h = stride.first;
   g.stride_w = stride.second;
-  g.pad_h = padding.first;
-  g.pad_w = padding.second;
-  if (g.kernel_h > g.in_h + 2 * g.pad_h || g.kernel_w > g.in_w + 2 * g.pad_w)
-    fail(op, "kernel ", Dims{g.kernel_h, g.kernel_w}, " is larger than the padded input ",
-         Dims{g.in_h + 2 * g.pad_h, g.in_w + 2 * g.pad_w}, " (input shape ", x.shape(),
-         ", padding ", Dims{g.pad_h, g.pad_w}, ")");
-  g.out_h = output_extent(g.in_h, g.kernel_h, g.stride_h, g.pad_h);
-  g.out_w = output_extent(g.in_w, g.kernel_w, g.stride_w, g.pad_w);
+  set_padding(op, x, padding, g);
   if (bias.defined()) {
     detail::check_same_dtype(op, x, bias);
     if (bias.ndim() != 1 || bias.shape()[0] != g.out_channels)
@@ -220,7 +229,7 @@ namespace {
 Tensor pool2d(const char* op, PoolKind kind, const Tensor& x, std::pair<int64_t, int64_t> kernel,
               std::pair<int64_t, int64_t> stride, std::pair<int64_t, int64_t> padding) {
   check_image(op, x);
-  check_window(op, stride, padding);
+  check_stride(op, stride);
   if (kernel.first <= 0 || kernel.second <= 0)
     fail(op, "kernel_size must be positive, got (", kernel.first, ", ", kernel.second, ")");
   if (2 * padding.first > kernel.first || 2 * padding.second > kernel.second)
@@ -235,15 +244,7 @@ Tensor pool2d(const char* op, PoolKind kind, const Tensor& x, std::pair<int64_t,
   g.kernel_w = kernel.second;
   g.stride_h = stride.first;
   g.stride_w = stride.second;
-  g.pad_h = padding.first;
-  g.pad_w = padding.second;
-  int64_t padded_h = g.in_h + 2 * g.pad_h, padded_w = g.in_w + 2 * g.pad_w;
-  if (g.kernel_h > padded_h || g.kernel_w > padded_w)
-    fail(op, "output size would be <= 0: kernel ", Dims{g.kernel_h, g.kernel_w},
-         " does not fit the padded input ", Dims{padded_h, padded_w}, " (input shape ", x.shape(),
-         ")");
-  g.out_h = output_extent(g.in_h, g.kernel_h, g.stride_h, g.pad_h);
-  g.out_w = output_extent(g.in_w, g.kernel_w, g.stride_w, g.pad_w);
+  set_padding(op, x, Padding2d(padding), g);
   // 16-bit inputs are pooled in float32 and rounded (the pooling kernels are
   // float32/float64 only); a max is one of the inputs, so max pooling stays exact.
   Tensor xc = astype(contiguous(x.detach()), compute_dtype(x.dtype()));

@@ -68,12 +68,12 @@ bool LossScaler::unscale(const std::vector<Tensor>& params, dist::Communicator* 
 }
 
 bool LossScaler::step(Optimizer& optimizer, const std::vector<Tensor>& params,
-                      dist::Communicator* shards) {
+                      dist::Communicator* shards, const DecayMask& decay) {
   if (stage_ == Stage::Stepped)
     fail<StateError>(kOwner, "step() was already called since the last update()");
   if (stage_ == Stage::Ready) unscale(params, shards);
   // A skipped step leaves everything as it was: no update, no step count, no schedule.
-  optimizer.step(params, found_inf_, shards);
+  optimizer.step(params, found_inf_, shards, decay);
   stage_ = Stage::Stepped;
   return !found_inf_;
 }

@@ -74,9 +74,42 @@ double Optimizer::learning_rate() const {
   return lr;
 }
 
-void Optimizer::step(const std::vector<Tensor>& params, bool skip, dist::Communicator* shards) {
+void Optimizer::exclude_from_weight_decay(std::vector<Tensor> var_list,
+                                          std::vector<std::string> var_names) {
+  for (const Tensor& t : var_list)
+    if (!t.defined()) fail(name_.c_str(), "exclude_from_weight_decay: var_list holds None");
+  for (const std::string& name : var_names)
+    if (name.empty()) fail(name_.c_str(), "exclude_from_weight_decay: var_names holds an empty name");
+  excluded_tensors_ = std::move(var_list);
+  excluded_names_ = std::move(var_names);
+}
+
+bool Optimizer::excluded_by_identity(const Tensor& param) const {
+  return std::any_of(excluded_tensors_.begin(), excluded_tensors_.end(),
+                     [&](const Tensor& t) { return t.impl() == param.impl(); });
+}
+
+DecayMask Optimizer::decay_mask(const std::vector<Tensor>& params,
+                                const std::vector<std::string>& names) const {
+  if (params.size() != names.size())
+    fail(name_.c_str(), "decay_mask: ", params.size(), " parameters but ", names.size(), " names");
+  DecayMask mask(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    // Keras matches a pattern anywhere in the variable path.
+    const bool named = std::any_of(excluded_names_.begin(), excluded_names_.end(), [&](const std::string& n) {
+      return names[i].find(n) != std::string::npos;
+    });
+    mask[i] = !named && !excluded_by_identity(params[i]);
+  }
+  return mask;
+}
+
+void Optimizer::step(const std::vector<Tensor>& params, bool skip, dist::Communicator* shards,
+                     const DecayMask& decay) {
   if (skip) return;
   const char* op = name_.c_str();
+  if (!decay.empty() && decay.size() != params.size())
+    fail(op, "the weight-decay mask has ", decay.size(), " entries for ", params.size(), " parameters");
   const double lr = learning_rate();
   // Every parameter is checked before any is touched, so a bad input never leaves a
   // half-applied step behind.
@@ -118,7 +151,8 @@ void Optimizer::step(const std::vector<Tensor>& params, bool skip, dist::Communi
   for (Work& w : work) {
     ParamState& state = state_[w.index];
     ++state.step;
-    if (w.param.numel() > 0) update(w.param, w.grad, state, lr, grad_scale);
+    const bool decays = decay.empty() ? !excluded_by_identity(w.param) : bool(decay[w.index]);
+    if (w.param.numel() > 0) update(w.param, w.grad, state, lr, grad_scale, decays ? weight_decay_ : 0.0);
   }
   ++iterations_;
 }

@@ -56,10 +56,10 @@ std::vector<SlotSpec> SGD::slot_specs(const Tensor& param) const {
 }
 
 void SGD::update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
-                 double grad_scale) {
+                 double grad_scale, double weight_decay) {
   Tensor* velocity = momentum_ == 0.0 ? nullptr : &slot(state, 0);
   STEEPEST_KERNEL(param.device(), sgd_update)(param, grad, velocity, lr, momentum_, dampening_,
-                                              nesterov_, weight_decay_, grad_scale);
+                                              nesterov_, weight_decay, grad_scale);
 }
 
 // --------------------------------------------------------------------------- RMSprop
@@ -78,9 +78,9 @@ std::vector<SlotSpec> RMSprop::slot_specs(const Tensor& param) const {
 }
 
 void RMSprop::update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
-                     double grad_scale) {
+                     double grad_scale, double weight_decay) {
   STEEPEST_KERNEL(param.device(), rmsprop_update)(param, grad, slot(state, 0), lr, rho_,
-                                                  epsilon_, weight_decay_, grad_scale);
+                                                  epsilon_, weight_decay, grad_scale);
 }
 
 // ------------------------------------------------------------------------ Adam, AdamW
@@ -106,10 +106,10 @@ std::vector<SlotSpec> Adam::slot_specs(const Tensor& param) const {
 }
 
 void Adam::update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
-                  double grad_scale) {
+                  double grad_scale, double weight_decay) {
   STEEPEST_KERNEL(param.device(), adam_update)(param, grad, slot(state, 0), slot(state, 1), lr,
                                                beta_1_, beta_2_, epsilon_, state.step,
-                                               weight_decay_, decoupled_, grad_scale);
+                                               weight_decay, decoupled_, grad_scale);
 }
 
 AdamW::AdamW(std::shared_ptr<const Schedule> learning_rate, double beta_1, double beta_2,
@@ -133,17 +133,17 @@ std::vector<SlotSpec> Lamb::slot_specs(const Tensor& param) const {
 }
 
 void Lamb::update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
-                  double grad_scale) {
+                  double grad_scale, double weight_decay) {
   double param_sq = 0.0, update_sq = 0.0;
   STEEPEST_KERNEL(param.device(), lamb_moments)(param, grad, slot(state, 0), slot(state, 1),
                                                 beta_1_, beta_2_, epsilon_, state.step,
-                                                weight_decay_, grad_scale, param_sq, update_sq);
+                                                weight_decay, grad_scale, param_sq, update_sq);
   // The layer-wise trust ratio ‖θ‖/‖r + λθ‖; optax takes 1 when either norm is 0.
   const double ratio =
       param_sq > 0.0 && update_sq > 0.0 ? std::sqrt(param_sq) / std::sqrt(update_sq) : 1.0;
   STEEPEST_KERNEL(param.device(), lamb_apply)(param, slot(state, 0), slot(state, 1), lr * ratio,
                                               beta_1_, beta_2_, epsilon_, state.step,
-                                              weight_decay_);
+                                              weight_decay);
 }
 
 // ------------------------------------------------------------------------- Adafactor
@@ -175,7 +175,7 @@ std::vector<SlotSpec> Adafactor::slot_specs(const Tensor& param) const {
 }
 
 void Adafactor::update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
-                       double grad_scale) {
+                       double grad_scale, double weight_decay) {
   const double t = static_cast<double>(state.step);
   const double beta_2 = 1.0 - std::pow(t, beta_2_decay_);  // β̂₂ = 1 − t^decay
   Tensor* v_col = param.ndim() >= 2 ? &slot(state, 1) : nullptr;
@@ -195,7 +195,7 @@ void Adafactor::update(Tensor& param, const Tensor& grad, ParamState& state, dou
   const double clip = std::max(1.0, rms_update / clip_threshold_);
   STEEPEST_KERNEL(param.device(), adafactor_apply)(param, grad, slot(state, 0), v_col,
                                                    grad_scale, alpha / clip,
-                                                   1.0 - lr * weight_decay_);
+                                                   1.0 - lr * weight_decay);
 }
 
 }  // namespace steepest::optim

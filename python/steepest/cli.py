@@ -360,8 +360,9 @@ def _train_gpt(args: argparse.Namespace) -> int:
                                          final_learning_rate=peak / 10)
     previous_policy = _set_precision(args.precision)
     try:
-        model.compile(st.optimizers.AdamW(learning_rate=schedule, weight_decay=0.1, clipnorm=1.0),
-                      loss=st.losses.CausalLMCrossEntropy())
+        optimizer = st.optimizers.AdamW(learning_rate=schedule, weight_decay=0.1, clipnorm=1.0)
+        optimizer.exclude_from_weight_decay(var_names=st.models.GPT_NO_WEIGHT_DECAY)
+        model.compile(optimizer, loss=st.losses.CausalLMCrossEntropy())
     finally:
         st.mixed_precision.set_global_policy(previous_policy)
     entropy = st.text.unigram_entropy(tokens)

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core, mixed_precision
+from .config import standardize_data_format
 from ._core import Tensor
 
 _model = _core.model
@@ -131,7 +132,8 @@ _INPUT_DTYPES = ("float32", "float16", "bfloat16", "float64", "int32", "int64")
 
 
 class Input:
-    """Declares the per-sample input shape (channels-first for images: (C, H, W)) and,
+    """Declares the per-sample input shape (images: (C, H, W) channels-first, (H, W, C)
+    for channels-last layers) and,
     as Keras does, its dtype: ``Input((T,), dtype="int64")`` for token ids. Without a
     dtype, inputs are float32 unless the first layer is an embedding."""
 
@@ -172,10 +174,14 @@ class Dense(Layer):
 
 
 class Conv2D(Layer):
-    """2-D convolution over channels-first images via im2col + GEMM."""
+    """2-D convolution via im2col + GEMM. ``data_format`` (default
+    ``st.config.image_data_format()``): "channels_first" images are (C, H, W),
+    "channels_last" ones (H, W, C). ``padding="same"`` pads as TF/Keras do, the odd
+    pixel after, so the output is ceil(input / strides) at any stride."""
 
     def __init__(self, filters: int, kernel_size: IntPair, strides: IntPair = 1,
-                 padding: str = "valid", activation: Optional[str] = None, use_bias: bool = True,
+                 padding: str = "valid", data_format: Optional[str] = None,
+                 activation: Optional[str] = None, use_bias: bool = True,
                  kernel_initializer: str = "glorot_uniform", kernel_regularizer: Any = None,
                  name: Optional[str] = None) -> None:
         if padding not in ("valid", "same"):
@@ -183,26 +189,30 @@ class Conv2D(Layer):
         activation = _activation("Conv2D", activation)
         kernel = _pair("Conv2D", "kernel_size", kernel_size)
         stride = _pair("Conv2D", "strides", strides)
+        data_format = standardize_data_format(data_format, "Conv2D")
         super().__init__(name, {
             "filters": filters, "kernel_size": list(kernel), "strides": list(stride),
-            "padding": padding, "activation": activation, "use_bias": use_bias,
-            "kernel_initializer": kernel_initializer,
+            "padding": padding, "data_format": data_format, "activation": activation,
+            "use_bias": use_bias, "kernel_initializer": kernel_initializer,
             "kernel_regularizer": _regularizer("Conv2D", kernel_regularizer),
         })
         self._impl = _model.Conv2D(self.name, filters, kernel, stride, padding == "same", activation,
-                                   use_bias, kernel_initializer, self._config["kernel_regularizer"])
+                                   use_bias, kernel_initializer, self._config["kernel_regularizer"],
+                                   data_format)
 
 
 class _Pool2D(Layer):
     _max: bool
 
     def __init__(self, pool_size: IntPair = 2, strides: Optional[IntPair] = None,
-                 name: Optional[str] = None) -> None:
+                 data_format: Optional[str] = None, name: Optional[str] = None) -> None:
         owner = type(self).__name__
         pool = _pair(owner, "pool_size", pool_size)
         stride = pool if strides is None else _pair(owner, "strides", strides)
-        super().__init__(name, {"pool_size": list(pool), "strides": list(stride)})
-        self._impl = _model.Pool2D(self.name, self._max, pool, stride)
+        data_format = standardize_data_format(data_format, owner)
+        super().__init__(name, {"pool_size": list(pool), "strides": list(stride),
+                                "data_format": data_format})
+        self._impl = _model.Pool2D(self.name, self._max, pool, stride, data_format)
 
 
 class MaxPool2D(_Pool2D):

@@ -737,7 +737,8 @@ class Sequential:
                 slots.append(record)
             compile_config = {
                 "optimizer": {"class_name": state["class_name"], "config": state["config"],
-                              "iterations": state["iterations"], "state": slots},
+                              "iterations": state["iterations"], "state": slots,
+                              "exclude_from_weight_decay": state["exclude_from_weight_decay"]},
                 "loss": {"class_name": type(self.loss).__name__, "config": self.loss.get_config()},
                 "metrics": self.metrics_names,
                 "dtype_policy": self.dtype_policy.name,
@@ -796,7 +797,8 @@ def _saved_optimizer_state(tensors: Dict[str, np.ndarray], saved: Dict[str, Any]
             entry[key] = tensors[f"optimizer/{index}/{key}"]
         state.append(entry)
     return {"class_name": saved["class_name"], "config": saved["config"],
-            "iterations": saved["iterations"], "state": state}
+            "iterations": saved["iterations"], "state": state,
+            "exclude_from_weight_decay": saved.get("exclude_from_weight_decay", [])}
 
 
 def load_model(path: str) -> Sequential:
@@ -832,13 +834,19 @@ def load_model(path: str) -> Sequential:
     return model
 
 
+# nanoGPT's weight decay: matrices only (matmul kernels and embeddings), not biases nor
+# LayerNorm gains and shifts; pass to optimizer.exclude_from_weight_decay(var_names=...).
+GPT_NO_WEIGHT_DECAY = ("bias", "gamma", "beta")
+
+
 def GPT(vocab_size: int, context: int, d_model: int, num_heads: int, num_layers: int,
         mlp_ratio: int = 4, dropout: float = 0.0, remat: bool = False,
         name: str = "gpt") -> Sequential:
     """A decoder-only Transformer language model as a Sequential: token + learned
     position embeddings, ``num_layers`` causal TransformerBlocks, a final LayerNorm and
     a Dense head to ``vocab_size`` logits. Train it with
-    ``loss=st.losses.CausalLMCrossEntropy()`` and ``fit(tokens, tokens)``.
+    ``loss=st.losses.CausalLMCrossEntropy()`` and ``fit(tokens, tokens)``; as nanoGPT,
+    decay only the matrices: ``opt.exclude_from_weight_decay(var_names=GPT_NO_WEIGHT_DECAY)``.
     """
     L = layers_module
     stack: List[Any] = [L.Input((context,), dtype="int64"), L.TokenAndPositionEmbedding(vocab_size, context, d_model)]
@@ -883,4 +891,4 @@ def generate(model: Sequential, prompt: Sequence[int], max_new_tokens: int,
     return np.asarray(tokens, dtype=np.int64)
 
 
-__all__ = ["GPT", "Sequential", "generate", "load_model"]
+__all__ = ["GPT", "GPT_NO_WEIGHT_DECAY", "Sequential", "generate", "load_model"]

@@ -54,6 +54,21 @@ class Optimizer:
         """
         self._impl.step(list(params), skip)
 
+    def exclude_from_weight_decay(self, var_list: Optional[Iterable[Tensor]] = None,
+                                  var_names: Optional[Iterable[str]] = None) -> None:
+        """As Keras: the tensors of ``var_list``, and the parameters whose name contains
+        one of ``var_names``, get no weight decay (decoupled or L2). Names are Keras
+        variable paths, ``"<layer name>/<weight name>"`` (``"dense/bias"``,
+        ``"layer_normalization/gamma"``), as ``model.save_weights`` writes them; a model's
+        ``fit`` matches them. Replaces earlier exclusions; the names are saved with the
+        optimizer state."""
+        names = [var_names] if isinstance(var_names, str) else list(var_names or [])
+        if not all(isinstance(n, str) for n in names):
+            raise TypeError(f"[{type(self).__name__}.exclude_from_weight_decay] var_names must be "
+                            f"strings, got {names!r}")
+        self._impl.exclude_from_weight_decay(list(var_list or []), names)
+        self._excluded_tensors = list(var_list or [])
+
     def zero_grad(self, params: Iterable[Tensor]) -> None:
         """Sets the grad of every parameter to None."""
         for p in params:
@@ -111,6 +126,7 @@ class Optimizer:
             "config": config,
             "iterations": self._impl.iterations,
             "state": state,
+            "exclude_from_weight_decay": list(self._impl.excluded_names),
         }
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -138,6 +154,8 @@ class Optimizer:
             for entry in state_dict["state"]
         ]
         impl.load_state(entries, int(state_dict["iterations"]))
+        impl.exclude_from_weight_decay(getattr(self, "_excluded_tensors", []),
+                                       list(state_dict.get("exclude_from_weight_decay", [])))
         self._impl, self._config = impl, config
 
     def __repr__(self) -> str:

@@ -4,7 +4,7 @@ OUT/rank<r>.npz, so the test can compare ranks with each other and with one proc
 
     train.py OUT [--shard] [--accumulate K] [--samples N] [--batch B] [--precision P]
                  [--optimizer adamw|lamb] [--fault die|raise|mismatch] [--weighted]
-                 [--backup DIR [--crash-at EPOCH]]
+                 [--backup DIR [--crash-at EPOCH]] [--exclude-bias]
 """
 
 import argparse
@@ -29,6 +29,8 @@ parser.add_argument("--weighted", action="store_true",
                     help="sample and class weights, and only 5 batches per epoch")
 parser.add_argument("--backup", help="train with BackupAndRestore into this folder")
 parser.add_argument("--crash-at", type=int, help="every rank raises when this epoch begins")
+parser.add_argument("--exclude-bias", action="store_true",
+                    help="strong weight decay (0.5) that the biases are excluded from")
 args = parser.parse_args()
 
 st.distributed.init()
@@ -47,7 +49,10 @@ hidden = 32 + (rank if args.fault == "mismatch" else 0)
 model = st.Sequential([st.layers.Input((12,)), st.layers.Dense(hidden, activation="relu"),
                        st.layers.Dense(hidden, activation="tanh"), st.layers.Dense(4)])
 optimizer = {"adamw": st.optimizers.AdamW, "lamb": st.optimizers.Lamb}[args.optimizer]
-model.compile(optimizer=optimizer(learning_rate=0.01, clipnorm=0.5),
+optimizer = optimizer(learning_rate=0.01, clipnorm=0.5, **({"weight_decay": 0.5} if args.exclude_bias else {}))
+if args.exclude_bias:
+    optimizer.exclude_from_weight_decay(var_names=["bias"])
+model.compile(optimizer=optimizer,
               loss="sparse_categorical_crossentropy", metrics=["accuracy"],
               shard_optimizer_state=args.shard)
 

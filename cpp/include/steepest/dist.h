@@ -163,6 +163,9 @@ class GradientReducer {
   void reduce();
   // What the optimizer steps: the parameters, or views of this rank's pieces of them.
   const std::vector<Tensor>& step_parameters() const { return sharded_ ? pieces_ : params_; }
+  // The weight-decay mask of step_parameters() from that of the parameters: each piece
+  // carries its parameter's choice.
+  optim::DecayMask step_decay_mask(const optim::DecayMask& per_parameter) const;
   void gather_parameters();
   // The group whose ranks each hold part of the gradients (for a global clip norm and a
   // global overflow check), or null when every rank holds all of them.

@@ -52,11 +52,14 @@ struct GemmArgs {
   bool bf16_products = false;
 };
 
-// Geometry shared by convolution and pooling (NCHW).
+// Geometry shared by convolution and pooling (NCHW). The zero padding may differ on the
+// two sides of an axis (TF/Keras "same" puts the odd pixel after); kernels index from the
+// top/left pads, and out_h/out_w already account for the bottom/right ones.
 struct Conv2dGeometry {
   int64_t batch = 0, in_channels = 0, in_h = 0, in_w = 0;
   int64_t out_channels = 0, kernel_h = 0, kernel_w = 0;
-  int64_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0;
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_top = 0, pad_bottom = 0, pad_left = 0, pad_right = 0;
   int64_t out_h = 0, out_w = 0;
   // The convolution's operands are bfloat16 values held as float32 (GemmArgs).
   bool bf16_products = false;

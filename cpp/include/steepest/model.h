@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "steepest/ops.h"
 #include "steepest/optim.h"
 #include "steepest/tensor.h"
 
@@ -18,6 +19,11 @@ namespace steepest::model {
 
 enum class Activation { Linear, Relu, Sigmoid, Tanh, Gelu, Softmax };
 Activation activation_from_name(const std::string& name);
+
+// Where image layers find the channels: (N, C, H, W), the seed's layout and the kernels',
+// or (N, H, W, C), Keras' default. Channels-last layers transpose around the kernels.
+enum class DataFormat { ChannelsFirst, ChannelsLast };
+DataFormat data_format_from_name(const char* op, const std::string& name);
 const char* activation_name(Activation activation);
 Tensor apply_activation(Activation activation, const Tensor& x);
 
@@ -103,7 +109,8 @@ class Conv2D final : public Layer {
  public:
   Conv2D(std::string name, int64_t filters, std::pair<int64_t, int64_t> kernel_size,
          std::pair<int64_t, int64_t> strides, bool same_padding, Activation activation,
-         bool use_bias, std::string kernel_initializer, Regularizer kernel_regularizer);
+         bool use_bias, std::string kernel_initializer, Regularizer kernel_regularizer,
+         DataFormat data_format = DataFormat::ChannelsFirst);
   const char* kind() const override { return "Conv2D"; }
   Tensor forward(const Tensor& x, bool training, int64_t step) override;
   Tensor forward_pre_activation(const Tensor& x, bool training, int64_t step) override;
@@ -113,8 +120,10 @@ class Conv2D final : public Layer {
  private:
   Dims build_weights(const Dims& input_shape, uint64_t seed) override;
   int64_t filters_;
-  std::pair<int64_t, int64_t> kernel_, strides_, padding_{0, 0};
+  std::pair<int64_t, int64_t> kernel_, strides_;
+  ops::Padding2d padding_;
   bool same_padding_;
+  DataFormat data_format_;
   Activation activation_;
   bool use_bias_;
   std::string kernel_initializer_;
@@ -124,7 +133,7 @@ class Conv2D final : public Layer {
 class Pool2D final : public Layer {
  public:
   Pool2D(std::string name, bool max, std::pair<int64_t, int64_t> pool_size,
-         std::pair<int64_t, int64_t> strides);
+         std::pair<int64_t, int64_t> strides, DataFormat data_format = DataFormat::ChannelsFirst);
   const char* kind() const override { return max_ ? "MaxPool2D" : "AvgPool2D"; }
   Tensor forward(const Tensor& x, bool training, int64_t step) override;
 
@@ -132,6 +141,7 @@ class Pool2D final : public Layer {
   Dims build_weights(const Dims& input_shape, uint64_t seed) override;
   bool max_;
   std::pair<int64_t, int64_t> pool_, strides_;
+  DataFormat data_format_;
 };
 
 class Flatten final : public Layer {
@@ -307,6 +317,9 @@ class Sequential {
   bool built() const { return built_; }
   const Dims& input_shape() const { return input_shape_; }
   std::vector<Tensor> parameters() const;
+  // Keras' variable paths of parameters() ("dense/kernel"), in the same order: the names
+  // save_weights writes and exclude_from_weight_decay matches.
+  std::vector<std::string> parameter_names() const;
   // Puts the weights on `device` (also those built later); fit, evaluate and predict then
   // copy each batch there from the host, and predict returns host tensors.
   void to(Device device);

@@ -60,8 +60,18 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, Reduction reduc
 Tensor mse_loss(const Tensor& prediction, const Tensor& target, Reduction reduction);
 Tensor binary_cross_entropy(const Tensor& input, const Tensor& target, bool from_logits,
                             Reduction reduction);
+// The zero padding of a convolution, each side on its own (TF/Keras "same" puts the odd
+// pixel after). A pair (ph, pw) pads ph above and below and pw left and right.
+struct Padding2d {
+  int64_t top = 0, bottom = 0, left = 0, right = 0;
+  Padding2d() = default;
+  Padding2d(int64_t top_, int64_t bottom_, int64_t left_, int64_t right_)
+      : top(top_), bottom(bottom_), left(left_), right(right_) {}
+  Padding2d(std::pair<int64_t, int64_t> symmetric)  // NOLINT(google-explicit-constructor)
+      : Padding2d(symmetric.first, symmetric.first, symmetric.second, symmetric.second) {}
+};
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias,
-              std::pair<int64_t, int64_t> stride, std::pair<int64_t, int64_t> padding);
+              std::pair<int64_t, int64_t> stride, const Padding2d& padding);
 Tensor max_pool2d(const Tensor& x, std::pair<int64_t, int64_t> kernel,
                   std::pair<int64_t, int64_t> stride, std::pair<int64_t, int64_t> padding);
 Tensor avg_pool2d(const Tensor& x, std::pair<int64_t, int64_t> kernel,

@@ -85,6 +85,11 @@ struct SlotSpec {
   Dims shape;
 };
 
+// Which parameters of a step get weight decay, by position (what Keras'
+// exclude_from_weight_decay decides per variable). An empty mask decays every parameter
+// but those excluded by identity.
+using DecayMask = std::vector<bool>;
+
 class Optimizer {
  public:
   virtual ~Optimizer() = default;
@@ -95,8 +100,17 @@ class Optimizer {
   // not count (iterations and the schedule do not advance), as a loss scaler needs for
   // a step whose gradients overflowed. shards: the group whose ranks each hold the grads
   // of their own parameters only (ZeRO stage 1), over which clipnorm takes the global norm.
+  // decay: see DecayMask; a flat piece of a parameter (ZeRO) carries its parameter's choice.
   void step(const std::vector<Tensor>& params, bool skip = false,
-            dist::Communicator* shards = nullptr);
+            dist::Communicator* shards = nullptr, const DecayMask& decay = {});
+
+  // Keras' exclude_from_weight_decay: the tensors of var_list, and parameters whose name
+  // (Keras' variable path, "dense/bias") contains one of var_names, get no weight decay
+  // (decoupled or L2). Replaces earlier exclusions.
+  void exclude_from_weight_decay(std::vector<Tensor> var_list, std::vector<std::string> var_names);
+  const std::vector<std::string>& excluded_names() const { return excluded_names_; }
+  // The weight-decay choice of each of `params`, named by `names` (same length).
+  DecayMask decay_mask(const std::vector<Tensor>& params, const std::vector<std::string>& names) const;
 
   const std::string& name() const { return name_; }
   // Number of steps taken; the schedule is evaluated here.
@@ -126,15 +140,19 @@ class Optimizer {
   Optimizer(std::string name, std::shared_ptr<const Schedule> learning_rate,
             double weight_decay, std::optional<double> clipnorm);
   // One parameter's update: state.step already counts this step, state.slots follow
-  // slot_specs(param); grad is contiguous, to be read as grad_scale · grad.
+  // slot_specs(param); grad is contiguous, to be read as grad_scale · grad. weight_decay
+  // is the optimizer's, or 0 for a parameter excluded from it.
   virtual void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
-                      double grad_scale) = 0;
-
-  double weight_decay_;
+                      double grad_scale, double weight_decay) = 0;
 
  private:
   // Creates the zero state of parameter `index` or checks a loaded one against it.
   void prepare_state(size_t index, const Tensor& param);
+  bool excluded_by_identity(const Tensor& param) const;
+
+  double weight_decay_;
+  std::vector<Tensor> excluded_tensors_;
+  std::vector<std::string> excluded_names_;
 
   std::string name_;
   std::shared_ptr<const Schedule> schedule_;
@@ -155,7 +173,7 @@ class SGD final : public Optimizer {
 
  private:
   void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
-              double grad_scale) override;
+              double grad_scale, double weight_decay) override;
   double momentum_, dampening_;
   bool nesterov_;
 };
@@ -168,7 +186,7 @@ class RMSprop final : public Optimizer {
 
  private:
   void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
-              double grad_scale) override;
+              double grad_scale, double weight_decay) override;
   double rho_, epsilon_;
 };
 
@@ -186,7 +204,7 @@ class Adam : public Optimizer {
 
  private:
   void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
-              double grad_scale) override;
+              double grad_scale, double weight_decay) override;
   double beta_1_, beta_2_, epsilon_;
   bool decoupled_;
 };
@@ -208,7 +226,7 @@ class Lamb final : public Optimizer {
 
  private:
   void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
-              double grad_scale) override;
+              double grad_scale, double weight_decay) override;
   double beta_1_, beta_2_, epsilon_;
 };
 
@@ -231,7 +249,7 @@ class Adafactor final : public Optimizer {
 
  private:
   void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
-              double grad_scale) override;
+              double grad_scale, double weight_decay) override;
   double beta_2_decay_, epsilon_1_, epsilon_2_, clip_threshold_;
   bool relative_step_;
 };
@@ -264,7 +282,7 @@ class LossScaler {
   // Unscales (unless unscale() ran), then steps the optimizer, or skips the step when
   // a gradient is not finite. Returns whether the optimizer stepped.
   bool step(Optimizer& optimizer, const std::vector<Tensor>& params,
-            dist::Communicator* shards = nullptr);
+            dist::Communicator* shards = nullptr, const DecayMask& decay = {});
   // Backs the scale off after a skipped step, grows it after growth_interval finite
   // steps in a row; then the next step may begin.
   void update();
