@@ -228,3 +228,66 @@ def test_empty_data_and_huge_batches_are_not_silently_zero():
         model.fit(x, y, validation_split=0.95, verbose=0)
     with pytest.raises(ValueError, match=r"\[evaluate\] x has no samples"):
         model.evaluate(x[:0], y[:0])
+
+
+def _model_file_with_config(tmp_path, edit):
+    """A saved two-layer model whose JSON config `edit(config)` has rewritten."""
+    import json
+    model = st.Sequential([st.layers.Input((4,)), st.layers.Dense(3, name="hidden"), st.layers.Dense(2, name="out")])
+    model.compile(optimizer="adam", loss="mse")
+    model.save(str(tmp_path / "good.steepest"))
+    tensors, metadata = st.io.read(str(tmp_path / "good.steepest"))
+    edited = edit(json.loads(metadata["config"]))
+    metadata["config"] = edited if isinstance(edited, str) else json.dumps(edited)
+    path = tmp_path / "edited.steepest"
+    st.io.write(str(path), tensors, metadata)
+    return path
+
+
+def _set_layer_config(index, **changes):
+    def edit(config):
+        config["layers"][index]["config"].update(changes)
+        return config
+    return edit
+
+
+def _deep(config):
+    import json
+    config["layers"][0]["config"]["units"] = "NESTED"
+    return json.dumps(config).replace('"NESTED"', "[" * 100_000 + "]" * 100_000)
+
+
+@pytest.mark.parametrize("edit, text", [
+    (_set_layer_config(0, units=30_000_000), r"'model/hidden/kernel' of shape \(4, 30000000\), the file holds shape \(4, 3\)"),
+    (lambda c: {**c, "input_shape": [2**40]}, r"of shape \(1099511627776, 3\), the file holds shape \(4, 3\)"),
+    (_set_layer_config(1, name="renamed"), "'model/renamed/kernel' of shape \\(3, 2\\), which the file does not hold"),
+    (_set_layer_config(0, units="3"), r"\[Dense\] units must be a positive int"),
+    (_set_layer_config(0, no_such_argument=1), "unexpected keyword argument"),
+    (lambda c: {**c, "layers": [{"class_name": "os.system", "config": {}}]}, "unknown layer type"),
+    (lambda c: {**c, "layers": [{"class_name": "Dense"}]}, "a layer entry must be"),
+    (lambda c: {k: v for k, v in c.items() if k != "layers"}, "must be an object with a list of layers"),
+    (lambda c: {**c, "input_shape": "4"}, "input_shape must be a list of ints"),
+    (lambda c: [c], "must be an object with a list of layers"),
+    (_deep, "RecursionError"),
+])
+def test_model_config_is_checked_against_its_tensors_before_building(tmp_path, edit, text):
+    path = _model_file_with_config(tmp_path, edit)
+    assert path.stat().st_size < 2**18  # what the config asks for would take gigabytes
+    with pytest.raises(ValueError, match=text) as caught:
+        st.models.load_model(str(path))
+    assert str(caught.value).startswith(f"[load_model] {path}: ")
+
+
+def test_unknown_loss_class_in_a_model_file_is_refused(tmp_path):
+    import json
+    model = st.Sequential([st.layers.Input((4,)), st.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    model.save(str(tmp_path / "m.steepest"))
+    tensors, metadata = st.io.read(str(tmp_path / "m.steepest"))
+    compile_config = json.loads(metadata["compile"])
+    compile_config["loss"] = {"class_name": "get", "config": {"identifier": "mse"}}
+    metadata["compile"] = json.dumps(compile_config)
+    st.io.write(str(tmp_path / "bad.steepest"), tensors, metadata)
+    with pytest.raises(ValueError, match=r"^\[load_model\] .*unknown loss 'get'"):
+        st.models.load_model(str(tmp_path / "bad.steepest"))
+    assert st.models.load_model(str(tmp_path / "m.steepest")).predict(np.ones((1, 4))).shape == (1, 2)

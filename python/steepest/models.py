@@ -799,29 +799,68 @@ def _saved_optimizer_state(tensors: Dict[str, np.ndarray], saved: Dict[str, Any]
             "iterations": saved["iterations"], "state": state}
 
 
-def load_model(path: str) -> Sequential:
-    """Restores a model saved with ``model.save``: predictions are bit-identical and
-    training continues exactly where it stopped."""
-    tensors, metadata = io.read(path)
-    if metadata.get("format") != "steepest":
-        raise ValueError(f"[load_model] {path} is a safetensors file but not a steepest model")
-    config = json.loads(metadata["config"])
-    model = Sequential(name=config["name"])
-    if config["input_shape"] is not None:
-        model.add(layers_module.Input(tuple(config["input_shape"]), dtype=config.get("input_dtype")))
+def _saved_layers(path: str, config: Any) -> Tuple[Tuple[int, ...], List[layers_module.Layer]]:
+    """The input shape and the (unbuilt) layers a saved config describes."""
+    if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+        raise ValueError(f"[load_model] {path}: the config must be an object with a list of layers")
+    input_shape = config.get("input_shape")
+    if not isinstance(input_shape, list) or not all(type(d) is int for d in input_shape):
+        raise ValueError(f"[load_model] {path}: the config's input_shape must be a list of ints, got {input_shape!r}")
+    layers = []
     for entry in config["layers"]:
-        model.add(layers_module.deserialize(entry))
+        if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+            raise ValueError(f"[load_model] {path}: a layer entry must be {{'class_name': ..., 'config': {{...}}}}, "
+                             f"got {entry!r:.200}")
+        layers.append(layers_module.deserialize(entry))
+    names = [layer.name for layer in layers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"[load_model] {path}: the config names two layers alike ({names})")
+    return tuple(input_shape), layers
+
+
+def _check_config_against_tensors(path: str, input_shape: Tuple[int, ...], layers: List[layers_module.Layer],
+                                  tensors: Dict[str, np.ndarray]) -> None:
+    """Every weight the layers would build must be in the file with that shape, checked
+    before anything is allocated: a file's config can ask only for memory its own tensors
+    justify."""
+    shape = list(input_shape)
+    for layer in layers:
+        shape, weights = layer._impl.plan(shape)
+        for wname, wshape in weights:
+            key = f"model/{layer.name}/{wname}"
+            if key not in tensors:
+                raise ValueError(f"[load_model] {path}: the config asks for weight {key!r} of shape "
+                                 f"{tuple(wshape)}, which the file does not hold")
+            if tuple(tensors[key].shape) != tuple(wshape):
+                raise ValueError(f"[load_model] {path}: the config asks for weight {key!r} of shape "
+                                 f"{tuple(wshape)}, the file holds shape {tuple(tensors[key].shape)}")
+
+
+def _saved_loss(entry: Any) -> losses_module.Loss:
+    cls = getattr(losses_module, entry["class_name"], None)
+    if not (isinstance(cls, type) and issubclass(cls, losses_module.Loss)):
+        raise ValueError(f"unknown loss {entry['class_name']!r}")
+    return cls(**entry["config"])
+
+
+def _model_from_file(path: str, tensors: Dict[str, np.ndarray], metadata: Dict[str, str]) -> Sequential:
+    config = json.loads(metadata["config"])
+    input_shape, layers = _saved_layers(path, config)
+    _check_config_against_tensors(path, input_shape, layers, tensors)
+    model = Sequential(name=str(config.get("name", "sequential")))
+    model.add(layers_module.Input(input_shape, dtype=config.get("input_dtype")))
+    for layer in layers:
+        model.add(layer)
     model.build()
     model._load_weights(tensors, path)
     model._epochs_done = int(metadata.get("epochs_done", "0"))
     if "compile" in metadata:
         compile_config = json.loads(metadata["compile"])
         opt = compile_config["optimizer"]
-        loss_entry = compile_config["loss"]
-        loss = getattr(losses_module, loss_entry["class_name"])(**loss_entry["config"])
         optimizer = optimizers_module.get(opt["class_name"].lower())
         optimizer.load_state_dict(_saved_optimizer_state(tensors, opt))
-        model.compile(optimizer=optimizer, loss=loss, metrics=compile_config["metrics"])
+        model.compile(optimizer=optimizer, loss=_saved_loss(compile_config["loss"]),
+                      metrics=compile_config["metrics"])
         # Training resumes under the policy it was saved with, whatever the global one.
         model._policy = mixed_precision.Policy(compile_config.get("dtype_policy", "float32"))
         model.loss_scaler = None
@@ -830,6 +869,25 @@ def load_model(path: str) -> Sequential:
             model.loss_scaler.load_state_dict(compile_config["loss_scaler"])
         model._compile_impl()
     return model
+
+
+def load_model(path: str) -> Sequential:
+    """Restores a model saved with ``model.save``: predictions are bit-identical and
+    training continues exactly where it stopped.
+
+    The file is distrusted: its config is checked against its tensors before any layer
+    is built, and whatever in it does not make sense is a ValueError starting with
+    ``[load_model] path``."""
+    tensors, metadata = io.read(path)
+    if metadata.get("format") != "steepest":
+        raise ValueError(f"[load_model] {path} is a safetensors file but not a steepest model")
+    try:
+        return _model_from_file(path, tensors, metadata)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError) as e:
+        if str(e).startswith(f"[load_model] {path}"):
+            raise
+        detail = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise ValueError(f"[load_model] {path}: the config does not describe a model ({detail:.500})") from None
 
 
 def GPT(vocab_size: int, context: int, d_model: int, num_heads: int, num_layers: int,
