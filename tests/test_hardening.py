@@ -291,3 +291,21 @@ def test_unknown_loss_class_in_a_model_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"^\[load_model\] .*unknown loss 'get'"):
         st.models.load_model(str(tmp_path / "bad.steepest"))
     assert st.models.load_model(str(tmp_path / "m.steepest")).predict(np.ones((1, 4))).shape == (1, 2)
+
+
+def test_float64_values_beyond_float32_are_refused_not_trained_to_nan():
+    model = st.Sequential([st.layers.Input((3,)), st.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((8, 3)), np.zeros((8, 2))
+    x[5, 1] = 1e39
+    with pytest.raises(ValueError, match=r"^\[fit\] x has values beyond float32's range \(first at index \(5, 1\)\)"):
+        model.fit(x, y, verbose=0)
+    with pytest.raises(ValueError, match=r"^\[evaluate\] x has values beyond float32's range"):
+        model.evaluate(x, y)
+    with pytest.raises(ValueError, match=r"^\[predict\] x has values beyond float32's range"):
+        model.predict(x)
+    with pytest.raises(ValueError, match=r"^\[fit\] y has values beyond float32's range \(first at index \(0, 0\)\)"):
+        model.fit(np.ones((8, 3)), np.full((8, 2), -1e300), verbose=0)
+    with pytest.raises(ValueError, match=r"^\[fit\] sample_weight has values beyond float32's range"):
+        model.fit(np.ones((8, 3)), y, sample_weight=np.full(8, 1e40), verbose=0)
+    assert all(np.isfinite(w).all() for w in model.get_weights())

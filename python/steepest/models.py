@@ -39,6 +39,17 @@ def _as_array(name: str, data: Any) -> np.ndarray:
         raise TypeError(f"[fit] {name} must be array-like, got {type(data).__name__}: {e}") from None
 
 
+def _as_float32(op: str, name: str, array: np.ndarray) -> np.ndarray:
+    """A contiguous float32 copy, refusing wider floats that float32 cannot hold: cast,
+    they would become inf and train the weights to NaN."""
+    if array.dtype.kind == "f" and array.dtype.itemsize > 4:
+        beyond = np.abs(array) > np.finfo(np.float32).max
+        if beyond.any():
+            first = tuple(int(i) for i in np.argwhere(beyond)[0])
+            raise ValueError(f"[{op}] {name} has values beyond float32's range (first at index {first}); rescale it")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
 def _interactive() -> bool:
     """Whether a progress bar can be redrawn in place: a terminal or a Jupyter notebook.
     Redrawn to a file or a CI log, every ``\\r`` would become a line of its own."""
@@ -311,7 +322,7 @@ class Sequential:
             if array.dtype.kind == "f" and np.any(array != np.round(array)):
                 raise ValueError(f"[{op}] the model takes integer inputs (token ids), got x with fractions")
             return from_numpy(np.ascontiguousarray(array, dtype=np.int64))
-        return from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        return from_numpy(_as_float32(op, "x", array))
 
     def _integer_input(self) -> bool:
         if self._input_dtype is not None:
@@ -355,7 +366,7 @@ class Sequential:
         else:
             if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
                 raise ValueError(f"[{op}] y contains NaN or inf; clean the labels first")
-            array = array.astype(np.float32)
+            array = _as_float32(op, "y", array)
         return from_numpy(np.ascontiguousarray(array))
 
     def _prepare_weights(self, op: str, sample_weight: Any, class_weight: Optional[Dict[int, float]],
@@ -393,7 +404,7 @@ class Sequential:
             weights = by_class if weights is None else _broadcast_product(weights, by_class)
         if weights is None:
             return None
-        return from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
+        return from_numpy(_as_float32(op, "sample_weight", weights))
 
     def _check_compiled(self, op: str) -> None:
         if self.optimizer is None:
