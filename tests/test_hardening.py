@@ -309,3 +309,23 @@ def test_float64_values_beyond_float32_are_refused_not_trained_to_nan():
     with pytest.raises(ValueError, match=r"^\[fit\] sample_weight has values beyond float32's range"):
         model.fit(np.ones((8, 3)), y, sample_weight=np.full(8, 1e40), verbose=0)
     assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def _tiny_model():
+    model = st.Sequential([st.layers.Input((3,)), st.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    return model, np.ones((8, 3), np.float32), np.zeros((8, 2), np.float32)
+
+
+def test_model_checkpoint_says_why_it_does_not_save(tmp_path):
+    model, x, y = _tiny_model()
+    best = st.callbacks.ModelCheckpoint(str(tmp_path / "best.steepest"), save_best_only=True)
+    with pytest.warns(UserWarning, match=r"\[ModelCheckpoint\] monitor 'val_loss' is not in the logs \(loss\)") as caught:
+        model.fit(x, y, epochs=3, verbose=0, callbacks=[best])
+    assert len(caught) == 1 and not (tmp_path / "best.steepest").exists()
+    named = st.callbacks.ModelCheckpoint(str(tmp_path / "m-{epoch}-{val_loss:.2f}.steepest"))
+    with pytest.raises(ValueError, match=r"^\[ModelCheckpoint\] filepath .* names 'val_loss', which is not in "
+                                         r"this epoch's logs; available: epoch, loss"):
+        model.fit(x, y, verbose=0, callbacks=[named])
+    model.fit(x, y, verbose=0, validation_data=(x, y), callbacks=[named])
+    assert [p.name for p in tmp_path.iterdir()] == [f"m-1-{model.evaluate(x, y):.2f}.steepest"]
