@@ -329,3 +329,20 @@ def test_model_checkpoint_says_why_it_does_not_save(tmp_path):
         model.fit(x, y, verbose=0, callbacks=[named])
     model.fit(x, y, verbose=0, validation_data=(x, y), callbacks=[named])
     assert [p.name for p in tmp_path.iterdir()] == [f"m-1-{model.evaluate(x, y):.2f}.steepest"]
+
+
+def test_a_layer_in_two_models_is_refused_when_the_second_builds():
+    shared = st.layers.Dense(2)
+    first = st.Sequential([st.layers.Input((3,)), shared])
+    first.build()
+    before = first.get_weights()
+    second = st.Sequential([st.layers.Input((5,)), shared])
+    with pytest.raises(ValueError, match=r"^\[Sequential.build\] layer 'dense.*' already belongs to model 'sequential'"):
+        second.build()
+    assert [w.shape for w in first.get_weights()] == [(3, 2), (2,)]
+    np.testing.assert_array_equal(first.get_weights()[0], before[0])
+    del first
+    import gc
+    gc.collect()
+    second.build()  # the first model is gone: its layer is free again
+    assert second.get_weights()[0].shape == (5, 2)

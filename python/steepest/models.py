@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -220,10 +221,25 @@ class Sequential:
             )
         if not self.layers:
             raise ValueError("[Sequential.build] the model has no layers")
+        self._claim_layers()
         self._input_shape = tuple(int(d) for d in shape)
         self._impl.build(list(self._input_shape), self._seed)
         if self.optimizer is not None:
             self._compile_impl()
+
+    def _claim_layers(self) -> None:
+        """A layer's weights belong to one model: building them again for a second model
+        would silently re-draw the first one's."""
+        for layer in self.layers:
+            ref = getattr(layer, "_built_by", None)
+            owner = ref() if ref is not None else None
+            if owner is not None and owner is not self:
+                raise ValueError(
+                    f"[Sequential.build] layer {layer.name!r} already belongs to model {owner.name!r}; "
+                    f"building it again would replace that model's weights: give each model its own layers"
+                )
+        for layer in self.layers:
+            layer._built_by = weakref.ref(self)
 
     def parameters(self) -> List[Tensor]:
         """The trainable weights, in a fixed order (the optimizer state follows it)."""
