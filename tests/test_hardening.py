@@ -346,3 +346,54 @@ def test_a_layer_in_two_models_is_refused_when_the_second_builds():
     gc.collect()
     second.build()  # the first model is gone: its layer is free again
     assert second.get_weights()[0].shape == (5, 2)
+
+
+def test_csv_logger_closes_its_file_when_fit_raises(tmp_path):
+    model, x, y = _tiny_model()
+    logger = st.callbacks.CSVLogger(str(tmp_path / "log.csv"))
+
+    class Fails(st.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        model.fit(x, y, epochs=5, verbose=0, callbacks=[logger, Fails()])
+    assert logger._file is None
+    assert len((tmp_path / "log.csv").read_text().splitlines()) == 3  # header and two epochs
+
+
+def _sigint():
+    import os
+    import signal
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("hook", ["on_test_batch_end", "on_test_batch_begin", "on_epoch_end", "on_epoch_begin",
+                                  "on_train_batch_end"])
+def test_ctrl_c_during_validation_or_callbacks_stops_fit_cleanly(hook, caplog):
+    model, x, y = _tiny_model()
+    x, y = np.ones((64, 3), np.float32), np.zeros((64, 2), np.float32)
+    calls = []
+
+    def press(*args):
+        calls.append(args)
+        if len(calls) == 3:  # in the second epoch for the epoch hooks
+            _sigint()
+
+    history = model.fit(x, y, epochs=50, batch_size=8, verbose=1, validation_data=(x, y),
+                        callbacks=[st.callbacks.LambdaCallback(**{hook: press})])
+    assert model._interrupted and "Training interrupted (Ctrl-C)" in caplog.text
+    epochs = len(history.epoch)
+    assert 1 <= epochs <= 3
+    assert len(history.history["loss"]) == epochs
+    assert len(history.history.get("val_loss", [])) in (epochs - 1, epochs)  # a cut validation is left out
+    assert np.isfinite(model.evaluate(x, y))  # the model stays usable
+    model.fit(x, y, epochs=1, verbose=0)
+    assert not model._interrupted
+
+
+def test_ctrl_c_during_evaluate_raises_rather_than_returning_part_of_the_data():
+    model, x, y = _tiny_model()
+    with pytest.raises(KeyboardInterrupt):
+        model.evaluate(x, y, batch_size=2, callbacks=[st.callbacks.LambdaCallback(on_test_batch_end=lambda b, l: _sigint())])

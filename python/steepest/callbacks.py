@@ -208,6 +208,10 @@ class CSVLogger(Callback):
         self._file.flush()
 
     def on_train_end(self, logs=None) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        """fit calls it also when it ends by an exception (a callback's error, Ctrl-C)."""
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -85,10 +85,30 @@ def _validation_schedule(validation_freq: Union[int, Sequence[int]]) -> Callable
     raise ValueError(f"[fit] validation_freq must be an int or a list of epochs, got {validation_freq!r}")
 
 
-def _hooks(callbacks: Sequence[callbacks_module.Callback], hook: str,
-           make_logs: Callable[[Any], Any]) -> Optional[Callable[[int, Any], None]]:
+class _CtrlC:
+    """Ctrl-C that lands in Python code fit runs between batches (a callback, a hook):
+    caught and remembered, so that fit stops at the next batch boundary as it does for
+    Ctrl-C inside the C++ loop, instead of unwinding through that loop."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def call(self, function: Callable[..., Any], *args: Any) -> None:
+        try:
+            function(*args)
+        except KeyboardInterrupt:
+            self.pressed = True
+
+    def each(self, callbacks: Sequence[callbacks_module.Callback], hook: str, *args: Any) -> None:
+        for cb in callbacks:
+            self.call(getattr(cb, hook), *args)
+
+
+def _hooks(callbacks: Sequence[callbacks_module.Callback], hook: str, make_logs: Callable[[Any], Any],
+           ctrl_c: Optional[_CtrlC] = None) -> Optional[Callable[[int, Any], None]]:
     """A function (batch, raw logs) that calls ``hook`` on the callbacks that override
-    it, or None when none does, so that the batch loop stays in C++."""
+    it, or None when none does, so that the batch loop stays in C++. With ``ctrl_c``,
+    Ctrl-C in a hook is remembered there instead of raised."""
     chosen = callbacks_module.overriding(list(callbacks), hook)
     if not chosen:
         return None
@@ -96,7 +116,10 @@ def _hooks(callbacks: Sequence[callbacks_module.Callback], hook: str,
     def call(batch: int, raw: Any = None) -> None:
         logs = make_logs(raw)
         for cb in chosen:
-            getattr(cb, hook)(batch, logs)
+            if ctrl_c is None:
+                getattr(cb, hook)(batch, logs)
+            else:
+                ctrl_c.call(getattr(cb, hook), batch, logs)
 
     return call
 
@@ -518,6 +541,13 @@ class Sequential:
             cb.set_model(self)
         self.stop_training = False
         self._interrupted = False
+        ctrl_c = _CtrlC()
+
+        def stop_for_ctrl_c() -> None:
+            if verbose and not self._interrupted:
+                _logger.warning("Training interrupted (Ctrl-C): weights are those of the last finished step.")
+            self._interrupted = self.stop_training = True
+
         base_seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**63))
         if ranks > 1:  # one shuffle order for all ranks
             base_seed = int(distributed._broadcast_object(base_seed, 0))
@@ -527,60 +557,76 @@ class Sequential:
             batches = min(batches, steps)
         # BackupAndRestore's on_train_begin may move both on, to resume a crashed fit.
         self._shuffle_seed, self._initial_epoch = base_seed, initial_epoch
-        for cb in all_callbacks:
-            cb.on_train_begin(None)
-        base_seed = self._shuffle_seed
-        batch_begin = _hooks(all_callbacks, "on_train_batch_begin", lambda logs: None)
-        batch_end = _hooks(all_callbacks, "on_train_batch_end", lambda logs: self._named(logs, train=True))
-        logs: Dict[str, float] = {}
-        for epoch in range(self._initial_epoch, epochs):
-            for cb in all_callbacks:
-                cb.on_epoch_begin(epoch, None)
-            if verbose:
-                print(f"Epoch {epoch + 1}/{epochs}")
-            order = None
-            if shuffle:
-                rng = np.random.default_rng([base_seed, self._epochs_done])
-                order = rng.permutation(n).astype(np.int64)
-            bar = _ProgressBar(batches, verbose)
+        try:
+            ctrl_c.each(all_callbacks, "on_train_begin", None)
+            base_seed = self._shuffle_seed
+            batch_begin = _hooks(all_callbacks, "on_train_batch_begin", lambda logs: None, ctrl_c)
+            batch_end = _hooks(all_callbacks, "on_train_batch_end", lambda logs: self._named(logs, train=True),
+                               ctrl_c)
+            logs: Dict[str, float] = {}
+            try:
+                for epoch in range(self._initial_epoch, epochs):
+                    if not ctrl_c.pressed:
+                        ctrl_c.each(all_callbacks, "on_epoch_begin", epoch, None)
+                    if ctrl_c.pressed:
+                        stop_for_ctrl_c()
+                        break
+                    if verbose:
+                        print(f"Epoch {epoch + 1}/{epochs}")
+                    order = None
+                    if shuffle:
+                        rng = np.random.default_rng([base_seed, self._epochs_done])
+                        order = rng.permutation(n).astype(np.int64)
+                    bar = _ProgressBar(batches, verbose)
 
-            def progress(batch: int, total: int, logs: Dict[str, Any]) -> bool:
-                if bar.redraws:
-                    bar.update(batch, self._named(logs, train=True))
-                if batch_end is not None:
-                    batch_end(batch - 1, logs)
-                return not self.stop_training
+                    def progress(batch: int, total: int, logs: Dict[str, Any]) -> bool:
+                        if bar.redraws:
+                            bar.update(batch, self._named(logs, train=True))
+                        if batch_end is not None:
+                            batch_end(batch - 1, logs)
+                        return not (self.stop_training or ctrl_c.pressed)
 
-            # Python runs after every batch only for a batch hook; for the bar alone, at
-            # most every 0.1 s.
-            result = self._impl.train_epoch(xt, yt, batch_size, order, stop_on_nan,
-                                            progress if bar.redraws or batch_end else None,
-                                            report_seconds=0.0 if batch_end else 0.1,
-                                            accumulation_steps=gradient_accumulation_steps,
-                                            sample_weight=wt, steps=steps, batch_begin=batch_begin)
-            self._epochs_done += 1
-            logs = self._named(result, train=True)
-            if validation is not None and not result["stopped"] and validates(epoch):
-                val = self._run_evaluation(*validation, batch_size, validation_batches, all_callbacks)
-                logs.update({f"val_{k}": v for k, v in val.items()})
-            bar.finish(logs)
-            if result["interrupted"]:
-                self._interrupted = True
-                if verbose:
-                    _logger.warning("Training interrupted (Ctrl-C): weights are those of the last finished step.")
-                self.stop_training = True
-            if result["nan_loss"]:
-                if verbose:
-                    _logger.warning("Batch %d: invalid loss, terminating training", result["batches"] + 1)
-                self.stop_training = True
+                    # Python runs after every batch only for a batch hook; for the bar
+                    # alone, at most every 0.1 s.
+                    hooked = batch_end is not None or batch_begin is not None
+                    result = self._impl.train_epoch(xt, yt, batch_size, order, stop_on_nan,
+                                                    progress if bar.redraws or hooked else None,
+                                                    report_seconds=0.0 if hooked else 0.1,
+                                                    accumulation_steps=gradient_accumulation_steps,
+                                                    sample_weight=wt, steps=steps, batch_begin=batch_begin)
+                    self._epochs_done += 1
+                    logs = self._named(result, train=True)
+                    if (validation is not None and not result["stopped"] and not ctrl_c.pressed
+                            and validates(epoch)):
+                        try:
+                            val = self._run_evaluation(*validation, batch_size, validation_batches, all_callbacks)
+                        except KeyboardInterrupt:  # the epoch is kept, without its partial validation
+                            ctrl_c.pressed = True
+                        else:
+                            logs.update({f"val_{k}": v for k, v in val.items()})
+                    bar.finish(logs)
+                    if result["interrupted"] or ctrl_c.pressed:
+                        stop_for_ctrl_c()
+                    if result["nan_loss"]:
+                        if verbose:
+                            _logger.warning("Batch %d: invalid loss, terminating training", result["batches"] + 1)
+                        self.stop_training = True
+                    ctrl_c.each(all_callbacks, "on_epoch_end", epoch, logs)
+                    if ctrl_c.pressed:
+                        stop_for_ctrl_c()
+                    if ranks > 1:
+                        self.stop_training = distributed._agree_any(self.stop_training)
+                    if self.stop_training:
+                        break
+            except KeyboardInterrupt:  # landed in fit's own Python code between two epochs
+                stop_for_ctrl_c()
             for cb in all_callbacks:
-                cb.on_epoch_end(epoch, logs)
-            if ranks > 1:
-                self.stop_training = distributed._agree_any(self.stop_training)
-            if self.stop_training:
-                break
-        for cb in all_callbacks:
-            cb.on_train_end(logs)
+                cb.on_train_end(logs)
+        except BaseException:
+            # A callback that raised (or a second Ctrl-C) ends fit; files still get closed.
+            for cb in all_callbacks:
+                getattr(cb, "_close", lambda: None)()
+            raise
         return history
 
     def _run_evaluation(self, xt: Tensor, yt: Tensor, wt: Optional[Tensor], batch_size: int,
@@ -588,16 +634,22 @@ class Sequential:
         """The test loop of evaluate and of fit's validation, with the test hooks."""
         for cb in callbacks:
             cb.on_test_begin(None)
-        batch_begin = _hooks(callbacks, "on_test_batch_begin", lambda logs: None)
-        batch_end = _hooks(callbacks, "on_test_batch_end", self._named)
+        ctrl_c = _CtrlC()
+        batch_begin = _hooks(callbacks, "on_test_batch_begin", lambda logs: None, ctrl_c)
+        batch_end = _hooks(callbacks, "on_test_batch_end", self._named, ctrl_c)
 
         def progress(batch: int, total: int, logs: Dict[str, Any]) -> bool:
-            batch_end(batch - 1, logs)
-            return True
+            if batch_end is not None:
+                batch_end(batch - 1, logs)
+            return not ctrl_c.pressed
 
+        hooked = batch_end is not None or batch_begin is not None
         result = self._impl.evaluate(xt, yt, batch_size, sample_weight=wt, steps=steps,
-                                     callback=progress if batch_end else None,
-                                     report_seconds=0.0 if batch_end else 0.25, batch_begin=batch_begin)
+                                     callback=progress if hooked else None,
+                                     report_seconds=0.0 if hooked else 0.25, batch_begin=batch_begin)
+        if result["interrupted"] or ctrl_c.pressed:
+            # Raised, not returned: the loss of the batches done would pass for the whole data's.
+            raise KeyboardInterrupt
         logs = self._named(result)
         for cb in callbacks:
             cb.on_test_end(logs)
