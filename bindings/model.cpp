@@ -117,6 +117,13 @@ void init_model(nb::module_& parent) {
              Dims out = l.build(Dims(shape.begin(), shape.end()), seed);
              return std::vector<int64_t>(out.begin(), out.end());
            }, arg("input_shape"), arg("seed"))
+      .def("plan", [](model::Layer& l, std::vector<int64_t> shape) {
+             auto [out, weights] = l.plan(Dims(shape.begin(), shape.end()));
+             std::vector<std::pair<std::string, std::vector<int64_t>>> named;
+             for (auto& [name, dims] : weights) named.emplace_back(name, std::vector<int64_t>(dims.begin(), dims.end()));
+             return std::make_pair(std::vector<int64_t>(out.begin(), out.end()), named);
+           }, arg("input_shape"),
+           "(output shape, [(weight name, shape)]) that build would give, allocating nothing.")
       .def("forward", &model::Layer::forward, arg("x"), arg("training") = false, arg("step") = 0)
       .def_prop_ro("final_activation", [](model::Layer& l) { return std::string(activation_name(l.final_activation())); })
       .def_prop_rw(

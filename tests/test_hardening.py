@@ -228,3 +228,172 @@ def test_empty_data_and_huge_batches_are_not_silently_zero():
         model.fit(x, y, validation_split=0.95, verbose=0)
     with pytest.raises(ValueError, match=r"\[evaluate\] x has no samples"):
         model.evaluate(x[:0], y[:0])
+
+
+def _model_file_with_config(tmp_path, edit):
+    """A saved two-layer model whose JSON config `edit(config)` has rewritten."""
+    import json
+    model = st.Sequential([st.layers.Input((4,)), st.layers.Dense(3, name="hidden"), st.layers.Dense(2, name="out")])
+    model.compile(optimizer="adam", loss="mse")
+    model.save(str(tmp_path / "good.steepest"))
+    tensors, metadata = st.io.read(str(tmp_path / "good.steepest"))
+    edited = edit(json.loads(metadata["config"]))
+    metadata["config"] = edited if isinstance(edited, str) else json.dumps(edited)
+    path = tmp_path / "edited.steepest"
+    st.io.write(str(path), tensors, metadata)
+    return path
+
+
+def _set_layer_config(index, **changes):
+    def edit(config):
+        config["layers"][index]["config"].update(changes)
+        return config
+    return edit
+
+
+def _deep(config):
+    import json
+    config["layers"][0]["config"]["units"] = "NESTED"
+    return json.dumps(config).replace('"NESTED"', "[" * 100_000 + "]" * 100_000)
+
+
+@pytest.mark.parametrize("edit, text", [
+    (_set_layer_config(0, units=30_000_000), r"'model/hidden/kernel' of shape \(4, 30000000\), the file holds shape \(4, 3\)"),
+    (lambda c: {**c, "input_shape": [2**40]}, r"of shape \(1099511627776, 3\), the file holds shape \(4, 3\)"),
+    (_set_layer_config(1, name="renamed"), "'model/renamed/kernel' of shape \\(3, 2\\), which the file does not hold"),
+    (_set_layer_config(0, units="3"), r"\[Dense\] units must be a positive int"),
+    (_set_layer_config(0, no_such_argument=1), "unexpected keyword argument"),
+    (lambda c: {**c, "layers": [{"class_name": "os.system", "config": {}}]}, "unknown layer type"),
+    (lambda c: {**c, "layers": [{"class_name": "Dense"}]}, "a layer entry must be"),
+    (lambda c: {k: v for k, v in c.items() if k != "layers"}, "must be an object with a list of layers"),
+    (lambda c: {**c, "input_shape": "4"}, "input_shape must be a list of ints"),
+    (lambda c: [c], "must be an object with a list of layers"),
+    (_deep, "RecursionError"),
+])
+def test_model_config_is_checked_against_its_tensors_before_building(tmp_path, edit, text):
+    path = _model_file_with_config(tmp_path, edit)
+    assert path.stat().st_size < 2**18  # what the config asks for would take gigabytes
+    with pytest.raises(ValueError, match=text) as caught:
+        st.models.load_model(str(path))
+    assert str(caught.value).startswith(f"[load_model] {path}: ")
+
+
+def test_unknown_loss_class_in_a_model_file_is_refused(tmp_path):
+    import json
+    model = st.Sequential([st.layers.Input((4,)), st.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    model.save(str(tmp_path / "m.steepest"))
+    tensors, metadata = st.io.read(str(tmp_path / "m.steepest"))
+    compile_config = json.loads(metadata["compile"])
+    compile_config["loss"] = {"class_name": "get", "config": {"identifier": "mse"}}
+    metadata["compile"] = json.dumps(compile_config)
+    st.io.write(str(tmp_path / "bad.steepest"), tensors, metadata)
+    with pytest.raises(ValueError, match=r"^\[load_model\] .*unknown loss 'get'"):
+        st.models.load_model(str(tmp_path / "bad.steepest"))
+    assert st.models.load_model(str(tmp_path / "m.steepest")).predict(np.ones((1, 4))).shape == (1, 2)
+
+
+def test_float64_values_beyond_float32_are_refused_not_trained_to_nan():
+    model = st.Sequential([st.layers.Input((3,)), st.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((8, 3)), np.zeros((8, 2))
+    x[5, 1] = 1e39
+    with pytest.raises(ValueError, match=r"^\[fit\] x has values beyond float32's range \(first at index \(5, 1\)\)"):
+        model.fit(x, y, verbose=0)
+    with pytest.raises(ValueError, match=r"^\[evaluate\] x has values beyond float32's range"):
+        model.evaluate(x, y)
+    with pytest.raises(ValueError, match=r"^\[predict\] x has values beyond float32's range"):
+        model.predict(x)
+    with pytest.raises(ValueError, match=r"^\[fit\] y has values beyond float32's range \(first at index \(0, 0\)\)"):
+        model.fit(np.ones((8, 3)), np.full((8, 2), -1e300), verbose=0)
+    with pytest.raises(ValueError, match=r"^\[fit\] sample_weight has values beyond float32's range"):
+        model.fit(np.ones((8, 3)), y, sample_weight=np.full(8, 1e40), verbose=0)
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def _tiny_model():
+    model = st.Sequential([st.layers.Input((3,)), st.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    return model, np.ones((8, 3), np.float32), np.zeros((8, 2), np.float32)
+
+
+def test_model_checkpoint_says_why_it_does_not_save(tmp_path):
+    model, x, y = _tiny_model()
+    best = st.callbacks.ModelCheckpoint(str(tmp_path / "best.steepest"), save_best_only=True)
+    with pytest.warns(UserWarning, match=r"\[ModelCheckpoint\] monitor 'val_loss' is not in the logs \(loss\)") as caught:
+        model.fit(x, y, epochs=3, verbose=0, callbacks=[best])
+    assert len(caught) == 1 and not (tmp_path / "best.steepest").exists()
+    named = st.callbacks.ModelCheckpoint(str(tmp_path / "m-{epoch}-{val_loss:.2f}.steepest"))
+    with pytest.raises(ValueError, match=r"^\[ModelCheckpoint\] filepath .* names 'val_loss', which is not in "
+                                         r"this epoch's logs; available: epoch, loss"):
+        model.fit(x, y, verbose=0, callbacks=[named])
+    model.fit(x, y, verbose=0, validation_data=(x, y), callbacks=[named])
+    assert [p.name for p in tmp_path.iterdir()] == [f"m-1-{model.evaluate(x, y):.2f}.steepest"]
+
+
+def test_a_layer_in_two_models_is_refused_when_the_second_builds():
+    shared = st.layers.Dense(2)
+    first = st.Sequential([st.layers.Input((3,)), shared])
+    first.build()
+    before = first.get_weights()
+    second = st.Sequential([st.layers.Input((5,)), shared])
+    with pytest.raises(ValueError, match=r"^\[Sequential.build\] layer 'dense.*' already belongs to model 'sequential'"):
+        second.build()
+    assert [w.shape for w in first.get_weights()] == [(3, 2), (2,)]
+    np.testing.assert_array_equal(first.get_weights()[0], before[0])
+    del first
+    import gc
+    gc.collect()
+    second.build()  # the first model is gone: its layer is free again
+    assert second.get_weights()[0].shape == (5, 2)
+
+
+def test_csv_logger_closes_its_file_when_fit_raises(tmp_path):
+    model, x, y = _tiny_model()
+    logger = st.callbacks.CSVLogger(str(tmp_path / "log.csv"))
+
+    class Fails(st.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        model.fit(x, y, epochs=5, verbose=0, callbacks=[logger, Fails()])
+    assert logger._file is None
+    assert len((tmp_path / "log.csv").read_text().splitlines()) == 3  # header and two epochs
+
+
+def _sigint():
+    import os
+    import signal
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("hook", ["on_test_batch_end", "on_test_batch_begin", "on_epoch_end", "on_epoch_begin",
+                                  "on_train_batch_end"])
+def test_ctrl_c_during_validation_or_callbacks_stops_fit_cleanly(hook, caplog):
+    model, x, y = _tiny_model()
+    x, y = np.ones((64, 3), np.float32), np.zeros((64, 2), np.float32)
+    calls = []
+
+    def press(*args):
+        calls.append(args)
+        if len(calls) == 3:  # in the second epoch for the epoch hooks
+            _sigint()
+
+    history = model.fit(x, y, epochs=50, batch_size=8, verbose=1, validation_data=(x, y),
+                        callbacks=[st.callbacks.LambdaCallback(**{hook: press})])
+    assert model._interrupted and "Training interrupted (Ctrl-C)" in caplog.text
+    epochs = len(history.epoch)
+    assert 1 <= epochs <= 3
+    assert len(history.history["loss"]) == epochs
+    assert len(history.history.get("val_loss", [])) in (epochs - 1, epochs)  # a cut validation is left out
+    assert np.isfinite(model.evaluate(x, y))  # the model stays usable
+    model.fit(x, y, epochs=1, verbose=0)
+    assert not model._interrupted
+
+
+def test_ctrl_c_during_evaluate_raises_rather_than_returning_part_of_the_data():
+    model, x, y = _tiny_model()
+    with pytest.raises(KeyboardInterrupt):
+        model.evaluate(x, y, batch_size=2, callbacks=[st.callbacks.LambdaCallback(on_test_batch_end=lambda b, l: _sigint())])

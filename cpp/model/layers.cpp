@@ -86,6 +86,19 @@ Dims Layer::build(const Dims& input_shape, uint64_t seed) {
   return output_shape_;
 }
 
+std::pair<Dims, std::vector<std::pair<std::string, Dims>>> Layer::plan(const Dims& input_shape) {
+  std::pair<Dims, std::vector<std::pair<std::string, Dims>>> out;
+  plan_ = &out.second;
+  try {
+    out.first = build_weights(input_shape, 0);
+  } catch (...) {
+    plan_ = nullptr;
+    throw;
+  }
+  plan_ = nullptr;
+  return out;
+}
+
 void Layer::to_device(Device device) {
   for (auto& entry : weights_) {
     TensorImpl& w = *entry.second.impl();
@@ -113,6 +126,10 @@ Tensor Layer::cast(const Tensor& t) const {
 
 Tensor Layer::add_weight(const std::string& name, const Dims& shape, const std::string& initializer,
                          int64_t fan_in, int64_t fan_out, uint64_t seed) {
+  if (plan_ != nullptr) {
+    plan_->emplace_back(name, shape);
+    return {};
+  }
   NoGradGuard no_grad;
   const DType dtype = DType::Float32;
   double fan_sum = static_cast<double>(std::max<int64_t>(fan_in + fan_out, 1));
@@ -354,10 +371,10 @@ Dims Normalization::build_weights(const Dims& input_shape, uint64_t) {
   if (input_shape.empty()) fail("Normalization", "needs a feature axis, got ", input_shape);
   Dims shape{per_feature_ ? input_shape.back() : 1};
   for (const char* name : {"mean", "variance"}) {
-    Tensor w = Tensor::zeros(shape, DType::Float32);
-    weights_.emplace_back(name, w);  // never requires grad: not trained
+    Tensor w = add_weight(name, shape, "zeros", 0, 0, 0);
+    if (w.defined()) w.set_requires_grad(false);  // statistics, not trained
   }
-  write_statistics();
+  if (!planning()) write_statistics();
   return input_shape;
 }
 

@@ -53,11 +53,12 @@ TransformerBlock::TransformerBlock(std::string name, int64_t d_model, int64_t nu
 Dims TransformerBlock::build_weights(const Dims& input_shape, uint64_t seed) {
   if (input_shape.size() != 2 || input_shape[1] != d_model_)
     fail("TransformerBlock", "expects (time, ", d_model_, ") inputs, got input shape ", input_shape);
-  int64_t d = d_model_, hidden = mlp_ratio_ * d_model_;
+  // Dims::product checks the multiplications: the sizes may come from a model file.
+  int64_t d = d_model_, d3 = Dims{3, d}.product(), hidden = Dims{mlp_ratio_, d}.product();
   add_weight("ln1_gamma", {d}, "ones", 0, 0, seed);
   add_weight("ln1_beta", {d}, "zeros", 0, 0, seed);
-  add_weight("qkv_kernel", {d, 3 * d}, "glorot_uniform", d, 3 * d, seed + 1);
-  add_weight("qkv_bias", {3 * d}, "zeros", 0, 0, seed);
+  add_weight("qkv_kernel", {d, d3}, "glorot_uniform", d, d3, seed + 1);
+  add_weight("qkv_bias", {d3}, "zeros", 0, 0, seed);
   add_weight("out_kernel", {d, d}, "glorot_uniform", d, d, seed + 2);
   add_weight("out_bias", {d}, "zeros", 0, 0, seed);
   add_weight("ln2_gamma", {d}, "ones", 0, 0, seed);

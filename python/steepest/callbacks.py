@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import warnings
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -132,21 +133,39 @@ class ModelCheckpoint(Callback):
     and rank 0 writes the file.
 
     ``filepath`` may contain ``{epoch}`` and log keys, e.g. ``"ckpt-{epoch:02d}.steepest"``.
+    With ``save_best_only``, epochs whose logs lack ``monitor`` save nothing (a warning
+    says so once per fit).
     """
 
     def __init__(self, filepath: str, monitor: str = "val_loss", save_best_only: bool = False,
                  mode: str = "auto") -> None:
         self.filepath, self.monitor, self.save_best_only, self.mode = filepath, monitor, save_best_only, mode
         self.best = _worst(mode, monitor)
+        self._warned = False
+
+    def on_train_begin(self, logs=None) -> None:
+        self._warned = False
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         logs = logs or {}
         if self.save_best_only:
             current = logs.get(self.monitor)
-            if current is None or not _improved(self.mode, self.monitor, current, self.best, 0.0):
+            if current is None:
+                if not self._warned:
+                    self._warned = True
+                    warnings.warn(f"[ModelCheckpoint] monitor {self.monitor!r} is not in the logs "
+                                  f"({', '.join(logs)}), so no checkpoint is saved; pass validation_data "
+                                  f"for val_* metrics", stacklevel=2)
+                return
+            if not _improved(self.mode, self.monitor, current, self.best, 0.0):
                 return
             self.best = current
-        self.model.save(self.filepath.format(epoch=epoch + 1, **logs))
+        try:
+            path = self.filepath.format(epoch=epoch + 1, **logs)
+        except KeyError as e:
+            raise ValueError(f"[ModelCheckpoint] filepath {self.filepath!r} names {e}, which is not in this "
+                             f"epoch's logs; available: epoch, {', '.join(logs)}") from None
+        self.model.save(path)
 
 
 class LearningRateScheduler(Callback):
@@ -189,6 +208,10 @@ class CSVLogger(Callback):
         self._file.flush()
 
     def on_train_end(self, logs=None) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        """fit calls it also when it ends by an exception (a callback's error, Ctrl-C)."""
         if self._file is not None:
             self._file.close()
             self._file = None

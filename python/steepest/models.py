@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -37,6 +38,17 @@ def _as_array(name: str, data: Any) -> np.ndarray:
         return np.asarray(data)
     except Exception as e:  # noqa: BLE001 - any unconvertible input
         raise TypeError(f"[fit] {name} must be array-like, got {type(data).__name__}: {e}") from None
+
+
+def _as_float32(op: str, name: str, array: np.ndarray) -> np.ndarray:
+    """A contiguous float32 copy, refusing wider floats that float32 cannot hold: cast,
+    they would become inf and train the weights to NaN."""
+    if array.dtype.kind == "f" and array.dtype.itemsize > 4:
+        beyond = np.abs(array) > np.finfo(np.float32).max
+        if beyond.any():
+            first = tuple(int(i) for i in np.argwhere(beyond)[0])
+            raise ValueError(f"[{op}] {name} has values beyond float32's range (first at index {first}); rescale it")
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def _interactive() -> bool:
@@ -73,10 +85,30 @@ def _validation_schedule(validation_freq: Union[int, Sequence[int]]) -> Callable
     raise ValueError(f"[fit] validation_freq must be an int or a list of epochs, got {validation_freq!r}")
 
 
-def _hooks(callbacks: Sequence[callbacks_module.Callback], hook: str,
-           make_logs: Callable[[Any], Any]) -> Optional[Callable[[int, Any], None]]:
+class _CtrlC:
+    """Ctrl-C that lands in Python code fit runs between batches (a callback, a hook):
+    caught and remembered, so that fit stops at the next batch boundary as it does for
+    Ctrl-C inside the C++ loop, instead of unwinding through that loop."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def call(self, function: Callable[..., Any], *args: Any) -> None:
+        try:
+            function(*args)
+        except KeyboardInterrupt:
+            self.pressed = True
+
+    def each(self, callbacks: Sequence[callbacks_module.Callback], hook: str, *args: Any) -> None:
+        for cb in callbacks:
+            self.call(getattr(cb, hook), *args)
+
+
+def _hooks(callbacks: Sequence[callbacks_module.Callback], hook: str, make_logs: Callable[[Any], Any],
+           ctrl_c: Optional[_CtrlC] = None) -> Optional[Callable[[int, Any], None]]:
     """A function (batch, raw logs) that calls ``hook`` on the callbacks that override
-    it, or None when none does, so that the batch loop stays in C++."""
+    it, or None when none does, so that the batch loop stays in C++. With ``ctrl_c``,
+    Ctrl-C in a hook is remembered there instead of raised."""
     chosen = callbacks_module.overriding(list(callbacks), hook)
     if not chosen:
         return None
@@ -84,7 +116,10 @@ def _hooks(callbacks: Sequence[callbacks_module.Callback], hook: str,
     def call(batch: int, raw: Any = None) -> None:
         logs = make_logs(raw)
         for cb in chosen:
-            getattr(cb, hook)(batch, logs)
+            if ctrl_c is None:
+                getattr(cb, hook)(batch, logs)
+            else:
+                ctrl_c.call(getattr(cb, hook), batch, logs)
 
     return call
 
@@ -209,10 +244,25 @@ class Sequential:
             )
         if not self.layers:
             raise ValueError("[Sequential.build] the model has no layers")
+        self._claim_layers()
         self._input_shape = tuple(int(d) for d in shape)
         self._impl.build(list(self._input_shape), self._seed)
         if self.optimizer is not None:
             self._compile_impl()
+
+    def _claim_layers(self) -> None:
+        """A layer's weights belong to one model: building them again for a second model
+        would silently re-draw the first one's."""
+        for layer in self.layers:
+            ref = getattr(layer, "_built_by", None)
+            owner = ref() if ref is not None else None
+            if owner is not None and owner is not self:
+                raise ValueError(
+                    f"[Sequential.build] layer {layer.name!r} already belongs to model {owner.name!r}; "
+                    f"building it again would replace that model's weights: give each model its own layers"
+                )
+        for layer in self.layers:
+            layer._built_by = weakref.ref(self)
 
     def parameters(self) -> List[Tensor]:
         """The trainable weights, in a fixed order (the optimizer state follows it)."""
@@ -311,7 +361,7 @@ class Sequential:
             if array.dtype.kind == "f" and np.any(array != np.round(array)):
                 raise ValueError(f"[{op}] the model takes integer inputs (token ids), got x with fractions")
             return from_numpy(np.ascontiguousarray(array, dtype=np.int64))
-        return from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        return from_numpy(_as_float32(op, "x", array))
 
     def _integer_input(self) -> bool:
         if self._input_dtype is not None:
@@ -355,7 +405,7 @@ class Sequential:
         else:
             if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
                 raise ValueError(f"[{op}] y contains NaN or inf; clean the labels first")
-            array = array.astype(np.float32)
+            array = _as_float32(op, "y", array)
         return from_numpy(np.ascontiguousarray(array))
 
     def _prepare_weights(self, op: str, sample_weight: Any, class_weight: Optional[Dict[int, float]],
@@ -393,7 +443,7 @@ class Sequential:
             weights = by_class if weights is None else _broadcast_product(weights, by_class)
         if weights is None:
             return None
-        return from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
+        return from_numpy(_as_float32(op, "sample_weight", weights))
 
     def _check_compiled(self, op: str) -> None:
         if self.optimizer is None:
@@ -491,6 +541,13 @@ class Sequential:
             cb.set_model(self)
         self.stop_training = False
         self._interrupted = False
+        ctrl_c = _CtrlC()
+
+        def stop_for_ctrl_c() -> None:
+            if verbose and not self._interrupted:
+                _logger.warning("Training interrupted (Ctrl-C): weights are those of the last finished step.")
+            self._interrupted = self.stop_training = True
+
         base_seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**63))
         if ranks > 1:  # one shuffle order for all ranks
             base_seed = int(distributed._broadcast_object(base_seed, 0))
@@ -500,60 +557,76 @@ class Sequential:
             batches = min(batches, steps)
         # BackupAndRestore's on_train_begin may move both on, to resume a crashed fit.
         self._shuffle_seed, self._initial_epoch = base_seed, initial_epoch
-        for cb in all_callbacks:
-            cb.on_train_begin(None)
-        base_seed = self._shuffle_seed
-        batch_begin = _hooks(all_callbacks, "on_train_batch_begin", lambda logs: None)
-        batch_end = _hooks(all_callbacks, "on_train_batch_end", lambda logs: self._named(logs, train=True))
-        logs: Dict[str, float] = {}
-        for epoch in range(self._initial_epoch, epochs):
-            for cb in all_callbacks:
-                cb.on_epoch_begin(epoch, None)
-            if verbose:
-                print(f"Epoch {epoch + 1}/{epochs}")
-            order = None
-            if shuffle:
-                rng = np.random.default_rng([base_seed, self._epochs_done])
-                order = rng.permutation(n).astype(np.int64)
-            bar = _ProgressBar(batches, verbose)
+        try:
+            ctrl_c.each(all_callbacks, "on_train_begin", None)
+            base_seed = self._shuffle_seed
+            batch_begin = _hooks(all_callbacks, "on_train_batch_begin", lambda logs: None, ctrl_c)
+            batch_end = _hooks(all_callbacks, "on_train_batch_end", lambda logs: self._named(logs, train=True),
+                               ctrl_c)
+            logs: Dict[str, float] = {}
+            try:
+                for epoch in range(self._initial_epoch, epochs):
+                    if not ctrl_c.pressed:
+                        ctrl_c.each(all_callbacks, "on_epoch_begin", epoch, None)
+                    if ctrl_c.pressed:
+                        stop_for_ctrl_c()
+                        break
+                    if verbose:
+                        print(f"Epoch {epoch + 1}/{epochs}")
+                    order = None
+                    if shuffle:
+                        rng = np.random.default_rng([base_seed, self._epochs_done])
+                        order = rng.permutation(n).astype(np.int64)
+                    bar = _ProgressBar(batches, verbose)
 
-            def progress(batch: int, total: int, logs: Dict[str, Any]) -> bool:
-                if bar.redraws:
-                    bar.update(batch, self._named(logs, train=True))
-                if batch_end is not None:
-                    batch_end(batch - 1, logs)
-                return not self.stop_training
+                    def progress(batch: int, total: int, logs: Dict[str, Any]) -> bool:
+                        if bar.redraws:
+                            bar.update(batch, self._named(logs, train=True))
+                        if batch_end is not None:
+                            batch_end(batch - 1, logs)
+                        return not (self.stop_training or ctrl_c.pressed)
 
-            # Python runs after every batch only for a batch hook; for the bar alone, at
-            # most every 0.1 s.
-            result = self._impl.train_epoch(xt, yt, batch_size, order, stop_on_nan,
-                                            progress if bar.redraws or batch_end else None,
-                                            report_seconds=0.0 if batch_end else 0.1,
-                                            accumulation_steps=gradient_accumulation_steps,
-                                            sample_weight=wt, steps=steps, batch_begin=batch_begin)
-            self._epochs_done += 1
-            logs = self._named(result, train=True)
-            if validation is not None and not result["stopped"] and validates(epoch):
-                val = self._run_evaluation(*validation, batch_size, validation_batches, all_callbacks)
-                logs.update({f"val_{k}": v for k, v in val.items()})
-            bar.finish(logs)
-            if result["interrupted"]:
-                self._interrupted = True
-                if verbose:
-                    _logger.warning("Training interrupted (Ctrl-C): weights are those of the last finished step.")
-                self.stop_training = True
-            if result["nan_loss"]:
-                if verbose:
-                    _logger.warning("Batch %d: invalid loss, terminating training", result["batches"] + 1)
-                self.stop_training = True
+                    # Python runs after every batch only for a batch hook; for the bar
+                    # alone, at most every 0.1 s.
+                    hooked = batch_end is not None or batch_begin is not None
+                    result = self._impl.train_epoch(xt, yt, batch_size, order, stop_on_nan,
+                                                    progress if bar.redraws or hooked else None,
+                                                    report_seconds=0.0 if hooked else 0.1,
+                                                    accumulation_steps=gradient_accumulation_steps,
+                                                    sample_weight=wt, steps=steps, batch_begin=batch_begin)
+                    self._epochs_done += 1
+                    logs = self._named(result, train=True)
+                    if (validation is not None and not result["stopped"] and not ctrl_c.pressed
+                            and validates(epoch)):
+                        try:
+                            val = self._run_evaluation(*validation, batch_size, validation_batches, all_callbacks)
+                        except KeyboardInterrupt:  # the epoch is kept, without its partial validation
+                            ctrl_c.pressed = True
+                        else:
+                            logs.update({f"val_{k}": v for k, v in val.items()})
+                    bar.finish(logs)
+                    if result["interrupted"] or ctrl_c.pressed:
+                        stop_for_ctrl_c()
+                    if result["nan_loss"]:
+                        if verbose:
+                            _logger.warning("Batch %d: invalid loss, terminating training", result["batches"] + 1)
+                        self.stop_training = True
+                    ctrl_c.each(all_callbacks, "on_epoch_end", epoch, logs)
+                    if ctrl_c.pressed:
+                        stop_for_ctrl_c()
+                    if ranks > 1:
+                        self.stop_training = distributed._agree_any(self.stop_training)
+                    if self.stop_training:
+                        break
+            except KeyboardInterrupt:  # landed in fit's own Python code between two epochs
+                stop_for_ctrl_c()
             for cb in all_callbacks:
-                cb.on_epoch_end(epoch, logs)
-            if ranks > 1:
-                self.stop_training = distributed._agree_any(self.stop_training)
-            if self.stop_training:
-                break
-        for cb in all_callbacks:
-            cb.on_train_end(logs)
+                cb.on_train_end(logs)
+        except BaseException:
+            # A callback that raised (or a second Ctrl-C) ends fit; files still get closed.
+            for cb in all_callbacks:
+                getattr(cb, "_close", lambda: None)()
+            raise
         return history
 
     def _run_evaluation(self, xt: Tensor, yt: Tensor, wt: Optional[Tensor], batch_size: int,
@@ -561,16 +634,22 @@ class Sequential:
         """The test loop of evaluate and of fit's validation, with the test hooks."""
         for cb in callbacks:
             cb.on_test_begin(None)
-        batch_begin = _hooks(callbacks, "on_test_batch_begin", lambda logs: None)
-        batch_end = _hooks(callbacks, "on_test_batch_end", self._named)
+        ctrl_c = _CtrlC()
+        batch_begin = _hooks(callbacks, "on_test_batch_begin", lambda logs: None, ctrl_c)
+        batch_end = _hooks(callbacks, "on_test_batch_end", self._named, ctrl_c)
 
         def progress(batch: int, total: int, logs: Dict[str, Any]) -> bool:
-            batch_end(batch - 1, logs)
-            return True
+            if batch_end is not None:
+                batch_end(batch - 1, logs)
+            return not ctrl_c.pressed
 
+        hooked = batch_end is not None or batch_begin is not None
         result = self._impl.evaluate(xt, yt, batch_size, sample_weight=wt, steps=steps,
-                                     callback=progress if batch_end else None,
-                                     report_seconds=0.0 if batch_end else 0.25, batch_begin=batch_begin)
+                                     callback=progress if hooked else None,
+                                     report_seconds=0.0 if hooked else 0.25, batch_begin=batch_begin)
+        if result["interrupted"] or ctrl_c.pressed:
+            # Raised, not returned: the loss of the batches done would pass for the whole data's.
+            raise KeyboardInterrupt
         logs = self._named(result)
         for cb in callbacks:
             cb.on_test_end(logs)
@@ -801,29 +880,68 @@ def _saved_optimizer_state(tensors: Dict[str, np.ndarray], saved: Dict[str, Any]
             "exclude_from_weight_decay": saved.get("exclude_from_weight_decay", [])}
 
 
-def load_model(path: str) -> Sequential:
-    """Restores a model saved with ``model.save``: predictions are bit-identical and
-    training continues exactly where it stopped."""
-    tensors, metadata = io.read(path)
-    if metadata.get("format") != "steepest":
-        raise ValueError(f"[load_model] {path} is a safetensors file but not a steepest model")
-    config = json.loads(metadata["config"])
-    model = Sequential(name=config["name"])
-    if config["input_shape"] is not None:
-        model.add(layers_module.Input(tuple(config["input_shape"]), dtype=config.get("input_dtype")))
+def _saved_layers(path: str, config: Any) -> Tuple[Tuple[int, ...], List[layers_module.Layer]]:
+    """The input shape and the (unbuilt) layers a saved config describes."""
+    if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+        raise ValueError(f"[load_model] {path}: the config must be an object with a list of layers")
+    input_shape = config.get("input_shape")
+    if not isinstance(input_shape, list) or not all(type(d) is int for d in input_shape):
+        raise ValueError(f"[load_model] {path}: the config's input_shape must be a list of ints, got {input_shape!r}")
+    layers = []
     for entry in config["layers"]:
-        model.add(layers_module.deserialize(entry))
+        if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+            raise ValueError(f"[load_model] {path}: a layer entry must be {{'class_name': ..., 'config': {{...}}}}, "
+                             f"got {entry!r:.200}")
+        layers.append(layers_module.deserialize(entry))
+    names = [layer.name for layer in layers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"[load_model] {path}: the config names two layers alike ({names})")
+    return tuple(input_shape), layers
+
+
+def _check_config_against_tensors(path: str, input_shape: Tuple[int, ...], layers: List[layers_module.Layer],
+                                  tensors: Dict[str, np.ndarray]) -> None:
+    """Every weight the layers would build must be in the file with that shape, checked
+    before anything is allocated: a file's config can ask only for memory its own tensors
+    justify."""
+    shape = list(input_shape)
+    for layer in layers:
+        shape, weights = layer._impl.plan(shape)
+        for wname, wshape in weights:
+            key = f"model/{layer.name}/{wname}"
+            if key not in tensors:
+                raise ValueError(f"[load_model] {path}: the config asks for weight {key!r} of shape "
+                                 f"{tuple(wshape)}, which the file does not hold")
+            if tuple(tensors[key].shape) != tuple(wshape):
+                raise ValueError(f"[load_model] {path}: the config asks for weight {key!r} of shape "
+                                 f"{tuple(wshape)}, the file holds shape {tuple(tensors[key].shape)}")
+
+
+def _saved_loss(entry: Any) -> losses_module.Loss:
+    cls = getattr(losses_module, entry["class_name"], None)
+    if not (isinstance(cls, type) and issubclass(cls, losses_module.Loss)):
+        raise ValueError(f"unknown loss {entry['class_name']!r}")
+    return cls(**entry["config"])
+
+
+def _model_from_file(path: str, tensors: Dict[str, np.ndarray], metadata: Dict[str, str]) -> Sequential:
+    config = json.loads(metadata["config"])
+    input_shape, layers = _saved_layers(path, config)
+    _check_config_against_tensors(path, input_shape, layers, tensors)
+    model = Sequential(name=str(config.get("name", "sequential")))
+    model.add(layers_module.Input(input_shape, dtype=config.get("input_dtype")))
+    for layer in layers:
+        model.add(layer)
     model.build()
     model._load_weights(tensors, path)
     model._epochs_done = int(metadata.get("epochs_done", "0"))
     if "compile" in metadata:
         compile_config = json.loads(metadata["compile"])
         opt = compile_config["optimizer"]
-        loss_entry = compile_config["loss"]
-        loss = getattr(losses_module, loss_entry["class_name"])(**loss_entry["config"])
         optimizer = optimizers_module.get(opt["class_name"].lower())
         optimizer.load_state_dict(_saved_optimizer_state(tensors, opt))
-        model.compile(optimizer=optimizer, loss=loss, metrics=compile_config["metrics"])
+        model.compile(optimizer=optimizer, loss=_saved_loss(compile_config["loss"]),
+                      metrics=compile_config["metrics"])
         # Training resumes under the policy it was saved with, whatever the global one.
         model._policy = mixed_precision.Policy(compile_config.get("dtype_policy", "float32"))
         model.loss_scaler = None
@@ -832,6 +950,25 @@ def load_model(path: str) -> Sequential:
             model.loss_scaler.load_state_dict(compile_config["loss_scaler"])
         model._compile_impl()
     return model
+
+
+def load_model(path: str) -> Sequential:
+    """Restores a model saved with ``model.save``: predictions are bit-identical and
+    training continues exactly where it stopped.
+
+    The file is distrusted: its config is checked against its tensors before any layer
+    is built, and whatever in it does not make sense is a ValueError starting with
+    ``[load_model] path``."""
+    tensors, metadata = io.read(path)
+    if metadata.get("format") != "steepest":
+        raise ValueError(f"[load_model] {path} is a safetensors file but not a steepest model")
+    try:
+        return _model_from_file(path, tensors, metadata)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError) as e:
+        if str(e).startswith(f"[load_model] {path}"):
+            raise
+        detail = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise ValueError(f"[load_model] {path}: the config does not describe a model ({detail:.500})") from None
 
 
 # nanoGPT's weight decay: matrices only (matmul kernels and embeddings), not biases nor

@@ -43,6 +43,10 @@ class Layer {
   // Creates the weights for a per-sample input shape (no batch axis) and returns the
   // per-sample output shape. `seed` keys the initialisers.
   Dims build(const Dims& input_shape, uint64_t seed);
+  // The weights build would create for input_shape, as (name, shape), and the output
+  // shape, with nothing allocated: load_model checks a file's config against the file's
+  // tensors with it, so that a config cannot ask for memory its tensors do not justify.
+  std::pair<Dims, std::vector<std::pair<std::string, Dims>>> plan(const Dims& input_shape);
   // x has a leading batch axis. `step` (the optimizer's step) keys dropout masks.
   virtual Tensor forward(const Tensor& x, bool training, int64_t step) = 0;
   // The output before the layer's final activation (softmax/sigmoid), for losses that
@@ -74,15 +78,20 @@ class Layer {
   // differentiable, so a weight's gradient comes back through the cast and reaches the
   // float32 master weight in float32.
   Tensor cast(const Tensor& t) const;
-  // A new trainable weight drawn from a Keras initializer.
+  // A new trainable weight drawn from a Keras initializer; while planning, only its
+  // shape is recorded and the result is undefined.
   Tensor add_weight(const std::string& name, const Dims& shape, const std::string& initializer,
                     int64_t fan_in, int64_t fan_out, uint64_t seed);
+  bool planning() const { return plan_ != nullptr; }
 
   std::string name_;
   bool built_ = false;
   Dims input_shape_, output_shape_;
   std::vector<std::pair<std::string, Tensor>> weights_;
   DType compute_dtype_ = DType::Float32;
+
+ private:
+  std::vector<std::pair<std::string, Dims>>* plan_ = nullptr;
 };
 
 class Dense final : public Layer {
