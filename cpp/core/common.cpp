@@ -32,6 +32,9 @@ void Dims::erase(int pos) {
 }
 
 int64_t Dims::product() const {
+  // An empty axis empties the tensor, however large the others (no overflow to report).
+  for (int i = 0; i < size_; ++i)
+    if (values_[i] == 0) return 0;
   int64_t p = 1;
   for (int i = 0; i < size_; ++i)
     if (__builtin_mul_overflow(p, values_[i], &p))

@@ -1,5 +1,7 @@
 #include "steepest/tensor.h"
 
+#include <limits>
+
 #include "steepest/autograd.h"
 #include "steepest/kernels.h"
 
@@ -10,7 +12,10 @@ Dims contiguous_strides(const Dims& shape) {
   int64_t running = 1;
   for (int i = shape.size() - 1; i >= 0; --i) {
     strides[i] = running;
-    running *= shape[i] > 0 ? shape[i] : 1;
+    // Only an empty tensor gets here with an overflowing product (Dims::product checks
+    // the others); its strides address nothing, so they saturate.
+    if (__builtin_mul_overflow(running, shape[i] > 0 ? shape[i] : 1, &running))
+      running = std::numeric_limits<int64_t>::max();
   }
   return strides;
 }

@@ -262,9 +262,11 @@ Dims Conv2D::build_weights(const Dims& input_shape, uint64_t seed) {
   if (out_h <= 0 || out_w <= 0)
     fail("Conv2D", "kernel ", Dims{kernel_.first, kernel_.second}, " does not fit input ",
          input_shape);
-  int64_t area = kernel_.first * kernel_.second;
-  add_weight("kernel", {filters_, channels, kernel_.first, kernel_.second}, kernel_initializer_,
-             channels * area, filters_ * area, seed);
+  // The product is checked for overflow; the fans (channels·area, filters·area) divide it.
+  const Dims kernel_shape{filters_, channels, kernel_.first, kernel_.second};
+  const int64_t elements = kernel_shape.product();
+  add_weight("kernel", kernel_shape, kernel_initializer_, elements / filters_,
+             channels ? elements / channels : 0, seed);
   if (use_bias_) add_weight("bias", {filters_}, "zeros", 0, 0, seed + 1);
   return in_format(data_format_, {filters_, out_h, out_w});
 }
