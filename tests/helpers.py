@@ -331,3 +331,12 @@ def raises_op(exc_type, op, *shapes, contains=()):
             f"shape {' or '.join(str(tuple(s)) for s in options)} not named in: {msg!r}")
     for text in contains:
         assert text in msg, f"{text!r} not in: {msg!r}"
+
+
+def blobs(n, features, classes, seed=0):
+    """A separable classification set: Gaussian blobs around random centres; (x float32, y int64)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((classes, features)) * 3
+    y = rng.integers(0, classes, n)
+    x = (centers[y] + rng.standard_normal((n, features))).astype(np.float32)
+    return x, y.astype(np.int64)

@@ -4,14 +4,11 @@ import numpy as np
 import pytest
 
 import steepest as st
+from helpers import blobs
 
 
 def _blobs(n=256, features=8, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((classes, features)) * 3
-    y = rng.integers(0, classes, n)
-    x = (centers[y] + rng.standard_normal((n, features))).astype(np.float32)
-    return x, y.astype(np.int64)
+    return blobs(n, features, classes, seed)
 
 
 def _classifier(features=8, classes=3, metrics=("accuracy",), optimizer="adam"):
