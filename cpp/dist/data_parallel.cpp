@@ -211,7 +211,6 @@ GradientReducer::GradientReducer(Communicator& comm, std::vector<Tensor> params,
   // On a GPU the collectives queue on the compute stream behind the gradients' kernels.
   overlap_ = comm_.device().is_cpu() && env_number("STEEPEST_DDP_OVERLAP", spare_core() ? 1.0 : 0.0) != 0.0;
   const double bucket_bytes = env_number("STEEPEST_DDP_BUCKET_MB", 4.0) * 1024.0 * 1024.0;
-  slot_of_.assign(params_.size(), {0, 0});
   // Reverse order: backward produces the last layers' gradients first.
   for (size_t k = params_.size(); k-- > 0;) {
     const Tensor& p = params_[k];
@@ -221,7 +220,7 @@ GradientReducer::GradientReducer(Communicator& comm, std::vector<Tensor> params,
                     std::max(bucket_bytes, 1.0);
     if (!fits) buckets_.push_back(Bucket{p.dtype(), {}, {}, 0, 0, {}});
     Bucket& bucket = buckets_.back();
-    slot_of_[k] = {buckets_.size() - 1, bucket.members.size()};
+    bucket_of_[p.impl()] = buckets_.size() - 1;
     bucket.members.push_back(k);
     bucket.offsets.push_back(bucket.numel);
     bucket.numel += p.numel();
@@ -268,11 +267,8 @@ GradientReadyHook GradientReducer::overlap_hook() {
 }
 
 void GradientReducer::on_gradient_ready(const Tensor& leaf) {
-  for (size_t i = 0; i < params_.size(); ++i) {
-    if (params_[i].impl() != leaf.impl()) continue;
-    ++buckets_[slot_of_[i].first].ready;
-    break;
-  }
+  auto it = bucket_of_.find(leaf.impl());
+  if (it != bucket_of_.end()) ++buckets_[it->second].ready;
   // Collectives must come in the same order on every rank, whatever order backward
   // finishes buckets in (a rank without samples runs no backward at all): bucket order.
   while (next_launch_ < buckets_.size() &&

@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <string>
 #include <vector>
 
@@ -194,7 +195,7 @@ class GradientReducer {
   size_t sent_ = 0;
   bool closing_ = false;
   std::exception_ptr error_;
-  std::vector<std::pair<size_t, size_t>> slot_of_;  // param index -> (bucket, member)
+  std::unordered_map<const TensorImpl*, size_t> bucket_of_;  // parameter -> its bucket
   ShardLayout layout_;                              // ZeRO
   std::vector<Tensor> pieces_;                      // ZeRO: views of this rank's pieces
 };
