@@ -329,11 +329,19 @@ void init_tensor(nb::module_& m) {
          [](const Tensor& t) -> nb::object {
            // A GPU tensor is copied to the host (the copy synchronises its stream).
            Tensor host = t.device().is_cpu() ? t : ops::to_device(t.detach(), Device{});
-           if (host.dtype() == DType::BFloat16) return bfloat16_numpy(host);
-           return nb::cast(nb::ndarray<nb::numpy>(tensor_view(host)));
+           nb::object array = host.dtype() == DType::BFloat16
+                                  ? bfloat16_numpy(host)
+                                  : nb::cast(nb::ndarray<nb::numpy>(tensor_view(host)));
+           // NumPy's writes bypass the version counter (autograd.h), so memory autograd
+           // depends on is handed out read-only: writes would corrupt a gradient unseen.
+           if (host.impl() == t.impl() && (t.requires_grad() || t.storage()->saved_for_backward()))
+             nb::setattr(array.attr("flags"), "writeable", nb::bool_(false));
+           return array;
          },
          "A NumPy array sharing this tensor's memory (a host copy for GPU tensors); "
-         "bfloat16 needs the ml_dtypes package.")
+         "read-only while the tensor requires grad or a graph has saved it for backward "
+         "(use t.detach().numpy() after backward, or t.copy_(), to write). bfloat16 needs "
+         "the ml_dtypes package.")
       .def(
           "__dlpack__",
           [](const Tensor& t, nb::kwargs kwargs) {

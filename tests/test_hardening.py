@@ -397,3 +397,56 @@ def test_ctrl_c_during_evaluate_raises_rather_than_returning_part_of_the_data():
     model, x, y = _tiny_model()
     with pytest.raises(KeyboardInterrupt):
         model.evaluate(x, y, batch_size=2, callbacks=[st.callbacks.LambdaCallback(on_test_batch_end=lambda b, l: _sigint())])
+
+
+# ---------------------------------------------------------------- saved-tensor versions
+
+def test_numpy_view_of_a_tensor_in_a_graph_is_read_only():
+    # The case: writing through y.numpy() into a tensor saved for backward gave a
+    # wrong gradient (20000 instead of 14.78) with no error.
+    x = st.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    y = x * 2.0
+    loss = (y * y).sum()
+    with pytest.raises(ValueError, match="read-only"):
+        y.numpy()[0] = 100.0
+    data = st.tensor([1.0, 2.0])
+    w = st.tensor([3.0, 4.0], requires_grad=True)
+    product = (data * w).sum()
+    with pytest.raises(ValueError, match="read-only"):
+        data.numpy()[0] = 0.0  # saved by the multiplication for w's gradient
+    product.backward()
+    loss.backward()
+    np.testing.assert_allclose(x.grad.numpy(), 8.0 * np.array([1.0, 2.0, 3.0]))
+    np.testing.assert_allclose(w.grad.numpy(), [1.0, 2.0])
+    # Once backward has released the graph the memory is writable again.
+    data.numpy()[0] = 5.0
+    assert data.numpy()[0] == 5.0
+
+
+def test_in_place_write_after_saving_makes_backward_raise():
+    x = st.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    y = x.exp()  # saves its output
+    loss = (y * 3.0).sum()
+    y.detach().copy_(st.zeros(3))
+    with pytest.raises(RuntimeError, match="modified in place"):
+        loss.backward()
+    assert x.grad is None
+
+
+def test_optimizer_step_between_forward_and_backward_is_detected():
+    w = st.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    loss = (st.tensor([[1.0, 1.0]]) @ w).relu().sum() * (w * w).sum()
+    w.grad = st.ones((2, 2))
+    st.optimizers.SGD(learning_rate=0.1).step([w])
+    with pytest.raises(RuntimeError, match="MulBackward.*modified in place"):
+        loss.backward()
+
+
+def test_writes_that_autograd_does_not_depend_on_are_allowed():
+    x = st.tensor([1.0, 2.0], requires_grad=True)
+    c = st.tensor([5.0, 6.0])
+    loss = (x + c).sum()  # addition saves nothing
+    c.copy_(st.zeros(2))
+    c.numpy()[1] = 7.0
+    loss.backward()
+    np.testing.assert_allclose(x.grad.numpy(), [1.0, 1.0])

@@ -35,7 +35,45 @@ void release_graph(std::shared_ptr<Node>&& node) {
 }
 
 Node::~Node() {
+  forget_saved_versions();
   for (auto& edge : next) release_graph(std::move(edge));
+}
+
+namespace {
+struct ForEachSaved final : SavedVisitor {
+  explicit ForEachSaved(std::function<void(Tensor&)> f) : f(std::move(f)) {}
+  void operator()(Tensor& saved) const override { f(saved); }
+  std::function<void(Tensor&)> f;
+};
+}  // namespace
+
+void Node::record_saved_versions() {
+  visit_saved(ForEachSaved([this](Tensor& saved) {
+    if (!saved.defined()) return;
+    const std::shared_ptr<Storage>& storage = saved.storage();
+    storage->add_saver(1);
+    saved_versions_.push_back({storage, storage->version()});
+  }));
+}
+
+void Node::check_saved_versions() const {
+  for (const SavedVersion& saved : saved_versions_)
+    if (saved.storage->version() != saved.version)
+      fail<StateError>("backward", "a tensor that ", name(),
+                       " saved for the backward pass was modified in place after it was saved "
+                       "(its version went from ", saved.version, " to ",
+                       saved.storage->version(),
+                       "); compute from a copy (t.clone()) or write it before the forward pass");
+}
+
+void Node::forget_saved_versions() {
+  for (const SavedVersion& saved : saved_versions_) saved.storage->add_saver(-1);
+  saved_versions_.clear();
+}
+
+void Node::release_saved() {
+  forget_saved_versions();
+  visit_saved(ForEachSaved([](Tensor& saved) { saved = Tensor(); }));
 }
 
 TensorImpl::~TensorImpl() { release_graph(std::move(grad_fn)); }
@@ -68,6 +106,7 @@ void attach(Tensor& output, std::shared_ptr<Node> node,
     node->next.push_back(t ? gradient_edge(*t) : nullptr);
     node->input_shapes.push_back(t && t->defined() ? t->shape() : Dims());
   }
+  node->record_saved_versions();
   output.impl()->requires_grad = true;
   output.impl()->grad_fn = std::move(node);
 }
@@ -89,6 +128,7 @@ void AccumulateGrad::apply(const Tensor& grad_output, std::vector<Tensor>&) {
   Tensor current(leaf->grad);
   // In place: the accumulated gradient is owned by the leaf.
   STEEPEST_KERNEL(current.device(), binary)(BinaryOp::Add, current, incoming, current, 0.0);
+  current.storage()->bump_version();
 }
 
 namespace {
@@ -131,6 +171,7 @@ void backward(const Tensor& root, const Tensor& grad, bool retain_graph,
       fail<StateError>("backward", "trying to backward through the graph a second time (",
                        node->name(), " already freed its saved tensors); pass "
                                      "retain_graph=True to the first backward");
+    node->check_saved_versions();
     for (const auto& next : node->next) {
       if (!next) continue;
       auto [it, inserted] = dependencies.emplace(next.get(), 0);

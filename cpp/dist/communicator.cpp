@@ -126,6 +126,7 @@ void Communicator::all_reduce(Tensor& t, ReduceOp op) {
                          op == ReduceOp::Mean ? ReduceOp::Sum : op);
   if (op == ReduceOp::Mean) wire = ops::div(wire, ops::scalar_like(wire, world_size()));
   if (wire.impl() != t.impl()) STEEPEST_KERNEL(t.device(), copy)(wire, t);
+  t.storage()->bump_version();
 }
 
 void Communicator::broadcast(Tensor& t, int root) {
@@ -137,6 +138,7 @@ void Communicator::broadcast(Tensor& t, int root) {
   Tensor data = t.is_contiguous() ? t : ops::contiguous(t);
   transport_->broadcast(data.data_ptr(), data.numel() * static_cast<int64_t>(itemsize(t.dtype())), root);
   if (data.impl() != t.impl()) STEEPEST_KERNEL(t.device(), copy)(data, t);
+  t.storage()->bump_version();
 }
 
 Tensor Communicator::all_gather(const Tensor& t) {

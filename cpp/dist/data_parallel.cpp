@@ -361,6 +361,7 @@ void GradientReducer::gather_parameters() {
   int64_t offset = 0;
   for (Tensor& p : params_) {
     copy_into(slice_of(all, offset, p.shape()), p);
+    p.storage()->bump_version();
     offset += p.numel();
   }
 }

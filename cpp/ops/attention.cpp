@@ -92,7 +92,11 @@ class CheckpointBackward final : public Node {
     for (size_t i = 0; i < leaves.size(); ++i)
       if (next[i]) out[i] = leaves[i].grad();
   }
+  void visit_saved(const SavedVisitor& visit) override {
+    for (Tensor& input : inputs_) visit(input);
+  }
   void release_saved() override {
+    Node::release_saved();
     inputs_.clear();
     fn_ = nullptr;
   }
@@ -120,6 +124,7 @@ Tensor checkpoint(const CheckpointFunction& fn, const std::vector<Tensor>& input
     node->next.push_back(gradient_edge(t));
     node->input_shapes.push_back(t.shape());
   }
+  node->record_saved_versions();
   output.impl()->requires_grad = true;
   output.impl()->grad_fn = std::move(node);
   return output;

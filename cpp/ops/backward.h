@@ -24,7 +24,7 @@ struct AddBackward final : Node {
 struct MulBackward final : Node {
   MulBackward(Tensor a, Tensor b) : a(std::move(a)), b(std::move(b)) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
-  void release_saved() override { a = b = Tensor(); }
+  void visit_saved(const SavedVisitor& visit) override { visit(a); visit(b); }
   STEEPEST_NODE_NAME(MulBackward)
   Tensor a, b;
 };
@@ -32,7 +32,7 @@ struct MulBackward final : Node {
 struct DivBackward final : Node {
   DivBackward(Tensor a, Tensor b) : a(std::move(a)), b(std::move(b)) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
-  void release_saved() override { a = b = Tensor(); }
+  void visit_saved(const SavedVisitor& visit) override { visit(a); visit(b); }
   STEEPEST_NODE_NAME(DivBackward)
   Tensor a, b;
 };
@@ -43,7 +43,7 @@ struct UnaryBackward final : Node {
   UnaryBackward(UnaryOp op, Tensor saved, double scalar)
       : op(op), saved(std::move(saved)), scalar(scalar) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
-  void release_saved() override { saved = Tensor(); }
+  void visit_saved(const SavedVisitor& visit) override { visit(saved); }
   const char* name() const override;
   UnaryOp op;
   Tensor saved;
@@ -65,7 +65,7 @@ struct MaxBackward final : Node {
       : argmax(std::move(argmax)), kept_shape(kept_shape), order(order),
         permuted_shape(permuted_shape), outer(outer), extent(extent), inner(inner) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
-  void release_saved() override { argmax = Tensor(); }
+  void visit_saved(const SavedVisitor& visit) override { visit(argmax); }
   STEEPEST_NODE_NAME(MaxBackward)
   Tensor argmax;  // (outer, 1, inner) int64
   Dims kept_shape, order, permuted_shape;
@@ -75,7 +75,7 @@ struct MaxBackward final : Node {
 struct MatmulBackward final : Node {
   MatmulBackward(Tensor a, Tensor b) : a(std::move(a)), b(std::move(b)) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
-  void release_saved() override { a = b = Tensor(); }
+  void visit_saved(const SavedVisitor& visit) override { visit(a); visit(b); }
   STEEPEST_NODE_NAME(MatmulBackward)
   Tensor a, b;
 };
@@ -136,7 +136,7 @@ struct ToDeviceBackward final : Node {
 struct SoftmaxBackward final : Node {
   SoftmaxBackward(Tensor y_last, int axis, bool log) : y_last(std::move(y_last)), axis(axis), log(log) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
-  void release_saved() override { y_last = Tensor(); }
+  void visit_saved(const SavedVisitor& visit) override { visit(y_last); }
   const char* name() const override { return log ? "LogSoftmaxBackward" : "SoftmaxBackward"; }
   Tensor y_last;  // the output with `axis` moved last, contiguous
   int axis;
@@ -149,7 +149,7 @@ struct CrossEntropyBackward final : Node {
       : logits(std::move(logits)), labels(std::move(labels)), logsumexp(std::move(logsumexp)),
         reduction(reduction), logits_shape(logits_shape), labels_shape(labels_shape) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
-  void release_saved() override { logits = labels = logsumexp = Tensor(); }
+  void visit_saved(const SavedVisitor& visit) override { visit(logits); visit(labels); visit(logsumexp); }
   STEEPEST_NODE_NAME(CrossEntropyBackward)
   Tensor logits, labels, logsumexp;  // logits (rows, classes); logsumexp (rows, 2): max, log Σ
   Reduction reduction;
@@ -159,7 +159,7 @@ struct CrossEntropyBackward final : Node {
 struct BceWithLogitsBackward final : Node {
   BceWithLogitsBackward(Tensor logits, Tensor targets) : logits(std::move(logits)), targets(std::move(targets)) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
-  void release_saved() override { logits = targets = Tensor(); }
+  void visit_saved(const SavedVisitor& visit) override { visit(logits); visit(targets); }
   STEEPEST_NODE_NAME(BceWithLogitsBackward)
   Tensor logits, targets;
 };
@@ -169,7 +169,7 @@ struct LayerNormBackward final : Node {
       : x(std::move(x)), weight(std::move(weight)), mean(std::move(mean)), rstd(std::move(rstd)),
         has_bias(has_bias) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
-  void release_saved() override { x = weight = mean = rstd = Tensor(); }
+  void visit_saved(const SavedVisitor& visit) override { visit(x); visit(weight); visit(mean); visit(rstd); }
   STEEPEST_NODE_NAME(LayerNormBackward)
   Tensor x, weight, mean, rstd;
   bool has_bias;
@@ -178,7 +178,7 @@ struct LayerNormBackward final : Node {
 struct EmbeddingBackward final : Node {
   EmbeddingBackward(Tensor indices, Dims table_shape) : indices(std::move(indices)), table_shape(table_shape) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
-  void release_saved() override { indices = Tensor(); }
+  void visit_saved(const SavedVisitor& visit) override { visit(indices); }
   STEEPEST_NODE_NAME(EmbeddingBackward)
   Tensor indices;
   Dims table_shape;
@@ -188,7 +188,7 @@ struct Conv2dBackward final : Node {
   Conv2dBackward(Tensor x, Tensor weight, Conv2dGeometry geometry, bool has_bias)
       : x(std::move(x)), weight(std::move(weight)), geometry(geometry), has_bias(has_bias) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
-  void release_saved() override { x = weight = Tensor(); }
+  void visit_saved(const SavedVisitor& visit) override { visit(x); visit(weight); }
   STEEPEST_NODE_NAME(Conv2dBackward)
   Tensor x, weight;
   Conv2dGeometry geometry;
@@ -199,7 +199,7 @@ struct Pool2dBackward final : Node {
   Pool2dBackward(PoolKind kind, Tensor argmax, Conv2dGeometry geometry, DType dtype)
       : kind(kind), argmax(std::move(argmax)), geometry(geometry), dtype(dtype) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
-  void release_saved() override { argmax = Tensor(); }
+  void visit_saved(const SavedVisitor& visit) override { visit(argmax); }
   const char* name() const override { return kind == PoolKind::Max ? "MaxPool2dBackward" : "AvgPool2dBackward"; }
   PoolKind kind;
   Tensor argmax;

@@ -231,6 +231,7 @@ void copy_into(const Tensor& src, Tensor& dst) {
   NoGradGuard no_grad;
   Tensor staged = to_device(src.detach(), dst.device());
   STEEPEST_KERNEL(dst.device(), copy)(staged, dst);
+  dst.storage()->bump_version();
 }
 
 }  // namespace steepest::ops

@@ -152,7 +152,9 @@ void Optimizer::step(const std::vector<Tensor>& params, bool skip, dist::Communi
     ParamState& state = state_[w.index];
     ++state.step;
     const bool decays = decay.empty() ? !excluded_by_identity(w.param) : bool(decay[w.index]);
-    if (w.param.numel() > 0) update(w.param, w.grad, state, lr, grad_scale, decays ? weight_decay_ : 0.0);
+    if (w.param.numel() == 0) continue;
+    update(w.param, w.grad, state, lr, grad_scale, decays ? weight_decay_ : 0.0);
+    w.param.storage()->bump_version();
   }
   ++iterations_;
 }

@@ -36,8 +36,10 @@ def grad_check(
             raise TypeError(f"[grad_check] input {i} is {t.dtype}; gradcheck needs float64")
     from .creation import from_numpy
 
-    out = fn(*inputs)
-    weights = from_numpy(np.random.default_rng(seed).standard_normal(out.shape).astype(np.float64))
+    # Without a graph: one kept alive would hold the inputs read-only (Tensor.numpy).
+    with no_grad():
+        out_shape = fn(*inputs).shape
+    weights = from_numpy(np.random.default_rng(seed).standard_normal(out_shape).astype(np.float64))
 
     def objective() -> Tensor:
         result = fn(*inputs)

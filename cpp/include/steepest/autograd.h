@@ -18,20 +18,46 @@ namespace steepest {
 // in a per-thread queue that the outermost call drains.
 void release_graph(std::shared_ptr<Node>&& node);
 
+// Calls back with each tensor a node saved for its backward.
+struct SavedVisitor {
+  virtual void operator()(Tensor& saved) const = 0;
+
+ protected:
+  ~SavedVisitor() = default;
+};
+
 class Node {
  public:
   virtual ~Node();
   // grad_inputs has one slot per entry of `next`; leave a slot undefined for "no gradient".
   virtual void apply(const Tensor& grad_output, std::vector<Tensor>& grad_inputs) = 0;
   virtual const char* name() const = 0;
+  // Every node that keeps tensors for its backward lists them here, once: the engine
+  // drops them after backward and checks their versions before it.
+  virtual void visit_saved(const SavedVisitor& visit) {}
   // Drops saved tensors after backward (the graph cannot be replayed afterwards).
-  virtual void release_saved() {}
+  virtual void release_saved();
+
+  // Remembers the version of every saved tensor's storage (attach calls it).
+  void record_saved_versions();
+  // Fails when a saved tensor was written in place after it was saved: its backward
+  // would silently use the new values.
+  void check_saved_versions() const;
 
   std::vector<std::shared_ptr<Node>> next;
   // Shapes of the inputs behind `next`: the engine checks every gradient against them,
   // so a backward formula that returns a wrongly shaped gradient fails loudly.
   std::vector<Dims> input_shapes;
   bool released = false;
+
+ private:
+  void forget_saved_versions();
+  struct SavedVersion {
+    // Owned: ~Node runs after the derived node has dropped its saved tensors.
+    std::shared_ptr<Storage> storage;
+    uint64_t version;
+  };
+  std::vector<SavedVersion> saved_versions_;
 };
 
 // The sink for gradients of a leaf: adds into leaf.grad.

@@ -3,7 +3,9 @@
 // elsewhere (a NumPy array, a DLPack capsule) keep their owner alive through `owner`.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 
 #include "steepest/device.h"
@@ -27,11 +29,23 @@ class Storage {
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
 
+  // The version counter of PyTorch's autograd: every in-place write through steepest
+  // (copy_, optimizer steps, collectives, gradient accumulation) bumps it, and a backward
+  // node refuses to run when a tensor it saved has changed since (autograd.h).
+  uint64_t version() const { return version_.load(std::memory_order_relaxed); }
+  void bump_version() { version_.fetch_add(1, std::memory_order_relaxed); }
+  // How many live graph nodes hold this memory for their backward: NumPy cannot report
+  // its writes, so numpy() hands out read-only views while this is non-zero.
+  bool saved_for_backward() const { return savers_.load(std::memory_order_relaxed) > 0; }
+  void add_saver(int delta) { savers_.fetch_add(delta, std::memory_order_relaxed); }
+
  private:
   void* data_;
   size_t nbytes_;
   Device device_;
   std::shared_ptr<void> owner_;  // null when the allocator owns the block
+  std::atomic<uint64_t> version_{0};
+  std::atomic<int64_t> savers_{0};
 };
 
 // Statistics and control of the CPU caching allocator.
