@@ -9,6 +9,7 @@
 #include <limits>
 #include <vector>
 
+#include "steepest/cuda_arch.h"
 #include "steepest/dist.h"
 #include "steepest/storage.h"
 
@@ -48,6 +49,10 @@ void init_build_info(nb::module_& m) {
         info["cpu"] = true;
         info["cuda"] = cuda_available();
         info["cuda_compiled"] = bool(STEEPEST_WITH_CUDA);
+        // CMake's CUDA_ARCHITECTURES entries the kernels were built for ("75-real", ...).
+        nb::list archs;
+        for (const std::string& entry : cuda_arch_entries(STEEPEST_CUDA_ARCHS)) archs.append(entry);
+        info["cuda_archs"] = archs;
         info["cuda_devices"] = cuda_device_count();
         nb::list names;
         for (int i = 0; i < cuda_device_count(); ++i) names.append(cuda_device_name(i));
@@ -75,6 +80,15 @@ void init_build_info(nb::module_& m) {
         return info;
       },
       "What this build of steepest has: cpu, cuda, openmp_threads, simd, ...");
+  // The device check of cuda/runtime.cu, callable without a GPU so that tests can reach it.
+  m.def(
+      "_cuda_arch_mismatch",
+      [](const std::string& device, int major, int minor, const std::string& archs) {
+        return cuda_arch_mismatch(device, major, minor, archs);
+      },
+      nb::arg("device"), nb::arg("major"), nb::arg("minor"), nb::arg("archs") = STEEPEST_CUDA_ARCHS,
+      "The error a GPU of compute capability major.minor gets from a build for `archs` "
+      "(comma-separated CMake CUDA_ARCHITECTURES entries; default: this build's), or \"\".");
   m.def(
       "set_num_threads",
       [](int n) {

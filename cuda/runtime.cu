@@ -22,6 +22,7 @@
 
 #include "common.cuh"
 #include "steepest/block_cache.h"
+#include "steepest/cuda_arch.h"
 #include "steepest/storage.h"
 
 namespace steepest {
@@ -77,6 +78,7 @@ class DeviceState {
   explicit DeviceState(int index) : index_(index) {}
 
   cudaStream_t stream() {
+    check_arch();
     std::call_once(init_, [this] {
       cuda::CurrentDevice current(index_);
       // A blocking stream (not cudaStreamNonBlocking) orders itself with the legacy
@@ -93,7 +95,23 @@ class DeviceState {
     return multiprocessors_;
   }
 
+  // Asked at the device's first use (an allocation or its stream), so that a GPU the
+  // build has no code for is named, with the fix, rather than failing at the first launch
+  // with "no kernel image is available". A failure leaves the flag unset: every later use
+  // raises the same error.
+  void check_arch() {
+    std::call_once(arch_checked_, [this] {
+      cudaDeviceProp prop;
+      STEEPEST_CUDA_CHECK(cudaGetDeviceProperties(&prop, index_));
+      const std::string device = "cuda:" + std::to_string(index_) + " (" + prop.name + ")";
+      const std::string error =
+          cuda_arch_mismatch(device, prop.major, prop.minor, STEEPEST_CUDA_ARCHS);
+      if (!error.empty()) throw StateError(error);
+    });
+  }
+
   void* allocate(size_t nbytes) {
+    check_arch();
     const size_t cls = size_class(nbytes);
     if (void* p = cache_.take(cls)) return p;
     cuda::CurrentDevice current(index_);
@@ -138,6 +156,7 @@ class DeviceState {
 
  private:
   int index_;
+  std::once_flag arch_checked_;
   std::once_flag init_;
   cudaStream_t stream_ = nullptr;
   int multiprocessors_ = 0;
