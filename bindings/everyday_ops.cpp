@@ -151,9 +151,25 @@ std::vector<Tensor> split(const Tensor& x, nb::handle split_size_or_sections, in
   return ops::split(x, parse_ints("split", "sections", split_size_or_sections), axis);
 }
 
+// torch.nn.functional.pad's `pad`: (before, after) pairs from the last axis backwards.
+std::vector<std::pair<int64_t, int64_t>> parse_torch_pad(nb::handle pad, int ndim) {
+  std::vector<int64_t> flat = parse_ints("pad", "pad", pad);
+  if (flat.size() % 2 != 0 || static_cast<int>(flat.size()) > 2 * ndim)
+    fail("pad", "pad must hold an even number of at most ", 2 * ndim, " ints (two per axis from ",
+         "the last), got ", flat.size());
+  std::vector<std::pair<int64_t, int64_t>> widths(static_cast<size_t>(ndim), {0, 0});
+  for (size_t i = 0; i < flat.size() / 2; ++i)
+    widths[static_cast<size_t>(ndim) - 1 - i] = {flat[2 * i], flat[2 * i + 1]};
+  return widths;
+}
+
 Tensor pad(const Tensor& x, nb::handle pad_width, const std::string& mode, double value,
-           std::optional<double> constant_values) {
-  return ops::pad(x, parse_pad_width(pad_width, x.ndim()), ops::pad_mode_from_name(mode),
+           std::optional<double> constant_values, nb::handle torch_pad) {
+  if (pad_width.is_none() == torch_pad.is_none())
+    fail("pad", "give pad_width (numpy) or pad= (torch.nn.functional.pad), exactly one");
+  auto widths = torch_pad.is_none() ? parse_pad_width(pad_width, x.ndim())
+                                    : parse_torch_pad(torch_pad, x.ndim());
+  return ops::pad(x, widths, ops::pad_mode_from_name(mode),
                   constant_values ? *constant_values : value);
 }
 
@@ -185,6 +201,10 @@ void init_everyday_ops(nb::module_& parent) {
 
   // --- pointwise
   m.def("where", [](const Tensor& cond, nb::handle x, nb::handle y) {
+          if (!is_tensor(x) && !is_tensor(y)) {  // two numbers: float32, as torch.where
+            Tensor like = Tensor::zeros({}, DType::Float32, cond.device());
+            return ops::where(cond, operand("where", "x", x, like), operand("where", "y", y, like));
+          }
           auto [a, b] = operands("where", x, y);
           return ops::where(cond, a, b);
         },
@@ -260,10 +280,12 @@ void init_everyday_ops(nb::module_& parent) {
         "torch.split: an int is the size of each part (the last may be smaller), a list the\n"
         "sizes. numpy.split via indices_or_sections=: an int is the number of equal parts,\n"
         "a list the indices to split at. The parts are views.");
-  m.def("pad", &pad, arg("x"), arg("pad_width"), arg("mode") = "constant", arg("value") = 0.0,
-        nb::kw_only(), arg("constant_values").none() = nb::none(),
+  m.def("pad", &pad, arg("x"), arg("pad_width").none() = nb::none(), arg("mode") = "constant",
+        arg("value") = 0.0, nb::kw_only(), arg("constant_values").none() = nb::none(),
+        arg("pad").none() = nb::none(),
         "numpy.pad: pad_width is n, (before, after) or one pair per axis; mode 'constant',\n"
-        "'reflect', 'edge' ('replicate') or 'wrap' ('circular').");
+        "'reflect', 'edge' ('replicate') or 'wrap' ('circular'). pad= takes\n"
+        "torch.nn.functional.pad's tuple instead: (left, right, top, bottom, ...) from the last axis.");
   m.def("flip", [](const Tensor& x, nb::handle axis) { return ops::flip(x, flip_axes(x, axis)); },
         arg("x"), arg("axis").none() = nb::none(), "Reverses the order along the axes (None: all).");
   m.def("tril", &ops::tril, arg("x"), arg("k") = 0, "Zeroes the elements above diagonal k.");

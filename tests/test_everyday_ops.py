@@ -130,6 +130,19 @@ def test_clip_tensor_bounds():
              [(3, 4), (4,), (3, 1)], domain=("normal", "normal", "positive"))
 
 
+def test_integer_maximum_minimum_clip_where():
+    a, b = st.tensor([1, 5, -3]), st.tensor([2, 2, 2])
+    np.testing.assert_array_equal(st.maximum(a, b).numpy(), [2, 5, 2])
+    np.testing.assert_array_equal(st.minimum(a, 0).numpy(), [0, 0, -3])
+    np.testing.assert_array_equal(a.clip(0, 3).numpy(), [1, 3, 0])
+    assert a.clip(0, 3).dtype == "int64"
+    out = st.where(a > 0, 1.0, 0.0)
+    assert out.dtype == "float32"
+    np.testing.assert_array_equal(out.numpy(), [1.0, 1.0, 0.0])
+    with raises_op(TypeError, "clip", (3,), contains=["0.5", "int64"]):
+        a.clip(0.5)
+
+
 def test_clip_keeps_the_gradient_at_the_bound_and_nan():
     x = f64([-1.0, 0.0, 0.5, 1.0, 2.0, np.nan], True)
     y = ops.clip(x, 0.0, 1.0)
@@ -336,6 +349,8 @@ def test_pad(mode, torch_mode):
     check_op(lambda x: st.pad(x, ((1, 2), (2, 1)), mode=mode),
              lambda x: F.pad(x[None], (2, 1, 1, 2), mode=torch_mode)[0], [(4, 5)],
              noncontig="T")
+    check_op(lambda x: st.pad(x, pad=(2, 1, 1, 2), mode=torch_mode),
+             lambda x: F.pad(x, (2, 1, 1, 2), mode=torch_mode), [(2, 4, 5)])
 
 
 def test_pad_numpy_forms():
@@ -436,6 +451,10 @@ def test_errors_name_the_op_shapes_and_dtypes():
         st.pad(x, 3, mode="reflect")
     with raises_op(ValueError, "pad", contains=["unknown mode"]):
         st.pad(x, 1, mode="bogus")
+    with raises_op(ValueError, "pad", contains=["exactly one"]):
+        st.pad(x, 1, pad=(1, 1))
+    with raises_op(ValueError, "pad", contains=["even number"]):
+        st.pad(x, pad=(1, 1, 1))
     with raises_op(ValueError, "pad", contains=["negative"]):
         st.pad(x, -1)
     with raises_op(ValueError, "flip", contains=["repeated"]):
@@ -494,7 +513,7 @@ CUDA_CASES = {
     "minimum": (st.minimum, [_TIES, _TIES[:1]]),
     "clip": (lambda x: st.clip(x, -0.5, 0.7), [_X]),
     "clip_tensor": (lambda x, y: st.clip(x, y, None), [_X, _Y]),
-    "pow": (lambda x, y: abs(x) ** y, [_X, _Y]),
+    "pow": (lambda x, y: ops.abs(x) ** y, [_X, _Y]),
     "max_ties": (lambda x: ops.max(x, axis=(0, 2)), [_TIES]),
     "min_ties": (lambda x: ops.min(x), [_TIES]),
     "prod": (lambda x: st.prod(x, axis=1), [_X]),
@@ -511,7 +530,7 @@ CUDA_CASES = {
     "tril": (lambda x: st.tril(x, -1), [_X]),
     "take_along_axis": (lambda x: st.take_along_axis(x, st.tensor(_IDX, device=x.device), 1),
                         [_X]),
-    "gather": (lambda x: st.gather(x, 2, st.tensor(_IDX[:, :, :3] % 5, device=x.device)), [_X]),
+    "gather": (lambda x: st.gather(x, 2, st.tensor(_IDX[:, :4, :3] % 5, device=x.device)), [_X]),
     "argmax": (lambda x: st.argmax(x, axis=1), [_TIES]),
     "argmin": (lambda x: st.argmin(x), [_TIES]),
 }

@@ -3,7 +3,6 @@
 // with the copy kernel through views, and the backward formulas are views of G.
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 
 #include "internal.h"
 

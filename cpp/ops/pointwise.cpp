@@ -127,6 +127,12 @@ void check_binary_float(const char* name, const Tensor& a, const Tensor& b) {
 
 Tensor extremum(const char* name, const char* node_name, PointwiseOp op, PointwiseOp weight,
                 const Tensor& a, const Tensor& b) {
+  detail::check_defined(name, a, "first input");
+  detail::check_defined(name, b, "second input");
+  if (!is_floating(a.dtype()) && a.dtype() == b.dtype()) {  // integers: exact, no gradient
+    const bool larger = op == PointwiseOp::Maximum;
+    return where(compare(larger ? BinaryOp::Gt : BinaryOp::Lt, a, b), a, b);
+  }
   check_binary_float(name, a, b);
   Tensor out = pointwise_raw(op, a, &b, 0.0, 0.0, name);
   record<ExtremumBackward>(out, {&a, &b}, weight, a.detach(), b.detach(), node_name);
@@ -168,10 +174,19 @@ Tensor minimum(const Tensor& a, const Tensor& b) {
 
 Tensor clip(const Tensor& x, std::optional<double> lo, std::optional<double> hi) {
   detail::check_defined("clip", x, "input");
-  detail::check_float("clip", x, "input");
   if (!lo && !hi) fail("clip", "at least one of min and max must be given");
   if ((lo && std::isnan(*lo)) || (hi && std::isnan(*hi)))
     fail("clip", "bounds must not be NaN");
+  if (!is_floating(x.dtype())) {  // integers: exact, through where
+    auto bound = [&](std::optional<double> b) {
+      if (!b) return Tensor();
+      if (*b != std::floor(*b))
+        fail<TypeError>("clip", "bound ", *b, " is not an integer, and the input is ",
+                        dtype_name(x.dtype()), " ", x.shape(), " (convert it with astype)");
+      return scalar_like(x, *b);
+    };
+    return clip(x, bound(lo), bound(hi));
+  }
   const double inf = std::numeric_limits<double>::infinity();
   const double low = lo ? *lo : -inf, high = hi ? *hi : inf;
   Tensor out = pointwise_raw(PointwiseOp::Clip, x, nullptr, low, high);
@@ -183,16 +198,13 @@ Tensor clip(const Tensor& x, std::optional<double> lo, std::optional<double> hi)
 // at a bound (as torch.clamp); a bound gets it where it replaced x.
 Tensor clip(const Tensor& x, const Tensor& lo, const Tensor& hi) {
   detail::check_defined("clip", x, "input");
-  detail::check_float("clip", x, "input");
   if (!lo.defined() && !hi.defined()) fail("clip", "at least one of min and max must be given");
   Tensor out = x;
-  if (lo.defined()) {
-    check_binary_float("clip", x, lo);
-    out = where(compare(BinaryOp::Lt, out, lo), lo, out);
-  }
-  if (hi.defined()) {
-    check_binary_float("clip", x, hi);
-    out = where(compare(BinaryOp::Gt, out, hi), hi, out);
+  for (const Tensor* bound : {&lo, &hi}) {
+    if (!bound->defined()) continue;
+    detail::check_same_device("clip", x, *bound);
+    detail::check_same_dtype("clip", x, *bound);
+    out = where(compare(bound == &lo ? BinaryOp::Lt : BinaryOp::Gt, out, *bound), *bound, out);
   }
   return out;
 }

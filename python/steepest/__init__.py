@@ -99,7 +99,6 @@ __all__ = [
     "maximum",
     "minimum",
     "pad",
-    "pow",
     "prod",
     "split",
     "stack",

@@ -32,21 +32,6 @@ namespace steepest {
 enum class PointwiseOp : uint8_t { STEEPEST_POINTWISE_OPS(STEEPEST_ENUM_ENTRY) };
 #undef STEEPEST_ENUM_ENTRY
 
-// Whether the op reads its second operand.
-inline bool pointwise_is_binary(PointwiseOp op) {
-  switch (op) {
-    case PointwiseOp::Erf:
-    case PointwiseOp::Silu:
-    case PointwiseOp::Softplus:
-    case PointwiseOp::Elu:
-    case PointwiseOp::LeakyRelu:
-    case PointwiseOp::Clip:
-      return false;
-    default:
-      return true;
-  }
-}
-
 namespace pointwise {
 
 template <class T>
