@@ -1,8 +1,5 @@
 // CPU loops of the everyday pointwise ops (formulas in steepest/pointwise.h) and of
 // where. float16/bfloat16 compute each element in float and round once.
-#include <algorithm>
-#include <type_traits>
-
 #include "loops.h"
 #include "steepest/kernels.h"
 
