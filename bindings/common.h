@@ -17,6 +17,7 @@ namespace steepest::bindings {
 
 void init_tensor(nb::module_& m);
 void init_ops(nb::module_& m);
+void init_everyday_ops(nb::module_& m);  // after init_tensor and init_ops
 void init_autograd(nb::module_& m);
 void init_optim(nb::module_& m);
 void init_model(nb::module_& m);

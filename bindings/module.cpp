@@ -19,6 +19,7 @@ NB_MODULE(_core, m) {
   });
   steepest::bindings::init_tensor(m);
   steepest::bindings::init_ops(m);
+  steepest::bindings::init_everyday_ops(m);
   steepest::bindings::init_autograd(m);
   steepest::bindings::init_optim(m);
   steepest::bindings::init_model(m);

@@ -110,7 +110,7 @@ void init_ops(nb::module_& parent) {
         arg("x"), arg("axis").none() = nb::none(), arg("keepdims") = false);
   m.def("max", [](const Tensor& x, nb::handle axis, bool keepdims) { return ops::max(x, parse_axes(axis), keepdims); },
         arg("x"), arg("axis").none() = nb::none(), arg("keepdims") = false,
-        "Maximum; the gradient flows to the (first) argmax.");
+        "Maximum; tied maxima share the gradient evenly.");
 
   m.def("matmul", &ops::matmul, arg("a"), arg("b"), Release(),
         "Matrix product with NumPy semantics (batched, broadcast batch axes).");

@@ -98,8 +98,9 @@ std::shared_ptr<Node> gradient_edge(const Tensor& t) {
   return accumulator;
 }
 
-void attach(Tensor& output, std::shared_ptr<Node> node,
-            std::initializer_list<const Tensor*> inputs) {
+namespace {
+template <class Inputs>
+void attach_inputs(Tensor& output, std::shared_ptr<Node> node, const Inputs& inputs) {
   node->next.reserve(inputs.size());
   node->input_shapes.reserve(inputs.size());
   for (const Tensor* t : inputs) {
@@ -109,6 +110,16 @@ void attach(Tensor& output, std::shared_ptr<Node> node,
   node->record_saved_versions();
   output.impl()->requires_grad = true;
   output.impl()->grad_fn = std::move(node);
+}
+}  // namespace
+
+void attach(Tensor& output, std::shared_ptr<Node> node,
+            std::initializer_list<const Tensor*> inputs) {
+  attach_inputs(output, std::move(node), inputs);
+}
+
+void attach(Tensor& output, std::shared_ptr<Node> node, const std::vector<const Tensor*>& inputs) {
+  attach_inputs(output, std::move(node), inputs);
 }
 
 void AccumulateGrad::apply(const Tensor& grad_output, std::vector<Tensor>&) {

@@ -96,11 +96,13 @@ void SumBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   out[0] = expand(kept, input_shape);
 }
 
-// seed: 降维操作 (maxpooling) — only the argmax receives the gradient g.
+// seed: 降维操作 (maxpooling) — the gradient g goes to the maximum. Tied maxima share it
+// evenly, as torch's amax and full max() do: dL/dx_i = g·1{x_i = m} / #{j : x_j = m}.
 void MaxBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
-  Tensor positions = reshape(arange(0, extent, 1, DType::Int64, g.device()), {1, extent, 1});
-  Tensor one_hot = astype(compare(BinaryOp::Eq, positions, argmax), g.dtype());
-  Tensor routed = mul(one_hot, reshape(g, {outer, 1, inner}));
+  const Dims& rs = result.shape();
+  Tensor mask = astype(compare(BinaryOp::Eq, input, result), g.dtype());
+  Tensor share = div(reshape(g, rs), sum(mask, std::vector<int64_t>{1}, true));
+  Tensor routed = mul(mask, share);
   out[0] = permute(reshape(routed, permuted_shape), detail::inverse_permutation(order));
 }
 

@@ -59,17 +59,17 @@ struct SumBackward final : Node {
   double scale;                  // 1 for sum, 1/extent for mean
 };
 
+// The gradient of a max reduction; `input` is x in the kernel's contiguous (outer,
+// extent, inner) layout and `result` the maxima (outer, 1, inner).
 struct MaxBackward final : Node {
-  MaxBackward(Tensor argmax, Dims kept_shape, Dims order, Dims permuted_shape, int64_t outer,
-              int64_t extent, int64_t inner)
-      : argmax(std::move(argmax)), kept_shape(kept_shape), order(order),
-        permuted_shape(permuted_shape), outer(outer), extent(extent), inner(inner) {}
+  MaxBackward(Tensor input, Tensor result, Dims order, Dims permuted_shape)
+      : input(std::move(input)), result(std::move(result)), order(order),
+        permuted_shape(permuted_shape) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
-  void visit_saved(const SavedVisitor& visit) override { visit(argmax); }
+  void visit_saved(const SavedVisitor& visit) override { visit(input); visit(result); }
   STEEPEST_NODE_NAME(MaxBackward)
-  Tensor argmax;  // (outer, 1, inner) int64
-  Dims kept_shape, order, permuted_shape;
-  int64_t outer, extent, inner;
+  Tensor input, result;
+  Dims order, permuted_shape;
 };
 
 struct MatmulBackward final : Node {

@@ -183,11 +183,13 @@ Tensor max(const Tensor& x, const Axes& axes, bool keepdims) {
     fail("max", "cannot take the max over an empty axis (input shape ", x.shape(),
          "); there is no identity for max");
   Tensor out = Tensor::empty(plan.out_shape, x.dtype(), x.device());
-  Tensor argmax = Tensor::empty({plan.outer, 1, plan.inner}, DType::Int64, x.device());
   STEEPEST_KERNEL(x.device(), reduce)(ReduceOp::Max, plan.layout, plan.outer, plan.extent,
-                                      plan.inner, out, &argmax);
-  record<MaxBackward>(out, {&x}, argmax, plan.kept_shape, plan.order, plan.permuted_shape,
-                      plan.outer, plan.extent, plan.inner);
+                                      plan.inner, out, nullptr);
+  if (any_requires_grad({&x})) {
+    Tensor input = reshape(plan.layout, {plan.outer, plan.extent, plan.inner});
+    Tensor result = reshape(detail::saved_output(out), {plan.outer, 1, plan.inner});
+    record<MaxBackward>(out, {&x}, input, result, plan.order, plan.permuted_shape);
+  }
   return out;
 }
 

@@ -97,6 +97,8 @@ bool any_requires_grad(std::initializer_list<const Tensor*> inputs);
 // Makes `node` the grad_fn of `output`, with edges to `inputs`.
 void attach(Tensor& output, std::shared_ptr<Node> node,
             std::initializer_list<const Tensor*> inputs);
+// The same for a list of inputs whose length is known only at run time (cat, stack).
+void attach(Tensor& output, std::shared_ptr<Node> node, const std::vector<const Tensor*>& inputs);
 
 // Called with a leaf once backward has accumulated all of its gradient (data-parallel
 // training starts the leaf's all-reduce there, while backward goes on).

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "steepest/pointwise.h"
 #include "steepest/tensor.h"
 
 namespace steepest {
@@ -31,6 +32,16 @@ inline bool is_comparison(BinaryOp op) {
 enum class ReduceOp : uint8_t { Sum, Max };
 enum class PoolKind : uint8_t { Max, Avg };
 enum class RandomKind : uint8_t { Uniform, Normal };
+
+// A running sum or product along the middle axis of a contiguous (outer, extent, inner)
+// tensor. exclusive: element i combines the elements before i (the identity at 0);
+// reverse: the scan runs from the end of the axis.
+enum class ScanOp : uint8_t { Sum, Prod };
+struct ScanArgs {
+  ScanOp op = ScanOp::Sum;
+  int64_t outer = 1, extent = 1, inner = 1;
+  bool exclusive = false, reverse = false;
+};
 
 // Row-major batched GEMM: C[i] = alpha * op(A[i]) * op(B[i]) + beta * C[i].
 // op(A) is m×k; A is stored k×m when trans_a. lda/ldb/ldc are row strides in elements.

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "steepest/kernels.h"
@@ -117,6 +119,60 @@ Tensor arange(int64_t start, int64_t stop, int64_t step, DType dtype, Device dev
 
 // Broadcast result shape of a and b, or a ValueError naming `op` and both shapes.
 Dims broadcast_shapes(const char* op, const Dims& a, const Dims& b);
+
+// --- Everyday ops (NumPy/PyTorch names) ---------------------------------------------
+// Pointwise (cpp/ops/pointwise.cpp). Tied extrema share the gradient evenly.
+Tensor where(const Tensor& cond, const Tensor& x, const Tensor& y);
+Tensor maximum(const Tensor& a, const Tensor& b);
+Tensor minimum(const Tensor& a, const Tensor& b);
+Tensor clip(const Tensor& x, std::optional<double> lo, std::optional<double> hi);
+Tensor clip(const Tensor& x, const Tensor& lo, const Tensor& hi);  // either may be undefined
+Tensor pow(const Tensor& x, const Tensor& y);
+Tensor erf(const Tensor& x);
+Tensor silu(const Tensor& x);
+Tensor softplus(const Tensor& x, double beta = 1.0, double threshold = 20.0);
+Tensor elu(const Tensor& x, double alpha = 1.0);
+Tensor leaky_relu(const Tensor& x, double negative_slope = 0.01);
+
+// Reductions and scans (cpp/ops/scan.cpp); axis nullopt works on the flattened x.
+Tensor min(const Tensor& x, const Axes& axes = std::nullopt, bool keepdims = false);
+Tensor prod(const Tensor& x, const Axes& axes = std::nullopt, bool keepdims = false);
+Tensor cumsum(const Tensor& x, std::optional<int64_t> axis);
+Tensor logsumexp(const Tensor& x, const Axes& axes = std::nullopt, bool keepdims = false);
+Tensor var(const Tensor& x, const Axes& axes = std::nullopt, bool keepdims = false, double ddof = 0);
+Tensor std_dev(const Tensor& x, const Axes& axes = std::nullopt, bool keepdims = false,
+               double ddof = 0);
+
+// Selection (cpp/ops/select.cpp). Index tensors are int32/int64, negative entries count
+// from the end.
+Tensor argmax(const Tensor& x, std::optional<int64_t> axis = std::nullopt, bool keepdims = false);
+Tensor argmin(const Tensor& x, std::optional<int64_t> axis = std::nullopt, bool keepdims = false);
+Tensor take_along_axis(const Tensor& x, const Tensor& indices, std::optional<int64_t> axis);
+Tensor gather(const Tensor& x, int64_t axis, const Tensor& index);
+
+// Joining and rearranging (cpp/ops/join.cpp).
+Tensor cat(const std::vector<Tensor>& tensors, int64_t axis = 0);
+Tensor stack(const std::vector<Tensor>& tensors, int64_t axis = 0);
+// torch's split: parts of the given sizes, or of split_size each (the last may be smaller).
+std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t axis);
+std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t axis);
+// numpy's split: `sections` equal parts, or the parts between the given indices.
+std::vector<Tensor> split_sections(const Tensor& x, int64_t sections, int64_t axis);
+std::vector<Tensor> split_at(const Tensor& x, const std::vector<int64_t>& indices, int64_t axis);
+enum class PadMode : uint8_t { Constant, Reflect, Edge, Wrap };
+PadMode pad_mode_from_name(const std::string& name);
+// widths: one (before, after) pair per axis, as numpy's pad_width.
+Tensor pad(const Tensor& x, const std::vector<std::pair<int64_t, int64_t>>& widths, PadMode mode,
+           double value = 0.0);
+Tensor flip(const Tensor& x, const std::vector<int64_t>& axes);
+Tensor tril(const Tensor& x, int64_t k = 0);
+Tensor triu(const Tensor& x, int64_t k = 0);
+
+// Creation.
+Tensor eye(int64_t n, std::optional<int64_t> m, int64_t k, DType dtype, Device device);
+Tensor linspace(double start, double stop, int64_t num, bool endpoint, DType dtype, Device device);
+// int64 (..., num_classes); num_classes < 0 takes max(indices) + 1.
+Tensor one_hot(const Tensor& indices, int64_t num_classes = -1);
 
 }  // namespace steepest::ops
 
