@@ -18,6 +18,7 @@ void check_same_dtype(const char* op, const Tensor& a, const Tensor& b) {
 Operand operand_kind(const Tensor& t) { return t.ndim() == 0 ? Operand::ZeroDim : Operand::Tensor; }
 
 DType result_type(const Tensor& a, const Tensor& b) {
+  if (a.dtype() == b.dtype()) return a.dtype();  // the common case, without the categories
   return steepest::result_type(a.dtype(), operand_kind(a), b.dtype(), operand_kind(b));
 }
 
@@ -95,11 +96,13 @@ Tensor add_like(const char* name, const Tensor& a, const Tensor& b, bool subtrac
     fail<TypeError>(name, "subtraction with a bool tensor is not supported (", dtype_name(a.dtype()),
                     " ", a.shape(), " - ", dtype_name(b.dtype()), " ", b.shape(),
                     "); invert a mask with a == 0, or convert with astype");
-  const DType dtype = result_type(a, b);
-  if (dtype == DType::Bool) return bool_arith(BinaryOp::Add, a, b, name);
-  auto [pa, pb] = promoted(name, a, b, dtype);
-  Tensor out = binary_raw(subtract ? BinaryOp::Sub : BinaryOp::Add, pa, pb, 0.0, name);
-  record<AddBackward>(out, {&pa, &pb}, pa.shape(), pb.shape(), subtract);
+  if (a.dtype() != b.dtype()) {
+    auto [pa, pb] = promoted(name, a, b, result_type(a, b));
+    return add_like(name, pa, pb, subtract);
+  }
+  if (a.dtype() == DType::Bool) return bool_arith(BinaryOp::Add, a, b, name);
+  Tensor out = binary_raw(subtract ? BinaryOp::Sub : BinaryOp::Add, a, b, 0.0, name);
+  record<AddBackward>(out, {&a, &b}, a.shape(), b.shape(), subtract);
   return out;
 }
 
@@ -148,27 +151,34 @@ Tensor add(const Tensor& a, const Tensor& b) { return add_like("add", a, b, fals
 Tensor sub(const Tensor& a, const Tensor& b) { return add_like("sub", a, b, true); }
 
 Tensor mul(const Tensor& a, const Tensor& b) {
-  const DType dtype = result_type(a, b);
-  if (dtype == DType::Bool) return bool_arith(BinaryOp::Mul, a, b, "mul");
-  auto [pa, pb] = promoted("mul", a, b, dtype);
-  Tensor out = binary_raw(BinaryOp::Mul, pa, pb, 0.0, "mul");
-  record<MulBackward>(out, {&pa, &pb}, pa, pb);
+  if (a.dtype() != b.dtype()) {
+    auto [pa, pb] = promoted("mul", a, b, result_type(a, b));
+    return mul(pa, pb);
+  }
+  if (a.dtype() == DType::Bool) return bool_arith(BinaryOp::Mul, a, b, "mul");
+  Tensor out = binary_raw(BinaryOp::Mul, a, b, 0.0, "mul");
+  record<MulBackward>(out, {&a, &b}, a, b);
   return out;
 }
 
 // True division: integer and bool operands divide in the default float dtype.
 Tensor div(const Tensor& a, const Tensor& b) {
-  DType dtype = result_type(a, b);
-  if (!is_floating(dtype)) dtype = kDefaultFloat;
-  auto [pa, pb] = promoted("div", a, b, dtype);
-  Tensor out = binary_raw(BinaryOp::Div, pa, pb, 0.0, "div");
-  record<DivBackward>(out, {&pa, &pb}, pa, pb);
+  if (a.dtype() != b.dtype() || !is_floating(a.dtype())) {
+    DType dtype = result_type(a, b);
+    auto [pa, pb] = promoted("div", a, b, is_floating(dtype) ? dtype : kDefaultFloat);
+    return div(pa, pb);
+  }
+  Tensor out = binary_raw(BinaryOp::Div, a, b, 0.0, "div");
+  record<DivBackward>(out, {&a, &b}, a, b);
   return out;
 }
 
 Tensor compare(BinaryOp op, const Tensor& a, const Tensor& b) {
-  auto [pa, pb] = promoted("compare", a, b, result_type(a, b));
-  return binary_raw(op, pa.detach(), pb.detach(), 0.0, "compare");
+  if (a.dtype() != b.dtype()) {
+    auto [pa, pb] = promoted("compare", a, b, result_type(a, b));
+    return compare(op, pa.detach(), pb.detach());
+  }
+  return binary_raw(op, a, b, 0.0, "compare");
 }
 
 Tensor scalar_like(const Tensor& x, double value) {
