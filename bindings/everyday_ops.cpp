@@ -307,8 +307,8 @@ void init_everyday_ops(nb::module_& parent) {
 
   // --- Tensor methods, as torch names them
   nb::handle cls = nb::type<Tensor>();
-  // Defined with the class as scope: an existing method of the same name (__pow__ with
-  // a number) gains an overload instead of being replaced.
+  // Defined with the class as scope, so that a method of the same name bound elsewhere
+  // gains an overload instead of being replaced.
   auto method = [&](const char* name, auto&& f, auto... extra) {
     nb::cpp_function_def(std::forward<decltype(f)>(f), nb::scope(cls), nb::name(name),
                          nb::is_method(), extra...);
@@ -326,7 +326,6 @@ void init_everyday_ops(nb::module_& parent) {
     method(name, &clip, arg("min").none() = nb::none(), arg("max").none() = nb::none());
   method("pow", [](const Tensor& self, nb::handle exponent) { return power(nb::cast(self), exponent); },
          arg("exponent"));
-  method("__pow__", [](const Tensor& self, const Tensor& exponent) { return ops::pow(self, exponent); });
   method("__rpow__", [](const Tensor& self, double base) { return ops::pow(ops::scalar_like(self, base), self); });
   method("erf", &ops::erf);
   method("min", [](const Tensor& x, nb::handle axis, bool keepdims) { return ops::min(x, parse_axes(axis), keepdims); },

@@ -87,7 +87,16 @@ void init_ops(nb::module_& parent) {
   m.def("sub", &ops::sub, arg("a"), arg("b"), "a - b with broadcasting.");
   m.def("mul", &ops::mul, arg("a"), arg("b"), "a * b (Hadamard product) with broadcasting.");
   m.def("div", &ops::div, arg("a"), arg("b"), "a / b with broadcasting.");
-  m.def("power", &ops::power, arg("x"), arg("exponent"), "x ** exponent for a scalar exponent.");
+  m.def("power",
+        [](const Tensor& x, nb::handle exponent) {
+          // The exponent's Python type takes part in promotion: int ** int stays an integer.
+          const bool integral = PyLong_Check(exponent.ptr()) || PyBool_Check(exponent.ptr());
+          return ops::power(x, nb::cast<double>(exponent),
+                            PyBool_Check(exponent.ptr()) ? DType::Bool
+                            : integral                   ? DType::Int64
+                                                         : DType::Float64);
+        },
+        arg("x"), arg("exponent"), "x ** exponent for a scalar exponent.");
   m.def("clamp_min", &ops::clamp_min, arg("x"), arg("lower"),
         "max(x, lower); clamped entries get no gradient.");
 
@@ -101,7 +110,6 @@ void init_ops(nb::module_& parent) {
   STEEPEST_UNARY(sigmoid, "1 / (1 + e^-x).")
   STEEPEST_UNARY(tanh, "Hyperbolic tangent.")
   STEEPEST_UNARY(gelu, "x·Φ(x) (exact, erf form).")
-  STEEPEST_UNARY(flatten, "(N, ...) -> (N, prod(...)).")
 #undef STEEPEST_UNARY
 
   m.def("sum", [](const Tensor& x, nb::handle axis, bool keepdims) { return ops::sum(x, parse_axes(axis), keepdims); },
@@ -206,6 +214,21 @@ void init_ops(nb::module_& parent) {
   m.def("reshape", [](const Tensor& x, nb::handle shape) { return ops::reshape(x, parse_shape("reshape", shape)); },
         arg("x"), arg("shape"));
   m.def("transpose", &ops::transpose, arg("x"), arg("axis0"), arg("axis1"));
+  m.def("flatten",
+        [](const Tensor& x, int64_t start_dim, int64_t end_dim) {
+          return ops::flatten(x, start_dim, end_dim);
+        },
+        arg("x"), arg("start_dim") = 1, arg("end_dim") = -1,
+        "Axes start_dim..end_dim merged into one; by default (N, ...) -> (N, prod(...)).");
+  m.def("squeeze", [](const Tensor& x, nb::handle axis) { return ops::squeeze(x, parse_axes(axis)); },
+        arg("x"), arg("axis").none() = nb::none(),
+        "Drops the given axes of size 1 (others are left alone), or every axis of size 1.");
+  m.def("index_select", &ops::index_select, arg("x"), arg("axis"), arg("indices"),
+        "The entries of `axis` named by int `indices` (any shape, negative from the end); "
+        "the gradient is scattered back with repeated indices adding up.");
+  m.def("unsqueeze", &ops::unsqueeze, arg("x"), arg("axis"), "Inserts an axis of size 1.");
+  m.def("expand", [](const Tensor& x, nb::handle shape) { return ops::expand(x, parse_shape("expand", shape)); },
+        arg("x"), arg("shape"), "A broadcast view; -1 keeps a dimension.");
   m.def("sum_to", [](const Tensor& x, nb::handle shape) { return ops::sum_to(x, parse_shape("sum_to", shape)); },
         arg("x"), arg("shape"), "Sums broadcast axes away so x has `shape` (broadcast backward).");
 }

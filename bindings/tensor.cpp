@@ -56,55 +56,199 @@ nb::tuple shape_tuple(const Dims& d) {
   return nb::tuple(l);
 }
 
-Tensor scalar_operand(const Tensor& like, double value) { return ops::scalar_like(like, value); }
+// A Python bool, int or float operand with the dtype that stands for its kind in type
+// promotion (Bool, Int64, Float64), or nullopt for anything else: the operator then
+// returns NotImplemented, so Python asks the other operand.
+std::optional<std::pair<double, DType>> python_scalar(nb::handle h) {
+  if (PyBool_Check(h.ptr())) return std::pair{h.is(Py_True) ? 1.0 : 0.0, DType::Bool};
+  // Arrays with dimensions are not scalars (NumPy scalars and 0-d arrays are).
+  if (!PyLong_Check(h.ptr()) && !PyFloat_Check(h.ptr()) && nb::hasattr(h, "shape") &&
+      nb::len(nb::object(h.attr("shape"))) > 0)
+    return std::nullopt;
+  if (PyLong_Check(h.ptr()) || (!PyFloat_Check(h.ptr()) && PyIndex_Check(h.ptr()))) {
+    double v = PyLong_AsDouble(nb::int_(h).ptr());
+    if (v == -1.0 && PyErr_Occurred()) throw nb::python_error();
+    return std::pair{v, DType::Int64};
+  }
+  if (PyFloat_Check(h.ptr()) || PyNumber_Check(h.ptr())) {
+    double v = PyFloat_AsDouble(h.ptr());
+    if (v == -1.0 && PyErr_Occurred()) {
+      PyErr_Clear();
+      return std::nullopt;
+    }
+    return std::pair{v, DType::Float64};
+  }
+  return std::nullopt;
+}
 
-// Applies Python basic indexing (ints, slices with positive step, None, Ellipsis).
-Tensor index(const Tensor& t, const nb::handle& key) {
+using BinaryFn = Tensor (*)(const Tensor&, const Tensor&);
+
+// tensor ∘ scalar (or scalar ∘ tensor when reflected), the scalar weak in promotion.
+nb::object with_scalar(BinaryFn op, const Tensor& a, nb::handle b, bool reflected) {
+  auto scalar = python_scalar(b);
+  if (!scalar) return nb::borrow(Py_NotImplemented);
+  Tensor s = ops::scalar_operand(a, scalar->first, scalar->second);
+  return nb::cast(reflected ? op(s, a) : op(a, s));
+}
+
+// An index item that is not an int, slice, None or Ellipsis: a steepest tensor, or a
+// NumPy array or list, as an int or bool tensor on x's device.
+Tensor index_tensor(const Tensor& x, nb::handle h) {
+  Tensor t;
+  if (nb::isinstance<Tensor>(h)) {
+    t = nb::cast<Tensor>(h);
+  } else {
+    t = nb::cast<Tensor>(nb::module_::import_("steepest").attr("tensor")(h));
+    if (is_floating(t.dtype()) && t.numel() == 0) t = ops::astype(t, DType::Int64);  // []
+  }
+  if (is_floating(t.dtype()))
+    throw IndexError(cat("[index] tensors used as indices must be integer or bool, got ",
+                         dtype_name(t.dtype()), " ", t.shape()));
+  return ops::to_device(t.detach(), x.device());
+}
+
+// A key after its basic part (ints, slices of any step, None, Ellipsis) is applied as a
+// view; `axes`/`indices` are its advanced part (int arrays, and bool masks as their
+// nonzero coordinates) for ops::advanced_index, on axes of `view`.
+struct ParsedIndex {
+  Tensor view;
+  std::vector<int> axes;
+  std::vector<Tensor> indices;
+};
+
+ParsedIndex parse_index(const Tensor& t, const nb::handle& key) {
   std::vector<nb::handle> items;
   if (nb::isinstance<nb::tuple>(key)) {
     for (nb::handle h : nb::borrow<nb::tuple>(key)) items.push_back(h);
   } else {
     items.push_back(key);
   }
+  enum class Kind { Ellipsis, None, Slice, Int, Array };
+  std::vector<Kind> kinds;
+  std::vector<Tensor> arrays(items.size());
   int consuming = 0;
-  bool has_ellipsis = false;
-  for (nb::handle h : items) {
+  bool has_ellipsis = false, has_array = false;
+  for (size_t i = 0; i < items.size(); ++i) {
+    nb::handle h = items[i];
     if (h.is(nb::ellipsis())) {
       if (has_ellipsis) throw IndexError("[index] an index can only have a single ellipsis");
       has_ellipsis = true;
-    } else if (!h.is_none()) {
+      kinds.push_back(Kind::Ellipsis);
+    } else if (h.is_none()) {
+      kinds.push_back(Kind::None);
+    } else if (PySlice_Check(h.ptr())) {
+      kinds.push_back(Kind::Slice);
       ++consuming;
+    } else if (PyLong_Check(h.ptr()) && !PyBool_Check(h.ptr())) {
+      kinds.push_back(Kind::Int);
+      ++consuming;
+    } else if (nb::isinstance<Tensor>(h) || nb::isinstance<nb::list>(h) ||
+               nb::hasattr(h, "__array__") || PyIndex_Check(h.ptr())) {
+      if (PyBool_Check(h.ptr()))
+        throw TypeError("[index] a Python bool is not supported as an index; use a bool tensor");
+      arrays[i] = index_tensor(t, h);
+      kinds.push_back(Kind::Array);
+      has_array = true;
+      consuming += arrays[i].dtype() == DType::Bool ? arrays[i].ndim() : 1;
+    } else {
+      throw TypeError(cat("[index] only integers, slices, None, ..., and integer or bool "
+                          "tensors/arrays/lists are supported as indices, got ",
+                          nb::type_name(h.type()).c_str()));
     }
   }
   if (consuming > t.ndim())
     throw IndexError(cat("[index] too many indices (", consuming, ") for a tensor of shape ",
                          t.shape()));
-  Tensor out = t;
+  ParsedIndex parsed{t, {}, {}};
+  Tensor& out = parsed.view;
   int axis = 0;
-  for (nb::handle h : items) {
-    if (h.is(nb::ellipsis())) {
-      axis += t.ndim() - consuming;
-    } else if (h.is_none()) {
-      out = ops::unsqueeze(out, axis);
-      ++axis;
-    } else if (PySlice_Check(h.ptr())) {
-      Py_ssize_t start, stop, step;
-      if (PySlice_Unpack(h.ptr(), &start, &stop, &step) < 0) throw nb::python_error();
-      if (step <= 0)
-        throw ValueError(cat("[index] slice step must be positive, got ", step));
-      Py_ssize_t extent = static_cast<Py_ssize_t>(out.shape()[axis]);
-      PySlice_AdjustIndices(extent, &start, &stop, step);
-      out = ops::slice(out, axis, start, stop, step);
-      ++axis;
-    } else if (PyLong_Check(h.ptr()) && !PyBool_Check(h.ptr())) {
-      out = ops::select(out, axis, nb::cast<int64_t>(h));
-    } else {
-      throw TypeError(cat("[index] only integers, slices, None and ... are supported as "
-                          "indices, got ",
-                          nb::type_name(h.type()).c_str()));
+  for (size_t i = 0; i < items.size(); ++i) {
+    nb::handle h = items[i];
+    switch (kinds[i]) {
+      case Kind::Ellipsis:
+        axis += t.ndim() - consuming;
+        break;
+      case Kind::None:
+        out = ops::unsqueeze(out, axis);
+        ++axis;
+        break;
+      case Kind::Slice: {
+        Py_ssize_t start, stop, step;
+        if (PySlice_Unpack(h.ptr(), &start, &stop, &step) < 0) throw nb::python_error();
+        out = ops::slice(out, axis, start, stop, step);
+        ++axis;
+        break;
+      }
+      case Kind::Int:
+        // Beside an array an int is an array index too (NumPy's placement rule).
+        if (has_array) {
+          parsed.axes.push_back(axis++);
+          parsed.indices.push_back(Tensor::full({}, static_cast<double>(nb::cast<int64_t>(h)),
+                                                DType::Int64, t.device()));
+        } else {
+          out = ops::select(out, axis, nb::cast<int64_t>(h));
+        }
+        break;
+      case Kind::Array: {
+        const Tensor& a = arrays[i];
+        if (a.dtype() != DType::Bool) {
+          parsed.axes.push_back(axis++);
+          parsed.indices.push_back(a);
+          break;
+        }
+        for (int d = 0; d < a.ndim(); ++d)
+          if (a.shape()[d] != out.shape()[axis + d])
+            throw IndexError(cat("[index] the bool mask of shape ", a.shape(),
+                                 " does not match the indexed shape ", out.shape(), " at axis ",
+                                 axis + d));
+        if (a.ndim() == 0) throw IndexError("[index] 0-d bool masks are not supported");
+        for (Tensor& coords : ops::nonzero(a)) {
+          parsed.axes.push_back(axis++);
+          parsed.indices.push_back(coords);
+        }
+        break;
+      }
     }
   }
-  return out;
+  return parsed;
+}
+
+Tensor index(const Tensor& t, const nb::handle& key) {
+  ParsedIndex parsed = parse_index(t, key);
+  return ops::advanced_index(parsed.view, parsed.axes, parsed.indices);
+}
+
+// t[key] = value: value (a tensor, array, list or number) broadcast to the indexed shape
+// and cast to t's dtype. Not recorded by autograd, so refused where a gradient is wanted.
+void set_index(Tensor& t, const nb::handle& key, const nb::handle& value) {
+  if (t.requires_grad() && grad_enabled())
+    throw StateError(t.is_leaf()
+                         ? "[setitem] a leaf tensor that requires grad cannot be assigned in "
+                           "place; assign under `with st.no_grad():` or to t.detach()"
+                         : "[setitem] in-place assignment into a tensor recorded by autograd is "
+                           "not supported; build the result out of place (e.g. with a mask)");
+  Tensor source;
+  if (nb::isinstance<Tensor>(value)) {
+    source = nb::cast<Tensor>(value).detach();
+  } else if (auto scalar = python_scalar(value); scalar && !nb::hasattr(value, "shape")) {
+    source = Tensor::full({}, scalar->first, t.dtype(), t.device());
+  } else {
+    source = nb::cast<Tensor>(nb::module_::import_("steepest").attr("tensor")(value));
+  }
+  NoGradGuard no_grad;
+  ParsedIndex parsed = parse_index(t.detach(), key);
+  if (!parsed.axes.empty()) {
+    ops::index_put(parsed.view, parsed.axes, parsed.indices, source);
+  } else {
+    Tensor view = parsed.view;
+    while (source.ndim() > view.ndim() && source.shape()[0] == 1) source = ops::squeeze(source, 0);
+    Tensor src = ops::astype(ops::to_device(source, view.device()), view.dtype());
+    // A value that shares memory with the target (t[1:] = t[:-1]) is read before writing.
+    if (src.storage() == view.storage()) src = ops::clone(src);
+    src = ops::expand(src, view.shape());
+    STEEPEST_KERNEL(view.device(), copy)(src, view);
+  }
+  t.storage()->bump_version();
 }
 
 double item(const Tensor& t) {
@@ -249,7 +393,12 @@ void init_tensor(nb::module_& m) {
           return ops::reshape(t, parse_shape("reshape", shape[0]));
         return ops::reshape(t, parse_shape("reshape", shape));
       })
-      .def("flatten", &ops::flatten)
+      .def("flatten",
+           [](const Tensor& t, int64_t start_dim, int64_t end_dim) {
+             return ops::flatten(t, start_dim, end_dim);
+           },
+           nb::arg("start_dim") = 0, nb::arg("end_dim") = -1,
+           "torch.flatten: axes start_dim..end_dim merged into one (all of them by default).")
       .def("transpose", &ops::transpose, nb::arg("axis0"), nb::arg("axis1"))
       .def("permute",
            [](const Tensor& t, nb::args order) {
@@ -264,7 +413,10 @@ void init_tensor(nb::module_& m) {
                      return ops::permute(t, order);
                    })
       .def("unsqueeze", &ops::unsqueeze, nb::arg("axis"))
-      .def("squeeze", &ops::squeeze, nb::arg("axis"))
+      .def("squeeze",
+           [](const Tensor& t, nb::handle axis) { return ops::squeeze(t, parse_axes(axis)); },
+           nb::arg("axis").none() = nb::none(),
+           "Drops the given axes of size 1 (others are left alone), or every axis of size 1.")
       .def("expand", [](const Tensor& t, nb::args shape) {
         if (shape.size() == 1 && !PyLong_Check(shape[0].ptr()))
           return ops::expand(t, parse_shape("expand", shape[0]));
@@ -293,29 +445,44 @@ void init_tensor(nb::module_& m) {
       .def("sigmoid", &ops::sigmoid)
       .def("tanh", &ops::tanh)
       .def("gelu", &ops::gelu)
-      .def("__getitem__", &index)
+      .def("__getitem__", &index, nb::arg("key").none(),
+           "NumPy indexing: ints, slices (any step), None, ..., int arrays and bool masks; "
+           "basic indexing returns a view.")
+      .def("__setitem__", &set_index, nb::arg("key").none(), nb::arg("value").none(),
+           "In-place assignment with broadcasting (not for tensors that require grad).")
+      .def("index_select",
+           [](const Tensor& t, int64_t axis, const Tensor& indices) { return ops::index_select(t, axis, indices); },
+           nb::arg("axis"), nb::arg("indices"))
       .def("__neg__", &ops::neg)
+      .def("__abs__", &ops::abs)
       .def("__add__", &ops::add)
-      .def("__add__", [](const Tensor& a, double b) { return ops::add(a, scalar_operand(a, b)); })
-      .def("__radd__", [](const Tensor& a, double b) { return ops::add(scalar_operand(a, b), a); })
+      .def("__add__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::add, a, b, false); })
+      .def("__radd__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::add, a, b, true); })
       .def("__sub__", &ops::sub)
-      .def("__sub__", [](const Tensor& a, double b) { return ops::sub(a, scalar_operand(a, b)); })
-      .def("__rsub__", [](const Tensor& a, double b) { return ops::sub(scalar_operand(a, b), a); })
+      .def("__sub__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::sub, a, b, false); })
+      .def("__rsub__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::sub, a, b, true); })
       .def("__mul__", &ops::mul)
-      .def("__mul__", [](const Tensor& a, double b) { return ops::mul(a, scalar_operand(a, b)); })
-      .def("__rmul__", [](const Tensor& a, double b) { return ops::mul(scalar_operand(a, b), a); })
+      .def("__mul__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::mul, a, b, false); })
+      .def("__rmul__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::mul, a, b, true); })
       .def("__truediv__", &ops::div)
-      .def("__truediv__", [](const Tensor& a, double b) { return ops::div(a, scalar_operand(a, b)); })
-      .def("__rtruediv__", [](const Tensor& a, double b) { return ops::div(scalar_operand(a, b), a); })
+      .def("__truediv__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::div, a, b, false); })
+      .def("__rtruediv__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::div, a, b, true); })
       .def("__matmul__", &ops::matmul)
-      .def("__pow__", [](const Tensor& a, double k) { return ops::power(a, k); })
+      .def("__pow__",
+           [](const Tensor& a, nb::handle k) -> nb::object {
+             if (nb::isinstance<Tensor>(k)) return nb::cast(ops::pow(a, nb::cast<Tensor>(k)));
+             auto scalar = python_scalar(k);
+             if (!scalar) return nb::borrow(Py_NotImplemented);
+             return nb::cast(ops::power(a, scalar->first, scalar->second));
+           })
       .def("__hash__", [](const Tensor& t) { return reinterpret_cast<intptr_t>(t.impl()); });
 
-#define STEEPEST_COMPARE(py, op)                                                               \
-  cls.def(py, [](const Tensor& a, const Tensor& b) { return ops::compare(BinaryOp::op, a, b); }); \
-  cls.def(py, [](const Tensor& a, double b) {                                                  \
-    return ops::compare(BinaryOp::op, a, scalar_operand(a, b));                                \
-  });
+#define STEEPEST_COMPARE(py, op)                                                                 \
+  cls.def(py, [](const Tensor& a, const Tensor& b) { return ops::compare(BinaryOp::op, a, b); });   \
+  cls.def(py, [](const Tensor& a, nb::handle b) {                                                  \
+    return with_scalar([](const Tensor& x, const Tensor& y) { return ops::compare(BinaryOp::op, x, y); }, \
+                       a, b, false);                                                               \
+  }, nb::arg("other").none());
   STEEPEST_COMPARE("__eq__", Eq)
   STEEPEST_COMPARE("__ne__", Ne)
   STEEPEST_COMPARE("__lt__", Lt)
@@ -345,7 +512,11 @@ void init_tensor(nb::module_& m) {
       .def(
           "__dlpack__",
           [](const Tensor& t, nb::kwargs kwargs) {
-            nb::object view = nb::cast(nb::ndarray<nb::array_api>(tensor_view(t)));
+            // DLPack consumers (torch) reject the negative strides of a reversed slice.
+            bool negative = false;
+            for (int64_t s : t.strides()) negative = negative || s < 0;
+            Tensor exported = negative ? ops::clone(t.detach()) : t;
+            nb::object view = nb::cast(nb::ndarray<nb::array_api>(tensor_view(exported)));
             return view.attr("__dlpack__")(**kwargs);
           },
           "DLPack export, for torch.from_dlpack and numpy.from_dlpack.")

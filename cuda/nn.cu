@@ -118,6 +118,22 @@ __global__ void max_rows(const S* x, int64_t rows, int64_t cols, S* out, int64_t
   }
 }
 
+// Integer and bool tensors (no gradient, no argmax): one thread per output, exact int64
+// sums and maxima in T, as the CPU's integer_reduce.
+template <class T, class O>
+__global__ void integer_reduce(ReduceOp op, const T* x, int64_t outer, int64_t extent,
+                               int64_t inner, O* out) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= outer * inner) return;
+  const T* p = x + (t / inner) * extent * inner + t % inner;
+  O acc = op == ReduceOp::Sum ? O(0) : O(p[0]);
+  for (int64_t e = 0; e < extent; ++e) {
+    const O v = O(p[e * inner]);
+    acc = op == ReduceOp::Sum ? O(acc + v) : (v > acc ? v : acc);
+  }
+  out[t] = acc;
+}
+
 // inner > 1: thread x of a block owns column c of one outer slice.
 template <class S, class O>
 __global__ void sum_columns(const S* x, int64_t outer, int64_t extent, int64_t inner, O* out) {
@@ -469,6 +485,20 @@ void reduce(ReduceOp op, const Tensor& x, int64_t outer, int64_t extent, int64_t
   if (outer * inner == 0) return;
   DeviceGuard guard(x.device());
   const cudaStream_t stream = guard.stream();
+  if (!is_floating(x.dtype())) {
+    dispatch_all("reduce", x.dtype(), [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      const int64_t n = outer * inner;
+      if (op == ReduceOp::Sum)
+        integer_reduce<T, int64_t><<<blocks_for(n), kThreads, 0, stream>>>(
+            op, x.data<T>(), outer, extent, inner, out.data<int64_t>());
+      else
+        integer_reduce<T, T><<<blocks_for(n), kThreads, 0, stream>>>(op, x.data<T>(), outer,
+                                                                      extent, inner, out.data<T>());
+      STEEPEST_CUDA_CHECK_LAUNCH();
+    });
+    return;
+  }
   dispatch_float_storage("reduce", x.dtype(), [&](auto tag) {
     using S = typename decltype(tag)::type;
     using C = typename decltype(tag)::compute;

@@ -124,6 +124,69 @@ DType dtype_from_name(std::string_view name) {
                   "'; expected one of float32, float64, float16, bfloat16, int32, int64, bool");
 }
 
+namespace {
+
+// Position on the promotion lattice; float16 and bfloat16 share a rung.
+int promotion_rank(DType d) {
+  switch (d) {
+    case DType::Bool:
+      return 0;
+    case DType::Int32:
+      return 1;
+    case DType::Int64:
+      return 2;
+    case DType::Float16:
+    case DType::BFloat16:
+      return 3;
+    case DType::Float32:
+      return 4;
+    case DType::Float64:
+      return 5;
+  }
+  return 0;
+}
+
+// torch's combine_categories: a weaker category only matters when it is of a higher kind
+// (bool < integer < floating) than the stronger one's result.
+DType combine_categories(DType stronger, DType weaker) {
+  if (is_floating(stronger)) return stronger;
+  if (stronger == DType::Bool || is_floating(weaker)) return promote_types(stronger, weaker);
+  return stronger;
+}
+
+}  // namespace
+
+DType promote_types(DType a, DType b) {
+  if (a == b) return a;
+  if (is_half_float(a) && is_half_float(b)) return DType::Float32;
+  return promotion_rank(a) >= promotion_rank(b) ? a : b;
+}
+
+ResultType& ResultType::add(DType dtype, Operand kind) {
+  const auto k = static_cast<size_t>(kind);
+  // A Python float has no width of its own: it stands for the default float dtype.
+  if (kind == Operand::Scalar && is_floating(dtype)) dtype = kDefaultFloat;
+  dtype_[k] = seen_[k] ? promote_types(dtype_[k], dtype) : dtype;
+  seen_[k] = true;
+  return *this;
+}
+
+DType ResultType::result() const {
+  // Folded from the weakest category up, as torch's result_type does.
+  bool have = false;
+  DType r = kDefaultFloat;
+  for (size_t k = 0; k < 3; ++k) {
+    if (!seen_[k]) continue;
+    r = have ? combine_categories(dtype_[k], r) : dtype_[k];
+    have = true;
+  }
+  return r;
+}
+
+DType result_type(DType a, Operand a_kind, DType b, Operand b_kind) {
+  return ResultType().add(a, a_kind).add(b, b_kind).result();
+}
+
 std::string Device::str() const {
   return is_cpu() ? std::string("cpu") : "cuda:" + std::to_string(index);
 }

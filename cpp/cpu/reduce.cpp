@@ -162,10 +162,38 @@ void max_kernel(const S* x, int64_t outer, int64_t extent, int64_t inner, S* out
                });
 }
 
+// Integer and bool tensors (no gradient, so no argmax): exact int64 sums, maxima in T.
+// A plain loop per output; the float kernels above are the tuned ones.
+template <class T, class O>
+void integer_reduce(ReduceOp op, const T* x, int64_t outer, int64_t extent, int64_t inner, O* out) {
+  parallel_for(outer * inner, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(extent, 1)),
+               [&](int64_t begin, int64_t end) {
+                 for (int64_t t = begin; t < end; ++t) {
+                   const T* p = x + (t / inner) * extent * inner + t % inner;
+                   O acc = op == ReduceOp::Sum ? O(0) : O(p[0]);
+                   for (int64_t e = 0; e < extent; ++e) {
+                     const O v = O(p[e * inner]);
+                     acc = op == ReduceOp::Sum ? O(acc + v) : (v > acc ? v : acc);
+                   }
+                   out[t] = acc;
+                 }
+               });
+}
+
 }  // namespace
 
 void reduce(ReduceOp op, const Tensor& x, int64_t outer, int64_t extent, int64_t inner,
             Tensor& out, Tensor* argmax) {
+  if (!is_floating(x.dtype())) {
+    dispatch_all("reduce", x.dtype(), [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      if (op == ReduceOp::Sum)
+        integer_reduce<T, int64_t>(op, x.data<T>(), outer, extent, inner, out.data<int64_t>());
+      else
+        integer_reduce<T, T>(op, x.data<T>(), outer, extent, inner, out.data<T>());
+    });
+    return;
+  }
   dispatch_float_storage("reduce", x.dtype(), [&](auto tag) {
     using S = typename decltype(tag)::type;
     using C = typename decltype(tag)::compute;

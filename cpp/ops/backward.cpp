@@ -60,8 +60,9 @@ void UnaryBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
     case UnaryOp::Gelu:
       out[0] = binary_raw(BinaryOp::GeluGrad, g, saved);
       break;
-    case UnaryOp::PowScalar:  // Power: G ⊙ k·Y^(k−1)
-      out[0] = binary_raw(BinaryOp::PowScalarGrad, g, saved, scalar);
+    case UnaryOp::PowScalar:  // Power: G ⊙ k·Y^(k−1); x⁰ is constant, so 0 even at x = 0
+      out[0] = scalar == 0.0 ? Tensor::zeros(g.shape(), g.dtype(), g.device())
+                             : binary_raw(BinaryOp::PowScalarGrad, g, saved, scalar);
       break;
     case UnaryOp::MulScalar:
       out[0] = mul_scalar(g, scalar);
@@ -137,7 +138,8 @@ void ExpandBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
 
 void SliceBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   Tensor full = Tensor::zeros(input_shape, g.dtype(), g.device());
-  Tensor view = select ? ops::select(full, axis, start) : slice(full, axis, start, stop, step);
+  Tensor view = select ? ops::select(full, axis, start)
+                       : detail::slice_view(full, axis, start, count, step);
   if (view.shape() != g.shape())
     fail<StateError>("backward", "slice gradient of shape ", g.shape(), " for a view of shape ",
                      view.shape(), " (a backward formula returned a wrongly shaped gradient)");

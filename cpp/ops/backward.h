@@ -102,15 +102,15 @@ struct ExpandBackward final : Node {
 };
 
 // Slicing one axis (select drops it): the gradient is written into a zero tensor of
-// the input's shape through the same view.
+// the input's shape through the same view. start/count are normalised, step may be < 0.
 struct SliceBackward final : Node {
-  SliceBackward(Dims input_shape, int axis, int64_t start, int64_t stop, int64_t step, bool select)
-      : input_shape(input_shape), axis(axis), start(start), stop(stop), step(step), select(select) {}
+  SliceBackward(Dims input_shape, int axis, int64_t start, int64_t count, int64_t step, bool select)
+      : input_shape(input_shape), axis(axis), start(start), count(count), step(step), select(select) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   STEEPEST_NODE_NAME(SliceBackward)
   Dims input_shape;
   int axis;
-  int64_t start, stop, step;
+  int64_t start, count, step;
   bool select;
 };
 

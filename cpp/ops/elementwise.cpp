@@ -12,8 +12,14 @@ void check_defined(const char* op, const Tensor& t, const char* role) {
 void check_same_dtype(const char* op, const Tensor& a, const Tensor& b) {
   if (a.dtype() != b.dtype())
     fail<TypeError>(op, "dtype mismatch: ", dtype_name(a.dtype()), " ", a.shape(), " and ",
-                    dtype_name(b.dtype()), " ", b.shape(),
-                    " (no implicit promotion; convert one with astype)");
+                    dtype_name(b.dtype()), " ", b.shape(), " (convert one with astype)");
+}
+
+Operand operand_kind(const Tensor& t) { return t.ndim() == 0 ? Operand::ZeroDim : Operand::Tensor; }
+
+DType result_type(const Tensor& a, const Tensor& b) {
+  if (a.dtype() == b.dtype()) return a.dtype();  // the common case, without the categories
+  return steepest::result_type(a.dtype(), operand_kind(a), b.dtype(), operand_kind(b));
 }
 
 void check_same_device(const char* op, const Tensor& a, const Tensor& b) {
@@ -50,6 +56,7 @@ Tensor binary_raw(BinaryOp op, const Tensor& a, const Tensor& b, double scalar, 
 
 using detail::binary_raw;
 using detail::record;
+using detail::result_type;
 using detail::unary_raw;
 
 Dims broadcast_shapes(const char* op, const Dims& a, const Dims& b) {
@@ -68,10 +75,41 @@ Dims broadcast_shapes(const char* op, const Dims& a, const Dims& b) {
 
 namespace {
 
+// Both operands cast to `dtype`; the casts of floating inputs carry their gradients back.
+std::pair<Tensor, Tensor> promoted(const char* name, const Tensor& a, const Tensor& b, DType dtype) {
+  detail::check_defined(name, a, "first operand");
+  detail::check_defined(name, b, "second operand");
+  detail::check_same_device(name, a, b);
+  return {astype(a, dtype), astype(b, dtype)};
+}
+
+// NOTE: bool + bool and bool * bool are logical or/and (as in torch and NumPy): computed
+// on int32, where a sum of two trues is 2, then cast back.
+Tensor bool_arith(BinaryOp op, const Tensor& a, const Tensor& b, const char* name) {
+  return astype(binary_raw(op, astype(a, DType::Int32), astype(b, DType::Int32), 0.0, name),
+                DType::Bool);
+}
+
 Tensor add_like(const char* name, const Tensor& a, const Tensor& b, bool subtract) {
+  // As torch: a bool operand of `-` is most likely a mask someone meant to invert.
+  if (subtract && (a.dtype() == DType::Bool || b.dtype() == DType::Bool))
+    fail<TypeError>(name, "subtraction with a bool tensor is not supported (", dtype_name(a.dtype()),
+                    " ", a.shape(), " - ", dtype_name(b.dtype()), " ", b.shape(),
+                    "); invert a mask with a == 0, or convert with astype");
+  if (a.dtype() != b.dtype()) {
+    auto [pa, pb] = promoted(name, a, b, result_type(a, b));
+    return add_like(name, pa, pb, subtract);
+  }
+  if (a.dtype() == DType::Bool) return bool_arith(BinaryOp::Add, a, b, name);
   Tensor out = binary_raw(subtract ? BinaryOp::Sub : BinaryOp::Add, a, b, 0.0, name);
   record<AddBackward>(out, {&a, &b}, a.shape(), b.shape(), subtract);
   return out;
+}
+
+// Float functions (exp, log, ...) of integer and bool tensors are computed in the default
+// float dtype, as in torch.
+Tensor as_floating(const Tensor& x) {
+  return is_floating(x.dtype()) ? x : astype(x, kDefaultFloat);
 }
 
 Tensor unary_op(const char* name, UnaryOp op, const Tensor& x, double scalar, bool save_output) {
@@ -84,30 +122,74 @@ Tensor unary_op(const char* name, UnaryOp op, const Tensor& x, double scalar, bo
   return out;
 }
 
+Tensor float_unary(const char* name, UnaryOp op, const Tensor& x, bool save_output) {
+  detail::check_defined(name, x, "input");
+  return unary_op(name, op, as_floating(x), 0.0, save_output);
+}
+
+void check_not_bool(const char* name, const Tensor& x) {
+  if (x.dtype() == DType::Bool)
+    fail<TypeError>(name, "not supported for bool tensors (shape ", x.shape(),
+                    "); convert with astype");
+}
+
+// x ** k for integer x and a non-negative integer k, by repeated squaring with exact
+// integer products (wrapping on overflow as torch does).
+Tensor integer_power(const Tensor& x, int64_t k) {
+  Tensor result = Tensor::full(x.shape(), 1.0, x.dtype(), x.device());
+  Tensor base = x;
+  for (; k > 0; k >>= 1) {
+    if (k & 1) result = binary_raw(BinaryOp::Mul, result, base, 0.0, "power");
+    if (k > 1) base = binary_raw(BinaryOp::Mul, base, base, 0.0, "power");
+  }
+  return result;
+}
+
 }  // namespace
 
 Tensor add(const Tensor& a, const Tensor& b) { return add_like("add", a, b, false); }
 Tensor sub(const Tensor& a, const Tensor& b) { return add_like("sub", a, b, true); }
 
 Tensor mul(const Tensor& a, const Tensor& b) {
+  if (a.dtype() != b.dtype()) {
+    auto [pa, pb] = promoted("mul", a, b, result_type(a, b));
+    return mul(pa, pb);
+  }
+  if (a.dtype() == DType::Bool) return bool_arith(BinaryOp::Mul, a, b, "mul");
   Tensor out = binary_raw(BinaryOp::Mul, a, b, 0.0, "mul");
   record<MulBackward>(out, {&a, &b}, a, b);
   return out;
 }
 
+// True division: integer and bool operands divide in the default float dtype.
 Tensor div(const Tensor& a, const Tensor& b) {
-  detail::check_float("div", a, "dividend");
+  if (a.dtype() != b.dtype() || !is_floating(a.dtype())) {
+    DType dtype = result_type(a, b);
+    auto [pa, pb] = promoted("div", a, b, is_floating(dtype) ? dtype : kDefaultFloat);
+    return div(pa, pb);
+  }
   Tensor out = binary_raw(BinaryOp::Div, a, b, 0.0, "div");
   record<DivBackward>(out, {&a, &b}, a, b);
   return out;
 }
 
 Tensor compare(BinaryOp op, const Tensor& a, const Tensor& b) {
+  if (a.dtype() != b.dtype()) {
+    auto [pa, pb] = promoted("compare", a, b, result_type(a, b));
+    return compare(op, pa.detach(), pb.detach());
+  }
   return binary_raw(op, a, b, 0.0, "compare");
 }
 
 Tensor scalar_like(const Tensor& x, double value) {
   return Tensor::full({}, value, x.dtype(), x.device());
+}
+
+Tensor scalar_operand(const Tensor& x, double value, DType scalar_dtype) {
+  detail::check_defined("scalar", x, "tensor operand");
+  const DType dtype =
+      steepest::result_type(x.dtype(), detail::operand_kind(x), scalar_dtype, Operand::Scalar);
+  return Tensor::full({}, value, dtype, x.device());
 }
 
 Tensor add_scalar(const Tensor& x, double value) {
@@ -117,20 +199,55 @@ Tensor mul_scalar(const Tensor& x, double value) {
   return unary_op("mul", UnaryOp::MulScalar, x, value, false);
 }
 
-Tensor neg(const Tensor& x) { return unary_op("neg", UnaryOp::Neg, x, 0.0, false); }
-Tensor exp(const Tensor& x) { return unary_op("exp", UnaryOp::Exp, x, 0.0, true); }
-Tensor log(const Tensor& x) { return unary_op("log", UnaryOp::Log, x, 0.0, false); }
-Tensor sqrt(const Tensor& x) { return unary_op("sqrt", UnaryOp::Sqrt, x, 0.0, true); }
-Tensor abs(const Tensor& x) { return unary_op("abs", UnaryOp::Abs, x, 0.0, false); }
-Tensor relu(const Tensor& x) { return unary_op("relu", UnaryOp::Relu, x, 0.0, true); }
-Tensor sigmoid(const Tensor& x) { return unary_op("sigmoid", UnaryOp::Sigmoid, x, 0.0, true); }
-Tensor tanh(const Tensor& x) { return unary_op("tanh", UnaryOp::Tanh, x, 0.0, true); }
+// Integer neg/abs/relu stay integers (as torch); they are rare, so they are built from
+// the exact integer binary kernels instead of integer unary kernels.
+Tensor neg(const Tensor& x) {
+  detail::check_defined("neg", x, "input");
+  if (is_floating(x.dtype())) return unary_op("neg", UnaryOp::Neg, x, 0.0, false);
+  check_not_bool("neg", x);
+  return binary_raw(BinaryOp::Sub, Tensor::zeros({}, x.dtype(), x.device()), x, 0.0, "neg");
+}
+Tensor abs(const Tensor& x) {
+  detail::check_defined("abs", x, "input");
+  if (is_floating(x.dtype())) return unary_op("abs", UnaryOp::Abs, x, 0.0, false);
+  check_not_bool("abs", x);
+  Tensor negative = astype(compare(BinaryOp::Lt, x, Tensor::zeros({}, x.dtype(), x.device())), x.dtype());
+  // |x| = x − 2·x·1{x<0}
+  Tensor twice = binary_raw(BinaryOp::Add, negative, negative, 0.0, "abs");
+  return binary_raw(BinaryOp::Sub, x, binary_raw(BinaryOp::Mul, x, twice, 0.0, "abs"), 0.0, "abs");
+}
+Tensor relu(const Tensor& x) {
+  detail::check_defined("relu", x, "input");
+  if (is_floating(x.dtype())) return unary_op("relu", UnaryOp::Relu, x, 0.0, true);
+  check_not_bool("relu", x);
+  Tensor positive = astype(compare(BinaryOp::Gt, x, Tensor::zeros({}, x.dtype(), x.device())), x.dtype());
+  return binary_raw(BinaryOp::Mul, x, positive, 0.0, "relu");
+}
+Tensor exp(const Tensor& x) { return float_unary("exp", UnaryOp::Exp, x, true); }
+Tensor log(const Tensor& x) { return float_unary("log", UnaryOp::Log, x, false); }
+Tensor sqrt(const Tensor& x) { return float_unary("sqrt", UnaryOp::Sqrt, x, true); }
+Tensor sigmoid(const Tensor& x) { return float_unary("sigmoid", UnaryOp::Sigmoid, x, true); }
+Tensor tanh(const Tensor& x) { return float_unary("tanh", UnaryOp::Tanh, x, true); }
 Tensor gelu(const Tensor& x) { return unary_op("gelu", UnaryOp::Gelu, x, 0.0, false); }
 Tensor clamp_min(const Tensor& x, double lower) {
   return unary_op("clamp_min", UnaryOp::ClampMin, x, lower, false);
 }
-Tensor power(const Tensor& x, double exponent) {
-  return unary_op("power", UnaryOp::PowScalar, x, exponent, false);
+Tensor power(const Tensor& x, double exponent) { return power(x, exponent, DType::Float64); }
+
+Tensor power(const Tensor& x, double exponent, DType exponent_dtype) {
+  detail::check_defined("power", x, "input");
+  const DType dtype = steepest::result_type(x.dtype(), detail::operand_kind(x), exponent_dtype,
+                                            Operand::Scalar);
+  if (is_floating(dtype))
+    return unary_op("power", UnaryOp::PowScalar, astype(x, dtype), exponent, false);
+  if (exponent < 0)
+    fail("power", "integers to negative integer powers are not allowed (", dtype_name(x.dtype()),
+         " tensor ** ", exponent, "); convert to a float dtype first");
+  if (!(exponent <= 9.2e18))
+    fail("power", "integer exponent ", exponent, " does not fit in 64 bits");
+  return astype(integer_power(astype(x, dtype == DType::Bool ? DType::Int64 : dtype),
+                              static_cast<int64_t>(exponent)),
+                dtype);
 }
 
 }  // namespace steepest::ops

@@ -16,6 +16,11 @@ void check_same_device(const char* op, const Tensor& a, const Tensor& b);
 void check_float(const char* op, const Tensor& t, const char* role);
 void check_defined(const char* op, const Tensor& t, const char* role);
 
+// A 0-d tensor takes part in type promotion weakly (dtype.h); the result dtype of a
+// binary op on two tensors.
+Operand operand_kind(const Tensor& t);
+DType result_type(const Tensor& a, const Tensor& b);
+
 // Kernel calls without autograd; binary_raw broadcasts.
 Tensor unary_raw(UnaryOp op, const Tensor& x, double scalar = 0.0);
 Tensor binary_raw(BinaryOp op, const Tensor& a, const Tensor& b, double scalar = 0.0,
@@ -36,6 +41,9 @@ NodeT* record(Tensor& out, std::initializer_list<const Tensor*> inputs, Args&&..
 inline Tensor saved_output(const Tensor& out) { return out.detach(); }
 
 Dims move_axis_last_order(int ndim, int axis);
+// `count` elements of `axis` from `start` in steps of `step` (any sign), as a view; no
+// autograd. start and count are already within the axis.
+Tensor slice_view(const Tensor& x, int axis, int64_t start, int64_t count, int64_t step);
 Dims inverse_permutation(const Dims& order);
 
 }  // namespace steepest::ops::detail

@@ -29,6 +29,11 @@ uint32_t reduced_mask(const char* op, const Tensor& x, const Axes& axes) {
   if (!axes) return (1u << x.ndim()) - 1;
   uint32_t reduced = 0;
   for (int64_t axis : *axes) {
+    // A 0-d tensor takes axis 0 or -1 (as torch): there is nothing to reduce.
+    if (x.ndim() == 0) {
+      normalize_axis(op, axis, x.shape(), 1);
+      continue;
+    }
     int a = normalize_axis(op, axis, x.shape());
     if (reduced & (1u << a)) fail(op, "axis ", axis, " is repeated");
     reduced |= 1u << a;
@@ -128,8 +133,12 @@ Tensor staged_sum(const Tensor& x, uint32_t reduced, int64_t& count) {
   return current;
 }
 
-Tensor run_sum(const char* op, const Tensor& x, const Axes& axes, bool keepdims, bool mean) {
-  detail::check_float(op, x, "input");
+Tensor run_sum(const char* op, const Tensor& x_in, const Axes& axes, bool keepdims, bool mean) {
+  // Integer and bool tensors sum exactly in int64 (as torch); their mean is refused, as
+  // torch refuses it (the result dtype would be a guess).
+  if (mean) detail::check_float(op, x_in, "input");
+  detail::check_defined(op, x_in, "input");
+  const Tensor x = is_floating(x_in.dtype()) ? x_in : astype(x_in, DType::Int64);
   const uint32_t reduced = reduced_mask(op, x, axes);
   if (!one_run(reduced)) {
     Dims kept_shape, out_shape;
@@ -177,7 +186,7 @@ Tensor mean(const Tensor& x, const Axes& axes, bool keepdims) {
 }
 
 Tensor max(const Tensor& x, const Axes& axes, bool keepdims) {
-  detail::check_float("max", x, "input");
+  detail::check_defined("max", x, "input");
   ReductionPlan plan = plan_reduction("max", x, axes, keepdims);
   if (plan.extent == 0 || (x.numel() == 0 && !axes))
     fail("max", "cannot take the max over an empty axis (input shape ", x.shape(),

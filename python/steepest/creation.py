@@ -165,8 +165,21 @@ def rand(*shape, seed: Optional[int] = None, dtype: str = "float32", device: str
     return t
 
 
-def arange(start: int, stop: Optional[int] = None, step: int = 1, dtype: str = "int64",
+def arange(start, stop=None, step=1, dtype: Optional[str] = None,
            device: str = "cpu") -> Tensor:
+    """Values from ``start`` up to (not including) ``stop`` in steps of ``step``, as
+    ``numpy.arange``/``torch.arange``: int64 when every argument is an integer, float32
+    (the default float dtype) when any is a float."""
     if stop is None:
         start, stop = 0, start
-    return _core.arange(start, stop, step, dtype, device)
+    bounds = (start, stop, step)
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in bounds):
+        return _core.arange(int(start), int(stop), int(step), dtype or "int64", device)
+    if step == 0:
+        raise ValueError("[arange] step must not be zero")
+    if not all(np.isfinite(float(v)) for v in bounds):
+        raise ValueError(f"[arange] bounds must be finite, got {bounds}")
+    # Computed as start + i * step in float64 (torch's CPU accumulation), rounded once.
+    count = max(0, int(np.ceil((float(stop) - float(start)) / float(step))))
+    values = float(start) + np.arange(count, dtype=np.float64) * float(step)
+    return tensor(values, dtype=dtype or "float32", device=device)

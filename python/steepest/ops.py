@@ -12,8 +12,10 @@ from ._core.ops import (  # noqa: F401
     dropout,
     embedding,
     exp,
+    expand,
     flatten,
     gelu,
+    index_select,
     layer_norm,
     linear,
     log,
@@ -32,11 +34,13 @@ from ._core.ops import (  # noqa: F401
     sigmoid,
     softmax,
     sqrt,
+    squeeze,
     sub,
     sum,
     sum_to,
     tanh,
     transpose,
+    unsqueeze,
 )
 
 # Everyday ops (bindings/everyday_ops.cpp).

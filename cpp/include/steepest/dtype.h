@@ -27,6 +27,36 @@ inline bool is_half_float(DType d) { return d == DType::Float16 || d == DType::B
 // The dtype kernels compute a dtype in: float32 for the 16-bit floats.
 inline DType compute_dtype(DType d) { return is_half_float(d) ? DType::Float32 : d; }
 
+// --- type promotion (NumPy >= 2 / PyTorch): the one place the rule is written --------
+// The dtype of Python floats, of true division and of float functions of integers.
+inline constexpr DType kDefaultFloat = DType::Float32;
+
+// The lattice bool < int32 < int64 < {float16, bfloat16} < float32 < float64, where
+// float16 and bfloat16 meet at float32 (as torch.promote_types).
+DType promote_types(DType a, DType b);
+
+// How strongly an operand's dtype takes part in promotion (torch's three categories): a
+// tensor with dimensions decides within its kind; a 0-d tensor or a Python scalar (weak)
+// only lifts the result to a higher kind (bool < integer < floating). A Python scalar is
+// described by Bool, Int64 or Float64; a weak float lifts an integer result to
+// kDefaultFloat, so int32 tensor + 0.5 is float32 and float16 tensor + 0.5 stays float16.
+enum class Operand : uint8_t { Scalar, ZeroDim, Tensor };
+
+// Accumulates operands into their result dtype (torch's ResultTypeState).
+class ResultType {
+ public:
+  ResultType& add(DType dtype, Operand kind);
+  DType result() const;
+
+ private:
+  // Per category: whether one was seen, and the promotion of those seen.
+  bool seen_[3] = {false, false, false};
+  DType dtype_[3] = {DType::Bool, DType::Bool, DType::Bool};
+};
+
+// The dtype of a binary operation on operands of these dtypes and kinds.
+DType result_type(DType a, Operand a_kind, DType b, Operand b_kind);
+
 template <class T>
 struct DTypeOf;
 template <>

@@ -21,7 +21,8 @@ Reduction reduction_from_name(const char* op, const std::string& name);
 // An axis list for reductions; nullopt reduces over every axis.
 using Axes = std::optional<std::vector<int64_t>>;
 
-// Elementwise, numpy broadcasting, no implicit dtype promotion.
+// Elementwise, numpy broadcasting, dtype promotion as NumPy >= 2 / PyTorch (dtype.h:
+// result_type); true division and float functions of integers give kDefaultFloat.
 Tensor add(const Tensor& a, const Tensor& b);
 Tensor sub(const Tensor& a, const Tensor& b);
 Tensor mul(const Tensor& a, const Tensor& b);
@@ -31,6 +32,9 @@ Tensor add_scalar(const Tensor& x, double value);
 Tensor mul_scalar(const Tensor& x, double value);
 // A 0-d tensor holding `value` with x's dtype and device (Python scalars in operators).
 Tensor scalar_like(const Tensor& x, double value);
+// A Python scalar operand of x as a 0-d tensor of their promoted dtype: scalar_dtype is
+// Bool, Int64 or Float64 for a Python bool, int or float (a weak scalar, dtype.h).
+Tensor scalar_operand(const Tensor& x, double value, DType scalar_dtype);
 
 Tensor neg(const Tensor& x);
 Tensor exp(const Tensor& x);
@@ -41,7 +45,10 @@ Tensor relu(const Tensor& x);
 Tensor sigmoid(const Tensor& x);
 Tensor tanh(const Tensor& x);
 Tensor gelu(const Tensor& x);
-Tensor power(const Tensor& x, double exponent);
+Tensor power(const Tensor& x, double exponent);  // a float exponent
+// exponent_dtype says whether the exponent is a Python bool, int or float: int ** int
+// stays an integer tensor, int ** float is kDefaultFloat.
+Tensor power(const Tensor& x, double exponent, DType exponent_dtype);
 Tensor clamp_min(const Tensor& x, double lower);
 
 // Reductions.
@@ -99,11 +106,27 @@ Tensor reshape(const Tensor& x, const Dims& shape);  // one -1 allowed
 Tensor flatten(const Tensor& x);                     // (N, ...) -> (N, prod(...))
 Tensor transpose(const Tensor& x, int64_t axis0, int64_t axis1);
 Tensor permute(const Tensor& x, const Dims& order);
-Tensor expand(const Tensor& x, const Dims& shape);
+Tensor expand(const Tensor& x, const Dims& shape);  // -1 keeps a dimension (torch)
 Tensor unsqueeze(const Tensor& x, int64_t axis);
-Tensor squeeze(const Tensor& x, int64_t axis);
+Tensor squeeze(const Tensor& x, int64_t axis);  // a no-op when the axis is not of size 1
+Tensor squeeze(const Tensor& x, const Axes& axes);  // nullopt: every axis of size 1
+// torch.flatten: axes start_dim..end_dim merged into one.
+Tensor flatten(const Tensor& x, int64_t start_dim, int64_t end_dim);
+// Python slice semantics: negative bounds count from the end, bounds are clamped, a
+// negative step walks backwards (a view with a negative stride, as NumPy).
 Tensor slice(const Tensor& x, int64_t axis, int64_t start, int64_t stop, int64_t step);
 Tensor select(const Tensor& x, int64_t axis, int64_t index);  // drops the axis
+// Integer-array indexing. index_select: x.shape[:axis] + indices.shape + x.shape[axis+1:],
+// negative indices counting from the end; the backward is a scatter-add.
+Tensor index_select(const Tensor& x, int64_t axis, const Tensor& indices);
+// NumPy advanced indexing of x by int tensors on distinct, increasing `axes` (broadcast
+// together); the indexed dimensions replace the axes when adjacent, else come first.
+Tensor advanced_index(const Tensor& x, const std::vector<int>& axes, const std::vector<Tensor>& indices);
+// The coordinates of the true elements of a bool mask, one int64 tensor per axis.
+std::vector<Tensor> nonzero(const Tensor& mask);
+// x[advanced index] = values (broadcast, cast to x's dtype), in place, no autograd.
+void index_put(Tensor& x, const std::vector<int>& axes, const std::vector<Tensor>& indices,
+               const Tensor& values);
 Tensor contiguous(const Tensor& x);
 Tensor clone(const Tensor& x);
 Tensor astype(const Tensor& x, DType dtype);
