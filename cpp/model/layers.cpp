@@ -254,6 +254,15 @@ std::pair<int64_t, int64_t> same_padding(int64_t in, int64_t span, int64_t strid
   return {total / 2, total - total / 2};
 }
 
+// `shape`, a layer's per-sample output, once its element count is known to fit int64.
+Dims checked_output(const char* op, const Dims& shape) {
+  int64_t elements = 1;
+  for (int64_t d : shape)
+    if (__builtin_mul_overflow(elements, d, &elements))
+      fail(op, "output shape ", shape, " per sample has more elements than 2^63 - 1");
+  return shape;
+}
+
 }  // namespace
 
 Conv2D::Conv2D(std::string name, int64_t filters, std::pair<int64_t, int64_t> kernel_size,
@@ -324,7 +333,7 @@ Dims Conv2D::build_weights(const Dims& input_shape, uint64_t seed) {
   add_weight("kernel", kernel_shape, kernel_initializer_, elements / out_channels_,
              group_channels ? elements / group_channels : 0, seed);
   if (use_bias_) add_weight("bias", {out_channels_}, "zeros", 0, 0, seed + 1);
-  return in_format(data_format_, {out_channels_, out_h, out_w}, rank);
+  return checked_output(op, in_format(data_format_, {out_channels_, out_h, out_w}, rank));
 }
 
 Tensor Conv2D::forward_pre_activation(const Tensor& x, bool, int64_t) {
@@ -375,7 +384,7 @@ Dims Pool2D::build_weights(const Dims& input_shape, uint64_t) {
                                                   padding_.top, padding_.bottom);
   const int64_t out_w = ops::window_output_extent(op, chw[2], pool_.second, strides_.second, 1,
                                                   padding_.left, padding_.right);
-  return in_format(data_format_, {chw[0], out_h, out_w}, rank_);
+  return checked_output(op, in_format(data_format_, {chw[0], out_h, out_w}, rank_));
 }
 
 Tensor Pool2D::forward(const Tensor& x, bool, int64_t) {

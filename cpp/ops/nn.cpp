@@ -215,6 +215,20 @@ Tensor as_image(const char* op, const Tensor& x, const char* what) {
   return reshape(x, {x.shape()[0], x.shape()[1], 1, x.shape()[2]});
 }
 
+// Channel counts of a convolution: (N, C, ...) input, (out, C / groups, ...) weight.
+void check_channels(const char* op, const Tensor& x, const Tensor& weight, int64_t groups) {
+  if (groups <= 0) fail(op, "groups must be positive, got ", groups);
+  const int64_t channels = x.shape()[1], filters = weight.shape()[0];
+  if (channels % groups != 0 || filters % groups != 0)
+    fail(op, "groups=", groups, " must divide both the input channels (", channels,
+         ", input shape ", x.shape(), ") and the output channels (", filters, ", weight shape ",
+         weight.shape(), ")");
+  if (weight.shape()[1] != channels / groups)
+    fail(op, "input of shape ", x.shape(), " has ", channels, " channels but weight of shape ",
+         weight.shape(), " with groups=", groups, " expects ", weight.shape()[1] * groups,
+         " (weight is (out_channels, in_channels / groups, ...kernel))");
+}
+
 Tensor as_sequence(const Tensor& y) { return reshape(y, {y.shape()[0], y.shape()[1], y.shape()[3]}); }
 
 }  // namespace
@@ -227,19 +241,11 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, IntPair
   detail::check_same_device(op, x, weight);
   check_positive(op, "stride", stride);
   check_positive(op, "dilation", dilation);
-  if (groups <= 0) fail(op, "groups must be positive, got ", groups);
   if (weight.ndim() != 4)
     fail(op, "weight must be (out_channels, in_channels / groups, kh, kw), got shape ",
          weight.shape());
+  check_channels(op, x, weight, groups);
   const int64_t channels = x.shape()[1], filters = weight.shape()[0];
-  if (channels % groups != 0 || filters % groups != 0)
-    fail(op, "groups=", groups, " must divide both the input channels (", channels,
-         ", input shape ", x.shape(), ") and the output channels (", filters, ", weight shape ",
-         weight.shape(), ")");
-  if (weight.shape()[1] * groups != channels)
-    fail(op, "input of shape ", x.shape(), " has ", channels, " channels but weight of shape ",
-         weight.shape(), " with groups=", groups, " expects ", weight.shape()[1] * groups,
-         " (weight is (out_channels, in_channels / groups, kh, kw))");
   Conv2dGeometry g;
   g.batch = x.shape()[0];
   g.in_channels = channels;
@@ -290,6 +296,7 @@ Tensor conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
               IntPair padding, int64_t dilation, int64_t groups) {
   const char* op = "conv1d";
   Tensor image = as_image(op, x, "input"), kernel = as_image(op, weight, "weight");
+  check_channels(op, x, weight, groups);
   return as_sequence(conv2d(image, kernel, bias, {1, stride},
                             Padding2d(0, 0, padding.first, padding.second), {1, dilation},
                             groups));
