@@ -191,7 +191,7 @@ void check_positive(const char* op, const char* what, IntPair value) {
 }
 
 // The geometry's padding and output extents from `padding` (ceil_mode for pooling).
-void set_padding(const char* op, const ops::Padding2d& padding, bool ceil_mode,
+void set_padding(const char* op, const Tensor& x, const ops::Padding2d& padding, bool ceil_mode,
                  Conv2dGeometry& g) {
   if (padding.top < 0 || padding.bottom < 0 || padding.left < 0 || padding.right < 0)
     fail(op, "padding must be non-negative, got ((", padding.top, ", ", padding.bottom, "), (",
@@ -200,10 +200,18 @@ void set_padding(const char* op, const ops::Padding2d& padding, bool ceil_mode,
   g.pad_bottom = padding.bottom;
   g.pad_left = padding.left;
   g.pad_right = padding.right;
-  g.out_h = window_output_extent(op, g.in_h, g.kernel_h, g.stride_h, g.dilation_h, g.pad_top,
-                                 g.pad_bottom, ceil_mode);
-  g.out_w = window_output_extent(op, g.in_w, g.kernel_w, g.stride_w, g.dilation_w, g.pad_left,
-                                 g.pad_right, ceil_mode);
+  try {
+    g.out_h = window_output_extent(op, g.in_h, g.kernel_h, g.stride_h, g.dilation_h, g.pad_top,
+                                   g.pad_bottom, ceil_mode);
+    g.out_w = window_output_extent(op, g.in_w, g.kernel_w, g.stride_w, g.dilation_w, g.pad_left,
+                                   g.pad_right, ceil_mode);
+  } catch (const ValueError& e) {
+    // The axis's message, with the whole call's shapes (built only on failure).
+    throw ValueError(cat(e.what(), " [input shape ", x.shape(), ", kernel ",
+                         Dims{g.kernel_h, g.kernel_w}, ", dilation ",
+                         Dims{g.dilation_h, g.dilation_w}, ", padding ((", g.pad_top, ", ",
+                         g.pad_bottom, "), (", g.pad_left, ", ", g.pad_right, "))]"));
+  }
 }
 
 // (N, C, L) -> (N, C, 1, L) for the 1-D ops, which run on the 2-D path.
@@ -261,7 +269,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, IntPair
   g.groups = groups;
   if (g.kernel_h == 0 || g.kernel_w == 0)
     fail(op, "weight of shape ", weight.shape(), " has an empty kernel");
-  set_padding(op, padding, false, g);
+  set_padding(op, x, padding, false, g);
   if (bias.defined()) {
     detail::check_same_dtype(op, x, bias);
     if (bias.ndim() != 1 || bias.shape()[0] != g.out_channels)
@@ -333,7 +341,7 @@ Tensor pool2d(const char* op, PoolKind kind, const Tensor& x, IntPair kernel, In
   g.dilation_h = options.dilation.first;
   g.dilation_w = options.dilation.second;
   g.count_include_pad = options.count_include_pad;
-  set_padding(op, padding, options.ceil_mode, g);
+  set_padding(op, x, padding, options.ceil_mode, g);
   // 16-bit inputs are pooled in float32 and rounded (the pooling kernels are
   // float32/float64 only); a max is one of the inputs, so max pooling stays exact.
   Tensor xc = astype(contiguous(x.detach()), compute_dtype(x.dtype()));
