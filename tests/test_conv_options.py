@@ -50,6 +50,7 @@ def _torch_conv(conv, x, w, b, stride, padding, dilation, groups):
     return conv(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 @pytest.mark.parametrize("x, w, stride, padding, dilation, groups", CONV2D_CASES)
 def test_conv2d_options(x, w, stride, padding, dilation, groups):
     check_op(lambda x_, w_, b_: ops.conv2d(x_, w_, b_, stride=stride, padding=padding,
