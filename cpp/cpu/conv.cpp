@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "gemm_source.h"
@@ -764,27 +765,34 @@ void pool_forward(PoolKind kind, const T* x, const Conv2dGeometry& g, T* y, int6
   };
   // A window inside the image: branch-free selects, because on real data "is this the
   // new max" is a coin flip the branch predictor loses half the time (measured 6x
-  // faster). ties counts the pixels equal to the running max (the first pixel counts
-  // itself once). A NaN sends the window back to the exact scan above.
-  auto inner_max = [&](const T* plane, int64_t oh, int64_t ow, T& best, int64_t& best_index,
-                       int64_t& ties) {
+  // faster). The ties are counted in a second pass over the (cached) window: folding
+  // the count into the first pass made it 4x slower. Undilated windows get constant
+  // steps, which the compiler unrolls. A NaN sends the window back to the exact scan
+  // above.
+  auto inner_max = [&](auto dense, const T* plane, int64_t oh, int64_t ow, T& best,
+                       int64_t& best_index, int64_t& ties) {
     const int64_t first = (oh * g.stride_h - g.pad_top) * g.in_w + ow * g.stride_w - g.pad_left;
+    const int64_t row_step = dense ? g.in_w : g.dilation_h * g.in_w;
+    const int64_t col_step = dense ? 1 : g.dilation_w;
     best = plane[first];
     best_index = first;
-    ties = 0;
     bool nan = best != best;
     for (int64_t ki = 0; ki < g.kernel_h; ++ki)
       for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-        const int64_t i = first + ki * g.dilation_h * g.in_w + kj * g.dilation_w;
+        const int64_t i = first + ki * row_step + kj * col_step;
         const T v = plane[i];
         const bool take = v > best;
         best = take ? v : best;
         best_index = take ? i : best_index;
-        ties = take ? 1 : ties + (v == best);
         nan |= v != v;
       }
+    ties = 0;
+    for (int64_t ki = 0; ki < g.kernel_h; ++ki)
+      for (int64_t kj = 0; kj < g.kernel_w; ++kj)
+        ties += plane[first + ki * row_step + kj * col_step] == best;
     return !nan;
   };
+  const bool dense = g.dilation_h == 1 && g.dilation_w == 1;
   parallel_for(planes, grain_for(g.in_h * g.in_w), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const T* plane = x + p * g.in_h * g.in_w;
@@ -800,7 +808,10 @@ void pool_forward(PoolKind kind, const T* x, const Conv2dGeometry& g, T* y, int6
           T best;
           int64_t best_index, ties;
           const bool inner = oh >= rows.lo && oh < rows.hi && ow >= cols.lo && ow < cols.hi;
-          if (!(inner && inner_max(plane, oh, ow, best, best_index, ties)))
+          const bool done =
+              inner && (dense ? inner_max(std::true_type{}, plane, oh, ow, best, best_index, ties)
+                              : inner_max(std::false_type{}, plane, oh, ow, best, best_index, ties));
+          if (!done)
             window_max(plane, oh, ow, best, best_index, ties);
           y[o] = best;
           argmax[o] = argmax_entry(best_index, ties);
