@@ -1,13 +1,14 @@
 """conv2d forward and forward+backward: steepest vs PyTorch, same run, same threads.
 
 The digits CNN's two convolutions (batch 32: 1→32 channels on 8×8, 32→64 on 4×4 after
-pooling; 3×3, padding 1) and a wider layer (batch 32, 64→64 channels, 32×32), float32, on
-1 and 2 threads. The first layer's input needs no gradient (as in training); the other
+pooling; 3×3, padding 1), a wider layer (batch 32, 64→64 channels, 32×32) and a
+MobileNet-like depthwise layer (groups = 64 channels, 56×56), float32, on 1 and 2 threads. The first layer's input needs no gradient (as in training); the other
 layers also compute dX. Each library runs in its own worker process and the rounds
 interleave them (see gemm_vs_numpy.py); the table reports medians in milliseconds.
 
     python benchmarks/conv_vs_torch.py
     python benchmarks/conv_vs_torch.py --threads 2 --rounds 11
+    python benchmarks/conv_vs_torch.py --layers 3      # the depthwise layer only
 """
 
 import argparse
@@ -19,17 +20,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gemm_vs_numpy import Worker, interleaved_medians
 
 LIBRARIES = ("steepest", "torch")
-# name, batch, in channels, image size, out channels, input needs a gradient
+# name, batch, in channels, image size, out channels, input needs a gradient, groups
 LAYERS = [
-    ("digits conv1 32x1x8x8 -> 32", 32, 1, 8, 32, False),
-    ("digits conv2 32x32x4x4 -> 64", 32, 32, 4, 64, True),
-    ("conv 32x64x32x32 -> 64", 32, 64, 32, 64, True),
+    ("digits conv1 32x1x8x8 -> 32", 32, 1, 8, 32, False, 1),
+    ("digits conv2 32x32x4x4 -> 64", 32, 32, 4, 64, True, 1),
+    ("conv 32x64x32x32 -> 64", 32, 64, 32, 64, True, 1),
+    ("depthwise 32x64x56x56", 32, 64, 56, 64, True, 64),
 ]
 
 
-def step(conv, x, w, b, g, backward):
+def step(conv, x, w, b, g, groups, backward):
     """One forward (and backward) pass; gradients are dropped, not accumulated."""
-    y = conv(x, w, b)
+    y = conv(x, w, b, groups)
     if backward:
         y.backward(g)
         x.grad = w.grad = b.grad = None
@@ -50,8 +52,8 @@ def run_worker(lib, threads):
         def tensor(a, grad):
             return torch.tensor(a, requires_grad=grad)
 
-        def conv(x, w, b):
-            return F.conv2d(x, w, b, padding=1)
+        def conv(x, w, b, groups):
+            return F.conv2d(x, w, b, padding=1, groups=groups)
 
         info = f"torch {torch.__version__}: threads={torch.get_num_threads()} " \
                f"mkldnn={torch.backends.mkldnn.is_available()}"
@@ -63,8 +65,11 @@ def run_worker(lib, threads):
         def tensor(a, grad):
             return st.tensor(a, dtype="float32", requires_grad=grad)
 
-        def conv(x, w, b):
-            return st.ops.conv2d(x, w, b, padding=1)
+        def conv(x, w, b, groups):
+            # Keyword-free when groups is 1, so a build without groups runs the others.
+            if groups == 1:
+                return st.ops.conv2d(x, w, b, 1, 1)
+            return st.ops.conv2d(x, w, b, padding=1, groups=groups)
 
         info = f"steepest {st.__version__}: threads={st.get_num_threads()}"
 
@@ -75,19 +80,19 @@ def run_worker(lib, threads):
             sys.stdout.write(json.dumps({"info": info}) + "\n")
             sys.stdout.flush()
             continue
-        name, n, c, size, o, grad_x = LAYERS[req["layer"]]
+        name, n, c, size, o, grad_x, groups = LAYERS[req["layer"]]
         if name not in layers:
             rng = np.random.default_rng(0)
             arrays = [rng.standard_normal(s).astype(np.float32)
-                      for s in [(n, c, size, size), (o, c, 3, 3), (o,), (n, o, size, size)]]
+                      for s in [(n, c, size, size), (o, c // groups, 3, 3), (o,), (n, o, size, size)]]
             x, w, b = tensor(arrays[0], grad_x), tensor(arrays[1], True), tensor(arrays[2], True)
             layers[name] = (x, w, b, tensor(arrays[3], False))
         x, w, b, g = layers[name]
         for _ in range(2):
-            step(conv, x, w, b, g, req["backward"])
+            step(conv, x, w, b, g, groups, req["backward"])
         t0 = time.perf_counter()
         for _ in range(req["reps"]):
-            step(conv, x, w, b, g, req["backward"])
+            step(conv, x, w, b, g, groups, req["backward"])
         sys.stdout.write(json.dumps({"seconds": (time.perf_counter() - t0) / req["reps"]}) + "\n")
         sys.stdout.flush()
 
@@ -98,6 +103,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--min-seconds", type=float, default=0.05)
     parser.add_argument("--pause", type=float, default=0.05)
+    parser.add_argument("--layers", type=int, nargs="+", default=list(range(len(LAYERS))),
+                        help="indices into LAYERS")
     parser.add_argument("--worker", choices=LIBRARIES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -113,7 +120,8 @@ def main():
             for w in workers:
                 print("  " + w.ask(op="info")["info"])
             print(f"  {'layer':32} {'pass':8} {'steepest':>9} {'torch':>9} {'st/torch':>9}")
-            for index, layer in enumerate(LAYERS):
+            for index in args.layers:
+                layer = LAYERS[index]
                 for backward in (False, True):
                     ms = [1e3 * s for s in interleaved_medians(
                         workers, {"op": "time", "layer": index, "backward": backward}, args.rounds,

@@ -141,22 +141,40 @@ void init_model(nb::module_& parent) {
         new (self) model::Dense(std::move(name), units, act(activation), use_bias, std::move(kernel_init),
                                 std::move(bias_init), reg(kernel_reg), reg(bias_reg));
       });
+  // Conv1D, Conv2D and DepthwiseConv2D (options.rank / depth_multiplier tell them apart).
   nb::class_<model::Conv2D, model::Layer>(m, "Conv2D")
       .def("__init__", [act, reg](model::Conv2D* self, std::string name, int64_t filters,
                                   std::pair<int64_t, int64_t> kernel, std::pair<int64_t, int64_t> strides,
                                   bool same, std::string activation, bool use_bias, std::string kernel_init,
-                                  std::pair<double, double> kernel_reg, const std::string& data_format) {
+                                  std::pair<double, double> kernel_reg, const std::string& data_format,
+                                  int rank, std::pair<int64_t, int64_t> dilation, int64_t groups,
+                                  int64_t depth_multiplier, bool causal) {
+        model::ConvOptions options;
+        options.rank = rank;
+        options.dilation = dilation;
+        options.groups = groups;
+        options.depth_multiplier = depth_multiplier;
+        options.causal = causal;
+        const char* op = rank == 1 ? "Conv1D" : depth_multiplier > 0 ? "DepthwiseConv2D" : "Conv2D";
         new (self) model::Conv2D(std::move(name), filters, kernel, strides, same, act(activation), use_bias,
                                  std::move(kernel_init), reg(kernel_reg),
-                                 model::data_format_from_name("Conv2D", data_format));
-      });
+                                 model::data_format_from_name(op, data_format), options);
+      },
+      nb::arg("name"), nb::arg("filters"), nb::arg("kernel"), nb::arg("strides"), nb::arg("same"),
+      nb::arg("activation"), nb::arg("use_bias"), nb::arg("kernel_initializer"),
+      nb::arg("kernel_regularizer"), nb::arg("data_format"), nb::arg("rank") = 2,
+      nb::arg("dilation") = std::pair<int64_t, int64_t>{1, 1}, nb::arg("groups") = 1,
+      nb::arg("depth_multiplier") = 0, nb::arg("causal") = false);
   nb::class_<model::Pool2D, model::Layer>(m, "Pool2D")
       .def("__init__", [](model::Pool2D* self, std::string name, bool max, std::pair<int64_t, int64_t> pool,
-                          std::pair<int64_t, int64_t> strides, const std::string& data_format) {
-        const char* op = max ? "MaxPool2D" : "AvgPool2D";
+                          std::pair<int64_t, int64_t> strides, const std::string& data_format, bool same,
+                          int rank) {
+        const char* op = rank == 1 ? (max ? "MaxPooling1D" : "AveragePooling1D") : (max ? "MaxPool2D" : "AvgPool2D");
         new (self) model::Pool2D(std::move(name), max, pool, strides,
-                                 model::data_format_from_name(op, data_format));
-      });
+                                 model::data_format_from_name(op, data_format), same, rank);
+      },
+      nb::arg("name"), nb::arg("max"), nb::arg("pool"), nb::arg("strides"), nb::arg("data_format"),
+      nb::arg("same") = false, nb::arg("rank") = 2);
   nb::class_<model::Flatten, model::Layer>(m, "Flatten").def(nb::init<std::string>());
   nb::class_<model::ActivationLayer, model::Layer>(m, "Activation")
       .def("__init__", [act](model::ActivationLayer* self, std::string name, std::string activation) {

@@ -53,11 +53,12 @@ Dims parse_shape(const char* op, const nb::handle& shape) {
 
 std::pair<int64_t, int64_t> parse_pair(const char* op, const char* name, const nb::handle& value) {
   if (PyLong_Check(value.ptr())) {
-    auto v = nb::cast<int64_t>(value);
+    auto v = as_int64(op, name, value);
     return {v, v};
   }
-  if ((nb::isinstance<nb::tuple>(value) || nb::isinstance<nb::list>(value)) && nb::len(value) == 2)
-    return {nb::cast<int64_t>(value[0]), nb::cast<int64_t>(value[1])};
+  if ((nb::isinstance<nb::tuple>(value) || nb::isinstance<nb::list>(value)) && nb::len(value) == 2 &&
+      PyLong_Check(nb::handle(value[0]).ptr()) && PyLong_Check(nb::handle(value[1]).ptr()))
+    return {as_int64(op, name, value[0]), as_int64(op, name, value[1])};
   fail<TypeError>(op, name, " must be an int or a pair of ints");
 }
 
@@ -65,15 +66,51 @@ namespace {
 
 Tensor optional_tensor(const std::optional<Tensor>& t) { return t ? *t : Tensor(); }
 
-// conv2d's padding: an int, a pair (ph, pw), or ((top, bottom), (left, right)) as
-// torch.nn.functional.pad and Keras' ZeroPadding2D write uneven padding.
+// A conv/pool padding: an int, a pair (ph, pw), (top, bottom, left, right), or
+// ((top, bottom), (left, right)) as torch.nn.functional.pad and Keras' ZeroPadding2D
+// write uneven padding.
 ops::Padding2d parse_padding(const char* op, const nb::handle& value) {
-  bool nested = (nb::isinstance<nb::tuple>(value) || nb::isinstance<nb::list>(value)) &&
-                nb::len(value) == 2 && !PyLong_Check(nb::handle(value[0]).ptr());
+  bool sequence = nb::isinstance<nb::tuple>(value) || nb::isinstance<nb::list>(value);
+  if (sequence && nb::len(value) == 4) {
+    int64_t v[4];
+    for (size_t i = 0; i < 4; ++i) {
+      if (!PyLong_Check(nb::handle(value[i]).ptr()))
+        fail<TypeError>(op, "a 4-entry padding must be ints (top, bottom, left, right)");
+      v[i] = as_int64(op, "padding", value[i]);
+    }
+    return {v[0], v[1], v[2], v[3]};
+  }
+  bool nested = sequence && nb::len(value) == 2 && !PyLong_Check(nb::handle(value[0]).ptr());
   if (!nested) return parse_pair(op, "padding", value);
   auto [top, bottom] = parse_pair(op, "padding", value[0]);
   auto [left, right] = parse_pair(op, "padding", value[1]);
   return {top, bottom, left, right};
+}
+
+// conv2d's padding, which may also be "valid" (none) or "same" (torch's rule, stride 1).
+ops::Padding2d parse_conv_padding(const char* op, const nb::handle& value, ops::IntPair kernel,
+                                  ops::IntPair stride, ops::IntPair dilation) {
+  if (!nb::isinstance<nb::str>(value)) return parse_padding(op, value);
+  std::string mode = nb::cast<std::string>(value);
+  if (mode == "valid") return {};
+  if (mode == "same") return ops::same_padding(op, kernel, stride, dilation);
+  fail(op, "padding must be 'valid', 'same', an int or a tuple of ints, got '", mode, "'");
+}
+
+// A 1-D length argument: an int, or a 1-tuple as torch allows.
+int64_t parse_int(const char* op, const char* name, const nb::handle& value) {
+  bool sequence = nb::isinstance<nb::tuple>(value) || nb::isinstance<nb::list>(value);
+  nb::handle item = sequence && nb::len(value) == 1 ? nb::handle(value[0]) : value;
+  if (!PyLong_Check(item.ptr())) fail<TypeError>(op, name, " must be an int");
+  return as_int64(op, name, item);
+}
+
+// A 1-D padding: an int (both sides) or a pair (before, after).
+ops::IntPair parse_padding1d(const char* op, const nb::handle& value) {
+  bool sequence = nb::isinstance<nb::tuple>(value) || nb::isinstance<nb::list>(value);
+  if (sequence && nb::len(value) == 2) return parse_pair(op, "padding", value);
+  int64_t p = parse_int(op, "padding", value);
+  return {p, p};
 }
 
 }  // namespace
@@ -149,29 +186,89 @@ void init_ops(nb::module_& parent) {
         },
         arg("logits"), arg("targets"), arg("from_logits") = true, arg("reduction") = "mean");
   m.def("conv2d",
-        [](const Tensor& x, const Tensor& w, std::optional<Tensor> b, nb::handle stride, nb::handle padding) {
-          auto s = parse_pair("conv2d", "stride", stride);
-          auto p = parse_padding("conv2d", padding);
+        [](const Tensor& x, const Tensor& w, std::optional<Tensor> b, nb::handle stride,
+           nb::handle padding, nb::handle dilation, int64_t groups) {
+          const char* op = "conv2d";
+          auto s = parse_pair(op, "stride", stride);
+          auto d = parse_pair(op, "dilation", dilation);
+          ops::IntPair kernel{w.ndim() == 4 ? w.shape()[2] : 1, w.ndim() == 4 ? w.shape()[3] : 1};
+          auto p = parse_conv_padding(op, padding, kernel, s, d);
           nb::gil_scoped_release release;
-          return ops::conv2d(x, w, optional_tensor(b), s, p);
+          return ops::conv2d(x, w, optional_tensor(b), s, p, d, groups);
         },
         arg("x"), arg("w"), arg("b").none() = nb::none(), arg("stride") = 1, arg("padding") = 0,
-        "2-D convolution (NCHW; w: out x in x kh x kw) via im2col + GEMM. padding: an int,\n"
-        "(ph, pw), or ((top, bottom), (left, right)).");
+        arg("dilation") = 1, arg("groups") = 1,
+        "2-D convolution (NCHW; w: out x in/groups x kh x kw) via im2col + GEMM, torch\n"
+        "semantics. padding: an int, (ph, pw), (top, bottom, left, right),\n"
+        "((top, bottom), (left, right)), 'valid' or 'same' (stride 1). groups == in channels\n"
+        "is a depthwise convolution.");
+  m.def("conv1d",
+        [](const Tensor& x, const Tensor& w, std::optional<Tensor> b, nb::handle stride,
+           nb::handle padding, nb::handle dilation, int64_t groups) {
+          const char* op = "conv1d";
+          int64_t s = parse_int(op, "stride", stride), d = parse_int(op, "dilation", dilation);
+          ops::IntPair p;
+          if (nb::isinstance<nb::str>(padding)) {
+            int64_t k = w.ndim() == 3 ? w.shape()[2] : 1;
+            ops::Padding2d p2 = parse_conv_padding(op, padding, {1, k}, {1, s}, {1, d});
+            p = {p2.left, p2.right};
+          } else {
+            p = parse_padding1d(op, padding);
+          }
+          nb::gil_scoped_release release;
+          return ops::conv1d(x, w, optional_tensor(b), s, p, d, groups);
+        },
+        arg("x"), arg("w"), arg("b").none() = nb::none(), arg("stride") = 1, arg("padding") = 0,
+        arg("dilation") = 1, arg("groups") = 1,
+        "1-D convolution (NCL; w: out x in/groups x k) on conv2d's path. padding: an int,\n"
+        "(before, after), 'valid' or 'same' (stride 1).");
   m.def("max_pool2d",
-        [](const Tensor& x, nb::handle kernel, nb::handle stride, nb::handle padding) {
-          auto k = parse_pair("max_pool2d", "kernel_size", kernel);
-          auto s = stride.is_none() ? k : parse_pair("max_pool2d", "stride", stride);
-          return ops::max_pool2d(x, k, s, parse_pair("max_pool2d", "padding", padding));
+        [](const Tensor& x, nb::handle kernel, nb::handle stride, nb::handle padding,
+           nb::handle dilation, bool ceil_mode) {
+          const char* op = "max_pool2d";
+          auto k = parse_pair(op, "kernel_size", kernel);
+          auto s = stride.is_none() ? k : parse_pair(op, "stride", stride);
+          return ops::max_pool2d(x, k, s, parse_padding(op, padding), parse_pair(op, "dilation", dilation),
+                                 ceil_mode);
         },
-        arg("x"), arg("kernel_size"), arg("stride").none() = nb::none(), arg("padding") = 0);
+        arg("x"), arg("kernel_size"), arg("stride").none() = nb::none(), arg("padding") = 0,
+        arg("dilation") = 1, arg("ceil_mode") = false,
+        "Max pooling (NCHW), torch semantics; the gradient of a window is split evenly among\n"
+        "tied maxima. padding as conv2d's (at most half the kernel per side).");
   m.def("avg_pool2d",
-        [](const Tensor& x, nb::handle kernel, nb::handle stride, nb::handle padding) {
-          auto k = parse_pair("avg_pool2d", "kernel_size", kernel);
-          auto s = stride.is_none() ? k : parse_pair("avg_pool2d", "stride", stride);
-          return ops::avg_pool2d(x, k, s, parse_pair("avg_pool2d", "padding", padding));
+        [](const Tensor& x, nb::handle kernel, nb::handle stride, nb::handle padding,
+           bool ceil_mode, bool count_include_pad) {
+          const char* op = "avg_pool2d";
+          auto k = parse_pair(op, "kernel_size", kernel);
+          auto s = stride.is_none() ? k : parse_pair(op, "stride", stride);
+          return ops::avg_pool2d(x, k, s, parse_padding(op, padding), ceil_mode, count_include_pad);
         },
-        arg("x"), arg("kernel_size"), arg("stride").none() = nb::none(), arg("padding") = 0);
+        arg("x"), arg("kernel_size"), arg("stride").none() = nb::none(), arg("padding") = 0,
+        arg("ceil_mode") = false, arg("count_include_pad") = true,
+        "Average pooling (NCHW), torch semantics: count_include_pad divides by the window\n"
+        "clipped to the padded input, else by the input pixels it covers.");
+  m.def("max_pool1d",
+        [](const Tensor& x, nb::handle kernel, nb::handle stride, nb::handle padding,
+           nb::handle dilation, bool ceil_mode) {
+          const char* op = "max_pool1d";
+          int64_t k = parse_int(op, "kernel_size", kernel);
+          int64_t s = stride.is_none() ? k : parse_int(op, "stride", stride);
+          return ops::max_pool1d(x, k, s, parse_padding1d(op, padding),
+                                 parse_int(op, "dilation", dilation), ceil_mode);
+        },
+        arg("x"), arg("kernel_size"), arg("stride").none() = nb::none(), arg("padding") = 0,
+        arg("dilation") = 1, arg("ceil_mode") = false, "Max pooling over (N, C, L).");
+  m.def("avg_pool1d",
+        [](const Tensor& x, nb::handle kernel, nb::handle stride, nb::handle padding,
+           bool ceil_mode, bool count_include_pad) {
+          const char* op = "avg_pool1d";
+          int64_t k = parse_int(op, "kernel_size", kernel);
+          int64_t s = stride.is_none() ? k : parse_int(op, "stride", stride);
+          return ops::avg_pool1d(x, k, s, parse_padding1d(op, padding), ceil_mode,
+                                 count_include_pad);
+        },
+        arg("x"), arg("kernel_size"), arg("stride").none() = nb::none(), arg("padding") = 0,
+        arg("ceil_mode") = false, arg("count_include_pad") = true, "Average pooling over (N, C, L).");
   m.def("layer_norm",
         [](const Tensor& x, std::optional<Tensor> w, std::optional<Tensor> b, double eps) {
           return ops::layer_norm(x, optional_tensor(w), optional_tensor(b), eps);

@@ -249,8 +249,8 @@ __global__ void im2col(const T* x, Conv2dGeometry g, int64_t n0, int64_t count, 
   STEEPEST_GRID_STRIDE(e, count * ckk * spatial) {
     const int64_t p = e % spatial, r = (e / spatial) % ckk, n = e / (spatial * ckk);
     const int64_t c = r / taps, ki = (r / g.kernel_w) % g.kernel_h, kj = r % g.kernel_w;
-    const int64_t ih = (p / g.out_w) * g.stride_h - g.pad_top + ki;
-    const int64_t iw = (p % g.out_w) * g.stride_w - g.pad_left + kj;
+    const int64_t ih = (p / g.out_w) * g.stride_h - g.pad_top + ki * g.dilation_h;
+    const int64_t iw = (p % g.out_w) * g.stride_w - g.pad_left + kj * g.dilation_w;
     const bool inside = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
     cols[n * stride_n + r * ld + p] =
         inside ? x[(((n0 + n) * g.in_channels + c) * g.in_h + ih) * g.in_w + iw] : T(0);
@@ -270,12 +270,12 @@ __global__ void col2im(const T* cols, Conv2dGeometry g, int64_t n0, int64_t coun
     const T* base = cols + n * ckk * spatial;
     T acc = 0;
     for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-      const int64_t oh_scaled = ih + g.pad_top - ki;
+      const int64_t oh_scaled = ih + g.pad_top - ki * g.dilation_h;
       if (oh_scaled < 0 || oh_scaled % g.stride_h != 0) continue;
       const int64_t oh = oh_scaled / g.stride_h;
       if (oh >= g.out_h) continue;
       for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-        const int64_t ow_scaled = iw + g.pad_left - kj;
+        const int64_t ow_scaled = iw + g.pad_left - kj * g.dilation_w;
         if (ow_scaled < 0 || ow_scaled % g.stride_w != 0) continue;
         const int64_t ow = ow_scaled / g.stride_w;
         if (ow >= g.out_w) continue;
@@ -349,29 +349,39 @@ GemmArgs product(DType dtype, const Conv2dGeometry& g, bool trans_a, bool trans_
   return args;
 }
 
+// Channel groups (torch's groups): group i multiplies its filters' block of W_row
+// (filters × rows, rows = in/groups·kh·kw) with its block of X_col rows, one batched GEMM
+// per group.
 template <class T>
 void conv_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                   const Conv2dGeometry& g, Tensor& y, const DeviceGuard& guard) {
   const int64_t spatial = g.out_h * g.out_w, ckk = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t rows = ckk / g.groups, filters = g.out_channels / g.groups;
   const int64_t out_image = g.out_channels * spatial;
   const DType dtype = x.dtype();
+  const T* pw = weight.data<T>();
   T* py = y.data<T>();
   if (is_pointwise(g)) {
     // Y[n] = W · X[n]: every image is its own X_col.
-    gemm(product(dtype, g, false, false, g.out_channels, spatial, ckk, weight.data_ptr(), ckk, 0,
-                 x.data_ptr(), spatial, ckk * spatial, py, spatial, out_image, g.batch, 0.0));
+    for (int64_t cg = 0; cg < g.groups; ++cg)
+      gemm(product(dtype, g, false, false, filters, spatial, rows, pw + cg * filters * rows, rows,
+                   0, x.data<T>() + cg * rows * spatial, spatial, ckk * spatial,
+                   py + cg * filters * spatial, spatial, out_image, g.batch, 0.0));
   } else {
     const int64_t chunk = chunk_images(g, ckk * spatial);
     Tensor cols = Tensor::empty({chunk * ckk * spatial}, dtype, x.device());
+    T* pc = cols.data<T>();
     for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
       const int64_t count = std::min(chunk, g.batch - n0);
       im2col<<<blocks_for(count * ckk * spatial), kThreads, 0, guard.stream()>>>(
-          x.data<T>(), g, n0, count, cols.data<T>(), spatial, ckk * spatial);
+          x.data<T>(), g, n0, count, pc, spatial, ckk * spatial);
       STEEPEST_CUDA_CHECK_LAUNCH();
       // Y[n] = W_row · X_col[n] for the chunk: W is shared (batch stride 0).
-      gemm(product(dtype, g, false, false, g.out_channels, spatial, ckk, weight.data_ptr(), ckk, 0,
-                   cols.data_ptr(), spatial, ckk * spatial, py + n0 * out_image, spatial,
-                   out_image, count, 0.0));
+      for (int64_t cg = 0; cg < g.groups; ++cg)
+        gemm(product(dtype, g, false, false, filters, spatial, rows, pw + cg * filters * rows,
+                     rows, 0, pc + cg * rows * spatial, spatial, ckk * spatial,
+                     py + n0 * out_image + cg * filters * spatial, spatial, out_image, count,
+                     0.0));
     }
   }
   if (bias.defined()) {
@@ -387,9 +397,11 @@ void conv_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y,
                    const Conv2dGeometry& g, Tensor* grad_x, Tensor* grad_weight,
                    Tensor* grad_bias, const DeviceGuard& guard) {
   const int64_t spatial = g.out_h * g.out_w, ckk = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t rows = ckk / g.groups, filters = g.out_channels / g.groups;
   const int64_t out_image = g.out_channels * spatial, in_image = g.in_channels * g.in_h * g.in_w;
   const DType dtype = x.dtype();
   const T* pg = grad_y.data<T>();
+  const T* pw = weight.data<T>();
   if (grad_bias) {
     bias_gradient<<<static_cast<unsigned>(g.out_channels), kThreads, 0, guard.stream()>>>(
         pg, g.batch, g.out_channels, spatial, grad_bias->data<T>());
@@ -400,10 +412,12 @@ void conv_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y,
     const int64_t chunk = chunk_images(g, (ckk + g.out_channels) * spatial);
     Tensor cols = Tensor::empty({chunk * ckk * spatial}, dtype, x.device());
     Tensor wide = chunk > 1 ? Tensor::empty({chunk * out_image}, dtype, x.device()) : Tensor();
+    T* pc = cols.data<T>();
+    T* gw = grad_weight->data<T>();
     for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
       const int64_t count = std::min(chunk, g.batch - n0), width = count * spatial;
       im2col<<<blocks_for(count * ckk * spatial), kThreads, 0, guard.stream()>>>(
-          x.data<T>(), g, n0, count, cols.data<T>(), width, spatial);
+          x.data<T>(), g, n0, count, pc, width, spatial);
       STEEPEST_CUDA_CHECK_LAUNCH();
       const T* g_wide = pg + n0 * out_image;
       if (count > 1) {
@@ -412,29 +426,33 @@ void conv_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y,
         STEEPEST_CUDA_CHECK_LAUNCH();
         g_wide = wide.data<T>();
       }
-      gemm(product(dtype, g, false, true, g.out_channels, ckk, width, g_wide, width, 0,
-                   cols.data_ptr(), width, 0, grad_weight->data_ptr(), ckk, 0, 1,
-                   n0 == 0 ? 0.0 : 1.0));
+      for (int64_t cg = 0; cg < g.groups; ++cg)
+        gemm(product(dtype, g, false, true, filters, rows, width, g_wide + cg * filters * width,
+                     width, 0, pc + cg * rows * width, width, 0, gw + cg * filters * rows, rows, 0,
+                     1, n0 == 0 ? 0.0 : 1.0));
     }
   }
   if (grad_x) {
     T* gx = grad_x->data<T>();
     if (is_pointwise(g)) {
-      // dX[n] = Wᵀ · G[n]
-      gemm(product(dtype, g, true, false, g.in_channels, spatial, g.out_channels, weight.data_ptr(),
-                   ckk, 0, pg, spatial, out_image, gx, spatial, in_image, g.batch, 0.0));
+      // dX[n] = Wᵀ · G[n] per channel group
+      for (int64_t cg = 0; cg < g.groups; ++cg)
+        gemm(product(dtype, g, true, false, rows, spatial, filters, pw + cg * filters * rows, rows,
+                     0, pg + cg * filters * spatial, spatial, out_image, gx + cg * rows * spatial,
+                     spatial, in_image, g.batch, 0.0));
       return;
     }
-    // dX_col[n] = W_rowᵀ · G[n], then col2im.
+    // dX_col[n] = W_rowᵀ · G[n] per channel group, then col2im.
     const int64_t chunk = chunk_images(g, ckk * spatial);
     Tensor cols = Tensor::empty({chunk * ckk * spatial}, dtype, x.device());
+    T* pc = cols.data<T>();
     for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
       const int64_t count = std::min(chunk, g.batch - n0);
-      gemm(product(dtype, g, true, false, ckk, spatial, g.out_channels, weight.data_ptr(), ckk, 0,
-                   pg + n0 * out_image, spatial, out_image, cols.data_ptr(), spatial,
-                   ckk * spatial, count, 0.0));
-      col2im<<<blocks_for(count * in_image), kThreads, 0, guard.stream()>>>(cols.data<T>(), g, n0,
-                                                                             count, gx);
+      for (int64_t cg = 0; cg < g.groups; ++cg)
+        gemm(product(dtype, g, true, false, rows, spatial, filters, pw + cg * filters * rows, rows,
+                     0, pg + n0 * out_image + cg * filters * spatial, spatial, out_image,
+                     pc + cg * rows * spatial, spatial, ckk * spatial, count, 0.0));
+      col2im<<<blocks_for(count * in_image), kThreads, 0, guard.stream()>>>(pc, g, n0, count, gx);
       STEEPEST_CUDA_CHECK_LAUNCH();
     }
   }
@@ -442,68 +460,86 @@ void conv_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y,
 
 // ------------------------------------------------------------------------- pooling
 
-// A thread per output; the window scan is the CPU's, so ties and NaN pick the same
-// element (the last NaN, else the first maximum).
-template <class T>
-__global__ void pool_forward(bool max_pool, const T* x, Conv2dGeometry g, T* y, int64_t* argmax) {
-  const int64_t outputs = g.batch * g.in_channels * g.out_h * g.out_w;
-  const T inv_area = T(1) / static_cast<T>(g.kernel_h * g.kernel_w);
-  STEEPEST_GRID_STRIDE(o, outputs) {
-    const int64_t ow = o % g.out_w, oh = (o / g.out_w) % g.out_h, p = o / (g.out_w * g.out_h);
-    const T* plane = x + p * g.in_h * g.in_w;
-    T best = -T(INFINITY), total = 0;
-    int64_t best_index = -1;
-    for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-      const int64_t ih = oh * g.stride_h - g.pad_top + ki;
-      if (ih < 0 || ih >= g.in_h) continue;
-      for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-        const int64_t iw = ow * g.stride_w - g.pad_left + kj;
-        if (iw < 0 || iw >= g.in_w) continue;
-        const T v = plane[ih * g.in_w + iw];
-        total += v;
-        if (best_index < 0 || v > best || isnan(v)) {
-          best = v;
-          best_index = ih * g.in_w + iw;
-        }
-      }
-    }
-    if (max_pool) {
-      y[o] = best;
-      argmax[o] = best_index;
-    } else {
-      y[o] = total * inv_area;
+// The input pixels of window (oh, ow), as the CPU visits them: fn(flat plane index).
+template <class Fn>
+__device__ void for_window(const Conv2dGeometry& g, int64_t oh, int64_t ow, Fn fn) {
+  for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+    const int64_t ih = oh * g.stride_h - g.pad_top + ki * g.dilation_h;
+    if (ih < 0 || ih >= g.in_h) continue;
+    for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+      const int64_t iw = ow * g.stride_w - g.pad_left + kj * g.dilation_w;
+      if (iw >= 0 && iw < g.in_w) fn(ih * g.in_w + iw);
     }
   }
 }
 
-// A thread per input pixel gathers from the windows that cover it, in the order the
-// CPU adds them: max pooling takes G where the pixel was the argmax.
+// A thread per output; the window scan is the CPU's, so ties and NaN pick the same
+// element (the last NaN, else the first maximum, marked as tied: see kNoPixel).
 template <class T>
-__global__ void pool_backward(bool max_pool, const T* gy, const int64_t* argmax, Conv2dGeometry g,
-                              T* gx) {
+__global__ void pool_forward(bool max_pool, const T* x, Conv2dGeometry g, T* y, int64_t* argmax) {
+  const int64_t outputs = g.batch * g.in_channels * g.out_h * g.out_w;
+  STEEPEST_GRID_STRIDE(o, outputs) {
+    const int64_t ow = o % g.out_w, oh = (o / g.out_w) % g.out_h, p = o / (g.out_w * g.out_h);
+    const T* plane = x + p * g.in_h * g.in_w;
+    T best = -T(INFINITY), total = 0;
+    int64_t best_index = -1, ties = 0;
+    for_window(g, oh, ow, [&](int64_t i) {
+      const T v = plane[i];
+      total += v;
+      if (best_index < 0 || v > best || isnan(v)) {
+        best = v;
+        best_index = i;
+        ties = 1;
+      } else if (v == best) {
+        ++ties;
+      }
+    });
+    if (max_pool) {
+      y[o] = best;
+      argmax[o] = best_index < 0 ? kNoPixel : ties > 1 ? -(best_index + 1) : best_index;
+    } else {
+      y[o] = total / static_cast<T>(pool_divisor(g, oh, ow));
+    }
+  }
+}
+
+// A thread per input pixel gathers from the windows that cover it: max pooling takes
+// G where the pixel was the maximum, split evenly among tied maxima; average pooling
+// G / divisor.
+template <class T>
+__global__ void pool_backward(bool max_pool, const T* gy, const int64_t* argmax, const T* x,
+                              Conv2dGeometry g, T* gx) {
   const int64_t plane = g.in_h * g.in_w;
-  const T inv_area = T(1) / static_cast<T>(g.kernel_h * g.kernel_w);
   STEEPEST_GRID_STRIDE(e, g.batch * g.in_channels * plane) {
     const int64_t iw = e % g.in_w, ih = (e / g.in_w) % g.in_h, p = e / plane;
     const int64_t pixel = ih * g.in_w + iw;
-    // Windows oh with oh·s − pad ≤ ih < oh·s − pad + k.
-    // (C++ division truncates, so a negative first bound still clamps to 0.)
-    const int64_t oh_first = (ih + g.pad_top - g.kernel_h + g.stride_h) / g.stride_h;
-    const int64_t oh_last = (ih + g.pad_top) / g.stride_h;
-    const int64_t ow_first = (iw + g.pad_left - g.kernel_w + g.stride_w) / g.stride_w;
-    const int64_t ow_last = (iw + g.pad_left) / g.stride_w;
-    const int64_t oh_lo = oh_first > 0 ? oh_first : 0, oh_hi = oh_last < g.out_h ? oh_last : g.out_h - 1;
-    const int64_t ow_lo = ow_first > 0 ? ow_first : 0, ow_hi = ow_last < g.out_w ? ow_last : g.out_w - 1;
+    const T* in = max_pool ? x + p * plane : nullptr;
     T acc = 0;
-    for (int64_t oh = oh_lo; oh <= oh_hi; ++oh)
-      for (int64_t ow = ow_lo; ow <= ow_hi; ++ow) {
+    // Window oh covers ih through tap ki when oh·stride − pad + ki·dilation = ih.
+    for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+      const int64_t oh_scaled = ih + g.pad_top - ki * g.dilation_h;
+      if (oh_scaled < 0 || oh_scaled % g.stride_h != 0 || oh_scaled / g.stride_h >= g.out_h) continue;
+      const int64_t oh = oh_scaled / g.stride_h;
+      for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+        const int64_t ow_scaled = iw + g.pad_left - kj * g.dilation_w;
+        if (ow_scaled < 0 || ow_scaled % g.stride_w != 0 || ow_scaled / g.stride_w >= g.out_w) continue;
+        const int64_t ow = ow_scaled / g.stride_w;
         const int64_t o = (p * g.out_h + oh) * g.out_w + ow;
-        if (max_pool) {
-          if (argmax[o] == pixel) acc += gy[o];
-        } else {
-          acc += gy[o] * inv_area;
+        if (!max_pool) {
+          acc += gy[o] / static_cast<T>(pool_divisor(g, oh, ow));
+          continue;
+        }
+        const int64_t entry = argmax[o];
+        if (entry == pixel) {
+          acc += gy[o];
+        } else if (entry < 0 && entry != kNoPixel && in[pixel] == in[-(entry + 1)]) {
+          const T best = in[-(entry + 1)];
+          int64_t ties = 0;
+          for_window(g, oh, ow, [&](int64_t i) { ties += in[i] == best; });
+          acc += gy[o] / static_cast<T>(ties);
         }
       }
+    }
     gx[e] = acc;
   }
 }
@@ -543,7 +579,7 @@ void pool2d_forward(PoolKind kind, const Tensor& x, const Conv2dGeometry& geomet
   });
 }
 
-void pool2d_backward(PoolKind kind, const Tensor& grad_y, const Tensor* argmax,
+void pool2d_backward(PoolKind kind, const Tensor& grad_y, const Tensor* argmax, const Tensor* x,
                      const Conv2dGeometry& geometry, Tensor& grad_x) {
   const int64_t n = grad_x.numel();
   if (n == 0) return;
@@ -552,7 +588,7 @@ void pool2d_backward(PoolKind kind, const Tensor& grad_y, const Tensor* argmax,
     using T = typename decltype(tag)::type;
     pool_backward<<<blocks_for(n), kThreads, 0, guard.stream()>>>(
         kind == PoolKind::Max, grad_y.data<T>(), argmax ? argmax->data<int64_t>() : nullptr,
-        geometry, grad_x.data<T>());
+        x ? x->data<T>() : nullptr, geometry, grad_x.data<T>());
     STEEPEST_CUDA_CHECK_LAUNCH();
   });
 }

@@ -11,11 +11,15 @@
 // NCHW block directly. For stride 1, dX is itself a convolution (of G with the flipped,
 // channel-swapped kernel), which needs no col2im; strided convolutions form dX_col and
 // col2im it. A 1×1, stride-1, unpadded convolution reads each image as its X_col.
+// Channel groups (torch's groups) are one GEMM each over their block of X_col rows and
+// of the weight; depthwise convolutions (one input channel per group) skip the GEMMs
+// and run direct loops over the planes, which are memory-bound anyway.
 // Pooling runs one plane per task; max pooling is branch-free inside the image.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "gemm_source.h"
@@ -37,6 +41,7 @@ T* scratch(std::vector<T>& buffer, int64_t size) {
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -ceil_div(-a, b); }
 
 // Grain for parallel_for over tasks of `work` elements each.
 int64_t grain_for(int64_t work) {
@@ -80,9 +85,10 @@ struct IndexRange {
   int64_t lo, hi;
 };
 
-// Output columns [lo, hi) whose input column ow·stride + kj − pad lies inside the image.
+// Output columns [lo, hi) whose input column ow·stride + kj·dilation − pad lies inside
+// the image.
 IndexRange valid_columns(const Conv2dGeometry& g, int64_t kj) {
-  const int64_t shift = kj - g.pad_left;
+  const int64_t shift = kj * g.dilation_w - g.pad_left;
   const int64_t lo = std::clamp<int64_t>(ceil_div(-shift, g.stride_w), 0, g.out_w);
   const int64_t hi = std::clamp<int64_t>(ceil_div(g.in_w - shift, g.stride_w), lo, g.out_w);
   return {lo, hi};
@@ -99,7 +105,8 @@ void copy_blocks(const T* src, int64_t len, T* dst) {
 }
 
 // X_col of the images [n0, n0 + count): row r = (c, ki, kj), column p = (image, oh, ow).
-// As a GEMM operand it is op(B) = X_col (forward) or X_colᵀ (dW). The images are first
+// As a GEMM operand it is op(B) = X_col (forward) or X_colᵀ (dW), from row first_row on
+// (select_rows: a channel group's block). The images are first
 // copied with their zero padding made explicit (a plane stride that is rarely a multiple
 // of 4 KiB also spares the L1 cache the aliasing of NCHW planes); then
 // X_col(r, p) = padded[start(p) + offset(r)] with no bounds checks, and at stride 1 an
@@ -114,10 +121,13 @@ class Columns final : public GemmSource<T> {
 
   void pack(int64_t k0, int64_t kc, int64_t j0, int64_t cols, int width, T* dst) const override {
     if (transposed_)
-      pack_transposed(k0, kc, j0, cols, width, dst);
+      pack_transposed(k0, kc, first_row_ + j0, cols, width, dst);
     else
-      pack_rows(k0, kc, j0, cols, width, dst);
+      pack_rows(first_row_ + k0, kc, j0, cols, width, dst);
   }
+
+  // Later GEMMs see X_col from row `first` on (not while a GEMM runs).
+  void select_rows(int64_t first) { first_row_ = first; }
 
  private:
   // padded_: (count, C, top + H + bottom, left + W + right); start_[p]: where output pixel p's
@@ -161,7 +171,11 @@ class Columns final : public GemmSource<T> {
   // The padded-copy address of X_col row r's pixel 0 (tap (ki, kj) of channel c).
   const T* row_base(int64_t r) const {
     const int64_t taps = g_.kernel_h * g_.kernel_w, tap = r % taps;
-    return padded_ + ((r / taps) * hp_ + tap / g_.kernel_w) * wp_ + tap % g_.kernel_w;
+    return padded_ + (r / taps) * hp_ * wp_ + tap_offset(tap / g_.kernel_w, tap % g_.kernel_w);
+  }
+
+  int64_t tap_offset(int64_t ki, int64_t kj) const {
+    return ki * g_.dilation_h * wp_ + kj * g_.dilation_w;
   }
 
   // Whether the columns from p0 on come in whole output rows of consecutive padded
@@ -200,7 +214,7 @@ class Columns final : public GemmSource<T> {
     int64_t ki = (k0 / g_.kernel_w) % g_.kernel_h, kj = k0 % g_.kernel_w;
     const bool rows = whole_rows(j0);
     for (int64_t k = 0; k < kc; ++k, dst += width) {
-      read(plane + ki * wp_ + kj, j0, cols, rows, dst);
+      read(plane + tap_offset(ki, kj), j0, cols, rows, dst);
       for (int64_t i = cols; i < width; ++i) dst[i] = T(0);
       if (++kj == g_.kernel_w) {
         kj = 0;
@@ -226,6 +240,7 @@ class Columns final : public GemmSource<T> {
   const Conv2dGeometry& g_;
   bool transposed_;
   int64_t hp_, wp_;
+  int64_t first_row_ = 0;
   T* padded_ = nullptr;
   int64_t* start_ = nullptr;
 };
@@ -298,19 +313,32 @@ bool is_pointwise(const Conv2dGeometry& g) {
          g.pad_top == 0 && g.pad_bottom == 0 && g.pad_left == 0 && g.pad_right == 0;
 }
 
-// y = conv(x, w) + bias (bias may be null): per group, Y_col = W_row · X_col.
+// Output channels per channel group, and X_col rows (input channels × taps) per group.
+int64_t group_filters(const Conv2dGeometry& g) { return g.out_channels / g.groups; }
+int64_t group_rows(const Conv2dGeometry& g) {
+  return g.in_channels / g.groups * g.kernel_h * g.kernel_w;
+}
+
+// One input channel per group (groups == in_channels > 1): the direct loops below.
+bool is_depthwise(const Conv2dGeometry& g) { return g.groups > 1 && g.groups == g.in_channels; }
+
+// y = conv(x, w) + bias (bias may be null): per group of images and channel group,
+// Y_col = W_row · X_col.
 template <class T>
 void convolve(const T* x, const T* w, const T* bias, const Conv2dGeometry& g, T* y) {
-  const int64_t ckk = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t ckk = group_rows(g), filters = group_filters(g);
   const int64_t spatial = g.out_h * g.out_w;
   if (is_pointwise(g)) {
     // Y[n] = W · X[n]: each image is already its X_col (C × H·W).
-    GemmArgs args = matrix_product<T>(g, false, false, g.out_channels, spatial, ckk, w, ckk, x,
-                                      spatial, y, spatial, 0.0);
-    args.batch = g.batch;
-    args.stride_b = ckk * spatial;
-    args.stride_c = g.out_channels * spatial;
-    gemm(args);
+    for (int64_t cg = 0; cg < g.groups; ++cg) {
+      GemmArgs args = matrix_product<T>(g, false, false, filters, spatial, ckk, w + cg * filters * ckk,
+                                        ckk, x + cg * ckk * spatial, spatial,
+                                        y + cg * filters * spatial, spatial, 0.0);
+      args.batch = g.batch;
+      args.stride_b = g.in_channels * spatial;
+      args.stride_c = g.out_channels * spatial;
+      gemm(args);
+    }
     if (bias) add_bias(bias, g, y);
     return;
   }
@@ -319,9 +347,13 @@ void convolve(const T* x, const T* w, const T* bias, const Conv2dGeometry& g, T*
     // Each image's NCHW block is its Y_col.
     for_each_image(g.batch, image_threads(g.batch), [&](int64_t n, int) {
       T* out = y + n * g.out_channels * spatial;
-      gemm(matrix_product<T>(g, false, false, g.out_channels, spatial, ckk, w, ckk, nullptr, 0,
-                             out, spatial, 0.0),
-           Columns<T>(x, g, n, 1, false));
+      Columns<T> columns(x, g, n, 1, false);
+      for (int64_t cg = 0; cg < g.groups; ++cg) {
+        columns.select_rows(cg * ckk);
+        gemm(matrix_product<T>(g, false, false, filters, spatial, ckk, w + cg * filters * ckk, ckk,
+                               nullptr, 0, out + cg * filters * spatial, spatial, 0.0),
+             columns);
+      }
       if (bias)
         for (int64_t o = 0; o < g.out_channels; ++o)
           for (int64_t p = 0; p < spatial; ++p) out[o * spatial + p] += bias[o];
@@ -332,18 +364,149 @@ void convolve(const T* x, const T* w, const T* bias, const Conv2dGeometry& g, T*
   for (int64_t n0 = 0; n0 < g.batch; n0 += size) {
     const int64_t count = std::min(size, g.batch - n0), width = count * spatial;
     T* wide = scratch(wide_buffer, g.out_channels * width);
-    gemm(matrix_product<T>(g, false, false, g.out_channels, width, ckk, w, ckk, nullptr, 0, wide,
-                           width, 0.0),
-         Columns<T>(x, g, n0, count, false));
+    Columns<T> columns(x, g, n0, count, false);
+    for (int64_t cg = 0; cg < g.groups; ++cg) {
+      columns.select_rows(cg * ckk);
+      gemm(matrix_product<T>(g, false, false, filters, width, ckk, w + cg * filters * ckk, ckk,
+                             nullptr, 0, wide + cg * filters * width, width, 0.0),
+           columns);
+    }
     from_wide(wide, bias, g.out_channels, spatial, n0, count, y);
   }
+}
+
+// ------------------------------------------------------------------ depthwise, direct
+// Output channel o reads input channel o / multiplier only, so each output plane is a
+// sum over the taps of a weight times a shifted (strided, dilated) input plane; at
+// stride 1 every such row update is a contiguous vector loop.
+
+// The tap (ki, kj) terms of one (output plane, input plane) pair, for each output row oh
+// and the output columns whose input pixel lies inside the image:
+// fn(out_row_offset, in_row_offset, valid columns, column shift), with input column
+// ow·stride_w + shift.
+template <class Fn>
+void for_tap_rows(const Conv2dGeometry& g, int64_t ki, int64_t kj, Fn&& fn) {
+  const IndexRange cols = valid_columns(g, kj);
+  const int64_t shift = kj * g.dilation_w - g.pad_left;
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const int64_t ih = oh * g.stride_h - g.pad_top + ki * g.dilation_h;
+    if (ih < 0 || ih >= g.in_h) continue;
+    fn(oh * g.out_w, ih * g.in_w, cols, shift);
+  }
+}
+
+template <class T>
+void depthwise_forward(const T* x, const T* w, const T* bias, const Conv2dGeometry& g, T* y) {
+  const int64_t multiplier = g.out_channels / g.in_channels, taps = g.kernel_h * g.kernel_w;
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  parallel_for(g.batch * g.out_channels, grain_for(taps * out_plane), [&](int64_t b, int64_t e) {
+    for (int64_t task = b; task < e; ++task) {
+      const int64_t n = task / g.out_channels, o = task % g.out_channels;
+      const T* in = x + (n * g.in_channels + o / multiplier) * in_plane;
+      T* out = y + task * out_plane;
+      std::fill(out, out + out_plane, bias ? bias[o] : T(0));
+      for (int64_t ki = 0; ki < g.kernel_h; ++ki)
+        for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+          const T weight = w[o * taps + ki * g.kernel_w + kj];
+          const int64_t sw = g.stride_w;
+          for_tap_rows(g, ki, kj, [&](int64_t out_row, int64_t in_row, IndexRange cols, int64_t shift) {
+            T* dst = out + out_row;
+            const T* src = in + in_row + shift;
+            if (sw == 1)
+              for (int64_t ow = cols.lo; ow < cols.hi; ++ow) dst[ow] += weight * src[ow];
+            else
+              for (int64_t ow = cols.lo; ow < cols.hi; ++ow) dst[ow] += weight * src[ow * sw];
+          });
+        }
+    }
+  });
+}
+
+// dX, the adjoint of depthwise_forward: an input plane gathers every output plane that
+// reads it (its `multiplier` channels), tap by tap.
+template <class T>
+void depthwise_input_gradient(const T* w, const T* grad_y, const Conv2dGeometry& g, T* dx) {
+  const int64_t multiplier = g.out_channels / g.in_channels, taps = g.kernel_h * g.kernel_w;
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  parallel_for(g.batch * g.in_channels, grain_for(multiplier * taps * out_plane),
+               [&](int64_t b, int64_t e) {
+    for (int64_t task = b; task < e; ++task) {
+      const int64_t n = task / g.in_channels, c = task % g.in_channels;
+      T* in = dx + task * in_plane;
+      std::fill(in, in + in_plane, T(0));
+      for (int64_t o = c * multiplier; o < (c + 1) * multiplier; ++o) {
+        const T* out = grad_y + (n * g.out_channels + o) * out_plane;
+        for (int64_t ki = 0; ki < g.kernel_h; ++ki)
+          for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+            const T weight = w[o * taps + ki * g.kernel_w + kj];
+            const int64_t sw = g.stride_w;
+            for_tap_rows(g, ki, kj, [&](int64_t out_row, int64_t in_row, IndexRange cols, int64_t shift) {
+              const T* src = out + out_row;
+              T* dst = in + in_row + shift;
+              if (sw == 1)
+                for (int64_t ow = cols.lo; ow < cols.hi; ++ow) dst[ow] += weight * src[ow];
+              else
+                for (int64_t ow = cols.lo; ow < cols.hi; ++ow) dst[ow * sw] += weight * src[ow];
+            });
+          }
+      }
+    }
+  });
+}
+
+// Σ_i a[i]·b[i·stride] in 16 fixed lanes, so the summation order (and the result) is
+// the same whatever vector width the compiler picks.
+template <class T>
+T strided_dot(const T* a, const T* b, int64_t n, int64_t stride) {
+  constexpr int64_t kLanes = 16;
+  T lanes[kLanes] = {};
+  int64_t i = 0;
+  if (stride == 1) {
+    for (; i + kLanes <= n; i += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) lanes[l] += a[i + l] * b[i + l];
+  } else {
+    for (; i + kLanes <= n; i += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) lanes[l] += a[i + l] * b[(i + l) * stride];
+  }
+  for (; i < n; ++i) lanes[i % kLanes] += a[i] * b[i * stride];
+  T total = 0;
+  for (int64_t l = 0; l < kLanes; ++l) total += lanes[l];
+  return total;
+}
+
+// dW[o, tap] = Σ_n Σ_(oh, ow) G[n, o, oh, ow] · X[n, o / multiplier, input pixel of the tap]
+// (the forward's product rule), one output channel per task, the images in order.
+template <class T>
+void depthwise_weight_gradient(const T* x, const T* grad_y, const Conv2dGeometry& g, T* grad_w) {
+  const int64_t multiplier = g.out_channels / g.in_channels, taps = g.kernel_h * g.kernel_w;
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  parallel_for(g.out_channels, grain_for(g.batch * taps * out_plane), [&](int64_t b, int64_t e) {
+    for (int64_t o = b; o < e; ++o) {
+      T* dw = grad_w + o * taps;
+      std::fill(dw, dw + taps, T(0));
+      for (int64_t n = 0; n < g.batch; ++n) {
+        const T* in = x + (n * g.in_channels + o / multiplier) * in_plane;
+        const T* out = grad_y + (n * g.out_channels + o) * out_plane;
+        for (int64_t ki = 0; ki < g.kernel_h; ++ki)
+          for (int64_t kj = 0; kj < g.kernel_w; ++kj)
+            for_tap_rows(g, ki, kj, [&](int64_t out_row, int64_t in_row, IndexRange cols, int64_t shift) {
+              dw[ki * g.kernel_w + kj] +=
+                  strided_dot(out + out_row + cols.lo, in + in_row + shift + cols.lo * g.stride_w,
+                              cols.hi - cols.lo, g.stride_w);
+            });
+      }
+    }
+  });
 }
 
 template <class T>
 void conv_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                   const Conv2dGeometry& g, Tensor& y) {
-  convolve(x.data<T>(), weight.data<T>(), bias.defined() ? bias.data<T>() : nullptr, g,
-           y.data<T>());
+  const T* pb = bias.defined() ? bias.data<T>() : nullptr;
+  if (is_depthwise(g))
+    depthwise_forward(x.data<T>(), weight.data<T>(), pb, g, y.data<T>());
+  else
+    convolve(x.data<T>(), weight.data<T>(), pb, g, y.data<T>());
 }
 
 // db = Σ over images and pixels of G. Each thread adds the images' blocks of its channels
@@ -368,10 +531,11 @@ void bias_gradient(const T* grad_y, const Conv2dGeometry& g, T* grad_bias) {
   });
 }
 
-// dW_row = Σ_groups G · X_colᵀ, accumulated in place (beta = 1 after the first group).
+// dW_row = Σ_image-groups G · X_colᵀ, per channel group, accumulated in place (beta = 1
+// after the first group of images).
 template <class T>
 void weight_gradient(const T* x, const T* grad_y, const Conv2dGeometry& g, T* grad_w) {
-  const int64_t ckk = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t ckk = group_rows(g), filters = group_filters(g);
   const int64_t spatial = g.out_h * g.out_w;
   thread_local std::vector<T> wide_buffer, partial_buffer;
   const int64_t size = group_size(g, g.out_channels);
@@ -383,10 +547,14 @@ void weight_gradient(const T* x, const T* grad_y, const Conv2dGeometry& g, T* gr
     T* partial = threads > 1 ? scratch(partial_buffer, threads * wsize) : grad_w;
     std::fill(partial, partial + threads * wsize, T(0));
     for_each_image(g.batch, threads, [&](int64_t n, int t) {
-      gemm(matrix_product<T>(g, false, false, g.out_channels, ckk, spatial,
-                             grad_y + n * g.out_channels * spatial, spatial, nullptr, 0,
-                             partial + t * wsize, ckk, 1.0),
-           Columns<T>(x, g, n, 1, true));
+      Columns<T> columns(x, g, n, 1, true);
+      for (int64_t cg = 0; cg < g.groups; ++cg) {
+        columns.select_rows(cg * ckk);
+        gemm(matrix_product<T>(g, false, false, filters, ckk, spatial,
+                               grad_y + (n * g.out_channels + cg * filters) * spatial, spatial,
+                               nullptr, 0, partial + t * wsize + cg * filters * ckk, ckk, 1.0),
+             columns);
+      }
     });
     if (threads > 1)
       parallel_for(wsize, kParallelGrain, [&](int64_t b, int64_t e) {
@@ -406,9 +574,14 @@ void weight_gradient(const T* x, const T* grad_y, const Conv2dGeometry& g, T* gr
       to_wide(grad_y, g.out_channels, spatial, n0, count, wide);
       g_wide = wide;
     }
-    gemm(matrix_product<T>(g, false, false, g.out_channels, ckk, width, g_wide, width, nullptr, 0,
-                           grad_w, ckk, n0 == 0 ? 0.0 : 1.0),
-         Columns<T>(x, g, n0, count, true));
+    Columns<T> columns(x, g, n0, count, true);
+    for (int64_t cg = 0; cg < g.groups; ++cg) {
+      columns.select_rows(cg * ckk);
+      gemm(matrix_product<T>(g, false, false, filters, ckk, width, g_wide + cg * filters * width,
+                             width, nullptr, 0, grad_w + cg * filters * ckk, ckk,
+                             n0 == 0 ? 0.0 : 1.0),
+           columns);
+    }
   }
 }
 
@@ -427,9 +600,9 @@ void col2im(const T* cols, const Conv2dGeometry& g, int64_t n0, int64_t count, T
         for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
           const T* src = cols + ((c * g.kernel_h + ki) * g.kernel_w + kj) * width + i * spatial;
           const IndexRange valid = valid_columns(g, kj);
-          const int64_t shift = kj - g.pad_left;
+          const int64_t shift = kj * g.dilation_w - g.pad_left;
           for (int64_t oh = 0; oh < g.out_h; ++oh, src += g.out_w) {
-            const int64_t ih = oh * g.stride_h - g.pad_top + ki;
+            const int64_t ih = oh * g.stride_h - g.pad_top + ki * g.dilation_h;
             if (ih < 0 || ih >= g.in_h) continue;
             T* row = plane + ih * g.in_w;
             for (int64_t ow = valid.lo; ow < valid.hi; ++ow) row[ow * g.stride_w + shift] += src[ow];
@@ -439,9 +612,17 @@ void col2im(const T* cols, const Conv2dGeometry& g, int64_t n0, int64_t count, T
   });
 }
 
+// Whether dX is the stride-1 convolution below: one channel group, and padding that
+// leaves the transposed convolution a non-negative padding.
+bool input_gradient_is_convolution(const Conv2dGeometry& g) {
+  return g.groups == 1 && g.stride_h == 1 && g.stride_w == 1 &&
+         std::max(g.pad_top, g.pad_bottom) <= g.dilation_h * (g.kernel_h - 1) &&
+         std::max(g.pad_left, g.pad_right) <= g.dilation_w * (g.kernel_w - 1);
+}
+
 // dX for a stride-1 convolution: the full correlation of G with the kernel flipped in
-// space and with input and output channels swapped, i.e. a convolution with padding
-// k − 1 − pad (per side) whose output has the input's size.
+// space and with input and output channels swapped, i.e. a convolution with the same
+// dilation and padding d·(k − 1) − pad (per side) whose output has the input's size.
 template <class T>
 void input_gradient_stride1(const T* w, const T* grad_y, const Conv2dGeometry& g, T* dx) {
   const int64_t taps = g.kernel_h * g.kernel_w;
@@ -459,20 +640,21 @@ void input_gradient_stride1(const T* w, const T* grad_y, const Conv2dGeometry& g
   t.in_w = g.out_w;
   t.out_h = g.in_h;
   t.out_w = g.in_w;
-  t.pad_top = g.kernel_h - 1 - g.pad_top;
-  t.pad_bottom = g.kernel_h - 1 - g.pad_bottom;
-  t.pad_left = g.kernel_w - 1 - g.pad_left;
-  t.pad_right = g.kernel_w - 1 - g.pad_right;
+  t.pad_top = g.dilation_h * (g.kernel_h - 1) - g.pad_top;
+  t.pad_bottom = g.dilation_h * (g.kernel_h - 1) - g.pad_bottom;
+  t.pad_left = g.dilation_w * (g.kernel_w - 1) - g.pad_left;
+  t.pad_right = g.dilation_w * (g.kernel_w - 1) - g.pad_right;
   convolve<T>(grad_y, flipped, nullptr, t, dx);
 }
 
-// dX_col = W_rowᵀ · G per group, then col2im (any stride).
+// dX_col = W_rowᵀ · G per group of images and channel group, then col2im (any stride).
 template <class T>
 void input_gradient_strided(const T* w, const T* grad_y, const Conv2dGeometry& g, T* dx) {
-  const int64_t ckk = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t ckk = group_rows(g), filters = group_filters(g);
+  const int64_t rows = g.groups * ckk;
   const int64_t spatial = g.out_h * g.out_w;
   thread_local std::vector<T> cols_buffer, wide_buffer;
-  const int64_t size = group_size(g, std::max(g.out_channels, ckk));
+  const int64_t size = group_size(g, std::max(g.out_channels, rows));
   for (int64_t n0 = 0; n0 < g.batch; n0 += size) {
     const int64_t count = std::min(size, g.batch - n0), width = count * spatial;
     const T* g_wide = grad_y + n0 * g.out_channels * spatial;
@@ -481,9 +663,11 @@ void input_gradient_strided(const T* w, const T* grad_y, const Conv2dGeometry& g
       to_wide(grad_y, g.out_channels, spatial, n0, count, wide);
       g_wide = wide;
     }
-    T* cols = scratch(cols_buffer, ckk * width);
-    gemm(matrix_product<T>(g, true, false, ckk, width, g.out_channels, w, ckk, g_wide, width, cols,
-                           width, 0.0));
+    T* cols = scratch(cols_buffer, rows * width);
+    for (int64_t cg = 0; cg < g.groups; ++cg)
+      gemm(matrix_product<T>(g, true, false, ckk, width, filters, w + cg * filters * ckk, ckk,
+                             g_wide + cg * filters * width, width, cols + cg * ckk * width, width,
+                             0.0));
     col2im(cols, g, n0, count, dx);
   }
 }
@@ -493,27 +677,33 @@ void conv_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y,
                    const Conv2dGeometry& g, Tensor* grad_x, Tensor* grad_weight,
                    Tensor* grad_bias) {
   const int64_t spatial = g.out_h * g.out_w;
+  const int64_t filters = group_filters(g), channels = g.in_channels / g.groups;
   const T* px = x.data<T>();
   const T* pw = weight.data<T>();
   const T* pg = grad_y.data<T>();
   if (grad_bias) bias_gradient(pg, g, grad_bias->data<T>());
   if (grad_weight) {
     T* gw = grad_weight->data<T>();
-    if (is_pointwise(g)) {
-      // dW = Σ_n G[n] · X[n]ᵀ, accumulated in place (beta = 1 after the first image).
+    if (is_depthwise(g)) {
+      depthwise_weight_gradient(px, pg, g, gw);
+    } else if (is_pointwise(g)) {
+      // dW = Σ_n G[n] · X[n]ᵀ per channel group, accumulated in place (beta = 1 after
+      // the first image).
       for (int64_t n = 0; n < g.batch; ++n)
-        gemm(matrix_product<T>(g, false, true, g.out_channels, g.in_channels, spatial,
-                               pg + n * g.out_channels * spatial, spatial,
-                               px + n * g.in_channels * spatial, spatial, gw, g.in_channels,
-                               n == 0 ? 0.0 : 1.0));
+        for (int64_t cg = 0; cg < g.groups; ++cg)
+          gemm(matrix_product<T>(g, false, true, filters, channels, spatial,
+                                 pg + (n * g.out_channels + cg * filters) * spatial, spatial,
+                                 px + (n * g.in_channels + cg * channels) * spatial, spatial,
+                                 gw + cg * filters * channels, channels, n == 0 ? 0.0 : 1.0));
     } else {
       weight_gradient(px, pg, g, gw);
     }
   }
   if (grad_x) {
     T* gx = grad_x->data<T>();
-    if (g.stride_h == 1 && g.stride_w == 1 && std::max(g.pad_top, g.pad_bottom) < g.kernel_h &&
-        std::max(g.pad_left, g.pad_right) < g.kernel_w)
+    if (is_depthwise(g))
+      depthwise_input_gradient(pw, pg, g, gx);
+    else if (input_gradient_is_convolution(g))
       input_gradient_stride1(pw, pg, g, gx);
     else
       input_gradient_strided(pw, pg, g, gx);
@@ -521,108 +711,146 @@ void conv_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y,
 }
 
 // Output positions [lo, hi) along one axis whose window lies inside the image.
-IndexRange inner_windows(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t pad) {
+IndexRange inner_windows(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t dilation,
+                         int64_t pad) {
+  const int64_t span = dilation * (kernel - 1) + 1;
   const int64_t lo = std::clamp<int64_t>(ceil_div(pad, stride), 0, out);
-  const int64_t hi = std::clamp<int64_t>((in - kernel + pad) / stride + 1, lo, out);
+  const int64_t hi = std::clamp<int64_t>(floor_div(in - span + pad, stride) + 1, lo, out);
   return {lo, hi};
+}
+
+// fn(i) for the flat plane index i of each input pixel in window (oh, ow), row by row.
+template <class Fn>
+void for_window(const Conv2dGeometry& g, int64_t oh, int64_t ow, Fn&& fn) {
+  for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+    const int64_t ih = oh * g.stride_h - g.pad_top + ki * g.dilation_h;
+    if (ih < 0 || ih >= g.in_h) continue;
+    for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+      const int64_t iw = ow * g.stride_w - g.pad_left + kj * g.dilation_w;
+      if (iw >= 0 && iw < g.in_w) fn(ih * g.in_w + iw);
+    }
+  }
+}
+
+// The argmax entry of a window (see kNoPixel) from its first maximum and the count of
+// pixels equal to it.
+int64_t argmax_entry(int64_t first, int64_t ties) {
+  if (first < 0) return kNoPixel;
+  return ties > 1 ? -(first + 1) : first;
 }
 
 template <class T>
 void pool_forward(PoolKind kind, const T* x, const Conv2dGeometry& g, T* y, int64_t* argmax) {
   const int64_t planes = g.batch * g.in_channels;
-  const T inv_area = T(1) / static_cast<T>(g.kernel_h * g.kernel_w);
-  const IndexRange rows = inner_windows(g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_top);
-  const IndexRange cols = inner_windows(g.in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_left);
+  const IndexRange rows =
+      inner_windows(g.in_h, g.out_h, g.kernel_h, g.stride_h, g.dilation_h, g.pad_top);
+  const IndexRange cols =
+      inner_windows(g.in_w, g.out_w, g.kernel_w, g.stride_w, g.dilation_w, g.pad_left);
   // Any window: skips the padding; NaN wins, and a later NaN over an earlier one.
-  auto window = [&](const T* plane, int64_t oh, int64_t ow, T& best, int64_t& best_index,
-                    T& total) {
+  auto window_max = [&](const T* plane, int64_t oh, int64_t ow, T& best, int64_t& best_index,
+                        int64_t& ties) {
     best = -std::numeric_limits<T>::infinity();
     best_index = -1;
-    total = 0;
-    for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-      const int64_t ih = oh * g.stride_h - g.pad_top + ki;
-      if (ih < 0 || ih >= g.in_h) continue;
-      for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-        const int64_t iw = ow * g.stride_w - g.pad_left + kj;
-        if (iw < 0 || iw >= g.in_w) continue;
-        const T v = plane[ih * g.in_w + iw];
-        total += v;
-        if (best_index < 0 || v > best || std::isnan(v)) {
-          best = v;
-          best_index = ih * g.in_w + iw;
-        }
+    ties = 0;
+    for_window(g, oh, ow, [&](int64_t i) {
+      const T v = plane[i];
+      if (best_index < 0 || v > best || std::isnan(v)) {
+        best = v;
+        best_index = i;
+        ties = 1;
+      } else if (v == best) {
+        ++ties;
       }
-    }
+    });
   };
-  // A window inside the image, max only: branch-free selects, because on real data
-  // "is this the new max" is a coin flip the branch predictor loses half the time
-  // (measured 6x faster). A NaN sends the window back to the exact scan above.
-  auto inner_max = [&](const T* plane, int64_t oh, int64_t ow, T& best, int64_t& best_index) {
+  // A window inside the image: branch-free selects, because on real data "is this the
+  // new max" is a coin flip the branch predictor loses half the time (measured 6x
+  // faster). The ties are counted in a second pass over the (cached) window: folding
+  // the count into the first pass made it 4x slower. Undilated windows get constant
+  // steps, which the compiler unrolls. A NaN sends the window back to the exact scan
+  // above.
+  auto inner_max = [&](auto dense, const T* plane, int64_t oh, int64_t ow, T& best,
+                       int64_t& best_index, int64_t& ties) {
     const int64_t first = (oh * g.stride_h - g.pad_top) * g.in_w + ow * g.stride_w - g.pad_left;
+    const int64_t row_step = dense ? g.in_w : g.dilation_h * g.in_w;
+    const int64_t col_step = dense ? 1 : g.dilation_w;
     best = plane[first];
     best_index = first;
     bool nan = best != best;
     for (int64_t ki = 0; ki < g.kernel_h; ++ki)
       for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-        const int64_t i = first + ki * g.in_w + kj;
+        const int64_t i = first + ki * row_step + kj * col_step;
         const T v = plane[i];
         const bool take = v > best;
         best = take ? v : best;
         best_index = take ? i : best_index;
         nan |= v != v;
       }
+    ties = 0;
+    for (int64_t ki = 0; ki < g.kernel_h; ++ki)
+      for (int64_t kj = 0; kj < g.kernel_w; ++kj)
+        ties += plane[first + ki * row_step + kj * col_step] == best;
     return !nan;
   };
+  const bool dense = g.dilation_h == 1 && g.dilation_w == 1;
   parallel_for(planes, grain_for(g.in_h * g.in_w), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const T* plane = x + p * g.in_h * g.in_w;
       for (int64_t oh = 0; oh < g.out_h; ++oh)
         for (int64_t ow = 0; ow < g.out_w; ++ow) {
           const int64_t o = (p * g.out_h + oh) * g.out_w + ow;
-          T best, total;
-          int64_t best_index;
-          const bool inner = oh >= rows.lo && oh < rows.hi && ow >= cols.lo && ow < cols.hi;
-          if (kind == PoolKind::Max && inner && inner_max(plane, oh, ow, best, best_index)) {
-            y[o] = best;
-            argmax[o] = best_index;
+          if (kind == PoolKind::Avg) {
+            T total = 0;
+            for_window(g, oh, ow, [&](int64_t i) { total += plane[i]; });
+            y[o] = total / static_cast<T>(pool_divisor(g, oh, ow));
             continue;
           }
-          window(plane, oh, ow, best, best_index, total);
-          if (kind == PoolKind::Max) {
-            y[o] = best;
-            argmax[o] = best_index;
-          } else {
-            y[o] = total * inv_area;
-          }
+          T best;
+          int64_t best_index, ties;
+          const bool inner = oh >= rows.lo && oh < rows.hi && ow >= cols.lo && ow < cols.hi;
+          const bool done =
+              inner && (dense ? inner_max(std::true_type{}, plane, oh, ow, best, best_index, ties)
+                              : inner_max(std::false_type{}, plane, oh, ow, best, best_index, ties));
+          if (!done)
+            window_max(plane, oh, ow, best, best_index, ties);
+          y[o] = best;
+          argmax[o] = argmax_entry(best_index, ties);
         }
     }
   });
 }
 
+// Max pooling: a window's gradient goes to its maximum, split evenly among tied maxima
+// (the subgradient torch's amax uses); average pooling: G / divisor to each input pixel
+// of the window (the seed's 平均池化 derivative).
 template <class T>
-void pool_backward(PoolKind kind, const T* gy, const int64_t* argmax, const Conv2dGeometry& g,
-                   T* gx) {
+void pool_backward(PoolKind kind, const T* gy, const int64_t* argmax, const T* x,
+                   const Conv2dGeometry& g, T* gx) {
   const int64_t planes = g.batch * g.in_channels;
-  const T inv_area = T(1) / static_cast<T>(g.kernel_h * g.kernel_w);
   parallel_for(planes, grain_for(g.in_h * g.in_w), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       T* plane = gx + p * g.in_h * g.in_w;
       std::fill(plane, plane + g.in_h * g.in_w, T(0));
       for (int64_t oh = 0; oh < g.out_h; ++oh)
         for (int64_t ow = 0; ow < g.out_w; ++ow) {
-          int64_t o = (p * g.out_h + oh) * g.out_w + ow;
-          if (kind == PoolKind::Max) {
-            // The seed's max derivation: only the argmax receives gradient.
-            plane[argmax[o]] += gy[o];
+          const int64_t o = (p * g.out_h + oh) * g.out_w + ow;
+          if (kind == PoolKind::Avg) {
+            const T share = gy[o] / static_cast<T>(pool_divisor(g, oh, ow));
+            for_window(g, oh, ow, [&](int64_t i) { plane[i] += share; });
             continue;
           }
-          for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-            int64_t ih = oh * g.stride_h - g.pad_top + ki;
-            if (ih < 0 || ih >= g.in_h) continue;
-            for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-              int64_t iw = ow * g.stride_w - g.pad_left + kj;
-              if (iw >= 0 && iw < g.in_w) plane[ih * g.in_w + iw] += gy[o] * inv_area;
-            }
+          const int64_t entry = argmax[o];
+          if (entry >= 0) {
+            plane[entry] += gy[o];
+          } else if (entry != kNoPixel) {
+            const T* in = x + p * g.in_h * g.in_w;
+            const T best = in[-(entry + 1)];
+            int64_t ties = 0;
+            for_window(g, oh, ow, [&](int64_t i) { ties += in[i] == best; });
+            const T share = gy[o] / static_cast<T>(ties);
+            for_window(g, oh, ow, [&](int64_t i) {
+              if (in[i] == best) plane[i] += share;
+            });
           }
         }
     }
@@ -656,12 +884,12 @@ void pool2d_forward(PoolKind kind, const Tensor& x, const Conv2dGeometry& geomet
   });
 }
 
-void pool2d_backward(PoolKind kind, const Tensor& grad_y, const Tensor* argmax,
+void pool2d_backward(PoolKind kind, const Tensor& grad_y, const Tensor* argmax, const Tensor* x,
                      const Conv2dGeometry& geometry, Tensor& grad_x) {
   dispatch_float("pool2d", grad_y.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     pool_backward<T>(kind, grad_y.data<T>(), argmax ? argmax->data<int64_t>() : nullptr,
-                     geometry, grad_x.data<T>());
+                     x ? x->data<T>() : nullptr, geometry, grad_x.data<T>());
   });
 }
 

@@ -206,32 +206,61 @@ DataFormat data_format_from_name(const char* op, const std::string& name) {
 
 namespace {
 
-// A per-sample image shape in `format` as (C, H, W).
-Dims channels_first_shape(const char* op, DataFormat format, const Dims& shape) {
+// A per-sample shape in `format` as (C, H, W): images (H, W, C) / (C, H, W) for rank 2,
+// sequences (L, C) / (C, L) for rank 1 as (C, 1, L).
+Dims channels_first_shape(const char* op, DataFormat format, const Dims& shape, int rank = 2) {
   bool last = format == DataFormat::ChannelsLast;
+  if (rank == 1) {
+    if (shape.size() != 2)
+      fail(op, "expects ", last ? "channels-last sequences (L, C)" : "channels-first sequences (C, L)",
+           ", got input shape ", shape);
+    return last ? Dims{shape[1], 1, shape[0]} : Dims{shape[0], 1, shape[1]};
+  }
   if (shape.size() != 3)
     fail(op, "expects ", last ? "channels-last images (H, W, C)" : "channels-first images (C, H, W)",
          ", got input shape ", shape);
   return last ? Dims{shape[2], shape[0], shape[1]} : shape;
 }
 
-// (C, H, W) back in `format`.
-Dims in_format(DataFormat format, const Dims& chw) {
-  return format == DataFormat::ChannelsLast ? Dims{chw[1], chw[2], chw[0]} : chw;
+// (C, H, W) back in `format` (rank 1: (C, 1, L) as (L, C) or (C, L)).
+Dims in_format(DataFormat format, const Dims& chw, int rank = 2) {
+  bool last = format == DataFormat::ChannelsLast;
+  if (rank == 1) return last ? Dims{chw[2], chw[0]} : Dims{chw[0], chw[2]};
+  return last ? Dims{chw[1], chw[2], chw[0]} : chw;
 }
 
-// The kernels compute on NCHW; a channels-last layer applies `f` between two transposes.
+// The kernels compute on NCHW (NCL for rank 1); a channels-last layer applies `f`
+// between two transposes.
 template <class F>
-Tensor on_nchw(DataFormat format, const Tensor& x, F f) {
+Tensor on_channels_first(DataFormat format, int rank, const Tensor& x, F f) {
   if (format == DataFormat::ChannelsFirst) return f(x);
+  if (rank == 1) return ops::permute(f(ops::permute(x, {0, 2, 1})), {0, 2, 1});
   return ops::permute(f(ops::permute(x, {0, 3, 1, 2})), {0, 2, 3, 1});
 }
 
-// TF/Keras "same": output ceil(in / stride), the odd padding pixel after.
-std::pair<int64_t, int64_t> same_padding(int64_t in, int64_t kernel, int64_t stride) {
-  int64_t out = (in + stride - 1) / stride;
-  int64_t total = std::max<int64_t>((out - 1) * stride + kernel - in, 0);
+// The pixels a window of `kernel` taps `dilation` apart spans, overflow-checked.
+int64_t window_span(const char* op, int64_t kernel, int64_t dilation) {
+  int64_t span = 0;
+  if (__builtin_mul_overflow(dilation, kernel - 1, &span) || __builtin_add_overflow(span, 1, &span))
+    fail(op, "kernel ", kernel, " with dilation ", dilation, " overflows 64 bits");
+  return span;
+}
+
+// TF/Keras "same": output ceil(in / stride), the odd padding pixel after. Written so no
+// step overflows: (out − 1)·stride < in.
+std::pair<int64_t, int64_t> same_padding(int64_t in, int64_t span, int64_t stride) {
+  const int64_t out = in / stride + (in % stride != 0);
+  const int64_t total = out > 0 ? std::max<int64_t>(span - (in - (out - 1) * stride), 0) : 0;
   return {total / 2, total - total / 2};
+}
+
+// `shape`, a layer's per-sample output, once its element count is known to fit int64.
+Dims checked_output(const char* op, const Dims& shape) {
+  int64_t elements = 1;
+  for (int64_t d : shape)
+    if (__builtin_mul_overflow(elements, d, &elements))
+      fail(op, "output shape ", shape, " per sample has more elements than 2^63 - 1");
+  return shape;
 }
 
 }  // namespace
@@ -239,42 +268,82 @@ std::pair<int64_t, int64_t> same_padding(int64_t in, int64_t kernel, int64_t str
 Conv2D::Conv2D(std::string name, int64_t filters, std::pair<int64_t, int64_t> kernel_size,
                std::pair<int64_t, int64_t> strides, bool same_padding, Activation activation,
                bool use_bias, std::string kernel_initializer, Regularizer kernel_regularizer,
-               DataFormat data_format)
+               DataFormat data_format, ConvOptions options)
     : Layer(std::move(name)), filters_(filters), kernel_(kernel_size), strides_(strides),
       same_padding_(same_padding), data_format_(data_format), activation_(activation),
       use_bias_(use_bias), kernel_initializer_(std::move(kernel_initializer)),
-      kernel_regularizer_(kernel_regularizer) {
-  if (filters <= 0) fail("Conv2D", "filters must be positive, got ", filters);
+      kernel_regularizer_(kernel_regularizer), options_(options) {
+  const char* op = kind();
+  if (options_.depth_multiplier > 0) {
+    if (options_.groups != 1) fail(op, "takes no groups (one group per input channel)");
+  } else if (filters <= 0) {
+    fail(op, "filters must be positive, got ", filters);
+  }
+  if (options_.depth_multiplier < 0)
+    fail(op, "depth_multiplier must be positive, got ", options_.depth_multiplier);
   if (kernel_.first <= 0 || kernel_.second <= 0 || strides_.first <= 0 || strides_.second <= 0)
-    fail("Conv2D", "kernel_size and strides must be positive");
+    fail(op, "kernel_size and strides must be positive");
+  if (options_.dilation.first <= 0 || options_.dilation.second <= 0)
+    fail(op, "dilation_rate must be positive, got ", Dims{options_.dilation.first, options_.dilation.second});
+  if (options_.groups <= 0) fail(op, "groups must be positive, got ", options_.groups);
+  if (options_.depth_multiplier == 0 && filters % options_.groups != 0)
+    fail(op, "groups=", options_.groups, " must divide filters=", filters);
+  if (options_.causal && options_.rank != 1) fail(op, "padding='causal' is for Conv1D only");
+}
+
+const char* Conv2D::kind() const {
+  if (options_.rank == 1) return "Conv1D";
+  return options_.depth_multiplier > 0 ? "DepthwiseConv2D" : "Conv2D";
 }
 
 Dims Conv2D::build_weights(const Dims& input_shape, uint64_t seed) {
-  Dims chw = channels_first_shape("Conv2D", data_format_, input_shape);
+  const char* op = kind();
+  const int rank = options_.rank;
+  Dims chw = channels_first_shape(op, data_format_, input_shape, rank);
   int64_t channels = chw[0], h = chw[1], w = chw[2];
-  if (same_padding_) {
-    auto [top, bottom] = same_padding(h, kernel_.first, strides_.first);
-    auto [left, right] = same_padding(w, kernel_.second, strides_.second);
-    padding_ = {top, bottom, left, right};
+  groups_ = options_.groups;
+  out_channels_ = filters_;
+  if (options_.depth_multiplier > 0) {
+    groups_ = channels;
+    if (channels <= 0 || __builtin_mul_overflow(channels, options_.depth_multiplier, &out_channels_))
+      fail(op, "input channels ", channels, " times depth_multiplier ", options_.depth_multiplier,
+           " is not a positive 64-bit size");
   }
-  int64_t out_h = (h + padding_.top + padding_.bottom - kernel_.first) / strides_.first + 1;
-  int64_t out_w = (w + padding_.left + padding_.right - kernel_.second) / strides_.second + 1;
-  if (out_h <= 0 || out_w <= 0)
-    fail("Conv2D", "kernel ", Dims{kernel_.first, kernel_.second}, " does not fit input ",
-         input_shape);
-  // The product is checked for overflow; the fans (channels·area, filters·area) divide it.
-  const Dims kernel_shape{filters_, channels, kernel_.first, kernel_.second};
+  if (channels % groups_ != 0)
+    fail(op, "groups=", groups_, " must divide the input channels (", channels, ", input shape ",
+         input_shape, ")");
+  const auto [dh, dw] = options_.dilation;
+  if (same_padding_) {
+    auto [top, bottom] = same_padding(h, window_span(op, kernel_.first, dh), strides_.first);
+    auto [left, right] = same_padding(w, window_span(op, kernel_.second, dw), strides_.second);
+    padding_ = {top, bottom, left, right};
+  } else if (options_.causal) {
+    padding_ = {0, 0, window_span(op, kernel_.second, dw) - 1, 0};
+  }
+  const int64_t out_h = ops::window_output_extent(op, h, kernel_.first, strides_.first, dh,
+                                                  padding_.top, padding_.bottom);
+  const int64_t out_w = ops::window_output_extent(op, w, kernel_.second, strides_.second, dw,
+                                                  padding_.left, padding_.right);
+  // The product is checked for overflow; the fans (per-group channels·area,
+  // filters·area) divide it.
+  const int64_t group_channels = channels / groups_;
+  const Dims kernel_shape = rank == 1 ? Dims{out_channels_, group_channels, kernel_.second}
+                                      : Dims{out_channels_, group_channels, kernel_.first, kernel_.second};
   const int64_t elements = kernel_shape.product();
-  add_weight("kernel", kernel_shape, kernel_initializer_, elements / filters_,
-             channels ? elements / channels : 0, seed);
-  if (use_bias_) add_weight("bias", {filters_}, "zeros", 0, 0, seed + 1);
-  return in_format(data_format_, {filters_, out_h, out_w});
+  add_weight("kernel", kernel_shape, kernel_initializer_, elements / out_channels_,
+             group_channels ? elements / group_channels : 0, seed);
+  if (use_bias_) add_weight("bias", {out_channels_}, "zeros", 0, 0, seed + 1);
+  return checked_output(op, in_format(data_format_, {out_channels_, out_h, out_w}, rank));
 }
 
 Tensor Conv2D::forward_pre_activation(const Tensor& x, bool, int64_t) {
-  return on_nchw(data_format_, cast(x), [&](const Tensor& nchw) {
-    return ops::conv2d(nchw, cast(weights_[0].second),
-                       use_bias_ ? cast(weights_[1].second) : Tensor(), strides_, padding_);
+  return on_channels_first(data_format_, options_.rank, cast(x), [&](const Tensor& input) {
+    const Tensor bias = use_bias_ ? cast(weights_[1].second) : Tensor();
+    if (options_.rank == 1)
+      return ops::conv1d(input, cast(weights_[0].second), bias, strides_.second,
+                         {padding_.left, padding_.right}, options_.dilation.second, groups_);
+    return ops::conv2d(input, cast(weights_[0].second), bias, strides_, padding_, options_.dilation,
+                       groups_);
   });
 }
 
@@ -289,28 +358,44 @@ Tensor Conv2D::regularization() const {
 // ------------------------------------------------------------------- pooling, reshaping
 
 Pool2D::Pool2D(std::string name, bool max, std::pair<int64_t, int64_t> pool_size,
-               std::pair<int64_t, int64_t> strides, DataFormat data_format)
+               std::pair<int64_t, int64_t> strides, DataFormat data_format, bool same_padding,
+               int rank)
     : Layer(std::move(name)), max_(max), pool_(pool_size), strides_(strides),
-      data_format_(data_format) {
+      data_format_(data_format), same_padding_(same_padding), rank_(rank) {
   if (pool_.first <= 0 || pool_.second <= 0 || strides_.first <= 0 || strides_.second <= 0)
     fail(kind(), "pool_size and strides must be positive, got pool_size ", Dims{pool_.first, pool_.second},
          " and strides ", Dims{strides_.first, strides_.second});
 }
 
+const char* Pool2D::kind() const {
+  if (rank_ == 1) return max_ ? "MaxPooling1D" : "AveragePooling1D";
+  return max_ ? "MaxPool2D" : "AvgPool2D";
+}
+
 Dims Pool2D::build_weights(const Dims& input_shape, uint64_t) {
-  Dims chw = channels_first_shape(kind(), data_format_, input_shape);
-  if (chw[1] < pool_.first || chw[2] < pool_.second)
-    fail(kind(), "pool_size ", Dims{pool_.first, pool_.second}, " is larger than the input ",
-         input_shape);
-  int64_t out_h = (chw[1] - pool_.first) / strides_.first + 1;
-  int64_t out_w = (chw[2] - pool_.second) / strides_.second + 1;
-  return in_format(data_format_, {chw[0], out_h, out_w});
+  const char* op = kind();
+  Dims chw = channels_first_shape(op, data_format_, input_shape, rank_);
+  if (same_padding_) {
+    auto [top, bottom] = same_padding(chw[1], pool_.first, strides_.first);
+    auto [left, right] = same_padding(chw[2], pool_.second, strides_.second);
+    padding_ = {top, bottom, left, right};
+  }
+  const int64_t out_h = ops::window_output_extent(op, chw[1], pool_.first, strides_.first, 1,
+                                                  padding_.top, padding_.bottom);
+  const int64_t out_w = ops::window_output_extent(op, chw[2], pool_.second, strides_.second, 1,
+                                                  padding_.left, padding_.right);
+  return checked_output(op, in_format(data_format_, {chw[0], out_h, out_w}, rank_));
 }
 
 Tensor Pool2D::forward(const Tensor& x, bool, int64_t) {
-  return on_nchw(data_format_, x, [&](const Tensor& nchw) {
-    return max_ ? ops::max_pool2d(nchw, pool_, strides_, {0, 0})
-                : ops::avg_pool2d(nchw, pool_, strides_, {0, 0});
+  return on_channels_first(data_format_, rank_, x, [&](const Tensor& input) {
+    // rank 1 pools the (N, C, 1, L) view: the 1-D ops are exactly that.
+    Tensor image = rank_ == 1 ? ops::reshape(input, {input.shape()[0], input.shape()[1], 1, input.shape()[2]})
+                              : input;
+    // TF/Keras average the input pixels of a "same"-padded window only.
+    Tensor y = max_ ? ops::max_pool2d(image, pool_, strides_, padding_)
+                    : ops::avg_pool2d(image, pool_, strides_, padding_, false, !same_padding_);
+    return rank_ == 1 ? ops::reshape(y, {y.shape()[0], y.shape()[1], y.shape()[3]}) : y;
   });
 }
 

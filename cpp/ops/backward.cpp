@@ -245,7 +245,8 @@ void Pool2dBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   const DType compute = compute_dtype(dtype);
   Tensor grad_x = Tensor::empty({geo.batch, geo.in_channels, geo.in_h, geo.in_w}, compute, g.device());
   STEEPEST_KERNEL(g.device(), pool2d_backward)(kind, astype(contiguous(g), compute),
-                                               argmax.defined() ? &argmax : nullptr, geo, grad_x);
+                                               argmax.defined() ? &argmax : nullptr,
+                                               x.defined() ? &x : nullptr, geo, grad_x);
   out[0] = astype(grad_x, dtype);
 }
 

@@ -196,13 +196,15 @@ struct Conv2dBackward final : Node {
 };
 
 struct Pool2dBackward final : Node {
-  Pool2dBackward(PoolKind kind, Tensor argmax, Conv2dGeometry geometry, DType dtype)
-      : kind(kind), argmax(std::move(argmax)), geometry(geometry), dtype(dtype) {}
+  Pool2dBackward(PoolKind kind, Tensor argmax, Tensor x, Conv2dGeometry geometry, DType dtype)
+      : kind(kind), argmax(std::move(argmax)), x(std::move(x)), geometry(geometry), dtype(dtype) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
-  void visit_saved(const SavedVisitor& visit) override { visit(argmax); }
+  void visit_saved(const SavedVisitor& visit) override { visit(argmax); visit(x); }
   const char* name() const override { return kind == PoolKind::Max ? "MaxPool2dBackward" : "AvgPool2dBackward"; }
   PoolKind kind;
-  Tensor argmax;
+  // Max pooling: the window maxima (see kNoPixel) and the input (in the compute dtype),
+  // which locates tied maxima.
+  Tensor argmax, x;
   Conv2dGeometry geometry;
   DType dtype;
 };

@@ -134,25 +134,65 @@ Tensor binary_cross_entropy(const Tensor& input, const Tensor& target, bool from
 
 // --- convolution and pooling ---------------------------------------------------------
 
-namespace {
-
-int64_t output_extent(int64_t in, int64_t kernel, int64_t stride, int64_t pad_before,
-                      int64_t pad_after) {
-  return (in + pad_before + pad_after - kernel) / stride + 1;
+Padding2d same_padding(const char* op, IntPair kernel, IntPair stride, IntPair dilation) {
+  if (stride.first != 1 || stride.second != 1)
+    fail(op, "padding='same' needs stride 1 (as in torch), got stride (", stride.first, ", ",
+         stride.second, "); give the padding explicitly");
+  auto split = [&](int64_t k, int64_t d) {
+    int64_t total = 0;
+    if (k <= 0 || d <= 0 || __builtin_mul_overflow(d, k - 1, &total))
+      fail(op, "padding='same' needs a positive kernel and dilation, got kernel ", k,
+           " and dilation ", d);
+    return std::pair<int64_t, int64_t>{total / 2, total - total / 2};
+  };
+  auto [top, bottom] = split(kernel.first, dilation.first);
+  auto [left, right] = split(kernel.second, dilation.second);
+  return {top, bottom, left, right};
 }
+
+int64_t window_output_extent(const char* op, int64_t in, int64_t kernel, int64_t stride,
+                             int64_t dilation, int64_t pad_before, int64_t pad_after,
+                             bool ceil_mode) {
+  if (in < 0 || kernel <= 0 || stride <= 0 || dilation <= 0 || pad_before < 0 || pad_after < 0)
+    fail(op, "expected input size >= 0, kernel, stride and dilation >= 1 and padding >= 0, got "
+         "input ", in, ", kernel ", kernel, ", stride ", stride, ", dilation ", dilation,
+         ", padding (", pad_before, ", ", pad_after, ")");
+  int64_t span = 0, padded = 0;
+  if (__builtin_mul_overflow(dilation, kernel - 1, &span) || __builtin_add_overflow(span, 1, &span) ||
+      __builtin_add_overflow(in, pad_before, &padded) ||
+      __builtin_add_overflow(padded, pad_after, &padded))
+    fail(op, "sizes overflow 64 bits: input ", in, ", kernel ", kernel, ", dilation ", dilation,
+         ", padding (", pad_before, ", ", pad_after, ")");
+  if (span > padded)
+    fail(op, "the kernel spans ", span, " pixels (kernel ", kernel, ", dilation ", dilation,
+         "), more than the padded input's ", padded, " (input ", in, ", padding (", pad_before,
+         ", ", pad_after, "))");
+  const int64_t room = padded - span;
+  int64_t out = room / stride + 1;
+  // The extra window must start inside the input or the leading padding:
+  // (out − 1)·stride < in + pad_before, written without the product.
+  if (ceil_mode && room % stride != 0) {
+    const int64_t start_limit = in + pad_before;
+    if (out < start_limit / stride + (start_limit % stride != 0)) ++out;
+  }
+  return out;
+}
+
+namespace {
 
 void check_image(const char* op, const Tensor& x) {
   check_float(op, x, "input");
   if (x.ndim() != 4) fail(op, "expected an NCHW input of 4 dimensions, got shape ", x.shape());
 }
 
-void check_stride(const char* op, std::pair<int64_t, int64_t> stride) {
-  if (stride.first <= 0 || stride.second <= 0)
-    fail(op, "stride must be positive, got (", stride.first, ", ", stride.second, ")");
+void check_positive(const char* op, const char* what, IntPair value) {
+  if (value.first <= 0 || value.second <= 0)
+    fail(op, what, " must be positive, got (", value.first, ", ", value.second, ")");
 }
 
-// The padding fields of g from `padding`, and the output extent that follows.
-void set_padding(const char* op, const Tensor& x, const ops::Padding2d& padding, Conv2dGeometry& g) {
+// The geometry's padding and output extents from `padding` (ceil_mode for pooling).
+void set_padding(const char* op, const Tensor& x, const ops::Padding2d& padding, bool ceil_mode,
+                 Conv2dGeometry& g) {
   if (padding.top < 0 || padding.bottom < 0 || padding.left < 0 || padding.right < 0)
     fail(op, "padding must be non-negative, got ((", padding.top, ", ", padding.bottom, "), (",
          padding.left, ", ", padding.right, "))");
@@ -160,40 +200,76 @@ void set_padding(const char* op, const Tensor& x, const ops::Padding2d& padding,
   g.pad_bottom = padding.bottom;
   g.pad_left = padding.left;
   g.pad_right = padding.right;
-  const int64_t padded_h = g.in_h + g.pad_top + g.pad_bottom, padded_w = g.in_w + g.pad_left + g.pad_right;
-  if (g.kernel_h > padded_h || g.kernel_w > padded_w)
-    fail(op, "kernel ", Dims{g.kernel_h, g.kernel_w}, " is larger than the padded input ",
-         Dims{padded_h, padded_w}, " (input shape ", x.shape(), ", padding ((", g.pad_top, ", ",
-         g.pad_bottom, "), (", g.pad_left, ", ", g.pad_right, ")))");
-  g.out_h = output_extent(g.in_h, g.kernel_h, g.stride_h, g.pad_top, g.pad_bottom);
-  g.out_w = output_extent(g.in_w, g.kernel_w, g.stride_w, g.pad_left, g.pad_right);
+  try {
+    g.out_h = window_output_extent(op, g.in_h, g.kernel_h, g.stride_h, g.dilation_h, g.pad_top,
+                                   g.pad_bottom, ceil_mode);
+    g.out_w = window_output_extent(op, g.in_w, g.kernel_w, g.stride_w, g.dilation_w, g.pad_left,
+                                   g.pad_right, ceil_mode);
+  } catch (const ValueError& e) {
+    // The axis's message, with the whole call's shapes (built only on failure).
+    throw ValueError(cat(e.what(), " [input shape ", x.shape(), ", kernel ",
+                         Dims{g.kernel_h, g.kernel_w}, ", dilation ",
+                         Dims{g.dilation_h, g.dilation_w}, ", padding ((", g.pad_top, ", ",
+                         g.pad_bottom, "), (", g.pad_left, ", ", g.pad_right, "))]"));
+  }
 }
+
+// (N, C, L) -> (N, C, 1, L) for the 1-D ops, which run on the 2-D path.
+Tensor as_image(const char* op, const Tensor& x, const char* what) {
+  detail::check_defined(op, x, what);
+  if (x.ndim() != 3)
+    fail(op, "expected a 3-D ", what, " ((N, C, L) input, (out, in / groups, k) weight), got shape ",
+         x.shape());
+  return reshape(x, {x.shape()[0], x.shape()[1], 1, x.shape()[2]});
+}
+
+// Channel counts of a convolution: (N, C, ...) input, (out, C / groups, ...) weight.
+void check_channels(const char* op, const Tensor& x, const Tensor& weight, int64_t groups) {
+  if (groups <= 0) fail(op, "groups must be positive, got ", groups);
+  const int64_t channels = x.shape()[1], filters = weight.shape()[0];
+  if (channels % groups != 0 || filters % groups != 0)
+    fail(op, "groups=", groups, " must divide both the input channels (", channels,
+         ", input shape ", x.shape(), ") and the output channels (", filters, ", weight shape ",
+         weight.shape(), ")");
+  if (weight.shape()[1] != channels / groups)
+    fail(op, "input of shape ", x.shape(), " has ", channels, " channels but weight of shape ",
+         weight.shape(), " with groups=", groups, " expects ", weight.shape()[1] * groups,
+         " (weight is (out_channels, in_channels / groups, ...kernel))");
+}
+
+Tensor as_sequence(const Tensor& y) { return reshape(y, {y.shape()[0], y.shape()[1], y.shape()[3]}); }
 
 }  // namespace
 
-Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias,
-              std::pair<int64_t, int64_t> stride, const Padding2d& padding) {
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, IntPair stride,
+              const Padding2d& padding, IntPair dilation, int64_t groups) {
   const char* op = "conv2d";
   check_image(op, x);
   detail::check_same_dtype(op, x, weight);
   detail::check_same_device(op, x, weight);
-  check_stride(op, stride);
+  check_positive(op, "stride", stride);
+  check_positive(op, "dilation", dilation);
   if (weight.ndim() != 4)
-    fail(op, "weight must be (out_channels, in_channels, kh, kw), got shape ", weight.shape());
-  if (weight.shape()[1] != x.shape()[1])
-    fail(op, "input of shape ", x.shape(), " has ", x.shape()[1],
-         " channels but weight of shape ", weight.shape(), " expects ", weight.shape()[1]);
+    fail(op, "weight must be (out_channels, in_channels / groups, kh, kw), got shape ",
+         weight.shape());
+  check_channels(op, x, weight, groups);
+  const int64_t channels = x.shape()[1], filters = weight.shape()[0];
   Conv2dGeometry g;
   g.batch = x.shape()[0];
-  g.in_channels = x.shape()[1];
+  g.in_channels = channels;
   g.in_h = x.shape()[2];
   g.in_w = x.shape()[3];
-  g.out_channels = weight.shape()[0];
+  g.out_channels = filters;
   g.kernel_h = weight.shape()[2];
   g.kernel_w = weight.shape()[3];
   g.stride_h = stride.first;
   g.stride_w = stride.second;
-  set_padding(op, x, padding, g);
+  g.dilation_h = dilation.first;
+  g.dilation_w = dilation.second;
+  g.groups = groups;
+  if (g.kernel_h == 0 || g.kernel_w == 0)
+    fail(op, "weight of shape ", weight.shape(), " has an empty kernel");
+  set_padding(op, x, padding, false, g);
   if (bias.defined()) {
     detail::check_same_dtype(op, x, bias);
     if (bias.ndim() != 1 || bias.shape()[0] != g.out_channels)
@@ -224,17 +300,35 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias,
   return y;
 }
 
+Tensor conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride,
+              IntPair padding, int64_t dilation, int64_t groups) {
+  const char* op = "conv1d";
+  Tensor image = as_image(op, x, "input"), kernel = as_image(op, weight, "weight");
+  check_channels(op, x, weight, groups);
+  return as_sequence(conv2d(image, kernel, bias, {1, stride},
+                            Padding2d(0, 0, padding.first, padding.second), {1, dilation},
+                            groups));
+}
+
 namespace {
 
-Tensor pool2d(const char* op, PoolKind kind, const Tensor& x, std::pair<int64_t, int64_t> kernel,
-              std::pair<int64_t, int64_t> stride, std::pair<int64_t, int64_t> padding) {
+struct PoolOptions {
+  IntPair dilation{1, 1};
+  bool ceil_mode = false, count_include_pad = true;
+};
+
+Tensor pool2d(const char* op, PoolKind kind, const Tensor& x, IntPair kernel, IntPair stride,
+              const Padding2d& padding, const PoolOptions& options) {
   check_image(op, x);
-  check_stride(op, stride);
-  if (kernel.first <= 0 || kernel.second <= 0)
-    fail(op, "kernel_size must be positive, got (", kernel.first, ", ", kernel.second, ")");
-  if (2 * padding.first > kernel.first || 2 * padding.second > kernel.second)
-    fail(op, "padding (", padding.first, ", ", padding.second,
-         ") must be at most half of kernel_size (", kernel.first, ", ", kernel.second, ")");
+  check_positive(op, "kernel_size", kernel);
+  check_positive(op, "stride", stride);
+  check_positive(op, "dilation", options.dilation);
+  // torch's bound, which keeps every window on some input pixel (without dilation).
+  if (std::max(padding.top, padding.bottom) > kernel.first / 2 ||
+      std::max(padding.left, padding.right) > kernel.second / 2)
+    fail(op, "padding ((", padding.top, ", ", padding.bottom, "), (", padding.left, ", ",
+         padding.right, ")) must be at most half of kernel_size (", kernel.first, ", ",
+         kernel.second, ")");
   Conv2dGeometry g;
   g.batch = x.shape()[0];
   g.in_channels = g.out_channels = x.shape()[1];
@@ -244,7 +338,10 @@ Tensor pool2d(const char* op, PoolKind kind, const Tensor& x, std::pair<int64_t,
   g.kernel_w = kernel.second;
   g.stride_h = stride.first;
   g.stride_w = stride.second;
-  set_padding(op, x, Padding2d(padding), g);
+  g.dilation_h = options.dilation.first;
+  g.dilation_w = options.dilation.second;
+  g.count_include_pad = options.count_include_pad;
+  set_padding(op, x, padding, options.ceil_mode, g);
   // 16-bit inputs are pooled in float32 and rounded (the pooling kernels are
   // float32/float64 only); a max is one of the inputs, so max pooling stays exact.
   Tensor xc = astype(contiguous(x.detach()), compute_dtype(x.dtype()));
@@ -253,20 +350,39 @@ Tensor pool2d(const char* op, PoolKind kind, const Tensor& x, std::pair<int64_t,
   if (kind == PoolKind::Max) argmax = Tensor::empty(y.shape(), DType::Int64, x.device());
   STEEPEST_KERNEL(x.device(), pool2d_forward)(kind, xc, g, y, kind == PoolKind::Max ? &argmax : nullptr);
   y = astype(y, x.dtype());
-  record<Pool2dBackward>(y, {&x}, kind, argmax, g, x.dtype());
+  // Max pooling keeps the input for the windows with tied maxima (pool2d_backward).
+  record<Pool2dBackward>(y, {&x}, kind, argmax, kind == PoolKind::Max ? xc : Tensor(), g,
+                         x.dtype());
   return y;
 }
 
 }  // namespace
 
-Tensor max_pool2d(const Tensor& x, std::pair<int64_t, int64_t> kernel,
-                  std::pair<int64_t, int64_t> stride, std::pair<int64_t, int64_t> padding) {
-  return pool2d("max_pool2d", PoolKind::Max, x, kernel, stride, padding);
+Tensor max_pool2d(const Tensor& x, IntPair kernel, IntPair stride, const Padding2d& padding,
+                  IntPair dilation, bool ceil_mode) {
+  return pool2d("max_pool2d", PoolKind::Max, x, kernel, stride, padding, {dilation, ceil_mode, true});
 }
 
-Tensor avg_pool2d(const Tensor& x, std::pair<int64_t, int64_t> kernel,
-                  std::pair<int64_t, int64_t> stride, std::pair<int64_t, int64_t> padding) {
-  return pool2d("avg_pool2d", PoolKind::Avg, x, kernel, stride, padding);
+Tensor avg_pool2d(const Tensor& x, IntPair kernel, IntPair stride, const Padding2d& padding,
+                  bool ceil_mode, bool count_include_pad) {
+  return pool2d("avg_pool2d", PoolKind::Avg, x, kernel, stride, padding,
+                {{1, 1}, ceil_mode, count_include_pad});
+}
+
+Tensor max_pool1d(const Tensor& x, int64_t kernel, int64_t stride, IntPair padding,
+                  int64_t dilation, bool ceil_mode) {
+  const char* op = "max_pool1d";
+  return as_sequence(pool2d(op, PoolKind::Max, as_image(op, x, "input"), {1, kernel}, {1, stride},
+                            Padding2d(0, 0, padding.first, padding.second),
+                            {{1, dilation}, ceil_mode, true}));
+}
+
+Tensor avg_pool1d(const Tensor& x, int64_t kernel, int64_t stride, IntPair padding,
+                  bool ceil_mode, bool count_include_pad) {
+  const char* op = "avg_pool1d";
+  return as_sequence(pool2d(op, PoolKind::Avg, as_image(op, x, "input"), {1, kernel}, {1, stride},
+                            Padding2d(0, 0, padding.first, padding.second),
+                            {{1, 1}, ceil_mode, count_include_pad}));
 }
 
 // --- normalisation, embedding, dropout -------------------------------------------------

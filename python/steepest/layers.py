@@ -173,14 +173,25 @@ class Dense(Layer):
                                   bias_initializer, c["kernel_regularizer"], c["bias_regularizer"])
 
 
+def _positive_int(owner: str, name: str, value: Any) -> int:
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"[{owner}] {name} must be an int, got {value!r}")
+    return int(value)
+
+
 class Conv2D(Layer):
     """2-D convolution via im2col + GEMM. ``data_format`` (default
     ``st.config.image_data_format()``): "channels_first" images are (C, H, W),
     "channels_last" ones (H, W, C). ``padding="same"`` pads as TF/Keras do, the odd
-    pixel after, so the output is ceil(input / strides) at any stride."""
+    pixel after, so the output is ceil(input / strides) at any stride.
+    ``dilation_rate`` spaces the kernel taps; ``groups`` splits the channels into that
+    many independent convolutions (it must divide the input channels and ``filters``)."""
 
     def __init__(self, filters: int, kernel_size: IntPair, strides: IntPair = 1,
                  padding: str = "valid", data_format: Optional[str] = None,
+                 dilation_rate: IntPair = 1, groups: int = 1,
                  activation: Optional[str] = None, use_bias: bool = True,
                  kernel_initializer: str = "glorot_uniform", kernel_regularizer: Any = None,
                  name: Optional[str] = None) -> None:
@@ -189,42 +200,154 @@ class Conv2D(Layer):
         activation = _activation("Conv2D", activation)
         kernel = _pair("Conv2D", "kernel_size", kernel_size)
         stride = _pair("Conv2D", "strides", strides)
+        dilation = _pair("Conv2D", "dilation_rate", dilation_rate)
+        groups = _positive_int("Conv2D", "groups", groups)
         data_format = standardize_data_format(data_format, "Conv2D")
         super().__init__(name, {
             "filters": filters, "kernel_size": list(kernel), "strides": list(stride),
-            "padding": padding, "data_format": data_format, "activation": activation,
+            "padding": padding, "data_format": data_format, "dilation_rate": list(dilation),
+            "groups": groups, "activation": activation,
             "use_bias": use_bias, "kernel_initializer": kernel_initializer,
             "kernel_regularizer": _regularizer("Conv2D", kernel_regularizer),
         })
         self._impl = _model.Conv2D(self.name, filters, kernel, stride, padding == "same", activation,
                                    use_bias, kernel_initializer, self._config["kernel_regularizer"],
-                                   data_format)
+                                   data_format, rank=2, dilation=dilation, groups=groups)
+
+
+class DepthwiseConv2D(Layer):
+    """Depthwise 2-D convolution: each input channel convolved with its own
+    ``depth_multiplier`` kernels (a Conv2D with groups = input channels). The kernel is
+    stored (channels · depth_multiplier, 1, kh, kw), as torch stores it."""
+
+    def __init__(self, kernel_size: IntPair, strides: IntPair = 1, padding: str = "valid",
+                 depth_multiplier: int = 1, data_format: Optional[str] = None,
+                 dilation_rate: IntPair = 1, activation: Optional[str] = None,
+                 use_bias: bool = True, depthwise_initializer: str = "glorot_uniform",
+                 depthwise_regularizer: Any = None, name: Optional[str] = None) -> None:
+        owner = "DepthwiseConv2D"
+        if padding not in ("valid", "same"):
+            raise ValueError(f"[{owner}] padding must be 'valid' or 'same', got {padding!r}")
+        activation = _activation(owner, activation)
+        kernel = _pair(owner, "kernel_size", kernel_size)
+        stride = _pair(owner, "strides", strides)
+        dilation = _pair(owner, "dilation_rate", dilation_rate)
+        multiplier = _positive_int(owner, "depth_multiplier", depth_multiplier)
+        if multiplier <= 0:
+            raise ValueError(f"[{owner}] depth_multiplier must be positive, got {multiplier}")
+        data_format = standardize_data_format(data_format, owner)
+        super().__init__(name, {
+            "kernel_size": list(kernel), "strides": list(stride), "padding": padding,
+            "depth_multiplier": multiplier, "data_format": data_format,
+            "dilation_rate": list(dilation), "activation": activation, "use_bias": use_bias,
+            "depthwise_initializer": depthwise_initializer,
+            "depthwise_regularizer": _regularizer(owner, depthwise_regularizer),
+        })
+        self._impl = _model.Conv2D(self.name, 0, kernel, stride, padding == "same", activation,
+                                   use_bias, depthwise_initializer,
+                                   self._config["depthwise_regularizer"], data_format, rank=2,
+                                   dilation=dilation, depth_multiplier=multiplier)
+
+
+class Conv1D(Layer):
+    """1-D convolution over sequences, on Conv2D's path. ``data_format``
+    "channels_last" (the Keras default) takes (L, C) samples, "channels_first" (C, L).
+    ``padding``: "valid", "same" (TF/Keras) or "causal" (``dilation_rate·(k − 1)``
+    zeros before the sequence, so output t sees inputs up to t only)."""
+
+    def __init__(self, filters: int, kernel_size: int, strides: int = 1, padding: str = "valid",
+                 data_format: str = "channels_last", dilation_rate: int = 1, groups: int = 1,
+                 activation: Optional[str] = None, use_bias: bool = True,
+                 kernel_initializer: str = "glorot_uniform", kernel_regularizer: Any = None,
+                 name: Optional[str] = None) -> None:
+        owner = "Conv1D"
+        if padding not in ("valid", "same", "causal"):
+            raise ValueError(f"[{owner}] padding must be 'valid', 'same' or 'causal', got {padding!r}")
+        activation = _activation(owner, activation)
+        kernel = _positive_int(owner, "kernel_size", kernel_size)
+        stride = _positive_int(owner, "strides", strides)
+        dilation = _positive_int(owner, "dilation_rate", dilation_rate)
+        groups = _positive_int(owner, "groups", groups)
+        data_format = standardize_data_format(data_format, owner)
+        super().__init__(name, {
+            "filters": filters, "kernel_size": kernel, "strides": stride, "padding": padding,
+            "data_format": data_format, "dilation_rate": dilation, "groups": groups,
+            "activation": activation, "use_bias": use_bias,
+            "kernel_initializer": kernel_initializer,
+            "kernel_regularizer": _regularizer(owner, kernel_regularizer),
+        })
+        self._impl = _model.Conv2D(self.name, filters, (1, kernel), (1, stride), padding == "same",
+                                   activation, use_bias, kernel_initializer,
+                                   self._config["kernel_regularizer"], data_format, rank=1,
+                                   dilation=(1, dilation), groups=groups, causal=padding == "causal")
 
 
 class _Pool2D(Layer):
     _max: bool
 
     def __init__(self, pool_size: IntPair = 2, strides: Optional[IntPair] = None,
-                 data_format: Optional[str] = None, name: Optional[str] = None) -> None:
+                 padding: str = "valid", data_format: Optional[str] = None,
+                 name: Optional[str] = None) -> None:
         owner = type(self).__name__
+        if padding not in ("valid", "same"):
+            raise ValueError(f"[{owner}] padding must be 'valid' or 'same', got {padding!r}")
         pool = _pair(owner, "pool_size", pool_size)
         stride = pool if strides is None else _pair(owner, "strides", strides)
         data_format = standardize_data_format(data_format, owner)
         super().__init__(name, {"pool_size": list(pool), "strides": list(stride),
-                                "data_format": data_format})
-        self._impl = _model.Pool2D(self.name, self._max, pool, stride, data_format)
+                                "padding": padding, "data_format": data_format})
+        self._impl = _model.Pool2D(self.name, self._max, pool, stride, data_format,
+                                   same=padding == "same", rank=2)
 
 
 class MaxPool2D(_Pool2D):
-    """Max pooling; the gradient goes to each window's argmax."""
+    """Max pooling; a window's gradient goes to its maximum, split evenly among tied
+    maxima. ``padding="same"`` pads as TF/Keras do."""
 
     _max = True
 
 
 class AvgPool2D(_Pool2D):
-    """Average pooling."""
+    """Average pooling. With ``padding="same"`` a window averages the input pixels it
+    covers (the padding is not counted), as in TF/Keras."""
 
     _max = False
+
+
+class _Pool1D(Layer):
+    _max: bool
+
+    def __init__(self, pool_size: int = 2, strides: Optional[int] = None, padding: str = "valid",
+                 data_format: str = "channels_last", name: Optional[str] = None) -> None:
+        owner = type(self).__name__
+        if padding not in ("valid", "same"):
+            raise ValueError(f"[{owner}] padding must be 'valid' or 'same', got {padding!r}")
+        pool = _positive_int(owner, "pool_size", pool_size)
+        stride = pool if strides is None else _positive_int(owner, "strides", strides)
+        data_format = standardize_data_format(data_format, owner)
+        super().__init__(name, {"pool_size": pool, "strides": stride, "padding": padding,
+                                "data_format": data_format})
+        self._impl = _model.Pool2D(self.name, self._max, (1, pool), (1, stride), data_format,
+                                   same=padding == "same", rank=1)
+
+
+class MaxPooling1D(_Pool1D):
+    """Max pooling over sequences ((L, C) samples, or (C, L) with channels_first)."""
+
+    _max = True
+
+
+class AveragePooling1D(_Pool1D):
+    """Average pooling over sequences ((L, C) samples, or (C, L) with channels_first)."""
+
+    _max = False
+
+
+# Keras spells the pooling layers both ways.
+MaxPooling2D = MaxPool2D
+AveragePooling2D = AvgPool2D
+MaxPool1D = MaxPooling1D
+AvgPool1D = AveragePooling1D
 
 
 class Flatten(Layer):
@@ -332,7 +455,8 @@ class TransformerBlock(Layer):
                                              causal, remat, seed)
 
 
-_BY_NAME = {cls.__name__: cls for cls in (Dense, Conv2D, MaxPool2D, AvgPool2D, Flatten,
+_BY_NAME = {cls.__name__: cls for cls in (Dense, Conv2D, DepthwiseConv2D, Conv1D, MaxPool2D,
+                                          AvgPool2D, MaxPooling1D, AveragePooling1D, Flatten,
                                           Activation, Dropout, LayerNormalization, Normalization,
                                           Embedding, TokenAndPositionEmbedding, TransformerBlock)}
 
@@ -343,7 +467,7 @@ def deserialize(entry: Dict[str, Any]) -> Layer:
     if cls is None:
         raise ValueError(f"[load_model] unknown layer type {entry.get('class_name')!r}")
     config = dict(entry["config"])
-    for key in ("kernel_regularizer", "bias_regularizer"):
+    for key in ("kernel_regularizer", "bias_regularizer", "depthwise_regularizer"):
         if key in config:
             l1, l2 = config[key]
             from .regularizers import L1L2
@@ -352,6 +476,8 @@ def deserialize(entry: Dict[str, Any]) -> Layer:
     return cls(**config)
 
 
-__all__ = ["Activation", "AvgPool2D", "Conv2D", "Dense", "Dropout", "Embedding", "Flatten",
-           "Input", "Layer", "LayerNormalization", "MaxPool2D", "Normalization",
+__all__ = ["Activation", "AveragePooling1D", "AveragePooling2D", "AvgPool1D", "AvgPool2D", "Conv1D",
+           "Conv2D", "Dense", "DepthwiseConv2D", "Dropout", "Embedding", "Flatten",
+           "Input", "Layer", "LayerNormalization", "MaxPool1D", "MaxPool2D", "MaxPooling1D",
+           "MaxPooling2D", "Normalization",
            "TokenAndPositionEmbedding", "TransformerBlock"]

@@ -72,9 +72,44 @@ struct Conv2dGeometry {
   int64_t stride_h = 1, stride_w = 1;
   int64_t pad_top = 0, pad_bottom = 0, pad_left = 0, pad_right = 0;
   int64_t out_h = 0, out_w = 0;
+  // Tap (ki, kj) reads input pixel (oh·stride_h − pad_top + ki·dilation_h, ...).
+  int64_t dilation_h = 1, dilation_w = 1;
+  // Convolution: channel group i maps input channels [i·in/groups, (i + 1)·in/groups) to
+  // output channels [i·out/groups, ...) with its own block of the weight.
+  int64_t groups = 1;
+  // Average pooling: the divisor counts the window's padding pixels (not those past the
+  // bottom/right padding, which ceil_mode can add); otherwise only the input's pixels.
+  bool count_include_pad = true;
   // The convolution's operands are bfloat16 values held as float32 (GemmArgs).
   bool bf16_products = false;
 };
+
+#if defined(__CUDACC__)
+#define STEEPEST_HOST_DEVICE __host__ __device__
+#else
+#define STEEPEST_HOST_DEVICE
+#endif
+
+// The divisor of average-pooling window (oh, ow), torch's rule: the window clipped to
+// the padded input, then, without count_include_pad, to the input itself.
+STEEPEST_HOST_DEVICE inline int64_t pool_divisor(const Conv2dGeometry& g, int64_t oh, int64_t ow) {
+  int64_t h0 = oh * g.stride_h - g.pad_top, w0 = ow * g.stride_w - g.pad_left;
+  int64_t h1 = h0 + g.kernel_h, w1 = w0 + g.kernel_w;
+  h1 = h1 < g.in_h + g.pad_bottom ? h1 : g.in_h + g.pad_bottom;
+  w1 = w1 < g.in_w + g.pad_right ? w1 : g.in_w + g.pad_right;
+  if (!g.count_include_pad) {
+    h0 = h0 > 0 ? h0 : 0;
+    w0 = w0 > 0 ? w0 : 0;
+    h1 = h1 < g.in_h ? h1 : g.in_h;
+    w1 = w1 < g.in_w ? w1 : g.in_w;
+  }
+  return (h1 - h0) * (w1 - w0);
+}
+
+// Max pooling records, per window, the flat index of its maximum in the input plane;
+// a window whose maximum is tied stores −(first index + 1) (its gradient is split
+// evenly among the ties), and one with no input pixel at all kNoPixel.
+constexpr int64_t kNoPixel = INT64_MIN;
 
 #define KERNEL(name, params) void name params;
 namespace cpu {

@@ -114,13 +114,25 @@ class Dense final : public Layer {
   Regularizer kernel_regularizer_, bias_regularizer_;
 };
 
+// Options of the convolution layers beyond Conv2D's first arguments.
+struct ConvOptions {
+  // 1: Conv1D over sequences, (L, C) or (C, L) samples; 2: images.
+  int rank = 2;
+  std::pair<int64_t, int64_t> dilation{1, 1};
+  int64_t groups = 1;
+  // > 0: DepthwiseConv2D, one group per input channel with this many filters each.
+  int64_t depth_multiplier = 0;
+  // Conv1D padding="causal": d·(k − 1) zeros before the sequence, none after.
+  bool causal = false;
+};
+
 class Conv2D final : public Layer {
  public:
   Conv2D(std::string name, int64_t filters, std::pair<int64_t, int64_t> kernel_size,
          std::pair<int64_t, int64_t> strides, bool same_padding, Activation activation,
          bool use_bias, std::string kernel_initializer, Regularizer kernel_regularizer,
-         DataFormat data_format = DataFormat::ChannelsFirst);
-  const char* kind() const override { return "Conv2D"; }
+         DataFormat data_format = DataFormat::ChannelsFirst, ConvOptions options = {});
+  const char* kind() const override;
   Tensor forward(const Tensor& x, bool training, int64_t step) override;
   Tensor forward_pre_activation(const Tensor& x, bool training, int64_t step) override;
   Activation final_activation() const override { return activation_; }
@@ -137,13 +149,19 @@ class Conv2D final : public Layer {
   bool use_bias_;
   std::string kernel_initializer_;
   Regularizer kernel_regularizer_;
+  ConvOptions options_;
+  // Set when built (a depthwise layer's follow from its input channels).
+  int64_t out_channels_ = 0, groups_ = 1;
 };
 
 class Pool2D final : public Layer {
  public:
+  // rank 1 pools sequences; same_padding pads as TF/Keras ("same"), and average pooling
+  // then divides by the input pixels of each window only, as they do.
   Pool2D(std::string name, bool max, std::pair<int64_t, int64_t> pool_size,
-         std::pair<int64_t, int64_t> strides, DataFormat data_format = DataFormat::ChannelsFirst);
-  const char* kind() const override { return max_ ? "MaxPool2D" : "AvgPool2D"; }
+         std::pair<int64_t, int64_t> strides, DataFormat data_format = DataFormat::ChannelsFirst,
+         bool same_padding = false, int rank = 2);
+  const char* kind() const override;
   Tensor forward(const Tensor& x, bool training, int64_t step) override;
 
  private:
@@ -151,6 +169,9 @@ class Pool2D final : public Layer {
   bool max_;
   std::pair<int64_t, int64_t> pool_, strides_;
   DataFormat data_format_;
+  bool same_padding_;
+  int rank_;
+  ops::Padding2d padding_;
 };
 
 class Flatten final : public Layer {

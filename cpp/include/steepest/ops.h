@@ -79,12 +79,32 @@ struct Padding2d {
   Padding2d(std::pair<int64_t, int64_t> symmetric)  // NOLINT(google-explicit-constructor)
       : Padding2d(symmetric.first, symmetric.first, symmetric.second, symmetric.second) {}
 };
-Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias,
-              std::pair<int64_t, int64_t> stride, const Padding2d& padding);
-Tensor max_pool2d(const Tensor& x, std::pair<int64_t, int64_t> kernel,
-                  std::pair<int64_t, int64_t> stride, std::pair<int64_t, int64_t> padding);
-Tensor avg_pool2d(const Tensor& x, std::pair<int64_t, int64_t> kernel,
-                  std::pair<int64_t, int64_t> stride, std::pair<int64_t, int64_t> padding);
+using IntPair = std::pair<int64_t, int64_t>;
+// torch's padding="same" for a stride-1 convolution: d·(k − 1) in all, the odd pixel
+// after. A stride other than 1 is refused, as torch does.
+Padding2d same_padding(const char* op, IntPair kernel, IntPair stride, IntPair dilation);
+// The output length of one axis of a convolution or pooling window: the window spans
+// dilation·(kernel − 1) + 1 pixels of the padded input. With ceil_mode a last partial
+// window counts if it starts inside the input or the leading padding (torch's rule).
+// Every step is overflow-checked (declared shapes may be huge): a ValueError naming op.
+int64_t window_output_extent(const char* op, int64_t in, int64_t kernel, int64_t stride,
+                             int64_t dilation, int64_t pad_before, int64_t pad_after,
+                             bool ceil_mode = false);
+// torch semantics: weight is (out, in / groups, kh, kw); groups split the channels into
+// independent convolutions (groups == in channels: depthwise).
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, IntPair stride,
+              const Padding2d& padding, IntPair dilation = {1, 1}, int64_t groups = 1);
+// (N, C, L) through conv2d on the (N, C, 1, L) view; padding (before, after).
+Tensor conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride,
+              IntPair padding, int64_t dilation = 1, int64_t groups = 1);
+Tensor max_pool2d(const Tensor& x, IntPair kernel, IntPair stride, const Padding2d& padding,
+                  IntPair dilation = {1, 1}, bool ceil_mode = false);
+Tensor avg_pool2d(const Tensor& x, IntPair kernel, IntPair stride, const Padding2d& padding,
+                  bool ceil_mode = false, bool count_include_pad = true);
+Tensor max_pool1d(const Tensor& x, int64_t kernel, int64_t stride, IntPair padding,
+                  int64_t dilation = 1, bool ceil_mode = false);
+Tensor avg_pool1d(const Tensor& x, int64_t kernel, int64_t stride, IntPair padding,
+                  bool ceil_mode = false, bool count_include_pad = true);
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
 Tensor embedding(const Tensor& indices, const Tensor& table);
 // seed nullopt draws one from the global generator.
