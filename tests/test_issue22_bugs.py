@@ -114,6 +114,18 @@ def test_reductions_of_0d_with_axis(axis):
     assert st.ops.sum(x, axis=axis, keepdims=True).shape == ()
 
 
+@pytest.mark.parametrize("axis", [0, -1])
+def test_softmax_of_0d_with_axis(axis):
+    x = st.tensor(3.0, dtype="float64", requires_grad=True)
+    y = st.ops.softmax(x, axis=axis)
+    assert y.shape == () and y.item() == 1.0
+    assert st.ops.log_softmax(x, axis=axis).item() == 0.0
+    y.backward()
+    assert x.grad.item() == 0.0
+    with pytest.raises(ValueError, match="out of range"):
+        st.ops.softmax(x, axis=1)
+
+
 def test_0d_axis_out_of_range():
     with pytest.raises(ValueError, match="out of range"):
         st.tensor(3.0).sum(1)

@@ -32,7 +32,10 @@ Tensor widened(const Tensor& t) { return astype(t, compute_dtype(t.dtype())); }
 
 Tensor softmax_like(const char* op, const Tensor& x, int64_t axis, bool log) {
   check_float(op, x, "input");
-  if (x.ndim() == 0) fail(op, "expected at least one dimension, got a 0-d tensor");
+  if (x.ndim() == 0) {  // torch: axis 0 or -1 of a 0-d tensor is its one element
+    normalize_axis(op, axis, x.shape(), 1);
+    return reshape(softmax_like(op, reshape(x, {1}), 0, log), {});
+  }
   int a = normalize_axis(op, axis, x.shape());
   Dims order = detail::move_axis_last_order(x.ndim(), a);
   Tensor x_last = contiguous(permute(x.detach(), order));
