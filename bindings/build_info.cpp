@@ -11,6 +11,7 @@
 
 #include "steepest/cuda_arch.h"
 #include "steepest/dist.h"
+#include "steepest/kernels.h"
 #include "steepest/storage.h"
 
 // Defined by cuda/runtime.cu and cuda/linalg.cu, or by cuda/no_cuda.cpp without CUDA.
@@ -42,6 +43,9 @@ nb::dict stats_dict(const AllocatorStats& s) {
 
 void init_build_info(nb::module_& m) {
   m.attr("__version__") = STEEPEST_VERSION;
+  // A STEEPEST_CPU_ISA that could not be applied as given is reported at import, once.
+  if (*cpu::cpu_isa_warning() && PyErr_WarnEx(PyExc_RuntimeWarning, cpu::cpu_isa_warning(), 1) < 0)
+    throw nb::python_error();
   m.def(
       "backends",
       []() {
@@ -63,14 +67,11 @@ void init_build_info(nb::module_& m) {
         info["nccl"] = dist::nccl_compiled();
         info["openmp"] = true;
         info["openmp_threads"] = omp_get_max_threads();
-        // The GEMM picks its micro-kernel at run time from what this CPU supports.
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f"))
-          info["simd"] = "avx512";
-        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-          info["simd"] = "avx2";
-        else
-          info["simd"] = "baseline";
+        // The instruction-set level the CPU kernels run (kernels.h): the best this CPU
+        // supports, capped by STEEPEST_CPU_ISA; "native" in a STEEPEST_NATIVE=ON build.
+        // "simd" is its older name.
+        info["cpu_isa"] = cpu::cpu_isa_name();
+        info["simd"] = cpu::cpu_isa_name();
 #if defined(__SANITIZE_ADDRESS__)
         info["sanitizers"] = "address,undefined";
 #else

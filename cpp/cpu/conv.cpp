@@ -27,6 +27,7 @@
 #include "steepest/kernels.h"
 
 namespace steepest::cpu {
+inline namespace STEEPEST_ISA_NS {
 namespace {
 
 // An image with at least this many output pixels is a wide enough GEMM on its own.
@@ -893,4 +894,5 @@ void pool2d_backward(PoolKind kind, const Tensor& grad_y, const Tensor* argmax, 
   });
 }
 
+}  // namespace STEEPEST_ISA_NS
 }  // namespace steepest::cpu

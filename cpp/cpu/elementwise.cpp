@@ -11,6 +11,7 @@
 #include "vmath.h"
 
 namespace steepest::cpu {
+inline namespace STEEPEST_ISA_NS {
 namespace {
 
 constexpr double kInvSqrt2 = 0.70710678118654752440;
@@ -373,4 +374,5 @@ void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out, double s
   });
 }
 
+}  // namespace STEEPEST_ISA_NS
 }  // namespace steepest::cpu

@@ -4,8 +4,9 @@
 // combinations and zero-pads the ragged edges, so the kernel has no slow path; partial
 // tiles go through a small buffer. When C fits one MC block (the batch-sized products of
 // training), each B sliver is packed just before use instead, or read in place. The
-// micro-kernel is picked once at run time: AVX-512F, else AVX2+FMA, else portable C++
-// (x86-64 only: the instruction-set files are built with x86 flags). Threads split C into
+// micro-kernel is picked once at run time: AVX-512F, else AVX2+FMA, else portable C++,
+// within what the file's instruction-set level allows (isa_level.h; the kernel files
+// are built with x86 flags, so other CPUs have the portable one only). Threads split C into
 // row blocks × column slivers; products too small to repay waking the OpenMP team run on
 // the calling thread, and batches of such products run one per thread. float16/bfloat16
 // operands are widened to float while they are packed, so the product runs the float
@@ -27,6 +28,7 @@
 #include "steepest/kernels.h"
 
 namespace steepest::cpu {
+inline namespace STEEPEST_ISA_NS {
 namespace {
 
 using gemm_detail::Isa;
@@ -57,18 +59,33 @@ void micro_kernel_scalar(int64_t kc, const T* a, const T* b, int64_t ldb, T* c, 
   gemm_detail::micro_kernel<ScalarOps<T>, S::kMr, S::kNr>(kc, a, b, ldb, c, ldc, alpha, beta);
 }
 
-// The best kernel the CPU runs (Avx512Bf16 only serves bfloat16 operands; the others
-// then use Avx512). STEEPEST_GEMM_ISA=avx512|avx2|scalar caps it so the tests can check
-// the fallback kernels on a machine that has more.
+// The best micro-kernel this file's level may run (isa_level.h): each level calls only
+// kernels whose instructions it requires of the CPU; a native build, compiled for the
+// building CPU, may call them all. Avx512Bf16 also needs AVX512_BF16, which the level
+// does not require, so it is checked at run time (as in a native build).
+#if !STEEPEST_X86 || STEEPEST_ISA_LEVEL == STEEPEST_ISA_BASELINE
+constexpr Isa kLevelIsa = Isa::Scalar;
+#elif STEEPEST_ISA_LEVEL == STEEPEST_ISA_AVX2
+constexpr Isa kLevelIsa = Isa::Avx2;
+#else
+constexpr Isa kLevelIsa = Isa::Avx512Bf16;
+#endif
+
+// The best kernel the CPU runs within the level (Avx512Bf16 only serves bfloat16
+// operands; the others then use Avx512). STEEPEST_GEMM_ISA=avx512|avx2|scalar caps it
+// further so the tests can check the fallback kernels on a machine that has more.
 Isa detect_isa() {
-  __builtin_cpu_init();
   Isa isa = Isa::Scalar;
+#if STEEPEST_X86
+  __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f"))
     isa = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16")
               ? Isa::Avx512Bf16
               : Isa::Avx512;
   else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
     isa = Isa::Avx2;
+#endif
+  isa = std::min(isa, kLevelIsa);
   const char* cap = std::getenv("STEEPEST_GEMM_ISA");
   if (!cap) return isa;
   const Isa capped = std::strcmp(cap, "scalar") == 0  ? Isa::Scalar
@@ -547,16 +564,23 @@ void gemm_batched(D, const GemmArgs& g) {
 template <class T, class S = T, class Fn>
 void with_driver(Fn&& fn, bool bf16_products = false) {
   static const Isa isa = detect_isa();
+  // Only the drivers of kernels the level may call are instantiated (the x86 kernel files
+  // are not built for other CPUs): detect_isa never returns a higher one.
   switch (isa) {
     case Isa::Avx512Bf16:
-      if constexpr (std::is_same_v<S, BFloat16> || std::is_same_v<S, float>)
-        if (std::is_same_v<S, BFloat16> || bf16_products)
-          return fn(Driver<float, Isa::Avx512Bf16>{});
-      return fn(Driver<T, Isa::Avx512>{});
+      if constexpr (kLevelIsa >= Isa::Avx512Bf16) {
+        if constexpr (std::is_same_v<S, BFloat16> || std::is_same_v<S, float>)
+          if (std::is_same_v<S, BFloat16> || bf16_products)
+            return fn(Driver<float, Isa::Avx512Bf16>{});
+        return fn(Driver<T, Isa::Avx512>{});
+      }
+      [[fallthrough]];
     case Isa::Avx512:
-      return fn(Driver<T, Isa::Avx512>{});
+      if constexpr (kLevelIsa >= Isa::Avx512) return fn(Driver<T, Isa::Avx512>{});
+      [[fallthrough]];
     case Isa::Avx2:
-      return fn(Driver<T, Isa::Avx2>{});
+      if constexpr (kLevelIsa >= Isa::Avx2) return fn(Driver<T, Isa::Avx2>{});
+      [[fallthrough]];
     case Isa::Scalar:
       return fn(Driver<T, Isa::Scalar>{});
   }
@@ -594,4 +618,5 @@ void pack_transposed(const double* src, int64_t ld, int64_t rows, int width, int
   with_driver<double>([&](auto driver) { driver.pack_transposed(src, ld, rows, width, kc, dst); });
 }
 
+}  // namespace STEEPEST_ISA_NS
 }  // namespace steepest::cpu

@@ -5,9 +5,11 @@
 
 #include <cstdint>
 
+#include "isa_level.h"
 #include "steepest/kernels.h"
 
 namespace steepest::cpu {
+inline namespace STEEPEST_ISA_NS {
 
 template <class T>
 class GemmSource {
@@ -31,4 +33,5 @@ void pack_transposed(const float* src, int64_t ld, int64_t rows, int width, int6
 void pack_transposed(const double* src, int64_t ld, int64_t rows, int width, int64_t kc,
                      double* dst);
 
+}  // namespace STEEPEST_ISA_NS
 }  // namespace steepest::cpu

@@ -12,15 +12,16 @@
 #include <type_traits>
 #include <vector>
 
+#include "isa_level.h"
 #include "steepest/common.h"
 #include "steepest/half.h"
 
-#if defined(__x86_64__) || defined(__i386__)
+#if STEEPEST_ISA_F16C
 #include <immintrin.h>
-#define STEEPEST_X86 1
 #endif
 
 namespace steepest::cpu {
+inline namespace STEEPEST_ISA_NS {
 
 // --- 16-bit floats ---------------------------------------------------------------------
 // Kernels of float16/bfloat16 convert runs of up to kConvertBlock values into a float
@@ -28,34 +29,24 @@ namespace steepest::cpu {
 // the float32 kernel's, only loads and stores differ.
 inline constexpr int64_t kConvertBlock = 256;
 
-#ifdef STEEPEST_X86
+#if STEEPEST_ISA_F16C
 // F16C converts 8 values per instruction with round-to-nearest-even, bit-identical to
-// half.h. The functions carry a target attribute so the engine still runs on CPUs
-// without F16C (a portable build): the software path is taken there.
-__attribute__((target("avx,f16c"))) inline void f16c_half_to_float(const uint16_t* src, float* dst,
-                                                                    int64_t n) {
+// half.h. Levels without it (isa_level.h) take the software path. bfloat16 has no such
+// path: AVX512_BF16's rounding flushes subnormals, and the shifts and adds of the
+// software path vectorise.
+inline void f16c_half_to_float(const uint16_t* src, float* dst, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
     _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
   for (; i < n; ++i) dst[i] = half_bits_to_float(src[i]);
 }
 
-__attribute__((target("avx,f16c"))) inline void f16c_float_to_half(const float* src, uint16_t* dst,
-                                                                    int64_t n) {
+inline void f16c_float_to_half(const float* src, uint16_t* dst, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
                      _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
   for (; i < n; ++i) dst[i] = float_to_half_bits(src[i]);
-}
-
-inline bool cpu_has_f16c() {
-#ifdef __F16C__
-  return true;
-#else
-  static const bool has = __builtin_cpu_supports("f16c");
-  return has;
-#endif
 }
 #endif
 
@@ -63,10 +54,11 @@ inline bool cpu_has_f16c() {
 template <class S, class C>
 inline void load_compute(const S* src, C* dst, int64_t n) {
   if constexpr (std::is_same_v<S, Half>) {
-#ifdef STEEPEST_X86
-    if (cpu_has_f16c()) return f16c_half_to_float(reinterpret_cast<const uint16_t*>(src), dst, n);
-#endif
+#if STEEPEST_ISA_F16C
+    f16c_half_to_float(reinterpret_cast<const uint16_t*>(src), dst, n);
+#else
     for (int64_t i = 0; i < n; ++i) dst[i] = half_bits_to_float(src[i].bits);
+#endif
   } else if constexpr (std::is_same_v<S, BFloat16>) {
     for (int64_t i = 0; i < n; ++i) dst[i] = bfloat16_bits_to_float(src[i].bits);
   } else {
@@ -78,10 +70,11 @@ inline void load_compute(const S* src, C* dst, int64_t n) {
 template <class S, class C>
 inline void store_compute(const C* src, S* dst, int64_t n) {
   if constexpr (std::is_same_v<S, Half>) {
-#ifdef STEEPEST_X86
-    if (cpu_has_f16c()) return f16c_float_to_half(src, reinterpret_cast<uint16_t*>(dst), n);
-#endif
+#if STEEPEST_ISA_F16C
+    f16c_float_to_half(src, reinterpret_cast<uint16_t*>(dst), n);
+#else
     for (int64_t i = 0; i < n; ++i) dst[i].bits = float_to_half_bits(src[i]);
+#endif
   } else if constexpr (std::is_same_v<S, BFloat16>) {
     for (int64_t i = 0; i < n; ++i) dst[i].bits = float_to_bfloat16_bits(src[i]);
   } else {
@@ -238,4 +231,5 @@ class StridedLoop {
   std::array<std::array<int64_t, kMaxDims>, N> strides_{};
 };
 
+}  // namespace STEEPEST_ISA_NS
 }  // namespace steepest::cpu

@@ -15,6 +15,7 @@
 #include "vmath.h"
 
 namespace steepest::cpu {
+inline namespace STEEPEST_ISA_NS {
 namespace {
 
 // Row reductions keep one 64-byte vector of independent partial results (GCC vector
@@ -465,4 +466,5 @@ void random_fill(Tensor& out, RandomKind kind, uint64_t seed) {
   });
 }
 
+}  // namespace STEEPEST_ISA_NS
 }  // namespace steepest::cpu

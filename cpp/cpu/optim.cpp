@@ -22,6 +22,7 @@
 #include "steepest/update_rules.h"
 
 namespace steepest::cpu {
+inline namespace STEEPEST_ISA_NS {
 namespace {
 
 // The chunking of parallel_for, known before the threads start.
@@ -369,4 +370,5 @@ void adafactor_apply(Tensor& param, const Tensor& grad, const Tensor& v, const T
   });
 }
 
+}  // namespace STEEPEST_ISA_NS
 }  // namespace steepest::cpu

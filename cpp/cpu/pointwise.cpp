@@ -4,6 +4,7 @@
 #include "steepest/kernels.h"
 
 namespace steepest::cpu {
+inline namespace STEEPEST_ISA_NS {
 namespace {
 
 // Elements per thread worth a parallel region: the rules call libm (3-26 ns an element).
@@ -69,4 +70,5 @@ void where(const Tensor& cond, const Tensor& a, const Tensor& b, Tensor& out) {
   });
 }
 
+}  // namespace STEEPEST_ISA_NS
 }  // namespace steepest::cpu

@@ -5,7 +5,10 @@
 #include <cmath>
 #include <cstdint>
 
+#include "isa_level.h"
+
 namespace steepest::cpu {
+inline namespace STEEPEST_ISA_NS {
 
 inline uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -26,4 +29,5 @@ inline double normal_at(uint64_t seed, uint64_t index) {
   return std::sqrt(-2.0 * std::log1p(-u1)) * std::cos(6.283185307179586476925 * u2);
 }
 
+}  // namespace STEEPEST_ISA_NS
 }  // namespace steepest::cpu

@@ -11,6 +11,7 @@
 #include "steepest/kernels.h"
 
 namespace steepest::cpu {
+inline namespace STEEPEST_ISA_NS {
 namespace {
 
 typedef float FloatLanes __attribute__((vector_size(64)));
@@ -207,4 +208,5 @@ void reduce(ReduceOp op, const Tensor& x, int64_t outer, int64_t extent, int64_t
   });
 }
 
+}  // namespace STEEPEST_ISA_NS
 }  // namespace steepest::cpu

@@ -6,6 +6,7 @@
 #include "steepest/kernels.h"
 
 namespace steepest::cpu {
+inline namespace STEEPEST_ISA_NS {
 namespace {
 
 template <class T>
@@ -89,4 +90,5 @@ void scatter_add(const Tensor& grad_out, const Tensor& index, Tensor& grad_x) {
   });
 }
 
+}  // namespace STEEPEST_ISA_NS
 }  // namespace steepest::cpu

@@ -16,13 +16,17 @@
 #include <cstring>
 #include <limits>
 
+#include "isa_level.h"
+
 // Forced inline, here and on the functors that call these: a loop vectorises only with
 // the whole body in it, and in a unit as large as elementwise.cpp GCC's inliner otherwise
 // stops at its growth limit and leaves calls (GELU's gradient stayed scalar: 16 ns an
 // element instead of 0.8).
 #define STEEPEST_VMATH_INLINE inline __attribute__((always_inline))
 
-namespace steepest::cpu::vmath {
+namespace steepest::cpu {
+inline namespace STEEPEST_ISA_NS {
+namespace vmath {
 
 namespace detail {
 
@@ -215,9 +219,7 @@ STEEPEST_VMATH_INLINE float erf(float x) {
   return select(a < 1.0f, small, large);
 }
 
-}  // namespace steepest::cpu::vmath
-
-namespace steepest::cpu {
+}  // namespace vmath
 
 // The transcendental functions the CPU kernels call: float (and float16/bfloat16,
 // computed in float) takes the branch-free code above, which vectorises; double keeps
@@ -241,4 +243,5 @@ STEEPEST_VMATH_INLINE double sigmoid(double x) {
 }
 }  // namespace math
 
+}  // namespace STEEPEST_ISA_NS
 }  // namespace steepest::cpu

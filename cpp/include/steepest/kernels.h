@@ -111,16 +111,39 @@ STEEPEST_HOST_DEVICE inline int64_t pool_divisor(const Conv2dGeometry& g, int64_
 // evenly among the ties), and one with no input pixel at all kNoPixel.
 constexpr int64_t kNoPixel = INT64_MIN;
 
-#define KERNEL(name, params) void name params;
+// CPU kernels per instruction-set level (PyTorch's CPU_CAPABILITY scheme). The hot CPU
+// kernel files (the list in CMakeLists.txt) are compiled once per level: baseline
+// x86-64, avx2 (AVX2+FMA+F16C) and avx512 (F/BW/VL/DQ/CD; the GEMM adds its AVX512_BF16
+// kernel where the CPU has it), or one level, native, when STEEPEST_NATIVE=ON; other
+// CPUs have baseline only. Each compilation defines the entries below in its own
+// namespace steepest::cpu::<level> (cpp/cpu/isa_level.h). The entry points here are
+// pointers into the best level the CPU supports, capped by STEEPEST_CPU_ISA, chosen once
+// by cpp/cpu/dispatch.cpp when the library loads; until then (other static
+// initialisers) each resolves on its first call. Calling one costs one indirect call,
+// as STEEPEST_KERNEL always did.
+// To add a kernel: its KERNEL line in kernels.def, its definition in a per-level file.
+// To add a per-level file: one line in STEEPEST_CPU_KERNEL_SOURCES (CMakeLists.txt), and
+// open its namespace as `namespace steepest::cpu { inline namespace STEEPEST_ISA_NS {`.
 namespace cpu {
+#define KERNEL(name, params) extern void(*name) params;
 #include "steepest/kernels.def"
-}
-namespace cuda {
-#include "steepest/kernels.def"
-}
 #undef KERNEL
 
+// The level the CPU entries run ("baseline", "avx2", "avx512" or "native").
+const char* cpu_isa_name();
+// Why STEEPEST_CPU_ISA was not applied as given (an unknown name, or a native build),
+// or empty; the Python module turns it into a warning at import.
+const char* cpu_isa_warning();
+}  // namespace cpu
+
+namespace cuda {
+#define KERNEL(name, params) void name params;
+#include "steepest/kernels.def"
+#undef KERNEL
+}  // namespace cuda
+
 // The kernel `name` of the backend that owns `device`.
-#define STEEPEST_KERNEL(device, name) ((device).is_cuda() ? &::steepest::cuda::name : &::steepest::cpu::name)
+#define STEEPEST_KERNEL(device, name) \
+  ((device).is_cuda() ? &::steepest::cuda::name : ::steepest::cpu::name)
 
 }  // namespace steepest
