@@ -86,7 +86,7 @@ def test_transformer_block_matches_torch():
     x = rng.standard_normal((2, 5, 8)).astype(np.float32)
     block = st.layers.TransformerBlock(8, 2, seed=1)
     out = block(st.tensor(x)).numpy()
-    w = {k: torch.from_numpy(v.numpy()) for k, v in block.weights.items()}
+    w = {k: torch.from_numpy(v.numpy().copy()) for k, v in block.weights.items()}
     F = torch.nn.functional
     t = torch.from_numpy(x)
     b, n, d, h = 2, 5, 8, 2
