@@ -460,19 +460,6 @@ void conv_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y,
 
 // ------------------------------------------------------------------------- pooling
 
-// The input pixels of window (oh, ow), as the CPU visits them: fn(flat plane index).
-template <class Fn>
-__device__ void for_window(const Conv2dGeometry& g, int64_t oh, int64_t ow, Fn fn) {
-  for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-    const int64_t ih = oh * g.stride_h - g.pad_top + ki * g.dilation_h;
-    if (ih < 0 || ih >= g.in_h) continue;
-    for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-      const int64_t iw = ow * g.stride_w - g.pad_left + kj * g.dilation_w;
-      if (iw >= 0 && iw < g.in_w) fn(ih * g.in_w + iw);
-    }
-  }
-}
-
 // A thread per output; the window scan is the CPU's, so ties and NaN pick the same
 // element (the last NaN, else the first maximum, marked as tied: see kNoPixel).
 template <class T>

@@ -126,12 +126,7 @@ __global__ void integer_reduce(ReduceOp op, const T* x, int64_t outer, int64_t e
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= outer * inner) return;
   const T* p = x + (t / inner) * extent * inner + t % inner;
-  O acc = op == ReduceOp::Sum ? O(0) : O(p[0]);
-  for (int64_t e = 0; e < extent; ++e) {
-    const O v = O(p[e * inner]);
-    acc = op == ReduceOp::Sum ? O(acc + v) : (v > acc ? v : acc);
-  }
-  out[t] = acc;
+  out[t] = integer_reduce_column<T, O>(op, p, extent, inner);
 }
 
 // inner > 1: thread x of a block owns column c of one outer slice.

@@ -720,19 +720,6 @@ IndexRange inner_windows(int64_t in, int64_t out, int64_t kernel, int64_t stride
   return {lo, hi};
 }
 
-// fn(i) for the flat plane index i of each input pixel in window (oh, ow), row by row.
-template <class Fn>
-void for_window(const Conv2dGeometry& g, int64_t oh, int64_t ow, Fn&& fn) {
-  for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-    const int64_t ih = oh * g.stride_h - g.pad_top + ki * g.dilation_h;
-    if (ih < 0 || ih >= g.in_h) continue;
-    for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
-      const int64_t iw = ow * g.stride_w - g.pad_left + kj * g.dilation_w;
-      if (iw >= 0 && iw < g.in_w) fn(ih * g.in_w + iw);
-    }
-  }
-}
-
 // The argmax entry of a window (see kNoPixel) from its first maximum and the count of
 // pixels equal to it.
 int64_t argmax_entry(int64_t first, int64_t ties) {

@@ -171,12 +171,7 @@ void integer_reduce(ReduceOp op, const T* x, int64_t outer, int64_t extent, int6
                [&](int64_t begin, int64_t end) {
                  for (int64_t t = begin; t < end; ++t) {
                    const T* p = x + (t / inner) * extent * inner + t % inner;
-                   O acc = op == ReduceOp::Sum ? O(0) : O(p[0]);
-                   for (int64_t e = 0; e < extent; ++e) {
-                     const O v = O(p[e * inner]);
-                     acc = op == ReduceOp::Sum ? O(acc + v) : (v > acc ? v : acc);
-                   }
-                   out[t] = acc;
+                   out[t] = integer_reduce_column<T, O>(op, p, extent, inner);
                  }
                });
 }

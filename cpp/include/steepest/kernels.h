@@ -106,6 +106,32 @@ STEEPEST_HOST_DEVICE inline int64_t pool_divisor(const Conv2dGeometry& g, int64_
   return (h1 - h0) * (w1 - w0);
 }
 
+// fn(i) for the flat plane index i of each input pixel in pooling window (oh, ow), row by
+// row: the window walk both backends share.
+template <class Fn>
+STEEPEST_HOST_DEVICE void for_window(const Conv2dGeometry& g, int64_t oh, int64_t ow, Fn&& fn) {
+  for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+    const int64_t ih = oh * g.stride_h - g.pad_top + ki * g.dilation_h;
+    if (ih < 0 || ih >= g.in_h) continue;
+    for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+      const int64_t iw = ow * g.stride_w - g.pad_left + kj * g.dilation_w;
+      if (iw >= 0 && iw < g.in_w) fn(ih * g.in_w + iw);
+    }
+  }
+}
+
+// Sum (in O) or max of one column of `extent` integer elements `inner` apart: the
+// integer reductions of both backends.
+template <class T, class O>
+STEEPEST_HOST_DEVICE O integer_reduce_column(ReduceOp op, const T* p, int64_t extent, int64_t inner) {
+  O acc = op == ReduceOp::Sum ? O(0) : O(p[0]);
+  for (int64_t e = 0; e < extent; ++e) {
+    const O v = O(p[e * inner]);
+    acc = op == ReduceOp::Sum ? O(acc + v) : (v > acc ? v : acc);
+  }
+  return acc;
+}
+
 // Max pooling records, per window, the flat index of its maximum in the input plane;
 // a window whose maximum is tied stores −(first index + 1) (its gradient is split
 // evenly among the ties), and one with no input pixel at all kNoPixel.
