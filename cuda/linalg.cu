@@ -461,7 +461,7 @@ void conv_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y,
 // ------------------------------------------------------------------------- pooling
 
 // A thread per output; the window scan is the CPU's, so ties and NaN pick the same
-// element (the last NaN, else the first maximum, marked as tied: see kNoPixel).
+// element (the last NaN, else the first maximum).
 template <class T>
 __global__ void pool_forward(bool max_pool, const T* x, Conv2dGeometry g, T* y, int64_t* argmax) {
   const int64_t outputs = g.batch * g.in_channels * g.out_h * g.out_w;
@@ -469,21 +469,18 @@ __global__ void pool_forward(bool max_pool, const T* x, Conv2dGeometry g, T* y, 
     const int64_t ow = o % g.out_w, oh = (o / g.out_w) % g.out_h, p = o / (g.out_w * g.out_h);
     const T* plane = x + p * g.in_h * g.in_w;
     T best = -T(INFINITY), total = 0;
-    int64_t best_index = -1, ties = 0;
+    int64_t best_index = -1;
     for_window(g, oh, ow, [&](int64_t i) {
       const T v = plane[i];
       total += v;
       if (best_index < 0 || v > best || isnan(v)) {
         best = v;
         best_index = i;
-        ties = 1;
-      } else if (v == best) {
-        ++ties;
       }
     });
     if (max_pool) {
       y[o] = best;
-      argmax[o] = best_index < 0 ? kNoPixel : ties > 1 ? -(best_index + 1) : best_index;
+      argmax[o] = best_index < 0 ? kNoPixel : best_index;
     } else {
       y[o] = total / static_cast<T>(pool_divisor(g, oh, ow));
     }
@@ -517,14 +514,9 @@ __global__ void pool_backward(bool max_pool, const T* gy, const int64_t* argmax,
           continue;
         }
         const int64_t entry = argmax[o];
-        if (entry == pixel) {
-          acc += gy[o];
-        } else if (entry < 0 && entry != kNoPixel && in[pixel] == in[-(entry + 1)]) {
-          const T best = in[-(entry + 1)];
-          int64_t ties = 0;
-          for_window(g, oh, ow, [&](int64_t i) { ties += in[i] == best; });
-          acc += gy[o] / static_cast<T>(ties);
-        }
+        if (entry == kNoPixel || (entry != pixel && !(in[pixel] == in[entry]))) continue;
+        const int64_t ties = max_pool_ties(g, oh, ow, in, in[entry]);
+        acc += ties > 1 ? gy[o] / static_cast<T>(ties) : gy[o];
       }
     }
     gx[e] = acc;

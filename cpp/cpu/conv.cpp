@@ -720,13 +720,6 @@ IndexRange inner_windows(int64_t in, int64_t out, int64_t kernel, int64_t stride
   return {lo, hi};
 }
 
-// The argmax entry of a window (see kNoPixel) from its first maximum and the count of
-// pixels equal to it.
-int64_t argmax_entry(int64_t first, int64_t ties) {
-  if (first < 0) return kNoPixel;
-  return ties > 1 ? -(first + 1) : first;
-}
-
 template <class T>
 void pool_forward(PoolKind kind, const T* x, const Conv2dGeometry& g, T* y, int64_t* argmax) {
   const int64_t planes = g.batch * g.in_channels;
@@ -735,30 +728,23 @@ void pool_forward(PoolKind kind, const T* x, const Conv2dGeometry& g, T* y, int6
   const IndexRange cols =
       inner_windows(g.in_w, g.out_w, g.kernel_w, g.stride_w, g.dilation_w, g.pad_left);
   // Any window: skips the padding; NaN wins, and a later NaN over an earlier one.
-  auto window_max = [&](const T* plane, int64_t oh, int64_t ow, T& best, int64_t& best_index,
-                        int64_t& ties) {
+  auto window_max = [&](const T* plane, int64_t oh, int64_t ow, T& best, int64_t& best_index) {
     best = -std::numeric_limits<T>::infinity();
     best_index = -1;
-    ties = 0;
     for_window(g, oh, ow, [&](int64_t i) {
       const T v = plane[i];
       if (best_index < 0 || v > best || std::isnan(v)) {
         best = v;
         best_index = i;
-        ties = 1;
-      } else if (v == best) {
-        ++ties;
       }
     });
   };
   // A window inside the image: branch-free selects, because on real data "is this the
   // new max" is a coin flip the branch predictor loses half the time (measured 6x
-  // faster). The ties are counted in a second pass over the (cached) window: folding
-  // the count into the first pass made it 4x slower. Undilated windows get constant
-  // steps, which the compiler unrolls. A NaN sends the window back to the exact scan
-  // above.
+  // faster). Undilated windows get constant steps, which the compiler unrolls. A NaN
+  // sends the window back to the exact scan above.
   auto inner_max = [&](auto dense, const T* plane, int64_t oh, int64_t ow, T& best,
-                       int64_t& best_index, int64_t& ties) {
+                       int64_t& best_index) {
     const int64_t first = (oh * g.stride_h - g.pad_top) * g.in_w + ow * g.stride_w - g.pad_left;
     const int64_t row_step = dense ? g.in_w : g.dilation_h * g.in_w;
     const int64_t col_step = dense ? 1 : g.dilation_w;
@@ -774,10 +760,6 @@ void pool_forward(PoolKind kind, const T* x, const Conv2dGeometry& g, T* y, int6
         best_index = take ? i : best_index;
         nan |= v != v;
       }
-    ties = 0;
-    for (int64_t ki = 0; ki < g.kernel_h; ++ki)
-      for (int64_t kj = 0; kj < g.kernel_w; ++kj)
-        ties += plane[first + ki * row_step + kj * col_step] == best;
     return !nan;
   };
   const bool dense = g.dilation_h == 1 && g.dilation_w == 1;
@@ -794,15 +776,15 @@ void pool_forward(PoolKind kind, const T* x, const Conv2dGeometry& g, T* y, int6
             continue;
           }
           T best;
-          int64_t best_index, ties;
+          int64_t best_index;
           const bool inner = oh >= rows.lo && oh < rows.hi && ow >= cols.lo && ow < cols.hi;
           const bool done =
-              inner && (dense ? inner_max(std::true_type{}, plane, oh, ow, best, best_index, ties)
-                              : inner_max(std::false_type{}, plane, oh, ow, best, best_index, ties));
+              inner && (dense ? inner_max(std::true_type{}, plane, oh, ow, best, best_index)
+                              : inner_max(std::false_type{}, plane, oh, ow, best, best_index));
           if (!done)
-            window_max(plane, oh, ow, best, best_index, ties);
+            window_max(plane, oh, ow, best, best_index);
           y[o] = best;
-          argmax[o] = argmax_entry(best_index, ties);
+          argmax[o] = best_index < 0 ? kNoPixel : best_index;
         }
     }
   });
@@ -828,18 +810,18 @@ void pool_backward(PoolKind kind, const T* gy, const int64_t* argmax, const T* x
             continue;
           }
           const int64_t entry = argmax[o];
-          if (entry >= 0) {
+          if (entry == kNoPixel) continue;
+          const T* in = x + p * g.in_h * g.in_w;
+          const T best = in[entry];
+          const int64_t ties = max_pool_ties(g, oh, ow, in, best);
+          if (ties <= 1) {
             plane[entry] += gy[o];
-          } else if (entry != kNoPixel) {
-            const T* in = x + p * g.in_h * g.in_w;
-            const T best = in[-(entry + 1)];
-            int64_t ties = 0;
-            for_window(g, oh, ow, [&](int64_t i) { ties += in[i] == best; });
-            const T share = gy[o] / static_cast<T>(ties);
-            for_window(g, oh, ow, [&](int64_t i) {
-              if (in[i] == best) plane[i] += share;
-            });
+            continue;
           }
+          const T share = gy[o] / static_cast<T>(ties);
+          for_window(g, oh, ow, [&](int64_t i) {
+            if (in[i] == best) plane[i] += share;
+          });
         }
     }
   });

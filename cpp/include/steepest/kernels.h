@@ -132,10 +132,21 @@ STEEPEST_HOST_DEVICE O integer_reduce_column(ReduceOp op, const T* p, int64_t ex
   return acc;
 }
 
-// Max pooling records, per window, the flat index of its maximum in the input plane;
-// a window whose maximum is tied stores −(first index + 1) (its gradient is split
-// evenly among the ties), and one with no input pixel at all kNoPixel.
+// Max pooling records, per window, the flat index of its first maximum in the input
+// plane, or kNoPixel for a window with no input pixel at all.
 constexpr int64_t kNoPixel = INT64_MIN;
+
+// The number of pixels of window (oh, ow) equal to its maximum `best`: the backward
+// splits the window's gradient evenly among them (the subgradient torch's amax uses).
+// Counting here rather than in the forward keeps inference at one pass per window. A NaN
+// maximum equals nothing, so it counts 0 and its pixel takes the whole gradient.
+template <class T>
+STEEPEST_HOST_DEVICE int64_t max_pool_ties(const Conv2dGeometry& g, int64_t oh, int64_t ow,
+                                           const T* plane, T best) {
+  int64_t ties = 0;
+  for_window(g, oh, ow, [&](int64_t i) { ties += plane[i] == best; });
+  return ties;
+}
 
 // CPU kernels per instruction-set level (PyTorch's CPU_CAPABILITY scheme). The hot CPU
 // kernel files (the list in CMakeLists.txt) are compiled once per level: baseline
