@@ -1,11 +1,12 @@
 """The ``steepest`` command line: ``steepest train`` fits a small network on the bundled
-8×8 digits and saves it.
+8×8 digits and saves it; ``steepest lr-find`` runs the learning-rate range test on it.
 
 Each subcommand is one ``_add_<name>_command`` function that registers its parser and
 sets ``func``; a new command (GPT training, say) adds one such function to ``_COMMANDS``.
 
     steepest train                          # CNN, AdamW, 20 epochs -> digits_cnn.steepest
     steepest train --model mlp --optimizer sgd --lr 0.05 --epochs 30 --no-save
+    steepest lr-find --model mlp --optimizer sgd --plot lr.png
     python -m steepest train --help
 """
 
@@ -18,6 +19,8 @@ import os
 import sys
 import tempfile
 from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
 
 import steepest as st
 
@@ -171,7 +174,31 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
 
-_COMMANDS = (_add_train_command,)
+def _add_lr_find_command(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "lr-find",
+        help="the learning-rate range test (Smith 2017) on the digits network",
+        description=(
+            "Train the digits network of 'steepest train' for --steps batches while the "
+            "learning rate grows exponentially from --start to --end, print the smoothed "
+            "loss curve and a suggested learning rate (where the loss falls fastest), and "
+            "optionally plot it. The model is not saved."
+        ),
+    )
+    p.add_argument("--model", choices=MODELS[:2], default="cnn", help="default: cnn")
+    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adamw", help="default: adamw")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="default: 32")
+    p.add_argument("--start", type=_positive_float, default=1e-7, help="first learning rate (default: 1e-7)")
+    p.add_argument("--end", type=_positive_float, default=10.0, help="last learning rate (default: 10)")
+    p.add_argument("--steps", type=lambda text: _whole_number(text, 2, 100_000), default=100,
+                   help="batches, one learning rate each (default: 100)")
+    p.add_argument("--seed", type=_seed, default=0, help="default: 0")
+    p.add_argument("--plot", metavar="PNG", default=None,
+                   help="save the loss against the learning rate to this image (needs matplotlib)")
+    p.set_defaults(func=_lr_find)
+
+
+_COMMANDS = (_add_train_command, _add_lr_find_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -321,6 +348,46 @@ def _train(args: argparse.Namespace) -> int:
     if args.plot is not None and st.distributed.rank() == 0:
         _plot_history(history.history, args.plot, f"digits {args.model}, {args.optimizer}")
         print(f"Saved the training curves to {os.path.abspath(args.plot)}")
+    return 0
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    if not args.start < args.end:
+        raise CommandError(f"--start {args.start:g} must be below --end {args.end:g}")
+    if args.plot is not None:
+        _check_plotting(args.plot)
+    (x_train, y_train), _ = st.datasets.load_digits(flatten=args.model == "mlp")
+    st.manual_seed(args.seed)
+    model = build_model(args.model, x_train)
+    model.compile(optimizer=make_optimizer(args.optimizer),
+                  loss="sparse_categorical_crossentropy")
+    rates, losses, suggestion = model.find_learning_rate(
+        x_train, y_train, start=args.start, end=args.end, steps=args.steps,
+        batch_size=args.batch_size, seed=args.seed)
+    print(f"Learning-rate range test, digits {args.model}, {args.optimizer}, batch {args.batch_size}: "
+          f"{len(rates)} steps from {args.start:g} to {rates[-1]:g}"
+          + (" (stopped: the loss diverged)" if len(rates) < args.steps else ""))
+    print(f"{'learning rate':>14s}  smoothed loss")
+    for i in np.unique(np.linspace(0, len(rates) - 1, min(len(rates), 12)).astype(int)):
+        print(f"{rates[i]:14.3g}  {losses[i]:.4f}")
+    print(f"Suggested learning rate: {suggestion:.3g}")
+    if args.plot is not None and st.distributed.rank() == 0:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.semilogx(rates, losses)
+        ax.axvline(suggestion, color="tab:red", ls="--", label=f"suggestion {suggestion:.3g}")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("smoothed training loss")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+        plt.close(fig)
+        print(f"Saved the plot to {os.path.abspath(args.plot)}")
     return 0
 
 

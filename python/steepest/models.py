@@ -21,6 +21,7 @@ from . import _core, io
 from . import callbacks as callbacks_module
 from . import distributed
 from . import layers as layers_module
+from . import lr_finder
 from . import losses as losses_module
 from . import mixed_precision
 from . import optimizers as optimizers_module
@@ -862,6 +863,25 @@ class Sequential:
         self._compile_impl()
         state = json.loads(metadata["backup"])
         self._shuffle_seed, self._initial_epoch = int(state["shuffle_seed"]), int(state["epoch"])
+
+    def find_learning_rate(self, x: Any, y: Any = None, start: float = 1e-7, end: float = 10.0,
+                           steps: int = 100, batch_size: int = 32, smoothing: float = 0.98,
+                           divergence: float = 4.0,
+                           seed: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, float]:
+        """The learning-rate range test (Smith 2017): ``steps`` training steps with the rate
+        growing exponentially from ``start`` to ``end``; returns ``(learning_rates,
+        smoothed_losses, suggestion)`` and leaves the weights and the optimizer state
+        untouched. See :func:`steepest.lr_finder.find_learning_rate`."""
+        if not self._impl.built and self._input_shape is None:
+            # The weights must exist before the test, to be put back after it.
+            if not isinstance(x, np.ndarray):
+                raise ValueError("[find_learning_rate] build the model first (st.layers.Input or "
+                                 "model.build(input_shape)) when x is not an array")
+            self.build(x.shape[1:])
+        self.build()
+        return lr_finder.find_learning_rate(self, x, y, start=start, end=end, steps=steps,
+                                            batch_size=batch_size, smoothing=smoothing,
+                                            divergence=divergence, seed=seed)
 
 
 def _saved_optimizer_state(tensors: Dict[str, np.ndarray], saved: Dict[str, Any]) -> Dict[str, Any]:
