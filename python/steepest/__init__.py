@@ -142,6 +142,7 @@ __all__ = [
 ]
 
 from . import callbacks, config, distributed, io, layers, losses, metrics  # noqa: E402
+from . import integrations  # noqa: E402
 from . import mixed_precision  # noqa: E402
 from . import models  # noqa: E402
 from .models import Sequential  # noqa: E402

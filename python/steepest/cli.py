@@ -1,5 +1,6 @@
 """The ``steepest`` command line: ``steepest train`` fits a small network on the bundled
-8×8 digits and saves it; ``steepest lr-find`` runs the learning-rate range test on it.
+8×8 digits and saves it; ``steepest lr-find`` runs the learning-rate range test on it;
+``steepest tune`` searches its hyper-parameters with Optuna.
 
 Each subcommand is one ``_add_<name>_command`` function that registers its parser and
 sets ``func``; a new command (GPT training, say) adds one such function to ``_COMMANDS``.
@@ -7,6 +8,7 @@ sets ``func``; a new command (GPT training, say) adds one such function to ``_CO
     steepest train                          # CNN, AdamW, 20 epochs -> digits_cnn.steepest
     steepest train --model mlp --optimizer sgd --lr 0.05 --epochs 30 --no-save
     steepest lr-find --model mlp --optimizer sgd --plot lr.png
+    steepest tune --trials 30 --epochs 10
     python -m steepest train --help
 """
 
@@ -198,7 +200,28 @@ def _add_lr_find_command(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_lr_find)
 
 
-_COMMANDS = (_add_train_command, _add_lr_find_command)
+def _add_tune_command(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "tune",
+        help="search learning rate, batch size and weight decay with Optuna",
+        description=(
+            "Search AdamW's learning rate, the batch size and the weight decay of the digits "
+            "network with Optuna (TPE sampler, successive-halving pruning on val_loss; "
+            "validation: the last 20%% of the training images) and print the best trial. "
+            "Needs Optuna: pip install 'steepest[tune]'."
+        ),
+    )
+    p.add_argument("--model", choices=MODELS[:2], default="cnn", help="default: cnn")
+    p.add_argument("--trials", type=_positive_int, default=20, help="default: 20")
+    p.add_argument("--epochs", type=_positive_int, default=10,
+                   help="epochs of a trial that is not pruned (default: 10)")
+    p.add_argument("--timeout", type=_positive_float, default=None,
+                   help="stop starting trials after this many seconds")
+    p.add_argument("--seed", type=_seed, default=0, help="default: 0")
+    p.set_defaults(func=_tune)
+
+
+_COMMANDS = (_add_train_command, _add_lr_find_command, _add_tune_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -388,6 +411,23 @@ def _lr_find(args: argparse.Namespace) -> int:
         fig.savefig(args.plot, dpi=120)
         plt.close(fig)
         print(f"Saved the plot to {os.path.abspath(args.plot)}")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("optuna") is None:
+        raise CommandError("Optuna is not installed: pip install 'steepest[tune]' (or pip install optuna)")
+    from .integrations.optuna import tune_digits
+
+    study = tune_digits(args.model, trials=args.trials, epochs=args.epochs, seed=args.seed,
+                        timeout=args.timeout, verbose=False)
+    states = [t.state.name for t in study.trials]
+    print(f"{len(states)} trials: {states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned")
+    best = study.best_trial
+    print(f"Best trial #{best.number}: val_loss {best.value:.4f}, "
+          f"val_accuracy {best.user_attrs['val_accuracy']:.2%}")
+    for name, value in best.params.items():
+        print(f"  {name}: {value:.4g}" if isinstance(value, float) else f"  {name}: {value}")
     return 0
 
 
