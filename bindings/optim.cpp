@@ -248,6 +248,27 @@ void init_optim(nb::module_& parent) {
           nb::kw_only(), arg("learning_rate"), arg("rho"), arg("epsilon"), arg("weight_decay"),
           arg("clipnorm").none());
 
+  nb::class_<optim::Adagrad, optim::Optimizer>(m, "Adagrad", nb::type_slots(optimizer_slots))
+      .def(
+          "__init__",
+          [](optim::Adagrad* self, nb::handle lr, double initial_accumulator_value, double epsilon,
+             double weight_decay, std::optional<double> clipnorm) {
+            new (self) optim::Adagrad(to_schedule("Adagrad", lr), initial_accumulator_value,
+                                      epsilon, weight_decay, clipnorm);
+          },
+          nb::kw_only(), arg("learning_rate"), arg("initial_accumulator_value"), arg("epsilon"),
+          arg("weight_decay"), arg("clipnorm").none());
+
+  nb::class_<optim::Lion, optim::Optimizer>(m, "Lion", nb::type_slots(optimizer_slots))
+      .def(
+          "__init__",
+          [](optim::Lion* self, nb::handle lr, double beta_1, double beta_2, double weight_decay,
+             std::optional<double> clipnorm) {
+            new (self) optim::Lion(to_schedule("Lion", lr), beta_1, beta_2, weight_decay, clipnorm);
+          },
+          nb::kw_only(), arg("learning_rate"), arg("beta_1"), arg("beta_2"), arg("weight_decay"),
+          arg("clipnorm").none());
+
 #define STEEPEST_ADAM_FAMILY(Class)                                                           \
   nb::class_<optim::Class, optim::Optimizer>(m, #Class, nb::type_slots(optimizer_slots))      \
       .def(                                                                                   \

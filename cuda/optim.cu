@@ -90,6 +90,24 @@ struct SgdStep {
 };
 
 template <class T>
+struct AdagradStep {
+  T* p;
+  const T* g;
+  T* sum_square;
+  rules::Adagrad<T> c;
+  __device__ void operator()(int64_t i) const { rules::adagrad_step(p[i], g[i], sum_square[i], c); }
+};
+
+template <class T>
+struct LionStep {
+  T* p;
+  const T* g;
+  T* m;
+  rules::Lion<T> c;
+  __device__ void operator()(int64_t i) const { rules::lion_step(p[i], g[i], m[i], c); }
+};
+
+template <class T>
 struct RmspropStep {
   T* p;
   const T* g;
@@ -317,6 +335,28 @@ void rmsprop_update(Tensor& param, const Tensor& grad, Tensor& mean_square, doub
              RmspropStep<T>{param.data<T>(), grad.data<T>(), mean_square.data<T>(),
                             rules::rmsprop_coefficients<T>(lr, rho, eps, weight_decay,
                                                            grad_scale)});
+  });
+}
+
+void adagrad_update(Tensor& param, const Tensor& grad, Tensor& sum_square, double lr, double eps,
+                    double weight_decay, double grad_scale) {
+  DeviceGuard guard(param.device());
+  dispatch_float("adagrad_update", param.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    for_each(guard, param.numel(),
+             AdagradStep<T>{param.data<T>(), grad.data<T>(), sum_square.data<T>(),
+                            rules::adagrad_coefficients<T>(lr, eps, weight_decay, grad_scale)});
+  });
+}
+
+void lion_update(Tensor& param, const Tensor& grad, Tensor& m, double lr, double beta1,
+                 double beta2, double weight_decay, double grad_scale) {
+  DeviceGuard guard(param.device());
+  dispatch_float("lion_update", param.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    for_each(guard, param.numel(),
+             LionStep<T>{param.data<T>(), grad.data<T>(), m.data<T>(),
+                         rules::lion_coefficients<T>(lr, beta1, beta2, weight_decay, grad_scale)});
   });
 }
 

@@ -86,6 +86,23 @@ class RefRMSprop(Reference):
         theta -= lr / (np.sqrt(e) + eps) * g          # θ_t = θ_{t−1} − η/(√E + ε) ⊙ g
 
 
+class RefAdagrad(Reference):
+    def update(self, theta, g, s, lr):
+        g = g + self.wd * theta
+        G = s.setdefault("G", np.full_like(theta, self.h["initial_accumulator_value"]))
+        G[...] = G + g * g                            # G = Σ g²
+        theta -= lr * g / (np.sqrt(G) + self.h["epsilon"])  # θ −= η g/(√G + ε)
+
+
+class RefLion(Reference):
+    def update(self, theta, g, s, lr):
+        b1, b2 = self.h["beta_1"], self.h["beta_2"]
+        m = s.setdefault("m", np.zeros_like(theta))
+        c = b1 * m + (1 - b1) * g                     # c = β₁m + (1−β₁)g
+        theta -= lr * (np.sign(c) + self.wd * theta)  # θ −= η(sign(c) + λθ)
+        m[...] = b2 * m + (1 - b2) * g                # m = β₂m + (1−β₂)g
+
+
 class RefAdam(Reference):
     decoupled = False
 
@@ -157,6 +174,14 @@ CASES = [
      lambda: RefSGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
     ("rmsprop", lambda: optim.RMSprop(0.01, rho=0.8, weight_decay=0.1),
      lambda: RefRMSprop(0.01, rho=0.8, epsilon=1e-8, weight_decay=0.1)),
+    ("adagrad", lambda: optim.Adagrad(0.1, weight_decay=0.05),
+     lambda: RefAdagrad(0.1, initial_accumulator_value=0.1, epsilon=1e-7, weight_decay=0.05)),
+    ("adagrad-zero-start", lambda: optim.Adagrad(0.1, initial_accumulator_value=0.0, epsilon=1e-10),
+     lambda: RefAdagrad(0.1, initial_accumulator_value=0.0, epsilon=1e-10)),
+    ("lion", lambda: optim.Lion(0.01, weight_decay=0.5),
+     lambda: RefLion(0.01, beta_1=0.9, beta_2=0.99, weight_decay=0.5)),
+    ("lion-clip-schedule", lambda: optim.Lion(S.StepDecay(0.02, 5, 0.5), beta_1=0.8, beta_2=0.95, clipnorm=0.5),
+     lambda: RefLion(S.StepDecay(0.02, 5, 0.5), beta_1=0.8, beta_2=0.95, clipnorm=0.5)),
     ("adam", lambda: optim.Adam(0.01, weight_decay=0.1),
      lambda: RefAdam(0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.1)),
     ("adamw", lambda: optim.AdamW(0.01, beta_1=0.8, beta_2=0.99, weight_decay=0.1),
@@ -259,6 +284,13 @@ def test_rmsprop_matches_torch(torch, rng):
                rng)
 
 
+def test_adagrad_matches_torch(torch, rng):
+    _torch_run(torch, lambda: optim.Adagrad(0.1, initial_accumulator_value=0.1, epsilon=1e-7,
+                                            weight_decay=0.01),
+               lambda ps: torch.optim.Adagrad(ps, lr=0.1, initial_accumulator_value=0.1, eps=1e-7,
+                                              weight_decay=0.01), rng)
+
+
 def test_adam_matches_torch(torch, rng):
     _torch_run(torch, lambda: optim.Adam(0.01, beta_1=0.85, beta_2=0.99, weight_decay=0.01),
                lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.85, 0.99), eps=1e-8,
@@ -316,7 +348,9 @@ ALL_OPTIMIZERS = {
     "sgd": lambda: optim.SGD(0.1),
     "momentum": lambda: optim.SGD(0.1, momentum=0.9),
     "nesterov": lambda: optim.SGD(0.1, momentum=0.9, nesterov=True),
+    "adagrad": lambda: optim.Adagrad(0.01),
     "rmsprop": lambda: optim.RMSprop(0.01),
+    "lion": lambda: optim.Lion(0.001, weight_decay=0.1),
     "adam": lambda: optim.Adam(0.01),
     "adamw": lambda: optim.AdamW(0.01),
     "lamb": lambda: optim.Lamb(0.01),
@@ -620,6 +654,11 @@ BAD_ARGUMENTS = [
     (optim.AdamW, {"clipnorm": 0.0}, "clipnorm.*0"),
     (optim.Lamb, {"epsilon": 0.0}, "epsilon.*0"),
     (optim.Lamb, {"beta_1": 2.0}, "beta_1.*2"),
+    (optim.Adagrad, {"initial_accumulator_value": -0.1}, "initial_accumulator_value.*-0.1"),
+    (optim.Adagrad, {"epsilon": 0.0}, "epsilon.*0"),
+    (optim.Lion, {"beta_1": 1.0}, "beta_1.*1"),
+    (optim.Lion, {"beta_2": -0.5}, "beta_2.*-0.5"),
+    (optim.Lion, {"weight_decay": -1.0}, "weight_decay.*-1"),
     (optim.Adafactor, {"epsilon_1": 0.0}, "epsilon_1.*0"),
     (optim.Adafactor, {"epsilon_2": -1.0}, "epsilon_2.*-1"),
     (optim.Adafactor, {"clip_threshold": 0.0}, "clip_threshold.*0"),
@@ -641,7 +680,8 @@ def test_bad_arguments_raise_value_error_naming_the_value(cls, kwargs, message):
 @pytest.mark.parametrize("name,cls", [
     ("sgd", optim.SGD), ("momentum", optim.SGD), ("nesterov", optim.SGD),
     ("rmsprop", optim.RMSprop), ("Adam", optim.Adam), ("adamw", optim.AdamW),
-    ("lamb", optim.Lamb), ("adafactor", optim.Adafactor)])
+    ("lamb", optim.Lamb), ("adafactor", optim.Adafactor), ("adagrad", optim.Adagrad),
+    ("Lion", optim.Lion)])
 def test_get_returns_defaults(name, cls):
     opt = optim.get(name)
     assert type(opt) is cls and opt.iterations == 0
@@ -651,8 +691,8 @@ def test_get_returns_defaults(name, cls):
 def test_get_defaults_and_unknown_names():
     assert optim.get("adamw").get_config()["weight_decay"] == 0.01
     assert optim.get("momentum").get_config()["momentum"] == 0.9
-    with pytest.raises(ValueError, match="adagrad.*sgd.*adafactor"):
-        optim.get("adagrad")
+    with pytest.raises(ValueError, match="adamax.*sgd.*adagrad.*lion"):
+        optim.get("adamax")
 
 
 CHOOSE_BRANCHES = [

@@ -76,6 +76,18 @@ void rmsprop_range(T* __restrict p, const T* __restrict g, T* __restrict e2, rul
   for (int64_t i = begin; i < end; ++i) rules::rmsprop_step(p[i], g[i], e2[i], c);
 }
 
+template <class T>
+void adagrad_range(T* __restrict p, const T* __restrict g, T* __restrict sum_square,
+                   rules::Adagrad<T> c, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) rules::adagrad_step(p[i], g[i], sum_square[i], c);
+}
+
+template <class T>
+void lion_range(T* __restrict p, const T* __restrict g, T* __restrict m, rules::Lion<T> c,
+                int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) rules::lion_step(p[i], g[i], m[i], c);
+}
+
 // --------------------------------------------------------------------- Adam family
 
 template <class T>
@@ -268,6 +280,32 @@ void rmsprop_update(Tensor& param, const Tensor& grad, Tensor& mean_square, doub
     const auto c = rules::rmsprop_coefficients<T>(lr, rho, eps, weight_decay, grad_scale);
     parallel_for(param.numel(), kParallelGrain,
                  [&](int64_t begin, int64_t end) { rmsprop_range(p, g, e2, c, begin, end); });
+  });
+}
+
+void adagrad_update(Tensor& param, const Tensor& grad, Tensor& sum_square, double lr, double eps,
+                    double weight_decay, double grad_scale) {
+  dispatch_float("adagrad_update", param.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* p = param.data<T>();
+    const T* g = grad.data<T>();
+    T* s = sum_square.data<T>();
+    const auto c = rules::adagrad_coefficients<T>(lr, eps, weight_decay, grad_scale);
+    parallel_for(param.numel(), kParallelGrain,
+                 [&](int64_t begin, int64_t end) { adagrad_range(p, g, s, c, begin, end); });
+  });
+}
+
+void lion_update(Tensor& param, const Tensor& grad, Tensor& m, double lr, double beta1,
+                 double beta2, double weight_decay, double grad_scale) {
+  dispatch_float("lion_update", param.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* p = param.data<T>();
+    const T* g = grad.data<T>();
+    T* mm = m.data<T>();
+    const auto c = rules::lion_coefficients<T>(lr, beta1, beta2, weight_decay, grad_scale);
+    parallel_for(param.numel(), kParallelGrain,
+                 [&](int64_t begin, int64_t end) { lion_range(p, g, mm, c, begin, end); });
   });
 }
 

@@ -165,7 +165,8 @@ void Optimizer::prepare_state(size_t index, const Tensor& param) {
   const std::vector<SlotSpec> specs = slot_specs(param);
   if (state.empty()) {
     for (const SlotSpec& spec : specs)
-      state.slots.emplace_back(spec.name, Tensor::zeros(spec.shape, param.dtype(), param.device()));
+      state.slots.emplace_back(spec.name, Tensor::full(spec.shape, spec.initial_value, param.dtype(),
+                                                       param.device()));
     return;
   }
   if (state.slots.size() != specs.size())

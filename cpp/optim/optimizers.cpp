@@ -11,6 +11,7 @@
 
 namespace steepest::optim {
 
+using detail::check_non_negative;
 using detail::check_decay_rate;
 using detail::check_positive;
 
@@ -81,6 +82,48 @@ void RMSprop::update(Tensor& param, const Tensor& grad, ParamState& state, doubl
                      double grad_scale, double weight_decay) {
   STEEPEST_KERNEL(param.device(), rmsprop_update)(param, grad, slot(state, 0), lr, rho_,
                                                   epsilon_, weight_decay, grad_scale);
+}
+
+// --------------------------------------------------------------------------- Adagrad
+
+Adagrad::Adagrad(std::shared_ptr<const Schedule> learning_rate, double initial_accumulator_value,
+                 double epsilon, double weight_decay, std::optional<double> clipnorm)
+    : Optimizer("Adagrad", std::move(learning_rate), weight_decay, clipnorm),
+      initial_accumulator_value_(initial_accumulator_value),
+      epsilon_(epsilon) {
+  check_non_negative("Adagrad", "initial_accumulator_value", initial_accumulator_value);
+  check_positive("Adagrad", "epsilon", epsilon);
+}
+
+std::vector<SlotSpec> Adagrad::slot_specs(const Tensor& param) const {
+  return {{"sum_square", param.shape(), initial_accumulator_value_}};
+}
+
+void Adagrad::update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+                     double grad_scale, double weight_decay) {
+  STEEPEST_KERNEL(param.device(), adagrad_update)(param, grad, slot(state, 0), lr, epsilon_,
+                                                  weight_decay, grad_scale);
+}
+
+// ------------------------------------------------------------------------------ Lion
+
+Lion::Lion(std::shared_ptr<const Schedule> learning_rate, double beta_1, double beta_2,
+           double weight_decay, std::optional<double> clipnorm)
+    : Optimizer("Lion", std::move(learning_rate), weight_decay, clipnorm),
+      beta_1_(beta_1),
+      beta_2_(beta_2) {
+  check_decay_rate("Lion", "beta_1", beta_1);
+  check_decay_rate("Lion", "beta_2", beta_2);
+}
+
+std::vector<SlotSpec> Lion::slot_specs(const Tensor& param) const {
+  return {{"m", param.shape()}};
+}
+
+void Lion::update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+                  double grad_scale, double weight_decay) {
+  STEEPEST_KERNEL(param.device(), lion_update)(param, grad, slot(state, 0), lr, beta_1_, beta_2_,
+                                               weight_decay, grad_scale);
 }
 
 // ------------------------------------------------------------------------ Adam, AdamW

@@ -34,11 +34,13 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # also knows aliases (momentum, nesterov) whose settings a bare class would drop.
 OPTIMIZERS: Dict[str, Callable[..., Any]] = {
     "sgd": st.optimizers.SGD,
+    "adagrad": st.optimizers.Adagrad,
     "rmsprop": st.optimizers.RMSprop,
     "adam": st.optimizers.Adam,
     "adamw": st.optimizers.AdamW,
     "lamb": st.optimizers.Lamb,
     "adafactor": st.optimizers.Adafactor,
+    "lion": st.optimizers.Lion,
 }
 
 

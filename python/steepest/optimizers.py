@@ -218,6 +218,56 @@ class RMSprop(Optimizer):
         )
 
 
+class Adagrad(Optimizer):
+    """AdaGrad (Duchi et al. 2011), the step of the seed's history between momentum and
+    RMSProp: G = Σg² (from initial_accumulator_value), θ −= ηg/(√G + ε) — RMSProp's rule
+    without the decay, so the effective step only shrinks. torch.optim.Adagrad's form
+    (lr_decay 0); Keras' defaults. weight_decay adds λθ to the gradient."""
+
+    _core_class = _optim.Adagrad
+
+    def __init__(
+        self,
+        learning_rate: LearningRate = 0.001,
+        initial_accumulator_value: float = 0.1,
+        epsilon: float = 1e-7,
+        weight_decay: float = 0.0,
+        clipnorm: Optional[float] = None,
+    ) -> None:
+        super().__init__(
+            learning_rate=learning_rate,
+            initial_accumulator_value=initial_accumulator_value,
+            epsilon=epsilon,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+        )
+
+
+class Lion(Optimizer):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", Alg. 2):
+    c = β₁m + (1 − β₁)g, θ −= η(sign(c) + λθ), m = β₂m + (1 − β₂)g. Every coordinate moves
+    by ±η, so the learning rate is typically 3–10× smaller than AdamW's and the weight
+    decay as much larger. Keras' defaults; weight_decay is decoupled."""
+
+    _core_class = _optim.Lion
+
+    def __init__(
+        self,
+        learning_rate: LearningRate = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.99,
+        weight_decay: float = 0.0,
+        clipnorm: Optional[float] = None,
+    ) -> None:
+        super().__init__(
+            learning_rate=learning_rate,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+        )
+
+
 class Adam(Optimizer):
     """The seed's Adam: moments m, v with bias correction m̂ = m/(1 − β₁ᵗ),
     v̂ = v/(1 − β₂ᵗ), and θ −= η m̂/(√v̂ + ε). weight_decay adds λθ to the gradient."""
@@ -329,11 +379,13 @@ _BY_NAME = {
     "sgd": SGD,
     "momentum": lambda: SGD(momentum=0.9),
     "nesterov": lambda: SGD(momentum=0.9, nesterov=True),
+    "adagrad": Adagrad,
     "rmsprop": RMSprop,
     "adam": Adam,
     "adamw": AdamW,
     "lamb": Lamb,
     "adafactor": Adafactor,
+    "lion": Lion,
 }
 
 
@@ -341,8 +393,8 @@ def get(identifier: Any) -> Optimizer:
     """An optimizer with default hyperparameters from its name (case-insensitive), or
     ``identifier`` itself when it already is an Optimizer.
 
-    Names: sgd, momentum (SGD with β = 0.9), nesterov, rmsprop, adam, adamw, lamb,
-    adafactor.
+    Names: sgd, momentum (SGD with β = 0.9), nesterov, adagrad, rmsprop, adam, adamw,
+    lamb, adafactor, lion.
     """
     if isinstance(identifier, Optimizer):
         return identifier
@@ -438,9 +490,11 @@ def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> float:
 
 __all__ = [
     "Adafactor",
+    "Adagrad",
     "Adam",
     "AdamW",
     "Lamb",
+    "Lion",
     "Optimizer",
     "RMSprop",
     "SGD",

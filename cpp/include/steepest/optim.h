@@ -1,6 +1,6 @@
 // Optimizers, learning-rate schedules and gradient clipping: the update rules of the
 // seed's 算法演进 and 主流 sections (SGD with the seed's momentum and Nesterov look-ahead,
-// RMSProp, Adam, AdamW) plus Lamb and Adafactor. The per-element arithmetic runs in the
+// AdaGrad, RMSProp, Adam, AdamW) plus Lion, Lamb and Adafactor. The per-element arithmetic runs in the
 // fused kernels of kernels.def; this layer validates hyperparameters, owns the
 // per-parameter state, counts steps and computes the per-tensor and global scalars
 // (clipping factor, Lamb's trust ratio, Adafactor's step size).
@@ -83,6 +83,7 @@ struct ParamState {
 struct SlotSpec {
   std::string name;
   Dims shape;
+  double initial_value = 0.0;  // of every element when the state is created
 };
 
 // Which parameters of a step get weight decay, by position (what Keras'
@@ -188,6 +189,33 @@ class RMSprop final : public Optimizer {
   void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
               double grad_scale, double weight_decay) override;
   double rho_, epsilon_;
+};
+
+// AdaGrad (Duchi et al. 2011) in torch's form: G = Σg² (from initial_accumulator_value),
+// θ −= ηg/(√G + ε); weight decay as L2 in the gradient.
+class Adagrad final : public Optimizer {
+ public:
+  Adagrad(std::shared_ptr<const Schedule> learning_rate, double initial_accumulator_value,
+          double epsilon, double weight_decay, std::optional<double> clipnorm);
+  std::vector<SlotSpec> slot_specs(const Tensor& param) const override;
+
+ private:
+  void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+              double grad_scale, double weight_decay) override;
+  double initial_accumulator_value_, epsilon_;
+};
+
+// Lion (Chen et al. 2023): the sign of an interpolated momentum, decoupled weight decay.
+class Lion final : public Optimizer {
+ public:
+  Lion(std::shared_ptr<const Schedule> learning_rate, double beta_1, double beta_2,
+       double weight_decay, std::optional<double> clipnorm);
+  std::vector<SlotSpec> slot_specs(const Tensor& param) const override;
+
+ private:
+  void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+              double grad_scale, double weight_decay) override;
+  double beta_1_, beta_2_;
 };
 
 // Adam with L2 weight decay in the gradient; AdamW decouples it.

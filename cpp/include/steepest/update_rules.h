@@ -80,6 +80,48 @@ STEEPEST_RULE void rmsprop_step(T& p, T g, T& mean_square, const Rmsprop<T>& c) 
   p -= c.lr * gi / (square_root(ei) + c.eps);
 }
 
+// ------------------------------------------------------------------ AdaGrad and Lion
+
+template <class T>
+struct Adagrad {
+  T lr, eps, weight_decay, scale;
+};
+
+template <class T>
+Adagrad<T> adagrad_coefficients(double lr, double eps, double weight_decay, double scale) {
+  return {T(lr), T(eps), T(weight_decay), T(scale)};
+}
+
+template <class T>
+STEEPEST_RULE void adagrad_step(T& p, T g, T& sum_square, const Adagrad<T>& c) {
+  const T gi = c.scale * g + c.weight_decay * p;
+  // AdaGrad (the seed's RMSProp without the decay): G = Σg², θ −= η g/(√G + ε)
+  const T si = sum_square + gi * gi;
+  sum_square = si;
+  p -= c.lr * gi / (square_root(si) + c.eps);
+}
+
+template <class T>
+struct Lion {
+  T lr, beta1, mix1, beta2, mix2, decay, scale;
+};
+
+template <class T>
+Lion<T> lion_coefficients(double lr, double beta1, double beta2, double decay, double scale) {
+  return {T(lr), T(beta1), T(1.0 - beta1), T(beta2), T(1.0 - beta2), T(decay), T(scale)};
+}
+
+// Chen et al. 2023, Algorithm 2: c = β₁m + (1−β₁)g, θ −= η(sign(c) + λθ),
+// m = β₂m + (1−β₂)g.
+template <class T>
+STEEPEST_RULE void lion_step(T& p, T g, T& m, const Lion<T>& c) {
+  const T gi = c.scale * g;
+  const T interpolated = c.beta1 * m + c.mix1 * gi;
+  const T sign = interpolated > T(0) ? T(1) : interpolated < T(0) ? T(-1) : T(0);
+  p -= c.lr * (sign + c.decay * p);
+  m = c.beta2 * m + c.mix2 * gi;
+}
+
 // --------------------------------------------------------------------- Adam family
 
 template <class T>
