@@ -269,6 +269,19 @@ void init_optim(nb::module_& parent) {
           nb::kw_only(), arg("learning_rate"), arg("beta_1"), arg("beta_2"), arg("weight_decay"),
           arg("clipnorm").none());
 
+  nb::class_<optim::Muon, optim::Optimizer>(m, "Muon", nb::type_slots(optimizer_slots))
+      .def(
+          "__init__",
+          [](optim::Muon* self, nb::handle lr, double momentum, bool nesterov, int64_t ns_steps,
+             double epsilon, double adam_beta_1, double adam_beta_2, double adam_lr_ratio,
+             double weight_decay, std::optional<double> clipnorm) {
+            new (self) optim::Muon(to_schedule("Muon", lr), momentum, nesterov, ns_steps, epsilon,
+                                   adam_beta_1, adam_beta_2, adam_lr_ratio, weight_decay, clipnorm);
+          },
+          nb::kw_only(), arg("learning_rate"), arg("momentum"), arg("nesterov"), arg("ns_steps"),
+          arg("epsilon"), arg("adam_beta_1"), arg("adam_beta_2"), arg("adam_lr_ratio"),
+          arg("weight_decay"), arg("clipnorm").none());
+
 #define STEEPEST_ADAM_FAMILY(Class)                                                           \
   nb::class_<optim::Class, optim::Optimizer>(m, #Class, nb::type_slots(optimizer_slots))      \
       .def(                                                                                   \

@@ -459,6 +459,7 @@ OPTIMIZERS = [
     ("rmsprop", lambda: st.optimizers.RMSprop(learning_rate=0.01, weight_decay=0.01)),
     ("adagrad", lambda: st.optimizers.Adagrad(learning_rate=0.1, weight_decay=0.01)),
     ("lion", lambda: st.optimizers.Lion(learning_rate=0.01, weight_decay=0.1, clipnorm=1.0)),
+    ("muon", lambda: st.optimizers.Muon(learning_rate=0.02)),
     ("adam", lambda: st.optimizers.Adam(learning_rate=0.01, weight_decay=0.01)),
     ("adamw-clip", lambda: st.optimizers.AdamW(learning_rate=0.01, clipnorm=0.5)),
     ("lamb", lambda: st.optimizers.Lamb(learning_rate=0.01, weight_decay=0.01)),

@@ -103,6 +103,37 @@ class RefLion(Reference):
         m[...] = b2 * m + (1 - b2) * g                # m = β₂m + (1−β₂)g
 
 
+def newton_schulz(u, steps, eps, coefficients=(3.4445, -4.7750, 2.0315)):
+    a, b, c = coefficients
+    x = u.T if u.shape[0] > u.shape[1] else u
+    x = x / max(np.linalg.norm(x), eps)             # X = U / max(‖U‖_F, ε)
+    for _ in range(steps):
+        gram = x @ x.T                                # A = XXᵀ
+        x = a * x + (b * gram + c * gram @ gram) @ x  # X ← aX + (bA + cA²)X
+    return x.T if u.shape[0] > u.shape[1] else x
+
+
+class RefMuon(Reference):
+    def update(self, theta, g, s, lr):
+        h = self.h
+        if theta.ndim != 2:                           # AdamW at η·adam_lr_ratio
+            adamw = RefAdamW(lr * h["adam_lr_ratio"], weight_decay=self.wd, beta_1=h["adam_beta_1"],
+                             beta_2=h["adam_beta_2"], epsilon=h["epsilon"])
+            adamw.update(theta, g, s, lr * h["adam_lr_ratio"])
+            return
+        mu = h["momentum"]
+        b = s.setdefault("B", np.zeros_like(theta))
+        b[...] = mu * b + (1 - mu) * g                # B = μB + (1−μ)G
+        u = (1 - mu) * g + mu * b if h["nesterov"] else b
+        rows, cols = theta.shape
+        theta *= 1 - lr * self.wd                     # θ = (1 − ηλ)θ − η√max(1, r/c)·X
+        theta -= lr * np.sqrt(max(1.0, rows / cols)) * newton_schulz(u, h["ns_steps"], h["epsilon"])
+
+
+MUON_DEFAULTS = dict(momentum=0.95, nesterov=True, ns_steps=5, epsilon=1e-7, adam_beta_1=0.9,
+                     adam_beta_2=0.999, adam_lr_ratio=0.1)
+
+
 class RefAdam(Reference):
     decoupled = False
 
@@ -182,6 +213,11 @@ CASES = [
      lambda: RefLion(0.01, beta_1=0.9, beta_2=0.99, weight_decay=0.5)),
     ("lion-clip-schedule", lambda: optim.Lion(S.StepDecay(0.02, 5, 0.5), beta_1=0.8, beta_2=0.95, clipnorm=0.5),
      lambda: RefLion(S.StepDecay(0.02, 5, 0.5), beta_1=0.8, beta_2=0.95, clipnorm=0.5)),
+    ("muon", lambda: optim.Muon(0.02), lambda: RefMuon(0.02, weight_decay=0.1, **MUON_DEFAULTS)),
+    ("muon-plain-momentum-clip", lambda: optim.Muon(0.02, momentum=0.9, nesterov=False, ns_steps=3,
+                                                    weight_decay=0.0, clipnorm=1.0, adam_lr_ratio=0.5),
+     lambda: RefMuon(0.02, clipnorm=1.0, **{**MUON_DEFAULTS, "momentum": 0.9, "nesterov": False,
+                                           "ns_steps": 3, "adam_lr_ratio": 0.5})),
     ("adam", lambda: optim.Adam(0.01, weight_decay=0.1),
      lambda: RefAdam(0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-8, weight_decay=0.1)),
     ("adamw", lambda: optim.AdamW(0.01, beta_1=0.8, beta_2=0.99, weight_decay=0.1),
@@ -291,6 +327,27 @@ def test_adagrad_matches_torch(torch, rng):
                                               weight_decay=0.01), rng)
 
 
+def test_muon_matches_torch_on_matrices(torch, rng):
+    # torch runs the Newton-Schulz iteration in bfloat16, steepest in the parameter's type:
+    # the steps agree to bfloat16's precision (our float64 transcription test is exact).
+    shapes = [(6, 5), (5, 9)]
+    start = [rng.standard_normal(s) for s in shapes]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(5)]
+    ours = [st.tensor(a, dtype="float64") for a in start]
+    theirs = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in start]
+    opt = optim.Muon(0.02, weight_decay=0.1)
+    topt = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1)
+    for k in range(5):
+        for p, tp, g in zip(ours, theirs, grads[k]):
+            p.grad = st.tensor(g, dtype="float64")
+            tp.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step(ours)
+        topt.step()
+    for p, tp, a in zip(ours, theirs, start):
+        moved, torch_moved = p.numpy() - a, tp.detach().numpy() - a
+        np.testing.assert_allclose(moved, torch_moved, atol=0.03 * np.abs(torch_moved).max())
+
+
 def test_adam_matches_torch(torch, rng):
     _torch_run(torch, lambda: optim.Adam(0.01, beta_1=0.85, beta_2=0.99, weight_decay=0.01),
                lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.85, 0.99), eps=1e-8,
@@ -351,6 +408,7 @@ ALL_OPTIMIZERS = {
     "adagrad": lambda: optim.Adagrad(0.01),
     "rmsprop": lambda: optim.RMSprop(0.01),
     "lion": lambda: optim.Lion(0.001, weight_decay=0.1),
+    "muon": lambda: optim.Muon(0.01),
     "adam": lambda: optim.Adam(0.01),
     "adamw": lambda: optim.AdamW(0.01),
     "lamb": lambda: optim.Lamb(0.01),
@@ -656,6 +714,9 @@ BAD_ARGUMENTS = [
     (optim.Lamb, {"beta_1": 2.0}, "beta_1.*2"),
     (optim.Adagrad, {"initial_accumulator_value": -0.1}, "initial_accumulator_value.*-0.1"),
     (optim.Adagrad, {"epsilon": 0.0}, "epsilon.*0"),
+    (optim.Muon, {"momentum": 1.0}, "momentum.*1"),
+    (optim.Muon, {"ns_steps": 0}, "ns_steps.*0"),
+    (optim.Muon, {"adam_lr_ratio": -1.0}, "adam_lr_ratio.*-1"),
     (optim.Lion, {"beta_1": 1.0}, "beta_1.*1"),
     (optim.Lion, {"beta_2": -0.5}, "beta_2.*-0.5"),
     (optim.Lion, {"weight_decay": -1.0}, "weight_decay.*-1"),
@@ -681,7 +742,7 @@ def test_bad_arguments_raise_value_error_naming_the_value(cls, kwargs, message):
     ("sgd", optim.SGD), ("momentum", optim.SGD), ("nesterov", optim.SGD),
     ("rmsprop", optim.RMSprop), ("Adam", optim.Adam), ("adamw", optim.AdamW),
     ("lamb", optim.Lamb), ("adafactor", optim.Adafactor), ("adagrad", optim.Adagrad),
-    ("Lion", optim.Lion)])
+    ("Lion", optim.Lion), ("muon", optim.Muon)])
 def test_get_returns_defaults(name, cls):
     opt = optim.get(name)
     assert type(opt) is cls and opt.iterations == 0

@@ -5,8 +5,10 @@
 #include <cmath>
 
 #include "checks.h"
+#include "steepest/autograd.h"
 #include "steepest/common.h"
 #include "steepest/kernels.h"
+#include "steepest/ops.h"
 #include "steepest/optim.h"
 
 namespace steepest::optim {
@@ -124,6 +126,68 @@ void Lion::update(Tensor& param, const Tensor& grad, ParamState& state, double l
                   double grad_scale, double weight_decay) {
   STEEPEST_KERNEL(param.device(), lion_update)(param, grad, slot(state, 0), lr, beta_1_, beta_2_,
                                                weight_decay, grad_scale);
+}
+
+// ------------------------------------------------------------------------------ Muon
+
+Muon::Muon(std::shared_ptr<const Schedule> learning_rate, double momentum, bool nesterov,
+           int64_t ns_steps, double epsilon, double adam_beta_1, double adam_beta_2,
+           double adam_lr_ratio, double weight_decay, std::optional<double> clipnorm)
+    : Optimizer("Muon", std::move(learning_rate), weight_decay, clipnorm),
+      momentum_(momentum),
+      nesterov_(nesterov),
+      ns_steps_(ns_steps),
+      epsilon_(epsilon),
+      adam_beta_1_(adam_beta_1),
+      adam_beta_2_(adam_beta_2),
+      adam_lr_ratio_(adam_lr_ratio) {
+  check_decay_rate("Muon", "momentum", momentum);
+  detail::check_at_least("Muon", "ns_steps", ns_steps, 1);
+  check_adam_family("Muon", adam_beta_1, adam_beta_2, epsilon);
+  check_non_negative("Muon", "adam_lr_ratio", adam_lr_ratio);
+}
+
+std::vector<SlotSpec> Muon::slot_specs(const Tensor& param) const {
+  if (param.ndim() == 2) return {{"momentum", param.shape()}};
+  return {{"m", param.shape()}, {"v", param.shape()}};
+}
+
+Tensor Muon::orthogonalize(const Tensor& u) const {
+  using namespace ops;
+  const bool tall = u.shape()[0] > u.shape()[1];
+  Tensor x = contiguous(tall ? transpose(u, 0, 1) : u);
+  double square_norm = 0.0;
+  STEEPEST_KERNEL(x.device(), sum_of_squares)(x, square_norm);
+  x = mul_scalar(x, 1.0 / std::max(std::sqrt(square_norm), epsilon_));
+  for (int64_t k = 0; k < ns_steps_; ++k) {
+    const Tensor gram = matmul(x, transpose(x, 0, 1));
+    const Tensor polynomial = add(mul_scalar(gram, kB), mul_scalar(matmul(gram, gram), kC));
+    x = add(mul_scalar(x, kA), matmul(polynomial, x));
+  }
+  return tall ? transpose(x, 0, 1) : x;
+}
+
+void Muon::update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+                  double grad_scale, double weight_decay) {
+  if (param.ndim() != 2) {
+    STEEPEST_KERNEL(param.device(), adam_update)(param, grad, slot(state, 0), slot(state, 1),
+                                                 lr * adam_lr_ratio_, adam_beta_1_, adam_beta_2_,
+                                                 epsilon_, state.step, weight_decay, true,
+                                                 grad_scale);
+    return;
+  }
+  using namespace ops;
+  NoGradGuard no_grad;
+  Tensor& buffer = slot(state, 0);
+  const Tensor g = mul_scalar(grad, grad_scale);
+  copy_into(add(mul_scalar(buffer, momentum_), mul_scalar(g, 1.0 - momentum_)), buffer);
+  const Tensor direction =
+      nesterov_ ? add(mul_scalar(g, 1.0 - momentum_), mul_scalar(buffer, momentum_)) : buffer;
+  const double rows = static_cast<double>(param.shape()[0]);
+  const double cols = static_cast<double>(param.shape()[1]);
+  const double step = lr * std::sqrt(std::max(1.0, rows / cols));
+  copy_into(sub(mul_scalar(param, 1.0 - lr * weight_decay), mul_scalar(orthogonalize(direction), step)),
+            param);
 }
 
 // ------------------------------------------------------------------------ Adam, AdamW

@@ -41,6 +41,7 @@ OPTIMIZERS: Dict[str, Callable[..., Any]] = {
     "lamb": st.optimizers.Lamb,
     "adafactor": st.optimizers.Adafactor,
     "lion": st.optimizers.Lion,
+    "muon": st.optimizers.Muon,
 }
 
 

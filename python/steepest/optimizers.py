@@ -268,6 +268,46 @@ class Lion(Optimizer):
         )
 
 
+class Muon(Optimizer):
+    """Muon (Jordan et al. 2024, "Muon: An optimizer for hidden layers"; torch.optim.Muon's
+    rule) for 2-D weights: momentum B = μB + (1 − μ)G, U = (1 − μ)G + μB with nesterov
+    (else U = B), orthogonalised by ``ns_steps`` quintic Newton–Schulz iterations
+    X ← aX + (bA + cA²)X with A = XXᵀ, (a, b, c) = (3.4445, −4.7750, 2.0315), from
+    X = U / max(‖U‖_F, ε); then θ = (1 − ηλ)θ − η·√max(1, rows/cols)·X. The step follows
+    the gradient's singular directions with every singular value near 1, so no direction
+    of a weight matrix is starved. Every other parameter (biases, normalisation scales,
+    convolution kernels) takes AdamW's step with learning rate η·adam_lr_ratio, as in
+    Keras' Muon. weight_decay is decoupled for both."""
+
+    _core_class = _optim.Muon
+
+    def __init__(
+        self,
+        learning_rate: LearningRate = 0.001,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        epsilon: float = 1e-7,
+        adam_beta_1: float = 0.9,
+        adam_beta_2: float = 0.999,
+        adam_lr_ratio: float = 0.1,
+        weight_decay: float = 0.1,
+        clipnorm: Optional[float] = None,
+    ) -> None:
+        super().__init__(
+            learning_rate=learning_rate,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            epsilon=epsilon,
+            adam_beta_1=adam_beta_1,
+            adam_beta_2=adam_beta_2,
+            adam_lr_ratio=adam_lr_ratio,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+        )
+
+
 class Adam(Optimizer):
     """The seed's Adam: moments m, v with bias correction m̂ = m/(1 − β₁ᵗ),
     v̂ = v/(1 − β₂ᵗ), and θ −= η m̂/(√v̂ + ε). weight_decay adds λθ to the gradient."""
@@ -386,6 +426,7 @@ _BY_NAME = {
     "lamb": Lamb,
     "adafactor": Adafactor,
     "lion": Lion,
+    "muon": Muon,
 }
 
 
@@ -394,7 +435,7 @@ def get(identifier: Any) -> Optimizer:
     ``identifier`` itself when it already is an Optimizer.
 
     Names: sgd, momentum (SGD with β = 0.9), nesterov, adagrad, rmsprop, adam, adamw,
-    lamb, adafactor, lion.
+    lamb, adafactor, lion, muon.
     """
     if isinstance(identifier, Optimizer):
         return identifier
@@ -495,6 +536,7 @@ __all__ = [
     "AdamW",
     "Lamb",
     "Lion",
+    "Muon",
     "Optimizer",
     "RMSprop",
     "SGD",

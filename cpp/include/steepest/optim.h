@@ -243,6 +243,34 @@ class AdamW final : public Adam {
         double epsilon, double weight_decay, std::optional<double> clipnorm);
 };
 
+// Muon (Jordan et al. 2024; torch.optim.Muon's rule): a 2-D weight's momentum
+// B = μB + (1−μ)G — Nesterov: U = (1−μ)G + μB, else U = B — is orthogonalised by
+// ns_steps quintic Newton–Schulz iterations X ← aX + (bA + cA²)X, A = XXᵀ, started from
+// X = U/max(‖U‖_F, ε) in the wide orientation; then θ = (1 − ηλ)θ − η·√max(1, rows/cols)·X.
+// Every other parameter (biases, norms, convolution kernels, embeddings' vectors) takes
+// AdamW's step with learning rate η·adam_lr_ratio (Keras' Muon).
+class Muon final : public Optimizer {
+ public:
+  Muon(std::shared_ptr<const Schedule> learning_rate, double momentum, bool nesterov,
+       int64_t ns_steps, double epsilon, double adam_beta_1, double adam_beta_2,
+       double adam_lr_ratio, double weight_decay, std::optional<double> clipnorm);
+  std::vector<SlotSpec> slot_specs(const Tensor& param) const override;
+  bool elementwise() const override { return false; }
+
+  // The quintic's coefficients (Jordan et al.): the largest slope at 0 that still maps
+  // singular values in (0, 1] into about [0.7, 1.2] within five steps.
+  static constexpr double kA = 3.4445, kB = -4.7750, kC = 2.0315;
+
+ private:
+  void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+              double grad_scale, double weight_decay) override;
+  Tensor orthogonalize(const Tensor& u) const;
+  double momentum_;
+  bool nesterov_;
+  int64_t ns_steps_;
+  double epsilon_, adam_beta_1_, adam_beta_2_, adam_lr_ratio_;
+};
+
 // You et al. 2019 as optax implements it: r = m̂/(√v̂+ε), u = r + λθ, and per parameter
 // tensor θ −= η·(‖θ‖/‖u‖)·u, the ratio taken as 1 when either norm is 0.
 class Lamb final : public Optimizer {
