@@ -521,17 +521,19 @@ Dims BatchNormalization::build_weights(const Dims& input_shape, uint64_t seed) {
 }
 
 // Keras casts 16-bit inputs to float32 around its batch norm; the kernels do the same
-// internally (float32 statistics), so only gamma/beta follow the compute dtype.
+// internally (float32 statistics), so the input stays in the compute dtype. A float64
+// compute dtype runs in float32, the dtype of the moving statistics updated in place.
 Tensor BatchNormalization::forward(const Tensor& x, bool training, int64_t) {
-  const size_t stats = (scale_ ? 1 : 0) + (center_ ? 1 : 0);
-  Tensor gamma = scale_ ? cast(weights_[0].second) : Tensor();
-  Tensor beta = center_ ? cast(weights_[scale_ ? 1 : 0].second) : Tensor();
+  Tensor& moving_mean = weights_[weights_.size() - 2].second;
+  Tensor& moving_variance = weights_[weights_.size() - 1].second;
   Tensor input = cast(x);
-  Tensor& moving_mean = weights_[stats].second;
-  Tensor& moving_variance = weights_[stats + 1].second;
-  // float64 input (a float32 layer used eagerly on doubles) would need float64 statistics.
   if (steepest::compute_dtype(input.dtype()) != moving_mean.dtype())
     input = ops::astype(input, moving_mean.dtype());
+  auto like_input = [&](const Tensor& w) {
+    return w.dtype() == input.dtype() ? w : ops::astype(w, input.dtype());
+  };
+  Tensor gamma = scale_ ? like_input(weights_[0].second) : Tensor();
+  Tensor beta = center_ ? like_input(weights_[scale_ ? 1 : 0].second) : Tensor();
   return ops::batch_norm(input, moving_mean, moving_variance, gamma, beta, training, momentum_,
                          epsilon_, batch_axis_);
 }

@@ -470,9 +470,13 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
       STEEPEST_KERNEL(x.device(), batch_norm_stats)(xc, outer, channels, inner, mean, var);
       rstd = power(add_scalar(var, eps), -0.5);
       if (running_mean.defined()) {
-        Tensor rm = running_mean, rv = running_var;
-        copy_into(add(mul_scalar(running_mean.detach(), momentum), mul_scalar(mean, 1.0 - momentum)), rm);
-        copy_into(add(mul_scalar(running_var.detach(), momentum), mul_scalar(var, 1.0 - momentum)), rv);
+        // Keras: moving = moving·momentum + batch·(1 − momentum), in place.
+        auto update = [momentum](Tensor moving, const Tensor& batch) {
+          copy_into(add(mul_scalar(moving.detach(), momentum), mul_scalar(batch, 1.0 - momentum)),
+                    moving);
+        };
+        update(running_mean, mean);
+        update(running_var, var);
       }
     } else {
       mean = contiguous(running_mean.detach());
