@@ -125,6 +125,9 @@ def test_add_errors():
         add([st.ones((2,)), st.ones((3,))])
     with pytest.raises(TypeError, match=r"input 1 is ndarray"):
         add([st.ones((2,)), np.ones(2)])
+    # A merge layer takes a list: it has no place in a Sequential.
+    with pytest.raises(TypeError, match=r"^\[Sequential.add\].*Add"):
+        st.Sequential([L.Input((3,)), L.Add()])
 
 
 # ------------------------------------------------------------ models: fit, save, load
