@@ -186,6 +186,31 @@ void init_model(nb::module_& parent) {
   nb::class_<model::Normalization, model::Layer>(m, "Normalization")
       .def(nb::init<std::string, bool, std::vector<double>, std::vector<double>>())
       .def("set_statistics", &model::Normalization::set_statistics, arg("mean"), arg("variance"));
+  nb::class_<model::BatchNormalization, model::Layer>(m, "BatchNormalization")
+      .def(nb::init<std::string, int64_t, double, double, bool, bool>(), nb::arg("name"),
+           nb::arg("axis"), nb::arg("momentum"), nb::arg("epsilon"), nb::arg("center"),
+           nb::arg("scale"));
+  nb::class_<model::GlobalPool2D, model::Layer>(m, "GlobalPool2D")
+      .def("__init__", [](model::GlobalPool2D* self, std::string name, bool max,
+                          const std::string& data_format, bool keepdims) {
+        const char* op = max ? "GlobalMaxPooling2D" : "GlobalAveragePooling2D";
+        new (self) model::GlobalPool2D(std::move(name), max, model::data_format_from_name(op, data_format),
+                                       keepdims);
+      },
+      nb::arg("name"), nb::arg("max"), nb::arg("data_format"), nb::arg("keepdims"));
+  nb::class_<model::Reshape, model::Layer>(m, "Reshape")
+      .def("__init__", [](model::Reshape* self, std::string name, std::vector<int64_t> target) {
+        new (self) model::Reshape(std::move(name), Dims(target.begin(), target.end()));
+      },
+      nb::arg("name"), nb::arg("target_shape"));
+  nb::class_<model::ZeroPadding2D, model::Layer>(m, "ZeroPadding2D")
+      .def("__init__", [](model::ZeroPadding2D* self, std::string name, std::pair<int64_t, int64_t> rows,
+                          std::pair<int64_t, int64_t> cols, const std::string& data_format) {
+        new (self) model::ZeroPadding2D(std::move(name),
+                                        ops::Padding2d(rows.first, rows.second, cols.first, cols.second),
+                                        model::data_format_from_name("ZeroPadding2D", data_format));
+      },
+      nb::arg("name"), nb::arg("rows"), nb::arg("cols"), nb::arg("data_format"));
   nb::class_<model::TokenAndPositionEmbedding, model::Layer>(m, "TokenAndPositionEmbedding")
       .def(nb::init<std::string, int64_t, int64_t, int64_t>());
   nb::class_<model::TransformerBlock, model::Layer>(m, "TransformerBlock")

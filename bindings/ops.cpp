@@ -275,6 +275,23 @@ void init_ops(nb::module_& parent) {
         },
         arg("x"), arg("weight").none() = nb::none(), arg("bias").none() = nb::none(), arg("eps") = 1e-5,
         "Normalises over the last axis, then scales by weight and shifts by bias.");
+  m.def("batch_norm",
+        [](const Tensor& x, std::optional<Tensor> running_mean, std::optional<Tensor> running_var,
+           std::optional<Tensor> w, std::optional<Tensor> b, bool training, double momentum,
+           double eps, int64_t axis) {
+          return ops::batch_norm(x, optional_tensor(running_mean), optional_tensor(running_var),
+                                 optional_tensor(w), optional_tensor(b), training, momentum, eps,
+                                 axis);
+        },
+        arg("x"), arg("running_mean").none() = nb::none(), arg("running_var").none() = nb::none(),
+        arg("weight").none() = nb::none(), arg("bias").none() = nb::none(),
+        arg("training") = false, arg("momentum") = 0.99, arg("eps") = 1e-3, arg("axis") = 1,
+        "Batch normalisation over every axis but `axis` (Keras semantics). training=True\n"
+        "normalises with the batch mean and biased variance and updates running_mean /\n"
+        "running_var in place: moving = moving*momentum + batch*(1 - momentum), the\n"
+        "variance biased, as Keras (torch's momentum m is 1 - m here, and torch uses the\n"
+        "unbiased variance). training=False normalises with the running statistics.\n"
+        "The statistics are float32 for 16-bit input (float64 for float64).");
   m.def("embedding", &ops::embedding, arg("indices"), arg("table"), "table[indices].");
   m.def("dropout",
         [](const Tensor& x, double rate, bool training, std::optional<uint64_t> seed) {

@@ -396,6 +396,98 @@ __global__ void layer_norm_param_grads(const S* gy, const S* x, const compute_t<
   }
 }
 
+// -------------------------------------------------------------------- batch norm
+
+// x is (outer, channels, inner); a block per channel (grid-stride over channels) sums
+// its outer·inner values in double: Σx, then Σ(x − μ)² (two passes, no cancellation).
+template <class S>
+__global__ void batch_norm_channel_stats(const S* x, int64_t outer, int64_t channels,
+                                         int64_t inner, compute_t<S>* mean, compute_t<S>* var) {
+  const int64_t count = outer * inner;
+  for (int64_t c = blockIdx.x; c < channels; c += gridDim.x) {
+    double s = 0.0;
+    for (int64_t e = threadIdx.x; e < count; e += blockDim.x) {
+      const int64_t o = e / inner, i = e - o * inner;
+      s += static_cast<double>(to_compute(x[(o * channels + c) * inner + i]));
+    }
+    const double mu = row_reduce<false>(s, SumOp{}, 0.0) / static_cast<double>(count);
+    double q = 0.0;
+    for (int64_t e = threadIdx.x; e < count; e += blockDim.x) {
+      const int64_t o = e / inner, i = e - o * inner;
+      const double d = static_cast<double>(to_compute(x[(o * channels + c) * inner + i])) - mu;
+      q += d * d;
+    }
+    q = row_reduce<false>(q, SumOp{}, 0.0);
+    if (threadIdx.x == 0) {
+      mean[c] = static_cast<compute_t<S>>(mu);
+      var[c] = static_cast<compute_t<S>>(q / static_cast<double>(count));
+    }
+  }
+}
+
+template <class S>
+__global__ void batch_norm_apply_kernel(const S* x, int64_t n, int64_t channels, int64_t inner,
+                                        const compute_t<S>* mean, const compute_t<S>* rstd,
+                                        const S* w, const S* b, S* y) {
+  using C = compute_t<S>;
+  STEEPEST_GRID_STRIDE(e, n) {
+    const int64_t c = (e / inner) % channels;
+    C v = (to_compute(x[e]) - mean[c]) * rstd[c];
+    if (w) v *= to_compute(w[c]);
+    if (b) v += to_compute(b[c]);
+    y[e] = to_storage<S>(v);
+  }
+}
+
+// Per channel Σg and Σg·x̂ (sums: 2 per channel, C), and dγ = Σg·x̂, dβ = Σg.
+template <class S>
+__global__ void batch_norm_channel_grads(const S* gy, const S* x, int64_t outer, int64_t channels,
+                                         int64_t inner, const compute_t<S>* mean,
+                                         const compute_t<S>* rstd, compute_t<S>* sums, S* gw,
+                                         S* gb) {
+  using C = compute_t<S>;
+  const int64_t count = outer * inner;
+  for (int64_t c = blockIdx.x; c < channels; c += gridDim.x) {
+    double sg = 0.0, sgx = 0.0;
+    const double m = mean[c], r = rstd[c];
+    for (int64_t e = threadIdx.x; e < count; e += blockDim.x) {
+      const int64_t o = e / inner, i = e - o * inner;
+      const int64_t at = (o * channels + c) * inner + i;
+      const double g = static_cast<double>(to_compute(gy[at]));
+      sg += g;
+      sgx += g * ((static_cast<double>(to_compute(x[at])) - m) * r);
+    }
+    sg = row_reduce<false>(sg, SumOp{}, 0.0);
+    sgx = row_reduce<false>(sgx, SumOp{}, 0.0);
+    if (threadIdx.x == 0) {
+      sums[2 * c] = static_cast<C>(sg);
+      sums[2 * c + 1] = static_cast<C>(sgx);
+      if (gw) gw[c] = to_storage<S>(static_cast<C>(sgx));
+      if (gb) gb[c] = to_storage<S>(static_cast<C>(sg));
+    }
+  }
+}
+
+// dx = γ·rstd·(g − mean(g) − x̂·mean(g·x̂)) with batch statistics, γ·rstd·g without
+// (sums null): see cpp/cpu/nn.cpp's batch_norm_backward.
+template <class S>
+__global__ void batch_norm_grad_input(const S* gy, const S* x, int64_t n, int64_t channels,
+                                      int64_t inner, int64_t count, const compute_t<S>* mean,
+                                      const compute_t<S>* rstd, const S* w,
+                                      const compute_t<S>* sums, S* gx) {
+  using C = compute_t<S>;
+  STEEPEST_GRID_STRIDE(e, n) {
+    const int64_t c = (e / inner) % channels;
+    const C r = rstd[c], a = w ? to_compute(w[c]) * r : r;
+    C v = to_compute(gy[e]);
+    if (sums) {
+      const C inv = C(1) / static_cast<C>(count);
+      v -= sums[2 * c] * inv + (to_compute(x[e]) - mean[c]) * r * (sums[2 * c + 1] * inv);
+    }
+    gx[e] = to_storage<S>(a * v);
+  }
+}
+
 // --------------------------------------------------------------------- embedding
 
 // Rows are copied as stored.
@@ -664,6 +756,74 @@ void layer_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& we
           grad_y.data<S>(), x.data<S>(), mean.data<C>(), rstd.data<C>(),
           grad_weight ? grad_weight->data<S>() : nullptr,
           grad_bias ? grad_bias->data<S>() : nullptr, rows, cols);
+      STEEPEST_CUDA_CHECK_LAUNCH();
+    }
+  });
+}
+
+namespace {
+
+unsigned channel_blocks(int64_t channels) {
+  return static_cast<unsigned>(std::min<int64_t>(channels, kMaxBlocks));
+}
+
+}  // namespace
+
+void batch_norm_stats(const Tensor& x, int64_t outer, int64_t channels, int64_t inner,
+                      Tensor& mean, Tensor& var) {
+  if (channels == 0) return;
+  DeviceGuard guard(x.device());
+  dispatch_float_storage("batch_norm", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    batch_norm_channel_stats<<<channel_blocks(channels), kThreads, 0, guard.stream()>>>(
+        x.data<S>(), outer, channels, inner, mean.data<C>(), var.data<C>());
+    STEEPEST_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void batch_norm_apply(const Tensor& x, int64_t outer, int64_t channels, int64_t inner,
+                      const Tensor& mean, const Tensor& rstd, const Tensor& weight,
+                      const Tensor& bias, Tensor& y) {
+  const int64_t n = outer * channels * inner;
+  if (n == 0) return;
+  DeviceGuard guard(x.device());
+  dispatch_float_storage("batch_norm", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    batch_norm_apply_kernel<<<blocks_for(n), kThreads, 0, guard.stream()>>>(
+        x.data<S>(), n, channels, inner, mean.data<C>(), rstd.data<C>(),
+        weight.defined() ? weight.data<S>() : nullptr, bias.defined() ? bias.data<S>() : nullptr,
+        y.data<S>());
+    STEEPEST_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void batch_norm_backward(const Tensor& grad_y, const Tensor& x, int64_t outer, int64_t channels,
+                         int64_t inner, const Tensor& mean, const Tensor& rstd,
+                         const Tensor& weight, bool batch_stats, Tensor* grad_x,
+                         Tensor* grad_weight, Tensor* grad_bias) {
+  const int64_t n = outer * channels * inner;
+  if (channels == 0) return;
+  DeviceGuard guard(x.device());
+  dispatch_float_storage("batch_norm", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    const bool need_sums = grad_weight || grad_bias || (grad_x && batch_stats);
+    Tensor sums;
+    if (need_sums) {
+      sums = Tensor::empty({2 * channels}, compute_dtype(x.dtype()), x.device());
+      batch_norm_channel_grads<<<channel_blocks(channels), kThreads, 0, guard.stream()>>>(
+          grad_y.data<S>(), x.data<S>(), outer, channels, inner, mean.data<C>(), rstd.data<C>(),
+          sums.data<C>(), grad_weight ? grad_weight->data<S>() : nullptr,
+          grad_bias ? grad_bias->data<S>() : nullptr);
+      STEEPEST_CUDA_CHECK_LAUNCH();
+    }
+    if (grad_x && n > 0) {
+      batch_norm_grad_input<<<blocks_for(n), kThreads, 0, guard.stream()>>>(
+          grad_y.data<S>(), x.data<S>(), n, channels, inner, outer * inner, mean.data<C>(),
+          rstd.data<C>(), weight.defined() ? weight.data<S>() : nullptr,
+          batch_stats ? sums.data<C>() : nullptr, grad_x->data<S>());
       STEEPEST_CUDA_CHECK_LAUNCH();
     }
   });

@@ -383,6 +383,27 @@ def test_layer_norm(rng, cols):
 
 
 @requires_cuda
+@pytest.mark.parametrize("shape, axis", [((6, 5), 1), ((4, 3, 5, 6), 1), ((4, 5, 6, 3), -1),
+                                         ((2, 2, 40, 40), 1)])
+def test_batch_norm(rng, shape, axis):
+    c = shape[axis]
+    check_devices(lambda x, w, b: ops.batch_norm(x, None, None, w, b, training=True, axis=axis),
+                  normal(rng, *shape), normal(rng, c), normal(rng, c))
+    check_devices(lambda x, w, b, m, v: ops.batch_norm(x, m, v, w, b, training=False, axis=axis),
+                  normal(rng, *shape), normal(rng, c), normal(rng, c), normal(rng, c),
+                  positive(rng, c))
+    # The moving statistics are updated on the device as on the host.
+    x = normal(rng, *shape)
+    stats = []
+    for device in ("cpu", "cuda"):
+        m, v = st.zeros((c,), device=device), st.ones((c,), device=device)
+        ops.batch_norm(st.tensor(x, device=device), m, v, training=True, axis=axis)
+        stats.append((_host(m), _host(v)))
+    np.testing.assert_allclose(stats[1][0], stats[0][0], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(stats[1][1], stats[0][1], rtol=RTOL, atol=ATOL)
+
+
+@requires_cuda
 def test_embedding(rng):
     table = normal(rng, 10, 6)
     indices = np.array([[0, 2, 2], [9, 0, 2]], dtype="int64")
@@ -611,6 +632,8 @@ HALF_OPS = [
     ("layer_norm_long_rows", lambda x, w, b: ops.layer_norm(x, w, b),
      [((5, 1500), "normal"), ((1500,), "normal"), ((1500,), "normal")]),
     ("layer_norm_plain", ops.layer_norm, [((6, 8), "normal")]),
+    ("batch_norm", lambda x, w, b: ops.batch_norm(x, None, None, w, b, training=True),
+     [((4, 3, 5, 5), "normal"), ((3,), "normal"), ((3,), "normal")]),
     ("embedding", lambda i, t: ops.embedding(i, t),
      [np.array([[1, 3, 3], [0, 9, 3]]), ((10, 6), "normal")]),
     ("dropout", lambda x: ops.dropout(x, 0.5, True, seed=7), [((40, 50), "normal")]),

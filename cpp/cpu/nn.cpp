@@ -367,6 +367,183 @@ void layer_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& we
   });
 }
 
+// --- batch norm -------------------------------------------------------------------
+// x is contiguous (outer, channels, inner): the channels [c0, c1) of one outer index are
+// one contiguous block of (c1 − c0)·inner values, which the per-channel sums walk outer
+// index by outer index. Each thread owns whole channels and sums them in double, in a
+// fixed order: the statistics do not depend on the thread count or the ISA.
+namespace {
+
+int64_t channels_grain(int64_t outer, int64_t inner) {
+  return std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(outer * inner, 1));
+}
+
+// Calls visit(k, segment) for the channel b + k's segment of every outer index, where
+// segment is its `inner` values in the compute type.
+template <class S, class C, class Visit>
+void for_each_segment(const S* data, int64_t outer, int64_t channels, int64_t inner, int64_t b,
+                      int64_t e, RowView<S, C>& view, Visit visit) {
+  const int64_t width = (e - b) * inner;
+  for (int64_t o = 0; o < outer; ++o) {
+    const C* block = view.read(data + (o * channels + b) * inner, width);
+    for (int64_t k = 0; k < e - b; ++k) visit(k, o, block + k * inner);
+  }
+}
+
+}  // namespace
+
+void batch_norm_stats(const Tensor& x, int64_t outer, int64_t channels, int64_t inner,
+                      Tensor& mean, Tensor& var) {
+  const double count = static_cast<double>(outer * inner);
+  dispatch_float_storage("batch_norm", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    const S* px = x.data<S>();
+    C* pm = mean.data<C>();
+    C* pv = var.data<C>();
+    parallel_for(channels, channels_grain(outer, inner), [&](int64_t b, int64_t e) {
+      RowView<S, C> view;
+      std::vector<double> acc(static_cast<size_t>(e - b), 0.0);
+      for_each_segment(px, outer, channels, inner, b, e, view, [&](int64_t k, int64_t, const C* seg) {
+        double s = 0.0;
+        for (int64_t i = 0; i < inner; ++i) s += static_cast<double>(seg[i]);
+        acc[static_cast<size_t>(k)] += s;
+      });
+      std::vector<double> mu(acc.size());
+      for (size_t k = 0; k < acc.size(); ++k) {
+        mu[k] = acc[k] / count;
+        acc[k] = 0.0;
+      }
+      // Two passes: Σ(x − μ)² does not cancel as E[x²] − μ² does.
+      for_each_segment(px, outer, channels, inner, b, e, view, [&](int64_t k, int64_t, const C* seg) {
+        const double m = mu[static_cast<size_t>(k)];
+        double s = 0.0;
+        for (int64_t i = 0; i < inner; ++i) {
+          const double d = static_cast<double>(seg[i]) - m;
+          s += d * d;
+        }
+        acc[static_cast<size_t>(k)] += s;
+      });
+      for (int64_t k = 0; k < e - b; ++k) {
+        pm[b + k] = static_cast<C>(mu[static_cast<size_t>(k)]);
+        pv[b + k] = static_cast<C>(acc[static_cast<size_t>(k)] / count);
+      }
+    });
+  });
+}
+
+// y = x·scale + shift with scale = rstd·w and shift = b − mean·scale per channel.
+void batch_norm_apply(const Tensor& x, int64_t outer, int64_t channels, int64_t inner,
+                      const Tensor& mean, const Tensor& rstd, const Tensor& weight,
+                      const Tensor& bias, Tensor& y) {
+  dispatch_float_storage("batch_norm", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    RowView<S, C> w_view, b_view;
+    const C* w = weight.defined() ? w_view.read(weight.data<S>(), channels) : nullptr;
+    const C* bb = bias.defined() ? b_view.read(bias.data<S>(), channels) : nullptr;
+    const C* pm = mean.data<C>();
+    const C* pr = rstd.data<C>();
+    std::vector<C> scale(static_cast<size_t>(channels)), shift(static_cast<size_t>(channels));
+    for (int64_t c = 0; c < channels; ++c) {
+      const C sc = w ? pr[c] * w[c] : pr[c];
+      scale[static_cast<size_t>(c)] = sc;
+      shift[static_cast<size_t>(c)] = (bb ? bb[c] : C(0)) - pm[c] * sc;
+    }
+    const S* px = x.data<S>();
+    S* py = y.data<S>();
+    const int64_t row = channels * inner;
+    parallel_for(outer, rows_grain(row), [&](int64_t begin, int64_t end) {
+      RowView<S, C> in, out;
+      for (int64_t o = begin; o < end; ++o) {
+        const C* xr = in.read(px + o * row, row);
+        C* yr = out.write(py + o * row, row);
+        for (int64_t c = 0; c < channels; ++c) {
+          const C sc = scale[static_cast<size_t>(c)], sh = shift[static_cast<size_t>(c)];
+          const C* xs = xr + c * inner;
+          C* ys = yr + c * inner;
+          for (int64_t i = 0; i < inner; ++i) ys[i] = xs[i] * sc + sh;
+        }
+        out.publish(py + o * row, row);
+      }
+    });
+  });
+}
+
+// With x̂ = (x − μ)·rstd, M = outer·inner values per channel, and batch statistics
+// (Ioffe & Szegedy 2015, §3; the layer-norm derivation with rows and columns swapped):
+//   dx = γ·rstd·(g − mean(g) − x̂·mean(g·x̂)),  dγ = Σ g·x̂,  dβ = Σ g.
+// With fixed (moving) statistics μ and rstd are constants: dx = γ·rstd·g.
+void batch_norm_backward(const Tensor& grad_y, const Tensor& x, int64_t outer, int64_t channels,
+                         int64_t inner, const Tensor& mean, const Tensor& rstd,
+                         const Tensor& weight, bool batch_stats, Tensor* grad_x,
+                         Tensor* grad_weight, Tensor* grad_bias) {
+  const double count = static_cast<double>(outer * inner);
+  dispatch_float_storage("batch_norm", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    const S* pg = grad_y.data<S>();
+    const S* px = x.data<S>();
+    const C* pm = mean.data<C>();
+    const C* pr = rstd.data<C>();
+    RowView<S, C> w_view;
+    const C* w = weight.defined() ? w_view.read(weight.data<S>(), channels) : nullptr;
+    // Per channel Σg and Σg·x̂, the only reductions; everything else is pointwise.
+    std::vector<C> sum_g(static_cast<size_t>(channels)), sum_gx(static_cast<size_t>(channels));
+    const bool need_sums = grad_weight || grad_bias || (grad_x && batch_stats);
+    if (need_sums)
+      parallel_for(channels, channels_grain(outer, inner), [&](int64_t b, int64_t e) {
+        RowView<S, C> g_view, x_view;
+        const int64_t width = (e - b) * inner;
+        std::vector<double> acc_g(static_cast<size_t>(e - b), 0.0), acc_gx(acc_g.size(), 0.0);
+        for (int64_t o = 0; o < outer; ++o) {
+          const C* gb = g_view.read(pg + (o * channels + b) * inner, width);
+          const C* xb = x_view.read(px + (o * channels + b) * inner, width);
+          for (int64_t k = 0; k < e - b; ++k) {
+            const C m = pm[b + k], r = pr[b + k];
+            double sg = 0.0, sgx = 0.0;
+            for (int64_t i = 0; i < inner; ++i) {
+              const double g = static_cast<double>(gb[k * inner + i]);
+              sg += g;
+              sgx += g * static_cast<double>((xb[k * inner + i] - m) * r);
+            }
+            acc_g[static_cast<size_t>(k)] += sg;
+            acc_gx[static_cast<size_t>(k)] += sgx;
+          }
+        }
+        for (int64_t k = 0; k < e - b; ++k) {
+          sum_g[static_cast<size_t>(b + k)] = static_cast<C>(acc_g[static_cast<size_t>(k)]);
+          sum_gx[static_cast<size_t>(b + k)] = static_cast<C>(acc_gx[static_cast<size_t>(k)]);
+        }
+      });
+    if (grad_weight) store_compute(sum_gx.data(), grad_weight->data<S>(), channels);
+    if (grad_bias) store_compute(sum_g.data(), grad_bias->data<S>(), channels);
+    if (!grad_x) return;
+    S* pgx = grad_x->data<S>();
+    const int64_t row = channels * inner;
+    const C inv_count = static_cast<C>(1.0 / count);
+    parallel_for(outer, rows_grain(row), [&](int64_t begin, int64_t end) {
+      RowView<S, C> g_view, x_view, out;
+      for (int64_t o = begin; o < end; ++o) {
+        const C* gr = g_view.read(pg + o * row, row);
+        const C* xr = x_view.read(px + o * row, row);
+        C* dx = out.write(pgx + o * row, row);
+        for (int64_t c = 0; c < channels; ++c) {
+          const size_t cc = static_cast<size_t>(c);
+          const C m = pm[c], r = pr[c], a = w ? w[c] * r : r;
+          const C mean_g = batch_stats ? sum_g[cc] * inv_count : C(0);
+          const C mean_gx = batch_stats ? sum_gx[cc] * inv_count : C(0);
+          const C* gs = gr + c * inner;
+          const C* xs = xr + c * inner;
+          C* ds = dx + c * inner;
+          for (int64_t i = 0; i < inner; ++i) ds[i] = a * (gs[i] - mean_g - (xs[i] - m) * r * mean_gx);
+        }
+        out.publish(pgx + o * row, row);
+      }
+    });
+  });
+}
+
 void embedding_forward(const Tensor& indices, const Tensor& table, Tensor& out) {
   int64_t vocab = table.shape()[0], dim = table.shape()[1], n = indices.numel();
   dispatch_float_storage("embedding", table.dtype(), [&](auto tag) {

@@ -492,6 +492,130 @@ Tensor Normalization::forward(const Tensor& x, bool, int64_t) {
   return ops::mul(ops::sub(cast(x), cast(weights_[0].second)), cast(inv_std));
 }
 
+BatchNormalization::BatchNormalization(std::string name, int64_t axis, double momentum,
+                                       double epsilon, bool center, bool scale)
+    : Layer(std::move(name)), axis_(axis), momentum_(momentum), epsilon_(epsilon),
+      center_(center), scale_(scale) {
+  const char* op = "BatchNormalization";
+  if (axis == 0) fail(op, "axis 0 is the batch axis; expected a feature axis (1 or -1, ...)");
+  if (!(epsilon > 0)) fail(op, "epsilon must be positive, got ", epsilon);
+  if (!(momentum >= 0.0 && momentum <= 1.0)) fail(op, "momentum must be in [0, 1], got ", momentum);
+}
+
+Dims BatchNormalization::build_weights(const Dims& input_shape, uint64_t seed) {
+  const char* op = "BatchNormalization";
+  const auto rank = static_cast<int64_t>(input_shape.size()) + 1;  // with the batch axis
+  if (axis_ >= rank || axis_ < -(rank - 1))
+    fail(op, "axis ", axis_, " is out of range for inputs of shape (batch, ",
+         input_shape, ") (expected 1..", rank - 1, " or -", rank - 1, "..-1)");
+  batch_axis_ = axis_ < 0 ? axis_ + rank : axis_;
+  const int64_t channels = input_shape[static_cast<size_t>(batch_axis_ - 1)];
+  if (scale_) add_weight("gamma", {channels}, "ones", 0, 0, seed);
+  if (center_) add_weight("beta", {channels}, "zeros", 0, 0, seed);
+  // Statistics, not trained: saved with the model, never stepped.
+  for (const char* name : {"moving_mean", "moving_variance"}) {
+    Tensor w = add_weight(name, {channels}, name[7] == 'm' ? "zeros" : "ones", 0, 0, seed);
+    if (w.defined()) w.set_requires_grad(false);
+  }
+  return input_shape;
+}
+
+// Keras casts 16-bit inputs to float32 around its batch norm; the kernels do the same
+// internally (float32 statistics), so the input stays in the compute dtype. A float64
+// compute dtype runs in float32, the dtype of the moving statistics updated in place.
+Tensor BatchNormalization::forward(const Tensor& x, bool training, int64_t) {
+  Tensor& moving_mean = weights_[weights_.size() - 2].second;
+  Tensor& moving_variance = weights_[weights_.size() - 1].second;
+  Tensor input = cast(x);
+  if (steepest::compute_dtype(input.dtype()) != moving_mean.dtype())
+    input = ops::astype(input, moving_mean.dtype());
+  auto like_input = [&](const Tensor& w) {
+    return w.dtype() == input.dtype() ? w : ops::astype(w, input.dtype());
+  };
+  Tensor gamma = scale_ ? like_input(weights_[0].second) : Tensor();
+  Tensor beta = center_ ? like_input(weights_[scale_ ? 1 : 0].second) : Tensor();
+  return ops::batch_norm(input, moving_mean, moving_variance, gamma, beta, training, momentum_,
+                         epsilon_, batch_axis_);
+}
+
+GlobalPool2D::GlobalPool2D(std::string name, bool max, DataFormat data_format, bool keepdims)
+    : Layer(std::move(name)), max_(max), data_format_(data_format), keepdims_(keepdims) {}
+
+Dims GlobalPool2D::build_weights(const Dims& input_shape, uint64_t) {
+  Dims chw = channels_first_shape(kind(), data_format_, input_shape);
+  if (!keepdims_) return {chw[0]};
+  return in_format(data_format_, {chw[0], 1, 1});
+}
+
+Tensor GlobalPool2D::forward(const Tensor& x, bool, int64_t) {
+  const std::vector<int64_t> axes = data_format_ == DataFormat::ChannelsFirst
+                                        ? std::vector<int64_t>{2, 3}
+                                        : std::vector<int64_t>{1, 2};
+  return max_ ? ops::max(x, axes, keepdims_) : ops::mean(x, axes, keepdims_);
+}
+
+Reshape::Reshape(std::string name, Dims target_shape)
+    : Layer(std::move(name)), target_(std::move(target_shape)) {
+  int unknown = 0;
+  for (int64_t d : target_) {
+    if (d == -1) ++unknown;
+    else if (d <= 0)
+      fail("Reshape", "target_shape entries must be positive or one -1, got ", target_);
+  }
+  if (unknown > 1) fail("Reshape", "target_shape may have one -1 only, got ", target_);
+}
+
+Dims Reshape::build_weights(const Dims& input_shape, uint64_t) {
+  const int64_t total = input_shape.product();
+  int64_t known = 1;
+  for (int64_t d : target_)
+    if (d != -1 && __builtin_mul_overflow(known, d, &known))
+      fail("Reshape", "target_shape ", target_, " has more elements than 2^63 - 1");
+  Dims out = target_;
+  for (int64_t& d : out)
+    if (d == -1) {
+      if (known == 0 || total % known != 0)
+        fail("Reshape", "cannot reshape samples of shape ", input_shape, " (", total,
+             " elements) to ", target_);
+      d = total / known;
+      known = total;
+    }
+  if (known != total)
+    fail("Reshape", "cannot reshape samples of shape ", input_shape, " (", total,
+         " elements) to ", target_, " (", known, " elements)");
+  return out;
+}
+
+Tensor Reshape::forward(const Tensor& x, bool, int64_t) {
+  Dims shape{x.shape()[0]};
+  for (int64_t d : output_shape_) shape.push_back(d);
+  return ops::reshape(x, shape);
+}
+
+ZeroPadding2D::ZeroPadding2D(std::string name, ops::Padding2d padding, DataFormat data_format)
+    : Layer(std::move(name)), padding_(padding), data_format_(data_format) {
+  if (padding.top < 0 || padding.bottom < 0 || padding.left < 0 || padding.right < 0)
+    fail("ZeroPadding2D", "padding must be >= 0, got ((", padding.top, ", ", padding.bottom,
+         "), (", padding.left, ", ", padding.right, "))");
+}
+
+Dims ZeroPadding2D::build_weights(const Dims& input_shape, uint64_t) {
+  Dims chw = channels_first_shape(kind(), data_format_, input_shape);
+  int64_t h = 0, w = 0;
+  if (__builtin_add_overflow(chw[1], padding_.top + padding_.bottom, &h) ||
+      __builtin_add_overflow(chw[2], padding_.left + padding_.right, &w))
+    fail("ZeroPadding2D", "padded size overflows 64 bits");
+  return checked_output(kind(), in_format(data_format_, {chw[0], h, w}));
+}
+
+Tensor ZeroPadding2D::forward(const Tensor& x, bool, int64_t) {
+  const std::pair<int64_t, int64_t> none{0, 0}, rows{padding_.top, padding_.bottom},
+      cols{padding_.left, padding_.right};
+  if (data_format_ == DataFormat::ChannelsFirst)
+    return ops::pad(x, {none, none, rows, cols}, ops::PadMode::Constant);
+  return ops::pad(x, {none, rows, cols, none}, ops::PadMode::Constant);
+}
+
 Embedding::Embedding(std::string name, int64_t input_dim, int64_t output_dim, std::string initializer)
     : Layer(std::move(name)), input_dim_(input_dim), output_dim_(output_dim),
       initializer_(std::move(initializer)) {

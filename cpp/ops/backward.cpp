@@ -213,6 +213,25 @@ void LayerNormBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   if (want_b) out[2] = grad_b;
 }
 
+// The fused formula is in cpp/cpu/nn.cpp's batch_norm_backward.
+void BatchNormBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
+  Tensor gc = contiguous(g);
+  Tensor grad_x, grad_w, grad_b;
+  const bool want_w = weight.defined() && next[1];
+  const bool want_b = has_bias && next[2];
+  if (next[0]) grad_x = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (want_w) grad_w = Tensor::empty({channels}, x.dtype(), x.device());
+  if (want_b) grad_b = Tensor::empty({channels}, x.dtype(), x.device());
+  STEEPEST_KERNEL(g.device(), batch_norm_backward)(gc, x, outer, channels, inner, mean, rstd,
+                                                   weight, batch_stats,
+                                                   next[0] ? &grad_x : nullptr,
+                                                   want_w ? &grad_w : nullptr,
+                                                   want_b ? &grad_b : nullptr);
+  if (next[0]) out[0] = grad_x;
+  if (want_w) out[1] = grad_w;
+  if (want_b) out[2] = grad_b;
+}
+
 void EmbeddingBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   Tensor grad_table = Tensor::zeros(table_shape, g.dtype(), g.device());
   STEEPEST_KERNEL(g.device(), embedding_backward)(indices, contiguous(g), grad_table);

@@ -175,6 +175,20 @@ struct LayerNormBackward final : Node {
   bool has_bias;
 };
 
+struct BatchNormBackward final : Node {
+  BatchNormBackward(Tensor x, Tensor weight, Tensor mean, Tensor rstd, int64_t outer,
+                    int64_t channels, int64_t inner, bool batch_stats, bool has_bias)
+      : x(std::move(x)), weight(std::move(weight)), mean(std::move(mean)), rstd(std::move(rstd)),
+        outer(outer), channels(channels), inner(inner), batch_stats(batch_stats),
+        has_bias(has_bias) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  void visit_saved(const SavedVisitor& visit) override { visit(x); visit(weight); visit(mean); visit(rstd); }
+  STEEPEST_NODE_NAME(BatchNormBackward)
+  Tensor x, weight, mean, rstd;
+  int64_t outer, channels, inner;
+  bool batch_stats, has_bias;
+};
+
 struct EmbeddingBackward final : Node {
   EmbeddingBackward(Tensor indices, Dims table_shape) : indices(std::move(indices)), table_shape(table_shape) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;

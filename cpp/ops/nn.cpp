@@ -417,6 +417,79 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
   return y;
 }
 
+Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                  const Tensor& weight, const Tensor& bias, bool training, double momentum,
+                  double eps, int64_t axis) {
+  const char* op = "batch_norm";
+  check_float(op, x, "input");
+  if (x.ndim() == 0) fail(op, "expected at least one dimension, got a 0-d tensor");
+  const int ax = normalize_axis(op, axis, x.shape());
+  const int64_t channels = x.shape()[static_cast<size_t>(ax)];
+  int64_t outer = 1, inner = 1;
+  for (int d = 0; d < ax; ++d) outer *= x.shape()[static_cast<size_t>(d)];
+  for (int d = ax + 1; d < x.ndim(); ++d) inner *= x.shape()[static_cast<size_t>(d)];
+  for (const Tensor* p : {&weight, &bias}) {
+    if (!p->defined()) continue;
+    detail::check_same_device(op, x, *p);
+    detail::check_same_dtype(op, x, *p);
+    if (p->ndim() != 1 || p->shape()[0] != channels)
+      fail(op, "weight/bias of shape ", p->shape(), " do not match the ", channels,
+           " channels of axis ", ax, " of input ", x.shape(), " (expected (", channels, ",))");
+  }
+  const DType stat_dtype = compute_dtype(x.dtype());
+  if (running_mean.defined() != running_var.defined())
+    fail(op, "give both running_mean and running_var, or neither");
+  for (const Tensor* p : {&running_mean, &running_var}) {
+    if (!p->defined()) continue;
+    detail::check_same_device(op, x, *p);
+    if (p->dtype() != stat_dtype)
+      fail<TypeError>(op, "running statistics must be ", dtype_name(stat_dtype), " for ",
+                      dtype_name(x.dtype()), " input, got ", dtype_name(p->dtype()));
+    if (p->ndim() != 1 || p->shape()[0] != channels)
+      fail(op, "running statistics of shape ", p->shape(), " do not match the ", channels,
+           " channels of axis ", ax, " of input ", x.shape());
+    if (training && p->requires_grad())
+      fail(op, "running statistics are updated in place and must not require grad");
+  }
+  if (!training && !running_mean.defined())
+    fail(op, "inference (training=False) needs running_mean and running_var");
+  if (!(eps > 0)) fail(op, "eps must be positive, got ", eps);
+  if (!(momentum >= 0.0 && momentum <= 1.0)) fail(op, "momentum must be in [0, 1], got ", momentum);
+  if (training && outer * inner == 0 && channels > 0)
+    fail(op, "training needs at least one value per channel, got input ", x.shape());
+
+  Tensor xc = contiguous(x.detach());
+  Tensor wc = weight.defined() ? contiguous(weight.detach()) : Tensor();
+  Tensor bc = bias.defined() ? contiguous(bias.detach()) : Tensor();
+  Tensor mean, rstd;
+  {
+    NoGradGuard no_grad;
+    if (training) {
+      mean = Tensor::empty({channels}, stat_dtype, x.device());
+      Tensor var = Tensor::empty({channels}, stat_dtype, x.device());
+      STEEPEST_KERNEL(x.device(), batch_norm_stats)(xc, outer, channels, inner, mean, var);
+      rstd = power(add_scalar(var, eps), -0.5);
+      if (running_mean.defined()) {
+        // Keras: moving = moving·momentum + batch·(1 − momentum), in place.
+        auto update = [momentum](Tensor moving, const Tensor& batch) {
+          copy_into(add(mul_scalar(moving.detach(), momentum), mul_scalar(batch, 1.0 - momentum)),
+                    moving);
+        };
+        update(running_mean, mean);
+        update(running_var, var);
+      }
+    } else {
+      mean = contiguous(running_mean.detach());
+      rstd = power(add_scalar(running_var.detach(), eps), -0.5);
+    }
+  }
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  STEEPEST_KERNEL(x.device(), batch_norm_apply)(xc, outer, channels, inner, mean, rstd, wc, bc, y);
+  record<BatchNormBackward>(y, {&x, weight.defined() ? &weight : nullptr, bias.defined() ? &bias : nullptr},
+                            xc, wc, mean, rstd, outer, channels, inner, training, bias.defined());
+  return y;
+}
+
 Tensor embedding(const Tensor& indices, const Tensor& table) {
   const char* op = "embedding";
   check_float(op, table, "table");

@@ -455,10 +455,156 @@ class TransformerBlock(Layer):
                                              causal, remat, seed)
 
 
+class BatchNormalization(Layer):
+    """Keras' BatchNormalization: ``(x - mean) / sqrt(var + epsilon) * gamma + beta`` per
+    entry of ``axis``.
+
+    While training (``fit``, or ``layer(x, training=True)``) mean and var are the batch's
+    (the biased variance over every axis but ``axis``) and the non-trainable weights
+    ``moving_mean`` / ``moving_variance`` follow them as in Keras 3:
+    ``moving = moving * momentum + batch * (1 - momentum)`` (torch's ``momentum=m`` is
+    ``1 - m`` here, and torch feeds the unbiased variance to its running variance). At
+    inference (``evaluate``, ``predict``, ``training=False``) the moving statistics are used.
+
+    ``axis`` counts the batch axis (0); by default it follows
+    ``st.config.image_data_format()``: 1 (the channels of (N, C, H, W), the features of
+    (N, F)) under "channels_first", -1 under "channels_last". Statistics are float32
+    under a mixed-precision policy. Under ``st.distributed`` each rank normalises with
+    the statistics of its own share of the batch (no synchronised batch norm, as Keras
+    and torch without SyncBatchNorm).
+    """
+
+    def __init__(self, axis: Optional[int] = None, momentum: float = 0.99, epsilon: float = 1e-3,
+                 center: bool = True, scale: bool = True, name: Optional[str] = None) -> None:
+        if axis is None:
+            axis = 1 if standardize_data_format(None, "BatchNormalization") == "channels_first" else -1
+        if isinstance(axis, (list, tuple)) and len(axis) == 1:
+            axis = axis[0]
+        if not isinstance(axis, int) or isinstance(axis, bool):
+            raise ValueError(f"[BatchNormalization] axis must be an int, got {axis!r}")
+        super().__init__(name, {"axis": axis, "momentum": float(momentum), "epsilon": float(epsilon),
+                                "center": bool(center), "scale": bool(scale)})
+        self._impl = _model.BatchNormalization(self.name, axis, float(momentum), float(epsilon),
+                                               bool(center), bool(scale))
+
+
+class _GlobalPool2D(Layer):
+    _max: bool
+
+    def __init__(self, data_format: Optional[str] = None, keepdims: bool = False,
+                 name: Optional[str] = None) -> None:
+        owner = type(self).__name__
+        data_format = standardize_data_format(data_format, owner)
+        super().__init__(name, {"data_format": data_format, "keepdims": bool(keepdims)})
+        self._impl = _model.GlobalPool2D(self.name, self._max, data_format, bool(keepdims))
+
+
+class GlobalAveragePooling2D(_GlobalPool2D):
+    """The mean of each channel over its pixels: (N, C), or (N, C, 1, 1) / (N, 1, 1, C)
+    with ``keepdims=True``."""
+
+    _max = False
+
+
+class GlobalMaxPooling2D(_GlobalPool2D):
+    """The maximum of each channel over its pixels (the gradient split evenly among tied
+    maxima): (N, C), or (N, C, 1, 1) / (N, 1, 1, C) with ``keepdims=True``."""
+
+    _max = True
+
+
+GlobalAvgPool2D = GlobalAveragePooling2D
+GlobalMaxPool2D = GlobalMaxPooling2D
+
+
+class Reshape(Layer):
+    """Reshapes each sample to ``target_shape`` (the batch axis is kept); one entry may
+    be -1, inferred from the sample's size."""
+
+    def __init__(self, target_shape: Sequence[int], name: Optional[str] = None) -> None:
+        if isinstance(target_shape, int) and not isinstance(target_shape, bool):
+            target_shape = (target_shape,)
+        if (not isinstance(target_shape, (tuple, list)) or not target_shape
+                or not all(isinstance(d, int) and not isinstance(d, bool) for d in target_shape)):
+            raise ValueError(f"[Reshape] target_shape must be a tuple of ints, got {target_shape!r}")
+        target = [int(d) for d in target_shape]
+        super().__init__(name, {"target_shape": target})
+        self._impl = _model.Reshape(self.name, target)
+
+
+def _padding2d(value: Any) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    bad = ValueError("[ZeroPadding2D] padding must be an int, (rows, cols) or "
+                     f"((top, bottom), (left, right)) of ints >= 0, got {value!r}")
+    if is_int(value):
+        rows = cols = (value, value)
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        if all(is_int(v) for v in value):
+            rows, cols = (value[0], value[0]), (value[1], value[1])
+        elif all(isinstance(v, (tuple, list)) and len(v) == 2 and all(is_int(u) for u in v)
+                 for v in value):
+            rows, cols = (value[0][0], value[0][1]), (value[1][0], value[1][1])
+        else:
+            raise bad
+    else:
+        raise bad
+    if min(*rows, *cols) < 0:
+        raise bad
+    return (int(rows[0]), int(rows[1])), (int(cols[0]), int(cols[1]))
+
+
+class ZeroPadding2D(Layer):
+    """Pads images with zeros: ``padding`` an int (all sides), (rows, cols) (symmetric)
+    or ((top, bottom), (left, right))."""
+
+    def __init__(self, padding: Any = (1, 1), data_format: Optional[str] = None,
+                 name: Optional[str] = None) -> None:
+        rows, cols = _padding2d(padding)
+        data_format = standardize_data_format(data_format, "ZeroPadding2D")
+        super().__init__(name, {"padding": [list(rows), list(cols)], "data_format": data_format})
+        self._impl = _model.ZeroPadding2D(self.name, rows, cols, data_format)
+
+
+class Add:
+    """Keras' merge layer: ``Add()([a, b, ...])`` is the elementwise sum of same-shape
+    Tensors (residual connections). It has no weights and works on Tensors directly
+    (with autograd); it takes a list, so it is not a layer of a Sequential model."""
+
+    def __init__(self, name: Optional[str] = None) -> None:
+        self.name = name or _unique_name("add")
+
+    def get_config(self) -> Dict[str, Any]:
+        return {"name": self.name}
+
+    def count_params(self) -> int:
+        return 0
+
+    def __call__(self, inputs: Sequence[Tensor], training: bool = False) -> Tensor:
+        if isinstance(inputs, Tensor) or not isinstance(inputs, (list, tuple)) or not inputs:
+            raise ValueError(f"[{self.name}] Add takes a non-empty list of Tensors, got {inputs!r}")
+        for i, t in enumerate(inputs):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"[{self.name}] input {i} is {type(t).__name__}, expected a Tensor")
+            if tuple(t.shape) != tuple(inputs[0].shape):
+                shapes = ", ".join(str(tuple(u.shape)) for u in inputs)
+                raise ValueError(f"[{self.name}] Add needs inputs of one shape, got {shapes}")
+        total = inputs[0]
+        for t in inputs[1:]:
+            total = _core.ops.add(total, t)
+        return total
+
+    def __repr__(self) -> str:
+        return "Add()"
+
+
 _BY_NAME = {cls.__name__: cls for cls in (Dense, Conv2D, DepthwiseConv2D, Conv1D, MaxPool2D,
                                           AvgPool2D, MaxPooling1D, AveragePooling1D, Flatten,
                                           Activation, Dropout, LayerNormalization, Normalization,
-                                          Embedding, TokenAndPositionEmbedding, TransformerBlock)}
+                                          Embedding, TokenAndPositionEmbedding, TransformerBlock,
+                                          BatchNormalization, GlobalAveragePooling2D,
+                                          GlobalMaxPooling2D, Reshape, ZeroPadding2D)}
 
 
 def deserialize(entry: Dict[str, Any]) -> Layer:
@@ -476,8 +622,9 @@ def deserialize(entry: Dict[str, Any]) -> Layer:
     return cls(**config)
 
 
-__all__ = ["Activation", "AveragePooling1D", "AveragePooling2D", "AvgPool1D", "AvgPool2D", "Conv1D",
+__all__ = ["Activation", "Add", "AveragePooling1D", "AveragePooling2D", "AvgPool1D", "AvgPool2D", "Conv1D",
            "Conv2D", "Dense", "DepthwiseConv2D", "Dropout", "Embedding", "Flatten",
            "Input", "Layer", "LayerNormalization", "MaxPool1D", "MaxPool2D", "MaxPooling1D",
-           "MaxPooling2D", "Normalization",
+           "MaxPooling2D", "Normalization", "BatchNormalization", "GlobalAveragePooling2D",
+           "GlobalAvgPool2D", "GlobalMaxPool2D", "GlobalMaxPooling2D", "Reshape", "ZeroPadding2D",
            "TokenAndPositionEmbedding", "TransformerBlock"]

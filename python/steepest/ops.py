@@ -5,6 +5,7 @@ from ._core.ops import (  # noqa: F401
     add,
     avg_pool1d,
     avg_pool2d,
+    batch_norm,
     binary_cross_entropy,
     clamp_min,
     conv1d,

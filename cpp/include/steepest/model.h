@@ -242,6 +242,68 @@ class Normalization final : public Layer {
   std::vector<double> mean_, variance_;
 };
 
+// Keras' BatchNormalization: normalises over every axis but `axis` (an axis of the
+// batched input, the batch axis excluded) with the batch's statistics while training,
+// updating moving_mean / moving_variance (non-trainable weights) by
+// moving = moving·momentum + batch·(1 − momentum), and with the moving statistics at
+// inference. Under data parallelism each rank normalises with its own share of the
+// batch and keeps its own moving statistics (no SyncBatchNorm, as Keras and torch by
+// default).
+class BatchNormalization final : public Layer {
+ public:
+  BatchNormalization(std::string name, int64_t axis, double momentum, double epsilon, bool center,
+                     bool scale);
+  const char* kind() const override { return "BatchNormalization"; }
+  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+
+ private:
+  Dims build_weights(const Dims& input_shape, uint64_t seed) override;
+  int64_t axis_;  // as given; normalised against the input's rank when built
+  int64_t batch_axis_ = 1;  // axis_ in the batched input, from build
+  double momentum_, epsilon_;
+  bool center_, scale_;
+};
+
+// GlobalAveragePooling2D / GlobalMaxPooling2D: the mean or max over each channel's
+// pixels, (N, C) (or (N, C, 1, 1) / (N, 1, 1, C) with keepdims).
+class GlobalPool2D final : public Layer {
+ public:
+  GlobalPool2D(std::string name, bool max, DataFormat data_format, bool keepdims);
+  const char* kind() const override { return max_ ? "GlobalMaxPooling2D" : "GlobalAveragePooling2D"; }
+  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+
+ private:
+  Dims build_weights(const Dims& input_shape, uint64_t seed) override;
+  bool max_;
+  DataFormat data_format_;
+  bool keepdims_;
+};
+
+// Keras' Reshape: each sample to target_shape (one entry may be -1).
+class Reshape final : public Layer {
+ public:
+  Reshape(std::string name, Dims target_shape);
+  const char* kind() const override { return "Reshape"; }
+  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+
+ private:
+  Dims build_weights(const Dims& input_shape, uint64_t seed) override;
+  Dims target_;
+};
+
+// Zeros around each image: padding rows above/below and columns left/right.
+class ZeroPadding2D final : public Layer {
+ public:
+  ZeroPadding2D(std::string name, ops::Padding2d padding, DataFormat data_format);
+  const char* kind() const override { return "ZeroPadding2D"; }
+  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+
+ private:
+  Dims build_weights(const Dims& input_shape, uint64_t seed) override;
+  ops::Padding2d padding_;
+  DataFormat data_format_;
+};
+
 class Embedding final : public Layer {
  public:
   Embedding(std::string name, int64_t input_dim, int64_t output_dim, std::string initializer);

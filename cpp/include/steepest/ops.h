@@ -107,6 +107,15 @@ Tensor avg_pool1d(const Tensor& x, int64_t kernel, int64_t stride, IntPair paddi
                   bool ceil_mode = false, bool count_include_pad = true);
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
 Tensor embedding(const Tensor& indices, const Tensor& table);
+// Batch normalisation over every axis but `axis` (the channels), Keras semantics.
+// training: normalises with the batch mean and biased variance and, when running_mean /
+// running_var are given, updates them in place as Keras does:
+// moving = moving·momentum + batch·(1 − momentum), the variance biased (torch's momentum
+// m is 1 − m here, and torch feeds the unbiased variance). Otherwise normalises with
+// running_mean / running_var. Statistics are of the compute type (float for 16-bit x).
+Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                  const Tensor& weight, const Tensor& bias, bool training, double momentum,
+                  double eps, int64_t axis);
 // seed nullopt draws one from the global generator.
 Tensor dropout(const Tensor& x, double rate, bool training, std::optional<uint64_t> seed);
 
