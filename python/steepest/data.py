@@ -17,7 +17,7 @@ import logging
 import multiprocessing
 import pickle
 import threading
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -167,11 +167,11 @@ class _Feed:
     loop then stops and the caller raises it."""
 
     def __init__(self, batches: Iterator[Any], prepare: Callable[[int, Any], Prepared], capacity: int,
-                 owned: bool, first_index: int = 0) -> None:
+                 owned: bool) -> None:
         self.queue = _core.model.BatchQueue(capacity)
         self.error: Optional[BaseException] = None
         self._batches, self._prepare, self._owned = batches, prepare, owned
-        self._index = first_index
+        self._index = 0  # counts on across the epochs of a persistent stream
         self._thread = threading.Thread(target=self._run, name="steepest-feed", daemon=True)
         self._thread.start()
 

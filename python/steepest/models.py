@@ -581,36 +581,17 @@ class Sequential:
             if validation_split:
                 raise ValueError("[fit] validation_split needs arrays; pass validation_data with a generator or PyDataset")
             stream = self._stream("fit", x, y, steps, sample_weight)
-        try:
-            return self._fit(x, y, batch_size, epochs, validation_data, validation_split, shuffle, verbose,
-                             callbacks, seed, sample_weight, class_weight, initial_epoch, steps,
-                             validation_batches, validates, gradient_accumulation_steps, ranks, stream)
-        finally:
-            if stream is not None:
-                stream.close()
-
-    def _fit(self, x: Any, y: Any, batch_size: int, epochs: int, validation_data: Any, validation_split: float,
-             shuffle: bool, verbose: int, callbacks: Optional[Sequence[callbacks_module.Callback]],
-             seed: Optional[int], sample_weight: Any, class_weight: Optional[Dict[int, float]], initial_epoch: int,
-             steps: int, validation_batches: int, validates: Callable[[int], bool],
-             gradient_accumulation_steps: int, ranks: int, stream: Optional[data_module.Stream]
-             ) -> callbacks_module.History:
-        if stream is not None:
             xt = yt = wt = None
-            n = 0
         else:
-            xt, yt, wt = self._fit_arrays(x, y, sample_weight, class_weight,
-                                          validation_split if validation_data is None else 0.0)
-            if validation_split and validation_data is None:
-                validation_data = self._split_validation
-            n = xt.shape[0]
+            xt, yt, wt, split = self._fit_arrays(x, y, sample_weight, class_weight,
+                                                 validation_split if validation_data is None else 0.0)
+            validation_data = split if split is not None else validation_data
         self._compile_impl()
         if ranks > 1:
             self._impl.synchronize_replicas()
-        validation = None
-        validation_stream: Optional[data_module.Stream] = None
+        validation: Union[None, Tuple[Tensor, Tensor, Optional[Tensor]], data_module.Stream] = None
         if validation_data is not None and data_module.is_stream(validation_data, None):
-            validation_stream = self._stream("fit", validation_data, None, validation_batches)
+            validation = self._stream("fit", validation_data, None, validation_batches)
         elif validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
                 raise ValueError("[fit] validation_data must be (x, y), (x, y, sample_weight), a generator or a PyDataset")
@@ -619,17 +600,19 @@ class Sequential:
             vyt = self._prepare_y("fit", vy, vxt.shape[0])
             validation = (vxt, vyt, self._prepare_weights("fit", vw, None, vyt))
         try:
-            return self._train(xt, yt, wt, stream, batch_size, epochs, validation, validation_stream, shuffle,
-                               verbose, callbacks, seed, class_weight, steps, validation_batches, validates,
-                               gradient_accumulation_steps, ranks, n, initial_epoch)
+            return self._train(xt, yt, wt, stream, batch_size, epochs, validation, shuffle, verbose, callbacks,
+                               seed, class_weight, steps, validation_batches, validates,
+                               gradient_accumulation_steps, ranks, initial_epoch)
         finally:
-            if validation_stream is not None:
-                validation_stream.close()
+            # The producers of streamed inputs stop and are joined, however fit ends.
+            for source in (stream, validation):
+                if isinstance(source, data_module.Stream):
+                    source.close()
 
     def _fit_arrays(self, x: Any, y: Any, sample_weight: Any, class_weight: Optional[Dict[int, float]],
-                    validation_split: float) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-        """fit's arrays as tensors; with validation_split, the split-off part goes to
-        self._split_validation."""
+                    validation_split: float
+                    ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tuple[Any, ...]]]:
+        """fit's arrays as tensors, and with validation_split the validation data split off."""
         x_array, y_array = _as_array("x", x), _as_array("y", y)
         if x_array.ndim == 0 or y_array.ndim == 0 or len(x_array) != len(y_array):
             raise ValueError(
@@ -637,25 +620,25 @@ class Sequential:
                 f"{x_array.shape} and y of shape {y_array.shape}"
             )
         w_array = None if sample_weight is None else _as_array("sample_weight", sample_weight)
-        self._split_validation: Optional[Tuple[Any, ...]] = None
+        split = None
         if validation_split:
             # Keras: the last fraction of the samples, taken before shuffling.
             cut = int(len(x_array) * (1.0 - validation_split))
-            self._split_validation = (x_array[cut:], y_array[cut:], None if w_array is None else w_array[cut:])
+            split = (x_array[cut:], y_array[cut:], None if w_array is None else w_array[cut:])
             x_array, y_array = x_array[:cut], y_array[:cut]
             w_array = None if w_array is None else w_array[:cut]
         xt = self._prepare_x("fit", x_array)
         yt = self._prepare_y("fit", y_array, len(x_array))
-        return xt, yt, self._prepare_weights("fit", w_array, class_weight, yt)
+        return xt, yt, self._prepare_weights("fit", w_array, class_weight, yt), split
 
     def _train(self, xt: Optional[Tensor], yt: Optional[Tensor], wt: Optional[Tensor],
                stream: Optional[data_module.Stream], batch_size: int, epochs: int,
-               validation: Optional[Tuple[Tensor, Tensor, Optional[Tensor]]],
-               validation_stream: Optional[data_module.Stream], shuffle: bool, verbose: int,
-               callbacks: Optional[Sequence[callbacks_module.Callback]], seed: Optional[int],
-               class_weight: Optional[Dict[int, float]], steps: int, validation_batches: int,
-               validates: Callable[[int], bool], gradient_accumulation_steps: int, ranks: int,
-               n: int, initial_epoch: int) -> callbacks_module.History:
+               validation: Union[None, Tuple[Tensor, Tensor, Optional[Tensor]], data_module.Stream],
+               shuffle: bool, verbose: int, callbacks: Optional[Sequence[callbacks_module.Callback]],
+               seed: Optional[int], class_weight: Optional[Dict[int, float]], steps: int,
+               validation_batches: int, validates: Callable[[int], bool], gradient_accumulation_steps: int,
+               ranks: int, initial_epoch: int) -> callbacks_module.History:
+        """fit's epochs over (xt, yt, wt) or the stream."""
         history = callbacks_module.History()
         # History last, as in Keras: it records the logs as the other callbacks left them
         # (ReduceLROnPlateau adds the learning rate).
@@ -675,6 +658,7 @@ class Sequential:
         base_seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**63))
         if ranks > 1:  # one shuffle order for all ranks
             base_seed = int(distributed._broadcast_object(base_seed, 0))
+        n = 0 if xt is None else xt.shape[0]
         if stream is None:
             batches = (n + batch_size - 1) // batch_size
             if steps:
@@ -737,14 +721,13 @@ class Sequential:
                                 break
                     self._epochs_done += 1
                     logs = self._named(result, train=True)
-                    if ((validation is not None or validation_stream is not None) and not result["stopped"]
-                            and not ctrl_c.pressed and validates(epoch)):
+                    if validation is not None and not result["stopped"] and not ctrl_c.pressed and validates(epoch):
                         try:
-                            if validation is not None:
-                                val = self._run_evaluation(*validation, batch_size, validation_batches, all_callbacks)
-                            else:
+                            if isinstance(validation, data_module.Stream):
                                 val = self._run_evaluation(None, None, None, batch_size, validation_batches,
-                                                           all_callbacks, validation_stream)
+                                                           all_callbacks, validation)
+                            else:
+                                val = self._run_evaluation(*validation, batch_size, validation_batches, all_callbacks)
                         except KeyboardInterrupt:  # the epoch is kept, without its partial validation
                             ctrl_c.pressed = True
                         else:
