@@ -1,6 +1,8 @@
 // steepest._core.model: layers and Sequential. train_epoch runs the whole batch loop in
 // C++ without the GIL and takes it back only to redraw the progress bar (at most every
-// `report_seconds`) and to check for Ctrl-C.
+// `report_seconds`) and to check for Ctrl-C. The *_stream variants read batches from a
+// BatchQueue that Python producer threads fill; the loop takes the GIL there only when
+// it has waited 100 ms for a batch, to check for Ctrl-C.
 #include <nanobind/stl/function.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
