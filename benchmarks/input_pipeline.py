@@ -6,8 +6,8 @@ the batch. Batches are prepared on background threads while the C++ loop trains 
 previous ones, so with enough workers the epoch should take about as long as from arrays;
 with workers=1 the latency adds up once it exceeds a step's compute.
 
-    python benchmarks/input_pipeline.py                   # latency 20 ms, workers 1 and 4
-    python benchmarks/input_pipeline.py --latency 5 --workers 1 2 8
+    python benchmarks/input_pipeline.py                   # latency 100 ms, workers 1 and 4
+    python benchmarks/input_pipeline.py --latency 20 --workers 1 2 8
 """
 
 import argparse
@@ -61,7 +61,7 @@ def median_seconds(fits, epochs):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--latency", type=float, default=20.0, help="ms each __getitem__ waits")
+    parser.add_argument("--latency", type=float, default=100.0, help="ms each __getitem__ waits")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
