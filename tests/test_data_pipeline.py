@@ -365,7 +365,7 @@ def test_memmap_bigger_than_the_allowed_growth_trains_with_flat_memory(tmp_path)
     assert growth < file_size / 4, f"peak RSS grew by {growth / 2**20:.0f} MiB for a {file_size / 2**20:.0f} MiB file"
 
 
-def test_slow_producer_does_not_block_interpreter_exit(tmp_path):
+def test_slow_producer_does_not_block_interpreter_exit():
     # A producer still blocked on a full queue when fit ends is stopped and joined.
     def slowly():
         while True:
@@ -380,15 +380,16 @@ def test_slow_producer_does_not_block_interpreter_exit(tmp_path):
 def test_ctrl_c_while_waiting_for_a_slow_producer_stops_cleanly():
     import _thread
 
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+
     def stalled():
         yield X[:BATCH], Y[:BATCH]
+        timer.start()  # fit is running: it is waiting for this batch
         time.sleep(1.0)
         while True:
             yield X[:BATCH], Y[:BATCH]
 
     model = make_model()
-    timer = threading.Timer(0.3, _thread.interrupt_main)
-    timer.start()
     start = time.perf_counter()
     h = model.fit(stalled(), steps_per_epoch=5, epochs=3, verbose=0)
     timer.join()
