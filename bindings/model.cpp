@@ -1,6 +1,8 @@
 // steepest._core.model: layers and Sequential. train_epoch runs the whole batch loop in
 // C++ without the GIL and takes it back only to redraw the progress bar (at most every
-// `report_seconds`) and to check for Ctrl-C.
+// `report_seconds`) and to check for Ctrl-C. The *_stream variants read batches from a
+// BatchQueue that Python producer threads fill; the loop takes the GIL there only when
+// it has waited 100 ms for a batch, to check for Ctrl-C.
 #include <nanobind/stl/function.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
@@ -12,6 +14,7 @@
 
 #include "common.h"
 #include "steepest/model.h"
+#include "steepest/ops.h"
 
 namespace steepest::bindings {
 namespace {
@@ -52,6 +55,7 @@ nb::dict logs_dict(const model::Logs& logs) {
   d["batches"] = logs.batches;
   d["stopped"] = logs.stopped;
   d["nan_loss"] = logs.nan_loss;
+  d["exhausted"] = logs.exhausted;
   if (logs.loss_scale > 0.0) {
     d["loss_scale"] = logs.loss_scale;
     d["skipped_steps"] = logs.skipped_steps;
@@ -99,6 +103,33 @@ std::vector<int64_t> as_order(const std::optional<nb::ndarray<int64_t, nb::ndim<
   if (order) out.assign(order->data(), order->data() + order->shape(0));
   return out;
 }
+
+// The batch loop's callbacks around a Python progress callback and batch-begin hook.
+struct LoopCallbacks {
+  bool interrupted = false;
+  model::BatchCallbacks callbacks;
+  LoopCallbacks(nb::object callback, double report_seconds, nb::object batch_begin)
+      : callbacks{throttled(std::move(callback), report_seconds, interrupted), with_gil<int64_t>(batch_begin)} {}
+  // For a loop starved by its producers: Ctrl-C stops it as it does between batches.
+  std::function<bool()> ctrl_c() {
+    return [this] {
+      nb::gil_scoped_acquire gil;
+      if (PyErr_CheckSignals() == 0) return false;
+      PyErr_Clear();
+      interrupted = true;
+      return true;
+    };
+  }
+  nb::dict result(const model::Logs& logs) const {
+    nb::dict d = logs_dict(logs);
+    d["interrupted"] = interrupted;
+    return d;
+  }
+};
+
+// A host copy the batch loop owns: a tensor borrowing a NumPy array would take the GIL
+// to let it go, from the loop, while producer threads hold it.
+Tensor owned(const std::optional<Tensor>& t) { return t ? ops::clone(t->detach()) : Tensor(); }
 
 }  // namespace
 
@@ -218,6 +249,23 @@ void init_model(nb::module_& parent) {
   nb::class_<model::Embedding, model::Layer>(m, "Embedding")
       .def(nb::init<std::string, int64_t, int64_t, std::string>());
 
+  nb::class_<model::BatchQueue>(m, "BatchQueue",
+                                "A bounded queue of prepared batches that Python producer threads fill "
+                                "and the C++ batch loop empties without the GIL.")
+      .def(nb::init<int64_t>(), arg("capacity"))
+      .def("put",
+           [](model::BatchQueue& q, const Tensor& x, std::optional<Tensor> y, std::optional<Tensor> sample_weight) {
+             model::Batch batch{owned(x), owned(y), owned(sample_weight), x.ndim() ? x.shape()[0] : 0};
+             nb::gil_scoped_release release;
+             return q.put(std::move(batch));
+           },
+           arg("x"), arg("y").none(), arg("sample_weight").none() = nb::none(),
+           "Blocks while the queue is full; False once the consumer closed it.")
+      .def("finish", &model::BatchQueue::finish, "No more batches.")
+      .def("fail", &model::BatchQueue::fail, "The producer failed: the loop stops at the batches queued so far.")
+      .def("close", &model::BatchQueue::close, "The consumer is done: blocked and later puts return False.")
+      .def("__len__", &model::BatchQueue::size);
+
   nb::class_<model::Sequential>(m, "Sequential")
       .def(nb::init<>())
       .def("add", &model::Sequential::add, arg("layer"))
@@ -277,6 +325,47 @@ void init_model(nb::module_& parent) {
            arg("sample_weight").none() = nb::none(), arg("steps") = 0, arg("batch_begin").none() = nb::none(),
            "One epoch; steps > 0 runs only the first `steps` batches. callback(batches_done, total, logs) "
            "runs at most every report_seconds (0: after every batch), batch_begin(batch) before each batch.")
+      .def("train_epoch_stream",
+           [](model::Sequential& s, std::shared_ptr<model::BatchQueue> queue, int64_t steps, bool stop_on_nan,
+              nb::object callback, double report_seconds, int64_t accumulation_steps, nb::object batch_begin) {
+             model::Batching batching{1, {}, steps, accumulation_steps};
+             LoopCallbacks loop(callback, report_seconds, batch_begin);
+             model::QueueSource source(std::move(queue), steps, true, loop.ctrl_c());
+             model::Logs logs;
+             {
+               nb::gil_scoped_release release;
+               logs = s.train_epoch(source, batching, stop_on_nan, loop.callbacks);
+             }
+             return loop.result(logs);
+           },
+           arg("queue"), arg("steps"), arg("stop_on_nan"), arg("callback").none(), arg("report_seconds") = 0.1,
+           arg("accumulation_steps") = 1, arg("batch_begin").none() = nb::none(),
+           "One epoch of `steps` batches from the queue (0: until its producer finishes); "
+           "logs['exhausted'] when it ran out first.")
+      .def("evaluate_stream",
+           [](model::Sequential& s, std::shared_ptr<model::BatchQueue> queue, int64_t steps, nb::object callback,
+              double report_seconds, nb::object batch_begin) {
+             LoopCallbacks loop(callback, report_seconds, batch_begin);
+             model::QueueSource source(std::move(queue), steps, true, loop.ctrl_c());
+             model::Logs logs;
+             {
+               nb::gil_scoped_release release;
+               logs = s.evaluate(source, loop.callbacks);
+             }
+             return loop.result(logs);
+           },
+           arg("queue"), arg("steps"), arg("callback").none() = nb::none(), arg("report_seconds") = 0.25,
+           arg("batch_begin").none() = nb::none())
+      .def("predict_stream",
+           [](const model::Sequential& s, std::shared_ptr<model::BatchQueue> queue, int64_t steps,
+              nb::object batch_begin, nb::object batch_end) {
+             model::QueueSource source(std::move(queue), steps, false);
+             model::PredictCallbacks callbacks{with_gil<int64_t>(batch_begin),
+                                               with_gil<int64_t, const Tensor&>(batch_end)};
+             nb::gil_scoped_release release;
+             return s.predict(source, callbacks);
+           },
+           arg("queue"), arg("steps"), arg("batch_begin").none() = nb::none(), arg("batch_end").none() = nb::none())
       .def("evaluate",
            [](model::Sequential& s, const Tensor& x, const Tensor& y, int64_t batch_size,
               std::optional<Tensor> sample_weight, int64_t steps, nb::object callback,

@@ -141,6 +141,8 @@ def test_nccl_collectives_on_one_rank():
     # sample and class weights cut with each rank's share; 5 of 13 batches per epoch,
     # so the last accumulation group holds one batch
     (203, 16, 2, "1", ("--weighted",)),
+    # batches streamed from a PyDataset: each rank takes its share of every batch
+    (203, 32, 2, "1", ("--stream",)),
 ])
 def test_two_ranks_train_the_model_one_process_trains(tmp_path, samples, batch, accumulate, overlap, extra):
     args = ("--samples", samples, "--batch", batch, "--accumulate", accumulate, *extra)

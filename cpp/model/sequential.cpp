@@ -2,8 +2,10 @@
 // seed's 梯度下降算法 with Batch Size — for each mini-batch: forward, loss, backward,
 // one optimizer step.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <deque>
 
 #include "steepest/autograd.h"
 #include "steepest/dist.h"
@@ -320,40 +322,148 @@ void Sequential::synchronize_replicas() {
   dist::synchronize_replicas(*comm, weights);
 }
 
-Logs Sequential::run(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
-                     const Batching& batching, bool train, bool stop_on_nan, const BatchCallbacks& callbacks) {
-  const std::vector<int64_t>& order = batching.order;
-  const char* op = train ? "fit" : "evaluate";
+namespace {
+
+// The array path: batches cut from the model's tensors in Batching's order; each rank
+// gathers only its contiguous share of every batch.
+class ArraySource final : public BatchSource {
+ public:
+  ArraySource(const Tensor& x, const Tensor& y, const Tensor& sample_weight, const Batching& batching,
+              dist::Communicator* comm)
+      : x_(x), y_(y), w_(sample_weight), order_(batching.order), comm_(comm) {
+    n_ = x.shape()[0];
+    // A batch larger than the data is the whole data; clamped, no batch count below can
+    // overflow (batch_size = 2^63 - 1 gave zero batches and a loss of 0).
+    batch_size_ = std::min(batching.batch_size, n_);
+    total_ = n_ / batch_size_ + (n_ % batch_size_ != 0);
+    if (batching.steps > 0) total_ = std::min(total_, batching.steps);
+    if (!order_.empty()) {
+      xc_ = ops::contiguous(x.detach());
+      yc_ = ops::contiguous(y.detach());
+      if (w_.defined()) wc_ = ops::contiguous(w_.detach());
+    }
+  }
+  int64_t size() const override { return total_; }
+  std::string describe() const override {
+    return cat(n_, " samples in ", total_, " batches of ", batch_size_, w_.defined() ? ", weighted" : "");
+  }
+  bool next(Batch& batch) override {
+    if (b_ == total_) return false;
+    int64_t begin = b_++ * batch_size_, count = std::min(batch_size_, n_ - begin);
+    auto [share_begin, share_end] = comm_ && comm_->world_size() > 1
+                                        ? dist::local_share(count, comm_->rank(), comm_->world_size())
+                                        : std::pair<int64_t, int64_t>{0, count};
+    int64_t local = share_end - share_begin, first = begin + share_begin;
+    auto cut = [&](const Tensor& all, const Tensor& contiguous_all) {
+      if (!all.defined()) return Tensor();
+      return order_.empty() ? ops::slice(all.detach(), 0, first, first + local, 1)
+                            : gather_rows(contiguous_all, order_.data() + first, local);
+    };
+    batch = {cut(x_, xc_), cut(y_, yc_), cut(w_, wc_), count};
+    return true;
+  }
+
+ private:
+  Tensor x_, y_, w_, xc_, yc_, wc_;
+  const std::vector<int64_t>& order_;
+  dist::Communicator* comm_;
+  int64_t n_ = 0, batch_size_ = 1, total_ = 0, b_ = 0;
+};
+
+}  // namespace
+
+BatchQueue::BatchQueue(int64_t capacity) : capacity_(std::max<int64_t>(capacity, 1)) {}
+
+bool BatchQueue::put(Batch batch) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  changed_.wait(lock, [&] { return closed_ || static_cast<int64_t>(batches_.size()) < capacity_; });
+  if (closed_) return false;
+  batches_.push_back(std::move(batch));
+  changed_.notify_all();
+  return true;
+}
+
+void BatchQueue::finish() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  finished_ = true;
+  changed_.notify_all();
+}
+
+void BatchQueue::fail() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  failed_ = finished_ = true;
+  changed_.notify_all();
+}
+
+void BatchQueue::close() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  closed_ = true;
+  batches_.clear();
+  changed_.notify_all();
+}
+
+bool BatchQueue::pop(Batch& batch, const std::function<bool()>& interrupted) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  auto ready = [&] { return closed_ || finished_ || !batches_.empty(); };
+  while (!changed_.wait_for(lock, std::chrono::milliseconds(100), ready)) {
+    if (!interrupted) continue;
+    // Asked without the lock: the check waits for the GIL, and producers must not wait
+    // for the lock meanwhile.
+    lock.unlock();
+    bool give_up = interrupted();
+    lock.lock();
+    if (give_up) return false;
+  }
+  if (!batches_.empty()) {
+    batch = std::move(batches_.front());
+    batches_.pop_front();
+    changed_.notify_all();
+    return true;
+  }
+  // The producer keeps its exception; the Python front raises it in place of this one.
+  if (failed_) steepest::fail<StateError>("fit", "the input pipeline failed");
+  return false;
+}
+
+int64_t BatchQueue::size() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return static_cast<int64_t>(batches_.size());
+}
+
+bool QueueSource::next(Batch& batch) {
+  if (steps_ > 0 && taken_ == steps_) return false;
+  if (!queue_->pop(batch, interrupted_)) return false;
+  ++taken_;
+  batch.count = batch.x.shape()[0];
+  dist::Communicator* comm = dist::world();
+  if (shard_ && comm && comm->world_size() > 1) {
+    // Every rank streams the same batches and computes its contiguous share of each.
+    auto [begin, end] = dist::local_share(batch.count, comm->rank(), comm->world_size());
+    auto rows = [&](const Tensor& t) { return t.defined() ? ops::slice(t, 0, begin, end, 1) : t; };
+    batch = {rows(batch.x), rows(batch.y), rows(batch.sample_weight), batch.count};
+  }
+  return true;
+}
+
+std::string QueueSource::describe() const { return cat("streamed batches, ", steps_, " steps"); }
+
+void Sequential::check_ready(const char* op) const {
   if (!built_) fail(op, "the model is not built; give it an Input layer or call build()");
   if (!compiled()) fail(op, "the model must be compiled before fit/evaluate; call compile()");
-  if (batching.batch_size <= 0) fail(op, "batch_size must be positive, got ", batching.batch_size);
-  if (batching.accumulation_steps <= 0)
-    fail(op, "gradient_accumulation_steps must be positive, got ", batching.accumulation_steps);
-  int64_t n = x.ndim() ? x.shape()[0] : 0;
-  if (!y.defined() || y.ndim() == 0 || y.shape()[0] != n)
-    fail(op, "x has ", n, " samples but y has shape ", y.defined() ? y.shape() : Dims{});
-  // An empty epoch would report a loss of 0 for data never seen.
-  if (n == 0) fail(op, "x has no samples");
-  // A batch larger than the data is the whole data; clamped, no batch count below can
-  // overflow (batch_size = 2^63 - 1 gave zero batches and a loss of 0).
-  const int64_t batch_size = std::min(batching.batch_size, n);
-  const int64_t accumulation_steps = std::min(batching.accumulation_steps, n);
-  if (sample_weight.defined() && (sample_weight.ndim() == 0 || sample_weight.shape()[0] != n))
-    fail("fit", "x has ", n, " samples but sample_weight has shape ", sample_weight.shape());
-  if (batching.steps < 0) fail("fit", "steps must be positive (or 0 for all batches), got ", batching.steps);
+}
+
+Logs Sequential::run(BatchSource& source, int64_t accumulation_steps, bool train, bool stop_on_nan,
+                     const BatchCallbacks& callbacks) {
+  const char* op = train ? "fit" : "evaluate";
   Logs logs;
   logs.metrics.assign(metrics_.size(), 0.0);
   std::vector<Tensor> params = parameters();
-  int64_t total_batches = n / batch_size + (n % batch_size != 0);
-  if (batching.steps > 0) total_batches = std::min(total_batches, batching.steps);
-  const int64_t epoch_samples = std::min(n, total_batches * batch_size);
+  const int64_t total_batches = source.size();  // -1: until the source runs out
 
   dist::Communicator* comm = dist::world();
   const bool distributed = comm && comm->world_size() > 1;
   if (distributed)
-    comm->check_agreement(train ? "fit" : "evaluate",
-                          cat(n, " samples in ", total_batches, " batches of ", batch_size, ", accumulating ",
-                              accumulation_steps, sample_weight.defined() ? ", weighted" : ""),
+    comm->check_agreement(op, cat(source.describe(), ", accumulating ", accumulation_steps),
                           "every rank must pass the same data and batch size");
   std::unique_ptr<dist::GradientReducer> reducer;
   if (train && distributed) {
@@ -374,24 +484,32 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, const Tensor& sample_weig
   // agreed on at the next batch's exchange, so that every rank takes the same steps.
   bool stop_requested = false;
 
-  Tensor xc = order.empty() ? x : ops::contiguous(x.detach());
-  Tensor yc = order.empty() ? y : ops::contiguous(y.detach());
-  Tensor wc = order.empty() || !sample_weight.defined() ? sample_weight : ops::contiguous(sample_weight.detach());
-  for (int64_t b = 0; b < total_batches; ++b) {
-    if (callbacks.before_batch) callbacks.before_batch(b);
-    int64_t begin = b * batch_size, count = std::min(batch_size, n - begin);
-    auto [share_begin, share_end] =
-        distributed ? dist::local_share(count, comm->rank(), comm->world_size()) : std::pair<int64_t, int64_t>{0, count};
-    int64_t local = share_end - share_begin, first = begin + share_begin;
-    // Batches are cut on the host and copied to the model's device one at a time; the
-    // sample weights take the same rows as x and y.
-    auto cut = [&](const Tensor& all, const Tensor& contiguous_all) {
-      if (!all.defined()) return Tensor();
-      Tensor rows = order.empty() ? ops::slice(all.detach(), 0, first, first + local, 1)
-                                  : gather_rows(contiguous_all, order.data() + first, local);
-      return ops::to_device(rows, device_);
-    };
-    Tensor xb = cut(x, xc), yb = cut(y, yc), wb = cut(sample_weight, wc);
+  // The batches of one optimizer step, fetched together: each one's gradient is
+  // weighted by its share of the step's samples, which needs all their sizes.
+  std::deque<Batch> group;
+  int64_t group_samples = 0;
+  for (int64_t b = 0; total_batches < 0 || b < total_batches; ++b) {
+    if (group.empty()) {
+      group_samples = 0;
+      for (int64_t k = 0; k < accumulation_steps && (total_batches < 0 || b + k < total_batches); ++k) {
+        Batch next;
+        if (!source.next(next)) break;
+        group_samples += next.count;
+        group.push_back(std::move(next));
+      }
+    }
+    const bool exhausted = group.empty();
+    Batch batch;
+    if (!exhausted) {
+      batch = std::move(group.front());
+      group.pop_front();
+      if (callbacks.before_batch) callbacks.before_batch(b);
+    }
+    const int64_t count = batch.count;
+    const int64_t local = batch.x.defined() ? batch.x.shape()[0] : 0;
+    // Batches are copied to the model's device one at a time.
+    auto on_device = [&](const Tensor& t) { return t.defined() ? ops::to_device(t, device_) : t; };
+    Tensor xb = on_device(batch.x), yb = on_device(batch.y), wb = on_device(batch.sample_weight);
     // A rank whose share of a last, small batch is empty computes nothing but still
     // takes part in every exchange.
     Tensor output, loss;
@@ -405,14 +523,22 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, const Tensor& sample_weig
         loss_value = batch_loss(xb, yb, wb, false, 0, &output).item();
       }
     }
-    // Sums over the batch: the loss, each metric, the samples; then the stop flag.
+    // Sums over the batch: the loss, each metric, the samples; then the exhausted and
+    // stop flags.
     std::vector<double> sums{loss_value * static_cast<double>(local)};
     for (double m : metric_sums(output, yb, local)) sums.push_back(m);
     sums.push_back(static_cast<double>(local));
+    sums.push_back(exhausted ? 1.0 : 0.0);
     sums.push_back(stop_requested ? 1.0 : 0.0);
     if (distributed)
       comm->control().all_reduce(sums.data(), static_cast<int64_t>(sums.size()), DType::Float64,
                                    dist::ReduceOp::Sum);
+    if (sums[sums.size() - 2] > 0.0) {
+      // Keras: an input that runs out before the epoch's batches (or gives none at
+      // all) ends training; a stream of unknown length ends its epoch there.
+      logs.exhausted = total_batches >= 0 || b == 0;
+      break;
+    }
     if (sums.back() > 0.0) {
       logs.stopped = true;
       break;
@@ -425,11 +551,8 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, const Tensor& sample_weig
         logs.loss = loss_sum / static_cast<double>(count);
         break;
       }
-      int64_t group = b / accumulation_steps;
-      int64_t group_begin = group * accumulation_steps * batch_size;
-      int64_t group_samples = std::min(accumulation_steps * batch_size, epoch_samples - group_begin);
       bool first_of_group = b % accumulation_steps == 0;
-      bool last_of_group = (b + 1) % accumulation_steps == 0 || b + 1 == total_batches;
+      bool last_of_group = group.empty();
       if (first_of_group)
         for (Tensor& p : params) p.set_grad(Tensor());
       if (local > 0) {
@@ -454,10 +577,10 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, const Tensor& sample_weig
         if (reducer) reducer->gather_parameters();
       }
     }
-    const double seen = static_cast<double>(logs.samples), batch = static_cast<double>(count);
+    const double seen = static_cast<double>(logs.samples), batch_samples = static_cast<double>(count);
     for (size_t i = 0; i < metrics_.size(); ++i)
-      logs.metrics[i] = (logs.metrics[i] * seen + sums[i + 1]) / (seen + batch);
-    logs.loss = (logs.loss * seen + loss_sum) / (seen + batch);
+      logs.metrics[i] = (logs.metrics[i] * seen + sums[i + 1]) / (seen + batch_samples);
+    logs.loss = (logs.loss * seen + loss_sum) / (seen + batch_samples);
     logs.samples += count;
     logs.batches = b + 1;
     if (callbacks.after_batch && !callbacks.after_batch(b + 1, total_batches, logs)) {
@@ -471,19 +594,76 @@ Logs Sequential::run(const Tensor& x, const Tensor& y, const Tensor& sample_weig
   return logs;
 }
 
+namespace {
+
+// The checks of the array path's data, before any batch is cut.
+void check_arrays(const char* op, const Tensor& x, const Tensor& y, const Tensor& sample_weight,
+                  const Batching& batching) {
+  if (batching.batch_size <= 0) fail(op, "batch_size must be positive, got ", batching.batch_size);
+  int64_t n = x.ndim() ? x.shape()[0] : 0;
+  if (!y.defined() || y.ndim() == 0 || y.shape()[0] != n)
+    fail(op, "x has ", n, " samples but y has shape ", y.defined() ? y.shape() : Dims{});
+  // An empty epoch would report a loss of 0 for data never seen.
+  if (n == 0) fail(op, "x has no samples");
+  if (sample_weight.defined() && (sample_weight.ndim() == 0 || sample_weight.shape()[0] != n))
+    fail("fit", "x has ", n, " samples but sample_weight has shape ", sample_weight.shape());
+  if (batching.steps < 0) fail("fit", "steps must be positive (or 0 for all batches), got ", batching.steps);
+}
+
+void check_accumulation(int64_t accumulation_steps) {
+  if (accumulation_steps <= 0)
+    fail("fit", "gradient_accumulation_steps must be positive, got ", accumulation_steps);
+}
+
+}  // namespace
+
 Logs Sequential::train_epoch(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
                              const Batching& batching, bool stop_on_nan, const BatchCallbacks& callbacks) {
-  if (!batching.order.empty() && static_cast<int64_t>(batching.order.size()) != (x.ndim() ? x.shape()[0] : 0))
+  check_ready("fit");
+  check_accumulation(batching.accumulation_steps);
+  check_arrays("fit", x, y, sample_weight, batching);
+  if (!batching.order.empty() && static_cast<int64_t>(batching.order.size()) != x.shape()[0])
     fail("fit", "the shuffle order has ", batching.order.size(), " entries for ", x.shape()[0], " samples");
-  return run(x, y, sample_weight, batching, true, stop_on_nan, callbacks);
+  ArraySource source(x, y, sample_weight, batching, dist::world());
+  return run(source, std::min(batching.accumulation_steps, x.shape()[0]), true, stop_on_nan, callbacks);
 }
 
 Logs Sequential::evaluate(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
                           const Batching& batching, const BatchCallbacks& callbacks) {
+  check_ready("evaluate");
   Batching in_order = batching;
   in_order.order.clear();
-  in_order.accumulation_steps = 1;
-  return run(x, y, sample_weight, in_order, false, false, callbacks);
+  check_arrays("evaluate", x, y, sample_weight, in_order);
+  ArraySource source(x, y, sample_weight, in_order, dist::world());
+  return run(source, 1, false, false, callbacks);
+}
+
+Logs Sequential::train_epoch(BatchSource& source, const Batching& batching, bool stop_on_nan,
+                             const BatchCallbacks& callbacks) {
+  check_ready("fit");
+  check_accumulation(batching.accumulation_steps);
+  return run(source, batching.accumulation_steps, true, stop_on_nan, callbacks);
+}
+
+Logs Sequential::evaluate(BatchSource& source, const BatchCallbacks& callbacks) {
+  check_ready("evaluate");
+  return run(source, 1, false, false, callbacks);
+}
+
+Tensor Sequential::predict(BatchSource& source, const PredictCallbacks& callbacks) const {
+  if (!built_) fail("predict", "the model is not built; give it an Input layer or call build()");
+  NoGradGuard no_grad;
+  std::vector<Tensor> outputs;
+  Batch batch;
+  for (int64_t b = 0; source.size() < 0 || b < source.size(); ++b) {
+    if (callbacks.before_batch) callbacks.before_batch(b);
+    if (!source.next(batch)) break;
+    Tensor out = ops::contiguous(ops::to_device(forward(ops::to_device(batch.x, device_), false, 0), {}));
+    if (callbacks.after_batch) callbacks.after_batch(b, out);
+    outputs.push_back(std::move(out));
+  }
+  if (outputs.empty()) fail("predict", "the input gave no batches");
+  return outputs.size() == 1 ? outputs.front() : ops::cat(outputs, 0);
 }
 
 Tensor Sequential::predict(const Tensor& x, int64_t batch_size, const PredictCallbacks& callbacks) const {

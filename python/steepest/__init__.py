@@ -141,7 +141,7 @@ __all__ = [
     "zeros_like",
 ]
 
-from . import callbacks, config, distributed, io, layers, losses, metrics  # noqa: E402
+from . import callbacks, config, data, distributed, io, layers, losses, metrics  # noqa: E402
 from . import integrations  # noqa: E402
 from . import mixed_precision  # noqa: E402
 from . import models  # noqa: E402

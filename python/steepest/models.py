@@ -8,6 +8,7 @@ times a second. Warnings (Ctrl-C, a NaN loss) go to the ``logging`` logger "stee
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -19,6 +20,7 @@ import numpy as np
 
 from . import _core, io
 from . import callbacks as callbacks_module
+from . import data as data_module
 from . import distributed
 from . import layers as layers_module
 from . import lr_finder
@@ -138,6 +140,7 @@ class _ProgressBar:
     ``_interactive``) and otherwise, like verbose=2, prints one line per epoch."""
 
     def __init__(self, total: int, verbose: int, width: int = 30) -> None:
+        """total: batches in the epoch; 0 when unknown (a stream that runs until it ends)."""
         if verbose == 1 and not _interactive():
             verbose = 2
         self.total, self.verbose, self.width = total, verbose, width
@@ -154,6 +157,10 @@ class _ProgressBar:
         if self.verbose != 1:
             return
         elapsed = time.perf_counter() - self.start
+        if not self.total:
+            sys.stdout.write(f"\r{batch}/Unknown - {elapsed:.0f}s{self._values(logs)}")
+            sys.stdout.flush()
+            return
         filled = int(self.width * batch / max(self.total, 1))
         bar = "=" * max(filled - 1, 0) + (">" if batch < self.total else "=") if filled else ""
         bar = bar.ljust(self.width, ".")
@@ -166,7 +173,9 @@ class _ProgressBar:
         sys.stdout.write(f"\r{batch:{digits}d}/{self.total} [{bar}]{timing}{self._values(logs)}")
         sys.stdout.flush()
 
-    def finish(self, logs: Dict[str, float]) -> None:
+    def finish(self, logs: Dict[str, float], batches: int = 0) -> None:
+        """batches: those the epoch ran, which set an unknown total."""
+        self.total = self.total or batches
         elapsed = time.perf_counter() - self.start
         if self.verbose == 1:
             self.update(self.total, {})
@@ -446,13 +455,70 @@ class Sequential:
             return None
         return from_numpy(_as_float32(op, "sample_weight", weights))
 
+    def _prepare_batch(self, op: str, index: int, raw: Any, class_weight: Optional[Dict[int, float]] = None,
+                       labelled: bool = True) -> data_module.Prepared:
+        """One batch of a generator or PyDataset, checked as arrays are, with its index
+        in the messages: (x, y[, sample_weight]) for fit and evaluate; for predict x, or
+        a tuple whose first entry is x."""
+        if isinstance(raw, list):
+            raw = tuple(raw)
+        if not isinstance(raw, tuple):
+            if labelled:
+                raise TypeError(f"[{op}] batch {index}: expected a tuple (x, y) or (x, y, sample_weight), "
+                                f"got {type(raw).__name__}")
+            raw = (raw,)
+        if not 1 <= len(raw) <= 3 or (labelled and len(raw) == 1):
+            raise ValueError(f"[{op}] batch {index}: expected a tuple (x, y) or (x, y, sample_weight), "
+                             f"got a tuple of {len(raw)} entries")
+        x, y, w = (*raw, None, None)[:3]
+        try:
+            xt = self._prepare_x(op, x)
+            if xt.shape[0] == 0:
+                raise ValueError("the batch has no samples")
+            if not labelled:
+                return xt, None, None
+            if y is None:
+                raise ValueError("the batch has no labels (y is None)")
+            yt = self._prepare_y(op, y, xt.shape[0])
+            return xt, yt, self._prepare_weights(op, w, class_weight, yt)
+        except (ValueError, TypeError) as e:
+            message = str(e)
+            message = message[len(f"[{op}] "):] if message.startswith(f"[{op}] ") else message
+            raise type(e)(f"[{op}] batch {index}: {message}") from None
+
+    def _stream(self, op: str, x: Any, y: Any, steps: int, sample_weight: Any = None,
+                labelled: bool = True) -> data_module.Stream:
+        """A generator, iterable or PyDataset as a Stream, the model built from its first
+        batch when it has no Input."""
+        if y is not None or sample_weight is not None:
+            raise ValueError(f"[{op}] y and sample_weight cannot be given when x is a generator, iterable or "
+                             f"PyDataset: its batches hold them, as (x, y[, sample_weight])")
+        stream = data_module.Stream(op, x, steps)
+        if not self._impl.built:
+            self._prepare_batch(op, 0, stream.peek(), labelled=labelled)
+        return stream
+
+    def _stream_pass(self, stream: data_module.Stream, run: Callable[[Any], Any],
+                     prepare: Callable[[int, Any], data_module.Prepared],
+                     order_seed: Optional[Sequence[int]] = None) -> Any:
+        """One pass over a stream by the C++ loop `run(queue)`; a producer's exception
+        reaches the caller as it was raised."""
+        queue = stream.start(prepare, order_seed)
+        try:
+            result = run(queue)
+        except BaseException:
+            stream.raise_error()
+            raise
+        stream.end_pass()
+        return result
+
     def _check_compiled(self, op: str) -> None:
         if self.optimizer is None:
             raise RuntimeError(f"[{op}] the model must be compiled first: call model.compile(optimizer=..., loss=...)")
 
     # ------------------------------------------------------------------ training
 
-    def fit(self, x: Any, y: Any, batch_size: int = 32, epochs: int = 1,
+    def fit(self, x: Any, y: Any = None, batch_size: int = 32, epochs: int = 1,
             validation_data: Optional[Tuple[Any, ...]] = None, validation_split: float = 0.0,
             shuffle: bool = True, verbose: int = 1,
             callbacks: Optional[Sequence[callbacks_module.Callback]] = None,
@@ -472,6 +538,12 @@ class Sequential:
         batches of each epoch's order, ``validation_steps`` evaluates that many validation
         batches, and ``validation_freq`` validates every that many epochs (an int) or
         after the listed epochs (1-based).
+
+        ``x`` may also be a generator or iterable of ``(x, y[, sample_weight])`` batches
+        or an ``st.data.PyDataset`` (``validation_data`` too). A generator cannot restart:
+        each epoch continues where the last ended, and an endless one needs
+        ``steps_per_epoch``. An input that runs out before ``steps_per_epoch`` batches
+        stops training with a warning. ``shuffle`` shuffles a PyDataset's batch order.
 
         Ctrl-C stops after the current step and keeps the weights of the last finished
         step. With ``seed`` the shuffling is reproducible, also across save/load.
@@ -505,6 +577,43 @@ class Sequential:
         steps = _optional_count("fit", "steps_per_epoch", steps_per_epoch)
         validation_batches = _optional_count("fit", "validation_steps", validation_steps)
         validates = _validation_schedule(validation_freq)
+        stream: Optional[data_module.Stream] = None
+        if data_module.is_stream(x, y):
+            if validation_split:
+                raise ValueError("[fit] validation_split needs arrays; pass validation_data with a generator or PyDataset")
+            stream = self._stream("fit", x, y, steps, sample_weight)
+            xt = yt = wt = None
+        else:
+            xt, yt, wt, split = self._fit_arrays(x, y, sample_weight, class_weight,
+                                                 validation_split if validation_data is None else 0.0)
+            validation_data = split if split is not None else validation_data
+        self._compile_impl()
+        if ranks > 1:
+            self._impl.synchronize_replicas()
+        validation: Union[None, Tuple[Tensor, Tensor, Optional[Tensor]], data_module.Stream] = None
+        if validation_data is not None and data_module.is_stream(validation_data, None):
+            validation = self._stream("fit", validation_data, None, validation_batches)
+        elif validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("[fit] validation_data must be (x, y), (x, y, sample_weight), a generator or a PyDataset")
+            vx, vy, vw = (*validation_data, None)[:3]
+            vxt = self._prepare_x("fit", vx)
+            vyt = self._prepare_y("fit", vy, vxt.shape[0])
+            validation = (vxt, vyt, self._prepare_weights("fit", vw, None, vyt))
+        try:
+            return self._train(xt, yt, wt, stream, batch_size, epochs, validation, shuffle, verbose, callbacks,
+                               seed, class_weight, steps, validation_batches, validates,
+                               gradient_accumulation_steps, ranks, initial_epoch)
+        finally:
+            # The producers of streamed inputs stop and are joined, however fit ends.
+            for source in (stream, validation):
+                if isinstance(source, data_module.Stream):
+                    source.close()
+
+    def _fit_arrays(self, x: Any, y: Any, sample_weight: Any, class_weight: Optional[Dict[int, float]],
+                    validation_split: float
+                    ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tuple[Any, ...]]]:
+        """fit's arrays as tensors, and with validation_split the validation data split off."""
         x_array, y_array = _as_array("x", x), _as_array("y", y)
         if x_array.ndim == 0 or y_array.ndim == 0 or len(x_array) != len(y_array):
             raise ValueError(
@@ -512,27 +621,25 @@ class Sequential:
                 f"{x_array.shape} and y of shape {y_array.shape}"
             )
         w_array = None if sample_weight is None else _as_array("sample_weight", sample_weight)
-        if validation_split and validation_data is None:
+        split = None
+        if validation_split:
             # Keras: the last fraction of the samples, taken before shuffling.
             cut = int(len(x_array) * (1.0 - validation_split))
-            validation_data = (x_array[cut:], y_array[cut:], None if w_array is None else w_array[cut:])
+            split = (x_array[cut:], y_array[cut:], None if w_array is None else w_array[cut:])
             x_array, y_array = x_array[:cut], y_array[:cut]
             w_array = None if w_array is None else w_array[:cut]
         xt = self._prepare_x("fit", x_array)
         yt = self._prepare_y("fit", y_array, len(x_array))
-        wt = self._prepare_weights("fit", w_array, class_weight, yt)
-        self._compile_impl()
-        if ranks > 1:
-            self._impl.synchronize_replicas()
-        validation = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-                raise ValueError("[fit] validation_data must be (x, y) or (x, y, sample_weight)")
-            vx, vy, vw = (*validation_data, None)[:3]
-            vxt = self._prepare_x("fit", vx)
-            vyt = self._prepare_y("fit", vy, vxt.shape[0])
-            validation = (vxt, vyt, self._prepare_weights("fit", vw, None, vyt))
+        return xt, yt, self._prepare_weights("fit", w_array, class_weight, yt), split
 
+    def _train(self, xt: Optional[Tensor], yt: Optional[Tensor], wt: Optional[Tensor],
+               stream: Optional[data_module.Stream], batch_size: int, epochs: int,
+               validation: Union[None, Tuple[Tensor, Tensor, Optional[Tensor]], data_module.Stream],
+               shuffle: bool, verbose: int, callbacks: Optional[Sequence[callbacks_module.Callback]],
+               seed: Optional[int], class_weight: Optional[Dict[int, float]], steps: int,
+               validation_batches: int, validates: Callable[[int], bool], gradient_accumulation_steps: int,
+               ranks: int, initial_epoch: int) -> callbacks_module.History:
+        """fit's epochs over (xt, yt, wt) or the stream."""
         history = callbacks_module.History()
         # History last, as in Keras: it records the logs as the other callbacks left them
         # (ReduceLROnPlateau adds the learning rate).
@@ -552,10 +659,14 @@ class Sequential:
         base_seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**63))
         if ranks > 1:  # one shuffle order for all ranks
             base_seed = int(distributed._broadcast_object(base_seed, 0))
-        n = xt.shape[0]
-        batches = (n + batch_size - 1) // batch_size
-        if steps:
-            batches = min(batches, steps)
+        n = 0 if xt is None else xt.shape[0]
+        if stream is None:
+            batches = (n + batch_size - 1) // batch_size
+            if steps:
+                batches = min(batches, steps)
+        else:
+            batches = stream.steps  # 0: unknown until the stream ends
+        prepare = functools.partial(self._prepare_batch, "fit", class_weight=class_weight)
         # BackupAndRestore's on_train_begin may move both on, to resume a crashed fit.
         self._shuffle_seed, self._initial_epoch = base_seed, initial_epoch
         try:
@@ -575,7 +686,7 @@ class Sequential:
                     if verbose:
                         print(f"Epoch {epoch + 1}/{epochs}")
                     order = None
-                    if shuffle:
+                    if shuffle and stream is None:
                         rng = np.random.default_rng([base_seed, self._epochs_done])
                         order = rng.permutation(n).astype(np.int64)
                     bar = _ProgressBar(batches, verbose)
@@ -590,22 +701,39 @@ class Sequential:
                     # Python runs after every batch only for a batch hook; for the bar
                     # alone, at most every 0.1 s.
                     hooked = batch_end is not None or batch_begin is not None
-                    result = self._impl.train_epoch(xt, yt, batch_size, order, stop_on_nan,
-                                                    progress if bar.redraws or hooked else None,
-                                                    report_seconds=0.0 if hooked else 0.1,
-                                                    accumulation_steps=gradient_accumulation_steps,
-                                                    sample_weight=wt, steps=steps, batch_begin=batch_begin)
+                    report = progress if bar.redraws or hooked else None
+                    if stream is None:
+                        result = self._impl.train_epoch(xt, yt, batch_size, order, stop_on_nan, report,
+                                                        report_seconds=0.0 if hooked else 0.1,
+                                                        accumulation_steps=gradient_accumulation_steps,
+                                                        sample_weight=wt, steps=steps, batch_begin=batch_begin)
+                    else:
+                        result = self._stream_pass(
+                            stream, lambda queue: self._impl.train_epoch_stream(
+                                queue, stream.steps, stop_on_nan, report, report_seconds=0.0 if hooked else 0.1,
+                                accumulation_steps=gradient_accumulation_steps, batch_begin=batch_begin),
+                            prepare, [base_seed, self._epochs_done] if shuffle else None)
+                        if result["exhausted"] and not result["interrupted"]:
+                            _logger.warning(
+                                "Your input ran out of data; interrupting training. Make sure that your dataset "
+                                "or generator can generate at least `steps_per_epoch * epochs` batches.")
+                            self.stop_training = True
+                            if not result["batches"]:
+                                break
                     self._epochs_done += 1
                     logs = self._named(result, train=True)
-                    if (validation is not None and not result["stopped"] and not ctrl_c.pressed
-                            and validates(epoch)):
+                    if validation is not None and not result["stopped"] and not ctrl_c.pressed and validates(epoch):
                         try:
-                            val = self._run_evaluation(*validation, batch_size, validation_batches, all_callbacks)
+                            if isinstance(validation, data_module.Stream):
+                                val = self._run_evaluation(None, None, None, batch_size, validation_batches,
+                                                           all_callbacks, validation)
+                            else:
+                                val = self._run_evaluation(*validation, batch_size, validation_batches, all_callbacks)
                         except KeyboardInterrupt:  # the epoch is kept, without its partial validation
                             ctrl_c.pressed = True
                         else:
                             logs.update({f"val_{k}": v for k, v in val.items()})
-                    bar.finish(logs)
+                    bar.finish(logs, result["batches"])
                     if result["interrupted"] or ctrl_c.pressed:
                         stop_for_ctrl_c()
                     if result["nan_loss"]:
@@ -630,9 +758,11 @@ class Sequential:
             raise
         return history
 
-    def _run_evaluation(self, xt: Tensor, yt: Tensor, wt: Optional[Tensor], batch_size: int,
-                        steps: int, callbacks: Sequence[callbacks_module.Callback]) -> Dict[str, float]:
-        """The test loop of evaluate and of fit's validation, with the test hooks."""
+    def _run_evaluation(self, xt: Optional[Tensor], yt: Optional[Tensor], wt: Optional[Tensor], batch_size: int,
+                        steps: int, callbacks: Sequence[callbacks_module.Callback],
+                        stream: Optional[data_module.Stream] = None) -> Dict[str, float]:
+        """The test loop of evaluate and of fit's validation, with the test hooks; over
+        (xt, yt, wt) or the stream."""
         for cb in callbacks:
             cb.on_test_begin(None)
         ctrl_c = _CtrlC()
@@ -645,9 +775,19 @@ class Sequential:
             return not ctrl_c.pressed
 
         hooked = batch_end is not None or batch_begin is not None
-        result = self._impl.evaluate(xt, yt, batch_size, sample_weight=wt, steps=steps,
-                                     callback=progress if hooked else None,
-                                     report_seconds=0.0 if hooked else 0.25, batch_begin=batch_begin)
+        report = progress if hooked else None
+        if stream is None:
+            result = self._impl.evaluate(xt, yt, batch_size, sample_weight=wt, steps=steps, callback=report,
+                                         report_seconds=0.0 if hooked else 0.25, batch_begin=batch_begin)
+        else:
+            result = self._stream_pass(
+                stream, lambda queue: self._impl.evaluate_stream(queue, stream.steps, callback=report,
+                                                                 report_seconds=0.0 if hooked else 0.25,
+                                                                 batch_begin=batch_begin),
+                functools.partial(self._prepare_batch, stream.op))
+            if result["exhausted"] and not result["interrupted"]:
+                raise ValueError(f"[{stream.op}] the evaluation input ran out of data before its first batch; "
+                                 "a generator cannot restart: give validation_steps, or pass a PyDataset")
         if result["interrupted"] or ctrl_c.pressed:
             # Raised, not returned: the loss of the batches done would pass for the whole data's.
             raise KeyboardInterrupt
@@ -664,7 +804,7 @@ class Sequential:
             named["loss_scale"] = float(logs["loss_scale"])
         return named
 
-    def evaluate(self, x: Any, y: Any, batch_size: int = 32, verbose: int = 0,
+    def evaluate(self, x: Any, y: Any = None, batch_size: int = 32, verbose: int = 0,
                  sample_weight: Any = None, steps: Optional[int] = None,
                  callbacks: Optional[Sequence[callbacks_module.Callback]] = None,
                  return_dict: bool = False) -> Union[float, List[float], Dict[str, float]]:
@@ -672,17 +812,28 @@ class Sequential:
         when the model has no metrics, else ``[loss, *metrics]`` in compile order; with
         ``return_dict=True`` a dict keyed by name. ``sample_weight`` weighs the loss as
         in ``fit``; ``steps`` evaluates only the first that many batches; callbacks get
-        the test hooks."""
+        the test hooks. ``x`` may be a generator, iterable or PyDataset of
+        ``(x, y[, sample_weight])`` batches, as in fit."""
         self._check_compiled("evaluate")
         distributed._ensure_initialized()
-        xt = self._prepare_x("evaluate", x)
-        yt = self._prepare_y("evaluate", y, xt.shape[0])
-        wt = self._prepare_weights("evaluate", sample_weight, None, yt)
+        count = _optional_count("evaluate", "steps", steps)
+        stream: Optional[data_module.Stream] = None
+        if data_module.is_stream(x, y):
+            stream = self._stream("evaluate", x, y, count, sample_weight)
+            xt = yt = wt = None
+        else:
+            xt = self._prepare_x("evaluate", x)
+            yt = self._prepare_y("evaluate", y, xt.shape[0])
+            wt = self._prepare_weights("evaluate", sample_weight, None, yt)
         self._compile_impl()
         callbacks = list(callbacks or [])
         for cb in callbacks:
             cb.set_model(self)
-        logs = self._run_evaluation(xt, yt, wt, batch_size, _optional_count("evaluate", "steps", steps), callbacks)
+        try:
+            logs = self._run_evaluation(xt, yt, wt, batch_size, count, callbacks, stream)
+        finally:
+            if stream is not None:
+                stream.close()
         if verbose and distributed.rank() == 0:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         if return_dict:
@@ -691,18 +842,33 @@ class Sequential:
         return values if len(values) > 1 else values[0]
 
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0,
-                callbacks: Optional[Sequence[callbacks_module.Callback]] = None) -> np.ndarray:
+                callbacks: Optional[Sequence[callbacks_module.Callback]] = None,
+                steps: Optional[int] = None) -> np.ndarray:
         """The model's outputs for x (inference mode: dropout off) as a NumPy array.
-        Callbacks get the predict hooks; a batch's end sees ``{"outputs": array}``."""
-        xt = self._prepare_x("predict", x)
+        Callbacks get the predict hooks; a batch's end sees ``{"outputs": array}``.
+        ``x`` may be a generator, iterable or PyDataset of batches (x, or tuples whose
+        first entry is x); ``steps`` predicts only that many batches."""
+        count = _optional_count("predict", "steps", steps)
+        stream = self._stream("predict", x, None, count, labelled=False) if data_module.is_stream(x, None) else None
+        xt = self._prepare_x("predict", x) if stream is None else None
         callbacks = list(callbacks or [])
         for cb in callbacks:
             cb.set_model(self)
             cb.on_predict_begin(None)
         batch_end = _hooks(callbacks, "on_predict_batch_end", lambda outputs: {"outputs": outputs.numpy()})
-        outputs = self._impl.predict(xt, batch_size,
-                                     batch_begin=_hooks(callbacks, "on_predict_batch_begin", lambda logs: None),
-                                     batch_end=batch_end).numpy()
+        batch_begin = _hooks(callbacks, "on_predict_batch_begin", lambda logs: None)
+        if stream is None:
+            if count:
+                xt = xt[: count * batch_size]
+            outputs = self._impl.predict(xt, batch_size, batch_begin=batch_begin, batch_end=batch_end).numpy()
+        else:
+            try:
+                outputs = self._stream_pass(
+                    stream, lambda queue: self._impl.predict_stream(queue, stream.steps, batch_begin=batch_begin,
+                                                                    batch_end=batch_end),
+                    functools.partial(self._prepare_batch, "predict", labelled=False)).numpy()
+            finally:
+                stream.close()
         for cb in callbacks:
             cb.on_predict_end(None)
         return outputs

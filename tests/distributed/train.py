@@ -4,7 +4,7 @@ OUT/rank<r>.npz, so the test can compare ranks with each other and with one proc
 
     train.py OUT [--shard] [--accumulate K] [--samples N] [--batch B] [--precision P]
                  [--optimizer adamw|lamb] [--fault die|raise|mismatch] [--weighted]
-                 [--backup DIR [--crash-at EPOCH]] [--exclude-bias]
+                 [--backup DIR [--crash-at EPOCH]] [--exclude-bias] [--stream]
 """
 
 import argparse
@@ -31,6 +31,8 @@ parser.add_argument("--backup", help="train with BackupAndRestore into this fold
 parser.add_argument("--crash-at", type=int, help="every rank raises when this epoch begins")
 parser.add_argument("--exclude-bias", action="store_true",
                     help="strong weight decay (0.5) that the biases are excluded from")
+parser.add_argument("--stream", action="store_true",
+                    help="the training and validation data as st.data.PyDatasets of the same batches")
 args = parser.parse_args()
 
 st.distributed.init()
@@ -80,8 +82,23 @@ if args.weighted:
     w = rng.uniform(0.2, 2.0, args.samples).astype(np.float32)
     weighting = dict(sample_weight=w, class_weight={0: 3.0, 2: 0.5}, steps_per_epoch=5)
     validation_data = (x[:40], y[:40], w[:40])
+data = dict(x=x, y=y, batch_size=args.batch)
+if args.stream:
+    class Batches(st.data.PyDataset):
+        def __init__(self, x, y, **kwargs):
+            super().__init__(**kwargs)
+            self.x, self.y = x, y
+
+        def __len__(self):
+            return -(-len(self.x) // args.batch)
+
+        def __getitem__(self, i):
+            return self.x[i * args.batch:(i + 1) * args.batch], self.y[i * args.batch:(i + 1) * args.batch]
+
+    data = dict(x=Batches(x, y, workers=2))
+    validation_data = Batches(x[:40], y[:40])
 try:
-    history = model.fit(x, y, batch_size=args.batch, epochs=args.epochs, seed=7, verbose=0,
+    history = model.fit(**data, epochs=args.epochs, seed=7, verbose=0,
                         validation_data=validation_data, callbacks=callbacks,
                         gradient_accumulation_steps=args.accumulate, **weighting)
 except ValueError as e:

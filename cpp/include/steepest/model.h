@@ -4,9 +4,12 @@
 // callbacks between epochs.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -371,6 +374,7 @@ struct Logs {
   bool nan_loss = false;
   double loss_scale = 0.0;  // the loss scaler's scale after the last step; 0 without one
   int64_t skipped_steps = 0;  // steps the loss scaler skipped (gradients not finite)
+  bool exhausted = false;  // a streamed input ran out before the epoch's last batch
 };
 
 // How an epoch walks through the data.
@@ -382,6 +386,72 @@ struct Batching {
   // share of the k batches' samples, before one optimizer step: the same update as one
   // batch k times larger.
   int64_t accumulation_steps = 1;
+};
+
+// One batch as the loop consumes it: this rank's rows of x, y and the sample weights
+// (undefined: none) on the host, and the global batch's sample count.
+struct Batch {
+  Tensor x, y, sample_weight;
+  int64_t count = 0;
+};
+
+// Where an epoch's batches come from: the model's arrays cut by Batching (the array
+// path) or prepared batches streamed from Python (generators, st.data.PyDataset).
+class BatchSource {
+ public:
+  virtual ~BatchSource() = default;
+  // Batches in the epoch; -1 when unknown (the epoch ends when next() returns false).
+  virtual int64_t size() const = 0;
+  // Fills the next batch; false when the source is exhausted.
+  virtual bool next(Batch& batch) = 0;
+  // What every rank must agree on under data parallelism.
+  virtual std::string describe() const = 0;
+};
+
+// A bounded queue of prepared host batches filled by Python producer threads and
+// emptied by the batch loop, which waits on it without the GIL. Each batch holds the
+// whole global batch; the consumer takes its rank's share.
+class BatchQueue {
+ public:
+  explicit BatchQueue(int64_t capacity);
+  // Blocks while full; false when the consumer closed the queue (the batch is dropped).
+  bool put(Batch batch);
+  // The producer has no more batches (finished) or failed; the consumer gets the
+  // batches already queued, then the end (finish) or an error (fail).
+  void finish();
+  void fail();
+  // The consumer is done: blocked and later puts return false at once.
+  void close();
+  // Blocks until a batch or the end; throws when the producer failed. While it waits,
+  // `interrupted` (when set) is asked every 100 ms whether to give up (Ctrl-C): then false.
+  bool pop(Batch& batch, const std::function<bool()>& interrupted = {});
+  int64_t size() const;
+
+ private:
+  int64_t capacity_;
+  std::deque<Batch> batches_;
+  bool finished_ = false, failed_ = false, closed_ = false;
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+};
+
+// A BatchQueue as a BatchSource: `steps` batches (0: until the producer finishes).
+// shard: under data parallelism each rank takes its contiguous share of every batch
+// (fit, evaluate); predict takes whole batches.
+class QueueSource final : public BatchSource {
+ public:
+  QueueSource(std::shared_ptr<BatchQueue> queue, int64_t steps, bool shard,
+              std::function<bool()> interrupted = {})
+      : queue_(std::move(queue)), steps_(steps), shard_(shard), interrupted_(std::move(interrupted)) {}
+  int64_t size() const override { return steps_ > 0 ? steps_ : -1; }
+  bool next(Batch& batch) override;
+  std::string describe() const override;
+
+ private:
+  std::shared_ptr<BatchQueue> queue_;
+  int64_t steps_, taken_ = 0;
+  bool shard_;
+  std::function<bool()> interrupted_;
 };
 
 // Called after batches (the binding throttles the redraw); returning false stops the
@@ -452,6 +522,11 @@ class Sequential {
   Logs evaluate(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
                 const Batching& batching, const BatchCallbacks& callbacks);
   Tensor predict(const Tensor& x, int64_t batch_size, const PredictCallbacks& callbacks = {}) const;
+  // The same from streamed batches (their x only); batches must share their per-sample shape.
+  Logs train_epoch(BatchSource& source, const Batching& batching, bool stop_on_nan,
+                   const BatchCallbacks& callbacks);
+  Logs evaluate(BatchSource& source, const BatchCallbacks& callbacks);
+  Tensor predict(BatchSource& source, const PredictCallbacks& callbacks = {}) const;
 
  private:
   // The loss of a batch, fusing a final softmax/sigmoid into the loss when the loss
@@ -461,8 +536,9 @@ class Sequential {
   // Σ over the n samples of each metric (a sample's value: the mean over its positions),
   // in compile order.
   std::vector<double> metric_sums(const Tensor& output, const Tensor& y, int64_t n) const;
-  Logs run(const Tensor& x, const Tensor& y, const Tensor& sample_weight, const Batching& batching,
-           bool train, bool stop_on_nan, const BatchCallbacks& callbacks);
+  Logs run(BatchSource& source, int64_t accumulation_steps, bool train, bool stop_on_nan,
+           const BatchCallbacks& callbacks);
+  void check_ready(const char* op) const;
 
   std::vector<std::shared_ptr<Layer>> layers_;
   Dims input_shape_;
