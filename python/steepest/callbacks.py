@@ -182,6 +182,31 @@ class LearningRateScheduler(Callback):
             print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr}.")
 
 
+class BatchSizeScheduler(Callback):
+    """Sets fit's batch size at each epoch start to ``schedule(epoch, batch_size)`` (the
+    size the previous epoch used), the seed's Future Work 5 (dynamic batch sizes).
+
+    Growing the batch instead of decaying the learning rate (Smith et al. 2017, "Don't
+    decay the learning rate, increase the batch size") keeps SGD's noise scale
+    ε·N/B falling the same way with fewer, larger steps. Under data parallelism the
+    batch size is the global one, so every rank grows its share together. The new size
+    takes effect for the epoch that is starting; the optimizer's state and step count carry
+    on. fit on arrays only: a generator or PyDataset fixes its own batches."""
+
+    def __init__(self, schedule: Callable[[int, int], int], verbose: int = 0) -> None:
+        self.schedule, self.verbose = schedule, verbose
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        current = self.model._batch_size
+        size = self.schedule(epoch, current)
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ValueError(f"[BatchSizeScheduler] the schedule must return a positive int batch "
+                             f"size, got {size!r} at epoch {epoch}")
+        self.model._batch_size = int(size)
+        if self.verbose and int(size) != current:
+            print(f"\nEpoch {epoch + 1}: BatchSizeScheduler setting batch size to {int(size)}.")
+
+
 class CSVLogger(Callback):
     """Appends each epoch's logs to a CSV file (in a data-parallel job, rank 0's)."""
 
@@ -333,5 +358,6 @@ class TerminateOnNaN(Callback):
             self.model.stop_training = True
 
 
-__all__ = ["BackupAndRestore", "CSVLogger", "Callback", "EarlyStopping", "History", "LambdaCallback",
-           "LearningRateScheduler", "ModelCheckpoint", "ReduceLROnPlateau", "TerminateOnNaN"]
+__all__ = ["BackupAndRestore", "BatchSizeScheduler", "CSVLogger", "Callback", "EarlyStopping",
+           "History", "LambdaCallback", "LearningRateScheduler", "ModelCheckpoint",
+           "ReduceLROnPlateau", "TerminateOnNaN"]

@@ -209,6 +209,7 @@ class Sequential:
         self._shard_optimizer_state = False
         self.stop_training = False
         self._epochs_done = 0
+        self._batch_size = 32  # fit's batch size of the epoch running (BatchSizeScheduler)
         # fit's shuffling seed and first epoch, which BackupAndRestore saves and restores.
         self._shuffle_seed = 0
         self._initial_epoch = 0
@@ -660,12 +661,14 @@ class Sequential:
         if ranks > 1:  # one shuffle order for all ranks
             base_seed = int(distributed._broadcast_object(base_seed, 0))
         n = 0 if xt is None else xt.shape[0]
-        if stream is None:
-            batches = (n + batch_size - 1) // batch_size
-            if steps:
-                batches = min(batches, steps)
-        else:
-            batches = stream.steps  # 0: unknown until the stream ends
+
+        def array_batches(size: int) -> int:
+            count = (n + size - 1) // size
+            return min(count, steps) if steps else count
+
+        batches = array_batches(batch_size) if stream is None else stream.steps  # 0: unknown until the end
+        # BatchSizeScheduler's on_epoch_begin may change it for the epoch that starts.
+        self._batch_size = batch_size
         prepare = functools.partial(self._prepare_batch, "fit", class_weight=class_weight)
         # BackupAndRestore's on_train_begin may move both on, to resume a crashed fit.
         self._shuffle_seed, self._initial_epoch = base_seed, initial_epoch
@@ -683,6 +686,12 @@ class Sequential:
                     if ctrl_c.pressed:
                         stop_for_ctrl_c()
                         break
+                    if self._batch_size != batch_size:
+                        if stream is not None:
+                            raise ValueError("[fit] BatchSizeScheduler sets the batch size of array inputs; "
+                                             "a generator or PyDataset makes its own batches")
+                        batch_size = self._batch_size
+                        batches = array_batches(batch_size)
                     if verbose:
                         print(f"Epoch {epoch + 1}/{epochs}")
                     order = None
