@@ -98,6 +98,79 @@ std::function<void(Args...)> with_gil(nb::object callable) {
   };
 }
 
+// A Python object shared by C++ closures that may be copied and dropped without the GIL
+// (the loop runs without it): the last owner takes the GIL to release it.
+std::shared_ptr<nb::object> shared_object(nb::object object) {
+  return std::shared_ptr<nb::object>(new nb::object(std::move(object)), [](nb::object* p) {
+    nb::gil_scoped_acquire gil;
+    delete p;
+  });
+}
+
+// What a Python part of the model returned, as a Tensor, or a TypeError naming `what`.
+Tensor returned_tensor(const nb::object& value, const char* what) {
+  Tensor* t = nullptr;
+  if (!nb::try_cast<Tensor*>(value, t) || t == nullptr)
+    throw TypeError(std::string("[") + what + "] must return a steepest Tensor (built with st ops), got " +
+                    nb::type_name(value.type()).c_str());
+  return *t;
+}
+
+// A subclass of st.layers.Layer written in Python. The C++ layer holds a weak reference
+// to the Python object (which owns this layer: a strong one would be a cycle the
+// garbage collector cannot see) and calls its _st_build and _st_call with the GIL, from
+// the loop's thread only. A Python exception leaves as nb::python_error and reaches the
+// caller of fit as itself.
+class PyLayer final : public model::Layer {
+ public:
+  PyLayer(std::string name, nb::handle owner, std::string kind)
+      : Layer(std::move(name)), owner_(shared_object(nb::steal(PyWeakref_NewRef(owner.ptr(), nullptr)))),
+        kind_(std::move(kind)) {
+    if (!owner_->is_valid()) throw nb::python_error();
+  }
+  const char* kind() const override { return kind_.c_str(); }
+
+  Tensor forward(const Tensor& x, bool training, int64_t) override {
+    nb::gil_scoped_acquire gil;
+    nb::object out = owner().attr("_st_call")(cast(x), training);
+    return cast(returned_tensor(out, (kind_ + ".call").c_str()));
+  }
+
+  // Layer::add_weight for Python's add_weight: the layer's seed plus the weight's index
+  // keys the initializer, as for the C++ layers (a Python Dense twin draws a built-in
+  // Dense's weights).
+  Tensor add_python_weight(const std::string& name, const Dims& shape, const std::string& initializer,
+                           int64_t fan_in, int64_t fan_out, bool trainable) {
+    if (planning()) fail(kind_.c_str(), "a Python layer cannot plan its weights without building them");
+    for (auto& entry : weights_)
+      if (entry.first == name) fail(kind_.c_str(), "add_weight: the layer already has a weight named '", name, "'");
+    uint64_t seed = seed_ + weights_.size();
+    Tensor w = add_weight(name, shape, initializer, fan_in, fan_out, seed);
+    if (!trainable) w.set_requires_grad(false);
+    return w;
+  }
+
+ private:
+  Dims build_weights(const Dims& input_shape, uint64_t seed) override {
+    if (planning()) fail(kind_.c_str(), "a Python layer cannot plan its weights without building them");
+    seed_ = seed;
+    nb::gil_scoped_acquire gil;
+    nb::object out = owner().attr("_st_build")(std::vector<int64_t>(input_shape.begin(), input_shape.end()));
+    std::vector<int64_t> shape = nb::cast<std::vector<int64_t>>(out);
+    return Dims(shape.begin(), shape.end());
+  }
+
+  nb::object owner() const {
+    nb::object layer = nb::borrow(PyWeakref_GetObject(owner_->ptr()));
+    if (layer.is_none()) fail(kind_.c_str(), "the Python layer object no longer exists");
+    return layer;
+  }
+
+  std::shared_ptr<nb::object> owner_;
+  std::string kind_;
+  uint64_t seed_ = 0;
+};
+
 std::vector<int64_t> as_order(const std::optional<nb::ndarray<int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>>& order) {
   std::vector<int64_t> out;
   if (order) out.assign(order->data(), order->data() + order->shape(0));
@@ -248,6 +321,13 @@ void init_model(nb::module_& parent) {
       .def(nb::init<std::string, int64_t, int64_t, int64_t, double, bool, bool, uint64_t>());
   nb::class_<model::Embedding, model::Layer>(m, "Embedding")
       .def(nb::init<std::string, int64_t, int64_t, std::string>());
+  nb::class_<PyLayer, model::Layer>(m, "PyLayer",
+                                    "The C++ side of a Python subclass of st.layers.Layer (see layers.py).")
+      .def(nb::init<std::string, nb::handle, std::string>(), arg("name"), arg("owner"), arg("kind"))
+      .def("add_weight", [](PyLayer& l, const std::string& name, const std::vector<int64_t>& shape,
+                            const std::string& initializer, int64_t fan_in, int64_t fan_out, bool trainable) {
+             return l.add_python_weight(name, Dims(shape.begin(), shape.end()), initializer, fan_in, fan_out, trainable);
+           }, arg("name"), arg("shape"), arg("initializer"), arg("fan_in"), arg("fan_out"), arg("trainable"));
 
   nb::class_<model::BatchQueue>(m, "BatchQueue",
                                 "A bounded queue of prepared batches that Python producer threads fill "
@@ -283,16 +363,55 @@ void init_model(nb::module_& parent) {
       .def("compile", [](model::Sequential& s, std::shared_ptr<optim::Optimizer> optimizer, const std::string& loss,
                          bool from_logits, const std::vector<std::string>& metrics,
                          const std::string& compute_dtype, std::shared_ptr<optim::LossScaler> loss_scaler,
-                         bool shard_optimizer_state) {
+                         bool shard_optimizer_state, nb::object custom_loss, const std::string& reduction,
+                         nb::object custom_metrics, size_t custom_metric_count) {
              std::vector<model::Metric> parsed;
              for (const auto& name : metrics) parsed.push_back(metric_from_name(name));
-             s.compile(std::move(optimizer), {loss_from_name(loss), from_logits}, parsed,
-                       dtype_from_name(compute_dtype), std::move(loss_scaler), shard_optimizer_state);
+             model::LossSpec spec{custom_loss.is_none() ? loss_from_name(loss) : model::LossKind::MeanSquaredError,
+                                  from_logits, nullptr};
+             if (!custom_loss.is_none()) {
+               auto custom = std::make_shared<model::CustomLoss>();
+               if (reduction == "sum_over_batch_size" || reduction == "mean")
+                 custom->reduction = model::LossReduction::SumOverBatchSize;
+               else if (reduction == "sum")
+                 custom->reduction = model::LossReduction::Sum;
+               else if (reduction == "mean_with_sample_weight")
+                 custom->reduction = model::LossReduction::MeanWithSampleWeight;
+               else
+                 throw ValueError("[compile] a loss used by fit must reduce to a scalar: reduction must be "
+                                  "'sum_over_batch_size', 'mean', 'sum' or 'mean_with_sample_weight', got '" +
+                                  reduction + "'");
+               custom->fn = [fn = shared_object(custom_loss)](const Tensor& y_true, const Tensor& y_pred) {
+                 nb::gil_scoped_acquire gil;
+                 return returned_tensor((*fn)(y_true, y_pred), "loss");
+               };
+               spec.custom = std::move(custom);
+             }
+             std::shared_ptr<model::CustomMetrics> extra;
+             if (!custom_metrics.is_none() && custom_metric_count > 0) {
+               extra = std::make_shared<model::CustomMetrics>();
+               extra->count = custom_metric_count;
+               auto object = shared_object(custom_metrics);
+               extra->reset = [object] {
+                 nb::gil_scoped_acquire gil;
+                 object->attr("reset")();
+               };
+               extra->update = [object](const Tensor& y_true, const Tensor& y_pred) {
+                 nb::gil_scoped_acquire gil;
+                 return nb::cast<std::vector<double>>(object->attr("update")(y_true, y_pred));
+               };
+             }
+             s.compile(std::move(optimizer), spec, parsed, dtype_from_name(compute_dtype), std::move(loss_scaler),
+                       shard_optimizer_state, std::move(extra));
            }, arg("optimizer"), arg("loss"), arg("from_logits"), arg("metrics"),
            arg("compute_dtype") = "float32", arg("loss_scaler").none() = nb::none(),
-           arg("shard_optimizer_state") = false,
+           arg("shard_optimizer_state") = false, arg("custom_loss").none() = nb::none(),
+           arg("reduction") = "sum_over_batch_size", arg("custom_metrics").none() = nb::none(),
+           arg("custom_metric_count") = 0,
            "compute_dtype: the mixed-precision policy's; loss_scaler: dynamic loss scaling in fit; "
-           "shard_optimizer_state: ZeRO stage 1 under data parallelism.")
+           "shard_optimizer_state: ZeRO stage 1 under data parallelism. custom_loss(y_true, y_pred) "
+           "replaces `loss`, reduced by `reduction`; custom_metrics has reset() and update(y_true, y_pred) "
+           "-> custom_metric_count floats, appended to the built-in metrics in the logs.")
       .def("gather_optimizer_state", &model::Sequential::gather_optimizer_state,
            nb::call_guard<nb::gil_scoped_release>(),
            "After a fit with sharded optimizer state: every rank gets the whole state (a collective).")

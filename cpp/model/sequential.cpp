@@ -74,7 +74,8 @@ std::vector<std::string> Sequential::parameter_names() const {
 
 void Sequential::compile(std::shared_ptr<optim::Optimizer> optimizer, LossSpec loss,
                          std::vector<Metric> metrics, DType compute_dtype,
-                         std::shared_ptr<optim::LossScaler> loss_scaler, bool shard_optimizer_state) {
+                         std::shared_ptr<optim::LossScaler> loss_scaler, bool shard_optimizer_state,
+                         std::shared_ptr<const CustomMetrics> custom_metrics) {
   if (!optimizer) fail("compile", "an optimizer is required");
   if (compute_dtype != DType::Float32 && !is_half_float(compute_dtype))
     fail<TypeError>("compile", "the compute dtype must be float32, float16 or bfloat16, got ",
@@ -86,9 +87,11 @@ void Sequential::compile(std::shared_ptr<optim::Optimizer> optimizer, LossSpec l
   optimizer_ = std::move(optimizer);
   shard_optimizer_state_ = shard_optimizer_state;
   loss_ = loss;
-  // "accuracy" means the accuracy that fits the loss, as in Keras.
+  custom_metrics_ = std::move(custom_metrics);
+  // "accuracy" means the accuracy that fits the loss, as in Keras; with a custom loss,
+  // the one that fits the labels and outputs (see metric_sums).
   for (Metric& m : metrics) {
-    if (m != Metric::Accuracy) continue;
+    if (m != Metric::Accuracy || loss.custom) continue;
     switch (loss.kind) {
       case LossKind::SparseCategoricalCrossentropy:
         m = Metric::SparseCategoricalAccuracy;
@@ -175,16 +178,9 @@ Tensor loss_terms(LossSpec spec, const Tensor& out, const Tensor& y, ops::Reduct
   return {};
 }
 
-// Keras' "sum over batch size": Σ w·loss over the loss terms divided by their number.
-// sample_weight (undefined: no weights) has a leading part of the terms' shape, e.g.
-// (B,) per sample or (B, T) per time step, and is broadcast over the rest.
-Tensor loss_of(LossSpec spec, const Tensor& out, const Tensor& y, const Tensor& sample_weight) {
-  if (!sample_weight.defined()) return loss_terms(spec, out, y, ops::Reduction::Mean);
-  Tensor terms = loss_terms(spec, out, y, ops::Reduction::None);
-  Tensor w = sample_weight;
-  // The token at t weighs the prediction made at t - 1.
-  if (spec.kind == LossKind::CausalLanguageModel && w.ndim() == 2)
-    w = ops::slice(w, 1, 1, w.shape()[1], 1);
+// w (a leading part of the terms' shape, e.g. (B,) per sample or (B, T) per time step)
+// shaped to broadcast over the terms.
+Tensor weights_for(const Tensor& terms, const Tensor& w, const Tensor& sample_weight) {
   Dims shape = w.shape();
   bool prefix = shape.size() <= terms.shape().size() &&
                 std::equal(shape.begin(), shape.end(), terms.shape().begin());
@@ -192,8 +188,64 @@ Tensor loss_of(LossSpec spec, const Tensor& out, const Tensor& y, const Tensor& 
     fail("fit", "sample weights of shape ", sample_weight.shape(), " do not fit loss terms of shape ",
          terms.shape(), "; expected one weight per sample or per leading position");
   while (shape.size() < terms.shape().size()) shape.push_back(1);
-  Tensor weighted = ops::mul(terms, ops::reshape(w, shape));
-  return ops::mul_scalar(ops::sum(weighted), 1.0 / static_cast<double>(std::max<int64_t>(terms.numel(), 1)));
+  return ops::reshape(w, shape);
+}
+
+double inverse_count(int64_t count) { return 1.0 / static_cast<double>(std::max<int64_t>(count, 1)); }
+
+// Keras' "sum over batch size": Σ w·loss over the loss terms divided by their number.
+// sample_weight (undefined: no weights) is broadcast over the terms (weights_for).
+Tensor loss_of(LossSpec spec, const Tensor& out, const Tensor& y, const Tensor& sample_weight) {
+  if (!sample_weight.defined()) return loss_terms(spec, out, y, ops::Reduction::Mean);
+  Tensor terms = loss_terms(spec, out, y, ops::Reduction::None);
+  Tensor w = sample_weight;
+  // The token at t weighs the prediction made at t - 1.
+  if (spec.kind == LossKind::CausalLanguageModel && w.ndim() == 2)
+    w = ops::slice(w, 1, 1, w.shape()[1], 1);
+  Tensor weighted = ops::mul(terms, weights_for(terms, w, sample_weight));
+  return ops::mul_scalar(ops::sum(weighted), inverse_count(terms.numel()));
+}
+
+// A custom loss reduced Keras' way: its values weighted by the sample weights, then
+// summed and divided by the number of values (SumOverBatchSize), by nothing (Sum) or by
+// the weights' sum over the values (MeanWithSampleWeight). A scalar is a loss already
+// averaged over the batch: it stands for each sample's value.
+Tensor custom_loss_of(const CustomLoss& custom, const Tensor& out, const Tensor& y, const Tensor& sample_weight) {
+  Tensor terms = custom.fn(y, out);
+  if (!terms.defined() || !is_floating(terms.dtype()))
+    fail<TypeError>("loss", "a custom loss must return floating-point values, got ",
+                    terms.defined() ? dtype_name(terms.dtype()) : "an undefined tensor");
+  const int64_t n = out.ndim() ? out.shape()[0] : 1;
+  if (terms.ndim() > 0 && terms.shape()[0] != n)
+    fail("loss", "a custom loss returned values of shape ", terms.shape(), " for a batch of ", n,
+         " samples; expected a scalar or one value per sample, shape (", n, ",)");
+  terms = to_float32(terms);
+  if (!sample_weight.defined()) {
+    if (terms.ndim() == 0) return terms;
+    return custom.reduction == LossReduction::Sum ? ops::sum(terms) : ops::mean(terms);
+  }
+  if (terms.ndim() == 0) {
+    switch (custom.reduction) {
+      case LossReduction::SumOverBatchSize:
+        return ops::mul(terms, ops::mean(sample_weight));
+      case LossReduction::Sum:
+        return ops::mul(terms, ops::sum(sample_weight));
+      case LossReduction::MeanWithSampleWeight:
+        return terms;
+    }
+  }
+  Tensor w = weights_for(terms, sample_weight, sample_weight);
+  Tensor total = ops::sum(ops::mul(terms, w));
+  switch (custom.reduction) {
+    case LossReduction::SumOverBatchSize:
+      return ops::mul_scalar(total, inverse_count(terms.numel()));
+    case LossReduction::Sum:
+      return total;
+    case LossReduction::MeanWithSampleWeight:
+      // Σw over the values: each weight counts once per value it weighs.
+      return ops::div(total, ops::mul_scalar(ops::sum(w), static_cast<double>(terms.numel() / std::max<int64_t>(w.numel(), 1))));
+  }
+  return total;
 }
 
 }  // namespace
@@ -204,13 +256,16 @@ Tensor Sequential::batch_loss(const Tensor& x, const Tensor& y, const Tensor& sa
   for (size_t i = 0; i + 1 < layers_.size(); ++i) h = layers_[i]->forward(h, training, step);
   Layer& last = *layers_.back();
   Activation act = last.final_activation();
-  bool fuse = !loss_.from_logits &&
+  bool fuse = !loss_.custom && !loss_.from_logits &&
               ((is_crossentropy(loss_.kind) && act == Activation::Softmax) ||
                (loss_.kind == LossKind::BinaryCrossentropy && act == Activation::Sigmoid));
   // Under a mixed policy the logits are cast up before the loss: the softmax /
   // cross-entropy reductions run in float32.
   Tensor loss;
-  if (fuse) {
+  if (loss_.custom) {
+    *output = to_float32(last.forward(h, training, step));
+    loss = custom_loss_of(*loss_.custom, *output, y, sample_weight);
+  } else if (fuse) {
     // softmax + cross-entropy as one log-softmax (the seed's log-softmax section).
     Tensor logits = to_float32(last.forward_pre_activation(h, training, step));
     loss = loss_of({loss_.kind, true}, logits, y, sample_weight);
@@ -291,13 +346,19 @@ std::vector<double> Sequential::metric_sums(const Tensor& output, const Tensor& 
   if (index_labels ? labels.numel() != positions : labels.numel() != out.numel())
     fail("metrics", "labels of shape ", labels.shape(), " do not match outputs of shape ", out.shape());
   for (size_t i = 0; i < metrics_.size(); ++i) {
-    if (index_labels && metrics_[i] != Metric::SparseCategoricalAccuracy)
+    Metric metric = metrics_[i];
+    // Left by compile for a custom loss: the accuracy the labels and outputs call for.
+    if (metric == Metric::Accuracy)
+      metric = index_labels ? Metric::SparseCategoricalAccuracy
+               : cols > 1   ? Metric::CategoricalAccuracy
+                            : Metric::BinaryAccuracy;
+    if (index_labels && metric != Metric::SparseCategoricalAccuracy)
       fail("metrics", "integer labels need sparse_categorical_accuracy (or 'accuracy' with a sparse loss)");
     double total = dispatch_float("metrics", out.dtype(), [&](auto tag) {
       using T = typename decltype(tag)::type;
       return dispatch_all("metrics", labels.dtype(), [&](auto label_tag) {
         using L = typename decltype(label_tag)::type;
-        return metric_sum<T, L>(metrics_[i], out.data<T>(), labels.data<L>(), positions, cols, index_labels);
+        return metric_sum<T, L>(metric, out.data<T>(), labels.data<L>(), positions, cols, index_labels);
       });
     });
     // Every sample holds positions / n of them: the caller's running mean over samples
@@ -456,7 +517,9 @@ Logs Sequential::run(BatchSource& source, int64_t accumulation_steps, bool train
                      const BatchCallbacks& callbacks) {
   const char* op = train ? "fit" : "evaluate";
   Logs logs;
-  logs.metrics.assign(metrics_.size(), 0.0);
+  const size_t custom_metrics = custom_metrics_ ? custom_metrics_->count : 0;
+  logs.metrics.assign(metrics_.size() + custom_metrics, 0.0);
+  if (custom_metrics) custom_metrics_->reset();
   std::vector<Tensor> params = parameters();
   const int64_t total_batches = source.size();  // -1: until the source runs out
 
@@ -580,6 +643,13 @@ Logs Sequential::run(BatchSource& source, int64_t accumulation_steps, bool train
     const double seen = static_cast<double>(logs.samples), batch_samples = static_cast<double>(count);
     for (size_t i = 0; i < metrics_.size(); ++i)
       logs.metrics[i] = (logs.metrics[i] * seen + sums[i + 1]) / (seen + batch_samples);
+    if (custom_metrics && local > 0) {
+      NoGradGuard no_grad;
+      std::vector<double> results = custom_metrics_->update(yb, output.detach());
+      if (results.size() != custom_metrics)
+        fail("metrics", "the custom metrics gave ", results.size(), " results, expected ", custom_metrics);
+      std::copy(results.begin(), results.end(), logs.metrics.begin() + static_cast<std::ptrdiff_t>(metrics_.size()));
+    }
     logs.loss = (logs.loss * seen + loss_sum) / (seen + batch_samples);
     logs.samples += count;
     logs.batches = b + 1;

@@ -4,9 +4,11 @@ can be saved and rebuilt."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
+import math
 from collections import defaultdict
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -58,16 +60,56 @@ class Layer:
     constructed (``st.mixed_precision.set_global_policy``): used on its own it computes
     in that policy's dtype. A model applies its own policy to its layers: float32 until
     ``compile``, then the global policy at compile time.
+
+    Subclass it to write a layer in Python, as in Keras::
+
+        class MyDense(st.layers.Layer):
+            def __init__(self, units, **kwargs):
+                super().__init__(**kwargs)
+                self.units = units
+
+            def build(self, input_shape):
+                self.kernel = self.add_weight((input_shape[-1], self.units), name="kernel")
+                self.bias = self.add_weight((self.units,), initializer="zeros", name="bias")
+
+            def call(self, x, training=None):
+                return x @ self.kernel + self.bias
+
+            def get_config(self):
+                return {**super().get_config(), "units": self.units}
+
+    ``call`` uses steepest ops on Tensors, so autograd differentiates it; inside ``fit``
+    the C++ loop takes the GIL for it. Its weights (``add_weight``) are trained, saved,
+    moved by ``model.to`` and, under a mixed-precision policy, kept in float32 while
+    ``call`` sees them (the attributes holding them) and its input in the compute dtype.
+    ``compute_output_shape`` is optional: without it, build runs ``call`` on a batch of
+    zeros to learn the output shape. Load a saved model holding one with
+    ``st.models.load_model(path, custom_objects={"MyDense": MyDense})``.
     """
 
-    def __init__(self, name: Optional[str], config: Dict[str, Any]) -> None:
+    def __init__(self, name: Optional[str] = None, config: Optional[Dict[str, Any]] = None,
+                 **kwargs: Any) -> None:
+        unknown = set(kwargs) - {"trainable", "dtype"}
+        if unknown:
+            raise TypeError(f"[{type(self).__name__}] unexpected keyword arguments {sorted(unknown)}")
         self.name = name or _unique_name(_snake(type(self).__name__))
-        self._config = config
         self._construction_policy = mixed_precision.global_policy()
+        # Built-in layers pass their constructor arguments and set their C++ layer;
+        # a Python subclass gets a C++ layer that calls back into it.
+        self._config = {} if config is None else config
+        if config is None:
+            self._python_weights: List[Tensor] = []
+            self._impl = _model.PyLayer(self.name, self, type(self).__name__)
 
     @property
     def _impl(self) -> Any:
-        return self._core_layer
+        try:
+            return self._core_layer
+        except AttributeError:
+            raise TypeError(
+                f"[{type(self).__name__}] the layer is not initialised: its __init__ must call "
+                f"super().__init__(**kwargs)"
+            ) from None
 
     @_impl.setter
     def _impl(self, core_layer: Any) -> None:
@@ -85,6 +127,18 @@ class Layer:
     @property
     def built(self) -> bool:
         return self._impl.built
+
+    @built.setter
+    def built(self, value: bool) -> None:
+        """Keras' ``self.built = True`` at the end of build: the C++ layer keeps the state."""
+
+    @property
+    def trainable_weights(self) -> List[Tensor]:
+        return [w for w in (w for _, w in self._impl.weights) if w.requires_grad]
+
+    @property
+    def non_trainable_weights(self) -> List[Tensor]:
+        return [w for w in (w for _, w in self._impl.weights) if not w.requires_grad]
 
     @property
     def output_shape(self) -> Tuple[Optional[int], ...]:
@@ -117,6 +171,111 @@ class Layer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
         return f"{type(self).__name__}({args})"
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "Layer":
+        return cls(**config)
+
+    # ---------------------------------------------------------- Python layers
+
+    def build(self, input_shape: Tuple[Optional[int], ...]) -> None:
+        """Creates the weights (``add_weight``) for ``input_shape`` (batch axis None)."""
+
+    def call(self, x: Tensor, training: Optional[bool] = None) -> Tensor:
+        raise NotImplementedError(f"[{type(self).__name__}] a Python layer must define call(x, training=None)")
+
+    def compute_output_shape(self, input_shape: Tuple[Optional[int], ...]) -> Tuple[Optional[int], ...]:
+        raise NotImplementedError
+
+    def add_weight(self, shape: Sequence[int], initializer: Union[str, Callable[..., Any]] = "glorot_uniform",
+                   trainable: bool = True, name: Optional[str] = None,
+                   dtype: Optional[str] = None) -> Tensor:
+        """A new float32 weight (in ``build``). ``initializer``: glorot_uniform,
+        glorot_normal, he_uniform, he_normal, random_uniform, random_normal, zeros, ones,
+        or a callable ``(shape, dtype) -> array``. Non-trainable weights are saved but
+        the optimizer leaves them alone."""
+        if not isinstance(self._impl, _model.PyLayer):
+            raise TypeError(f"[{type(self).__name__}] add_weight is for Python layers only")
+        if dtype not in (None, "float32"):
+            raise TypeError(f"[{type(self).__name__}.add_weight] weights are float32, got dtype={dtype!r}")
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if not all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
+            raise ValueError(f"[{type(self).__name__}.add_weight] shape must be a tuple of ints >= 0, got {shape!r}")
+        shape = tuple(int(d) for d in shape)
+        # Keras' fans: the last two axes, times the receptive field of the others.
+        if len(shape) == 0:
+            fan_in = fan_out = 1
+        elif len(shape) == 1:
+            fan_in = fan_out = shape[0]
+        else:
+            receptive = math.prod(shape[:-2])
+            fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+        name = name or f"weight_{len(self._python_weights)}"
+        drawn = initializer if isinstance(initializer, str) else "zeros"
+        weight = self._impl.add_weight(name, list(shape), drawn, fan_in, fan_out, bool(trainable))
+        if not isinstance(initializer, str):
+            value = np.asarray(initializer(shape, dtype="float32"), dtype=np.float32)
+            if value.shape != shape:
+                raise ValueError(f"[{type(self).__name__}.add_weight] the initializer gave shape {value.shape}, "
+                                 f"expected {shape}")
+            from .creation import from_numpy
+
+            weight.copy_(from_numpy(np.ascontiguousarray(value)))
+        self._python_weights.append(weight)
+        return weight
+
+    def _st_build(self, input_shape: List[int]) -> List[int]:
+        """Called by the C++ layer's build: the user's build, then the output shape."""
+        self._python_weights = []
+        shape = (None, *input_shape)
+        self.build(shape)
+        if type(self).compute_output_shape is not Layer.compute_output_shape:
+            out = tuple(self.compute_output_shape(shape))
+        else:
+            from .autograd import no_grad
+            from .creation import zeros
+
+            # Two samples, so that a call that squeezes or mixes the batch axis shows.
+            with no_grad():
+                out = tuple(self._st_call(zeros(2, *input_shape, dtype=self._impl.compute_dtype), False).shape)
+            out = (None, *out[1:])
+        if not out or not all(isinstance(d, (int, np.integer)) for d in out[1:]):
+            raise ValueError(f"[{type(self).__name__}] the output shape must be (None, ints...), got {out!r}")
+        return [int(d) for d in out[1:]]
+
+    def _st_call(self, x: Tensor, training: bool) -> Tensor:
+        """Called by the C++ layer's forward (with the GIL). Under a mixed policy the
+        attributes that hold weights show the weights in the compute dtype for the call
+        (as Keras autocasts), and get the float32 masters back after it."""
+        dtype = self._impl.compute_dtype
+        swapped: List[Tuple[str, Tensor]] = []
+        if dtype != "float32" and self._python_weights:
+            ids = {id(w) for w in self._python_weights}
+            swapped = [(k, v) for k, v in vars(self).items() if id(v) in ids]
+            for k, v in swapped:
+                setattr(self, k, v.astype(dtype))
+        try:
+            if _takes_training(type(self)):
+                out = self.call(x, training=training)
+            else:
+                out = self.call(x)
+        finally:
+            for k, v in swapped:
+                setattr(self, k, v)
+        return out
+
+
+_TAKES_TRAINING: Dict[type, bool] = {}
+
+
+def _takes_training(cls: type) -> bool:
+    """Whether cls.call has a ``training`` parameter (Keras passes it only then)."""
+    known = _TAKES_TRAINING.get(cls)
+    if known is None:
+        parameters = inspect.signature(cls.call).parameters  # type: ignore[attr-defined]
+        known = "training" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        _TAKES_TRAINING[cls] = known
+    return known
 
 
 def _snake(name: str) -> str:
@@ -607,11 +766,19 @@ _BY_NAME = {cls.__name__: cls for cls in (Dense, Conv2D, DepthwiseConv2D, Conv1D
                                           GlobalMaxPooling2D, Reshape, ZeroPadding2D)}
 
 
-def deserialize(entry: Dict[str, Any]) -> Layer:
-    """Rebuilds a layer from ``{"class_name": ..., "config": ...}``."""
-    cls = _BY_NAME.get(entry.get("class_name"))
+def deserialize(entry: Dict[str, Any], custom_objects: Optional[Dict[str, Any]] = None) -> Layer:
+    """Rebuilds a layer from ``{"class_name": ..., "config": ...}``; Python layers come
+    from ``custom_objects`` ({class name: class})."""
+    class_name = entry.get("class_name")
+    custom = (custom_objects or {}).get(class_name) if isinstance(class_name, str) else None
+    if custom is not None:
+        if not (isinstance(custom, type) and issubclass(custom, Layer)):
+            raise TypeError(f"custom_objects[{class_name!r}] must be a subclass of st.layers.Layer, got {custom!r}")
+        return custom.from_config(dict(entry["config"]))
+    cls = _BY_NAME.get(class_name)
     if cls is None:
-        raise ValueError(f"[load_model] unknown layer type {entry.get('class_name')!r}")
+        raise ValueError(f"unknown layer type {class_name!r}: a Python layer must be passed as "
+                         f"load_model(path, custom_objects={{{class_name!r}: {class_name}}})")
     config = dict(entry["config"])
     for key in ("kernel_regularizer", "bias_regularizer", "depthwise_regularizer"):
         if key in config:

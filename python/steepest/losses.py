@@ -1,30 +1,94 @@
-"""Losses (``st.losses``). In ``Sequential.fit`` the loss is computed in C++; these
-objects name it (with ``from_logits``) and can also be called in a custom loop."""
+"""Losses (``st.losses``). In ``Sequential.fit`` the built-in losses are computed in
+C++; these objects name them (with ``from_logits``) and can also be called in a custom
+loop. A custom loss is a subclass that overrides ``call(y_true, y_pred)``, or any
+callable ``fn(y_true, y_pred) -> Tensor`` (wrapped in ``LossFunctionWrapper``); fit
+calls it inside its C++ loop and reduces its values Keras' way."""
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Callable, Dict, Optional
 
 from . import ops
 from ._core import Tensor
+from .layers import _snake
+
+REDUCTIONS = ("sum_over_batch_size", "mean", "sum", "mean_with_sample_weight", "none")
 
 
 class Loss:
-    """``loss(y_true, y_pred) -> scalar Tensor``."""
+    """``loss(y_true, y_pred) -> scalar Tensor``.
+
+    Custom losses override ``call(y_true, y_pred)``, returning a scalar or one value per
+    sample (shape ``(N,)``, or ``(N, ...)``); ``reduction`` turns those into the loss as
+    Keras does, each value weighted by its sample weight: "sum_over_batch_size" (Σ/number
+    of values, the default), "sum", "mean_with_sample_weight" (Σ/Σ weights), or "none"
+    (only when called directly: fit needs a scalar).
+    """
 
     name: str
 
-    def __init__(self, from_logits: bool = False) -> None:
+    def __init__(self, from_logits: bool = False, name: Optional[str] = None,
+                 reduction: Optional[str] = "sum_over_batch_size", dtype: Optional[str] = None) -> None:
         self.from_logits = bool(from_logits)
+        reduction = "none" if reduction is None else reduction
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"[{type(self).__name__}] reduction must be one of {', '.join(REDUCTIONS)}, "
+                             f"got {reduction!r}")
+        self.reduction = reduction
+        if name is not None or _is_custom(self):
+            self.name = name or _snake(type(self).__name__)
 
     def get_config(self) -> Dict[str, Any]:
+        if _is_custom(self):
+            return {"name": self.name, "reduction": self.reduction}
         return {"from_logits": self.from_logits}
 
-    def __call__(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
-        raise NotImplementedError
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "Loss":
+        return cls(**config)
+
+    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """The loss values of a custom loss (see the class docstring)."""
+        raise NotImplementedError(f"[{type(self).__name__}] a custom loss must define call(y_true, y_pred)")
+
+    def __call__(self, y_true: Tensor, y_pred: Tensor, sample_weight: Optional[Tensor] = None) -> Tensor:
+        values = self.call(y_true, y_pred)
+        if sample_weight is not None and values.ndim > 0:
+            w = sample_weight.reshape(tuple(sample_weight.shape) + (1,) * (values.ndim - sample_weight.ndim))
+            weighted = values * w
+        else:
+            weighted = values if sample_weight is None else values * sample_weight.mean()
+        if self.reduction == "none":
+            return weighted
+        if self.reduction == "sum":
+            return weighted.sum()
+        if self.reduction == "mean_with_sample_weight" and sample_weight is not None and values.ndim > 0:
+            return weighted.sum() / (w.sum() * (values.numel() // w.numel()))
+        return weighted.mean()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(from_logits={self.from_logits})"
+
+
+def _is_custom(loss: Loss) -> bool:
+    """Whether fit must call the loss back in Python (it overrides ``call``) rather than
+    run a built-in C++ loss."""
+    return type(loss).call is not Loss.call
+
+
+class LossFunctionWrapper(Loss):
+    """A function ``fn(y_true, y_pred) -> Tensor`` as a Loss, named by ``fn.__name__``."""
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], name: Optional[str] = None,
+                 reduction: str = "sum_over_batch_size") -> None:
+        self.fn = fn
+        super().__init__(name=name or getattr(fn, "__name__", "loss"), reduction=reduction)
+
+    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        return self.fn(y_true, y_pred)
+
+    def __repr__(self) -> str:
+        return f"LossFunctionWrapper({self.name})"
 
 
 def _log_probabilities(y_pred: Tensor) -> Tensor:
@@ -120,7 +184,7 @@ _BY_NAME = {
 
 
 def get(identifier: Any) -> Loss:
-    """A loss object from a name or a Loss instance.
+    """A loss object from a name, a Loss instance or a callable ``fn(y_true, y_pred)``.
 
     By name, cross-entropies default to ``from_logits=False`` as in Keras; a model whose
     last layer has no softmax/sigmoid is then treated as producing logits (see
@@ -130,11 +194,14 @@ def get(identifier: Any) -> Loss:
         return identifier
     if isinstance(identifier, str) and identifier in _BY_NAME:
         return _BY_NAME[identifier]()
+    if callable(identifier) and not isinstance(identifier, (str, type)):
+        return LossFunctionWrapper(identifier)
     raise ValueError(
-        f"[compile] unknown loss {identifier!r}; use one of {', '.join(sorted(_BY_NAME))} "
-        "or an st.losses object"
+        f"[compile] unknown loss {identifier!r}; use one of {', '.join(sorted(_BY_NAME))}, "
+        "an st.losses object or a function fn(y_true, y_pred) -> Tensor"
     )
 
 
-__all__ = ["BinaryCrossentropy", "CategoricalCrossentropy", "CausalLMCrossEntropy", "Loss", "MeanAbsoluteError",
+__all__ = ["BinaryCrossentropy", "CategoricalCrossentropy", "CausalLMCrossEntropy", "Loss", "LossFunctionWrapper",
+           "MeanAbsoluteError",
            "MeanSquaredError", "SparseCategoricalCrossentropy", "get"]

@@ -25,6 +25,7 @@ from . import distributed
 from . import layers as layers_module
 from . import lr_finder
 from . import losses as losses_module
+from . import metrics as metrics_module
 from . import mixed_precision
 from . import optimizers as optimizers_module
 from ._core import Tensor
@@ -206,6 +207,11 @@ class Sequential:
         # Dynamic loss scaling of fit under "mixed_float16" (set by compile).
         self.loss_scaler: Optional[mixed_precision.LossScaler] = None
         self.metrics_names: List[str] = []
+        # The custom metrics (st.metrics.Metric), and where each compile-order metric's
+        # value sits in the C++ logs: the built-in ones first, then the custom ones.
+        self._custom_metrics: List[metrics_module.Metric] = []
+        self._metric_slots: List[int] = []
+        self._builtin_metrics: List[str] = []
         self._shard_optimizer_state = False
         self.stop_training = False
         self._epochs_done = 0
@@ -297,10 +303,13 @@ class Sequential:
     # ------------------------------------------------------------------ compile
 
     def compile(self, optimizer: Any = "adamw", loss: Any = None,
-                metrics: Optional[Sequence[str]] = None,
+                metrics: Optional[Sequence[Any]] = None,
                 shard_optimizer_state: bool = False) -> None:
-        """Chooses the optimizer (name or object), the loss (name or st.losses object)
-        and metrics by name, and takes the global mixed-precision policy
+        """Chooses the optimizer (name or object), the loss (name, st.losses object, a
+        subclass overriding ``call``, or a function ``fn(y_true, y_pred) -> Tensor``) and
+        the metrics (names, ``st.metrics.Metric`` objects or functions
+        ``fn(y_true, y_pred) -> Tensor``, named by ``__name__``), and takes the global
+        mixed-precision policy
         (``st.mixed_precision``): under ``"mixed_float16"`` fit scales the loss with a new
         ``self.loss_scaler``.
 
@@ -317,13 +326,18 @@ class Sequential:
             raise ValueError("[compile] a loss is required, e.g. loss='sparse_categorical_crossentropy'")
         self.optimizer = optimizers_module.get(optimizer)
         self.loss = losses_module.get(loss)
+        if losses_module._is_custom(self.loss) and self.loss.reduction == "none":
+            raise ValueError("[compile] fit needs a scalar loss: a custom loss with reduction='none' cannot train; "
+                             "use 'sum_over_batch_size', 'sum' or 'mean_with_sample_weight'")
         self._policy = mixed_precision.global_policy()
         self.loss_scaler = mixed_precision.LossScaler() if self._policy.loss_scaling else None
-        metrics = list(metrics or [])
-        for m in metrics:
-            if not isinstance(m, str):
-                raise TypeError(f"[compile] metrics are given by name, got {m!r}")
-        self.metrics_names = metrics
+        chosen = [metrics_module.get(m) for m in (metrics or [])]
+        builtin = [m for m in chosen if isinstance(m, str)]
+        self._custom_metrics = [m for m in chosen if not isinstance(m, str)]
+        self.metrics_names = [m if isinstance(m, str) else m.name for m in chosen]
+        builtin_slots, custom_slots = iter(range(len(builtin))), iter(range(len(builtin), len(chosen)))
+        self._metric_slots = [next(builtin_slots if isinstance(m, str) else custom_slots) for m in chosen]
+        self._builtin_metrics = builtin
         self._shard_optimizer_state = shard_optimizer_state
         if self._impl.built or self._input_shape is not None:
             self.build()
@@ -339,10 +353,15 @@ class Sequential:
 
     def _compile_impl(self) -> None:
         scaler = None if self.loss_scaler is None else self.loss_scaler._impl
-        self._impl.compile(self.optimizer._impl, self.loss.name, self._from_logits(),
-                           self.metrics_names, compute_dtype=self.dtype_policy.compute_dtype,
+        custom = losses_module._is_custom(self.loss)
+        self._impl.compile(self.optimizer._impl, "mse" if custom else self.loss.name, self._from_logits(),
+                           self._builtin_metrics, compute_dtype=self.dtype_policy.compute_dtype,
                            loss_scaler=scaler,
-                           shard_optimizer_state=self._shard_optimizer_state)
+                           shard_optimizer_state=self._shard_optimizer_state,
+                           custom_loss=_loss_callable(self.loss) if custom else None,
+                           reduction=self.loss.reduction if custom else "sum_over_batch_size",
+                           custom_metrics=metrics_module._MetricSet(self._custom_metrics) if self._custom_metrics else None,
+                           custom_metric_count=len(self._custom_metrics))
 
     @property
     def dtype_policy(self) -> mixed_precision.Policy:
@@ -384,7 +403,15 @@ class Sequential:
         array = _as_array("y", y)
         if array.shape[:1] != (n,):
             raise ValueError(f"[{op}] x has {n} samples but y has shape {array.shape}; they must match")
-        if self.loss.name == "causal_lm_crossentropy":
+        if losses_module._is_custom(self.loss):
+            # A custom loss gets the labels as given: integers as int64, the rest float32.
+            if array.dtype.kind in "iub":
+                array = array.astype(np.int64)
+            else:
+                if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+                    raise ValueError(f"[{op}] y contains NaN or inf; clean the labels first")
+                array = _as_float32(op, "y", array)
+        elif self.loss.name == "causal_lm_crossentropy":
             if array.dtype.kind not in "iu":
                 raise TypeError(f"[{op}] causal language modelling needs integer token ids as y")
             array = array.astype(np.int64)
@@ -807,8 +834,8 @@ class Sequential:
 
     def _named(self, logs: Dict[str, Any], train: bool = False) -> Dict[str, float]:
         named = {"loss": float(logs["loss"])}
-        for name, value in zip(self.metrics_names, logs["metrics"]):
-            named[name] = float(value)
+        for name, slot in zip(self.metrics_names, self._metric_slots):
+            named[name] = float(logs["metrics"][slot])
         if train and "loss_scale" in logs:  # under mixed_float16: the scale after the step
             named["loss_scale"] = float(logs["loss_scale"])
         return named
@@ -994,14 +1021,29 @@ class Sequential:
                 "optimizer": {"class_name": state["class_name"], "config": state["config"],
                               "iterations": state["iterations"], "state": slots,
                               "exclude_from_weight_decay": state["exclude_from_weight_decay"]},
-                "loss": {"class_name": type(self.loss).__name__, "config": self.loss.get_config()},
-                "metrics": self.metrics_names,
+                "loss": _loss_entry(self.loss),
+                "metrics": self._metric_entries(),
                 "dtype_policy": self.dtype_policy.name,
             }
             if self.loss_scaler is not None:
                 compile_config["loss_scaler"] = self.loss_scaler.state_dict()
             metadata["compile"] = json.dumps(compile_config)
         io.write(path, tensors, metadata)
+
+    def _metric_entries(self) -> List[Any]:
+        """The metrics as saved: built-in names, {"function": name} for functions and
+        {"class_name", "config"} for Metric objects (both brought back by custom_objects)."""
+        entries: List[Any] = []
+        for name, slot in zip(self.metrics_names, self._metric_slots):
+            if slot < len(self._builtin_metrics):
+                entries.append(name)
+                continue
+            metric = self._custom_metrics[slot - len(self._builtin_metrics)]
+            if isinstance(metric, metrics_module.MeanMetricWrapper):
+                entries.append({"function": metric.name})
+            else:
+                entries.append({"class_name": type(metric).__name__, "config": metric.get_config()})
+        return entries
 
     def _load_weights(self, tensors: Dict[str, np.ndarray], path: str,
                       saved_names: Optional[List[str]] = None) -> None:
@@ -1075,7 +1117,8 @@ def _saved_optimizer_state(tensors: Dict[str, np.ndarray], saved: Dict[str, Any]
             "exclude_from_weight_decay": saved.get("exclude_from_weight_decay", [])}
 
 
-def _saved_layers(path: str, config: Any) -> Tuple[Tuple[int, ...], List[layers_module.Layer]]:
+def _saved_layers(path: str, config: Any,
+                  custom_objects: Optional[Dict[str, Any]] = None) -> Tuple[Tuple[int, ...], List[layers_module.Layer]]:
     """The input shape and the (unbuilt) layers a saved config describes."""
     if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
         raise ValueError(f"[load_model] {path}: the config must be an object with a list of layers")
@@ -1087,7 +1130,7 @@ def _saved_layers(path: str, config: Any) -> Tuple[Tuple[int, ...], List[layers_
         if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
             raise ValueError(f"[load_model] {path}: a layer entry must be {{'class_name': ..., 'config': {{...}}}}, "
                              f"got {entry!r:.200}")
-        layers.append(layers_module.deserialize(entry))
+        layers.append(layers_module.deserialize(entry, custom_objects))
     names = [layer.name for layer in layers]
     if len(set(names)) != len(names):
         raise ValueError(f"[load_model] {path}: the config names two layers alike ({names})")
@@ -1101,7 +1144,13 @@ def _check_config_against_tensors(path: str, input_shape: Tuple[int, ...], layer
     justify."""
     shape = list(input_shape)
     for layer in layers:
-        shape, weights = layer._impl.plan(shape)
+        if isinstance(layer._impl, _core.model.PyLayer):
+            # Python layers cannot plan; their code is the caller's own (custom_objects),
+            # so they build, and build again with the model.
+            shape = layer._impl.build(shape, 0)
+            weights = [(name, w.shape) for name, w in layer._impl.weights]
+        else:
+            shape, weights = layer._impl.plan(shape)
         for wname, wshape in weights:
             key = f"model/{layer.name}/{wname}"
             if key not in tensors:
@@ -1112,16 +1161,55 @@ def _check_config_against_tensors(path: str, input_shape: Tuple[int, ...], layer
                                  f"{tuple(wshape)}, the file holds shape {tuple(tensors[key].shape)}")
 
 
-def _saved_loss(entry: Any) -> losses_module.Loss:
-    cls = getattr(losses_module, entry["class_name"], None)
+def _loss_entry(loss: losses_module.Loss) -> Dict[str, Any]:
+    """The loss as saved: {"function": name} for a function, else its class and config."""
+    if isinstance(loss, losses_module.LossFunctionWrapper):
+        return {"function": loss.name, "reduction": loss.reduction}
+    return {"class_name": type(loss).__name__, "config": loss.get_config()}
+
+
+def _loss_callable(loss: losses_module.Loss) -> Callable[[Tensor, Tensor], Tensor]:
+    """What fit calls for a custom loss: a wrapped function itself (one Python call less
+    per step), else the loss's call."""
+    return loss.fn if isinstance(loss, losses_module.LossFunctionWrapper) else loss.call
+
+
+def _custom_object(custom_objects: Optional[Dict[str, Any]], name: str, what: str) -> Any:
+    found = (custom_objects or {}).get(name)
+    if found is None:
+        raise ValueError(f"unknown {what} {name!r}: pass it as load_model(path, custom_objects={{{name!r}: ...}})")
+    return found
+
+
+def _saved_loss(entry: Any, custom_objects: Optional[Dict[str, Any]] = None) -> losses_module.Loss:
+    if "function" in entry:
+        fn = _custom_object(custom_objects, entry["function"], "loss function")
+        return losses_module.LossFunctionWrapper(fn, name=entry["function"],
+                                                 reduction=entry.get("reduction", "sum_over_batch_size"))
+    cls = (custom_objects or {}).get(entry["class_name"]) or getattr(losses_module, entry["class_name"], None)
+    if cls is None:
+        cls = _custom_object(custom_objects, entry["class_name"], "loss")
     if not (isinstance(cls, type) and issubclass(cls, losses_module.Loss)):
         raise ValueError(f"unknown loss {entry['class_name']!r}")
-    return cls(**entry["config"])
+    return cls.from_config(entry["config"])
 
 
-def _model_from_file(path: str, tensors: Dict[str, np.ndarray], metadata: Dict[str, str]) -> Sequential:
+def _saved_metric(entry: Any, custom_objects: Optional[Dict[str, Any]]) -> Any:
+    if isinstance(entry, str):
+        return entry
+    if "function" in entry:
+        return metrics_module.MeanMetricWrapper(_custom_object(custom_objects, entry["function"], "metric"),
+                                                name=entry["function"])
+    cls = _custom_object(custom_objects, entry["class_name"], "metric")
+    if not (isinstance(cls, type) and issubclass(cls, metrics_module.Metric)):
+        raise ValueError(f"custom_objects[{entry['class_name']!r}] must be an st.metrics.Metric subclass")
+    return cls.from_config(entry["config"])
+
+
+def _model_from_file(path: str, tensors: Dict[str, np.ndarray], metadata: Dict[str, str],
+                     custom_objects: Optional[Dict[str, Any]] = None) -> Sequential:
     config = json.loads(metadata["config"])
-    input_shape, layers = _saved_layers(path, config)
+    input_shape, layers = _saved_layers(path, config, custom_objects)
     _check_config_against_tensors(path, input_shape, layers, tensors)
     model = Sequential(name=str(config.get("name", "sequential")))
     model.add(layers_module.Input(input_shape, dtype=config.get("input_dtype")))
@@ -1135,8 +1223,8 @@ def _model_from_file(path: str, tensors: Dict[str, np.ndarray], metadata: Dict[s
         opt = compile_config["optimizer"]
         optimizer = optimizers_module.get(opt["class_name"].lower())
         optimizer.load_state_dict(_saved_optimizer_state(tensors, opt))
-        model.compile(optimizer=optimizer, loss=_saved_loss(compile_config["loss"]),
-                      metrics=compile_config["metrics"])
+        model.compile(optimizer=optimizer, loss=_saved_loss(compile_config["loss"], custom_objects),
+                      metrics=[_saved_metric(m, custom_objects) for m in compile_config["metrics"]])
         # Training resumes under the policy it was saved with, whatever the global one.
         model._policy = mixed_precision.Policy(compile_config.get("dtype_policy", "float32"))
         model.loss_scaler = None
@@ -1147,9 +1235,13 @@ def _model_from_file(path: str, tensors: Dict[str, np.ndarray], metadata: Dict[s
     return model
 
 
-def load_model(path: str) -> Sequential:
+def load_model(path: str, custom_objects: Optional[Dict[str, Any]] = None) -> Sequential:
     """Restores a model saved with ``model.save``: predictions are bit-identical and
     training continues exactly where it stopped.
+
+    ``custom_objects`` maps names to the Python layers, losses and metrics the model
+    uses ({"MyLayer": MyLayer, "my_loss": my_loss}), as in Keras; one missing is a
+    ValueError naming it.
 
     The file is distrusted: its config is checked against its tensors before any layer
     is built, and whatever in it does not make sense is a ValueError starting with
@@ -1158,7 +1250,7 @@ def load_model(path: str) -> Sequential:
     if metadata.get("format") != "steepest":
         raise ValueError(f"[load_model] {path} is a safetensors file but not a steepest model")
     try:
-        return _model_from_file(path, tensors, metadata)
+        return _model_from_file(path, tensors, metadata, custom_objects)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError) as e:
         if str(e).startswith(f"[load_model] {path}"):
             raise

@@ -359,15 +359,39 @@ enum class LossKind { SparseCategoricalCrossentropy, CategoricalCrossentropy, Bi
 enum class Metric { Accuracy, SparseCategoricalAccuracy, CategoricalAccuracy, BinaryAccuracy,
                     MeanAbsoluteError, MeanSquaredError };
 
+// Keras' reductions of a custom loss's per-sample values (each weighted by its sample
+// weight): Σ/number of values, Σ, or Σ/Σ weights.
+enum class LossReduction { SumOverBatchSize, Sum, MeanWithSampleWeight };
+
+// A loss the built-in kinds do not cover (a Python callable, through the bindings):
+// fn(y_true, y_pred) gives a scalar or values with the batch as leading axis, which the
+// model reduces. The model calls it from the thread that runs the loop, never from a
+// parallel region, so the bindings can take the GIL inside.
+struct CustomLoss {
+  std::function<Tensor(const Tensor& y_true, const Tensor& y_pred)> fn;
+  LossReduction reduction = LossReduction::SumOverBatchSize;
+};
+
 struct LossSpec {
   LossKind kind = LossKind::MeanSquaredError;
   bool from_logits = true;
+  std::shared_ptr<const CustomLoss> custom;  // set: replaces kind and from_logits
+};
+
+// Stateful metrics outside the built-in ones (Python callables and st.metrics.Metric
+// objects, through the bindings). reset runs before each train or test loop, update
+// after each batch with that batch's labels and (detached) outputs and returns the
+// current result of each, in order.
+struct CustomMetrics {
+  size_t count = 0;
+  std::function<void()> reset;
+  std::function<std::vector<double>(const Tensor& y_true, const Tensor& y_pred)> update;
 };
 
 // Running averages over the samples seen so far in an epoch.
 struct Logs {
   double loss = 0.0;
-  std::vector<double> metrics;  // in compile order
+  std::vector<double> metrics;  // the built-in ones in compile order, then the custom ones
   int64_t samples = 0;
   int64_t batches = 0;
   bool stopped = false;  // by the progress callback (Ctrl-C) or a NaN loss
@@ -497,7 +521,8 @@ class Sequential {
   void compile(std::shared_ptr<optim::Optimizer> optimizer, LossSpec loss,
                std::vector<Metric> metrics, DType compute_dtype = DType::Float32,
                std::shared_ptr<optim::LossScaler> loss_scaler = nullptr,
-               bool shard_optimizer_state = false);
+               bool shard_optimizer_state = false,
+               std::shared_ptr<const CustomMetrics> custom_metrics = nullptr);
   bool compiled() const { return optimizer_ != nullptr; }
   bool shard_optimizer_state() const { return shard_optimizer_state_; }
   // Under data parallelism (dist::world() of more than one rank): checks that every rank
@@ -547,6 +572,7 @@ class Sequential {
   std::shared_ptr<optim::Optimizer> optimizer_;
   LossSpec loss_;
   std::vector<Metric> metrics_;
+  std::shared_ptr<const CustomMetrics> custom_metrics_;
   DType compute_dtype_ = DType::Float32;
   std::shared_ptr<optim::LossScaler> loss_scaler_;
   bool shard_optimizer_state_ = false;
