@@ -373,7 +373,9 @@ void init_tensor(nb::module_& m) {
           nb::arg("create_graph") = false,
           "Accumulates d(self)/d(leaf) into every leaf's .grad; grad is required when self "
           "has more than one element. create_graph=True records the backward itself, so the "
-          "gradients can be differentiated again; retain_graph defaults to create_graph.")
+          "gradients can be differentiated again (the leaf's .grad then holds a graph that "
+          "holds the leaf: set .grad = None when done, or use st.autograd.grad); "
+          "retain_graph defaults to create_graph.")
       .def("detach", &Tensor::detach, "The same data without autograd history.")
       .def(
           "requires_grad_",

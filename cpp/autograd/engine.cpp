@@ -132,8 +132,8 @@ Tensor Node::output_in_graph(const Tensor& output) {
 void AccumulateGrad::apply(const Tensor& grad_output, std::vector<Tensor>&) {
   TensorImpl* leaf = leaf_.get();
   if (grad_enabled()) {
-    // create_graph: the gradient keeps its graph, so accumulation is out of place and the
-    // first gradient is stored as it came (a clone when it aliases another tensor).
+    // create_graph: the gradient keeps its graph, so accumulation is out of place, and the
+    // first gradient is stored as a (recorded) clone since it may alias another tensor.
     Tensor incoming = grad_output;
     if (incoming.shape() != leaf->shape) incoming = ops::sum_to(incoming, leaf->shape);
     leaf->grad = leaf->grad ? ops::add(Tensor(leaf->grad), incoming).impl_ptr()

@@ -330,7 +330,7 @@ void LayerNormBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
       if (in[1].defined()) y = mul(y, in[1]);
       if (in[2].defined()) y = add(y, in[2]);
       return y;
-    }, inputs, g, out);
+    }, {x_input, weight_input, bias_input}, g, out);
     return;
   }
   Tensor gc = contiguous(g);

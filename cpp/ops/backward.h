@@ -215,20 +215,22 @@ struct BceWithLogitsBackward final : Node {
 
 struct LayerNormBackward final : Node {
   LayerNormBackward(Tensor x, Tensor weight, Tensor mean, Tensor rstd, bool has_bias, double eps,
-                    std::vector<Tensor> inputs)
+                    Tensor x_input, Tensor weight_input, Tensor bias_input)
       : x(std::move(x)), weight(std::move(weight)), mean(std::move(mean)), rstd(std::move(rstd)),
-        has_bias(has_bias), eps(eps), inputs(std::move(inputs)) {}
+        has_bias(has_bias), eps(eps), x_input(std::move(x_input)),
+        weight_input(std::move(weight_input)), bias_input(std::move(bias_input)) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   void visit_saved(const SavedVisitor& visit) override {
     visit(x); visit(weight); visit(mean); visit(rstd);
-    for (Tensor& input : inputs) visit(input);
+    visit(x_input); visit(weight_input); visit(bias_input);
   }
   STEEPEST_NODE_NAME(LayerNormBackward)
   STEEPEST_CREATE_GRAPH
   Tensor x, weight, mean, rstd;
   bool has_bias;
   double eps;
-  std::vector<Tensor> inputs;  // x, weight, bias as the caller passed them (create_graph)
+  // As the caller passed them, connected to the graph (create_graph).
+  Tensor x_input, weight_input, bias_input;
 };
 
 struct EmbeddingBackward final : Node {

@@ -413,8 +413,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
   Tensor rstd = Tensor::empty({rows}, compute_dtype(x.dtype()), x.device());
   STEEPEST_KERNEL(x.device(), layer_norm_forward)(xc, wc, bc, eps, y, mu, rstd);
   record<LayerNormBackward>(y, {&x, weight.defined() ? &weight : nullptr, bias.defined() ? &bias : nullptr},
-                            xc, wc, mu, rstd, bias.defined(), eps,
-                            std::vector<Tensor>{x, weight, bias});
+                            xc, wc, mu, rstd, bias.defined(), eps, x, weight, bias);
   return y;
 }
 

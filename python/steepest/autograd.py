@@ -82,15 +82,14 @@ def _loss_caller(f: Callable[..., Tensor], params: Sequence[Tensor]) -> Callable
     over the parameters, e.g. a model's loss), otherwise as ``f(*params)`` (torch's
     ``autograd.functional`` convention)."""
     try:
-        required = [
-            p
+        takes_params = any(
+            p.default is inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
             for p in inspect.signature(f).parameters.values()
-            if p.default is inspect.Parameter.empty
-            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
+        )
     except (TypeError, ValueError):  # builtins without a signature
-        required = [None]
-    if not required:
+        takes_params = True
+    if not takes_params:
         return f
     return lambda: f(*params)
 
@@ -164,7 +163,8 @@ def hessian(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
 
     from .creation import tensor
 
-    leaf = x.detach().clone().requires_grad_()
+    leaf = x.detach().clone()
+    leaf.requires_grad = True
     operator = _HessianOperator(lambda: f(leaf), [leaf])
     n = leaf.numel()
     rows = np.zeros((n, n), dtype=np.float64)
