@@ -141,8 +141,8 @@ __all__ = [
     "zeros_like",
 ]
 
-from . import callbacks, config, data, distributed, io, layers, losses, metrics  # noqa: E402
-from . import integrations  # noqa: E402
+from . import analysis, autograd, callbacks, config, data, distributed, io  # noqa: E402
+from . import integrations, layers, losses, metrics  # noqa: E402
 from . import mixed_precision  # noqa: E402
 from . import models  # noqa: E402
 from .models import Sequential  # noqa: E402
