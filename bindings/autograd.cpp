@@ -1,5 +1,8 @@
 #include "common.h"
 
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/vector.h>
+
 #include "steepest/autograd.h"
 
 namespace steepest::bindings {
@@ -8,6 +11,25 @@ void init_autograd(nb::module_& m) {
   m.def("is_grad_enabled", &grad_enabled, "Whether operations record a graph for backward.");
   m.def("set_grad_enabled", &set_grad_enabled, nb::arg("enabled"),
         "Turns graph recording on or off for the current thread.");
+  m.def(
+      "grad",
+      [](const std::vector<Tensor>& outputs, const std::vector<std::optional<Tensor>>& grad_outputs,
+         const std::vector<Tensor>& inputs, bool retain_graph, bool create_graph,
+         bool allow_unused) {
+        std::vector<Tensor> seeds;
+        for (const auto& g : grad_outputs) seeds.push_back(g ? *g : Tensor());
+        std::vector<Tensor> grads;
+        {
+          nb::gil_scoped_release release;
+          grads = grad(outputs, seeds, inputs, retain_graph, create_graph, allow_unused);
+        }
+        std::vector<std::optional<Tensor>> result;
+        for (Tensor& g : grads) result.push_back(g.defined() ? std::optional<Tensor>(g) : std::nullopt);
+        return result;
+      },
+      nb::arg("outputs"), nb::arg("grad_outputs"), nb::arg("inputs"), nb::arg("retain_graph"),
+      nb::arg("create_graph"), nb::arg("allow_unused"),
+      "The engine behind st.autograd.grad (which normalises the arguments).");
   m.def("manual_seed", &manual_seed, nb::arg("seed"),
         "Seeds the global generator used by random ops called without seed=.");
   m.def("next_seed", &next_seed,

@@ -363,13 +363,17 @@ void init_tensor(nb::module_& m) {
       .def("item", &item, "The value of a one-element tensor as a Python float.")
       .def(
           "backward",
-          [](const Tensor& t, std::optional<Tensor> grad, bool retain_graph) {
+          [](const Tensor& t, std::optional<Tensor> grad, std::optional<bool> retain_graph,
+             bool create_graph) {
             nb::gil_scoped_release release;
-            backward(t, grad ? *grad : Tensor(), retain_graph);
+            backward(t, grad ? *grad : Tensor(), retain_graph.value_or(create_graph), {},
+                     create_graph);
           },
-          nb::arg("grad").none() = nb::none(), nb::arg("retain_graph") = false,
+          nb::arg("grad").none() = nb::none(), nb::arg("retain_graph").none() = nb::none(),
+          nb::arg("create_graph") = false,
           "Accumulates d(self)/d(leaf) into every leaf's .grad; grad is required when self "
-          "has more than one element.")
+          "has more than one element. create_graph=True records the backward itself, so the "
+          "gradients can be differentiated again; retain_graph defaults to create_graph.")
       .def("detach", &Tensor::detach, "The same data without autograd history.")
       .def(
           "requires_grad_",

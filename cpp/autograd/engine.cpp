@@ -122,9 +122,24 @@ void attach(Tensor& output, std::shared_ptr<Node> node, const std::vector<const 
   attach_inputs(output, std::move(node), inputs);
 }
 
+Tensor Node::output_in_graph(const Tensor& output) {
+  Tensor alias = output.detach();
+  alias.impl()->requires_grad = true;
+  alias.impl()->grad_fn = shared_from_this();
+  return alias;
+}
+
 void AccumulateGrad::apply(const Tensor& grad_output, std::vector<Tensor>&) {
-  NoGradGuard no_grad;
   TensorImpl* leaf = leaf_.get();
+  if (grad_enabled()) {
+    // create_graph: the gradient keeps its graph, so accumulation is out of place and the
+    // first gradient is stored as it came (a clone when it aliases another tensor).
+    Tensor incoming = grad_output;
+    if (incoming.shape() != leaf->shape) incoming = ops::sum_to(incoming, leaf->shape);
+    leaf->grad = leaf->grad ? ops::add(Tensor(leaf->grad), incoming).impl_ptr()
+                            : ops::clone(incoming).impl_ptr();
+    return;
+  }
   Tensor incoming = grad_output;
   if (incoming.shape() != leaf->shape) incoming = ops::sum_to(incoming, leaf->shape);
   if (!leaf->grad) {
@@ -137,6 +152,11 @@ void AccumulateGrad::apply(const Tensor& grad_output, std::vector<Tensor>&) {
     return;
   }
   Tensor current(leaf->grad);
+  if (current.requires_grad()) {
+    // A gradient that a create_graph backward left with a graph is not written in place.
+    leaf->grad = ops::add(current.detach(), incoming).impl_ptr();
+    return;
+  }
   // In place: the accumulated gradient is owned by the leaf.
   STEEPEST_KERNEL(current.device(), binary)(BinaryOp::Add, current, incoming, current, 0.0);
   current.storage()->bump_version();
@@ -148,33 +168,51 @@ namespace {
 // the graph released and gets the usual error. Recursive: a node's backward may run a
 // backward of its own (attention's recomputation, checkpointing).
 std::recursive_mutex g_backward_mutex;
-}  // namespace
 
-void backward(const Tensor& root, const Tensor& grad, bool retain_graph,
-              const GradientReadyHook& on_gradient_ready) {
-  std::lock_guard<std::recursive_mutex> lock(g_backward_mutex);
-  if (!root.requires_grad())
-    fail<StateError>("backward",
-                     "the tensor does not require grad and has no grad_fn; call "
-                     "requires_grad on an input before computing it");
-  Tensor seed = grad;
-  if (!seed.defined()) {
+class GradModeGuard {
+ public:
+  explicit GradModeGuard(bool enabled) : previous_(grad_enabled()) { set_grad_enabled(enabled); }
+  ~GradModeGuard() { set_grad_enabled(previous_); }
+  GradModeGuard(const GradModeGuard&) = delete;
+  GradModeGuard& operator=(const GradModeGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// The gradient that starts backward at `root`: `grad`, or ones for a one-element root.
+Tensor seed_for(const char* op, const Tensor& root, const Tensor& grad) {
+  if (!grad.defined()) {
     if (root.numel() != 1)
-      fail<StateError>("backward", "grad can be implicitly created only for scalar outputs; "
-                                   "pass grad= of shape ",
+      fail<StateError>(op, "grad can be implicitly created only for scalar outputs; "
+                           "pass grad= of shape ",
                        root.shape());
-    seed = Tensor::full(root.shape(), 1.0, root.dtype(), root.device());
-  } else if (seed.shape() != root.shape() || seed.dtype() != root.dtype()) {
-    fail("backward", "grad of shape ", seed.shape(), " and dtype ", dtype_name(seed.dtype()),
+    return Tensor::full(root.shape(), 1.0, root.dtype(), root.device());
+  }
+  if (grad.shape() != root.shape() || grad.dtype() != root.dtype())
+    fail(op, "grad of shape ", grad.shape(), " and dtype ", dtype_name(grad.dtype()),
          " does not match the output of shape ", root.shape(), " and dtype ",
          dtype_name(root.dtype()));
-  }
-  std::shared_ptr<Node> start = gradient_edge(root);
+  return grad;
+}
 
-  // Pass 1: dependency counts.
+struct Root {
+  std::shared_ptr<Node> node;
+  Tensor seed;
+};
+
+// Runs the graph below `roots`. With `targets` (torch's autograd.grad) only the nodes that
+// lead to a target run, no leaf accumulates, and the total gradient reaching each target
+// node is stored in `captured` instead.
+void run_engine(const std::vector<Root>& roots, bool retain_graph, bool create_graph,
+                const GradientReadyHook& on_gradient_ready,
+                const std::unordered_map<Node*, Tensor>* targets,
+                std::unordered_map<Node*, Tensor>* captured) {
+  // Pass 1: every reachable node, checked, with its number of incoming edges.
   std::unordered_map<Node*, int> dependencies;
-  std::vector<Node*> stack{start.get()};
-  dependencies[start.get()] = 0;
+  std::vector<Node*> stack;
+  for (const Root& root : roots)
+    if (dependencies.emplace(root.node.get(), 0).second) stack.push_back(root.node.get());
   while (!stack.empty()) {
     Node* node = stack.back();
     stack.pop_back();
@@ -191,11 +229,53 @@ void backward(const Tensor& root, const Tensor& grad, bool retain_graph,
     }
   }
 
-  // Pass 2: run nodes whose gradients are complete.
-  NoGradGuard no_grad;
+  // With targets, a node runs only when a target lies below it: mark those in reverse
+  // topological order, then count only the edges between such nodes.
+  std::unordered_map<Node*, bool> needed;
+  auto is_needed = [&](Node* node) { return !targets || needed[node]; };
+  if (targets) {
+    std::unordered_map<Node*, int> remaining = dependencies;
+    std::vector<Node*> topological, ready;
+    for (const Root& root : roots)
+      if (remaining[root.node.get()] == 0) {
+        remaining[root.node.get()] = -1;
+        ready.push_back(root.node.get());
+      }
+    while (!ready.empty()) {
+      Node* node = ready.back();
+      ready.pop_back();
+      topological.push_back(node);
+      for (const auto& next : node->next)
+        if (next && --remaining[next.get()] == 0) ready.push_back(next.get());
+    }
+    for (auto it = topological.rbegin(); it != topological.rend(); ++it) {
+      bool below = targets->count(*it) > 0;
+      for (const auto& next : (*it)->next) below = below || (next && needed[next.get()]);
+      needed[*it] = below;
+    }
+    for (auto& [node, count] : dependencies) count = 0;
+    for (Node* node : topological)
+      if (needed[node])
+        for (const auto& next : node->next)
+          if (next && needed[next.get()]) ++dependencies[next.get()];
+  }
+
+  // Pass 2: run nodes whose gradients are complete. Formulas record a graph only for
+  // create_graph; otherwise they run under no-grad, on the fused first-order kernels.
+  GradModeGuard grad_mode(create_graph);
   std::unordered_map<Node*, Tensor> pending;
-  pending[start.get()] = seed;
-  std::vector<Node*> ready{start.get()};
+  std::vector<Node*> ready;
+  for (const Root& root : roots) {
+    Node* node = root.node.get();
+    if (!is_needed(node)) continue;
+    Tensor& slot = pending[node];
+    if (slot.defined()) {
+      slot = ops::add(slot, root.seed);
+    } else {
+      slot = root.seed;
+      if (dependencies[node] == 0) ready.push_back(node);
+    }
+  }
   std::vector<Tensor> grad_inputs;
   while (!ready.empty()) {
     Node* node = ready.back();
@@ -206,10 +286,18 @@ void backward(const Tensor& root, const Tensor& grad, bool retain_graph,
       grad_output = std::move(it->second);
       pending.erase(it);
     }
+    if (targets && targets->count(node)) {
+      (*captured)[node] = grad_output;
+      if (dynamic_cast<AccumulateGrad*>(node)) continue;
+    }
     grad_inputs.assign(node->next.size(), Tensor());
     // A node that received no gradient still runs its bookkeeping so that nodes below
     // it see their dependency counts reach zero.
     if (grad_output.defined()) {
+      if (create_graph && !node->supports_create_graph())
+        fail<StateError>(
+            "backward", "create_graph=True: the double backward of ", node->name(),
+            " is not implemented, so higher-order gradients through it are not available");
       node->apply(grad_output, grad_inputs);
       if (on_gradient_ready)
         if (auto* accumulator = dynamic_cast<AccumulateGrad*>(node)) on_gradient_ready(accumulator->leaf());
@@ -220,7 +308,7 @@ void backward(const Tensor& root, const Tensor& grad, bool retain_graph,
     }
     for (size_t i = 0; i < node->next.size(); ++i) {
       Node* next = node->next[i].get();
-      if (!next) continue;
+      if (!next || !is_needed(next)) continue;
       Tensor& g = grad_inputs[i];
       if (g.defined() && i < node->input_shapes.size() && g.shape() != node->input_shapes[i])
         fail<StateError>("backward", node->name(), " returned a gradient of shape ", g.shape(),
@@ -232,6 +320,64 @@ void backward(const Tensor& root, const Tensor& grad, bool retain_graph,
       if (--dependencies[next] == 0) ready.push_back(next);
     }
   }
+}
+}  // namespace
+
+void backward(const Tensor& root, const Tensor& grad, bool retain_graph,
+              const GradientReadyHook& on_gradient_ready, bool create_graph) {
+  std::lock_guard<std::recursive_mutex> lock(g_backward_mutex);
+  if (!root.requires_grad())
+    fail<StateError>("backward",
+                     "the tensor does not require grad and has no grad_fn; call "
+                     "requires_grad on an input before computing it");
+  Tensor seed = seed_for("backward", root, grad);
+  run_engine({Root{gradient_edge(root), seed}}, retain_graph, create_graph, on_gradient_ready,
+             nullptr, nullptr);
+}
+
+std::vector<Tensor> grad(const std::vector<Tensor>& outputs,
+                         const std::vector<Tensor>& grad_outputs,
+                         const std::vector<Tensor>& inputs, bool retain_graph, bool create_graph,
+                         bool allow_unused) {
+  std::lock_guard<std::recursive_mutex> lock(g_backward_mutex);
+  if (outputs.empty()) fail("grad", "outputs is empty; pass at least one tensor");
+  if (!grad_outputs.empty() && grad_outputs.size() != outputs.size())
+    fail("grad", "got ", grad_outputs.size(), " grad_outputs for ", outputs.size(), " outputs");
+  std::vector<Root> roots;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (!outputs[i].defined() || !outputs[i].requires_grad())
+      fail<StateError>("grad", "output ", i,
+                       " does not require grad and has no grad_fn; nothing to differentiate");
+    roots.push_back({gradient_edge(outputs[i]),
+                     seed_for("grad", outputs[i], grad_outputs.empty() ? Tensor() : grad_outputs[i])});
+  }
+  std::vector<std::shared_ptr<Node>> edges;
+  std::unordered_map<Node*, Tensor> targets;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (!inputs[i].defined() || !inputs[i].requires_grad())
+      fail<StateError>("grad", "input ", i, " does not require grad; call requires_grad_() on "
+                                            "it before computing the outputs");
+    edges.push_back(gradient_edge(inputs[i]));
+    targets.emplace(edges.back().get(), Tensor());
+  }
+  std::unordered_map<Node*, Tensor> captured;
+  run_engine(roots, retain_graph, create_graph, {}, &targets, &captured);
+  std::vector<Tensor> result;
+  GradModeGuard grad_mode(create_graph);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    auto it = captured.find(edges[i].get());
+    Tensor g = it == captured.end() ? Tensor() : it->second;
+    if (!g.defined()) {
+      if (!allow_unused)
+        fail("grad", "input ", i, " of shape ", inputs[i].shape(),
+             " was not used to compute the outputs; pass allow_unused=True to get None for it");
+      result.push_back(g);
+      continue;
+    }
+    if (g.shape() != inputs[i].shape()) g = ops::sum_to(g, inputs[i].shape());
+    result.push_back(create_graph ? g : g.detach());
+  }
+  return result;
 }
 
 }  // namespace steepest

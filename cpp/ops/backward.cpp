@@ -1,6 +1,9 @@
 // Every backward formula of steepest, each citing the section of the seed
 // (shared/seed/000_902e3fcc53af0d65.txt) it implements. Formulas are written with ops
-// (under no_grad, set by the engine) so they run on any backend.
+// so they run on any backend. The engine runs them under no_grad, except for
+// create_graph=True: then grad mode is on, they record a graph of their own, and a
+// formula that calls a fused first-order kernel (binary_raw(*Grad), STEEPEST_KERNEL)
+// takes a composite of differentiable ops instead, chosen by grad_enabled().
 #include "backward.h"
 
 #include "internal.h"
@@ -9,6 +12,28 @@ namespace steepest::ops {
 
 using detail::binary_raw;
 using detail::unary_raw;
+
+void composite_backward(const Node& node, const CompositeForward& forward,
+                        const std::vector<Tensor>& inputs, const Tensor& g,
+                        std::vector<Tensor>& out) {
+  std::vector<Tensor> aliases(inputs.size()), wanted;
+  std::vector<size_t> slots;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (!inputs[i].defined()) continue;
+    aliases[i] = inputs[i].detach();
+    if (i < node.next.size() && node.next[i] && inputs[i].requires_grad()) {
+      // An identity node in front of the input: the inner backward stops there instead of
+      // running on into the graph below this node.
+      attach(aliases[i], std::make_shared<IdentityBackward>(), {&inputs[i]});
+      wanted.push_back(aliases[i]);
+      slots.push_back(i);
+    }
+  }
+  if (wanted.empty()) return;
+  Tensor y = forward(aliases);
+  std::vector<Tensor> grads = steepest::grad({y}, {g}, wanted, true, true, true);
+  for (size_t k = 0; k < slots.size(); ++k) out[slots[k]] = grads[k];
+}
 
 // seed: 矩阵加法，bias — dL/dX = G and dL/dB = G; a broadcast bias b gets
 // ones(1, B)·G, i.e. G summed over the broadcast axes (sum_to).
@@ -32,6 +57,10 @@ void DivBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
 
 // seed: 激活函数，element-wise的操作 — dL/dX = G ⊙ δ'(X), with the table's δ'.
 void UnaryBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
+  if (grad_enabled()) {
+    out[0] = differentiable_grad(g);
+    return;
+  }
   switch (op) {
     case UnaryOp::Neg:
       out[0] = neg(g);
@@ -39,7 +68,7 @@ void UnaryBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
     case UnaryOp::Exp:  // (e^x)' = e^x, from the output
       out[0] = mul(g, saved);
       break;
-    case UnaryOp::Log:  // Log: G ⊙ 1/Y
+    case UnaryOp::Log:  // Log: G ⊙ 1/X
       out[0] = div(g, saved);
       break;
     case UnaryOp::Sqrt:
@@ -60,7 +89,7 @@ void UnaryBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
     case UnaryOp::Gelu:
       out[0] = binary_raw(BinaryOp::GeluGrad, g, saved);
       break;
-    case UnaryOp::PowScalar:  // Power: G ⊙ k·Y^(k−1); x⁰ is constant, so 0 even at x = 0
+    case UnaryOp::PowScalar:  // Power: G ⊙ k·X^(k−1); x⁰ is constant, so 0 even at x = 0
       out[0] = scalar == 0.0 ? Tensor::zeros(g.shape(), g.dtype(), g.device())
                              : binary_raw(BinaryOp::PowScalarGrad, g, saved, scalar);
       break;
@@ -77,6 +106,53 @@ void UnaryBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
       out[0] = binary_raw(BinaryOp::ClampMinGrad, g, saved, scalar);
       break;
   }
+}
+
+// The same rules as apply() written with recorded ops, for create_graph. A saved output
+// Y rejoins the graph through this node, so d(δ'(Y))/dX picks up dY/dX.
+Tensor UnaryBackward::differentiable_grad(const Tensor& g) {
+  const Tensor zero = Tensor::zeros({}, g.dtype(), g.device());
+  switch (op) {
+    case UnaryOp::Neg:
+      return neg(g);
+    case UnaryOp::Exp:
+      return mul(g, output_in_graph(saved));
+    case UnaryOp::Log:
+      return div(g, saved);
+    case UnaryOp::Sqrt:  // G / (2Y)
+      return div(g, mul_scalar(output_in_graph(saved), 2.0));
+    case UnaryOp::Abs:  // sign is piecewise constant: no second-order term
+      return mul(g, unary_raw(UnaryOp::Sign, saved));
+    case UnaryOp::Relu:
+      return where(compare(BinaryOp::Gt, saved, zero), g, zero);
+    case UnaryOp::Sigmoid: {
+      Tensor y = output_in_graph(saved);
+      return mul(g, mul(y, add_scalar(neg(y), 1.0)));
+    }
+    case UnaryOp::Tanh: {
+      Tensor y = output_in_graph(saved);
+      return mul(g, add_scalar(neg(mul(y, y)), 1.0));
+    }
+    case UnaryOp::Gelu: {  // gelu'(x) = Φ(x) + x·φ(x)
+      const double inv_sqrt2 = 0.70710678118654752440, inv_sqrt_2pi = 0.39894228040143267794;
+      Tensor cdf = mul_scalar(add_scalar(erf(mul_scalar(saved, inv_sqrt2)), 1.0), 0.5);
+      Tensor pdf = mul_scalar(exp(mul_scalar(mul(saved, saved), -0.5)), inv_sqrt_2pi);
+      return mul(g, add(cdf, mul(saved, pdf)));
+    }
+    case UnaryOp::PowScalar:
+      if (scalar == 0.0) return mul_scalar(g, 0.0);
+      return mul(g, mul_scalar(power(saved, scalar - 1.0), scalar));
+    case UnaryOp::MulScalar:
+      return mul_scalar(g, scalar);
+    case UnaryOp::AddScalar:
+      return g;
+    case UnaryOp::Sign:
+      return mul_scalar(g, 0.0);
+    case UnaryOp::ClampMin:
+      return where(compare(BinaryOp::Lt, saved, Tensor::full({}, scalar, g.dtype(), g.device())),
+                   zero, g);
+  }
+  return Tensor();
 }
 
 const char* UnaryBackward::name() const {
@@ -144,7 +220,19 @@ void SliceBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
     fail<StateError>("backward", "slice gradient of shape ", g.shape(), " for a view of shape ",
                      view.shape(), " (a backward formula returned a wrongly shaped gradient)");
   STEEPEST_KERNEL(g.device(), copy)(g, view);
+  detail::record<SliceScatterBackward>(full, {&g}, *this);
   out[0] = full;
+}
+
+// The gradient was written into zeros through the slice: its own gradient is the same
+// slice of GG, recorded as a slice so that higher orders go on.
+void SliceScatterBackward::apply(const Tensor& gg, std::vector<Tensor>& out) {
+  const Tensor source = gg.detach();
+  Tensor view = slice.select ? ops::select(source, slice.axis, slice.start)
+                             : detail::slice_view(source, slice.axis, slice.start, slice.count,
+                                                  slice.step);
+  detail::record<SliceBackward>(view, {&gg}, slice);
+  out[0] = view;
 }
 
 void IdentityBackward::apply(const Tensor& g, std::vector<Tensor>& out) { out[0] = g; }
@@ -161,6 +249,13 @@ void ToDeviceBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
 void SoftmaxBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   int ndim = y_last.ndim();
   Dims order = detail::move_axis_last_order(ndim, axis);
+  if (grad_enabled()) {  // create_graph: the same rules with recorded ops
+    Tensor y = output_in_graph(permute(y_last, detail::inverse_permutation(order)));
+    std::vector<int64_t> axes{axis};
+    out[0] = log ? sub(g, mul(exp(y), sum(g, axes, true)))
+                 : mul(y, sub(g, sum(mul(g, y), axes, true)));
+    return;
+  }
   Tensor g_last = contiguous(permute(g, order));
   Tensor gx = Tensor::empty(g_last.shape(), g.dtype(), g.device());
   STEEPEST_KERNEL(g.device(), softmax_backward)(g_last, y_last, gx, log);
@@ -177,6 +272,10 @@ void CrossEntropyBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   else if (reduction == Reduction::Sum)
     per_row = expand(reshape(g, {1}), {rows});
   per_row = contiguous(reshape(per_row, {rows}));
+  if (grad_enabled()) {
+    differentiable_grad(per_row, out);
+    return;
+  }
   if (next[0]) {
     Tensor grad_logits = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
     STEEPEST_KERNEL(g.device(), cross_entropy_backward)(logits, labels, logsumexp, per_row,
@@ -191,13 +290,49 @@ void CrossEntropyBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   }
 }
 
+// create_graph: p − y (p·Σy − y) and −log p from the connected logits and labels.
+void CrossEntropyBackward::differentiable_grad(const Tensor& per_row, std::vector<Tensor>& out) {
+  const int64_t rows = logsumexp.shape()[0], classes = logits.shape()[1];
+  Tensor z = reshape(logits_input, {rows, classes});
+  Tensor weight = reshape(per_row, {rows, 1});
+  if (next[0]) {
+    Tensor p = softmax(z, -1);
+    Tensor residual;
+    if (labels_input.defined()) {
+      Tensor y = reshape(labels_input, {rows, classes});
+      residual = sub(mul(p, sum(y, std::vector<int64_t>{1}, true)), y);
+    } else {
+      residual = sub(p, astype(one_hot(labels, classes), p.dtype()));
+    }
+    out[0] = reshape(mul(residual, weight), logits_shape);
+  }
+  if (next.size() > 1 && next[1])
+    out[1] = reshape(neg(mul(log_softmax(z, -1), weight)), labels_shape);
+}
+
 // Binary cross-entropy on logits: dL/dz = σ(z) − y (the seed's demo: a − y), dL/dy = −z.
 void BceWithLogitsBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
-  if (next[0]) out[0] = mul(g, binary_raw(BinaryOp::BceWithLogitsGrad, logits, targets));
+  if (next[0])
+    out[0] = mul(g, grad_enabled() ? sub(sigmoid(logits), targets)
+                                   : binary_raw(BinaryOp::BceWithLogitsGrad, logits, targets));
   if (next[1]) out[1] = neg(mul(g, logits));
 }
 
 void LayerNormBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
+  if (grad_enabled()) {
+    // seed: LayerNorm — y = (x − μ)/√(σ² + ε)·w + b over the last axis, composed.
+    const double epsilon = eps;
+    composite_backward(*this, [epsilon](const std::vector<Tensor>& in) {
+      const std::vector<int64_t> last{-1};
+      Tensor centered = sub(in[0], ops::mean(in[0], last, true));
+      Tensor variance = ops::mean(mul(centered, centered), last, true);
+      Tensor y = mul(centered, power(add_scalar(variance, epsilon), -0.5));
+      if (in[1].defined()) y = mul(y, in[1]);
+      if (in[2].defined()) y = add(y, in[2]);
+      return y;
+    }, inputs, g, out);
+    return;
+  }
   Tensor gc = contiguous(g);
   Tensor grad_x = Tensor::empty(x.shape(), x.dtype(), x.device());
   Tensor grad_w, grad_b;
@@ -216,14 +351,77 @@ void LayerNormBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
 void EmbeddingBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   Tensor grad_table = Tensor::zeros(table_shape, g.dtype(), g.device());
   STEEPEST_KERNEL(g.device(), embedding_backward)(indices, contiguous(g), grad_table);
+  detail::record<EmbeddingScatterBackward>(grad_table, {&g}, indices);
   out[1] = grad_table;
+}
+
+void EmbeddingScatterBackward::apply(const Tensor& gg, std::vector<Tensor>& out) {
+  out[0] = embedding(indices, gg);
 }
 
 // seed: 实际的卷积的导数 — dL/dW_row = G·X_colᵀ, dL/dX_col = W_rowᵀ·G then col2im.
 // 16-bit tensors run the float32 kernel on widened copies and round each gradient once,
 // as the forward does (cpp/ops/nn.cpp).
+namespace {
+
+// The three convolution products with a fixed geometry, each recorded with its node, in
+// the compute dtype (create_graph only; the first-order path calls the kernels directly).
+Tensor conv_forward_recorded(const Tensor& x, const Tensor& w, const Conv2dGeometry& geo) {
+  Tensor xc = contiguous(x.detach()), wc = contiguous(w.detach());
+  Tensor y = Tensor::empty({geo.batch, geo.out_channels, geo.out_h, geo.out_w}, x.dtype(), x.device());
+  STEEPEST_KERNEL(x.device(), conv2d_forward)(xc, wc, Tensor(), geo, y);
+  detail::record<Conv2dBackward>(y, {&x, &w, nullptr}, xc, wc, geo, false, x, w);
+  return y;
+}
+
+Tensor conv_input_grad_recorded(const Tensor& g, const Tensor& w, const Conv2dGeometry& geo) {
+  Tensor gc = contiguous(g.detach()), wc = contiguous(w.detach());
+  Tensor grad_x = Tensor::empty({geo.batch, geo.in_channels, geo.in_h, geo.in_w}, g.dtype(), g.device());
+  // The kernel reads x only for the weight gradient, which is not asked for.
+  const Tensor no_x = Tensor::empty({0}, g.dtype(), g.device());
+  STEEPEST_KERNEL(g.device(), conv2d_backward)(no_x, wc, gc, geo, &grad_x, nullptr, nullptr);
+  detail::record<ConvInputGradBackward>(grad_x, {&g, &w}, g, w, geo);
+  return grad_x;
+}
+
+Tensor conv_weight_grad_recorded(const Tensor& g, const Tensor& x, const Dims& weight_shape,
+                                 const Conv2dGeometry& geo) {
+  Tensor gc = contiguous(g.detach()), xc = contiguous(x.detach());
+  Tensor grad_w = Tensor::empty(weight_shape, g.dtype(), g.device());
+  const Tensor no_w = Tensor::empty({0}, g.dtype(), g.device());  // read only for dX
+  STEEPEST_KERNEL(g.device(), conv2d_backward)(xc, no_w, gc, geo, nullptr, &grad_w, nullptr);
+  detail::record<ConvWeightGradBackward>(grad_w, {&g, &x}, g, x, geo);
+  return grad_w;
+}
+
+Dims conv_weight_shape(const Conv2dGeometry& geo) {
+  return {geo.out_channels, geo.in_channels / geo.groups, geo.kernel_h, geo.kernel_w};
+}
+
+}  // namespace
+
+// d<GG, convᵀ_X(G; W)>: /dG = conv(GG, W), /dW = convᵀ_W(G; GG).
+void ConvInputGradBackward::apply(const Tensor& gg, std::vector<Tensor>& out) {
+  if (next[0]) out[0] = conv_forward_recorded(gg, weight, geometry);
+  if (next[1]) out[1] = conv_weight_grad_recorded(g, gg, weight.shape(), geometry);
+}
+
+// d<GG, convᵀ_W(G; X)>: /dG = conv(X, GG), /dX = convᵀ_X(G; GG).
+void ConvWeightGradBackward::apply(const Tensor& gg, std::vector<Tensor>& out) {
+  if (next[0]) out[0] = conv_forward_recorded(x, gg, geometry);
+  if (next[1]) out[1] = conv_input_grad_recorded(g, gg, geometry);
+}
+
 void Conv2dBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   const DType dtype = x.dtype(), compute = compute_dtype(dtype);
+  if (grad_enabled()) {  // create_graph: the same products, recorded
+    Tensor gc = astype(g, compute);
+    if (next[0]) out[0] = astype(conv_input_grad_recorded(gc, astype(weight_input, compute), geometry), dtype);
+    if (next[1])
+      out[1] = astype(conv_weight_grad_recorded(gc, astype(x_input, compute), conv_weight_shape(geometry), geometry), dtype);
+    if (has_bias && next[2]) out[2] = sum(g, std::vector<int64_t>{0, 2, 3});
+    return;
+  }
   Tensor gc = astype(contiguous(g), compute);
   Tensor xc = astype(x, compute), wc = astype(weight, compute);
   Tensor grad_x, grad_w, grad_b;
@@ -244,10 +442,45 @@ void Pool2dBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   const Conv2dGeometry& geo = geometry;
   const DType compute = compute_dtype(dtype);
   Tensor grad_x = Tensor::empty({geo.batch, geo.in_channels, geo.in_h, geo.in_w}, compute, g.device());
-  STEEPEST_KERNEL(g.device(), pool2d_backward)(kind, astype(contiguous(g), compute),
-                                               argmax.defined() ? &argmax : nullptr,
+  Tensor gc = astype(contiguous(g), compute);
+  STEEPEST_KERNEL(g.device(), pool2d_backward)(kind, gc, argmax.defined() ? &argmax : nullptr,
                                                x.defined() ? &x : nullptr, geo, grad_x);
+  if (grad_enabled()) {  // create_graph
+    if (kind == PoolKind::Avg) {
+      detail::record<AvgPool2dScatterBackward>(grad_x, {&gc}, geo, compute);
+    } else {
+      Tensor host = contiguous(argmax.device().is_cpu() ? argmax : to_device(argmax, Device{}));
+      const int64_t* entry = host.data<int64_t>();
+      for (int64_t i = 0; i < host.numel(); ++i)
+        if (entry[i] < 0 && entry[i] != kNoPixel)
+          fail<StateError>("backward", "create_graph=True: the double backward of "
+                           "MaxPool2dBackward is not implemented for windows with tied maxima "
+                           "(input of shape (", geo.batch, ", ", geo.in_channels, ", ", geo.in_h,
+                           ", ", geo.in_w, "))");
+      detail::record<MaxPool2dScatterBackward>(grad_x, {&gc}, argmax, geo);
+    }
+  }
   out[0] = astype(grad_x, dtype);
+}
+
+void MaxPool2dScatterBackward::apply(const Tensor& gg, std::vector<Tensor>& out) {
+  const Conv2dGeometry& geo = geometry;
+  Tensor planes = reshape(gg, {geo.batch * geo.in_channels, geo.in_h * geo.in_w});
+  Tensor index = reshape(argmax, {geo.batch * geo.in_channels, geo.out_h * geo.out_w});
+  const Tensor first = Tensor::zeros({}, DType::Int64, gg.device());
+  Tensor valid = compare(BinaryOp::Ge, index, first);
+  Tensor picked = take_along_axis(planes, where(valid, index, first), 1);
+  Tensor kept = where(valid, picked, Tensor::zeros({}, gg.dtype(), gg.device()));
+  out[0] = reshape(kept, {geo.batch, geo.in_channels, geo.out_h, geo.out_w});
+}
+
+void AvgPool2dScatterBackward::apply(const Tensor& gg, std::vector<Tensor>& out) {
+  Tensor source = contiguous(gg.detach());
+  Tensor pooled = Tensor::empty({geometry.batch, geometry.in_channels, geometry.out_h, geometry.out_w},
+                                source.dtype(), gg.device());
+  STEEPEST_KERNEL(gg.device(), pool2d_forward)(PoolKind::Avg, source, geometry, pooled, nullptr);
+  detail::record<Pool2dBackward>(pooled, {&gg}, PoolKind::Avg, Tensor(), Tensor(), geometry, dtype);
+  out[0] = pooled;
 }
 
 }  // namespace steepest::ops

@@ -2,6 +2,7 @@
 // Their apply() bodies — the backward formulas — are together in backward.cpp.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "steepest/autograd.h"
@@ -10,13 +11,26 @@
 
 namespace steepest::ops {
 
+// create_graph for a node whose first-order formula is a fused kernel: `forward` is the op
+// written with differentiable ops. Its gradients with G are taken with create_graph on
+// aliases of `inputs` (so they stop at this node's edges) and written into `out`; every
+// higher order follows from the composite.
+using CompositeForward = std::function<Tensor(const std::vector<Tensor>&)>;
+void composite_backward(const Node& node, const CompositeForward& forward,
+                        const std::vector<Tensor>& inputs, const Tensor& g,
+                        std::vector<Tensor>& out);
+
 #define STEEPEST_NODE_NAME(type) \
   const char* name() const override { return #type; }
+// The node's formula is differentiable when grad mode is on (see Node::supports_create_graph).
+#define STEEPEST_CREATE_GRAPH \
+  bool supports_create_graph() const override { return true; }
 
 struct AddBackward final : Node {
   AddBackward(Dims a, Dims b, bool subtract) : a_shape(a), b_shape(b), subtract(subtract) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   STEEPEST_NODE_NAME(AddBackward)
+  STEEPEST_CREATE_GRAPH
   Dims a_shape, b_shape;
   bool subtract;
 };
@@ -26,6 +40,7 @@ struct MulBackward final : Node {
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   void visit_saved(const SavedVisitor& visit) override { visit(a); visit(b); }
   STEEPEST_NODE_NAME(MulBackward)
+  STEEPEST_CREATE_GRAPH
   Tensor a, b;
 };
 
@@ -34,6 +49,7 @@ struct DivBackward final : Node {
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   void visit_saved(const SavedVisitor& visit) override { visit(a); visit(b); }
   STEEPEST_NODE_NAME(DivBackward)
+  STEEPEST_CREATE_GRAPH
   Tensor a, b;
 };
 
@@ -45,6 +61,8 @@ struct UnaryBackward final : Node {
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   void visit_saved(const SavedVisitor& visit) override { visit(saved); }
   const char* name() const override;
+  STEEPEST_CREATE_GRAPH
+  Tensor differentiable_grad(const Tensor& g);
   UnaryOp op;
   Tensor saved;
   double scalar;
@@ -55,6 +73,7 @@ struct SumBackward final : Node {
       : input_shape(input_shape), kept_shape(kept_shape), scale(scale) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   STEEPEST_NODE_NAME(SumBackward)
+  STEEPEST_CREATE_GRAPH
   Dims input_shape, kept_shape;  // kept_shape: the output with reduced axes as 1
   double scale;                  // 1 for sum, 1/extent for mean
 };
@@ -68,6 +87,7 @@ struct MaxBackward final : Node {
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   void visit_saved(const SavedVisitor& visit) override { visit(input); visit(result); }
   STEEPEST_NODE_NAME(MaxBackward)
+  STEEPEST_CREATE_GRAPH
   Tensor input, result;
   Dims order, permuted_shape;
 };
@@ -77,6 +97,7 @@ struct MatmulBackward final : Node {
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   void visit_saved(const SavedVisitor& visit) override { visit(a); visit(b); }
   STEEPEST_NODE_NAME(MatmulBackward)
+  STEEPEST_CREATE_GRAPH
   Tensor a, b;
 };
 
@@ -84,6 +105,7 @@ struct ReshapeBackward final : Node {
   explicit ReshapeBackward(Dims input_shape) : input_shape(input_shape) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   STEEPEST_NODE_NAME(ReshapeBackward)
+  STEEPEST_CREATE_GRAPH
   Dims input_shape;
 };
 
@@ -91,6 +113,7 @@ struct PermuteBackward final : Node {
   explicit PermuteBackward(Dims order) : order(order) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   STEEPEST_NODE_NAME(PermuteBackward)
+  STEEPEST_CREATE_GRAPH
   Dims order;
 };
 
@@ -98,6 +121,7 @@ struct ExpandBackward final : Node {
   explicit ExpandBackward(Dims input_shape) : input_shape(input_shape) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   STEEPEST_NODE_NAME(ExpandBackward)
+  STEEPEST_CREATE_GRAPH
   Dims input_shape;
 };
 
@@ -108,21 +132,34 @@ struct SliceBackward final : Node {
       : input_shape(input_shape), axis(axis), start(start), count(count), step(step), select(select) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   STEEPEST_NODE_NAME(SliceBackward)
+  STEEPEST_CREATE_GRAPH
   Dims input_shape;
   int axis;
   int64_t start, count, step;
   bool select;
 };
 
+// The backward of SliceBackward's formula (create_graph): it wrote G into zeros through
+// the slice, so its own gradient is the slice of GG.
+struct SliceScatterBackward final : Node {
+  explicit SliceScatterBackward(const SliceBackward& slice) : slice(slice.input_shape, slice.axis, slice.start, slice.count, slice.step, slice.select) {}
+  void apply(const Tensor& gg, std::vector<Tensor>& out) override;
+  STEEPEST_NODE_NAME(SliceScatterBackward)
+  STEEPEST_CREATE_GRAPH
+  SliceBackward slice;  // the parameters, never run as a node
+};
+
 struct IdentityBackward final : Node {
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   STEEPEST_NODE_NAME(IdentityBackward)
+  STEEPEST_CREATE_GRAPH
 };
 
 struct CastBackward final : Node {
   explicit CastBackward(DType input_dtype) : input_dtype(input_dtype) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   STEEPEST_NODE_NAME(CastBackward)
+  STEEPEST_CREATE_GRAPH
   DType input_dtype;
 };
 
@@ -130,6 +167,7 @@ struct ToDeviceBackward final : Node {
   explicit ToDeviceBackward(Device input_device) : input_device(input_device) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   STEEPEST_NODE_NAME(ToDeviceBackward)
+  STEEPEST_CREATE_GRAPH
   Device input_device;
 };
 
@@ -138,6 +176,7 @@ struct SoftmaxBackward final : Node {
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   void visit_saved(const SavedVisitor& visit) override { visit(y_last); }
   const char* name() const override { return log ? "LogSoftmaxBackward" : "SoftmaxBackward"; }
+  STEEPEST_CREATE_GRAPH
   Tensor y_last;  // the output with `axis` moved last, contiguous
   int axis;
   bool log;
@@ -145,13 +184,22 @@ struct SoftmaxBackward final : Node {
 
 struct CrossEntropyBackward final : Node {
   CrossEntropyBackward(Tensor logits, Tensor labels, Tensor logsumexp, Reduction reduction,
-                       Dims logits_shape, Dims labels_shape)
+                       Dims logits_shape, Dims labels_shape, Tensor logits_input,
+                       Tensor labels_input)
       : logits(std::move(logits)), labels(std::move(labels)), logsumexp(std::move(logsumexp)),
+        logits_input(std::move(logits_input)), labels_input(std::move(labels_input)),
         reduction(reduction), logits_shape(logits_shape), labels_shape(labels_shape) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
-  void visit_saved(const SavedVisitor& visit) override { visit(logits); visit(labels); visit(logsumexp); }
+  void differentiable_grad(const Tensor& per_row, std::vector<Tensor>& out);
+  void visit_saved(const SavedVisitor& visit) override {
+    visit(logits); visit(labels); visit(logsumexp); visit(logits_input); visit(labels_input);
+  }
   STEEPEST_NODE_NAME(CrossEntropyBackward)
+  STEEPEST_CREATE_GRAPH
   Tensor logits, labels, logsumexp;  // logits (rows, classes); logsumexp (rows, 2): max, log Σ
+  // The caller's logits and soft labels (undefined for class indices), connected to the
+  // graph: create_graph differentiates the formula through them.
+  Tensor logits_input, labels_input;
   Reduction reduction;
   Dims logits_shape, labels_shape;  // as the caller passed them, e.g. (B, T, V)
 };
@@ -161,18 +209,26 @@ struct BceWithLogitsBackward final : Node {
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   void visit_saved(const SavedVisitor& visit) override { visit(logits); visit(targets); }
   STEEPEST_NODE_NAME(BceWithLogitsBackward)
+  STEEPEST_CREATE_GRAPH
   Tensor logits, targets;
 };
 
 struct LayerNormBackward final : Node {
-  LayerNormBackward(Tensor x, Tensor weight, Tensor mean, Tensor rstd, bool has_bias)
+  LayerNormBackward(Tensor x, Tensor weight, Tensor mean, Tensor rstd, bool has_bias, double eps,
+                    std::vector<Tensor> inputs)
       : x(std::move(x)), weight(std::move(weight)), mean(std::move(mean)), rstd(std::move(rstd)),
-        has_bias(has_bias) {}
+        has_bias(has_bias), eps(eps), inputs(std::move(inputs)) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
-  void visit_saved(const SavedVisitor& visit) override { visit(x); visit(weight); visit(mean); visit(rstd); }
+  void visit_saved(const SavedVisitor& visit) override {
+    visit(x); visit(weight); visit(mean); visit(rstd);
+    for (Tensor& input : inputs) visit(input);
+  }
   STEEPEST_NODE_NAME(LayerNormBackward)
+  STEEPEST_CREATE_GRAPH
   Tensor x, weight, mean, rstd;
   bool has_bias;
+  double eps;
+  std::vector<Tensor> inputs;  // x, weight, bias as the caller passed them (create_graph)
 };
 
 struct EmbeddingBackward final : Node {
@@ -180,19 +236,63 @@ struct EmbeddingBackward final : Node {
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   void visit_saved(const SavedVisitor& visit) override { visit(indices); }
   STEEPEST_NODE_NAME(EmbeddingBackward)
+  STEEPEST_CREATE_GRAPH
   Tensor indices;
   Dims table_shape;
 };
 
+// The backward of EmbeddingBackward's formula (create_graph): G was scattered into the
+// table's rows, so its own gradient gathers those rows of GG: embedding(indices, GG).
+struct EmbeddingScatterBackward final : Node {
+  explicit EmbeddingScatterBackward(Tensor indices) : indices(std::move(indices)) {}
+  void apply(const Tensor& gg, std::vector<Tensor>& out) override;
+  void visit_saved(const SavedVisitor& visit) override { visit(indices); }
+  STEEPEST_NODE_NAME(EmbeddingScatterBackward)
+  STEEPEST_CREATE_GRAPH
+  Tensor indices;
+};
+
 struct Conv2dBackward final : Node {
-  Conv2dBackward(Tensor x, Tensor weight, Conv2dGeometry geometry, bool has_bias)
-      : x(std::move(x)), weight(std::move(weight)), geometry(geometry), has_bias(has_bias) {}
+  Conv2dBackward(Tensor x, Tensor weight, Conv2dGeometry geometry, bool has_bias,
+                 Tensor x_input, Tensor weight_input)
+      : x(std::move(x)), weight(std::move(weight)), geometry(geometry), has_bias(has_bias),
+        x_input(std::move(x_input)), weight_input(std::move(weight_input)) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
-  void visit_saved(const SavedVisitor& visit) override { visit(x); visit(weight); }
+  void visit_saved(const SavedVisitor& visit) override {
+    visit(x); visit(weight); visit(x_input); visit(weight_input);
+  }
   STEEPEST_NODE_NAME(Conv2dBackward)
+  STEEPEST_CREATE_GRAPH
   Tensor x, weight;
   Conv2dGeometry geometry;
   bool has_bias;
+  Tensor x_input, weight_input;  // as the caller passed them, connected (create_graph)
+};
+
+// The convolution's two backward products as recorded ops (create_graph). With
+// Y = conv(X, W) and B = <G, Y>, bilinear in each pair: dX = ∂B/∂X = convᵀ_X(G; W) and
+// dW = ∂B/∂W = convᵀ_W(G; X). Differentiating <GG_X, dX> and <GG_W, dW> again gives only
+// convolutions and these two products (conv_2nd_order in backward.cpp).
+struct ConvInputGradBackward final : Node {
+  ConvInputGradBackward(Tensor g, Tensor weight, Conv2dGeometry geometry)
+      : g(std::move(g)), weight(std::move(weight)), geometry(geometry) {}
+  void apply(const Tensor& gg, std::vector<Tensor>& out) override;
+  void visit_saved(const SavedVisitor& visit) override { visit(g); visit(weight); }
+  STEEPEST_NODE_NAME(ConvInputGradBackward)
+  STEEPEST_CREATE_GRAPH
+  Tensor g, weight;
+  Conv2dGeometry geometry;
+};
+
+struct ConvWeightGradBackward final : Node {
+  ConvWeightGradBackward(Tensor g, Tensor x, Conv2dGeometry geometry)
+      : g(std::move(g)), x(std::move(x)), geometry(geometry) {}
+  void apply(const Tensor& gg, std::vector<Tensor>& out) override;
+  void visit_saved(const SavedVisitor& visit) override { visit(g); visit(x); }
+  STEEPEST_NODE_NAME(ConvWeightGradBackward)
+  STEEPEST_CREATE_GRAPH
+  Tensor g, x;
+  Conv2dGeometry geometry;
 };
 
 struct Pool2dBackward final : Node {
@@ -201,6 +301,9 @@ struct Pool2dBackward final : Node {
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   void visit_saved(const SavedVisitor& visit) override { visit(argmax); visit(x); }
   const char* name() const override { return kind == PoolKind::Max ? "MaxPool2dBackward" : "AvgPool2dBackward"; }
+  // Pooling is linear in x with a locally constant Jacobian P: the backward's own
+  // gradient is P·GG (Avg/MaxPool2dScatterBackward), with no other second-order term.
+  bool supports_create_graph() const override { return true; }
   PoolKind kind;
   // Max pooling: the window maxima (see kNoPixel) and the input (in the compute dtype),
   // which locates tied maxima.
@@ -209,6 +312,32 @@ struct Pool2dBackward final : Node {
   DType dtype;
 };
 
+// The backward of average pooling's backward (create_graph): G was spread over the
+// windows, so its own gradient is the average pooling of GG.
+struct AvgPool2dScatterBackward final : Node {
+  AvgPool2dScatterBackward(Conv2dGeometry geometry, DType dtype) : geometry(geometry), dtype(dtype) {}
+  void apply(const Tensor& gg, std::vector<Tensor>& out) override;
+  STEEPEST_NODE_NAME(AvgPool2dScatterBackward)
+  STEEPEST_CREATE_GRAPH
+  Conv2dGeometry geometry;
+  DType dtype;  // of the pooled tensor (16-bit ones are pooled in float32)
+};
+
+// The backward of max pooling's backward (create_graph): G went to each window's maximum,
+// so its own gradient picks GG at the maxima (windows with tied maxima are refused when
+// recorded; windows without pixels give 0).
+struct MaxPool2dScatterBackward final : Node {
+  MaxPool2dScatterBackward(Tensor argmax, Conv2dGeometry geometry)
+      : argmax(std::move(argmax)), geometry(geometry) {}
+  void apply(const Tensor& gg, std::vector<Tensor>& out) override;
+  void visit_saved(const SavedVisitor& visit) override { visit(argmax); }
+  STEEPEST_NODE_NAME(MaxPool2dScatterBackward)
+  STEEPEST_CREATE_GRAPH
+  Tensor argmax;
+  Conv2dGeometry geometry;
+};
+
 #undef STEEPEST_NODE_NAME
+#undef STEEPEST_CREATE_GRAPH
 
 }  // namespace steepest::ops

@@ -23,6 +23,7 @@ struct CatBackward final : Node {
     }
   }
   const char* name() const override { return "CatBackward"; }
+  bool supports_create_graph() const override { return true; }
   int axis;
   std::vector<int64_t> sizes;
 };
@@ -38,6 +39,7 @@ struct PadBackward final : Node {
     out[0] = inner;
   }
   const char* name() const override { return "PadBackward"; }
+  bool supports_create_graph() const override { return true; }
   std::vector<std::pair<int64_t, int64_t>> widths;
 };
 
@@ -46,6 +48,7 @@ struct FlipBackward final : Node {
   explicit FlipBackward(std::vector<int64_t> axes) : axes(std::move(axes)) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override { out[0] = flip(g, axes); }
   const char* name() const override { return "FlipBackward"; }
+  bool supports_create_graph() const override { return true; }
   std::vector<int64_t> axes;
 };
 

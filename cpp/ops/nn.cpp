@@ -96,7 +96,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, Reduction reduc
   // Edges: logits, then labels (soft labels are differentiable, class indices are not).
   const Tensor* label_input = indices ? nullptr : &labels;
   record<CrossEntropyBackward>(out, {&logits, label_input}, z, y, lse, reduction, logits.shape(),
-                               labels.shape());
+                               labels.shape(), logits, indices ? Tensor() : labels);
   return out;
 }
 
@@ -299,7 +299,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, IntPair
     STEEPEST_KERNEL(x.device(), conv2d_forward)(xc, wc, bc, g, y);
   }
   record<Conv2dBackward>(y, {&x, &weight, bias.defined() ? &bias : nullptr}, xc, wc, g,
-                         bias.defined());
+                         bias.defined(), x, weight);
   return y;
 }
 
@@ -413,7 +413,8 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
   Tensor rstd = Tensor::empty({rows}, compute_dtype(x.dtype()), x.device());
   STEEPEST_KERNEL(x.device(), layer_norm_forward)(xc, wc, bc, eps, y, mu, rstd);
   record<LayerNormBackward>(y, {&x, weight.defined() ? &weight : nullptr, bias.defined() ? &bias : nullptr},
-                            xc, wc, mu, rstd, bias.defined());
+                            xc, wc, mu, rstd, bias.defined(), eps,
+                            std::vector<Tensor>{x, weight, bias});
   return y;
 }
 

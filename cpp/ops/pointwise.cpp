@@ -36,12 +36,37 @@ Tensor pointwise_raw(PointwiseOp op, const Tensor& a, const Tensor* b, double p0
 // --------------------------------------------------------------------- activations
 
 // One node for the unary rules: dL/dx = G ⊙ f'(x), the *Grad rule of pointwise.h.
+// x is kept connected to the graph for create_graph.
 struct PointwiseBackward final : Node {
   PointwiseBackward(PointwiseOp grad_op, Tensor x, double p0, double p1, const char* op_name)
       : grad_op(grad_op), x(std::move(x)), p0(p0), p1(p1), op_name(op_name) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override {
-    out[0] = pointwise_raw(grad_op, g, &x, p0, p1);
+    out[0] = grad_enabled() ? mul(g, derivative()) : pointwise_raw(grad_op, g, &x, p0, p1);
   }
+  // f'(x) with recorded ops (create_graph), the rules of pointwise.h's *Grad.
+  Tensor derivative() const {
+    const Tensor one = Tensor::full({}, 1.0, x.dtype(), x.device());
+    switch (grad_op) {
+      case PointwiseOp::ErfGrad:  // 2/√π·e^(−x²)
+        return mul_scalar(exp(neg(mul(x, x))), 1.12837916709551257390);
+      case PointwiseOp::SiluGrad: {  // σ(x)·(1 + x·(1 − σ(x)))
+        Tensor s = sigmoid(x);
+        return mul(s, add_scalar(mul(x, add_scalar(neg(s), 1.0)), 1.0));
+      }
+      case PointwiseOp::SoftplusGrad: {  // σ(βx), 1 above the threshold
+        Tensor bx = mul_scalar(x, p0);
+        return where(compare(BinaryOp::Gt, bx, Tensor::full({}, p1, x.dtype(), x.device())),
+                     one, sigmoid(bx));
+      }
+      case PointwiseOp::EluGrad:  // 1 for x > 0, α·e^x otherwise
+        return where(compare(BinaryOp::Gt, x, Tensor::zeros({}, x.dtype(), x.device())), one,
+                     mul_scalar(exp(x), p0));
+      default:  // piecewise constant (leaky_relu): no second-order term
+        return pointwise_raw(grad_op, Tensor::full(x.shape(), 1.0, x.dtype(), x.device()), &x,
+                             p0, p1);
+    }
+  }
+  bool supports_create_graph() const override { return true; }
   void visit_saved(const SavedVisitor& visit) override { visit(x); }
   const char* name() const override { return op_name; }
   PointwiseOp grad_op;
@@ -55,7 +80,7 @@ Tensor activation(const char* name, const char* node_name, PointwiseOp op, Point
   detail::check_defined(name, x, "input");
   detail::check_float(name, x, "input");
   Tensor out = pointwise_raw(op, x, nullptr, p0, p1);
-  record<PointwiseBackward>(out, {&x}, grad_op, x.detach(), p0, p1, node_name);
+  record<PointwiseBackward>(out, {&x}, grad_op, x, p0, p1, node_name);
   return out;
 }
 
@@ -72,6 +97,7 @@ struct WhereBackward final : Node {
   }
   void visit_saved(const SavedVisitor& visit) override { visit(cond); }
   const char* name() const override { return "WhereBackward"; }
+  bool supports_create_graph() const override { return true; }
   Tensor cond;
   Dims x_shape, y_shape;
 };
@@ -87,19 +113,39 @@ struct ExtremumBackward final : Node {
   }
   void visit_saved(const SavedVisitor& visit) override { visit(a); visit(b); }
   const char* name() const override { return op_name; }
+  // The weights are piecewise constant: linear in G is the whole second-order story.
+  bool supports_create_graph() const override { return true; }
   PointwiseOp weight_op;
   Tensor a, b;
   const char* op_name;
 };
 
 // x^y: dL/dx = G ⊙ y·x^(y−1), dL/dy = G ⊙ x^y·ln x (pointwise.h's weights, with torch's
-// conventions at y = 0 and at x = 0).
+// conventions at y = 0 and at x = 0). x and y stay connected for create_graph.
 struct PowBackward final : Node {
   PowBackward(Tensor x, Tensor y) : x(std::move(x)), y(std::move(y)) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override {
-    if (next[0]) out[0] = sum_to(mul(g, pointwise_raw(PointwiseOp::PowBaseWeight, x, &y)), x.shape());
-    if (next[1]) out[1] = sum_to(mul(g, pointwise_raw(PointwiseOp::PowExponentWeight, x, &y)), y.shape());
+    const bool recorded = grad_enabled();
+    if (next[0])
+      out[0] = sum_to(mul(g, recorded ? base_weight() : pointwise_raw(PointwiseOp::PowBaseWeight, x, &y)),
+                      x.shape());
+    if (next[1])
+      out[1] = sum_to(mul(g, recorded ? exponent_weight() : pointwise_raw(PointwiseOp::PowExponentWeight, x, &y)),
+                      y.shape());
   }
+  // The weights with recorded ops (create_graph); the conventions become masks.
+  Tensor base_weight() const {
+    const Tensor zero = Tensor::zeros({}, x.dtype(), x.device());
+    return where(compare(BinaryOp::Eq, y, zero), zero,
+                 mul(y, pow(x, add_scalar(y, -1.0))));
+  }
+  Tensor exponent_weight() const {
+    const Tensor zero = Tensor::zeros({}, x.dtype(), x.device());
+    Tensor constant = mul(compare(BinaryOp::Eq, x, zero), compare(BinaryOp::Ge, y, zero));  // and
+    Tensor safe_x = where(constant, Tensor::full({}, 1.0, x.dtype(), x.device()), x);
+    return where(constant, zero, mul(pow(safe_x, y), log(safe_x)));
+  }
+  bool supports_create_graph() const override { return true; }
   void visit_saved(const SavedVisitor& visit) override { visit(x); visit(y); }
   const char* name() const override { return "PowBackward"; }
   Tensor x, y;
@@ -109,8 +155,14 @@ struct PowBackward final : Node {
 struct ClipBackward final : Node {
   ClipBackward(Tensor x, double lo, double hi) : x(std::move(x)), lo(lo), hi(hi) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override {
-    out[0] = pointwise_raw(PointwiseOp::ClipGrad, g, &x, lo, hi);
+    // create_graph: G times the (piecewise constant) mask, which records on G
+    out[0] = grad_enabled()
+                 ? mul(g, pointwise_raw(PointwiseOp::ClipGrad,
+                                        Tensor::full(x.shape(), 1.0, x.dtype(), x.device()), &x,
+                                        lo, hi))
+                 : pointwise_raw(PointwiseOp::ClipGrad, g, &x, lo, hi);
   }
+  bool supports_create_graph() const override { return true; }
   void visit_saved(const SavedVisitor& visit) override { visit(x); }
   const char* name() const override { return "ClipBackward"; }
   Tensor x;
@@ -212,7 +264,7 @@ Tensor clip(const Tensor& x, const Tensor& lo, const Tensor& hi) {
 Tensor pow(const Tensor& x, const Tensor& y) {
   check_binary_float("pow", x, y);
   Tensor out = pointwise_raw(PointwiseOp::Pow, x, &y, 0.0, 0.0, "pow");
-  record<PowBackward>(out, {&x, &y}, x.detach(), y.detach());
+  record<PowBackward>(out, {&x, &y}, x, y);
   return out;
 }
 

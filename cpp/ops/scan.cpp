@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "backward.h"
 #include "internal.h"
 
 namespace steepest::ops {
@@ -72,8 +73,14 @@ Tensor around_axis(const Tensor& x, int a) {
 struct CumsumBackward final : Node {
   explicit CumsumBackward(int axis) : axis(axis) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override {
+    if (grad_enabled()) {  // create_graph: the reversed cumsum with recorded ops
+      const std::vector<int64_t> axes{axis};
+      out[0] = flip(cumsum(flip(g, axes), axis), axes);
+      return;
+    }
     out[0] = reshape(run_scan(around_axis(g, axis), ScanOp::Sum, false, true), g.shape());
   }
+  bool supports_create_graph() const override { return true; }
   const char* name() const override { return "CumsumBackward"; }
   int axis;
 };
@@ -95,12 +102,16 @@ struct ProdBackward final : Node {
   Dims order, permuted_shape;
 };
 
-// logsumexp: y = log Σ e^x gives dL/dx = G ⊙ e^(x − y) (the softmax of x).
+// logsumexp: y = log Σ e^x gives dL/dx = G ⊙ e^(x − y) (the softmax of x). x stays
+// connected and y rejoins the graph through this node for create_graph.
 struct LogSumExpBackward final : Node {
   LogSumExpBackward(Tensor x, Tensor y_kept) : x(std::move(x)), y_kept(std::move(y_kept)) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override {
-    out[0] = mul(reshape(g, y_kept.shape()), exp(sub(x, y_kept)));
+    Tensor y = grad_enabled() ? reshape(output_in_graph(reshape(y_kept, g.shape())), y_kept.shape())
+                              : y_kept;
+    out[0] = mul(reshape(g, y_kept.shape()), exp(sub(x, y)));
   }
+  bool supports_create_graph() const override { return true; }
   void visit_saved(const SavedVisitor& visit) override { visit(x); visit(y_kept); }
   const char* name() const override { return "LogSumExpBackward"; }
   Tensor x, y_kept;
@@ -110,15 +121,29 @@ struct LogSumExpBackward final : Node {
 // Σ(x − μ) = 0); std = √var gives dL/dx = G·(x − μ)/((n − ddof)·std). `factor` holds
 // 2/(n − ddof) or 1/((n − ddof)·std), shaped as the kept output.
 struct VarianceBackward final : Node {
-  VarianceBackward(Tensor centered, Tensor factor, bool is_std)
-      : centered(std::move(centered)), factor(std::move(factor)), is_std(is_std) {}
+  VarianceBackward(Tensor centered, Tensor factor, bool is_std, Tensor x, Axes axes,
+                   double divisor)
+      : centered(std::move(centered)), factor(std::move(factor)), is_std(is_std),
+        x(std::move(x)), axes(std::move(axes)), divisor(divisor) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override {
+    if (grad_enabled()) {  // create_graph: differentiate the composed statistic
+      composite_backward(*this, [this, &g](const std::vector<Tensor>& in) {
+        Tensor c = sub(in[0], mean(in[0], axes, true));
+        Tensor v = mul_scalar(sum(mul(c, c), axes, true), 1.0 / divisor);
+        return reshape(is_std ? sqrt(v) : v, g.shape());
+      }, {x}, g, out);
+      return;
+    }
     out[0] = mul(centered, mul(reshape(g, factor.shape()), factor));
   }
-  void visit_saved(const SavedVisitor& visit) override { visit(centered); visit(factor); }
+  bool supports_create_graph() const override { return true; }
+  void visit_saved(const SavedVisitor& visit) override { visit(centered); visit(factor); visit(x); }
   const char* name() const override { return is_std ? "StdBackward" : "VarBackward"; }
   Tensor centered, factor;
   bool is_std;
+  Tensor x;  // the input as the caller passed it (create_graph)
+  Axes axes;
+  double divisor;
 };
 
 Tensor variance(const char* op, const Tensor& x, const Axes& axes, bool keepdims, double ddof,
@@ -141,7 +166,7 @@ Tensor variance(const char* op, const Tensor& x, const Axes& axes, bool keepdims
                       : Tensor::full(f.kept_shape, 2.0 / divisor, x.dtype(), x.device());
     out = reshape(kept, f.out_shape);
   }
-  if (wanted) record<VarianceBackward>(out, {&x}, centered, factor, is_std);
+  if (wanted) record<VarianceBackward>(out, {&x}, centered, factor, is_std, x, axes, divisor);
   return out;
 }
 
@@ -209,7 +234,7 @@ Tensor logsumexp(const Tensor& x, const Axes& axes, bool keepdims) {
     kept = add(log(sum(exp(sub(xd, shift)), axes, true)), shift);
   }
   Tensor out = reshape(kept, f.out_shape);
-  record<LogSumExpBackward>(out, {&x}, x.detach(), kept.detach());
+  record<LogSumExpBackward>(out, {&x}, x, kept.detach());
   return out;
 }
 

@@ -54,6 +54,22 @@ Tensor arg_extremum(const char* op, const Tensor& x, std::optional<int64_t> axis
   return reshape(index, out_shape);
 }
 
+Tensor gather_along(const char* op, const Tensor& x, int a, const Tensor& index,
+                    const Dims& input_shape);
+
+// The backward of GatherBackward's formula (create_graph): G was added into zeros at the
+// gathered positions, so its own gradient gathers GG at them again.
+struct GatherScatterBackward final : Node {
+  explicit GatherScatterBackward(Tensor index) : index(std::move(index)) {}
+  void apply(const Tensor& gg, std::vector<Tensor>& out) override {
+    out[0] = gather_along("gather", gg, 1, index, gg.shape());
+  }
+  bool supports_create_graph() const override { return true; }
+  void visit_saved(const SavedVisitor& visit) override { visit(index); }
+  const char* name() const override { return "GatherScatterBackward"; }
+  Tensor index;  // (outer, k, inner) int64
+};
+
 // gather's backward: G is added into zeros at the gathered positions (repeated indices
 // accumulate), in float32 for 16-bit x.
 struct GatherBackward final : Node {
@@ -65,8 +81,10 @@ struct GatherBackward final : Node {
     Tensor grad = Tensor::zeros({is[0], extent, is[2]}, compute, g.device());
     Tensor gc = contiguous(reshape(astype(g, compute), is));
     STEEPEST_KERNEL(g.device(), scatter_add)(gc, index, grad);
+    record<GatherScatterBackward>(grad, {&gc}, index);
     out[0] = astype(reshape(grad, x_shape), dtype);
   }
+  bool supports_create_graph() const override { return true; }
   void visit_saved(const SavedVisitor& visit) override { visit(index); }
   const char* name() const override { return "GatherBackward"; }
   Tensor index;  // (outer, k, inner) int64

@@ -141,7 +141,7 @@ __all__ = [
     "zeros_like",
 ]
 
-from . import callbacks, config, distributed, io, layers, losses, metrics  # noqa: E402
+from . import analysis, autograd, callbacks, config, distributed, io, layers, losses, metrics  # noqa: E402
 from . import mixed_precision  # noqa: E402
 from . import models  # noqa: E402
 from .models import Sequential  # noqa: E402

@@ -26,12 +26,17 @@ struct SavedVisitor {
   ~SavedVisitor() = default;
 };
 
-class Node {
+class Node : public std::enable_shared_from_this<Node> {
  public:
   virtual ~Node();
   // grad_inputs has one slot per entry of `next`; leave a slot undefined for "no gradient".
   virtual void apply(const Tensor& grad_output, std::vector<Tensor>& grad_inputs) = 0;
   virtual const char* name() const = 0;
+  // Whether apply() records a differentiable graph when grad mode is on (the engine turns
+  // it on only for create_graph=True): its formula is made of differentiable ops of g and
+  // of saved tensors that are connected to the forward graph. A node that answers false
+  // makes create_graph through it fail with its name, never a silently wrong derivative.
+  virtual bool supports_create_graph() const { return false; }
   // Every node that keeps tensors for its backward lists them here, once: the engine
   // drops them after backward and checks their versions before it.
   virtual void visit_saved(const SavedVisitor& visit) {}
@@ -43,6 +48,12 @@ class Node {
   // Fails when a saved tensor was written in place after it was saved: its backward
   // would silently use the new values.
   void check_saved_versions() const;
+
+  // Under create_graph, a saved *output* of this node rejoined to the graph: an alias of
+  // `output` (a view of the data with the output's shape) whose grad_fn is this node
+  // (what torch's SavedVariable does for outputs; storing the output with its grad_fn
+  // would be a reference cycle).
+  Tensor output_in_graph(const Tensor& output);
 
   std::vector<std::shared_ptr<Node>> next;
   // Shapes of the inputs behind `next`: the engine checks every gradient against them,
@@ -66,6 +77,7 @@ class AccumulateGrad final : public Node {
   explicit AccumulateGrad(std::shared_ptr<TensorImpl> leaf) : leaf_(std::move(leaf)) {}
   void apply(const Tensor& grad_output, std::vector<Tensor>& grad_inputs) override;
   const char* name() const override { return "AccumulateGrad"; }
+  bool supports_create_graph() const override { return true; }
   Tensor leaf() const { return Tensor(leaf_); }
 
  private:
@@ -105,7 +117,18 @@ void attach(Tensor& output, std::shared_ptr<Node> node, const std::vector<const 
 using GradientReadyHook = std::function<void(const Tensor& leaf)>;
 
 // Runs backpropagation from `root`. grad may be undefined only for a one-element root.
+// create_graph runs the backward formulas with grad mode on, so the gradients accumulated
+// into the leaves carry a graph of their own (higher-order derivatives).
 void backward(const Tensor& root, const Tensor& grad, bool retain_graph = false,
-              const GradientReadyHook& on_gradient_ready = {});
+              const GradientReadyHook& on_gradient_ready = {}, bool create_graph = false);
+
+// d(Σ outputs·grad_outputs)/d(inputs), returned instead of accumulated into .grad (torch's
+// autograd.grad). An undefined grad_outputs entry stands for ones of a one-element output.
+// An input the outputs do not depend on is an error unless allow_unused, which gives an
+// undefined tensor for it.
+std::vector<Tensor> grad(const std::vector<Tensor>& outputs,
+                         const std::vector<Tensor>& grad_outputs,
+                         const std::vector<Tensor>& inputs, bool retain_graph, bool create_graph,
+                         bool allow_unused);
 
 }  // namespace steepest
