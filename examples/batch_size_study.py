@@ -29,7 +29,8 @@ stated for; the last iterate's tight bound is O(log k/√k), Shamir & Zhang 2013
 at log-spaced steps; slopes are least-squares fits of log(J − J*) on log k over
 the second half of the recorded steps (past the transient).
 
-    python examples/batch_size_study.py [--steps 20000] [--seeds 2] [--plot docs/img/batch_size_study.png]
+    python examples/batch_size_study.py [--steps 20000] [--seeds 2] \
+        [--plot docs/img/batch_size_study.png]
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ def run_sgd(problem: Problem, batch_size: int, steps: int,
         if batch_size >= n:
             x, y = data.x, data.y
         else:
-            rows = rng.choice(n, batch_size, replace=False) if batch_size > 1 else rng.integers(n, size=1)
+            rows = (rng.choice(n, batch_size, replace=False) if batch_size > 1
+                    else rng.integers(n, size=1))
             x = st.tensor(problem.x[rows], dtype="float64")
             y = st.tensor(problem.y[rows], dtype="int64")
         theta.grad = None
@@ -234,7 +236,8 @@ def rates_study(problem: Problem, theta_star: np.ndarray, steps: int, seeds: int
         last, averaged = mean_suboptimality(problem, b, steps, lr, seeds, record, j_star)
         curves[name], batch[name] = last, b
         if b == 1:
-            curves["SGD b=1, averaged iterate θ̄_k"], batch["SGD b=1, averaged iterate θ̄_k"] = averaged, b
+            name = "SGD b=1, averaged iterate θ̄_k"
+            curves[name], batch[name] = averaged, b
     slopes = {name: tail_slope(record, c) for name, c in curves.items()}
     return Rates(record, curves, batch, slopes)
 
@@ -314,7 +317,8 @@ def main() -> None:
     print(f"{'variant':<42}" + "".join(f"{f'k={rates.record[i]}':>11}" for i in idx)
           + f"{'slope':>8}")
     for name, c in rates.curves.items():
-        print(f"{name:<42}" + "".join(f"{c[i]:>11.3e}" for i in idx) + f"{rates.slopes[name]:>+8.3f}")
+        print(f"{name:<42}" + "".join(f"{c[i]:>11.3e}" for i in idx)
+              + f"{rates.slopes[name]:>+8.3f}")
     print("seed: SGD −0.5 (O(1/√k)), GD −1 (O(1/k)), mini-batch O(1/√(bk) + 1/k)")
     gd_last = next(c[-1] for name, c in rates.curves.items() if rates.batch[name] == n)
     last = {rates.batch[name]: c[-1] for name, c in rates.curves.items()

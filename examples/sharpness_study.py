@@ -157,8 +157,10 @@ def plot(alphas: np.ndarray, slices: List[Tuple[np.ndarray, np.ndarray]], path: 
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (train_slice, test_slice) in enumerate(slices):
-        ax.semilogy(alphas, train_slice[:, 0], "C0", alpha=0.8, label="train loss" if i == 0 else None)
-        ax.semilogy(alphas, test_slice[:, 0], "C1--", alpha=0.8, label="test loss" if i == 0 else None)
+        ax.semilogy(alphas, train_slice[:, 0], "C0", alpha=0.8,
+                    label="train loss" if i == 0 else None)
+        ax.semilogy(alphas, test_slice[:, 0], "C1--", alpha=0.8,
+                    label="test loss" if i == 0 else None)
     ax.axvline(0, color="k", lw=0.5)
     ax.axvline(1, color="k", lw=0.5)
     ax.set(xlabel=f"α   (0: small batch b={SMALL_BATCH}, 1: large batch b=N)",

@@ -437,6 +437,8 @@ def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> float:
 
 
 SCALING_RULES = ("sqrt", "linear")
+_BUILT_IN_SCHEDULES = (_schedules.Constant, _schedules.CosineDecay, _schedules.StepDecay,
+                       _schedules.WarmupCosine)
 
 
 class _ScaledSchedule:
@@ -478,7 +480,7 @@ def scale_learning_rate(learning_rate: LearningRate, base_batch_size: int, batch
                          f"{', '.join(SCALING_RULES)}")
     ratio = float(batch_size) / float(base_batch_size)
     factor = ratio ** 0.5 if rule == "sqrt" else ratio
-    if isinstance(learning_rate, _schedules.Schedule):
+    if isinstance(learning_rate, _BUILT_IN_SCHEDULES):
         config = {key: value * factor if key.endswith("learning_rate") else value
                   for key, value in learning_rate.get_config().items()}
         return type(learning_rate)(**config)
