@@ -17,7 +17,7 @@ exceeds it (before weight decay is added); ``param.grad`` itself is not modified
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -551,6 +551,63 @@ def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> float:
     return _optim.clip_grad_norm(list(params), float(max_norm))
 
 
+SCALING_RULES = ("sqrt", "linear")
+_BUILT_IN_SCHEDULES = (_schedules.Constant, _schedules.CosineDecay, _schedules.StepDecay,
+                       _schedules.WarmupCosine)
+
+
+class _ScaledSchedule:
+    """``factor * schedule(step)`` for a user's callable schedule (a built-in schedule is
+    rebuilt with scaled rates instead, so it stays in C++ and stays serialisable)."""
+
+    def __init__(self, schedule: Callable[[int], float], factor: float) -> None:
+        self.schedule = schedule
+        self.factor = factor
+
+    def __call__(self, step: int) -> float:
+        return self.factor * float(self.schedule(step))
+
+    def __repr__(self) -> str:
+        return f"_ScaledSchedule({self.schedule!r}, factor={self.factor!r})"
+
+
+def scale_learning_rate(learning_rate: LearningRate, base_batch_size: int, batch_size: int,
+                        rule: str = "sqrt") -> LearningRate:
+    """The learning rate for ``batch_size`` given one tuned for ``base_batch_size``.
+
+    ``rule="sqrt"`` gives lr·√(b/b₀): the seed's "√倍批大小，√倍学习率", which keeps the
+    variance of one step's update, η²σ²/b, as it was (Krizhevsky 2014, Hoffer et al. 2017).
+    ``rule="linear"`` gives lr·b/b₀: k steps of batch b then move as far as k·b/b₀ steps
+    of batch b₀ (Goyal et al. 2017, with warm-up for large b).
+
+    A float gives a float. A schedule is scaled at every step: a built-in one
+    (``st.schedules``) is rebuilt with every ``*learning_rate`` entry of its config
+    multiplied, which multiplies the whole curve (each is linear in those rates), so it
+    still runs in C++ and serialises; any other callable is wrapped so that it returns
+    factor·schedule(step). Step counts (warm-up, decay steps) are left as they are: with
+    a larger batch an epoch has fewer steps, and shortening them is the caller's choice.
+    """
+    for name, size in (("base_batch_size", base_batch_size), ("batch_size", batch_size)):
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
+            raise ValueError(f"[scale_learning_rate] {name} must be a positive int, got {size!r}")
+    if rule not in SCALING_RULES:
+        raise ValueError(f"[scale_learning_rate] unknown rule {rule!r}; valid rules: "
+                         f"{', '.join(SCALING_RULES)}")
+    ratio = float(batch_size) / float(base_batch_size)
+    factor = ratio ** 0.5 if rule == "sqrt" else ratio
+    if isinstance(learning_rate, _BUILT_IN_SCHEDULES):
+        config = {key: value * factor if key.endswith("learning_rate") else value
+                  for key, value in learning_rate.get_config().items()}
+        return type(learning_rate)(**config)
+    if callable(learning_rate):
+        return _ScaledSchedule(learning_rate, factor)
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (float, int, np.floating,
+                                                                         np.integer)):
+        raise TypeError(f"[scale_learning_rate] learning_rate must be a float or a schedule, "
+                        f"got {type(learning_rate).__name__}")
+    return float(learning_rate) * factor
+
+
 __all__ = [
     "Adafactor",
     "Adagrad",
@@ -566,4 +623,5 @@ __all__ = [
     "sgd_recipe",
     "clip_grad_norm",
     "get",
+    "scale_learning_rate",
 ]
