@@ -350,6 +350,32 @@ void LayerNormBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
 
 // The fused formula is in cpp/cpu/nn.cpp's batch_norm_backward.
 void BatchNormBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
+  if (grad_enabled()) {
+    // BatchNorm on (outer, C, inner): y = (x − μ_c)/√(σ²_c + ε)·γ_c + β_c, composed; with
+    // the running statistics (inference) μ and 1/√(σ² + ε) are constants.
+    const Dims stats_shape{1, channels, 1};
+    Tensor fixed_mean = batch_stats ? Tensor() : reshape(mean, stats_shape);
+    Tensor fixed_rstd = batch_stats ? Tensor() : reshape(rstd, stats_shape);
+    const Dims grouped{outer, channels, inner};
+    const double epsilon = eps;
+    const bool batch = batch_stats;
+    composite_backward(*this, [=](const std::vector<Tensor>& in) {
+      Tensor x3 = reshape(in[0], grouped);
+      Tensor y;
+      if (batch) {
+        const std::vector<int64_t> axes{0, 2};
+        Tensor centered = sub(x3, ops::mean(x3, axes, true));
+        Tensor variance = ops::mean(mul(centered, centered), axes, true);
+        y = mul(centered, power(add_scalar(variance, epsilon), -0.5));
+      } else {
+        y = mul(sub(x3, astype(fixed_mean, x3.dtype())), astype(fixed_rstd, x3.dtype()));
+      }
+      if (in[1].defined()) y = mul(y, reshape(in[1], stats_shape));
+      if (in[2].defined()) y = add(y, reshape(in[2], stats_shape));
+      return reshape(y, in[0].shape());
+    }, {x_input, weight_input, bias_input}, g, out);
+    return;
+  }
   Tensor gc = contiguous(g);
   Tensor grad_x, grad_w, grad_b;
   const bool want_w = weight.defined() && next[1];
@@ -468,10 +494,18 @@ void Pool2dBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
     if (kind == PoolKind::Avg) {
       detail::record<AvgPool2dScatterBackward>(grad_x, {&gc}, geo, compute);
     } else {
-      Tensor host = contiguous(argmax.device().is_cpu() ? argmax : to_device(argmax, Device{}));
-      const int64_t* entry = host.data<int64_t>();
-      for (int64_t i = 0; i < host.numel(); ++i)
-        if (entry[i] < 0 && entry[i] != kNoPixel)
+      // Tied windows are found from the input (the forward records first maxima only);
+      // widening to float64 keeps every equality.
+      Tensor entries = contiguous(to_device(argmax, Device{}));
+      Tensor input = contiguous(to_device(astype(x, DType::Float64), Device{}));
+      const int64_t* entry = entries.data<int64_t>();
+      const double* pixels = input.data<double>();
+      const int64_t windows = geo.out_h * geo.out_w;
+      for (int64_t i = 0; i < entries.numel(); ++i)
+        if (entry[i] != kNoPixel &&
+            max_pool_ties(geo, (i % windows) / geo.out_w, i % geo.out_w,
+                          pixels + (i / windows) * geo.in_h * geo.in_w,
+                          pixels[(i / windows) * geo.in_h * geo.in_w + entry[i]]) > 1)
           fail<StateError>("backward", "create_graph=True: the double backward of "
                            "MaxPool2dBackward is not implemented for windows with tied maxima "
                            "(input of shape (", geo.batch, ", ", geo.in_channels, ", ", geo.in_h,

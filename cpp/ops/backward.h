@@ -235,16 +235,25 @@ struct LayerNormBackward final : Node {
 
 struct BatchNormBackward final : Node {
   BatchNormBackward(Tensor x, Tensor weight, Tensor mean, Tensor rstd, int64_t outer,
-                    int64_t channels, int64_t inner, bool batch_stats, bool has_bias)
+                    int64_t channels, int64_t inner, bool batch_stats, bool has_bias, double eps,
+                    Tensor x_input, Tensor weight_input, Tensor bias_input)
       : x(std::move(x)), weight(std::move(weight)), mean(std::move(mean)), rstd(std::move(rstd)),
         outer(outer), channels(channels), inner(inner), batch_stats(batch_stats),
-        has_bias(has_bias) {}
+        has_bias(has_bias), eps(eps), x_input(std::move(x_input)),
+        weight_input(std::move(weight_input)), bias_input(std::move(bias_input)) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
-  void visit_saved(const SavedVisitor& visit) override { visit(x); visit(weight); visit(mean); visit(rstd); }
+  void visit_saved(const SavedVisitor& visit) override {
+    visit(x); visit(weight); visit(mean); visit(rstd);
+    visit(x_input); visit(weight_input); visit(bias_input);
+  }
   STEEPEST_NODE_NAME(BatchNormBackward)
+  STEEPEST_CREATE_GRAPH
   Tensor x, weight, mean, rstd;
   int64_t outer, channels, inner;
   bool batch_stats, has_bias;
+  double eps;
+  // As the caller passed them, connected to the graph (create_graph).
+  Tensor x_input, weight_input, bias_input;
 };
 
 struct EmbeddingBackward final : Node {

@@ -486,7 +486,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   STEEPEST_KERNEL(x.device(), batch_norm_apply)(xc, outer, channels, inner, mean, rstd, wc, bc, y);
   record<BatchNormBackward>(y, {&x, weight.defined() ? &weight : nullptr, bias.defined() ? &bias : nullptr},
-                            xc, wc, mean, rstd, outer, channels, inner, training, bias.defined());
+                            xc, wc, mean, rstd, outer, channels, inner, training, bias.defined(), eps,
+                            x, weight, bias);
   return y;
 }
 
