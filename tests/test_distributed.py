@@ -143,6 +143,8 @@ def test_nccl_collectives_on_one_rank():
     (203, 16, 2, "1", ("--weighted",)),
     # batches streamed from a PyDataset: each rank takes its share of every batch
     (203, 32, 2, "1", ("--stream",)),
+    # BatchSizeScheduler grows the global batch 16 -> 32 -> 64 on every rank
+    (203, 16, 1, "1", ("--grow-batch",)),
 ])
 def test_two_ranks_train_the_model_one_process_trains(tmp_path, samples, batch, accumulate, overlap, extra):
     args = ("--samples", samples, "--batch", batch, "--accumulate", accumulate, *extra)

@@ -4,7 +4,7 @@ OUT/rank<r>.npz, so the test can compare ranks with each other and with one proc
 
     train.py OUT [--shard] [--accumulate K] [--samples N] [--batch B] [--precision P]
                  [--optimizer adamw|lamb] [--fault die|raise|mismatch] [--weighted]
-                 [--backup DIR [--crash-at EPOCH]] [--exclude-bias] [--stream]
+                 [--backup DIR [--crash-at EPOCH]] [--exclude-bias] [--stream] [--grow-batch]
 """
 
 import argparse
@@ -33,6 +33,8 @@ parser.add_argument("--exclude-bias", action="store_true",
                     help="strong weight decay (0.5) that the biases are excluded from")
 parser.add_argument("--stream", action="store_true",
                     help="the training and validation data as st.data.PyDatasets of the same batches")
+parser.add_argument("--grow-batch", action="store_true",
+                    help="BatchSizeScheduler doubles the (global) batch every epoch")
 args = parser.parse_args()
 
 st.distributed.init()
@@ -74,6 +76,8 @@ class Crash(st.callbacks.Callback):
 
 
 callbacks = [Fault()] if args.fault in ("die", "raise") else []
+if args.grow_batch:
+    callbacks.append(st.callbacks.BatchSizeScheduler(lambda epoch, size: args.batch * 2 ** epoch))
 if args.backup:
     callbacks += [st.callbacks.BackupAndRestore(args.backup), Crash()]
 weighting = {}
