@@ -8,6 +8,10 @@ Three landscapes, every optimizer from the same start on each:
 * saddle (鞍点): J = ½x² + ¼y⁴ − ½y², a saddle at the origin and minima J* = −¼ at
   (0, ±1), started next to the saddle's stable direction.
 
+Beside them, the seed's second-order methods (Future Work 2) through
+``st.optimize.minimize(method=...)``: L-BFGS and Newton-CG, whose steps are search directions
+with a line search.
+
 Prints, per problem, the steps each optimizer needs to reach J − J* < 1e-6, and saves a
 contour plot with the trajectories (matplotlib is optional: without it the plot is
 skipped with a note). Learning rates are set per problem; on Rosenbrock the
@@ -39,6 +43,9 @@ class Problem(NamedTuple):
     max_steps: int
     view: Tuple[float, float, float, float]  # x0, x1, y0, y1 of the plot
     optimizers: Callable[[], Dict[str, optim.Optimizer]]
+
+
+SECOND_ORDER = {"L-BFGS": "lbfgs", "Newton-CG": "newton-cg"}
 
 
 def ravine(x: st.Tensor) -> st.Tensor:
@@ -88,11 +95,15 @@ PROBLEMS: Dict[str, Problem] = {
 
 
 def run(problem: Problem) -> Dict[str, st.optimize.OptimizeResult]:
-    return {
+    results = {
         name: st.optimize.minimize(problem.fn, np.array(problem.start), opt,
                                    max_steps=problem.max_steps, grad_tol=1e-9)
         for name, opt in problem.optimizers().items()
     }
+    for name, method in SECOND_ORDER.items():
+        results[name] = st.optimize.minimize(problem.fn, np.array(problem.start), method=method,
+                                             max_steps=problem.max_steps, grad_tol=1e-9)
+    return results
 
 
 def steps_to_target(result: st.optimize.OptimizeResult, minimum: float) -> int:
