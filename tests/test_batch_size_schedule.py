@@ -58,6 +58,16 @@ def test_the_same_as_separate_fits_with_those_batch_sizes(data):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_schedule_of_the_epoch_alone(data):
+    x, y = data
+    counter = Batches()
+    mlp().fit(x, y, batch_size=10, epochs=2, verbose=0, callbacks=[
+        st.callbacks.BatchSizeScheduler(lambda epoch: 50 * (epoch + 1)), counter])
+    assert np.diff([0, *counter.per_epoch]).tolist() == [2, 1]
+    with pytest.raises(TypeError, match="callable"):
+        st.callbacks.BatchSizeScheduler(64)
+
+
 def test_bad_schedules_and_streamed_inputs_are_refused(data):
     x, y = data
     for bad in (0, -3, 2.5, None, True):

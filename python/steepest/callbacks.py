@@ -6,6 +6,7 @@ without one keeps the C++ loop's speed."""
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import os
 import warnings
@@ -182,9 +183,22 @@ class LearningRateScheduler(Callback):
             print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr}.")
 
 
+def _positional_arity(fn: Callable[..., Any]) -> int:
+    """How many positional arguments ``fn`` takes (a large number for ``*args``, or when
+    the signature cannot be read)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 2**31
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return 2**31
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
+
+
 class BatchSizeScheduler(Callback):
     """Sets fit's batch size at each epoch start to ``schedule(epoch, batch_size)`` (the
-    size the previous epoch used), the seed's Future Work 5 (dynamic batch sizes).
+    size the previous epoch used; a schedule of one argument gets the epoch alone), the
+    seed's Future Work 5 (dynamic batch sizes).
 
     Growing the batch instead of decaying the learning rate (Smith et al. 2017, "Don't
     decay the learning rate, increase the batch size") keeps SGD's noise scale
@@ -193,12 +207,16 @@ class BatchSizeScheduler(Callback):
     takes effect for the epoch that is starting; the optimizer's state and step count carry
     on. fit on arrays only: a generator or PyDataset fixes its own batches."""
 
-    def __init__(self, schedule: Callable[[int, int], int], verbose: int = 0) -> None:
+    def __init__(self, schedule: Callable[..., int], verbose: int = 0) -> None:
+        if not callable(schedule):
+            raise TypeError(f"[BatchSizeScheduler] schedule must be a callable (epoch[, batch_size]) -> "
+                            f"int, got {schedule!r}")
         self.schedule, self.verbose = schedule, verbose
+        self._takes_size = _positional_arity(schedule) >= 2
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         current = self.model._batch_size
-        size = self.schedule(epoch, current)
+        size = self.schedule(epoch, current) if self._takes_size else self.schedule(epoch)
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
             raise ValueError(f"[BatchSizeScheduler] the schedule must return a positive int batch "
                              f"size, got {size!r} at epoch {epoch}")
