@@ -8,6 +8,7 @@
 
 #include "backward.h"
 #include "internal.h"
+#include "steepest/profiler.h"
 
 namespace steepest::ops {
 
@@ -84,6 +85,7 @@ struct AttentionBackward final : Node {
 
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                                     std::optional<double> scale) {
+  STEEPEST_PROFILE_OP("scaled_dot_product_attention");
   const char* op = "scaled_dot_product_attention";
   detail::check_float(op, q, "q");
   detail::check_same_dtype(op, q, k);
@@ -182,6 +184,7 @@ class CheckpointBackward final : public Node {
 }  // namespace
 
 Tensor checkpoint(const CheckpointFunction& fn, const std::vector<Tensor>& inputs) {
+  STEEPEST_PROFILE_OP("checkpoint");
   Tensor output;
   {
     NoGradGuard no_grad;  // the forward keeps nothing but the inputs
