@@ -35,7 +35,7 @@ def recompute_generate(model, prompt, new):
 
 def torch_generate(weights, args, prompt, new):
     """The same GPT in torch, decoding with a per-layer KV cache (torch.cat per token)."""
-    w = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
+    w = {k: torch.tensor(v) for k, v in weights.items()}
     d, h = args.d_model, args.heads
 
     def layer_norm(x, prefix):

@@ -32,7 +32,7 @@ class OpStat:
     """One op's sums over a profiling session (times in seconds)."""
 
     name: str
-    phase: str  # "forward" or "backward"
+    phase: str  # "backward" inside backward() (nodes and the ops they call), else "forward"
     calls: int
     total: float
     self_time: float
