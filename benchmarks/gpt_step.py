@@ -5,6 +5,7 @@ activation checkpointing (remat).
     python benchmarks/gpt_step.py                  # speed, d_model 128, 4 layers, context 64
     python benchmarks/gpt_step.py --memory         # peak memory: 6 layers at context 256
     python benchmarks/gpt_step.py --precision mixed_bfloat16   # torch under autocast
+    python benchmarks/gpt_step.py --profile        # plus st.profiler's per-op table of a step
 """
 
 import argparse
@@ -68,6 +69,11 @@ def speed(args):
           f"batch={args.batch}, {model.count_params():,} parameters, {args.threads} thread(s), "
           f"{args.precision}")
     print(f"steepest  {st_step * 1e3:8.1f} ms/step  {tokens_per_step / st_step:10,.0f} tokens/s")
+    if args.profile:
+        with st.profiler.profile() as prof:
+            model.fit(data, data, batch_size=args.batch, verbose=0, shuffle=False)
+        print(f"st.profiler over {args.steps} steps (per-op sums; total includes the ops an op calls):")
+        print(prof.table(row_limit=args.profile_rows))
     if torch is None:
         print("torch not installed: no comparison")
         return
@@ -129,6 +135,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing, profile one more fit and print the per-op table")
+    parser.add_argument("--profile-rows", type=int, default=25)
     parser.add_argument("--precision", default="float32",
                         choices=["float32", "mixed_bfloat16", "mixed_float16"],
                         help="steepest's policy; torch autocasts to the same 16-bit type")

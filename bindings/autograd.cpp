@@ -1,9 +1,14 @@
 #include "common.h"
 
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <tuple>
+
 #include "steepest/autograd.h"
+#include "steepest/profiler.h"
 
 namespace steepest::bindings {
 
@@ -34,6 +39,20 @@ void init_autograd(nb::module_& m) {
         "Seeds the global generator used by random ops called without seed=.");
   m.def("next_seed", &next_seed,
         "The next key of the global generator (what a random op without seed= uses).");
+  m.def("_profiler_start", &profiler::start,
+        "Starts summing per-op times (clearing the previous session's); st.profiler's engine.");
+  m.def("_profiler_stop", &profiler::stop, "Stops summing per-op times.");
+  m.def(
+      "_profiler_stats",
+      [] {
+        std::vector<std::tuple<std::string, bool, int64_t, double, double>> rows;
+        for (const profiler::OpStat& s : profiler::stats())
+          rows.emplace_back(s.name, s.phase == profiler::Phase::Backward, s.calls,
+                            s.total_seconds, s.self_seconds);
+        return rows;
+      },
+      "(name, in_backward, calls, total_seconds, self_seconds) per op, largest self time "
+      "first.");
 }
 
 }  // namespace steepest::bindings

@@ -346,6 +346,11 @@ void init_model(nb::module_& parent) {
       .def("close", &model::BatchQueue::close, "The consumer is done: blocked and later puts return False.")
       .def("__len__", &model::BatchQueue::size);
 
+  nb::class_<model::DecodeState>(m, "DecodeState",
+                                 "Key/value caches and position of an incremental decode "
+                                 "(st.models.generate).")
+      .def(nb::init<>())
+      .def_ro("length", &model::DecodeState::length, "Tokens consumed so far.");
   nb::class_<model::Sequential>(m, "Sequential")
       .def(nb::init<>())
       .def("add", &model::Sequential::add, arg("layer"))
@@ -421,6 +426,14 @@ void init_model(nb::module_& parent) {
       .def_prop_ro("compute_dtype", [](const model::Sequential& s) { return std::string(dtype_name(s.compute_dtype())); })
       .def_prop_ro("loss_scaler", &model::Sequential::loss_scaler)
       .def("forward", &model::Sequential::forward, arg("x"), arg("training") = false, arg("step") = 0)
+      .def("supports_decode", &model::Sequential::supports_decode)
+      .def("decode",
+           [](const model::Sequential& s, const Tensor& tokens, model::DecodeState& state) {
+             nb::gil_scoped_release release;
+             return s.decode(tokens, state);
+           },
+           arg("tokens"), arg("state"),
+           "Outputs for tokens that follow the state's, from cached keys and values.")
       .def("train_epoch",
            [](model::Sequential& s, const Tensor& x, const Tensor& y, int64_t batch_size,
               std::optional<nb::ndarray<int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>> order,

@@ -7,6 +7,7 @@
 
 #include "steepest/autograd.h"
 #include "steepest/ops.h"
+#include "steepest/profiler.h"
 
 namespace steepest {
 namespace {
@@ -263,6 +264,7 @@ void run_engine(const std::vector<Root>& roots, bool retain_graph, bool create_g
   // Pass 2: run nodes whose gradients are complete. Formulas record a graph only for
   // create_graph; otherwise they run under no-grad, on the fused first-order kernels.
   GradModeGuard grad_mode(create_graph);
+  profiler::BackwardPhase backward_phase;
   std::unordered_map<Node*, Tensor> pending;
   std::vector<Node*> ready;
   for (const Root& root : roots) {
@@ -298,7 +300,10 @@ void run_engine(const std::vector<Root>& roots, bool retain_graph, bool create_g
         fail<StateError>(
             "backward", "create_graph=True: the double backward of ", node->name(),
             " is not implemented, so higher-order gradients through it are not available");
-      node->apply(grad_output, grad_inputs);
+      {
+        profiler::Scope scope(node->name());
+        node->apply(grad_output, grad_inputs);
+      }
       if (on_gradient_ready)
         if (auto* accumulator = dynamic_cast<AccumulateGrad*>(node)) on_gradient_ready(accumulator->leaf());
     }

@@ -127,6 +127,43 @@ Tensor Sequential::forward(const Tensor& x, bool training, int64_t step) const {
   return to_float32(h);
 }
 
+bool Sequential::supports_decode() const {
+  bool embedded = false;
+  for (const auto& layer : layers_) {
+    const std::string kind = layer->kind();
+    if (kind == "TokenAndPositionEmbedding") {
+      embedded = true;
+    } else if (auto* block = dynamic_cast<TransformerBlock*>(layer.get())) {
+      if (!block->causal()) return false;
+    } else if (kind != "Dense" && kind != "LayerNormalization" && kind != "Activation" &&
+               kind != "Dropout") {
+      return false;
+    }
+  }
+  return embedded;
+}
+
+Tensor Sequential::decode(const Tensor& tokens, DecodeState& state) const {
+  if (!supports_decode())
+    fail("decode", "needs a token-and-position embedding, causal TransformerBlocks and "
+                   "position-wise layers (Dense, LayerNormalization, Activation, Dropout)");
+  NoGradGuard no_grad;
+  Tensor h = to_compute(tokens, compute_dtype_);
+  size_t block = 0;
+  for (const auto& layer : layers_) {
+    if (auto* embedding = dynamic_cast<TokenAndPositionEmbedding*>(layer.get())) {
+      h = embedding->forward_at(h, state.length);
+    } else if (auto* transformer = dynamic_cast<TransformerBlock*>(layer.get())) {
+      if (state.blocks.size() <= block) state.blocks.resize(block + 1);
+      h = transformer->forward_cached(h, state.blocks[block++]);
+    } else {
+      h = layer->forward(h, false, 0);
+    }
+  }
+  state.length += tokens.ndim() == 2 ? tokens.shape()[1] : 0;
+  return to_float32(h);
+}
+
 namespace {
 
 bool is_crossentropy(LossKind kind) {

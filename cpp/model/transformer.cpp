@@ -26,13 +26,16 @@ Dims TokenAndPositionEmbedding::build_weights(const Dims& input_shape, uint64_t 
   return {input_shape[0], d_model_};
 }
 
-Tensor TokenAndPositionEmbedding::forward(const Tensor& x, bool, int64_t) {
+Tensor TokenAndPositionEmbedding::forward(const Tensor& x, bool, int64_t) { return forward_at(x, 0); }
+
+Tensor TokenAndPositionEmbedding::forward_at(const Tensor& x, int64_t offset) {
   if (x.ndim() != 2) fail("TokenAndPositionEmbedding", "expects (batch, time) tokens, got ", x.shape());
   int64_t t = x.shape()[1];
-  if (t > context_)
-    fail("TokenAndPositionEmbedding", "sequence of length ", t, " is longer than the context ", context_);
+  if (offset < 0 || t > context_ - offset)
+    fail("TokenAndPositionEmbedding", "tokens at positions ", offset, " to ", offset + t,
+         " do not fit the context ", context_);
   Tensor tokens = is_floating(x.dtype()) ? ops::astype(x.detach(), DType::Int64) : x;
-  Tensor positions = ops::slice(weights_[1].second, 0, 0, t, 1);
+  Tensor positions = ops::slice(weights_[1].second, 0, offset, offset + t, 1);
   // Summed in float32 from the float32 tables, rounded once to the compute dtype.
   return cast(ops::add(ops::embedding(tokens, weights_[0].second), positions));
 }
@@ -76,15 +79,29 @@ Tensor TransformerBlock::drop(const Tensor& x, bool training, int64_t step, uint
   return ops::dropout(x, dropout_, true, key);
 }
 
-Tensor TransformerBlock::block(const Tensor& x, bool training, int64_t step) {
+Tensor TransformerBlock::block(const Tensor& x, bool training, int64_t step, KVCache* cache) {
   // Cast inside the block, so that a checkpointed block recomputes the casts too.
   auto w = [&](int i) { return cast(weights_[static_cast<size_t>(i)].second); };
   const int64_t b = x.shape()[0], t = x.shape()[1], d = d_model_, h = num_heads_;
   // Multi-head self-attention: (B,T,3d) -> q, k, v of (B,H,T,d/H).
   Tensor qkv = ops::linear(ops::layer_norm(x, w(0), w(1), 1e-5), w(2), w(3));
   Tensor heads = ops::permute(ops::reshape(qkv, {b, t, 3, h, d / h}), {2, 0, 3, 1, 4});
-  Tensor attended = ops::scaled_dot_product_attention(ops::select(heads, 0, 0), ops::select(heads, 0, 1),
-                                                       ops::select(heads, 0, 2), causal_);
+  Tensor keys = ops::select(heads, 0, 1), values = ops::select(heads, 0, 2);
+  bool causal = causal_;
+  if (cache) {
+    // A new token sees every cached one: the causal mask only matters among the prompt's.
+    if (cache->keys.defined()) {
+      keys = ops::cat({cache->keys, keys}, 2);
+      values = ops::cat({cache->values, values}, 2);
+      causal = false;
+    } else {
+      keys = ops::contiguous(keys);
+      values = ops::contiguous(values);
+    }
+    cache->keys = keys;
+    cache->values = values;
+  }
+  Tensor attended = ops::scaled_dot_product_attention(ops::select(heads, 0, 0), keys, values, causal);
   Tensor merged = ops::reshape(ops::permute(attended, {0, 2, 1, 3}), {b, t, d});
   Tensor x1 = ops::add(x, drop(ops::linear(merged, w(4), w(5)), training, step, 1));
   // GELU MLP.
@@ -95,9 +112,21 @@ Tensor TransformerBlock::block(const Tensor& x, bool training, int64_t step) {
 Tensor TransformerBlock::forward(const Tensor& x, bool training, int64_t step) {
   if (x.ndim() != 3 || x.shape()[2] != d_model_)
     fail("TransformerBlock", "expects (batch, time, ", d_model_, ") inputs, got ", x.shape());
-  if (!remat_) return block(cast(x), training, step);
-  return ops::checkpoint([this, training, step](const std::vector<Tensor>& in) { return block(in[0], training, step); },
-                         {cast(x)});
+  if (!remat_) return block(cast(x), training, step, nullptr);
+  return ops::checkpoint(
+      [this, training, step](const std::vector<Tensor>& in) { return block(in[0], training, step, nullptr); },
+      {cast(x)});
+}
+
+Tensor TransformerBlock::forward_cached(const Tensor& x, KVCache& cache) {
+  if (x.ndim() != 3 || x.shape()[2] != d_model_)
+    fail("TransformerBlock", "expects (batch, time, ", d_model_, ") inputs, got ", x.shape());
+  if (!causal_) fail("TransformerBlock", "cached decoding needs a causal block");
+  if (cache.keys.defined() && x.shape()[1] != 1)
+    fail("TransformerBlock", "after the prompt, cached decoding takes one token at a time, got ",
+         x.shape()[1]);
+  NoGradGuard no_grad;
+  return block(cast(x), false, 0, &cache);
 }
 
 }  // namespace steepest::model

@@ -1,11 +1,14 @@
 // Attention and activation checkpointing, the two pieces of the seed's LLM practice
-// section that are more than one kernel: softmax(QKᵀ/√d + mask)·V composed from
-// matmul, softmax and add (so autograd derives the backward), and checkpoint(), which
-// keeps only a function's inputs and recomputes its graph during backward.
+// section that are more than one kernel: softmax(QKᵀ/√d + mask)·V, fused (the flash
+// kernels of kernels.def, O(T) memory) where q, k and v share their batch axes and
+// composed from matmul, softmax and add otherwise; and checkpoint(), which keeps only a
+// function's inputs and recomputes its graph during backward.
 #include <cmath>
 #include <limits>
 
+#include "backward.h"
 #include "internal.h"
+#include "steepest/profiler.h"
 
 namespace steepest::ops {
 
@@ -23,10 +26,66 @@ Tensor causal_mask(int64_t tq, int64_t tk, DType dtype, Device device) {
   return device.is_cpu() ? typed : to_device(typed, device);
 }
 
+
+// softmax(scale·q·kᵀ + mask)·v from ops, so autograd derives its backward: the path for
+// broadcast batch axes, and the formula the fused backward differentiates under
+// create_graph.
+Tensor composed_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                          double scale) {
+  Tensor scores = mul_scalar(matmul(q, transpose(k, -1, -2)), scale);
+  if (causal) {
+    int64_t tq = q.shape()[q.ndim() - 2], tk = k.shape()[k.ndim() - 2];
+    scores = add(scores, causal_mask(tq, tk, q.dtype(), q.device()));
+  }
+  return matmul(softmax(scores, -1), v);
+}
+
+// seed: 注意力 — with P = softmax(S), S = scale·Q·Kᵀ (masked), O = P·V:
+// dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ∘ (dP − rowsum(dO ∘ O)) (the softmax backward, as
+// rowsum(P ∘ dP) = rowsum(dO ∘ O)), dQ = scale·dS·K, dK = scale·dSᵀ·Q. The kernel
+// recomputes P tile by tile from the saved log-sum-exp (FlashAttention-2).
+struct AttentionBackward final : Node {
+  AttentionBackward(AttentionArgs args, Tensor q, Tensor k, Tensor v, Tensor out,
+                    Tensor logsumexp, Tensor q_input, Tensor k_input, Tensor v_input)
+      : args(args), q(std::move(q)), k(std::move(k)), v(std::move(v)), out(std::move(out)),
+        logsumexp(std::move(logsumexp)), q_input(std::move(q_input)),
+        k_input(std::move(k_input)), v_input(std::move(v_input)) {}
+  void apply(const Tensor& g, std::vector<Tensor>& grads) override {
+    if (grad_enabled()) {
+      const bool causal = args.causal;
+      const double scale = args.scale;
+      composite_backward(*this, [causal, scale](const std::vector<Tensor>& in) {
+        return composed_attention(in[0], in[1], in[2], causal, scale);
+      }, {q_input, k_input, v_input}, g, grads);
+      return;
+    }
+    Tensor gc = contiguous(g);
+    Tensor grad_q = Tensor::empty(q.shape(), q.dtype(), q.device());
+    Tensor grad_k = Tensor::empty(k.shape(), k.dtype(), k.device());
+    Tensor grad_v = Tensor::empty(v.shape(), v.dtype(), v.device());
+    STEEPEST_KERNEL(q.device(), attention_backward)(args, q, k, v, out, gc, logsumexp, grad_q,
+                                                    grad_k, grad_v);
+    if (next[0]) grads[0] = grad_q;
+    if (next[1]) grads[1] = grad_k;
+    if (next[2]) grads[2] = grad_v;
+  }
+  void visit_saved(const SavedVisitor& visit) override {
+    visit(q); visit(k); visit(v); visit(out); visit(logsumexp);
+    visit(q_input); visit(k_input); visit(v_input);
+  }
+  const char* name() const override { return "AttentionBackward"; }
+  bool supports_create_graph() const override { return true; }
+  AttentionArgs args;
+  Tensor q, k, v, out, logsumexp;
+  // As the caller passed them, connected to the graph (create_graph).
+  Tensor q_input, k_input, v_input;
+};
+
 }  // namespace
 
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                                     std::optional<double> scale) {
+  STEEPEST_PROFILE_OP("scaled_dot_product_attention");
   const char* op = "scaled_dot_product_attention";
   detail::check_float(op, q, "q");
   detail::check_same_dtype(op, q, k);
@@ -43,18 +102,33 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   double s = scale ? *scale : 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(d, 1)));
   if (is_half_float(q.dtype())) {
     // 16-bit q, k, v are attended in float32 and the output is rounded once: the
-    // numerics of a fused attention kernel with fp32 accumulation, where the composed
-    // chain below would round scores, scaling, softmax and product to 16 bits in turn
-    // (and as often again in backward). The float32 intermediates cost memory.
+    // numerics of a fused attention kernel with fp32 accumulation.
     auto wide = [](const Tensor& t) { return astype(t, DType::Float32); };
     return astype(scaled_dot_product_attention(wide(q), wide(k), wide(v), causal, s), q.dtype());
   }
-  Tensor scores = mul_scalar(matmul(q, transpose(k, -1, -2)), s);
-  if (causal) {
-    int64_t tq = q.shape()[q.ndim() - 2], tk = k.shape()[k.ndim() - 2];
-    scores = add(scores, causal_mask(tq, tk, q.dtype(), q.device()));
-  }
-  return matmul(softmax(scores, -1), v);
+  const Dims batch_q(q.shape().begin(), q.shape().end() - 2);
+  const Dims batch_k(k.shape().begin(), k.shape().end() - 2);
+  const Dims batch_v(v.shape().begin(), v.shape().end() - 2);
+  if (batch_q != batch_k || batch_q != batch_v) return composed_attention(q, k, v, causal, s);
+  AttentionArgs args;
+  args.batch = batch_q.product();
+  args.tq = q.shape()[q.ndim() - 2];
+  args.tk = k.shape()[k.ndim() - 2];
+  args.d = d;
+  args.dv = v.shape().back();
+  args.causal = causal;
+  args.scale = s;
+  Tensor qc = contiguous(q.detach()), kc = contiguous(k.detach()), vc = contiguous(v.detach());
+  Dims lse_shape = batch_q;
+  lse_shape.push_back(args.tq);
+  Dims out_shape = lse_shape;
+  out_shape.push_back(args.dv);
+  Tensor out = Tensor::empty(out_shape, q.dtype(), q.device());
+  Tensor logsumexp = Tensor::empty(lse_shape, q.dtype(), q.device());
+  STEEPEST_KERNEL(q.device(), attention_forward)(args, qc, kc, vc, out, logsumexp);
+  detail::record<AttentionBackward>(out, {&q, &k, &v}, args, qc, kc, vc, detail::saved_output(out),
+                                    logsumexp, q, k, v);
+  return out;
 }
 
 namespace {
@@ -110,6 +184,7 @@ class CheckpointBackward final : public Node {
 }  // namespace
 
 Tensor checkpoint(const CheckpointFunction& fn, const std::vector<Tensor>& inputs) {
+  STEEPEST_PROFILE_OP("checkpoint");
   Tensor output;
   {
     NoGradGuard no_grad;  // the forward keeps nothing but the inputs

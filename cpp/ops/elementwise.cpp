@@ -1,6 +1,7 @@
 // Elementwise op front-ends: checks, numpy broadcasting, kernel dispatch, graph nodes.
 #include "backward.h"
 #include "internal.h"
+#include "steepest/profiler.h"
 
 namespace steepest::ops {
 namespace detail {
@@ -147,10 +148,17 @@ Tensor integer_power(const Tensor& x, int64_t k) {
 
 }  // namespace
 
-Tensor add(const Tensor& a, const Tensor& b) { return add_like("add", a, b, false); }
-Tensor sub(const Tensor& a, const Tensor& b) { return add_like("sub", a, b, true); }
+Tensor add(const Tensor& a, const Tensor& b) {
+  STEEPEST_PROFILE_OP("add");
+  return add_like("add", a, b, false);
+}
+Tensor sub(const Tensor& a, const Tensor& b) {
+  STEEPEST_PROFILE_OP("sub");
+  return add_like("sub", a, b, true);
+}
 
 Tensor mul(const Tensor& a, const Tensor& b) {
+  STEEPEST_PROFILE_OP("mul");
   if (a.dtype() != b.dtype()) {
     auto [pa, pb] = promoted("mul", a, b, result_type(a, b));
     return mul(pa, pb);
@@ -163,6 +171,7 @@ Tensor mul(const Tensor& a, const Tensor& b) {
 
 // True division: integer and bool operands divide in the default float dtype.
 Tensor div(const Tensor& a, const Tensor& b) {
+  STEEPEST_PROFILE_OP("div");
   if (a.dtype() != b.dtype() || !is_floating(a.dtype())) {
     DType dtype = result_type(a, b);
     auto [pa, pb] = promoted("div", a, b, is_floating(dtype) ? dtype : kDefaultFloat);
@@ -174,6 +183,7 @@ Tensor div(const Tensor& a, const Tensor& b) {
 }
 
 Tensor compare(BinaryOp op, const Tensor& a, const Tensor& b) {
+  STEEPEST_PROFILE_OP("compare");
   if (a.dtype() != b.dtype()) {
     auto [pa, pb] = promoted("compare", a, b, result_type(a, b));
     return compare(op, pa.detach(), pb.detach());
@@ -193,21 +203,25 @@ Tensor scalar_operand(const Tensor& x, double value, DType scalar_dtype) {
 }
 
 Tensor add_scalar(const Tensor& x, double value) {
+  STEEPEST_PROFILE_OP("add_scalar");
   return unary_op("add", UnaryOp::AddScalar, x, value, false);
 }
 Tensor mul_scalar(const Tensor& x, double value) {
+  STEEPEST_PROFILE_OP("mul_scalar");
   return unary_op("mul", UnaryOp::MulScalar, x, value, false);
 }
 
 // Integer neg/abs/relu stay integers (as torch); they are rare, so they are built from
 // the exact integer binary kernels instead of integer unary kernels.
 Tensor neg(const Tensor& x) {
+  STEEPEST_PROFILE_OP("neg");
   detail::check_defined("neg", x, "input");
   if (is_floating(x.dtype())) return unary_op("neg", UnaryOp::Neg, x, 0.0, false);
   check_not_bool("neg", x);
   return binary_raw(BinaryOp::Sub, Tensor::zeros({}, x.dtype(), x.device()), x, 0.0, "neg");
 }
 Tensor abs(const Tensor& x) {
+  STEEPEST_PROFILE_OP("abs");
   detail::check_defined("abs", x, "input");
   if (is_floating(x.dtype())) return unary_op("abs", UnaryOp::Abs, x, 0.0, false);
   check_not_bool("abs", x);
@@ -217,24 +231,48 @@ Tensor abs(const Tensor& x) {
   return binary_raw(BinaryOp::Sub, x, binary_raw(BinaryOp::Mul, x, twice, 0.0, "abs"), 0.0, "abs");
 }
 Tensor relu(const Tensor& x) {
+  STEEPEST_PROFILE_OP("relu");
   detail::check_defined("relu", x, "input");
   if (is_floating(x.dtype())) return unary_op("relu", UnaryOp::Relu, x, 0.0, true);
   check_not_bool("relu", x);
   Tensor positive = astype(compare(BinaryOp::Gt, x, Tensor::zeros({}, x.dtype(), x.device())), x.dtype());
   return binary_raw(BinaryOp::Mul, x, positive, 0.0, "relu");
 }
-Tensor exp(const Tensor& x) { return float_unary("exp", UnaryOp::Exp, x, true); }
-Tensor log(const Tensor& x) { return float_unary("log", UnaryOp::Log, x, false); }
-Tensor sqrt(const Tensor& x) { return float_unary("sqrt", UnaryOp::Sqrt, x, true); }
-Tensor sigmoid(const Tensor& x) { return float_unary("sigmoid", UnaryOp::Sigmoid, x, true); }
-Tensor tanh(const Tensor& x) { return float_unary("tanh", UnaryOp::Tanh, x, true); }
-Tensor gelu(const Tensor& x) { return unary_op("gelu", UnaryOp::Gelu, x, 0.0, false); }
+Tensor exp(const Tensor& x) {
+  STEEPEST_PROFILE_OP("exp");
+  return float_unary("exp", UnaryOp::Exp, x, true);
+}
+Tensor log(const Tensor& x) {
+  STEEPEST_PROFILE_OP("log");
+  return float_unary("log", UnaryOp::Log, x, false);
+}
+Tensor sqrt(const Tensor& x) {
+  STEEPEST_PROFILE_OP("sqrt");
+  return float_unary("sqrt", UnaryOp::Sqrt, x, true);
+}
+Tensor sigmoid(const Tensor& x) {
+  STEEPEST_PROFILE_OP("sigmoid");
+  return float_unary("sigmoid", UnaryOp::Sigmoid, x, true);
+}
+Tensor tanh(const Tensor& x) {
+  STEEPEST_PROFILE_OP("tanh");
+  return float_unary("tanh", UnaryOp::Tanh, x, true);
+}
+Tensor gelu(const Tensor& x) {
+  STEEPEST_PROFILE_OP("gelu");
+  return unary_op("gelu", UnaryOp::Gelu, x, 0.0, false);
+}
 Tensor clamp_min(const Tensor& x, double lower) {
+  STEEPEST_PROFILE_OP("clamp_min");
   return unary_op("clamp_min", UnaryOp::ClampMin, x, lower, false);
 }
-Tensor power(const Tensor& x, double exponent) { return power(x, exponent, DType::Float64); }
+Tensor power(const Tensor& x, double exponent) {
+  STEEPEST_PROFILE_OP("power");
+  return power(x, exponent, DType::Float64);
+}
 
 Tensor power(const Tensor& x, double exponent, DType exponent_dtype) {
+  STEEPEST_PROFILE_OP("power");
   detail::check_defined("power", x, "input");
   const DType dtype = steepest::result_type(x.dtype(), detail::operand_kind(x), exponent_dtype,
                                             Operand::Scalar);

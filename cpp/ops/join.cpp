@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "internal.h"
+#include "steepest/profiler.h"
 
 namespace steepest::ops {
 
@@ -95,6 +96,7 @@ __attribute__((optimize("fp-contract=off"))) void fill_linspace(double* p, doubl
 }  // namespace
 
 Tensor cat(const std::vector<Tensor>& tensors, int64_t axis) {
+  STEEPEST_PROFILE_OP("cat");
   if (tensors.empty()) fail("cat", "needs at least one tensor");
   for (const Tensor& t : tensors) detail::check_defined("cat", t, "every input");
   const Tensor& first = tensors[0];
@@ -138,6 +140,7 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t axis) {
 }
 
 Tensor stack(const std::vector<Tensor>& tensors, int64_t axis) {
+  STEEPEST_PROFILE_OP("stack");
   if (tensors.empty()) fail("stack", "needs at least one tensor");
   for (const Tensor& t : tensors) detail::check_defined("stack", t, "every input");
   for (size_t i = 1; i < tensors.size(); ++i)
@@ -151,6 +154,7 @@ Tensor stack(const std::vector<Tensor>& tensors, int64_t axis) {
 }
 
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t axis) {
+  STEEPEST_PROFILE_OP("split");
   detail::check_defined("split", x, "input");
   if (x.ndim() == 0) fail("split", "cannot split a zero-dimensional tensor");
   const int a = normalize_axis("split", axis, x.shape());
@@ -172,6 +176,7 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
 }
 
 std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t axis) {
+  STEEPEST_PROFILE_OP("split");
   detail::check_defined("split", x, "input");
   if (x.ndim() == 0) fail("split", "cannot split a zero-dimensional tensor");
   const int a = normalize_axis("split", axis, x.shape());
@@ -186,6 +191,7 @@ std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t axis) {
 }
 
 std::vector<Tensor> split_sections(const Tensor& x, int64_t sections, int64_t axis) {
+  STEEPEST_PROFILE_OP("split_sections");
   detail::check_defined("split", x, "input");
   if (x.ndim() == 0) fail("split", "cannot split a zero-dimensional tensor");
   const int a = normalize_axis("split", axis, x.shape());
@@ -198,6 +204,7 @@ std::vector<Tensor> split_sections(const Tensor& x, int64_t sections, int64_t ax
 }
 
 std::vector<Tensor> split_at(const Tensor& x, const std::vector<int64_t>& indices, int64_t axis) {
+  STEEPEST_PROFILE_OP("split_at");
   detail::check_defined("split", x, "input");
   if (x.ndim() == 0) fail("split", "cannot split a zero-dimensional tensor");
   const int a = normalize_axis("split", axis, x.shape());
@@ -226,6 +233,7 @@ PadMode pad_mode_from_name(const std::string& name) {
 
 Tensor pad(const Tensor& x, const std::vector<std::pair<int64_t, int64_t>>& widths, PadMode mode,
            double value) {
+  STEEPEST_PROFILE_OP("pad");
   detail::check_defined("pad", x, "input");
   if (static_cast<int>(widths.size()) != x.ndim())
     fail("pad", "got ", widths.size(), " (before, after) pairs for a tensor of shape ", x.shape(),
@@ -282,6 +290,7 @@ Tensor pad(const Tensor& x, const std::vector<std::pair<int64_t, int64_t>>& widt
 }
 
 Tensor flip(const Tensor& x, const std::vector<int64_t>& axes) {
+  STEEPEST_PROFILE_OP("flip");
   detail::check_defined("flip", x, "input");
   uint32_t flipped = 0;
   std::vector<int64_t> normalized;
@@ -305,10 +314,17 @@ Tensor flip(const Tensor& x, const std::vector<int64_t>& axes) {
   return out;
 }
 
-Tensor tril(const Tensor& x, int64_t k) { return triangle("tril", x, k, true); }
-Tensor triu(const Tensor& x, int64_t k) { return triangle("triu", x, k, false); }
+Tensor tril(const Tensor& x, int64_t k) {
+  STEEPEST_PROFILE_OP("tril");
+  return triangle("tril", x, k, true);
+}
+Tensor triu(const Tensor& x, int64_t k) {
+  STEEPEST_PROFILE_OP("triu");
+  return triangle("triu", x, k, false);
+}
 
 Tensor eye(int64_t n, std::optional<int64_t> m, int64_t k, DType dtype, Device device) {
+  STEEPEST_PROFILE_OP("eye");
   const int64_t cols = m ? *m : n;
   if (n < 0 || cols < 0) fail("eye", "sizes must not be negative, got (", n, ", ", cols, ")");
   auto [rows, columns] = grid(n, cols, device);
@@ -318,6 +334,7 @@ Tensor eye(int64_t n, std::optional<int64_t> m, int64_t k, DType dtype, Device d
 
 Tensor linspace(double start, double stop, int64_t num, bool endpoint, DType dtype,
                 Device device) {
+  STEEPEST_PROFILE_OP("linspace");
   if (num < 0) fail("linspace", "num must not be negative, got ", num);
   if (!is_floating(dtype) && !(std::isfinite(start) && std::isfinite(stop)))
     fail("linspace", "an integer linspace needs finite ends, got ", start, " and ", stop);
@@ -328,6 +345,7 @@ Tensor linspace(double start, double stop, int64_t num, bool endpoint, DType dty
 }
 
 Tensor one_hot(const Tensor& indices, int64_t num_classes) {
+  STEEPEST_PROFILE_OP("one_hot");
   detail::check_defined("one_hot", indices, "indices");
   check_integer("one_hot", indices, "indices");
   Tensor host = host_int64(indices);

@@ -3,6 +3,7 @@
 // float16/bfloat16 operands are multiplied with float32 accumulation (see matmul_nd).
 #include "backward.h"
 #include "internal.h"
+#include "steepest/profiler.h"
 
 namespace steepest::ops {
 
@@ -142,6 +143,7 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b) {
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
+  STEEPEST_PROFILE_OP("matmul");
   detail::check_float("matmul", a, "left operand");
   detail::check_same_dtype("matmul", a, b);
   detail::check_same_device("matmul", a, b);
@@ -168,6 +170,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 
 // The seed's linear layer: Y = X·W + ones(B, 1)·b, with W of shape (in, out).
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  STEEPEST_PROFILE_OP("linear");
   if (weight.ndim() != 2)
     fail("linear", "weight must be 2-D (in_features, out_features), got shape ", weight.shape());
   if (x.ndim() == 0 || x.shape().back() != weight.shape()[0])

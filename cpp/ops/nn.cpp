@@ -4,6 +4,7 @@
 
 #include "backward.h"
 #include "internal.h"
+#include "steepest/profiler.h"
 
 namespace steepest::ops {
 
@@ -49,13 +50,18 @@ Tensor softmax_like(const char* op, const Tensor& x, int64_t axis, bool log) {
 
 }  // namespace
 
-Tensor softmax(const Tensor& x, int64_t axis) { return softmax_like("softmax", x, axis, false); }
+Tensor softmax(const Tensor& x, int64_t axis) {
+  STEEPEST_PROFILE_OP("softmax");
+  return softmax_like("softmax", x, axis, false);
+}
 Tensor log_softmax(const Tensor& x, int64_t axis) {
+  STEEPEST_PROFILE_OP("log_softmax");
   return softmax_like("log_softmax", x, axis, true);
 }
 
 // seed: softmax + cross-entropy, fused (log-softmax inside, gradient p − y).
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels, Reduction reduction) {
+  STEEPEST_PROFILE_OP("cross_entropy");
   const char* op = "cross_entropy";
   check_float(op, logits, "logits");
   detail::check_defined(op, labels, "labels");
@@ -101,6 +107,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, Reduction reduc
 }
 
 Tensor mse_loss(const Tensor& prediction, const Tensor& target, Reduction reduction) {
+  STEEPEST_PROFILE_OP("mse_loss");
   check_float("mse_loss", prediction, "prediction");
   if (prediction.shape() != target.shape())
     fail("mse_loss", "prediction of shape ", prediction.shape(), " and target of shape ",
@@ -115,6 +122,7 @@ Tensor mse_loss(const Tensor& prediction, const Tensor& target, Reduction reduct
 
 Tensor binary_cross_entropy(const Tensor& input, const Tensor& target, bool from_logits,
                             Reduction reduction) {
+  STEEPEST_PROFILE_OP("binary_cross_entropy");
   const char* op = "binary_cross_entropy";
   check_float(op, input, "input");
   detail::check_same_dtype(op, input, target);
@@ -246,6 +254,7 @@ Tensor as_sequence(const Tensor& y) { return reshape(y, {y.shape()[0], y.shape()
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, IntPair stride,
               const Padding2d& padding, IntPair dilation, int64_t groups) {
+  STEEPEST_PROFILE_OP("conv2d");
   const char* op = "conv2d";
   check_image(op, x);
   detail::check_same_dtype(op, x, weight);
@@ -305,6 +314,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, IntPair
 
 Tensor conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride,
               IntPair padding, int64_t dilation, int64_t groups) {
+  STEEPEST_PROFILE_OP("conv1d");
   const char* op = "conv1d";
   Tensor image = as_image(op, x, "input"), kernel = as_image(op, weight, "weight");
   check_channels(op, x, weight, groups);
@@ -363,17 +373,20 @@ Tensor pool2d(const char* op, PoolKind kind, const Tensor& x, IntPair kernel, In
 
 Tensor max_pool2d(const Tensor& x, IntPair kernel, IntPair stride, const Padding2d& padding,
                   IntPair dilation, bool ceil_mode) {
+  STEEPEST_PROFILE_OP("max_pool2d");
   return pool2d("max_pool2d", PoolKind::Max, x, kernel, stride, padding, {dilation, ceil_mode, true});
 }
 
 Tensor avg_pool2d(const Tensor& x, IntPair kernel, IntPair stride, const Padding2d& padding,
                   bool ceil_mode, bool count_include_pad) {
+  STEEPEST_PROFILE_OP("avg_pool2d");
   return pool2d("avg_pool2d", PoolKind::Avg, x, kernel, stride, padding,
                 {{1, 1}, ceil_mode, count_include_pad});
 }
 
 Tensor max_pool1d(const Tensor& x, int64_t kernel, int64_t stride, IntPair padding,
                   int64_t dilation, bool ceil_mode) {
+  STEEPEST_PROFILE_OP("max_pool1d");
   const char* op = "max_pool1d";
   return as_sequence(pool2d(op, PoolKind::Max, as_image(op, x, "input"), {1, kernel}, {1, stride},
                             Padding2d(0, 0, padding.first, padding.second),
@@ -382,6 +395,7 @@ Tensor max_pool1d(const Tensor& x, int64_t kernel, int64_t stride, IntPair paddi
 
 Tensor avg_pool1d(const Tensor& x, int64_t kernel, int64_t stride, IntPair padding,
                   bool ceil_mode, bool count_include_pad) {
+  STEEPEST_PROFILE_OP("avg_pool1d");
   const char* op = "avg_pool1d";
   return as_sequence(pool2d(op, PoolKind::Avg, as_image(op, x, "input"), {1, kernel}, {1, stride},
                             Padding2d(0, 0, padding.first, padding.second),
@@ -391,6 +405,7 @@ Tensor avg_pool1d(const Tensor& x, int64_t kernel, int64_t stride, IntPair paddi
 // --- normalisation, embedding, dropout -------------------------------------------------
 
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  STEEPEST_PROFILE_OP("layer_norm");
   const char* op = "layer_norm";
   check_float(op, x, "input");
   if (x.ndim() == 0) fail(op, "expected at least one dimension, got a 0-d tensor");
@@ -420,6 +435,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training, double momentum,
                   double eps, int64_t axis) {
+  STEEPEST_PROFILE_OP("batch_norm");
   const char* op = "batch_norm";
   check_float(op, x, "input");
   if (x.ndim() == 0) fail(op, "expected at least one dimension, got a 0-d tensor");
@@ -492,6 +508,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
 }
 
 Tensor embedding(const Tensor& indices, const Tensor& table) {
+  STEEPEST_PROFILE_OP("embedding");
   const char* op = "embedding";
   check_float(op, table, "table");
   detail::check_same_device(op, indices, table);
@@ -510,6 +527,7 @@ Tensor embedding(const Tensor& indices, const Tensor& table) {
 // Inverted dropout: kept activations are scaled by 1/(1 − rate) so the expectation is
 // unchanged and inference needs no rescaling.
 Tensor dropout(const Tensor& x, double rate, bool training, std::optional<uint64_t> seed) {
+  STEEPEST_PROFILE_OP("dropout");
   check_float("dropout", x, "input");
   if (!(rate >= 0.0 && rate < 1.0)) fail("dropout", "rate must be in [0, 1), got ", rate);
   if (!training || rate == 0.0) return x;

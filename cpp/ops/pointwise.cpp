@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "internal.h"
+#include "steepest/profiler.h"
 
 namespace steepest::ops {
 
@@ -194,6 +195,7 @@ Tensor extremum(const char* name, const char* node_name, PointwiseOp op, Pointwi
 }  // namespace
 
 Tensor where(const Tensor& cond, const Tensor& x, const Tensor& y) {
+  STEEPEST_PROFILE_OP("where");
   detail::check_defined("where", cond, "condition");
   detail::check_defined("where", x, "x");
   detail::check_defined("where", y, "y");
@@ -215,16 +217,19 @@ Tensor where(const Tensor& cond, const Tensor& x, const Tensor& y) {
 }
 
 Tensor maximum(const Tensor& a, const Tensor& b) {
+  STEEPEST_PROFILE_OP("maximum");
   return extremum("maximum", "MaximumBackward", PointwiseOp::Maximum, PointwiseOp::MaximumWeight,
                   a, b);
 }
 
 Tensor minimum(const Tensor& a, const Tensor& b) {
+  STEEPEST_PROFILE_OP("minimum");
   return extremum("minimum", "MinimumBackward", PointwiseOp::Minimum, PointwiseOp::MinimumWeight,
                   a, b);
 }
 
 Tensor clip(const Tensor& x, std::optional<double> lo, std::optional<double> hi) {
+  STEEPEST_PROFILE_OP("clip");
   detail::check_defined("clip", x, "input");
   if (!lo && !hi) fail("clip", "at least one of min and max must be given");
   if ((lo && std::isnan(*lo)) || (hi && std::isnan(*hi)))
@@ -249,6 +254,7 @@ Tensor clip(const Tensor& x, std::optional<double> lo, std::optional<double> hi)
 // Tensor bounds: where(x < lo, lo, x), then where(· > hi, hi, ·). x keeps the gradient
 // at a bound (as torch.clamp); a bound gets it where it replaced x.
 Tensor clip(const Tensor& x, const Tensor& lo, const Tensor& hi) {
+  STEEPEST_PROFILE_OP("clip");
   detail::check_defined("clip", x, "input");
   if (!lo.defined() && !hi.defined()) fail("clip", "at least one of min and max must be given");
   Tensor out = x;
@@ -262,6 +268,7 @@ Tensor clip(const Tensor& x, const Tensor& lo, const Tensor& hi) {
 }
 
 Tensor pow(const Tensor& x, const Tensor& y) {
+  STEEPEST_PROFILE_OP("pow");
   check_binary_float("pow", x, y);
   Tensor out = pointwise_raw(PointwiseOp::Pow, x, &y, 0.0, 0.0, "pow");
   record<PowBackward>(out, {&x, &y}, x, y);
@@ -269,20 +276,25 @@ Tensor pow(const Tensor& x, const Tensor& y) {
 }
 
 Tensor erf(const Tensor& x) {
+  STEEPEST_PROFILE_OP("erf");
   return activation("erf", "ErfBackward", PointwiseOp::Erf, PointwiseOp::ErfGrad, x);
 }
 Tensor silu(const Tensor& x) {
+  STEEPEST_PROFILE_OP("silu");
   return activation("silu", "SiluBackward", PointwiseOp::Silu, PointwiseOp::SiluGrad, x);
 }
 Tensor softplus(const Tensor& x, double beta, double threshold) {
+  STEEPEST_PROFILE_OP("softplus");
   if (!(beta > 0.0)) fail("softplus", "beta must be positive, got ", beta);
   return activation("softplus", "SoftplusBackward", PointwiseOp::Softplus,
                     PointwiseOp::SoftplusGrad, x, beta, threshold);
 }
 Tensor elu(const Tensor& x, double alpha) {
+  STEEPEST_PROFILE_OP("elu");
   return activation("elu", "EluBackward", PointwiseOp::Elu, PointwiseOp::EluGrad, x, alpha);
 }
 Tensor leaky_relu(const Tensor& x, double negative_slope) {
+  STEEPEST_PROFILE_OP("leaky_relu");
   return activation("leaky_relu", "LeakyReluBackward", PointwiseOp::LeakyRelu,
                     PointwiseOp::LeakyReluGrad, x, negative_slope);
 }

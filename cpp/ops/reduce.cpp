@@ -9,6 +9,7 @@
 
 #include "backward.h"
 #include "internal.h"
+#include "steepest/profiler.h"
 
 namespace steepest::ops {
 
@@ -178,14 +179,17 @@ Tensor run_sum(const char* op, const Tensor& x_in, const Axes& axes, bool keepdi
 }  // namespace
 
 Tensor sum(const Tensor& x, const Axes& axes, bool keepdims) {
+  STEEPEST_PROFILE_OP("sum");
   return run_sum("sum", x, axes, keepdims, false);
 }
 
 Tensor mean(const Tensor& x, const Axes& axes, bool keepdims) {
+  STEEPEST_PROFILE_OP("mean");
   return run_sum("mean", x, axes, keepdims, true);
 }
 
 Tensor max(const Tensor& x, const Axes& axes, bool keepdims) {
+  STEEPEST_PROFILE_OP("max");
   detail::check_defined("max", x, "input");
   ReductionPlan plan = plan_reduction("max", x, axes, keepdims);
   if (plan.extent == 0 || (x.numel() == 0 && !axes))
@@ -203,6 +207,7 @@ Tensor max(const Tensor& x, const Axes& axes, bool keepdims) {
 }
 
 Tensor sum_to(const Tensor& x, const Dims& shape) {
+  STEEPEST_PROFILE_OP("sum_to");
   if (x.shape() == shape) return x;
   int lead = x.ndim() - shape.size();
   if (lead < 0) fail("sum_to", "cannot sum shape ", x.shape(), " to ", shape);
@@ -223,18 +228,21 @@ Tensor sum_to(const Tensor& x, const Dims& shape) {
 // --- creation ----------------------------------------------------------------------
 
 Tensor randn(const Dims& shape, std::optional<uint64_t> seed, DType dtype, Device device) {
+  STEEPEST_PROFILE_OP("randn");
   Tensor out = Tensor::empty(shape, dtype, device);
   STEEPEST_KERNEL(device, random_fill)(out, RandomKind::Normal, seed ? *seed : next_seed());
   return out;
 }
 
 Tensor rand(const Dims& shape, std::optional<uint64_t> seed, DType dtype, Device device) {
+  STEEPEST_PROFILE_OP("rand");
   Tensor out = Tensor::empty(shape, dtype, device);
   STEEPEST_KERNEL(device, random_fill)(out, RandomKind::Uniform, seed ? *seed : next_seed());
   return out;
 }
 
 Tensor arange(int64_t start, int64_t stop, int64_t step, DType dtype, Device device) {
+  STEEPEST_PROFILE_OP("arange");
   if (step == 0) fail("arange", "step must not be zero");
   // In 128 bits: stop − start may not fit in 64.
   const __int128 span = static_cast<__int128>(stop) - start + step - (step > 0 ? 1 : -1);

@@ -5,6 +5,7 @@
 
 #include "backward.h"
 #include "internal.h"
+#include "steepest/profiler.h"
 
 namespace steepest::ops {
 
@@ -173,6 +174,7 @@ Tensor variance(const char* op, const Tensor& x, const Axes& axes, bool keepdims
 }  // namespace
 
 Tensor cumsum(const Tensor& x, std::optional<int64_t> axis) {
+  STEEPEST_PROFILE_OP("cumsum");
   detail::check_defined("cumsum", x, "input");
   if (!axis) return cumsum(reshape(x, {x.numel()}), 0);
   if (x.ndim() == 0) {
@@ -189,6 +191,7 @@ Tensor cumsum(const Tensor& x, std::optional<int64_t> axis) {
 }
 
 Tensor prod(const Tensor& x, const Axes& axes, bool keepdims) {
+  STEEPEST_PROFILE_OP("prod");
   detail::check_defined("prod", x, "input");
   const Tensor values = is_floating(x.dtype()) ? x : astype(x.detach(), DType::Int64);
   const Folded f = fold("prod", values, axes, keepdims);
@@ -205,6 +208,7 @@ Tensor prod(const Tensor& x, const Axes& axes, bool keepdims) {
 }
 
 Tensor min(const Tensor& x, const Axes& axes, bool keepdims) {
+  STEEPEST_PROFILE_OP("min");
   detail::check_defined("min", x, "input");
   detail::check_float("min", x, "input");
   if (x.numel() == 0)
@@ -215,6 +219,7 @@ Tensor min(const Tensor& x, const Axes& axes, bool keepdims) {
 }
 
 Tensor logsumexp(const Tensor& x, const Axes& axes, bool keepdims) {
+  STEEPEST_PROFILE_OP("logsumexp");
   detail::check_defined("logsumexp", x, "input");
   detail::check_float("logsumexp", x, "input");
   const Folded f = fold("logsumexp", x, axes, keepdims);
@@ -239,10 +244,12 @@ Tensor logsumexp(const Tensor& x, const Axes& axes, bool keepdims) {
 }
 
 Tensor var(const Tensor& x, const Axes& axes, bool keepdims, double ddof) {
+  STEEPEST_PROFILE_OP("var");
   return variance("var", x, axes, keepdims, ddof, false);
 }
 
 Tensor std_dev(const Tensor& x, const Axes& axes, bool keepdims, double ddof) {
+  STEEPEST_PROFILE_OP("std_dev");
   return variance("std", x, axes, keepdims, ddof, true);
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "internal.h"
+#include "steepest/profiler.h"
 
 namespace steepest::ops {
 
@@ -131,16 +132,19 @@ void check_index_tensor(const char* op, const Tensor& x, const Tensor& index) {
 }  // namespace
 
 Tensor argmax(const Tensor& x, std::optional<int64_t> axis, bool keepdims) {
+  STEEPEST_PROFILE_OP("argmax");
   return arg_extremum("argmax", x, axis, keepdims, false);
 }
 
 Tensor argmin(const Tensor& x, std::optional<int64_t> axis, bool keepdims) {
+  STEEPEST_PROFILE_OP("argmin");
   return arg_extremum("argmin", x, axis, keepdims, true);
 }
 
 // numpy: index broadcasts against x on every axis but `axis`; axis None works on the
 // flattened x.
 Tensor take_along_axis(const Tensor& x, const Tensor& indices, std::optional<int64_t> axis) {
+  STEEPEST_PROFILE_OP("take_along_axis");
   if (!axis) {
     detail::check_defined("take_along_axis", x, "input");
     detail::check_defined("take_along_axis", indices, "indices");
@@ -169,6 +173,7 @@ Tensor take_along_axis(const Tensor& x, const Tensor& indices, std::optional<int
 // torch: out[i][j] = x[index[i][j]][j] (axis 0); index may be smaller than x on the
 // other axes, never larger, and its shape is the result's.
 Tensor gather(const Tensor& x, int64_t axis, const Tensor& index) {
+  STEEPEST_PROFILE_OP("gather");
   check_index_tensor("gather", x, index);
   if (x.ndim() == 0) return reshape(take_along_axis(reshape(x, {1}), reshape(index, {1}), 0), Dims());
   const int a = normalize_axis("gather", axis, x.shape());

@@ -5,6 +5,7 @@
 
 #include "backward.h"
 #include "internal.h"
+#include "steepest/profiler.h"
 #include "steepest/autograd.h"
 
 namespace steepest::ops {
@@ -68,6 +69,7 @@ bool view_strides(const Tensor& x, const Dims& shape, Dims& strides) {
 }  // namespace
 
 Tensor reshape(const Tensor& x, const Dims& requested) {
+  STEEPEST_PROFILE_OP("reshape");
   Dims shape = requested;
   int infer = -1;
   int64_t known = 1;
@@ -99,11 +101,13 @@ Tensor reshape(const Tensor& x, const Dims& requested) {
 }
 
 Tensor flatten(const Tensor& x) {
+  STEEPEST_PROFILE_OP("flatten");
   if (x.ndim() < 1) fail("flatten", "expected a tensor with a batch dimension, got shape ", x.shape());
   return reshape(x, {x.shape()[0], -1});
 }
 
 Tensor flatten(const Tensor& x, int64_t start_dim, int64_t end_dim) {
+  STEEPEST_PROFILE_OP("flatten");
   if (x.ndim() == 0) {  // torch: a 0-d tensor flattens to one element, axes 0 or -1
     normalize_axis("flatten", start_dim, x.shape(), 1);
     normalize_axis("flatten", end_dim, x.shape(), 1);
@@ -122,6 +126,7 @@ Tensor flatten(const Tensor& x, int64_t start_dim, int64_t end_dim) {
 }
 
 Tensor permute(const Tensor& x, const Dims& order) {
+  STEEPEST_PROFILE_OP("permute");
   if (order.size() != x.ndim())
     fail("permute", "order ", order, " does not match a tensor of shape ", x.shape());
   // Normalised once here: the backward node (and inverse_permutation, which indexes
@@ -145,6 +150,7 @@ Tensor permute(const Tensor& x, const Dims& order) {
 }
 
 Tensor transpose(const Tensor& x, int64_t axis0, int64_t axis1) {
+  STEEPEST_PROFILE_OP("transpose");
   int a = normalize_axis("transpose", axis0, x.shape());
   int b = normalize_axis("transpose", axis1, x.shape());
   Dims order;
@@ -154,6 +160,7 @@ Tensor transpose(const Tensor& x, int64_t axis0, int64_t axis1) {
 }
 
 Tensor expand(const Tensor& x, const Dims& requested) {
+  STEEPEST_PROFILE_OP("expand");
   if (requested == x.shape()) return x;
   if (requested.size() < x.ndim())
     fail("expand", "cannot expand shape ", x.shape(), " to ", requested,
@@ -183,6 +190,7 @@ Tensor expand(const Tensor& x, const Dims& requested) {
 }
 
 Tensor unsqueeze(const Tensor& x, int64_t axis) {
+  STEEPEST_PROFILE_OP("unsqueeze");
   int a = normalize_axis("unsqueeze", axis, x.shape(), x.ndim() + 1);
   Dims shape = x.shape();
   shape.insert(a, 1);
@@ -192,6 +200,7 @@ Tensor unsqueeze(const Tensor& x, int64_t axis) {
 // As torch: a listed axis whose size is not 1 is left alone; nullopt drops every axis of
 // size 1. A 0-d tensor takes axis 0 or -1.
 Tensor squeeze(const Tensor& x, const Axes& axes) {
+  STEEPEST_PROFILE_OP("squeeze");
   uint32_t drop = 0;
   if (!axes) {
     for (int i = 0; i < x.ndim(); ++i)
@@ -213,7 +222,10 @@ Tensor squeeze(const Tensor& x, const Axes& axes) {
   return reshape(x, shape);
 }
 
-Tensor squeeze(const Tensor& x, int64_t axis) { return squeeze(x, Axes{{axis}}); }
+Tensor squeeze(const Tensor& x, int64_t axis) {
+  STEEPEST_PROFILE_OP("squeeze");
+  return squeeze(x, Axes{{axis}});
+}
 
 namespace detail {
 
@@ -228,6 +240,7 @@ Tensor slice_view(const Tensor& x, int axis, int64_t start, int64_t count, int64
 }  // namespace detail
 
 Tensor slice(const Tensor& x, int64_t axis, int64_t start, int64_t stop, int64_t step) {
+  STEEPEST_PROFILE_OP("slice");
   int a = normalize_axis("slice", axis, x.shape());
   if (step == 0) fail("slice", "slice step cannot be zero");
   if (step == std::numeric_limits<int64_t>::min())
@@ -251,6 +264,7 @@ Tensor slice(const Tensor& x, int64_t axis, int64_t start, int64_t stop, int64_t
 }
 
 Tensor select(const Tensor& x, int64_t axis, int64_t index) {
+  STEEPEST_PROFILE_OP("select");
   int a = normalize_axis("select", axis, x.shape());
   int64_t extent = x.shape()[a];
   int64_t i = index < 0 ? index + extent : index;
@@ -265,11 +279,13 @@ Tensor select(const Tensor& x, int64_t axis, int64_t index) {
 }
 
 Tensor contiguous(const Tensor& x) {
+  STEEPEST_PROFILE_OP("contiguous");
   if (x.is_contiguous()) return x;
   return clone(x);
 }
 
 Tensor clone(const Tensor& x) {
+  STEEPEST_PROFILE_OP("clone");
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   STEEPEST_KERNEL(x.device(), copy)(x, out);
   record<IdentityBackward>(out, {&x});
@@ -277,6 +293,7 @@ Tensor clone(const Tensor& x) {
 }
 
 Tensor astype(const Tensor& x, DType dtype) {
+  STEEPEST_PROFILE_OP("astype");
   if (dtype == x.dtype()) return x;
   Tensor out = Tensor::empty(x.shape(), dtype, x.device());
   STEEPEST_KERNEL(x.device(), copy)(x, out);
@@ -285,6 +302,7 @@ Tensor astype(const Tensor& x, DType dtype) {
 }
 
 Tensor to_device(const Tensor& x, Device device) {
+  STEEPEST_PROFILE_OP("to_device");
   if (device == x.device()) return x;
   Tensor out = Tensor::empty(x.shape(), x.dtype(), device);
   Device kernel_device = device.is_cuda() ? device : x.device();
@@ -294,6 +312,7 @@ Tensor to_device(const Tensor& x, Device device) {
 }
 
 void copy_into(const Tensor& src, Tensor& dst) {
+  STEEPEST_PROFILE_OP("copy_into");
   if (src.shape() != dst.shape())
     fail("copy_", "cannot write a tensor of shape ", src.shape(), " into one of shape ", dst.shape());
   NoGradGuard no_grad;
@@ -339,6 +358,7 @@ DType same_width_float(DType d) { return itemsize(d) == 8 ? DType::Float64 : DTy
 // seed: embedding — a gather of rows; its backward (EmbeddingBackward) is the scatter-add
 // dL/dX[i] = Σ_{j : idx[j] = i} G[j], repeated indices adding up.
 Tensor index_select(const Tensor& x, int64_t axis, const Tensor& indices) {
+  STEEPEST_PROFILE_OP("index_select");
   const char* op = "index_select";
   detail::check_defined(op, x, "input");
   detail::check_defined(op, indices, "indices");
@@ -385,6 +405,7 @@ Tensor index_select(const Tensor& x, int64_t axis, const Tensor& indices) {
 }
 
 std::vector<Tensor> nonzero(const Tensor& mask) {
+  STEEPEST_PROFILE_OP("nonzero");
   if (mask.dtype() != DType::Bool)
     fail<TypeError>("nonzero", "expected a bool mask, got ", dtype_name(mask.dtype()));
   Tensor host = contiguous(to_device(mask.detach(), Device{}));
@@ -414,6 +435,7 @@ std::vector<Tensor> nonzero(const Tensor& mask) {
 }
 
 Tensor advanced_index(const Tensor& x, const std::vector<int>& axes, const std::vector<Tensor>& indices) {
+  STEEPEST_PROFILE_OP("advanced_index");
   const char* op = "index";
   if (axes.empty()) return x;
   if (axes.size() != indices.size()) fail(op, "one index tensor per indexed axis is needed");
@@ -457,6 +479,7 @@ Tensor advanced_index(const Tensor& x, const std::vector<int>& axes, const std::
 
 void index_put(Tensor& x, const std::vector<int>& axes, const std::vector<Tensor>& indices,
                const Tensor& values) {
+  STEEPEST_PROFILE_OP("index_put");
   const char* op = "setitem";
   NoGradGuard no_grad;
   // Where each element of x lives in its storage, selected as the reads select values.

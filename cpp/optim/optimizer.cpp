@@ -9,6 +9,7 @@
 #include "steepest/kernels.h"
 #include "steepest/ops.h"
 #include "steepest/optim.h"
+#include "steepest/profiler.h"
 
 namespace steepest::optim {
 namespace detail {
@@ -107,6 +108,7 @@ DecayMask Optimizer::decay_mask(const std::vector<Tensor>& params,
 void Optimizer::step(const std::vector<Tensor>& params, bool skip, dist::Communicator* shards,
                      const DecayMask& decay) {
   if (skip) return;
+  STEEPEST_PROFILE_OP("optimizer_step");
   const char* op = name_.c_str();
   if (!decay.empty() && decay.size() != params.size())
     fail(op, "the weight-decay mask has ", decay.size(), " entries for ", params.size(), " parameters");

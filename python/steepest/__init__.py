@@ -73,7 +73,7 @@ from .creation import (
     zeros_like,
 )
 from .gradcheck import grad_check
-from . import optimize, optimizers, regularizers, schedules
+from . import optimize, optimizers, profiler, regularizers, schedules
 from . import datasets
 from .optimizers import clip_grad_norm
 from ._tensor_py import install as _install_tensor_methods
@@ -129,6 +129,7 @@ __all__ = [
     "ops",
     "optimize",
     "optimizers",
+    "profiler",
     "rand",
     "randn",
     "regularizers",

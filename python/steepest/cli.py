@@ -28,6 +28,8 @@ import steepest as st
 
 MODELS = ("cnn", "mlp", "gpt")
 DEFAULT_EPOCHS = {"cnn": 20, "mlp": 20, "gpt": 15}
+CORPORA = ("essay", "python-stdlib")
+BPE_VOCAB = 512
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 # The constructors, not st.optimizers.get: --lr has to reach the constructor, and get()
@@ -152,12 +154,24 @@ def _add_train_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=MODELS, default="cnn",
                    help="cnn: 2 conv + 2 dense layers; mlp: 64-256-256-10; gpt: a 4-layer "
                         "character-level Transformer (default: cnn)")
-    p.add_argument("--text", metavar="FILE", default=None,
-                   help="with --model gpt: a UTF-8 text to train on (default: the bundled essay)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--text", metavar="FILE", default=None,
+                        help="with --model gpt: a UTF-8 text to train on (default: the bundled essay)")
+    source.add_argument("--corpus", choices=CORPORA, default="essay",
+                        help="with --model gpt: essay (the bundled one, quick) or python-stdlib "
+                             "(this Python's standard library .py files, whole files held out "
+                             "for validation; default: essay)")
+    p.add_argument("--max-chars", type=_positive_int, default=1_000_000,
+                   help="with --corpus python-stdlib: characters to read (default: 1,000,000)")
+    p.add_argument("--tokenizer", choices=("char", "bpe"), default="char",
+                   help="with --model gpt: one token per character, or byte-level BPE with "
+                        f"{BPE_VOCAB} tokens trained on the training text (needs the tokenizers "
+                        "package; default: char)")
     p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adamw",
                    help="default: adamw")
     p.add_argument("--epochs", type=_positive_int, default=None,
-                   help="passes over the training set (default: 20; 15 for gpt)")
+                   help="passes over the training set (default: 20; 15 for gpt; 1 for gpt on "
+                        "--corpus python-stdlib)")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="default: 32")
     p.add_argument("--lr", type=_positive_float, default=None,
                    help="learning rate (default: the optimizer's own default)")
@@ -324,6 +338,8 @@ def _train(args: argparse.Namespace) -> int:
         return _train_gpt(args)
     if args.text is not None:
         raise CommandError("--text is for --model gpt")
+    if args.corpus != "essay" or args.tokenizer != "char":
+        raise CommandError("--corpus and --tokenizer are for --model gpt")
     epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.model]
     save_path = None if args.no_save else (args.save or f"digits_{args.model}.steepest")
 
@@ -437,31 +453,37 @@ def _tune(args: argparse.Namespace) -> int:
 def _train_gpt(args: argparse.Namespace) -> int:
     """The seed's LLM recipe at small scale: causal LM loss, AdamW with warmup + cosine
     decay, clipnorm 1.0, activation checkpointing."""
-    epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS["gpt"]
+    if args.epochs is not None:
+        epochs = args.epochs
+    else:
+        epochs = 1 if args.corpus == "python-stdlib" else DEFAULT_EPOCHS["gpt"]
     save_path = None if args.no_save else (args.save or "tiny_gpt.steepest")
     _check_device(args.device)
     if save_path is not None:
         _check_writable(save_path, "--save")
     if args.plot is not None:
         _check_plotting(args.plot)
-    if args.text is None:
-        text = st.text.default_text()
-    else:
-        try:
-            with open(args.text, encoding="utf-8") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise CommandError(f"cannot read --text {args.text}: {e}") from None
-        if not text:
-            raise CommandError(f"--text {args.text} is empty")
     context = 64
-    tokenizer = st.text.CharTokenizer.from_text(text)
-    tokens = tokenizer.encode(text)
-    split = int(0.9 * len(tokens))
-    if split < 2 * context:
-        raise CommandError(f"--text has {len(tokens)} characters; a GPT with context {context} needs at least {3 * context}")
-    train = st.text.windows(tokens[:split], context, stride=context // 4)
-    val = st.text.windows(tokens[split - context:], context, stride=context // 4)
+    train_texts, val_texts = _gpt_texts(args)
+    text = "".join(train_texts + val_texts)
+    if args.tokenizer == "bpe":
+        if importlib.util.find_spec("tokenizers") is None:
+            raise CommandError("--tokenizer bpe needs the `tokenizers` package: pip install tokenizers")
+        tokenizer: Any = st.text.BPETokenizer(train_texts, vocab_size=BPE_VOCAB)
+    else:
+        tokenizer = st.text.CharTokenizer.from_text(text)
+    tokens = np.concatenate([tokenizer.encode(t) for t in train_texts])
+    val_tokens = np.concatenate([tokenizer.encode(t) for t in val_texts])
+    if len(tokens) < 2 * context or len(val_tokens) < context + 1:
+        raise CommandError(f"the text gives {len(tokens)} training and {len(val_tokens)} validation "
+                           f"tokens; a GPT with context {context} needs at least {2 * context} and "
+                           f"{context + 1}")
+    # The essay is small: overlapping windows; a corpus is large enough for disjoint ones.
+    stride = context // 4 if len(train_texts) == 1 else context
+    train = st.text.windows(tokens, context, stride=stride)
+    val = st.text.windows(val_tokens, context, stride=stride)
+    # nats per token -> bits per character of the held-out text
+    bits_per_char = len(val_tokens) / sum(len(t) for t in val_texts) / math.log(2)
     st.manual_seed(args.seed)
     model = st.models.GPT(tokenizer.vocab_size, context, d_model=128, num_heads=4, num_layers=4, remat=True)
     steps = epochs * ((len(train) + args.batch_size - 1) // args.batch_size)
@@ -477,14 +499,16 @@ def _train_gpt(args: argparse.Namespace) -> int:
         st.mixed_precision.set_global_policy(previous_policy)
     entropy = st.text.unigram_entropy(tokens)
     if not args.quiet:
-        print(f"Training a character GPT ({model.count_params():,} parameters) on {len(text):,} "
-              f"characters, vocabulary {tokenizer.vocab_size}, context {context}, {epochs} epochs, "
+        kind = "BPE" if args.tokenizer == "bpe" else "character"
+        print(f"Training a {kind} GPT ({model.count_params():,} parameters) on {len(text):,} "
+              f"characters ({len(train_texts):,} training / {len(val_texts):,} held-out texts), "
+              f"vocabulary {tokenizer.vocab_size}, context {context}, {epochs} epochs, "
               f"{args.precision}{_processes()}; unigram entropy {entropy:.3f} nats")
     history = model.fit(train, train, batch_size=args.batch_size, epochs=epochs,
                         validation_data=(val, val), verbose=0 if args.quiet else 2, seed=args.seed)
-    best = min(history.history["val_loss"])
-    print(f"Validation loss {history.history['val_loss'][-1]:.3f} (best {best:.3f}) nats; "
-          f"unigram entropy {entropy:.3f}")
+    final, best = history.history["val_loss"][-1], min(history.history["val_loss"])
+    print(f"Validation loss {final:.3f} (best {best:.3f}) nats per token, "
+          f"{final * bits_per_char:.3f} bits per character; unigram entropy {entropy:.3f}")
     sample = st.models.generate(model, tokens[:context // 2], 200, temperature=0.8, top_k=10, seed=args.seed)
     print("Sample:\n" + tokenizer.decode(sample))
     if save_path is not None:
@@ -494,6 +518,27 @@ def _train_gpt(args: argparse.Namespace) -> int:
         _plot_history(history.history, args.plot, "character GPT")
         print(f"Saved the training curves to {os.path.abspath(args.plot)}")
     return 0
+
+
+def _gpt_texts(args: argparse.Namespace) -> tuple[List[str], List[str]]:
+    """(training texts, held-out texts) for --model gpt."""
+    if args.corpus == "python-stdlib":
+        try:
+            return st.text.python_stdlib_corpus(args.max_chars)
+        except ValueError as e:
+            raise CommandError(str(e)) from None
+    if args.text is None:
+        text = st.text.default_text()
+    else:
+        try:
+            with open(args.text, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CommandError(f"cannot read --text {args.text}: {e}") from None
+        if not text:
+            raise CommandError(f"--text {args.text} is empty")
+    split = int(0.9 * len(text))
+    return [text[:split]], [text[split:]]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1287,6 +1287,12 @@ def generate(model: Sequential, prompt: Sequence[int], max_new_tokens: int,
 
     ``temperature`` divides the logits (0 picks the most likely token); ``top_k`` keeps
     only the k most likely tokens before sampling.
+
+    A GPT-like model (token-and-position embedding, causal TransformerBlocks, position-wise
+    layers) decodes with key/value caches: the prompt runs once, then each new token
+    attends to the cached keys and values of the earlier ones. Once the text outgrows the
+    context, the window slides and every step runs the whole window again (the positions
+    of all its tokens change), as does any other model.
     """
     from .autograd import no_grad
 
@@ -1299,10 +1305,17 @@ def generate(model: Sequential, prompt: Sequence[int], max_new_tokens: int,
     if not tokens:
         raise ValueError("[generate] the prompt needs at least one token")
     rng = np.random.default_rng(seed)
+    impl = model._impl
+    state = _core.model.DecodeState() if impl.supports_decode() else None
     with no_grad():
         for _ in range(max_new_tokens):
-            window = np.asarray(tokens[-context:], dtype=np.int64)[None, :]
-            logits = model(from_numpy(window)).numpy()[0, -1].astype(np.float64)
+            if state is not None and len(tokens) <= context:
+                new = tokens[state.length:]
+                out = impl.decode(from_numpy(np.asarray(new, dtype=np.int64)[None, :]), state)
+            else:
+                window = np.asarray(tokens[-context:], dtype=np.int64)[None, :]
+                out = model(from_numpy(window))
+            logits = out.numpy()[0, -1].astype(np.float64)
             if temperature == 0:
                 tokens.append(int(np.argmax(logits)))
                 continue

@@ -84,11 +84,25 @@ struct Conv2dGeometry {
   bool bf16_products = false;
 };
 
+// Fused attention over `batch` independent (query, key) problems: q (batch, tq, d),
+// k (batch, tk, d), v (batch, tk, dv), all contiguous. Causal masking is top-left aligned
+// (query i sees keys j <= i), as torch's is_causal; attention_key_end gives the bound.
+struct AttentionArgs {
+  int64_t batch = 0, tq = 0, tk = 0, d = 0, dv = 0;
+  bool causal = false;
+  double scale = 1.0;
+};
+
 #if defined(__CUDACC__)
 #define STEEPEST_HOST_DEVICE __host__ __device__
 #else
 #define STEEPEST_HOST_DEVICE
 #endif
+
+// One past the last key query row i attends to.
+STEEPEST_HOST_DEVICE inline int64_t attention_key_end(const AttentionArgs& a, int64_t i) {
+  return a.causal ? (i + 1 < a.tk ? i + 1 : a.tk) : a.tk;
+}
 
 // The divisor of average-pooling window (oh, ow), torch's rule: the window clipped to
 // the padded input, then, without count_include_pad, to the input itself.

@@ -325,10 +325,25 @@ class TokenAndPositionEmbedding final : public Layer {
   TokenAndPositionEmbedding(std::string name, int64_t vocab_size, int64_t context, int64_t d_model);
   const char* kind() const override { return "TokenAndPositionEmbedding"; }
   Tensor forward(const Tensor& x, bool training, int64_t step) override;
+  // Tokens at positions [offset, offset + time): the next ones after `offset` already
+  // decoded (Sequential::decode).
+  Tensor forward_at(const Tensor& x, int64_t offset);
 
  private:
   Dims build_weights(const Dims& input_shape, uint64_t seed) override;
   int64_t vocab_size_, context_, d_model_;
+};
+
+// One TransformerBlock's keys and values (batch, heads, tokens, head size) of the tokens
+// decoded so far; undefined before the first.
+struct KVCache {
+  Tensor keys, values;
+};
+
+// Where incremental decoding stands: the number of tokens consumed and each block's cache.
+struct DecodeState {
+  int64_t length = 0;
+  std::vector<KVCache> blocks;
 };
 
 // A pre-LayerNorm decoder block: x + Attention(LN(x)), then x + MLP(LN(x)) with a GELU
@@ -341,10 +356,16 @@ class TransformerBlock final : public Layer {
                    double dropout, bool causal, bool remat, uint64_t seed);
   const char* kind() const override { return "TransformerBlock"; }
   Tensor forward(const Tensor& x, bool training, int64_t step) override;
+  bool causal() const { return causal_; }
+  // Inference on the tokens that follow those whose keys and values `cache` holds: a
+  // prompt (empty cache, causal attention among its tokens) or one token at a time
+  // (attending to every cached key); appends the new keys and values to the cache.
+  Tensor forward_cached(const Tensor& x, KVCache& cache);
 
  private:
   Dims build_weights(const Dims& input_shape, uint64_t seed) override;
-  Tensor block(const Tensor& x, bool training, int64_t step);
+  // cache: null for training and plain inference, else forward_cached's.
+  Tensor block(const Tensor& x, bool training, int64_t step, KVCache* cache);
   Tensor drop(const Tensor& x, bool training, int64_t step, uint64_t salt) const;
   int64_t d_model_, num_heads_, mlp_ratio_;
   double dropout_;
@@ -537,6 +558,12 @@ class Sequential {
   const std::shared_ptr<optim::LossScaler>& loss_scaler() const { return loss_scaler_; }
 
   Tensor forward(const Tensor& x, bool training, int64_t step) const;
+  // Incremental inference with key/value caches (st.models.generate): whether every layer
+  // supports it (a token-and-position embedding, causal TransformerBlocks and layers that
+  // act on each position alone), and the float32 outputs for `tokens` (batch, time) that
+  // follow the state's tokens, the same as forward() on all of them, at their positions.
+  bool supports_decode() const;
+  Tensor decode(const Tensor& tokens, DecodeState& state) const;
   // One epoch over (x, y) in batches. sample_weight (undefined: none) weighs the loss
   // terms, Keras' way: Σ w·loss / number of terms; it is cut into batches with the same
   // rows as x and y. Under data parallelism every rank passes the same data and
