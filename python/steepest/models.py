@@ -561,8 +561,9 @@ class Sequential:
         values.
 
         As in Keras: ``sample_weight`` (one weight per sample, or per position such as
-        (B, T)) and ``class_weight`` ({class: weight}) weigh the loss as Σ w·loss divided
-        by the number of loss terms (metrics stay unweighted); ``validation_data`` may be
+        (B, T)) and ``class_weight`` ({class: weight}) weigh the loss terms, which the
+        loss's ``reduction`` then reduces, by default to Σ w·loss divided by the number of
+        loss terms, exactly as calling the loss object does (metrics stay unweighted); ``validation_data`` may be
         (x, y) or (x, y, sample_weight). ``steps_per_epoch`` runs only the first that many
         batches of each epoch's order, ``validation_steps`` evaluates that many validation
         batches, and ``validation_freq`` validates every that many epochs (an int) or

@@ -548,8 +548,8 @@ class Sequential {
 
   Tensor forward(const Tensor& x, Pass pass) const;
   // One epoch over (x, y) in batches. sample_weight (undefined: none) weighs the loss
-  // terms, Keras' way: Σ w·loss / number of terms; it is cut into batches with the same
-  // rows as x and y. Under data parallelism every rank passes the same data and
+  // terms, reduced by the loss's reduction (losses::reduce; by default Keras'
+  // Σ w·loss / number of terms); it is cut into batches with the same rows as x and y. Under data parallelism every rank passes the same data and
   // batching, batch_size is the global batch and each rank computes its contiguous
   // share of every batch; the logs are global.
   Logs train_epoch(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
