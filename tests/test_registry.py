@@ -50,6 +50,9 @@ def _definition_file(folder, kernel):
 def test_a_kernel_without_cuda_definition_fails(tree):
     path = _definition_file(tree / "cuda", "embedding_forward")
     _edit(path, "embedding_forward(", "embedding_forward_renamed(", count=-1)
+    # A declaration is not a definition.
+    (tree / "cuda/declarations.cuh").write_text(
+        "void embedding_forward(const Tensor& indices, const Tensor& table, Tensor& out);\n")
     assert "kernel embedding_forward (kernels.def) has no CUDA definition" in "\n".join(registry.check(tree))
 
 

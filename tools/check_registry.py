@@ -38,9 +38,10 @@ def kernel_names(root: Path) -> List[str]:
 
 
 def defined_functions(paths: Iterable[Path]) -> Set[str]:
+    """Names of the void functions defined (with a body, not only declared) in paths."""
     names: Set[str] = set()
     for path in paths:
-        names.update(re.findall(r"\bvoid\s+(\w+)\s*\(", _code(path)))
+        names.update(re.findall(r"\bvoid\s+(\w+)\s*\([^;{}]*\)\s*\{", _code(path)))
     return names
 
 
