@@ -26,7 +26,11 @@ void init_autograd(nb::module_& m) {
         std::vector<Tensor> grads;
         {
           nb::gil_scoped_release release;
-          grads = grad(outputs, seeds, inputs, retain_graph, create_graph, allow_unused);
+          BackwardOptions options;
+          options.retain_graph = retain_graph;
+          options.create_graph = create_graph;
+          options.allow_unused = allow_unused;
+          grads = grad(outputs, seeds, inputs, options);
         }
         std::vector<std::optional<Tensor>> result;
         for (Tensor& g : grads) result.push_back(g.defined() ? std::optional<Tensor>(g) : std::nullopt);

@@ -267,7 +267,7 @@ void init_everyday_ops(nb::module_& parent) {
         arg("x"), arg("indices"), arg("axis").none(),
         "numpy.take_along_axis: indices broadcast against x on the other axes.");
   m.def("gather", &ops::gather, arg("x"), arg("axis"), arg("index"),
-        "torch.gather: out[i][j] = x[index[i][j]][j] for axis 0; out has index's shape.");
+        "torch.gather: `out[i][j] = x[index[i][j]][j]` for axis 0; out has index's shape.");
 
   // --- joining and rearranging
   for (const char* name : {"cat", "concatenate"})

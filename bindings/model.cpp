@@ -21,17 +21,7 @@ namespace {
 
 using model::Activation;
 
-model::LossKind loss_from_name(const std::string& name) {
-  if (name == "sparse_categorical_crossentropy") return model::LossKind::SparseCategoricalCrossentropy;
-  if (name == "categorical_crossentropy") return model::LossKind::CategoricalCrossentropy;
-  if (name == "binary_crossentropy") return model::LossKind::BinaryCrossentropy;
-  if (name == "mse" || name == "mean_squared_error") return model::LossKind::MeanSquaredError;
-  if (name == "mae" || name == "mean_absolute_error") return model::LossKind::MeanAbsoluteError;
-  if (name == "causal_lm_crossentropy") return model::LossKind::CausalLanguageModel;
-  throw ValueError("[compile] unknown loss '" + name +
-                   "'; expected sparse_categorical_crossentropy, categorical_crossentropy, "
-                   "binary_crossentropy, mse or mae");
-}
+model::OnNanLoss on_nan_loss(bool stop) { return stop ? model::OnNanLoss::Stop : model::OnNanLoss::Continue; }
 
 model::Metric metric_from_name(const std::string& name) {
   if (name == "accuracy" || name == "acc") return model::Metric::Accuracy;
@@ -372,20 +362,15 @@ void init_model(nb::module_& parent) {
                          nb::object custom_metrics, size_t custom_metric_count) {
              std::vector<model::Metric> parsed;
              for (const auto& name : metrics) parsed.push_back(metric_from_name(name));
-             model::LossSpec spec{custom_loss.is_none() ? loss_from_name(loss) : model::LossKind::MeanSquaredError,
-                                  from_logits, nullptr};
-             if (!custom_loss.is_none()) {
+             model::LossSpec spec;
+             spec.reduction = losses::reduction_from_name("compile", reduction);
+             if (spec.reduction == losses::Reduction::None)
+               throw ValueError("[compile] a loss used by fit must reduce to a scalar: reduction must be "
+                                "sum_over_batch_size, sum or mean_with_sample_weight, got 'none'");
+             if (custom_loss.is_none()) {
+               spec.spec = {losses::from_name("compile", loss).kind, from_logits};
+             } else {
                auto custom = std::make_shared<model::CustomLoss>();
-               if (reduction == "sum_over_batch_size" || reduction == "mean")
-                 custom->reduction = model::LossReduction::SumOverBatchSize;
-               else if (reduction == "sum")
-                 custom->reduction = model::LossReduction::Sum;
-               else if (reduction == "mean_with_sample_weight")
-                 custom->reduction = model::LossReduction::MeanWithSampleWeight;
-               else
-                 throw ValueError("[compile] a loss used by fit must reduce to a scalar: reduction must be "
-                                  "'sum_over_batch_size', 'mean', 'sum' or 'mean_with_sample_weight', got '" +
-                                  reduction + "'");
                custom->fn = [fn = shared_object(custom_loss)](const Tensor& y_true, const Tensor& y_pred) {
                  nb::gil_scoped_acquire gil;
                  return returned_tensor((*fn)(y_true, y_pred), "loss");
@@ -415,7 +400,7 @@ void init_model(nb::module_& parent) {
            arg("custom_metric_count") = 0,
            "compute_dtype: the mixed-precision policy's; loss_scaler: dynamic loss scaling in fit; "
            "shard_optimizer_state: ZeRO stage 1 under data parallelism. custom_loss(y_true, y_pred) "
-           "replaces `loss`, reduced by `reduction`; custom_metrics has reset() and update(y_true, y_pred) "
+           "replaces `loss`; either is reduced by `reduction`; custom_metrics has reset() and update(y_true, y_pred) "
            "-> custom_metric_count floats, appended to the built-in metrics in the logs.")
       .def("gather_optimizer_state", &model::Sequential::gather_optimizer_state,
            nb::call_guard<nb::gil_scoped_release>(),
@@ -425,7 +410,11 @@ void init_model(nb::module_& parent) {
            "Checks that every rank built the same model and gives all of them rank 0's weights.")
       .def_prop_ro("compute_dtype", [](const model::Sequential& s) { return std::string(dtype_name(s.compute_dtype())); })
       .def_prop_ro("loss_scaler", &model::Sequential::loss_scaler)
-      .def("forward", &model::Sequential::forward, arg("x"), arg("training") = false, arg("step") = 0)
+      .def("forward",
+           [](const model::Sequential& s, const Tensor& x, bool training, int64_t step) {
+             return s.forward(x, model::Pass{training, step});
+           },
+           arg("x"), arg("training") = false, arg("step") = 0)
       .def("supports_decode", &model::Sequential::supports_decode)
       .def("decode",
            [](const model::Sequential& s, const Tensor& tokens, model::DecodeState& state) {
@@ -446,7 +435,7 @@ void init_model(nb::module_& parent) {
              model::Logs logs;
              {
                nb::gil_scoped_release release;
-               logs = s.train_epoch(x, y, sample_weight.value_or(Tensor()), batching, stop_on_nan, callbacks);
+               logs = s.train_epoch(x, y, sample_weight.value_or(Tensor()), batching, on_nan_loss(stop_on_nan), callbacks);
              }
              nb::dict d = logs_dict(logs);
              d["interrupted"] = interrupted;
@@ -462,11 +451,11 @@ void init_model(nb::module_& parent) {
               nb::object callback, double report_seconds, int64_t accumulation_steps, nb::object batch_begin) {
              model::Batching batching{1, {}, steps, accumulation_steps};
              LoopCallbacks loop(callback, report_seconds, batch_begin);
-             model::QueueSource source(std::move(queue), steps, true, loop.ctrl_c());
+             model::QueueSource source(std::move(queue), steps, model::QueueSource::Share::PerRank, loop.ctrl_c());
              model::Logs logs;
              {
                nb::gil_scoped_release release;
-               logs = s.train_epoch(source, batching, stop_on_nan, loop.callbacks);
+               logs = s.train_epoch(source, batching, on_nan_loss(stop_on_nan), loop.callbacks);
              }
              return loop.result(logs);
            },
@@ -478,7 +467,7 @@ void init_model(nb::module_& parent) {
            [](model::Sequential& s, std::shared_ptr<model::BatchQueue> queue, int64_t steps, nb::object callback,
               double report_seconds, nb::object batch_begin) {
              LoopCallbacks loop(callback, report_seconds, batch_begin);
-             model::QueueSource source(std::move(queue), steps, true, loop.ctrl_c());
+             model::QueueSource source(std::move(queue), steps, model::QueueSource::Share::PerRank, loop.ctrl_c());
              model::Logs logs;
              {
                nb::gil_scoped_release release;
@@ -491,7 +480,7 @@ void init_model(nb::module_& parent) {
       .def("predict_stream",
            [](const model::Sequential& s, std::shared_ptr<model::BatchQueue> queue, int64_t steps,
               nb::object batch_begin, nb::object batch_end) {
-             model::QueueSource source(std::move(queue), steps, false);
+             model::QueueSource source(std::move(queue), steps, model::QueueSource::Share::WholeBatch);
              model::PredictCallbacks callbacks{with_gil<int64_t>(batch_begin),
                                                with_gil<int64_t, const Tensor&>(batch_end)};
              nb::gil_scoped_release release;

@@ -1,10 +1,12 @@
-// steepest._core.ops: the functional operators of st.ops, with keyword arguments named
-// as in API.md. Heavy ops release the GIL.
+// steepest._core.ops: the functional operators of st.ops; their names, keyword arguments
+// and docstrings are the API reference (docs/api/ops.md). Heavy ops release the GIL.
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
 #include "common.h"
+#include "steepest/losses.h"
 
 namespace steepest::bindings {
 
@@ -185,6 +187,53 @@ void init_ops(nb::module_& parent) {
                                            ops::reduction_from_name("binary_cross_entropy", reduction));
         },
         arg("logits"), arg("targets"), arg("from_logits") = true, arg("reduction") = "mean");
+  // Keras' losses, the same functions fit trains with (steepest/losses.h).
+  m.def("loss_table",
+        [] {
+          nb::list entries;
+          for (const losses::Info& info : losses::table()) {
+            nb::list aliases;
+            for (const char* alias : info.aliases) aliases.append(alias);
+            const char* labels = info.labels == losses::Labels::ClassIndices ? "class_indices"
+                                 : info.labels == losses::Labels::NextTokens ? "next_tokens"
+                                                                               : "values";
+            nb::dict entry;
+            entry["name"] = info.name;
+            entry["aliases"] = aliases;
+            entry["labels"] = labels;
+            entry["crossentropy"] = info.crossentropy;
+            entries.append(entry);
+          }
+          return entries;
+        },
+        "The built-in losses: name, aliases, labels ('values', 'class_indices' or "
+        "'next_tokens') and whether a softmax output fuses into the cross-entropy.");
+  m.def("loss_reductions",
+        [] {
+          std::vector<std::string> names;
+          for (const char* name : losses::reduction_names()) names.emplace_back(name);
+          return names;
+        },
+        "The names of the loss reductions, as Loss(reduction=...) takes them.");
+  m.def("loss",
+        [](const std::string& name, const Tensor& y_true, const Tensor& y_pred, bool from_logits,
+           std::optional<Tensor> sample_weight, const std::string& reduction) {
+          const losses::Info& info = losses::from_name("loss", name);
+          return losses::loss(info.name, {info.kind, from_logits}, y_true, y_pred,
+                              sample_weight.value_or(Tensor()), losses::reduction_from_name(info.name, reduction));
+        },
+        arg("name"), arg("y_true"), arg("y_pred"), nb::kw_only(), arg("from_logits") = false,
+        arg("sample_weight").none() = nb::none(), arg("reduction") = "sum_over_batch_size",
+        "The built-in loss `name` (see loss_table) of y_pred against y_true, weighted by "
+        "sample_weight and reduced as Keras does; differentiable.");
+  m.def("reduce_loss",
+        [](const Tensor& values, std::optional<Tensor> sample_weight, const std::string& reduction) {
+          return losses::reduce("loss", values, sample_weight.value_or(Tensor()),
+                                losses::reduction_from_name("loss", reduction));
+        },
+        arg("values"), nb::kw_only(), arg("sample_weight").none() = nb::none(),
+        arg("reduction") = "sum_over_batch_size",
+        "A custom loss's values weighted by sample_weight and reduced as fit reduces them.");
   m.def("conv2d",
         [](const Tensor& x, const Tensor& w, std::optional<Tensor> b, nb::handle stride,
            nb::handle padding, nb::handle dilation, int64_t groups) {

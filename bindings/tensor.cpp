@@ -83,12 +83,15 @@ std::optional<std::pair<double, DType>> python_scalar(nb::handle h) {
 
 using BinaryFn = Tensor (*)(const Tensor&, const Tensor&);
 
-// tensor ∘ scalar (or scalar ∘ tensor when reflected), the scalar weak in promotion.
-nb::object with_scalar(BinaryFn op, const Tensor& a, nb::handle b, bool reflected) {
+// Which side of a binary operator the Python scalar is on: a + 2 or 2 + a (__radd__).
+enum class Operands { TensorFirst, ScalarFirst };
+
+// tensor ∘ scalar (or scalar ∘ tensor), the scalar weak in promotion.
+nb::object with_scalar(BinaryFn op, const Tensor& a, nb::handle b, Operands order) {
   auto scalar = python_scalar(b);
   if (!scalar) return nb::borrow(Py_NotImplemented);
   Tensor s = ops::scalar_operand(a, scalar->first, scalar->second);
-  return nb::cast(reflected ? op(s, a) : op(a, s));
+  return nb::cast(order == Operands::ScalarFirst ? op(s, a) : op(a, s));
 }
 
 // An index item that is not an int, slice, None or Ellipsis: a steepest tensor, or a
@@ -366,8 +369,10 @@ void init_tensor(nb::module_& m) {
           [](const Tensor& t, std::optional<Tensor> grad, std::optional<bool> retain_graph,
              bool create_graph) {
             nb::gil_scoped_release release;
-            backward(t, grad ? *grad : Tensor(), retain_graph.value_or(create_graph), {},
-                     create_graph);
+            BackwardOptions options;
+            options.retain_graph = retain_graph.value_or(create_graph);
+            options.create_graph = create_graph;
+            backward(t, grad ? *grad : Tensor(), options);
           },
           nb::arg("grad").none() = nb::none(), nb::arg("retain_graph").none() = nb::none(),
           nb::arg("create_graph") = false,
@@ -462,17 +467,17 @@ void init_tensor(nb::module_& m) {
       .def("__neg__", &ops::neg)
       .def("__abs__", &ops::abs)
       .def("__add__", &ops::add)
-      .def("__add__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::add, a, b, false); })
-      .def("__radd__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::add, a, b, true); })
+      .def("__add__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::add, a, b, Operands::TensorFirst); })
+      .def("__radd__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::add, a, b, Operands::ScalarFirst); })
       .def("__sub__", &ops::sub)
-      .def("__sub__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::sub, a, b, false); })
-      .def("__rsub__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::sub, a, b, true); })
+      .def("__sub__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::sub, a, b, Operands::TensorFirst); })
+      .def("__rsub__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::sub, a, b, Operands::ScalarFirst); })
       .def("__mul__", &ops::mul)
-      .def("__mul__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::mul, a, b, false); })
-      .def("__rmul__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::mul, a, b, true); })
+      .def("__mul__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::mul, a, b, Operands::TensorFirst); })
+      .def("__rmul__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::mul, a, b, Operands::ScalarFirst); })
       .def("__truediv__", &ops::div)
-      .def("__truediv__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::div, a, b, false); })
-      .def("__rtruediv__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::div, a, b, true); })
+      .def("__truediv__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::div, a, b, Operands::TensorFirst); })
+      .def("__rtruediv__", [](const Tensor& a, nb::handle b) { return with_scalar(&ops::div, a, b, Operands::ScalarFirst); })
       .def("__matmul__", &ops::matmul)
       .def("__pow__",
            [](const Tensor& a, nb::handle k) -> nb::object {
@@ -487,7 +492,7 @@ void init_tensor(nb::module_& m) {
   cls.def(py, [](const Tensor& a, const Tensor& b) { return ops::compare(BinaryOp::op, a, b); });   \
   cls.def(py, [](const Tensor& a, nb::handle b) {                                                  \
     return with_scalar([](const Tensor& x, const Tensor& y) { return ops::compare(BinaryOp::op, x, y); }, \
-                       a, b, false);                                                               \
+                       a, b, Operands::TensorFirst);                                               \
   }, nb::arg("other").none());
   STEEPEST_COMPARE("__eq__", Eq)
   STEEPEST_COMPARE("__ne__", Ne)

@@ -1,4 +1,5 @@
-"""softmax, log_softmax, cross_entropy, mse_loss, binary_cross_entropy."""
+"""softmax, log_softmax, cross_entropy, mse_loss, binary_cross_entropy, and Keras' losses as
+ops (loss, reduce_loss)."""
 
 import numpy as np
 import pytest
@@ -159,3 +160,106 @@ def test_cross_entropy_sequence_probabilities_and_slices(rng):
     check_op(lambda z, y: ops.cross_entropy(z[:, 1:], y[:, 1:], reduction="none"),
              lambda z, y: F.cross_entropy(z[:, 1:].transpose(1, 2), y[:, 1:].transpose(1, 2), reduction="none"),
              [(2, 3, 5), probs], grad_inputs=(0, 1))
+
+
+# ------------------------------------------------- Keras' losses as ops (st.ops.loss)
+# The one definition st.losses and Sequential.fit share (cpp/ops/losses.cpp).
+
+def _causal_lm(z, y):
+    return F.cross_entropy(z[:, :-1].reshape(-1, z.shape[-1]), y[:, 1:].reshape(-1))
+
+
+LOSS_CASES = [
+    pytest.param("sparse_categorical_crossentropy", True, [(4, 5), np.array([0, 3, 1, 4])], "normal",
+                 lambda z, y: F.cross_entropy(z, y), id="sparse-logits"),
+    pytest.param("sparse_categorical_crossentropy", False, [(4, 5), np.array([0, 3, 1, 4])], "unit",
+                 lambda p, y: F.cross_entropy(torch.log(p), y), id="sparse-probabilities"),
+    pytest.param("categorical_crossentropy", True, [(3, 4), np.eye(4)[[1, 0, 3]] * 0.8 + 0.05], "normal",
+                 lambda z, y: F.cross_entropy(z, y), id="categorical-logits"),
+    pytest.param("binary_crossentropy", True, [(6,), np.array([1.0, 0.0, 0.3, 1.0, 0.0, 0.5])], "normal",
+                 lambda z, y: F.binary_cross_entropy_with_logits(z, y), id="binary-logits"),
+    pytest.param("binary_crossentropy", False, [(2, 3), np.array([[1.0, 0.0, 0.3], [1.0, 0.0, 0.5]])], "unit",
+                 lambda p, y: F.binary_cross_entropy(p, y), id="binary-probabilities"),
+    pytest.param("mse", True, [(3, 4), (3, 4)], "normal", lambda p, y: F.mse_loss(p, y), id="mse"),
+    pytest.param("mean_absolute_error", True, [(3, 4), (3, 4)], "normal", lambda p, y: F.l1_loss(p, y), id="mae"),
+    pytest.param("causal_lm_crossentropy", True, [(2, 4, 5), np.array([[1, 2, 0, 4], [3, 3, 1, 0]])], "normal",
+                 _causal_lm, id="causal-lm"),
+]
+
+
+@pytest.mark.parametrize("name, from_logits, inputs, domain, torch_fn", LOSS_CASES)
+def test_loss_op_matches_torch(name, from_logits, inputs, domain, torch_fn):
+    check_op(lambda p, y: ops.loss(name, y, p, from_logits=from_logits), torch_fn, inputs,
+             grad_inputs=(0,), domain=domain, noncontig=["slice" if len(inputs[0]) == 2 else None, None])
+
+
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "sum", "mean_with_sample_weight", "none"])
+def test_loss_op_with_sample_weights(reduction):
+    w = np.array([0.5, 2.0, 0.0])
+
+    def reference(p, y):
+        values = (p - y) ** 2 * torch.from_numpy(w)[:, None].to(p.dtype)
+        if reduction == "none":
+            return values
+        if reduction == "sum":
+            return values.sum()
+        if reduction == "mean_with_sample_weight":
+            return values.sum() / (w.sum() * 4)
+        return values.mean()
+
+    check_op(lambda p, y, sw: ops.loss("mse", y, p, sample_weight=sw, reduction=reduction),
+             lambda p, y, sw: reference(p, y), [(3, 4), (3, 4), w], grad_inputs=(0,))
+
+
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "sum", "mean_with_sample_weight", "none"])
+def test_reduce_loss_op(reduction):
+    w = np.array([1.0, 3.0, 0.5, 2.0])
+
+    def reference(v):
+        weighted = v * torch.from_numpy(w)[:, None].to(v.dtype)
+        return {"none": weighted, "sum": weighted.sum(), "mean_with_sample_weight": weighted.sum() / (w.sum() * 2)
+                }.get(reduction, weighted.mean())
+
+    check_op(lambda v, sw: ops.reduce_loss(v, sample_weight=sw, reduction=reduction), lambda v, sw: reference(v),
+             [(4, 2), w], grad_inputs=(0,), noncontig=["T", None])
+    check_op(lambda v: ops.reduce_loss(v, reduction=reduction),
+             lambda v: v if reduction == "none" else v.sum() if reduction == "sum" else v.mean(), [(4, 2)])
+
+
+def test_loss_objects_run_the_loss_op():
+    # st.losses.X.__call__ is st.ops.loss: the same clamp as fit. A probability of exactly
+    # 0 for a positive label (or 1 for a negative one) gave inf in a custom loop before;
+    # it is clipped to [1e-7, 1 - 1e-7] (about 16 nats).
+    y = st.tensor(np.array([[1.0], [0.0]], dtype=np.float32))
+    p = st.tensor(np.array([[0.0], [1.0]], dtype=np.float32))
+    loss = st.losses.BinaryCrossentropy()(y, p)
+    assert loss.item() == ops.loss("binary_crossentropy", y, p).item()
+    assert 15.0 < loss.item() < 17.0
+    w = st.tensor(np.array([1.0, 3.0], dtype=np.float32))
+    for cls, name in [(st.losses.MeanSquaredError, "mse"), (st.losses.MeanAbsoluteError, "mae")]:
+        for reduction in ["sum_over_batch_size", "sum", "mean_with_sample_weight"]:
+            got = cls(reduction=reduction)(y, p, sample_weight=w)
+            assert got.item() == ops.loss(name, y, p, sample_weight=w, reduction=reduction).item()
+
+
+def test_loss_object_equals_fit_loss():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 3)).astype(np.float32)
+    y = (rng.random((16, 1)) > 0.5).astype(np.float32)
+    w = rng.random(16).astype(np.float32)
+    for loss in [st.losses.BinaryCrossentropy(from_logits=True), st.losses.MeanSquaredError(reduction="sum"),
+                 st.losses.MeanAbsoluteError()]:
+        model = st.Sequential([st.layers.Input((3,)), st.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss=loss)
+        fit_loss = model.evaluate(x, y, sample_weight=w, batch_size=16, verbose=0)
+        direct = loss(st.tensor(y), st.tensor(model.predict(x, verbose=0)), sample_weight=st.tensor(w))
+        np.testing.assert_allclose(fit_loss, direct.item(), rtol=1e-6)
+
+
+def test_loss_table_is_the_one_name_table():
+    table = st._core.ops.loss_table()
+    names = {e["name"] for e in table} | {a for e in table for a in e["aliases"]}
+    for name in names:
+        assert st.losses.get(name).loss_name in {e["name"] for e in table}
+    with pytest.raises(ValueError, match=r"^\[loss\] unknown loss 'hinge'; expected one of .*mse"):
+        ops.loss("hinge", st.tensor([1.0]), st.tensor([1.0]))

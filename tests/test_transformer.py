@@ -57,6 +57,13 @@ def test_checkpoint_gradients_are_bit_identical():
     np.testing.assert_array_equal(w.grad.numpy(), plain[1])
 
 
+def test_checkpoint_check_op():
+    # The recomputing node (CheckpointBackward) against the plain graph's torch twin.
+    check_op(lambda x, w: st.checkpoint(lambda t: ops.gelu(t @ w) * t, x),
+             lambda x, w: torch.nn.functional.gelu(x @ w) * x, [(3, 4), (4, 4)],
+             second_order="checkpoint recomputes with grad mode on only for first-order backward")
+
+
 def _block_pair(seed=3, dropout=0.0):
     plain = st.layers.TransformerBlock(16, 4, dropout=dropout, seed=seed)
     remat = st.layers.TransformerBlock(16, 4, dropout=dropout, seed=seed, remat=True)

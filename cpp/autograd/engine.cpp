@@ -328,22 +328,20 @@ void run_engine(const std::vector<Root>& roots, bool retain_graph, bool create_g
 }
 }  // namespace
 
-void backward(const Tensor& root, const Tensor& grad, bool retain_graph,
-              const GradientReadyHook& on_gradient_ready, bool create_graph) {
+void backward(const Tensor& root, const Tensor& grad, const BackwardOptions& options) {
   std::lock_guard<std::recursive_mutex> lock(g_backward_mutex);
   if (!root.requires_grad())
     fail<StateError>("backward",
                      "the tensor does not require grad and has no grad_fn; call "
                      "requires_grad on an input before computing it");
   Tensor seed = seed_for("backward", root, grad);
-  run_engine({Root{gradient_edge(root), seed}}, retain_graph, create_graph, on_gradient_ready,
-             nullptr, nullptr);
+  run_engine({Root{gradient_edge(root), seed}}, options.retain_graph, options.create_graph,
+             options.on_gradient_ready, nullptr, nullptr);
 }
 
 std::vector<Tensor> grad(const std::vector<Tensor>& outputs,
                          const std::vector<Tensor>& grad_outputs,
-                         const std::vector<Tensor>& inputs, bool retain_graph, bool create_graph,
-                         bool allow_unused) {
+                         const std::vector<Tensor>& inputs, const BackwardOptions& options) {
   std::lock_guard<std::recursive_mutex> lock(g_backward_mutex);
   if (outputs.empty()) fail("grad", "outputs is empty; pass at least one tensor");
   if (!grad_outputs.empty() && grad_outputs.size() != outputs.size())
@@ -366,21 +364,21 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs,
     targets.emplace(edges.back().get(), Tensor());
   }
   std::unordered_map<Node*, Tensor> captured;
-  run_engine(roots, retain_graph, create_graph, {}, &targets, &captured);
+  run_engine(roots, options.retain_graph, options.create_graph, {}, &targets, &captured);
   std::vector<Tensor> result;
-  GradModeGuard grad_mode(create_graph);
+  GradModeGuard grad_mode(options.create_graph);
   for (size_t i = 0; i < inputs.size(); ++i) {
     auto it = captured.find(edges[i].get());
     Tensor g = it == captured.end() ? Tensor() : it->second;
     if (!g.defined()) {
-      if (!allow_unused)
+      if (!options.allow_unused)
         fail("grad", "input ", i, " of shape ", inputs[i].shape(),
              " was not used to compute the outputs; pass allow_unused=True to get None for it");
       result.push_back(g);
       continue;
     }
     if (g.shape() != inputs[i].shape()) g = ops::sum_to(g, inputs[i].shape());
-    result.push_back(create_graph ? g : g.detach());
+    result.push_back(options.create_graph ? g : g.detach());
   }
   return result;
 }

@@ -4,32 +4,15 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstring>
 #include <deque>
 
 #include "steepest/autograd.h"
 #include "steepest/dist.h"
-#include "steepest/kernels.h"
+#include "steepest/losses.h"
 #include "steepest/model.h"
 #include "steepest/ops.h"
 
 namespace steepest::model {
-
-Tensor gather_rows(const Tensor& x, const int64_t* order, int64_t count) {
-  Tensor src = ops::contiguous(x.detach());
-  Dims shape = src.shape();
-  shape[0] = count;
-  Tensor out = Tensor::empty(shape, src.dtype(), src.device());
-  if (!src.device().is_cpu()) fail("fit", "batching reads host memory; keep the data on the CPU");
-  int64_t rows = src.shape()[0];
-  size_t row_bytes = static_cast<size_t>(rows ? src.numel() / rows : 0) * itemsize(src.dtype());
-  const char* from = static_cast<const char*>(src.data_ptr());
-  char* to = static_cast<char*>(out.data_ptr());
-  for (int64_t i = 0; i < count; ++i)
-    std::memcpy(to + static_cast<size_t>(i) * row_bytes, from + static_cast<size_t>(order[i]) * row_bytes,
-                row_bytes);
-  return out;
-}
 
 void Sequential::add(std::shared_ptr<Layer> layer) {
   if (built_) fail("Sequential", "cannot add layers to a model that is already built");
@@ -92,11 +75,11 @@ void Sequential::compile(std::shared_ptr<optim::Optimizer> optimizer, LossSpec l
   // the one that fits the labels and outputs (see metric_sums).
   for (Metric& m : metrics) {
     if (m != Metric::Accuracy || loss.custom) continue;
-    switch (loss.kind) {
-      case LossKind::SparseCategoricalCrossentropy:
+    switch (loss.spec.kind) {
+      case losses::Kind::SparseCategoricalCrossentropy:
         m = Metric::SparseCategoricalAccuracy;
         break;
-      case LossKind::CategoricalCrossentropy:
+      case losses::Kind::CategoricalCrossentropy:
         m = Metric::CategoricalAccuracy;
         break;
       default:
@@ -121,9 +104,9 @@ Tensor to_float32(const Tensor& y) {
 
 }  // namespace
 
-Tensor Sequential::forward(const Tensor& x, bool training, int64_t step) const {
+Tensor Sequential::forward(const Tensor& x, Pass pass) const {
   Tensor h = to_compute(x, compute_dtype_);
-  for (const auto& layer : layers_) h = layer->forward(h, training, step);
+  for (const auto& layer : layers_) h = layer->forward(h, pass.training, pass.step);
   return to_float32(h);
 }
 
@@ -166,88 +149,10 @@ Tensor Sequential::decode(const Tensor& tokens, DecodeState& state) const {
 
 namespace {
 
-bool is_crossentropy(LossKind kind) {
-  return kind == LossKind::SparseCategoricalCrossentropy || kind == LossKind::CategoricalCrossentropy ||
-         kind == LossKind::CausalLanguageModel;
-}
-
-// Probabilities are clipped away from 0 before the log, as Keras does.
-constexpr double kProbabilityFloor = 1e-7;
-
-// The loss averaged (Reduction::Mean) or per term (Reduction::None): one term per
-// element of the output, or per position (all but the class axis) for cross-entropies.
-Tensor loss_terms(LossSpec spec, const Tensor& out, const Tensor& y, ops::Reduction reduction) {
-  Tensor target = y;
-  if (!is_crossentropy(spec.kind) && y.shape() != out.shape() && y.numel() == out.numel())
-    target = ops::reshape(y, out.shape());
-  switch (spec.kind) {
-    case LossKind::SparseCategoricalCrossentropy:
-    case LossKind::CategoricalCrossentropy: {
-      // From probabilities: softmax(log p) = p / Σp, so the log-probabilities can go
-      // through the fused kernel (Keras also renormalises p).
-      Tensor logits = spec.from_logits ? out : ops::log(ops::clamp_min(out, kProbabilityFloor));
-      return ops::cross_entropy(logits, target, reduction);
-    }
-    case LossKind::BinaryCrossentropy: {
-      if (spec.from_logits) return ops::binary_cross_entropy(out, target, true, reduction);
-      Tensor p = ops::clamp_min(out, kProbabilityFloor);
-      p = ops::add_scalar(ops::neg(ops::clamp_min(ops::add_scalar(ops::neg(p), 1.0), kProbabilityFloor)), 1.0);
-      return ops::binary_cross_entropy(p, target, false, reduction);
-    }
-    case LossKind::MeanSquaredError:
-      return ops::mse_loss(out, target, reduction);
-    case LossKind::MeanAbsoluteError: {
-      Tensor terms = ops::abs(ops::sub(out, target));
-      return reduction == ops::Reduction::Mean ? ops::mean(terms) : terms;
-    }
-    case LossKind::CausalLanguageModel: {
-      // seed: L = −1/T Σ_t log P(x_t | x_<t): the logits at t predict token t + 1.
-      if (out.ndim() != 3 || target.ndim() != 2 || out.shape()[1] != target.shape()[1])
-        fail("causal_lm", "expects (batch, time, vocab) logits and (batch, time) tokens, got ",
-             out.shape(), " and ", target.shape());
-      int64_t t = out.shape()[1];
-      Tensor logits = ops::slice(out, 1, 0, t - 1, 1);
-      Tensor next_tokens = ops::slice(target, 1, 1, t, 1);
-      if (!spec.from_logits) logits = ops::log(ops::clamp_min(logits, kProbabilityFloor));
-      return ops::cross_entropy(logits, next_tokens, reduction);
-    }
-  }
-  return {};
-}
-
-// w (a leading part of the terms' shape, e.g. (B,) per sample or (B, T) per time step)
-// shaped to broadcast over the terms.
-Tensor weights_for(const Tensor& terms, const Tensor& w, const Tensor& sample_weight) {
-  Dims shape = w.shape();
-  bool prefix = shape.size() <= terms.shape().size() &&
-                std::equal(shape.begin(), shape.end(), terms.shape().begin());
-  if (!prefix)
-    fail("fit", "sample weights of shape ", sample_weight.shape(), " do not fit loss terms of shape ",
-         terms.shape(), "; expected one weight per sample or per leading position");
-  while (shape.size() < terms.shape().size()) shape.push_back(1);
-  return ops::reshape(w, shape);
-}
-
-double inverse_count(int64_t count) { return 1.0 / static_cast<double>(std::max<int64_t>(count, 1)); }
-
-// Keras' "sum over batch size": Σ w·loss over the loss terms divided by their number.
-// sample_weight (undefined: no weights) is broadcast over the terms (weights_for).
-Tensor loss_of(LossSpec spec, const Tensor& out, const Tensor& y, const Tensor& sample_weight) {
-  if (!sample_weight.defined()) return loss_terms(spec, out, y, ops::Reduction::Mean);
-  Tensor terms = loss_terms(spec, out, y, ops::Reduction::None);
-  Tensor w = sample_weight;
-  // The token at t weighs the prediction made at t - 1.
-  if (spec.kind == LossKind::CausalLanguageModel && w.ndim() == 2)
-    w = ops::slice(w, 1, 1, w.shape()[1], 1);
-  Tensor weighted = ops::mul(terms, weights_for(terms, w, sample_weight));
-  return ops::mul_scalar(ops::sum(weighted), inverse_count(terms.numel()));
-}
-
-// A custom loss reduced Keras' way: its values weighted by the sample weights, then
-// summed and divided by the number of values (SumOverBatchSize), by nothing (Sum) or by
-// the weights' sum over the values (MeanWithSampleWeight). A scalar is a loss already
-// averaged over the batch: it stands for each sample's value.
-Tensor custom_loss_of(const CustomLoss& custom, const Tensor& out, const Tensor& y, const Tensor& sample_weight) {
+// A custom loss reduced Keras' way (losses::reduce), after checking that it gave a
+// scalar or one value per sample.
+Tensor custom_loss_of(const CustomLoss& custom, const Tensor& out, const Tensor& y, const Tensor& sample_weight,
+                      losses::Reduction reduction) {
   Tensor terms = custom.fn(y, out);
   if (!terms.defined() || !is_floating(terms.dtype()))
     fail<TypeError>("loss", "a custom loss must return floating-point values, got ",
@@ -256,61 +161,37 @@ Tensor custom_loss_of(const CustomLoss& custom, const Tensor& out, const Tensor&
   if (terms.ndim() > 0 && terms.shape()[0] != n)
     fail("loss", "a custom loss returned values of shape ", terms.shape(), " for a batch of ", n,
          " samples; expected a scalar or one value per sample, shape (", n, ",)");
-  terms = to_float32(terms);
-  if (!sample_weight.defined()) {
-    if (terms.ndim() == 0) return terms;
-    return custom.reduction == LossReduction::Sum ? ops::sum(terms) : ops::mean(terms);
-  }
-  if (terms.ndim() == 0) {
-    switch (custom.reduction) {
-      case LossReduction::SumOverBatchSize:
-        return ops::mul(terms, ops::mean(sample_weight));
-      case LossReduction::Sum:
-        return ops::mul(terms, ops::sum(sample_weight));
-      case LossReduction::MeanWithSampleWeight:
-        return terms;
-    }
-  }
-  Tensor w = weights_for(terms, sample_weight, sample_weight);
-  Tensor total = ops::sum(ops::mul(terms, w));
-  switch (custom.reduction) {
-    case LossReduction::SumOverBatchSize:
-      return ops::mul_scalar(total, inverse_count(terms.numel()));
-    case LossReduction::Sum:
-      return total;
-    case LossReduction::MeanWithSampleWeight:
-      // Σw over the values: each weight counts once per value it weighs.
-      return ops::div(total, ops::mul_scalar(ops::sum(w), static_cast<double>(terms.numel() / std::max<int64_t>(w.numel(), 1))));
-  }
-  return total;
+  return losses::reduce("fit", to_float32(terms), sample_weight, reduction);
 }
 
 }  // namespace
 
-Tensor Sequential::batch_loss(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
-                              bool training, int64_t step, Tensor* output) const {
+Tensor Sequential::batch_loss(const Tensor& x, const Tensor& y, const Tensor& sample_weight, Pass pass,
+                              Tensor* output) const {
+  const bool training = pass.training;
+  const int64_t step = pass.step;
   Tensor h = to_compute(x, compute_dtype_);
   for (size_t i = 0; i + 1 < layers_.size(); ++i) h = layers_[i]->forward(h, training, step);
   Layer& last = *layers_.back();
   Activation act = last.final_activation();
-  bool fuse = !loss_.custom && !loss_.from_logits &&
-              ((is_crossentropy(loss_.kind) && act == Activation::Softmax) ||
-               (loss_.kind == LossKind::BinaryCrossentropy && act == Activation::Sigmoid));
+  bool fuse = !loss_.custom && !loss_.spec.from_logits &&
+              ((losses::info(loss_.spec.kind).crossentropy && act == Activation::Softmax) ||
+               (loss_.spec.kind == losses::Kind::BinaryCrossentropy && act == Activation::Sigmoid));
   // Under a mixed policy the logits are cast up before the loss: the softmax /
   // cross-entropy reductions run in float32.
   Tensor loss;
   if (loss_.custom) {
     *output = to_float32(last.forward(h, training, step));
-    loss = custom_loss_of(*loss_.custom, *output, y, sample_weight);
+    loss = custom_loss_of(*loss_.custom, *output, y, sample_weight, loss_.reduction);
   } else if (fuse) {
     // softmax + cross-entropy as one log-softmax (the seed's log-softmax section).
     Tensor logits = to_float32(last.forward_pre_activation(h, training, step));
-    loss = loss_of({loss_.kind, true}, logits, y, sample_weight);
+    loss = losses::loss("fit", {loss_.spec.kind, true}, y, logits, sample_weight, loss_.reduction);
     NoGradGuard no_grad;
     *output = apply_activation(act, logits);
   } else {
     *output = to_float32(last.forward(h, training, step));
-    loss = loss_of(loss_, *output, y, sample_weight);
+    loss = losses::loss("fit", loss_.spec, y, *output, sample_weight, loss_.reduction);
   }
   for (const auto& layer : layers_) {
     Tensor penalty = layer->regularization();
@@ -436,9 +317,13 @@ class ArraySource final : public BatchSource {
     total_ = n_ / batch_size_ + (n_ % batch_size_ != 0);
     if (batching.steps > 0) total_ = std::min(total_, batching.steps);
     if (!order_.empty()) {
-      xc_ = ops::contiguous(x.detach());
-      yc_ = ops::contiguous(y.detach());
-      if (w_.defined()) wc_ = ops::contiguous(w_.detach());
+      // Shuffled batches are gathered rows (index_select); contiguous once here, so that
+      // no batch copies the whole array.
+      x_ = ops::contiguous(x_.detach());
+      y_ = ops::contiguous(y_.detach());
+      if (w_.defined()) w_ = ops::contiguous(w_.detach());
+      order_tensor_ = Tensor::empty({static_cast<int64_t>(order_.size())}, DType::Int64);
+      std::copy(order_.begin(), order_.end(), order_tensor_.data<int64_t>());
     }
   }
   int64_t size() const override { return total_; }
@@ -452,18 +337,19 @@ class ArraySource final : public BatchSource {
                                         ? dist::local_share(count, comm_->rank(), comm_->world_size())
                                         : std::pair<int64_t, int64_t>{0, count};
     int64_t local = share_end - share_begin, first = begin + share_begin;
-    auto cut = [&](const Tensor& all, const Tensor& contiguous_all) {
+    auto cut = [&](const Tensor& all) {
       if (!all.defined()) return Tensor();
-      return order_.empty() ? ops::slice(all.detach(), 0, first, first + local, 1)
-                            : gather_rows(contiguous_all, order_.data() + first, local);
+      if (order_.empty()) return ops::slice(all.detach(), 0, first, first + local, 1);
+      return ops::index_select(all.detach(), 0, ops::slice(order_tensor_, 0, first, first + local, 1));
     };
-    batch = {cut(x_, xc_), cut(y_, yc_), cut(w_, wc_), count};
+    batch = {cut(x_), cut(y_), cut(w_), count};
     return true;
   }
 
  private:
-  Tensor x_, y_, w_, xc_, yc_, wc_;
+  Tensor x_, y_, w_;
   const std::vector<int64_t>& order_;
+  Tensor order_tensor_;  // order_ as int64 indices
   dist::Communicator* comm_;
   int64_t n_ = 0, batch_size_ = 1, total_ = 0, b_ = 0;
 };
@@ -534,7 +420,7 @@ bool QueueSource::next(Batch& batch) {
   ++taken_;
   batch.count = batch.x.shape()[0];
   dist::Communicator* comm = dist::world();
-  if (shard_ && comm && comm->world_size() > 1) {
+  if (share_ == Share::PerRank && comm && comm->world_size() > 1) {
     // Every rank streams the same batches and computes its contiguous share of each.
     auto [begin, end] = dist::local_share(batch.count, comm->rank(), comm->world_size());
     auto rows = [&](const Tensor& t) { return t.defined() ? ops::slice(t, 0, begin, end, 1) : t; };
@@ -550,8 +436,9 @@ void Sequential::check_ready(const char* op) const {
   if (!compiled()) fail(op, "the model must be compiled before fit/evaluate; call compile()");
 }
 
-Logs Sequential::run(BatchSource& source, int64_t accumulation_steps, bool train, bool stop_on_nan,
-                     const BatchCallbacks& callbacks) {
+Logs Sequential::run(BatchSource& source, const LoopOptions& options, const BatchCallbacks& callbacks) {
+  const bool train = options.mode == LoopOptions::Mode::Train;
+  const int64_t accumulation_steps = options.accumulation_steps;
   const char* op = train ? "fit" : "evaluate";
   Logs logs;
   const size_t custom_metrics = custom_metrics_ ? custom_metrics_->count : 0;
@@ -616,11 +503,11 @@ Logs Sequential::run(BatchSource& source, int64_t accumulation_steps, bool train
     double loss_value = 0.0;
     if (local > 0) {
       if (train) {
-        loss = batch_loss(xb, yb, wb, true, optimizer_->iterations(), &output);
+        loss = batch_loss(xb, yb, wb, Pass::train(optimizer_->iterations()), &output);
         loss_value = loss.item();
       } else {
         NoGradGuard no_grad;
-        loss_value = batch_loss(xb, yb, wb, false, 0, &output).item();
+        loss_value = batch_loss(xb, yb, wb, Pass::inference(), &output).item();
       }
     }
     // Sums over the batch: the loss, each metric, the samples; then the exhausted and
@@ -645,7 +532,7 @@ Logs Sequential::run(BatchSource& source, int64_t accumulation_steps, bool train
     }
     const double loss_sum = sums.front();
     if (train) {
-      if (stop_on_nan && !std::isfinite(loss_sum)) {
+      if (options.on_nan_loss == OnNanLoss::Stop && !std::isfinite(loss_sum)) {
         // Stop before the update: the weights stay those of the last finite step.
         logs.nan_loss = logs.stopped = true;
         logs.loss = loss_sum / static_cast<double>(count);
@@ -660,8 +547,9 @@ Logs Sequential::run(BatchSource& source, int64_t accumulation_steps, bool train
         // ranks, the gradient is that of the mean loss over all of them.
         if (group_samples != local)
           loss = ops::mul_scalar(loss, static_cast<double>(local) / static_cast<double>(group_samples));
-        steepest::backward(scaler ? scaler->scale(loss) : loss, Tensor(), false,
-                           reducer && last_of_group ? reducer->overlap_hook() : GradientReadyHook());
+        BackwardOptions backward_options;
+        if (reducer && last_of_group) backward_options.on_gradient_ready = reducer->overlap_hook();
+        steepest::backward(scaler ? scaler->scale(loss) : loss, Tensor(), backward_options);
       }
       if (last_of_group) {
         if (reducer) reducer->reduce();
@@ -725,14 +613,15 @@ void check_accumulation(int64_t accumulation_steps) {
 }  // namespace
 
 Logs Sequential::train_epoch(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
-                             const Batching& batching, bool stop_on_nan, const BatchCallbacks& callbacks) {
+                             const Batching& batching, OnNanLoss on_nan_loss, const BatchCallbacks& callbacks) {
   check_ready("fit");
   check_accumulation(batching.accumulation_steps);
   check_arrays("fit", x, y, sample_weight, batching);
   if (!batching.order.empty() && static_cast<int64_t>(batching.order.size()) != x.shape()[0])
     fail("fit", "the shuffle order has ", batching.order.size(), " entries for ", x.shape()[0], " samples");
   ArraySource source(x, y, sample_weight, batching, dist::world());
-  return run(source, std::min(batching.accumulation_steps, x.shape()[0]), true, stop_on_nan, callbacks);
+  return run(source, LoopOptions::train(std::min(batching.accumulation_steps, x.shape()[0]), on_nan_loss),
+             callbacks);
 }
 
 Logs Sequential::evaluate(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
@@ -742,19 +631,19 @@ Logs Sequential::evaluate(const Tensor& x, const Tensor& y, const Tensor& sample
   in_order.order.clear();
   check_arrays("evaluate", x, y, sample_weight, in_order);
   ArraySource source(x, y, sample_weight, in_order, dist::world());
-  return run(source, 1, false, false, callbacks);
+  return run(source, LoopOptions::evaluate(), callbacks);
 }
 
-Logs Sequential::train_epoch(BatchSource& source, const Batching& batching, bool stop_on_nan,
+Logs Sequential::train_epoch(BatchSource& source, const Batching& batching, OnNanLoss on_nan_loss,
                              const BatchCallbacks& callbacks) {
   check_ready("fit");
   check_accumulation(batching.accumulation_steps);
-  return run(source, batching.accumulation_steps, true, stop_on_nan, callbacks);
+  return run(source, LoopOptions::train(batching.accumulation_steps, on_nan_loss), callbacks);
 }
 
 Logs Sequential::evaluate(BatchSource& source, const BatchCallbacks& callbacks) {
   check_ready("evaluate");
-  return run(source, 1, false, false, callbacks);
+  return run(source, LoopOptions::evaluate(), callbacks);
 }
 
 Tensor Sequential::predict(BatchSource& source, const PredictCallbacks& callbacks) const {
@@ -765,7 +654,7 @@ Tensor Sequential::predict(BatchSource& source, const PredictCallbacks& callback
   for (int64_t b = 0; source.size() < 0 || b < source.size(); ++b) {
     if (callbacks.before_batch) callbacks.before_batch(b);
     if (!source.next(batch)) break;
-    Tensor out = ops::contiguous(ops::to_device(forward(ops::to_device(batch.x, device_), false, 0), {}));
+    Tensor out = ops::contiguous(ops::to_device(forward(ops::to_device(batch.x, device_), Pass::inference()), {}));
     if (callbacks.after_batch) callbacks.after_batch(b, out);
     outputs.push_back(std::move(out));
   }
@@ -782,14 +671,14 @@ Tensor Sequential::predict(const Tensor& x, int64_t batch_size, const PredictCal
   for (int64_t begin = 0; begin < n; begin += batch_size) {
     int64_t count = std::min(batch_size, n - begin);
     if (callbacks.before_batch) callbacks.before_batch(begin / batch_size);
-    Tensor out = forward(ops::to_device(ops::slice(x, 0, begin, begin + count, 1), device_), false, 0);
+    Tensor out = forward(ops::to_device(ops::slice(x, 0, begin, begin + count, 1), device_), Pass::inference());
     if (!result.defined()) {
       Dims shape = out.shape();
       shape[0] = n;
       result = Tensor::empty(shape, out.dtype());  // on the host, wherever the model runs
     }
     Tensor dst = ops::slice(result, 0, begin, begin + count, 1);
-    STEEPEST_KERNEL(out.device(), copy)(out, dst);
+    ops::copy_into(out, dst);
     if (callbacks.after_batch) callbacks.after_batch(begin / batch_size, dst);
   }
   if (!result.defined()) fail("predict", "x has no samples");

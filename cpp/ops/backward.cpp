@@ -1,5 +1,6 @@
-// Every backward formula of steepest, each citing the section of the seed
-// (shared/seed/000_902e3fcc53af0d65.txt) it implements. Formulas are written with ops
+// Every backward formula of steepest, each citing the seed section it implements by its
+// title with the formula written out (docs/design/seed.md lists them: X the input, Y the
+// output, G the incoming gradient). Formulas are written with ops
 // so they run on any backend. The engine runs them under no_grad, except for
 // create_graph=True: then grad mode is on, they record a graph of their own, and a
 // formula that calls a fused first-order kernel (binary_raw(*Grad), STEEPEST_KERNEL)
@@ -31,7 +32,9 @@ void composite_backward(const Node& node, const CompositeForward& forward,
   }
   if (wanted.empty()) return;
   Tensor y = forward(aliases);
-  std::vector<Tensor> grads = steepest::grad({y}, {g}, wanted, true, true, true);
+  BackwardOptions options;
+  options.retain_graph = options.create_graph = options.allow_unused = true;
+  std::vector<Tensor> grads = steepest::grad({y}, {g}, wanted, options);
   for (size_t k = 0; k < slots.size(); ++k) out[slots[k]] = grads[k];
 }
 

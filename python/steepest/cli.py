@@ -2,11 +2,14 @@
 8×8 digits and saves it; ``steepest lr-find`` runs the learning-rate range test on it;
 ``steepest tune`` searches its hyper-parameters with Optuna.
 
+``steepest train --model gpt`` trains a character-level GPT on ``--text`` instead.
+
 Each subcommand is one ``_add_<name>_command`` function that registers its parser and
-sets ``func``; a new command (GPT training, say) adds one such function to ``_COMMANDS``.
+sets ``func``; a new command adds one such function to ``_COMMANDS``.
 
     steepest train                          # CNN, AdamW, 20 epochs -> digits_cnn.steepest
     steepest train --model mlp --optimizer sgd --lr 0.05 --epochs 30 --no-save
+    steepest train --model gpt --text essay.txt
     steepest lr-find --model mlp --optimizer sgd --plot lr.png
     steepest tune --trials 30 --epochs 10
     python -m steepest train --help

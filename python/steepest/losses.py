@@ -1,8 +1,10 @@
-"""Losses (``st.losses``). In ``Sequential.fit`` the built-in losses are computed in
-C++; these objects name them (with ``from_logits``) and can also be called in a custom
-loop. A custom loss is a subclass that overrides ``call(y_true, y_pred)``, or any
-callable ``fn(y_true, y_pred) -> Tensor`` (wrapped in ``LossFunctionWrapper``); fit
-calls it inside its C++ loop and reduces its values Keras' way."""
+"""Losses (``st.losses``). The built-in losses are defined once, in C++
+(``steepest/losses.h``): calling one of these objects in a custom loop runs the same op,
+with the same clamps, reduction and sample-weight handling, as ``Sequential.fit``. Their
+names and the reductions' come from the C++ tables. A custom loss is a subclass that
+overrides ``call(y_true, y_pred)``, or any callable ``fn(y_true, y_pred) -> Tensor``
+(wrapped in ``LossFunctionWrapper``); fit calls it inside its C++ loop and reduces its
+values with the same function as a direct call (``st.ops.reduce_loss``)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ from typing import Any, Callable, Dict, Optional
 
 from . import ops
 from ._core import Tensor
+from ._core.ops import loss_reductions, loss_table
 from .layers import _snake
 
-REDUCTIONS = ("sum_over_batch_size", "mean", "sum", "mean_with_sample_weight", "none")
+REDUCTIONS = tuple(loss_reductions())
 
 
 class Loss:
@@ -52,19 +55,7 @@ class Loss:
         raise NotImplementedError(f"[{type(self).__name__}] a custom loss must define call(y_true, y_pred)")
 
     def __call__(self, y_true: Tensor, y_pred: Tensor, sample_weight: Optional[Tensor] = None) -> Tensor:
-        values = self.call(y_true, y_pred)
-        if sample_weight is not None and values.ndim > 0:
-            w = sample_weight.reshape(tuple(sample_weight.shape) + (1,) * (values.ndim - sample_weight.ndim))
-            weighted = values * w
-        else:
-            weighted = values if sample_weight is None else values * sample_weight.mean()
-        if self.reduction == "none":
-            return weighted
-        if self.reduction == "sum":
-            return weighted.sum()
-        if self.reduction == "mean_with_sample_weight" and sample_weight is not None and values.ndim > 0:
-            return weighted.sum() / (w.sum() * (values.numel() // w.numel()))
-        return weighted.mean()
+        return ops.reduce_loss(self.call(y_true, y_pred), sample_weight=sample_weight, reduction=self.reduction)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(from_logits={self.from_logits})"
@@ -91,96 +82,95 @@ class LossFunctionWrapper(Loss):
         return f"LossFunctionWrapper({self.name})"
 
 
-def _log_probabilities(y_pred: Tensor) -> Tensor:
-    # Keras clips probabilities away from 0 before the log.
-    return ops.log(ops.clamp_min(y_pred, 1e-7))
+# The C++ table of built-in losses, by Keras name and alias.
+_TABLE = {entry["name"]: entry for entry in loss_table()}
 
 
-class SparseCategoricalCrossentropy(Loss):
+class _BuiltinLoss(Loss):
+    """A loss of the C++ table, named by the class attribute ``name``: fit and a call
+    run the same op (``st.ops.loss``)."""
+
+    @property
+    def loss_name(self) -> str:
+        """The name of the C++ loss this object computes (its table entry)."""
+        return type(self).name
+
+    @property
+    def labels(self) -> str:
+        """What the loss takes as ``y_true``: "values", "class_indices" or "next_tokens"."""
+        return str(_TABLE[self.loss_name]["labels"])
+
+    def get_config(self) -> Dict[str, Any]:
+        config: Dict[str, Any] = {"from_logits": self.from_logits}
+        if self.reduction != "sum_over_batch_size":
+            config["reduction"] = self.reduction
+        return config
+
+    def __call__(self, y_true: Tensor, y_pred: Tensor, sample_weight: Optional[Tensor] = None) -> Tensor:
+        return ops.loss(self.loss_name, y_true, y_pred, from_logits=self.from_logits,
+                          sample_weight=sample_weight, reduction=self.reduction)
+
+
+class _RegressionLoss(_BuiltinLoss):
+    """A loss on values (no logits): ``from_logits`` does not apply."""
+
+    def __init__(self, name: Optional[str] = None, reduction: Optional[str] = "sum_over_batch_size",
+                 dtype: Optional[str] = None) -> None:
+        super().__init__(from_logits=True, name=name, reduction=reduction, dtype=dtype)
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        del config["from_logits"]
+        return config
+
+
+class SparseCategoricalCrossentropy(_BuiltinLoss):
     """Cross-entropy against integer class labels (softmax + CE fused on logits)."""
 
     name = "sparse_categorical_crossentropy"
 
-    def __call__(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
-        logits = y_pred if self.from_logits else _log_probabilities(y_pred)
-        return ops.cross_entropy(logits, y_true)
 
-
-class CategoricalCrossentropy(Loss):
+class CategoricalCrossentropy(_BuiltinLoss):
     """Cross-entropy against one-hot or probability labels."""
 
     name = "categorical_crossentropy"
 
-    def __call__(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
-        logits = y_pred if self.from_logits else _log_probabilities(y_pred)
-        return ops.cross_entropy(logits, y_true)
 
-
-class BinaryCrossentropy(Loss):
-    """Binary cross-entropy; on logits it uses the overflow-free form."""
+class BinaryCrossentropy(_BuiltinLoss):
+    """Binary cross-entropy; on logits it uses the overflow-free form, on probabilities
+    it clips them to [1e-7, 1 - 1e-7] first, as Keras does."""
 
     name = "binary_crossentropy"
 
-    def __call__(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
-        return ops.binary_cross_entropy(y_pred, y_true, from_logits=self.from_logits)
 
-
-class MeanSquaredError(Loss):
+class MeanSquaredError(_RegressionLoss):
     """mean((y_pred - y_true)²)."""
 
     name = "mse"
 
-    def __init__(self) -> None:
-        super().__init__(from_logits=True)
 
-    def get_config(self) -> Dict[str, Any]:
-        return {}
-
-    def __call__(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
-        return ops.mse_loss(y_pred, y_true)
-
-
-class MeanAbsoluteError(Loss):
+class MeanAbsoluteError(_RegressionLoss):
     """mean(|y_pred - y_true|)."""
 
     name = "mae"
 
-    def __init__(self) -> None:
-        super().__init__(from_logits=True)
 
-    def get_config(self) -> Dict[str, Any]:
-        return {}
-
-    def __call__(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
-        return (y_pred - y_true).abs().mean()
-
-
-class CausalLMCrossEntropy(Loss):
+class CausalLMCrossEntropy(_BuiltinLoss):
     """The seed's causal language-modelling loss −1/T Σ log P(x_t | x_<t): logits of shape
     (B, T, V) at position t are scored against the token at t + 1 of ``y_true`` (B, T),
     so ``y_true`` is the input sequence itself; mean over the B·(T−1) predictions."""
 
     name = "causal_lm_crossentropy"
 
-    def __init__(self, from_logits: bool = True) -> None:
-        super().__init__(from_logits=from_logits)
-
-    def __call__(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
-        logits = y_pred if self.from_logits else _log_probabilities(y_pred)
-        t = logits.shape[1]
-        return ops.cross_entropy(logits[:, : t - 1], y_true[:, 1:])
+    def __init__(self, from_logits: bool = True, name: Optional[str] = None,
+                 reduction: Optional[str] = "sum_over_batch_size", dtype: Optional[str] = None) -> None:
+        super().__init__(from_logits=from_logits, name=name, reduction=reduction, dtype=dtype)
 
 
-_BY_NAME = {
-    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
-    "categorical_crossentropy": CategoricalCrossentropy,
-    "binary_crossentropy": BinaryCrossentropy,
-    "mse": MeanSquaredError,
-    "mean_squared_error": MeanSquaredError,
-    "mae": MeanAbsoluteError,
-    "mean_absolute_error": MeanAbsoluteError,
-    "causal_lm_crossentropy": CausalLMCrossEntropy,
-}
+_CLASSES = {cls.name: cls for cls in (SparseCategoricalCrossentropy, CategoricalCrossentropy, BinaryCrossentropy,
+                                      MeanSquaredError, MeanAbsoluteError, CausalLMCrossEntropy)}
+_BY_NAME = {alias: _CLASSES[entry["name"]] for entry in _TABLE.values()
+            for alias in (entry["name"], *entry["aliases"])}
 
 
 def get(identifier: Any) -> Loss:

@@ -326,8 +326,8 @@ class Sequential:
             raise ValueError("[compile] a loss is required, e.g. loss='sparse_categorical_crossentropy'")
         self.optimizer = optimizers_module.get(optimizer)
         self.loss = losses_module.get(loss)
-        if losses_module._is_custom(self.loss) and self.loss.reduction == "none":
-            raise ValueError("[compile] fit needs a scalar loss: a custom loss with reduction='none' cannot train; "
+        if self.loss.reduction == "none":
+            raise ValueError("[compile] fit needs a scalar loss: a loss with reduction='none' cannot train; "
                              "use 'sum_over_batch_size', 'sum' or 'mean_with_sample_weight'")
         self._policy = mixed_precision.global_policy()
         self.loss_scaler = mixed_precision.LossScaler() if self._policy.loss_scaling else None
@@ -353,13 +353,14 @@ class Sequential:
 
     def _compile_impl(self) -> None:
         scaler = None if self.loss_scaler is None else self.loss_scaler._impl
-        custom = losses_module._is_custom(self.loss)
-        self._impl.compile(self.optimizer._impl, "mse" if custom else self.loss.name, self._from_logits(),
+        builtin = _builtin_loss(self.loss)
+        custom = builtin is None
+        self._impl.compile(self.optimizer._impl, "" if builtin is None else builtin.loss_name, self._from_logits(),
                            self._builtin_metrics, compute_dtype=self.dtype_policy.compute_dtype,
                            loss_scaler=scaler,
                            shard_optimizer_state=self._shard_optimizer_state,
                            custom_loss=_loss_callable(self.loss) if custom else None,
-                           reduction=self.loss.reduction if custom else "sum_over_batch_size",
+                           reduction=self.loss.reduction,
                            custom_metrics=metrics_module._MetricSet(self._custom_metrics) if self._custom_metrics else None,
                            custom_metric_count=len(self._custom_metrics))
 
@@ -411,14 +412,14 @@ class Sequential:
                 if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
                     raise ValueError(f"[{op}] y contains NaN or inf; clean the labels first")
                 array = _as_float32(op, "y", array)
-        elif self.loss.name == "causal_lm_crossentropy":
+        elif _builtin_labels(self.loss) == "next_tokens":
             if array.dtype.kind not in "iu":
                 raise TypeError(f"[{op}] causal language modelling needs integer token ids as y")
             array = array.astype(np.int64)
             vocab = self.layers[-1].output_shape[-1]
             if array.size and (array.min() < 0 or array.max() >= vocab):
                 raise ValueError(f"[{op}] token ids must be in [0, {vocab - 1}] for a vocabulary of {vocab}")
-        elif self.loss.name == "sparse_categorical_crossentropy":
+        elif _builtin_labels(self.loss) == "class_indices":
             if array.dtype.kind == "f":
                 if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
                     raise ValueError(f"[{op}] sparse labels must be integer class indices")
@@ -560,8 +561,9 @@ class Sequential:
         values.
 
         As in Keras: ``sample_weight`` (one weight per sample, or per position such as
-        (B, T)) and ``class_weight`` ({class: weight}) weigh the loss as Σ w·loss divided
-        by the number of loss terms (metrics stay unweighted); ``validation_data`` may be
+        (B, T)) and ``class_weight`` ({class: weight}) weigh the loss terms, which the
+        loss's ``reduction`` then reduces, by default to Σ w·loss divided by the number of
+        loss terms, exactly as calling the loss object does (metrics stay unweighted); ``validation_data`` may be
         (x, y) or (x, y, sample_weight). ``steps_per_epoch`` runs only the first that many
         batches of each epoch's order, ``validation_steps`` evaluates that many validation
         batches, and ``validation_freq`` validates every that many epochs (an int) or
@@ -1166,6 +1168,18 @@ def _loss_entry(loss: losses_module.Loss) -> Dict[str, Any]:
     if isinstance(loss, losses_module.LossFunctionWrapper):
         return {"function": loss.name, "reduction": loss.reduction}
     return {"class_name": type(loss).__name__, "config": loss.get_config()}
+
+
+def _builtin_loss(loss: Optional[losses_module.Loss]) -> Optional[losses_module._BuiltinLoss]:
+    """The loss as a C++ table entry, or None for a custom loss (fit calls it back)."""
+    if loss is None or losses_module._is_custom(loss) or not isinstance(loss, losses_module._BuiltinLoss):
+        return None
+    return loss
+
+
+def _builtin_labels(loss: Optional[losses_module.Loss]) -> Optional[str]:
+    builtin = _builtin_loss(loss)
+    return None if builtin is None else builtin.labels
 
 
 def _loss_callable(loss: losses_module.Loss) -> Callable[[Tensor, Tensor], Tensor]:

@@ -116,19 +116,28 @@ void attach(Tensor& output, std::shared_ptr<Node> node, const std::vector<const 
 // training starts the leaf's all-reduce there, while backward goes on).
 using GradientReadyHook = std::function<void(const Tensor& leaf)>;
 
-// Runs backpropagation from `root`. grad may be undefined only for a one-element root.
-// create_graph runs the backward formulas with grad mode on, so the gradients accumulated
-// into the leaves carry a graph of their own (higher-order derivatives).
-void backward(const Tensor& root, const Tensor& grad, bool retain_graph = false,
-              const GradientReadyHook& on_gradient_ready = {}, bool create_graph = false);
+// How a backward pass runs (torch's names).
+struct BackwardOptions {
+  // Keep the saved tensors, so that the graph can be walked again.
+  bool retain_graph = false;
+  // Run the backward formulas with grad mode on, so the gradients carry a graph of their
+  // own (higher-order derivatives).
+  bool create_graph = false;
+  // grad only: an input the outputs do not depend on gets an undefined tensor instead
+  // of an error.
+  bool allow_unused = false;
+  // backward only: called as each leaf's gradient is complete.
+  GradientReadyHook on_gradient_ready;
+};
+
+// Runs backpropagation from `root`, accumulating into the leaves' .grad. grad may be
+// undefined only for a one-element root.
+void backward(const Tensor& root, const Tensor& grad, const BackwardOptions& options = {});
 
 // d(Σ outputs·grad_outputs)/d(inputs), returned instead of accumulated into .grad (torch's
 // autograd.grad). An undefined grad_outputs entry stands for ones of a one-element output.
-// An input the outputs do not depend on is an error unless allow_unused, which gives an
-// undefined tensor for it.
 std::vector<Tensor> grad(const std::vector<Tensor>& outputs,
                          const std::vector<Tensor>& grad_outputs,
-                         const std::vector<Tensor>& inputs, bool retain_graph, bool create_graph,
-                         bool allow_unused);
+                         const std::vector<Tensor>& inputs, const BackwardOptions& options);
 
 }  // namespace steepest

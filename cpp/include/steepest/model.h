@@ -1,7 +1,8 @@
 // Layers and the Sequential model with its training loop. The whole batch loop —
 // batching and shuffling, forward, loss, backward, optimizer step, metrics — runs here
-// in C++; the Python front only builds layers, draws the progress bar and runs
-// callbacks between epochs.
+// in C++, written with ops (never a kernel); the Python front builds layers, draws the
+// progress bar and runs callbacks, and is called per batch only for the Python parts a
+// model uses (layers, losses, metrics, batch callbacks, data pipelines).
 #pragma once
 
 #include <condition_variable>
@@ -14,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "steepest/losses.h"
 #include "steepest/ops.h"
 #include "steepest/optim.h"
 #include "steepest/tensor.h"
@@ -375,28 +377,22 @@ class TransformerBlock final : public Layer {
 
 // ------------------------------------------------------------------------------ model
 
-enum class LossKind { SparseCategoricalCrossentropy, CategoricalCrossentropy, BinaryCrossentropy,
-                      MeanSquaredError, MeanAbsoluteError, CausalLanguageModel };
 enum class Metric { Accuracy, SparseCategoricalAccuracy, CategoricalAccuracy, BinaryAccuracy,
                     MeanAbsoluteError, MeanSquaredError };
 
-// Keras' reductions of a custom loss's per-sample values (each weighted by its sample
-// weight): Σ/number of values, Σ, or Σ/Σ weights.
-enum class LossReduction { SumOverBatchSize, Sum, MeanWithSampleWeight };
-
 // A loss the built-in kinds do not cover (a Python callable, through the bindings):
 // fn(y_true, y_pred) gives a scalar or values with the batch as leading axis, which the
-// model reduces. The model calls it from the thread that runs the loop, never from a
-// parallel region, so the bindings can take the GIL inside.
+// model reduces (losses::reduce). The model calls it from the thread that runs the loop,
+// never from a parallel region, so the bindings can take the GIL inside.
 struct CustomLoss {
   std::function<Tensor(const Tensor& y_true, const Tensor& y_pred)> fn;
-  LossReduction reduction = LossReduction::SumOverBatchSize;
 };
 
 struct LossSpec {
-  LossKind kind = LossKind::MeanSquaredError;
-  bool from_logits = true;
-  std::shared_ptr<const CustomLoss> custom;  // set: replaces kind and from_logits
+  losses::Spec spec;  // a built-in loss (steepest/losses.h)
+  std::shared_ptr<const CustomLoss> custom;  // set: replaces spec
+  // Never None: fit needs a scalar.
+  losses::Reduction reduction = losses::Reduction::SumOverBatchSize;
 };
 
 // Stateful metrics outside the built-in ones (Python callables and st.metrics.Metric
@@ -481,13 +477,14 @@ class BatchQueue {
 };
 
 // A BatchQueue as a BatchSource: `steps` batches (0: until the producer finishes).
-// shard: under data parallelism each rank takes its contiguous share of every batch
-// (fit, evaluate); predict takes whole batches.
+// Share::PerRank: under data parallelism each rank takes its contiguous share of every
+// batch (fit, evaluate); predict takes whole batches (Share::WholeBatch).
 class QueueSource final : public BatchSource {
  public:
-  QueueSource(std::shared_ptr<BatchQueue> queue, int64_t steps, bool shard,
+  enum class Share { PerRank, WholeBatch };
+  QueueSource(std::shared_ptr<BatchQueue> queue, int64_t steps, Share share,
               std::function<bool()> interrupted = {})
-      : queue_(std::move(queue)), steps_(steps), shard_(shard), interrupted_(std::move(interrupted)) {}
+      : queue_(std::move(queue)), steps_(steps), share_(share), interrupted_(std::move(interrupted)) {}
   int64_t size() const override { return steps_ > 0 ? steps_ : -1; }
   bool next(Batch& batch) override;
   std::string describe() const override;
@@ -495,9 +492,22 @@ class QueueSource final : public BatchSource {
  private:
   std::shared_ptr<BatchQueue> queue_;
   int64_t steps_, taken_ = 0;
-  bool shard_;
+  Share share_;
   std::function<bool()> interrupted_;
 };
+
+// A forward pass of the model: training (dropout on, batch statistics used and updated)
+// at optimizer step `step`, which keys the dropout masks, or inference.
+struct Pass {
+  bool training = false;
+  int64_t step = 0;
+  static Pass train(int64_t step) { return {true, step}; }
+  static Pass inference() { return {}; }
+};
+
+// What fit does with a loss that is not finite (Keras' TerminateOnNaN: Stop): stop before
+// the update, the weights staying those of the last finite step, or go on.
+enum class OnNanLoss { Continue, Stop };
 
 // Called after batches (the binding throttles the redraw); returning false stops the
 // loop after the current step.
@@ -557,7 +567,7 @@ class Sequential {
   DType compute_dtype() const { return compute_dtype_; }
   const std::shared_ptr<optim::LossScaler>& loss_scaler() const { return loss_scaler_; }
 
-  Tensor forward(const Tensor& x, bool training, int64_t step) const;
+  Tensor forward(const Tensor& x, Pass pass) const;
   // Incremental inference with key/value caches (st.models.generate): whether every layer
   // supports it (a token-and-position embedding, causal TransformerBlocks and layers that
   // act on each position alone), and the float32 outputs for `tokens` (batch, time) that
@@ -565,17 +575,17 @@ class Sequential {
   bool supports_decode() const;
   Tensor decode(const Tensor& tokens, DecodeState& state) const;
   // One epoch over (x, y) in batches. sample_weight (undefined: none) weighs the loss
-  // terms, Keras' way: Σ w·loss / number of terms; it is cut into batches with the same
-  // rows as x and y. Under data parallelism every rank passes the same data and
+  // terms, reduced by the loss's reduction (losses::reduce; by default Keras'
+  // Σ w·loss / number of terms); it is cut into batches with the same rows as x and y. Under data parallelism every rank passes the same data and
   // batching, batch_size is the global batch and each rank computes its contiguous
   // share of every batch; the logs are global.
   Logs train_epoch(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
-                   const Batching& batching, bool stop_on_nan, const BatchCallbacks& callbacks);
+                   const Batching& batching, OnNanLoss on_nan_loss, const BatchCallbacks& callbacks);
   Logs evaluate(const Tensor& x, const Tensor& y, const Tensor& sample_weight,
                 const Batching& batching, const BatchCallbacks& callbacks);
   Tensor predict(const Tensor& x, int64_t batch_size, const PredictCallbacks& callbacks = {}) const;
   // The same from streamed batches (their x only); batches must share their per-sample shape.
-  Logs train_epoch(BatchSource& source, const Batching& batching, bool stop_on_nan,
+  Logs train_epoch(BatchSource& source, const Batching& batching, OnNanLoss on_nan_loss,
                    const BatchCallbacks& callbacks);
   Logs evaluate(BatchSource& source, const BatchCallbacks& callbacks);
   Tensor predict(BatchSource& source, const PredictCallbacks& callbacks = {}) const;
@@ -583,13 +593,24 @@ class Sequential {
  private:
   // The loss of a batch, fusing a final softmax/sigmoid into the loss when the loss
   // expects probabilities (stable log-softmax instead of log(softmax)).
-  Tensor batch_loss(const Tensor& x, const Tensor& y, const Tensor& sample_weight, bool training,
-                    int64_t step, Tensor* output) const;
+  Tensor batch_loss(const Tensor& x, const Tensor& y, const Tensor& sample_weight, Pass pass,
+                    Tensor* output) const;
   // Σ over the n samples of each metric (a sample's value: the mean over its positions),
   // in compile order.
   std::vector<double> metric_sums(const Tensor& output, const Tensor& y, int64_t n) const;
-  Logs run(BatchSource& source, int64_t accumulation_steps, bool train, bool stop_on_nan,
-           const BatchCallbacks& callbacks);
+  // How run() walks its source: training (forward, backward, an optimizer step every
+  // accumulation_steps batches) or evaluating (forward only).
+  struct LoopOptions {
+    enum class Mode { Train, Evaluate };
+    Mode mode = Mode::Evaluate;
+    int64_t accumulation_steps = 1;
+    OnNanLoss on_nan_loss = OnNanLoss::Continue;
+    static LoopOptions train(int64_t accumulation_steps, OnNanLoss on_nan_loss) {
+      return {Mode::Train, accumulation_steps, on_nan_loss};
+    }
+    static LoopOptions evaluate() { return {}; }
+  };
+  Logs run(BatchSource& source, const LoopOptions& options, const BatchCallbacks& callbacks);
   void check_ready(const char* op) const;
 
   std::vector<std::shared_ptr<Layer>> layers_;
@@ -605,8 +626,5 @@ class Sequential {
   bool shard_optimizer_state_ = false;
   bool optimizer_state_sharded_ = false;  // the optimizer holds per-piece state (ZeRO)
 };
-
-// Rows `order[begin:end]` of x (axis 0) as a new contiguous tensor.
-Tensor gather_rows(const Tensor& x, const int64_t* order, int64_t count);
 
 }  // namespace steepest::model
