@@ -128,7 +128,9 @@ OPS = {
     "embedding": {"nodes": ["EmbeddingBackward", "EmbeddingScatterBackward"],
                   "tests": ["test_nn_ops.py::test_embedding", "test_nn_ops.py::test_embedding_noncontiguous_table"]},
     "dropout": {"nodes": ["MulBackward"], "tests": ["test_nn_ops.py::test_dropout_gradcheck_with_fixed_seed"]},
-    "scaled_dot_product_attention": {"nodes": [], "tests": ["test_transformer.py::test_scaled_dot_product_attention"]},
+    "scaled_dot_product_attention": {"nodes": ["AttentionBackward"],
+                                     "tests": ["test_transformer.py::test_scaled_dot_product_attention",
+                                               "test_flash_attention.py::test_fused_attention_gradcheck_and_torch"]},
     # Shapes, joins and indexing (cpp/ops/shape.cpp, join.cpp, select.cpp).
     "reshape": {"nodes": ["ReshapeBackward"], "tests": ["test_layers_extra.py::test_reshape"]},
     "flatten": {"nodes": ["ReshapeBackward"],
