@@ -616,6 +616,12 @@ Logs Sequential::run(BatchSource& source, int64_t accumulation_steps, bool train
       }
       bool first_of_group = b % accumulation_steps == 0;
       bool last_of_group = group.empty();
+      // A step that wants the Hessian's diagonal (Sophia) records its gradients
+      // (create_graph) and keeps the graph for the Hessian-vector product.
+      const bool curvature = optimizer_->wants_curvature();
+      if (curvature && (distributed || scaler))
+        fail<StateError>(op, optimizer_->name(), "'s Hessian estimate is not supported ",
+                         distributed ? "under data parallelism" : "with float16 loss scaling");
       if (first_of_group)
         for (Tensor& p : params) p.set_grad(Tensor());
       if (local > 0) {
@@ -623,10 +629,16 @@ Logs Sequential::run(BatchSource& source, int64_t accumulation_steps, bool train
         // ranks, the gradient is that of the mean loss over all of them.
         if (group_samples != local)
           loss = ops::mul_scalar(loss, static_cast<double>(local) / static_cast<double>(group_samples));
-        steepest::backward(scaler ? scaler->scale(loss) : loss, Tensor(), false,
-                           reducer && last_of_group ? reducer->overlap_hook() : GradientReadyHook());
+        steepest::backward(scaler ? scaler->scale(loss) : loss, Tensor(), curvature,
+                           reducer && last_of_group ? reducer->overlap_hook() : GradientReadyHook(),
+                           curvature);
       }
       if (last_of_group) {
+        if (curvature) {
+          std::vector<Tensor> grads;
+          for (const Tensor& p : params) grads.push_back(p.grad());
+          optimizer_->update_curvature(params, optim::hutchinson_hessian_diagonal(params, grads));
+        }
         if (reducer) reducer->reduce();
         dist::Communicator* shards = reducer ? reducer->shard_group() : nullptr;
         if (scaler) {
