@@ -13,6 +13,14 @@
 namespace steepest::bindings {
 namespace {
 
+using OptionalTensors = std::vector<std::optional<Tensor>>;
+
+std::vector<Tensor> defined_or_empty(const OptionalTensors& tensors) {
+  std::vector<Tensor> out;
+  for (const std::optional<Tensor>& t : tensors) out.push_back(t ? *t : Tensor());
+  return out;
+}
+
 using optim::Schedule;
 
 class PythonSchedule final : public Schedule {
@@ -225,7 +233,16 @@ void init_optim(nb::module_& parent) {
               parsed.push_back(parse_state_entry(o.name().c_str(), i, state[i]));
             o.load_state(std::move(parsed), iterations);
           },
-          arg("state"), arg("iterations"));
+          arg("state"), arg("iterations"))
+      .def_prop_ro("wants_curvature", &optim::Optimizer::wants_curvature,
+                   "Whether the next step wants a Hessian-diagonal estimate (Sophia).")
+      .def(
+          "update_curvature",
+          [](optim::Optimizer& o, const std::vector<Tensor>& params, const OptionalTensors& estimates) {
+            o.update_curvature(params, defined_or_empty(estimates));
+          },
+          arg("params"), arg("estimates"), Release(),
+          "Hands the optimizer a Hessian-diagonal estimate per parameter (None: none).");
 
   nb::class_<optim::SGD, optim::Optimizer>(m, "SGD", nb::type_slots(optimizer_slots)).def(
       "__init__",
@@ -282,6 +299,18 @@ void init_optim(nb::module_& parent) {
           arg("epsilon"), arg("adam_beta_1"), arg("adam_beta_2"), arg("adam_lr_ratio"),
           arg("weight_decay"), arg("clipnorm").none());
 
+  nb::class_<optim::Sophia, optim::Optimizer>(m, "Sophia", nb::type_slots(optimizer_slots))
+      .def(
+          "__init__",
+          [](optim::Sophia* self, nb::handle lr, double beta_1, double beta_2, double gamma,
+             double epsilon, int64_t update_period, double weight_decay,
+             std::optional<double> clipnorm) {
+            new (self) optim::Sophia(to_schedule("Sophia", lr), beta_1, beta_2, gamma, epsilon,
+                                     update_period, weight_decay, clipnorm);
+          },
+          nb::kw_only(), arg("learning_rate"), arg("beta_1"), arg("beta_2"), arg("gamma"),
+          arg("epsilon"), arg("update_period"), arg("weight_decay"), arg("clipnorm").none());
+
 #define STEEPEST_ADAM_FAMILY(Class)                                                           \
   nb::class_<optim::Class, optim::Optimizer>(m, #Class, nb::type_slots(optimizer_slots))      \
       .def(                                                                                   \
@@ -336,6 +365,16 @@ void init_optim(nb::module_& parent) {
       .def("load_state", &optim::LossScaler::load_state, arg("scale"), arg("growth_tracker"));
 
   // ------------------------------------------------------------------------- clipping
+  m.def(
+      "hutchinson_hessian_diagonal",
+      [](const std::vector<Tensor>& params, const OptionalTensors& grads) {
+        OptionalTensors out;
+        for (Tensor& e : optim::hutchinson_hessian_diagonal(params, defined_or_empty(grads)))
+          out.push_back(e.defined() ? std::optional<Tensor>(e) : std::nullopt);
+        return out;
+      },
+      arg("params"), arg("grads"),
+      "u ⊙ (H·u) per parameter, u Rademacher, from gradients recorded with create_graph.");
   m.def("clip_grad_norm", &optim::clip_grad_norm, arg("params"), arg("max_norm"), Release(),
         "Scales every grad in place by max_norm / (norm + 1e-6) when the global norm exceeds "
         "max_norm; returns the norm before clipping.");

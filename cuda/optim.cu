@@ -108,6 +108,16 @@ struct LionStep {
 };
 
 template <class T>
+struct SophiaStep {
+  T* p;
+  const T* g;
+  T* m;
+  const T* h;
+  rules::Sophia<T> c;
+  __device__ void operator()(int64_t i) const { rules::sophia_step(p[i], g[i], m[i], h[i], c); }
+};
+
+template <class T>
 struct RmspropStep {
   T* p;
   const T* g;
@@ -357,6 +367,18 @@ void lion_update(Tensor& param, const Tensor& grad, Tensor& m, double lr, double
     for_each(guard, param.numel(),
              LionStep<T>{param.data<T>(), grad.data<T>(), m.data<T>(),
                          rules::lion_coefficients<T>(lr, beta1, beta2, weight_decay, grad_scale)});
+  });
+}
+
+void sophia_update(Tensor& param, const Tensor& grad, Tensor& m, const Tensor& h, double lr,
+                   double beta1, double gamma, double eps, double weight_decay, double grad_scale) {
+  DeviceGuard guard(param.device());
+  dispatch_float("sophia_update", param.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    for_each(guard, param.numel(),
+             SophiaStep<T>{param.data<T>(), grad.data<T>(), m.data<T>(), h.data<T>(),
+                           rules::sophia_coefficients<T>(lr, beta1, gamma, eps, weight_decay,
+                                                         grad_scale)});
   });
 }
 

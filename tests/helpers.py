@@ -65,10 +65,6 @@ LOOSE_ATOL = 1e-4
 
 _DOMAINS = ("normal", "positive", "nonzero", "unit")
 
-# The reasons ops opt out of check_op's second-order checks (second_order=<reason>).
-PROD_SECOND_ORDER = "prod: double backward not implemented (create_graph raises naming ProdBackward)"
-
-
 # --------------------------------------------------------------------------- inputs
 
 class _Input:

@@ -72,7 +72,8 @@ OPS = {
             "tests": ["test_everyday_ops.py::test_var_std", "test_everyday_ops.py::test_var_std_torch_keywords_and_noncontiguous"]},
     "std": {"nodes": ["StdBackward"], "tests": ["test_everyday_ops.py::test_var_std"]},
     "prod": {"nodes": ["ProdBackward"],
-             "tests": ["test_everyday_ops.py::test_prod", "test_everyday_ops.py::test_prod_gradient_with_zeros"]},
+             "tests": ["test_everyday_ops.py::test_prod", "test_everyday_ops.py::test_prod_gradient_with_zeros",
+                      "test_everyday_ops.py::test_prod_second_order_with_zeros"]},
     "cumsum": {"nodes": ["CumsumBackward"], "tests": ["test_everyday_ops.py::test_cumsum"]},
     # Linear algebra (cpp/ops/linalg.cpp).
     "matmul": {"nodes": ["MatmulBackward"],
@@ -162,7 +163,9 @@ OPS = {
     "Tensor.contiguous": {"nodes": ["IdentityBackward"],
                           "tests": ["test_issue22_bugs.py::test_negative_slice_step_2d_gradcheck"]},
     "Tensor.astype": {"nodes": ["CastBackward"], "tests": ["test_mixed_precision.py::test_astype_check_op"]},
-    "checkpoint": {"nodes": ["CheckpointBackward"], "tests": ["test_transformer.py::test_checkpoint_check_op"]},
+    "checkpoint": {"nodes": ["CheckpointBackward"],
+                   "tests": ["test_transformer.py::test_checkpoint_check_op",
+                             "test_higher_order.py::test_checkpoint_passes_the_op_checks"]},
 }
 
 # st.ops functions without a gradient, and why.

@@ -481,6 +481,7 @@ OPTIMIZERS = [
     ("adagrad", lambda: st.optimizers.Adagrad(learning_rate=0.1, weight_decay=0.01)),
     ("lion", lambda: st.optimizers.Lion(learning_rate=0.01, weight_decay=0.1, clipnorm=1.0)),
     ("muon", lambda: st.optimizers.Muon(learning_rate=0.02)),
+    ("sophia", lambda: st.optimizers.Sophia(learning_rate=0.01, gamma=1.0, clipnorm=1.0)),
     ("adam", lambda: st.optimizers.Adam(learning_rate=0.01, weight_decay=0.01)),
     ("adamw-clip", lambda: st.optimizers.AdamW(learning_rate=0.01, clipnorm=0.5)),
     ("lamb", lambda: st.optimizers.Lamb(learning_rate=0.01, weight_decay=0.01)),

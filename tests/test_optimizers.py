@@ -409,6 +409,7 @@ ALL_OPTIMIZERS = {
     "rmsprop": lambda: optim.RMSprop(0.01),
     "lion": lambda: optim.Lion(0.001, weight_decay=0.1),
     "muon": lambda: optim.Muon(0.01),
+    "sophia": lambda: optim.Sophia(0.01),
     "adam": lambda: optim.Adam(0.01),
     "adamw": lambda: optim.AdamW(0.01),
     "lamb": lambda: optim.Lamb(0.01),

@@ -88,6 +88,12 @@ void lion_range(T* __restrict p, const T* __restrict g, T* __restrict m, rules::
   for (int64_t i = begin; i < end; ++i) rules::lion_step(p[i], g[i], m[i], c);
 }
 
+template <class T>
+void sophia_range(T* __restrict p, const T* __restrict g, T* __restrict m, const T* __restrict h,
+                  rules::Sophia<T> c, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) rules::sophia_step(p[i], g[i], m[i], h[i], c);
+}
+
 // --------------------------------------------------------------------- Adam family
 
 template <class T>
@@ -306,6 +312,20 @@ void lion_update(Tensor& param, const Tensor& grad, Tensor& m, double lr, double
     const auto c = rules::lion_coefficients<T>(lr, beta1, beta2, weight_decay, grad_scale);
     parallel_for(param.numel(), kParallelGrain,
                  [&](int64_t begin, int64_t end) { lion_range(p, g, mm, c, begin, end); });
+  });
+}
+
+void sophia_update(Tensor& param, const Tensor& grad, Tensor& m, const Tensor& h, double lr,
+                   double beta1, double gamma, double eps, double weight_decay, double grad_scale) {
+  dispatch_float("sophia_update", param.dtype(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* p = param.data<T>();
+    const T* g = grad.data<T>();
+    T* mm = m.data<T>();
+    const T* hh = h.data<T>();
+    const auto c = rules::sophia_coefficients<T>(lr, beta1, gamma, eps, weight_decay, grad_scale);
+    parallel_for(param.numel(), kParallelGrain,
+                 [&](int64_t begin, int64_t end) { sophia_range(p, g, mm, hh, c, begin, end); });
   });
 }
 

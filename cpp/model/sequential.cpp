@@ -540,6 +540,12 @@ Logs Sequential::run(BatchSource& source, const LoopOptions& options, const Batc
       }
       bool first_of_group = b % accumulation_steps == 0;
       bool last_of_group = group.empty();
+      // A step that wants the Hessian's diagonal (Sophia) records its gradients
+      // (create_graph) and keeps the graph for the Hessian-vector product.
+      const bool curvature = optimizer_->wants_curvature();
+      if (curvature && (distributed || scaler))
+        fail<StateError>(op, optimizer_->name(), "'s Hessian estimate is not supported ",
+                         distributed ? "under data parallelism" : "with float16 loss scaling");
       if (first_of_group)
         for (Tensor& p : params) p.set_grad(Tensor());
       if (local > 0) {
@@ -548,10 +554,18 @@ Logs Sequential::run(BatchSource& source, const LoopOptions& options, const Batc
         if (group_samples != local)
           loss = ops::mul_scalar(loss, static_cast<double>(local) / static_cast<double>(group_samples));
         BackwardOptions backward_options;
+        // A curvature estimate differentiates this backward again (a Hessian-vector product).
+        backward_options.retain_graph = curvature;
+        backward_options.create_graph = curvature;
         if (reducer && last_of_group) backward_options.on_gradient_ready = reducer->overlap_hook();
         steepest::backward(scaler ? scaler->scale(loss) : loss, Tensor(), backward_options);
       }
       if (last_of_group) {
+        if (curvature) {
+          std::vector<Tensor> grads;
+          for (const Tensor& p : params) grads.push_back(p.grad());
+          optimizer_->update_curvature(params, optim::hutchinson_hessian_diagonal(params, grads));
+        }
         if (reducer) reducer->reduce();
         dist::Communicator* shards = reducer ? reducer->shard_group() : nullptr;
         if (scaler) {

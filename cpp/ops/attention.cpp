@@ -133,6 +133,34 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
 
 namespace {
 
+// Where a checkpointed function's recomputation (under create_graph) meets its inputs:
+// an alias of the input whose node, during the inner backward, keeps the gradient that
+// reaches it and has no edge below (the outer backward carries that gradient on from
+// CheckpointBackward). Afterwards it is given its edge to the input, so that the
+// recorded gradients, which depend on the aliases, differentiate through to the inputs.
+class CheckpointBoundary final : public Node {
+ public:
+  explicit CheckpointBoundary(Tensor* captured) : captured_(captured) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override {
+    if (!captured_) {
+      out[0] = g;
+      return;
+    }
+    *captured_ = captured_->defined() ? add(*captured_, g) : g;
+  }
+  // Ends the capture: from now on gradients pass through to `input`.
+  void connect(const Tensor& input) {
+    captured_ = nullptr;
+    next = {gradient_edge(input)};
+    input_shapes = {input.shape()};
+  }
+  bool supports_create_graph() const override { return true; }
+  const char* name() const override { return "CheckpointBoundary"; }
+
+ private:
+  Tensor* captured_;
+};
+
 // Backward of checkpoint(): runs the function again with grad enabled on fresh leaves
 // holding the saved inputs, and backpropagates g through that new graph. Weights used by
 // the function receive their gradient through their own accumulators during that inner
@@ -143,6 +171,10 @@ class CheckpointBackward final : public Node {
       : fn_(std::move(fn)), inputs_(std::move(inputs)) {}
 
   void apply(const Tensor& g, std::vector<Tensor>& out) override {
+    if (grad_enabled()) {
+      apply_in_graph(g, out);
+      return;
+    }
     std::vector<Tensor> leaves;
     leaves.reserve(inputs_.size());
     for (const Tensor& input : inputs_) {
@@ -166,6 +198,38 @@ class CheckpointBackward final : public Node {
     for (size_t i = 0; i < leaves.size(); ++i)
       if (next[i]) out[i] = leaves[i].grad();
   }
+  // create_graph: the recomputation runs on aliases of the inputs themselves (boundaries),
+  // so the gradients it records for the inputs and, through their accumulators, for the
+  // weights stay connected to both.
+  void apply_in_graph(const Tensor& g, std::vector<Tensor>& out) {
+    std::vector<Tensor> captured(inputs_.size()), aliases;
+    std::vector<std::shared_ptr<CheckpointBoundary>> boundaries(inputs_.size());
+    for (size_t i = 0; i < inputs_.size(); ++i) {
+      Tensor alias = inputs_[i].detach();
+      if (next[i]) {
+        boundaries[i] = std::make_shared<CheckpointBoundary>(&captured[i]);
+        alias.impl()->requires_grad = true;
+        alias.impl()->grad_fn = boundaries[i];
+      }
+      aliases.push_back(alias);
+    }
+    struct Connect {  // also when fn or the inner backward throws
+      std::vector<std::shared_ptr<CheckpointBoundary>>& boundaries;
+      const std::vector<Tensor>& inputs;
+      ~Connect() {
+        for (size_t i = 0; i < inputs.size(); ++i)
+          if (boundaries[i]) boundaries[i]->connect(inputs[i]);
+      }
+    } connect{boundaries, inputs_};
+    Tensor output = fn_(aliases);
+    BackwardOptions recorded;
+    recorded.retain_graph = true;
+    recorded.create_graph = true;
+    if (output.requires_grad()) steepest::backward(output, g, recorded);
+    for (size_t i = 0; i < inputs_.size(); ++i)
+      if (next[i]) out[i] = captured[i];
+  }
+  bool supports_create_graph() const override { return true; }
   void visit_saved(const SavedVisitor& visit) override {
     for (Tensor& input : inputs_) visit(input);
   }

@@ -497,37 +497,67 @@ void Pool2dBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
     if (kind == PoolKind::Avg) {
       detail::record<AvgPool2dScatterBackward>(grad_x, {&gc}, geo, compute);
     } else {
-      // Tied windows are found from the input (the forward records first maxima only);
-      // widening to float64 keeps every equality.
-      Tensor entries = contiguous(to_device(argmax, Device{}));
-      Tensor input = contiguous(to_device(astype(x, DType::Float64), Device{}));
-      const int64_t* entry = entries.data<int64_t>();
-      const double* pixels = input.data<double>();
-      const int64_t windows = geo.out_h * geo.out_w;
-      for (int64_t i = 0; i < entries.numel(); ++i)
-        if (entry[i] != kNoPixel &&
-            max_pool_ties(geo, (i % windows) / geo.out_w, i % geo.out_w,
-                          pixels + (i / windows) * geo.in_h * geo.in_w,
-                          pixels[(i / windows) * geo.in_h * geo.in_w + entry[i]]) > 1)
-          fail<StateError>("backward", "create_graph=True: the double backward of "
-                           "MaxPool2dBackward is not implemented for windows with tied maxima "
-                           "(input of shape (", geo.batch, ", ", geo.in_channels, ", ", geo.in_h,
-                           ", ", geo.in_w, "))");
-      detail::record<MaxPool2dScatterBackward>(grad_x, {&gc}, argmax, geo);
+      Tensor index, weight;
+      max_pool_shares(argmax, x, geo, compute, index, weight);
+      detail::record<MaxPool2dScatterBackward>(grad_x, {&gc}, index, weight, geo);
     }
   }
   out[0] = astype(grad_x, dtype);
 }
 
+// Where max pooling's backward sent each window's gradient: to the pixels equal to the
+// window's maximum, 1/ties each (max_pool_ties). For window w of plane p, entries
+// [w·T, (w+1)·T) of index row p name those pixels and weight[p][w] holds their shares,
+// padded with weight 0 to T, the most ties of any window (a window without pixels has
+// none). Built on the host from the input widened to float64, which keeps every equality.
+void max_pool_shares(const Tensor& argmax, const Tensor& x, const Conv2dGeometry& geo,
+                     DType dtype, Tensor& index, Tensor& weight) {
+  const Tensor entries = contiguous(to_device(argmax, Device{}));
+  const Tensor input = contiguous(to_device(astype(x, DType::Float64), Device{}));
+  const int64_t* entry = entries.data<int64_t>();
+  const double* pixels = input.data<double>();
+  const int64_t windows = geo.out_h * geo.out_w, plane_size = geo.in_h * geo.in_w;
+  const int64_t planes = geo.batch * geo.in_channels;
+  const auto plane_of = [&](int64_t i) { return pixels + (i / windows) * plane_size; };
+  const auto best_of = [&](int64_t i) { return plane_of(i)[entry[i]]; };
+  int64_t most = 1;
+  for (int64_t i = 0; i < entries.numel(); ++i)
+    if (entry[i] != kNoPixel)
+      most = std::max(most, max_pool_ties(geo, (i % windows) / geo.out_w, i % geo.out_w,
+                                          plane_of(i), best_of(i)));
+  Tensor host_index = Tensor::zeros({planes, windows * most}, DType::Int64, Device{});
+  Tensor host_weight = Tensor::zeros({planes, windows, most}, DType::Float64, Device{});
+  int64_t* to = host_index.data<int64_t>();
+  double* share = host_weight.data<double>();
+  for (int64_t i = 0; i < entries.numel(); ++i) {
+    if (entry[i] == kNoPixel) continue;
+    const int64_t oh = (i % windows) / geo.out_w, ow = i % geo.out_w;
+    const double best = best_of(i);
+    const int64_t ties = max_pool_ties(geo, oh, ow, plane_of(i), best);
+    if (ties == 0) {  // a NaN maximum: its pixel took the whole gradient
+      to[i * most] = entry[i];
+      share[i * most] = 1.0;
+      continue;
+    }
+    int64_t k = 0;
+    for_window(geo, oh, ow, [&](int64_t pixel) {
+      if (plane_of(i)[pixel] != best) return;
+      to[i * most + k] = pixel;
+      share[i * most + k++] = 1.0 / static_cast<double>(ties);
+    });
+  }
+  index = to_device(host_index, argmax.device());
+  weight = to_device(astype(host_weight, dtype), argmax.device());
+}
+
+// gG = Pᵀ·GG: each window's share-weighted sum of GG over the pixels its gradient went to.
 void MaxPool2dScatterBackward::apply(const Tensor& gg, std::vector<Tensor>& out) {
   const Conv2dGeometry& geo = geometry;
-  Tensor planes = reshape(gg, {geo.batch * geo.in_channels, geo.in_h * geo.in_w});
-  Tensor index = reshape(argmax, {geo.batch * geo.in_channels, geo.out_h * geo.out_w});
-  const Tensor first = Tensor::zeros({}, DType::Int64, gg.device());
-  Tensor valid = compare(BinaryOp::Ge, index, first);
-  Tensor picked = take_along_axis(planes, where(valid, index, first), 1);
-  Tensor kept = where(valid, picked, Tensor::zeros({}, gg.dtype(), gg.device()));
-  out[0] = reshape(kept, {geo.batch, geo.in_channels, geo.out_h, geo.out_w});
+  const int64_t planes = geo.batch * geo.in_channels;
+  Tensor picked = take_along_axis(reshape(gg, {planes, geo.in_h * geo.in_w}), index, 1);
+  Tensor pooled = sum(mul(reshape(picked, weight.shape()), astype(weight, gg.dtype())),
+                      std::vector<int64_t>{2});
+  out[0] = reshape(pooled, {geo.batch, geo.in_channels, geo.out_h, geo.out_w});
 }
 
 void AvgPool2dScatterBackward::apply(const Tensor& gg, std::vector<Tensor>& out) {

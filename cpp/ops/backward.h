@@ -348,19 +348,22 @@ struct AvgPool2dScatterBackward final : Node {
   DType dtype;  // of the pooled tensor (16-bit ones are pooled in float32)
 };
 
-// The backward of max pooling's backward (create_graph): G went to each window's maximum,
-// so its own gradient picks GG at the maxima (windows with tied maxima are refused when
-// recorded; windows without pixels give 0).
+// The backward of max pooling's backward (create_graph): G went to each window's maxima,
+// split evenly among tied ones, so its own gradient is each window's share-weighted sum
+// of GG over those pixels (max_pool_shares; windows without pixels give 0).
 struct MaxPool2dScatterBackward final : Node {
-  MaxPool2dScatterBackward(Tensor argmax, Conv2dGeometry geometry)
-      : argmax(std::move(argmax)), geometry(geometry) {}
+  MaxPool2dScatterBackward(Tensor index, Tensor weight, Conv2dGeometry geometry)
+      : index(std::move(index)), weight(std::move(weight)), geometry(geometry) {}
   void apply(const Tensor& gg, std::vector<Tensor>& out) override;
-  void visit_saved(const SavedVisitor& visit) override { visit(argmax); }
+  void visit_saved(const SavedVisitor& visit) override { visit(index); visit(weight); }
   STEEPEST_NODE_NAME(MaxPool2dScatterBackward)
   STEEPEST_CREATE_GRAPH
-  Tensor argmax;
+  Tensor index, weight;
   Conv2dGeometry geometry;
 };
+
+void max_pool_shares(const Tensor& argmax, const Tensor& x, const Conv2dGeometry& geo,
+                     DType dtype, Tensor& index, Tensor& weight);
 
 #undef STEEPEST_NODE_NAME
 #undef STEEPEST_CREATE_GRAPH

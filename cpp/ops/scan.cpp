@@ -89,18 +89,47 @@ struct CumsumBackward final : Node {
 // prod: dL/dx_i = G·Π_{j≠i} x_j, the product of the elements before i times that of the
 // elements after it (two exclusive scans): exact with zeros, no division by x_i.
 struct ProdBackward final : Node {
-  ProdBackward(Tensor layout, Dims order, Dims permuted_shape)
-      : layout(std::move(layout)), order(order), permuted_shape(permuted_shape) {}
+  ProdBackward(Tensor layout, Dims order, Dims permuted_shape, Tensor x)
+      : layout(std::move(layout)), order(order), permuted_shape(permuted_shape), x(std::move(x)) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override {
-    Tensor others = mul(run_scan(layout, ScanOp::Prod, true, false),
-                        run_scan(layout, ScanOp::Prod, true, true));
-    Tensor grad = mul(reshape(g, {layout.shape()[0], 1, 1}), others);
+    const Dims folded{layout.shape()[0], layout.shape()[1]};
+    Tensor others = grad_enabled()
+                        ? others_in_graph(reshape(contiguous(permute(x, order)), folded))
+                        : reshape(mul(run_scan(layout, ScanOp::Prod, true, false),
+                                      run_scan(layout, ScanOp::Prod, true, true)), folded);
+    Tensor grad = mul(reshape(g, {folded[0], 1}), others);
     out[0] = permute(reshape(grad, permuted_shape), detail::inverse_permutation(order));
   }
-  void visit_saved(const SavedVisitor& visit) override { visit(layout); }
+  // Π_{j≠i} x_j per row of xf (kept, reduced) with recorded ops (create_graph), exact
+  // through its first derivative whatever the zeros (torch's prod_backward cases). With
+  // P' = Π of the row's non-zero elements and Z = Σ of its zero elements (0, but
+  // connected: ∂/∂x_k of a product through the zero x_k is the rest of the product):
+  //   no zero:      P'/x_i
+  //   one zero:     P' at the zero; (P'/x_i)·Z elsewhere (∂/∂x_zero = P'/x_i)
+  //   two zeros:    P'·(Z − x_i) at each zero (the other zero's factor); 0 elsewhere
+  //   three or more: 0, as is every first derivative (each keeps a zero factor).
+  static Tensor others_in_graph(const Tensor& xf) {
+    const auto scalar = [&](double v) { return Tensor::full({}, v, xf.dtype(), xf.device()); };
+    const Tensor zero = compare(BinaryOp::Eq, xf, scalar(0.0));
+    const Tensor nonzero = where(zero, scalar(1.0), xf);
+    const std::vector<int64_t> row{1};
+    const Tensor rest = prod(nonzero, row, true);                    // P'
+    const Tensor zeros_sum = sum(where(zero, xf, scalar(0.0)), row, true);  // Z
+    const Tensor count = sum(astype(zero, xf.dtype()), row, true);
+    const auto rows_with = [&](double n) { return compare(BinaryOp::Eq, count, scalar(n)); };
+    const Tensor without_i = div(rest, nonzero);
+    Tensor at_zero = where(rows_with(1.0), rest,
+                           where(rows_with(2.0), mul(rest, sub(zeros_sum, xf)), scalar(0.0)));
+    Tensor elsewhere = where(rows_with(0.0), without_i,
+                             where(rows_with(1.0), mul(without_i, zeros_sum), scalar(0.0)));
+    return where(zero, at_zero, elsewhere);
+  }
+  bool supports_create_graph() const override { return true; }
+  void visit_saved(const SavedVisitor& visit) override { visit(layout); visit(x); }
   const char* name() const override { return "ProdBackward"; }
   Tensor layout;
   Dims order, permuted_shape;
+  Tensor x;  // the input as the caller passed it (create_graph)
 };
 
 // logsumexp: y = log Σ e^x gives dL/dx = G ⊙ e^(x − y) (the softmax of x). x stays
@@ -203,7 +232,7 @@ Tensor prod(const Tensor& x, const Axes& axes, bool keepdims) {
     out = reshape(contiguous(slice(running, 1, f.extent - 1, f.extent, 1)), f.out_shape);
   }
   if (is_floating(x.dtype()))
-    record<ProdBackward>(out, {&x}, f.layout, f.order, f.permuted_shape);
+    record<ProdBackward>(out, {&x}, f.layout, f.order, f.permuted_shape, x);
   return out;
 }
 

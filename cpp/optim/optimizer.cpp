@@ -161,6 +161,16 @@ void Optimizer::step(const std::vector<Tensor>& params, bool skip, dist::Communi
   ++iterations_;
 }
 
+void Optimizer::update_curvature(const std::vector<Tensor>&, const std::vector<Tensor>&) {
+  fail<StateError>(name_.c_str(), "keeps no curvature estimate (only Sophia does)");
+}
+
+ParamState& Optimizer::state_for(size_t index, const Tensor& param) {
+  if (state_.size() <= index) state_.resize(index + 1);
+  prepare_state(index, param);
+  return state_[index];
+}
+
 void Optimizer::prepare_state(size_t index, const Tensor& param) {
   const char* op = name_.c_str();
   ParamState& state = state_[index];

@@ -128,6 +128,106 @@ void Lion::update(Tensor& param, const Tensor& grad, ParamState& state, double l
                                                weight_decay, grad_scale);
 }
 
+// ---------------------------------------------------------------------------- Sophia
+
+Sophia::Sophia(std::shared_ptr<const Schedule> learning_rate, double beta_1, double beta_2,
+               double gamma, double epsilon, int64_t update_period, double weight_decay,
+               std::optional<double> clipnorm)
+    : Optimizer("Sophia", std::move(learning_rate), weight_decay, clipnorm),
+      beta_1_(beta_1),
+      beta_2_(beta_2),
+      gamma_(gamma),
+      epsilon_(epsilon),
+      update_period_(update_period) {
+  check_decay_rate("Sophia", "beta_1", beta_1);
+  check_decay_rate("Sophia", "beta_2", beta_2);
+  check_positive("Sophia", "gamma", gamma);
+  check_positive("Sophia", "epsilon", epsilon);
+  if (update_period < 1)
+    fail("Sophia", "update_period (k, steps between Hessian estimates) must be >= 1, got ",
+         update_period);
+}
+
+std::vector<SlotSpec> Sophia::slot_specs(const Tensor& param) const {
+  return {{"m", param.shape()}, {"h", param.shape()}};
+}
+
+void Sophia::update_curvature(const std::vector<Tensor>& params,
+                              const std::vector<Tensor>& estimates) {
+  if (estimates.size() != params.size())
+    fail("Sophia", "got ", estimates.size(), " Hessian estimates for ", params.size(),
+         " parameters");
+  for (size_t i = 0; i < params.size(); ++i) {  // all checked before any state changes
+    if (!estimates[i].defined()) continue;
+    if (!params[i].defined()) fail("Sophia", "parameter ", i, " is None");
+    if (estimates[i].shape() != params[i].shape() || estimates[i].device() != params[i].device() ||
+        !is_floating(estimates[i].dtype()))
+      fail("Sophia", "the Hessian estimate of parameter ", i, " is ",
+           dtype_name(estimates[i].dtype()), " ", estimates[i].shape(), " on ",
+           estimates[i].device().str(), " but the parameter is ", params[i].shape(), " on ",
+           params[i].device().str());
+  }
+  NoGradGuard no_grad;
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (!estimates[i].defined()) continue;
+    Tensor& h = slot(state_for(i, params[i]), 1);
+    Tensor estimate = ops::astype(estimates[i].detach(), h.dtype());
+    Tensor updated = ops::add(ops::mul_scalar(h, beta_2_), ops::mul_scalar(estimate, 1.0 - beta_2_));
+    ops::copy_into(updated, h);
+  }
+}
+
+void Sophia::update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+                    double grad_scale, double weight_decay) {
+  STEEPEST_KERNEL(param.device(), sophia_update)(param, grad, slot(state, 0), slot(state, 1), lr,
+                                                 beta_1_, gamma_, epsilon_, weight_decay,
+                                                 grad_scale);
+}
+
+std::vector<Tensor> hutchinson_hessian_diagonal(const std::vector<Tensor>& params,
+                                                const std::vector<Tensor>& grads) {
+  if (grads.size() != params.size())
+    fail("hutchinson_hessian_diagonal", "got ", grads.size(), " gradients for ", params.size(),
+         " parameters");
+  // The products are recorded even when the caller runs under no_grad.
+  struct GradMode {
+    bool previous = grad_enabled();
+    GradMode() { set_grad_enabled(true); }
+    ~GradMode() { set_grad_enabled(previous); }
+  } grad_mode;
+  std::vector<Tensor> directions(params.size()), estimates(params.size());
+  Tensor total;
+  std::vector<Tensor> wrt;
+  std::vector<size_t> positions;
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (!grads[i].defined()) continue;
+    const Tensor& g = grads[i];
+    Tensor half = Tensor::full({}, 0.5, g.dtype(), g.device());
+    Tensor heads = ops::compare(BinaryOp::Lt, ops::rand(g.shape(), std::nullopt, g.dtype(), g.device()), half);
+    directions[i] = ops::where(heads, Tensor::full({}, 1.0, g.dtype(), g.device()),
+                               Tensor::full({}, -1.0, g.dtype(), g.device()));
+    estimates[i] = Tensor::zeros(g.shape(), g.dtype(), g.device());
+    if (!g.requires_grad()) continue;  // a gradient that does not depend on the parameters
+    Tensor term = ops::sum(ops::mul(g, directions[i]));
+    total = total.defined() ? ops::add(total, term) : term;
+    if (params[i].requires_grad()) {
+      wrt.push_back(params[i]);
+      positions.push_back(i);
+    }
+  }
+  if (!total.defined() || wrt.empty()) return estimates;
+  // The graph is kept: the loss's own backward may follow (Sophia's custom loop).
+  BackwardOptions options;
+  options.retain_graph = true;
+  options.allow_unused = true;
+  const std::vector<Tensor> products = steepest::grad({total}, {}, wrt, options);
+  NoGradGuard no_grad;
+  for (size_t j = 0; j < wrt.size(); ++j)
+    if (products[j].defined())
+      estimates[positions[j]] = ops::mul(directions[positions[j]], products[j].detach());
+  return estimates;
+}
+
 // ------------------------------------------------------------------------------ Muon
 
 Muon::Muon(std::shared_ptr<const Schedule> learning_rate, double momentum, bool nesterov,

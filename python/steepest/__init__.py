@@ -153,7 +153,12 @@ from ._core.ops import checkpoint as _checkpoint  # noqa: E402
 
 def checkpoint(fn, *inputs):
     """Activation checkpointing: ``fn(*inputs)`` runs without keeping its intermediate
-    activations; backward runs it again to get them. Gradients are identical."""
+    activations; backward runs it again to get them. Gradients are identical.
+
+    ``create_graph=True`` works through it (the recomputation is recorded on the inputs,
+    so higher derivatives reach them and the weights ``fn`` uses). Weights used inside
+    ``fn`` receive their gradient through ``.grad`` (``backward``), so
+    ``st.autograd.grad`` with such a weight among its inputs does not see that part."""
     return _checkpoint(fn, *inputs)
 
 

@@ -47,6 +47,7 @@ OPTIMIZERS: Dict[str, Callable[..., Any]] = {
     "adafactor": st.optimizers.Adafactor,
     "lion": st.optimizers.Lion,
     "muon": st.optimizers.Muon,
+    "sophia": st.optimizers.Sophia,
 }
 
 

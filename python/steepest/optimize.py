@@ -127,6 +127,8 @@ def _first_order(fn: Callable[[Tensor], Tensor], start: np.ndarray, dtype: str,
         evaluations += 1
         x.grad = None
         value = _value(fn, x)
+        if optimizer.hessian_due:  # a curvature-aware rule (Sophia) asks for H's diagonal
+            optimizer.update_hessian(value, [x])
         value.backward()
         grad = x.grad.numpy() if x.grad is not None else np.zeros(x.shape)
         return value.item(), float(np.linalg.norm(grad))

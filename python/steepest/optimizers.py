@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import numpy as np
 
 from . import _core
+from . import autograd as _autograd
 from . import schedules as _schedules
 from ._core import Tensor
 from .creation import tensor as _tensor
@@ -53,6 +54,28 @@ class Optimizer:
         inf/NaN this way.
         """
         self._impl.step(list(params), skip)
+
+    @property
+    def hessian_due(self) -> bool:
+        """Whether the next step wants an estimate of the diagonal of the loss's Hessian
+        (Sophia: every ``update_period`` steps, the first included; never for the
+        first-order rules): then call :meth:`update_hessian` before :meth:`step`."""
+        return bool(self._impl.wants_curvature)
+
+    def update_hessian(self, loss: Tensor, params: Iterable[Tensor]) -> None:
+        """Hands the optimizer Hutchinson's estimate u ⊙ (H·u) of the diagonal of the
+        Hessian H of ``loss`` (a scalar computed from ``params`` with grad enabled), with
+        a fresh Rademacher u per parameter; Sophia folds it into h ← β₂h + (1 − β₂)ĥ. An
+        optimizer that keeps no curvature raises.
+
+        The gradient is taken with ``create_graph=True`` and the graph is kept, so
+        ``loss.backward()`` may follow. ``params`` must be those passed to :meth:`step`,
+        in the same order."""
+        params = list(params)
+        grads = _autograd.grad(loss, params, create_graph=True, retain_graph=True,
+                               allow_unused=True)
+        estimates = _optim.hutchinson_hessian_diagonal(params, grads)
+        self._impl.update_curvature(params, estimates)
 
     def exclude_from_weight_decay(self, var_list: Optional[Iterable[Tensor]] = None,
                                   var_names: Optional[Iterable[str]] = None) -> None:
@@ -268,6 +291,62 @@ class Lion(Optimizer):
         )
 
 
+class Sophia(Optimizer):
+    """Sophia-H (Liu et al. 2023, "Sophia: A Scalable Stochastic Second-order Optimizer",
+    Algorithm 3): a momentum step divided by a running estimate of the diagonal of the
+    loss's Hessian, clipped per coordinate::
+
+        m ← β₁m + (1 − β₁)g
+        every k steps (the first included):  ĥ = u ⊙ (H·u),  u Rademacher (±1),
+                                             h ← β₂h + (1 − β₂)ĥ
+        θ ← θ − ηλθ                                   (decoupled weight decay)
+        θ ← θ − η·clip(m / max(γ·h, ε), 1)            (clip: elementwise to [−1, 1])
+
+    ĥ is Hutchinson's estimate, E[u ⊙ Hu] = diag(H), from one Hessian-vector product
+    (double backward, :func:`steepest.autograd.hvp`'s method) of the step's own mini-batch
+    loss. Where the curvature is small or negative the clip makes the step η·sign(m), so
+    η is the largest move of any coordinate. Defaults are the paper's (β₁ = 0.965,
+    β₂ = 0.99, γ = 0.01, ε = 1e-12, k = ``update_period`` = 10, λ = 0.1); the paper tunes
+    η near 0.2–0.5× AdamW's on GPT-2.
+
+    ``model.fit`` computes ĥ itself on the steps that want it (it needs every layer and
+    the loss to support ``create_graph``; one that does not raises naming its op). In a
+    custom loop, as the Sophia reference code does with ``update_hessian()``::
+
+        loss = loss_fn(model(x), y)
+        if opt.hessian_due:                    # every update_period steps
+            opt.update_hessian(loss, params)   # ĥ = u ⊙ (H·u), h ← β₂h + (1 − β₂)ĥ
+        loss.backward()
+        opt.step(params)
+    """
+
+    _core_class = _optim.Sophia
+
+    def __init__(
+        self,
+        learning_rate: LearningRate = 1e-4,
+        beta_1: float = 0.965,
+        beta_2: float = 0.99,
+        gamma: float = 0.01,
+        epsilon: float = 1e-12,
+        update_period: int = 10,
+        weight_decay: float = 0.1,
+        clipnorm: Optional[float] = None,
+    ) -> None:
+        if isinstance(update_period, bool) or not isinstance(update_period, (int, np.integer)):
+            raise TypeError(f"[Sophia] update_period must be an int >= 1, got {update_period!r}")
+        super().__init__(
+            learning_rate=learning_rate,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            gamma=gamma,
+            epsilon=epsilon,
+            update_period=int(update_period),
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+        )
+
+
 class Muon(Optimizer):
     """Muon (Jordan et al. 2024, "Muon: An optimizer for hidden layers"; torch.optim.Muon's
     rule) for 2-D weights: momentum B = μB + (1 − μ)G, U = (1 − μ)G + μB with nesterov
@@ -427,6 +506,7 @@ _BY_NAME = {
     "adafactor": Adafactor,
     "lion": Lion,
     "muon": Muon,
+    "sophia": Sophia,
 }
 
 
@@ -435,7 +515,7 @@ def get(identifier: Any) -> Optimizer:
     ``identifier`` itself when it already is an Optimizer.
 
     Names: sgd, momentum (SGD with β = 0.9), nesterov, adagrad, rmsprop, adam, adamw,
-    lamb, adafactor, lion, muon.
+    lamb, adafactor, lion, muon, sophia.
     """
     if isinstance(identifier, Optimizer):
         return identifier
@@ -484,6 +564,9 @@ def choose(
        (its factored second moment is the smallest adaptive state).
     3. Otherwise memory="tight" (embedded devices, small GPUs) → plain SGD, which keeps
        no state at all; memory="normal" keeps the choice of step 1.
+
+    Adagrad, Lion, Muon and Sophia are never chosen: the seed's guide gives them no
+    place (it names Adagrad only as an example of optimizer state that costs memory).
     """
     if data not in ("sparse", "dense"):
         raise ValueError(f"[choose] data must be 'sparse' or 'dense', got {data!r}")
@@ -619,6 +702,7 @@ __all__ = [
     "Optimizer",
     "RMSprop",
     "SGD",
+    "Sophia",
     "choose",
     "sgd_recipe",
     "clip_grad_norm",

@@ -132,6 +132,15 @@ class Optimizer {
   // Bytes of state for `params` once each has been stepped (step counters excluded).
   int64_t state_size_bytes(const std::vector<Tensor>& params) const;
 
+  // Curvature-aware rules (Sophia): whether the next step() wants an estimate of the
+  // diagonal of the loss's Hessian, handed to update_curvature() before it. The fit loop
+  // computes one (hutchinson_hessian_diagonal) only when asked.
+  virtual bool wants_curvature() const { return false; }
+  // Takes such an estimate for `params` (by position, as step() gets them; an undefined
+  // entry for a parameter without one). Fails for a rule that keeps no curvature.
+  virtual void update_curvature(const std::vector<Tensor>& params,
+                                const std::vector<Tensor>& estimates);
+
   // Per-parameter state by position; an entry is empty() for a parameter never stepped.
   const std::vector<ParamState>& state() const { return state_; }
   // Replaces all state; slots are checked against each parameter on its next step.
@@ -145,6 +154,9 @@ class Optimizer {
   // is the optimizer's, or 0 for a parameter excluded from it.
   virtual void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
                       double grad_scale, double weight_decay) = 0;
+  // The state of parameter `index`, created or checked as step() does: for a rule that
+  // changes its state between steps (update_curvature).
+  ParamState& state_for(size_t index, const Tensor& param);
 
  private:
   // Creates the zero state of parameter `index` or checks a loaded one against it.
@@ -217,6 +229,35 @@ class Lion final : public Optimizer {
               double grad_scale, double weight_decay) override;
   double beta_1_, beta_2_;
 };
+
+// Sophia-H (Liu et al. 2023, "Sophia: A Scalable Stochastic Second-order Optimizer",
+// Algorithm 3): m = β₁m + (1−β₁)g; every update_period steps (the first included)
+// h = β₂h + (1−β₂)ĥ with Hutchinson's ĥ = u ⊙ (H·u) (update_curvature); θ −= ηλθ;
+// θ −= η·clip(m / max(γh, ε), 1), clipped elementwise to [−1, 1].
+class Sophia final : public Optimizer {
+ public:
+  Sophia(std::shared_ptr<const Schedule> learning_rate, double beta_1, double beta_2, double gamma,
+         double epsilon, int64_t update_period, double weight_decay,
+         std::optional<double> clipnorm);
+  std::vector<SlotSpec> slot_specs(const Tensor& param) const override;
+  bool wants_curvature() const override { return iterations() % update_period_ == 0; }
+  void update_curvature(const std::vector<Tensor>& params,
+                        const std::vector<Tensor>& estimates) override;
+
+ private:
+  void update(Tensor& param, const Tensor& grad, ParamState& state, double lr,
+              double grad_scale, double weight_decay) override;
+  double beta_1_, beta_2_, gamma_, epsilon_;
+  int64_t update_period_;
+};
+
+// Hutchinson's estimate of the diagonal of the Hessian H of a loss L (Sophia-H): u ⊙ (H·u)
+// per parameter, with u a Rademacher (±1) vector from the global generator. `grads` are ∇L
+// for `params`, recorded with create_graph; H·u = ∇(Σ ∇L·u). An undefined grad gives an
+// undefined estimate; a parameter the gradients do not depend on gets zeros. The graph
+// of the gradients is kept.
+std::vector<Tensor> hutchinson_hessian_diagonal(const std::vector<Tensor>& params,
+                                                const std::vector<Tensor>& grads);
 
 // Adam with L2 weight decay in the gradient; AdamW decouples it.
 class Adam : public Optimizer {

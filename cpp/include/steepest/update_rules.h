@@ -122,6 +122,32 @@ STEEPEST_RULE void lion_step(T& p, T g, T& m, const Lion<T>& c) {
   m = c.beta2 * m + c.mix2 * gi;
 }
 
+// ------------------------------------------------------------------------ Sophia
+
+template <class T>
+struct Sophia {
+  T lr, beta1, mix1, gamma, eps, decay, scale;
+};
+
+template <class T>
+Sophia<T> sophia_coefficients(double lr, double beta1, double gamma, double eps, double decay,
+                              double scale) {
+  return {T(lr), T(beta1), T(1.0 - beta1), T(gamma), T(eps), T(decay), T(scale)};
+}
+
+// Liu et al. 2023, Algorithm 3 (h, the Hessian-diagonal EMA, is refreshed outside, every
+// k steps): m = β₁m + (1−β₁)g; θ −= ηλθ; θ −= η·clip(m / max(γh, ε), 1). A negative or
+// tiny h gives max(γh, ε) = ε, so the step falls back to η·sign(m).
+template <class T>
+STEEPEST_RULE void sophia_step(T& p, T g, T& m, T h, const Sophia<T>& c) {
+  const T mi = c.beta1 * m + c.mix1 * c.scale * g;
+  m = mi;
+  p -= c.lr * c.decay * p;
+  const T curvature = c.gamma * h > c.eps ? c.gamma * h : c.eps;
+  const T ratio = mi / curvature;
+  p -= c.lr * (ratio > T(1) ? T(1) : ratio < T(-1) ? T(-1) : ratio);
+}
+
 // --------------------------------------------------------------------- Adam family
 
 template <class T>
