@@ -10,23 +10,10 @@
 #include <vector>
 
 #include "steepest/cuda_arch.h"
+#include "steepest/cuda_runtime.h"
 #include "steepest/dist.h"
 #include "steepest/kernels.h"
 #include "steepest/storage.h"
-
-// Defined by cuda/runtime.cu and cuda/linalg.cu, or by cuda/no_cuda.cpp without CUDA.
-namespace steepest {
-bool cuda_available();
-int cuda_device_count();
-std::string cuda_device_name(int device_index);
-AllocatorStats cuda_allocator_stats(int device_index);
-void cuda_allocator_empty_cache();
-void cuda_allocator_reset_peak(int device_index);
-void cuda_synchronize(int device_index);
-void cuda_set_allow_tf32(bool allow);
-bool cuda_allow_tf32();
-std::string cublas_info();
-}  // namespace steepest
 
 namespace steepest::bindings {
 namespace {

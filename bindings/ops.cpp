@@ -139,17 +139,9 @@ void init_ops(nb::module_& parent) {
   m.def("clamp_min", &ops::clamp_min, arg("x"), arg("lower"),
         "max(x, lower); clamped entries get no gradient.");
 
-#define STEEPEST_UNARY(name, doc) m.def(#name, &ops::name, arg("x"), doc);
-  STEEPEST_UNARY(neg, "-x")
-  STEEPEST_UNARY(exp, "e^x")
-  STEEPEST_UNARY(log, "Natural logarithm.")
-  STEEPEST_UNARY(sqrt, "Square root.")
-  STEEPEST_UNARY(abs, "Absolute value.")
-  STEEPEST_UNARY(relu, "max(x, 0).")
-  STEEPEST_UNARY(sigmoid, "1 / (1 + e^-x).")
-  STEEPEST_UNARY(tanh, "Hyperbolic tangent.")
-  STEEPEST_UNARY(gelu, "x·Φ(x) (exact, erf form).")
-#undef STEEPEST_UNARY
+#define UNARY_FUNCTION(function, Name, doc) \
+  m.def(#function, &ops::function, arg("x"), doc);
+#include "steepest/unary_ops.def"
 
   m.def("sum", [](const Tensor& x, nb::handle axis, bool keepdims) { return ops::sum(x, parse_axes(axis), keepdims); },
         arg("x"), arg("axis").none() = nb::none(), arg("keepdims") = false);

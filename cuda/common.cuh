@@ -15,15 +15,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "steepest/collapse.h"
+#include "steepest/cuda_runtime.h"
 #include "steepest/kernels.h"
-
-namespace steepest {
-// The runtime entry points of cuda/runtime.cu that storage.cpp and the bindings call.
-bool cuda_available();
-int cuda_device_count();
-void* cuda_allocate(size_t nbytes, int device_index);
-void cuda_deallocate(void* p, size_t nbytes, int device_index);
-}  // namespace steepest
 
 namespace steepest::cuda {
 
@@ -96,21 +90,6 @@ class IndexCheck {
 
 // Reads element `position` of an integer tensor on the device (for error messages).
 int64_t read_index(const DeviceGuard& guard, const Tensor& indices, int64_t position);
-
-// Calls fn(TypeTag<I>{}) for the integer types that index tensors use.
-template <class Fn>
-decltype(auto) dispatch_index(const char* op, DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::Bool:
-      return fn(TypeTag<bool>{});
-    case DType::Int32:
-      return fn(TypeTag<int32_t>{});
-    case DType::Int64:
-      return fn(TypeTag<int64_t>{});
-    default:
-      fail<TypeError>(op, "expected an integer index tensor, got ", dtype_name(dtype));
-  }
-}
 
 // ------------------------------------------------------------------ 16-bit storage
 
@@ -218,6 +197,32 @@ __device__ T row_reduce(T value, Op op, T identity) {
   }
 }
 
+template <class T>
+__device__ T neg_inf() {
+  return -T(INFINITY);
+}
+
+// Over the threads (x, y) of a block that share x: the rows' partial results in
+// threadIdx.y are combined through shared memory; thread (x, 0) gets the result.
+template <class T, class Combine>
+__device__ T column_combine(T value, T* shared, Combine combine) {
+  shared[threadIdx.y * blockDim.x + threadIdx.x] = value;
+  __syncthreads();
+  if (threadIdx.y == 0)
+    for (unsigned y = 1; y < blockDim.y; ++y)
+      value = combine(value, shared[y * blockDim.x + threadIdx.x]);
+  return value;
+}
+
+// Column kernels: 32 columns by 8 row-splitters per block.
+inline constexpr int kColumnTile = 32;
+inline constexpr int kColumnSplit = kThreads / kColumnTile;
+
+inline dim3 column_grid(int64_t outer, int64_t inner) {
+  const int64_t tiles = (inner + kColumnTile - 1) / kColumnTile;
+  return dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(outer < 65535 ? outer : 65535));
+}
+
 // Rows of up to this many columns get one warp each; longer rows get a block.
 inline constexpr int64_t kWarpRowLimit = 1024;
 inline constexpr int kRowsPerBlock = 8;
@@ -242,38 +247,33 @@ void launch_rows(cudaStream_t stream, int64_t rows, int64_t cols, WarpKernel war
 
 // ------------------------------------------------------------------ strided indexing
 
-// Shape and element strides of N operands with the dimensions that every operand walks
-// contiguously merged, as the CPU's StridedLoop does: most layouts collapse to one or
-// two dimensions.
+// The collapsed dimensions of N operands (steepest/collapse.h, as the CPU's StridedLoop)
+// and the element offsets of a linear index in each.
 template <int N>
-struct Strided {
-  int ndim = 0;
+struct Strided : CollapsedDims<N> {
   bool contiguous = true;  // one dimension, unit strides: index i is offset i
-  int64_t numel = 1;
-  int64_t shape[kMaxDims];
-  int64_t strides[N][kMaxDims];
 
   // The element offsets of linear index i in each operand. The division runs in 32 bits
   // when the tensor allows: 64-bit division is emulated and dominates small kernels.
   __device__ void offsets(int64_t i, int64_t (&off)[N]) const {
 #pragma unroll
     for (int k = 0; k < N; ++k) off[k] = 0;
-    if (numel <= INT32_MAX) {
+    if (this->numel <= INT32_MAX) {
       auto rest = static_cast<uint32_t>(i);
-      for (int d = ndim - 1; d >= 0; --d) {
-        const auto extent = static_cast<uint32_t>(shape[d]);
+      for (int d = this->ndim - 1; d >= 0; --d) {
+        const auto extent = static_cast<uint32_t>(this->shape[d]);
         const uint32_t q = rest / extent, r = rest - q * extent;
         rest = q;
 #pragma unroll
-        for (int k = 0; k < N; ++k) off[k] += static_cast<int64_t>(r) * strides[k][d];
+        for (int k = 0; k < N; ++k) off[k] += static_cast<int64_t>(r) * this->strides[k][d];
       }
       return;
     }
-    for (int d = ndim - 1; d >= 0; --d) {
-      const int64_t q = i / shape[d], r = i - q * shape[d];
+    for (int d = this->ndim - 1; d >= 0; --d) {
+      const int64_t q = i / this->shape[d], r = i - q * this->shape[d];
       i = q;
 #pragma unroll
-      for (int k = 0; k < N; ++k) off[k] += r * strides[k][d];
+      for (int k = 0; k < N; ++k) off[k] += r * this->strides[k][d];
     }
   }
 };
@@ -281,28 +281,7 @@ struct Strided {
 template <int N>
 Strided<N> make_strided(const Dims& shape, const std::array<const Dims*, N>& strides) {
   Strided<N> s;
-  s.numel = shape.product();
-  for (int d = 0; d < shape.size(); ++d) {
-    if (shape[d] == 1) continue;
-    if (s.ndim > 0) {
-      bool mergeable = true;
-      for (int k = 0; k < N; ++k)
-        if (s.strides[k][s.ndim - 1] != (*strides[k])[d] * shape[d]) mergeable = false;
-      if (mergeable) {
-        s.shape[s.ndim - 1] *= shape[d];
-        for (int k = 0; k < N; ++k) s.strides[k][s.ndim - 1] = (*strides[k])[d];
-        continue;
-      }
-    }
-    s.shape[s.ndim] = shape[d];
-    for (int k = 0; k < N; ++k) s.strides[k][s.ndim] = (*strides[k])[d];
-    ++s.ndim;
-  }
-  if (s.ndim == 0) {  // a single element
-    s.ndim = 1;
-    s.shape[0] = 1;
-    for (int k = 0; k < N; ++k) s.strides[k][0] = 1;
-  }
+  static_cast<CollapsedDims<N>&>(s) = collapse_dims<N>(shape, strides);
   s.contiguous = s.ndim == 1;
   for (int k = 0; k < N; ++k) s.contiguous = s.contiguous && s.strides[k][0] == 1;
   return s;

@@ -1,6 +1,6 @@
-// Elementwise CUDA kernels: one small functor per operation (the same formulas as
-// cpp/cpu/elementwise.cpp) over one generic strided launcher, plus fill and the copy
-// entry point, which also moves data between the host and the devices. float16 and
+// Elementwise CUDA kernels: the formulas of steepest/elementwise_rules.h (the CPU's) over
+// one generic strided launcher, plus fill and the copy entry point, which also moves
+// data between the host and the devices. float16 and
 // bfloat16 run the float functors: the adapters load each operand into float and round
 // the result once.
 //
@@ -15,84 +15,6 @@
 namespace steepest::cuda {
 namespace {
 
-constexpr double kInvSqrt2 = 0.70710678118654752440;
-constexpr double kInvSqrt2Pi = 0.39894228040143267794;
-
-template <class T>
-__device__ T stable_sigmoid(T x) {
-  if (x >= T(0)) return T(1) / (T(1) + exp(-x));
-  const T e = exp(x);
-  return e / (T(1) + e);
-}
-
-// Unary functors: f(x, scalar).
-struct Neg { template <class T> __device__ T operator()(T x, T) const { return -x; } };
-struct Exp { template <class T> __device__ T operator()(T x, T) const { return exp(x); } };
-struct Log { template <class T> __device__ T operator()(T x, T) const { return log(x); } };
-struct Sqrt { template <class T> __device__ T operator()(T x, T) const { return sqrt(x); } };
-struct Abs { template <class T> __device__ T operator()(T x, T) const { return x < T(0) ? -x : x; } };
-// NOTE: the gradient of relu at 0 is taken as 0 (ReluGrad uses x > 0), as in PyTorch.
-// NaN passes through (x < 0 is false for it), as in torch and NumPy.
-struct Relu { template <class T> __device__ T operator()(T x, T) const { return x < T(0) ? T(0) : x; } };
-struct Sigmoid { template <class T> __device__ T operator()(T x, T) const { return stable_sigmoid(x); } };
-struct Tanh { template <class T> __device__ T operator()(T x, T) const { return tanh(x); } };
-struct Gelu {
-  template <class T> __device__ T operator()(T x, T) const {
-    return T(0.5) * x * (T(1) + erf(x * T(kInvSqrt2)));
-  }
-};
-struct PowScalar { template <class T> __device__ T operator()(T x, T s) const { return pow(x, s); } };
-struct MulScalar { template <class T> __device__ T operator()(T x, T s) const { return x * s; } };
-struct AddScalar { template <class T> __device__ T operator()(T x, T s) const { return x + s; } };
-struct Sign { template <class T> __device__ T operator()(T x, T) const { return T((x > T(0)) - (x < T(0))); } };
-// NaN stays NaN (a clamp must not hide a diverged value).
-struct ClampMin { template <class T> __device__ T operator()(T x, T lo) const { return x < lo ? lo : x; } };
-
-// Binary functors: f(a, b, scalar); the *Grad functors take (G, saved).
-struct Add { template <class T> __device__ T operator()(T a, T b, T) const { return a + b; } };
-struct Sub { template <class T> __device__ T operator()(T a, T b, T) const { return a - b; } };
-struct Mul { template <class T> __device__ T operator()(T a, T b, T) const { return a * b; } };
-struct Div { template <class T> __device__ T operator()(T a, T b, T) const { return a / b; } };
-struct Eq { template <class T> __device__ bool operator()(T a, T b, T) const { return a == b; } };
-struct Ne { template <class T> __device__ bool operator()(T a, T b, T) const { return a != b; } };
-struct Lt { template <class T> __device__ bool operator()(T a, T b, T) const { return a < b; } };
-struct Le { template <class T> __device__ bool operator()(T a, T b, T) const { return a <= b; } };
-struct Gt { template <class T> __device__ bool operator()(T a, T b, T) const { return a > b; } };
-struct Ge { template <class T> __device__ bool operator()(T a, T b, T) const { return a >= b; } };
-// ReLU: G ⊙ 1{X>0}
-struct ReluGrad { template <class T> __device__ T operator()(T g, T x, T) const { return x > T(0) ? g : T(0); } };
-// Sigmoid: G ⊙ Z ⊙ (1 − Z), from the output Z
-struct SigmoidGrad { template <class T> __device__ T operator()(T g, T z, T) const { return g * z * (T(1) - z); } };
-// Tanh: G ⊙ (1 − Z²), from the output Z
-struct TanhGrad { template <class T> __device__ T operator()(T g, T z, T) const { return g * (T(1) - z * z); } };
-// GELU(x) = x Φ(x): G ⊙ (Φ(x) + x φ(x))
-struct GeluGrad {
-  template <class T> __device__ T operator()(T g, T x, T) const {
-    const T cdf = T(0.5) * (T(1) + erf(x * T(kInvSqrt2)));
-    const T pdf = T(kInvSqrt2Pi) * exp(T(-0.5) * x * x);
-    return g * (cdf + x * pdf);
-  }
-};
-// Power: G ⊙ k·Y^(k−1)
-struct PowScalarGrad {
-  template <class T> __device__ T operator()(T g, T x, T k) const { return g * k * pow(x, k - T(1)); }
-};
-// sqrt: G / (2·Z), from the output Z
-struct SqrtGrad { template <class T> __device__ T operator()(T g, T z, T) const { return g / (T(2) * z); } };
-// Clamped values get no gradient.
-struct ClampMinGrad { template <class T> __device__ T operator()(T g, T x, T lo) const { return x < lo ? T(0) : g; } };
-// Binary cross-entropy on logits in the overflow-free form max(z, 0) − z·y + log(1 + e^(−|z|)).
-struct BceWithLogits {
-  template <class T> __device__ T operator()(T z, T y, T) const {
-    const T abs_z = z < T(0) ? -z : z;
-    return (z > T(0) ? z : T(0)) - z * y + log1p(exp(-abs_z));
-  }
-};
-// d/dz of the above: sigmoid(z) − y (the seed's a − y).
-struct BceWithLogitsGrad {
-  template <class T> __device__ T operator()(T z, T y, T) const { return stable_sigmoid(z) - y; }
-};
-
 // Adapters that bind the scalar, so every kernel below sees f(inputs...) on storage
 // values of type S: the functor runs in S's compute type.
 template <class F, class S>
@@ -104,7 +26,7 @@ template <class F, class S>
 struct BindBinary {
   using C = compute_t<S>;
   // The type a kernel stores: bool for comparisons, else S.
-  using Result = std::conditional_t<std::is_same_v<decltype(F{}(C{}, C{}, C{})), bool>, bool, S>;
+  using Result = elementwise::binary_result_t<F, S, C>;
   C scalar;
   __device__ Result operator()(S a, S b) const {
     return to_storage<Result>(F{}(to_compute(a), to_compute(b), scalar));
@@ -296,68 +218,18 @@ void fill(Tensor& dst, double value) {
 }
 
 void unary(UnaryOp op, const Tensor& x, Tensor& out, double scalar) {
-  dispatch_float_storage("unary", x.dtype(), [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    using C = typename decltype(tag)::compute;
-    const C s = static_cast<C>(scalar);
-    switch (op) {
-#define STEEPEST_CASE(name)                                  \
-  case UnaryOp::name:                                        \
-    launch_map1<S, S>(x, out, BindUnary<name, S>{s});        \
-    break;
-      STEEPEST_UNARY_OPS(STEEPEST_CASE)
-#undef STEEPEST_CASE
-    }
-  });
+  elementwise::dispatch_unary<elementwise::Math>(
+      op, x.dtype(), scalar, [&](auto tag, auto f, auto s) {
+        using S = typename decltype(tag)::type;
+        launch_map1<S, S>(x, out, BindUnary<decltype(f), S>{s});
+      });
 }
 
 void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out, double scalar) {
-  if (is_floating(a.dtype())) {
-    dispatch_float_storage("binary", a.dtype(), [&](auto tag) {
-      using S = typename decltype(tag)::type;
-      using C = typename decltype(tag)::compute;
-      const C s = static_cast<C>(scalar);
-      switch (op) {
-#define STEEPEST_CASE(name)                 \
-  case BinaryOp::name:                      \
-    binary_typed<S, name>(a, b, out, s);    \
-    break;
-        STEEPEST_BINARY_OPS(STEEPEST_CASE)
-#undef STEEPEST_CASE
-      }
-    });
-    return;
-  }
-  // Integer and bool tensors: exact arithmetic and comparisons only, as on the CPU.
-  dispatch_all("binary", a.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    switch (op) {
-#define STEEPEST_CASE(name)                  \
-  case BinaryOp::name:                       \
-    binary_typed<T, name>(a, b, out, T{});   \
-    return;
-      STEEPEST_CASE(Eq)
-      STEEPEST_CASE(Ne)
-      STEEPEST_CASE(Lt)
-      STEEPEST_CASE(Le)
-      STEEPEST_CASE(Gt)
-      STEEPEST_CASE(Ge)
-      default:
-        break;
-    }
-    if constexpr (!std::is_same_v<T, bool>) {
-      switch (op) {
-        STEEPEST_CASE(Add)
-        STEEPEST_CASE(Sub)
-        STEEPEST_CASE(Mul)
-        default:
-          break;
-      }
-    }
-#undef STEEPEST_CASE
-    fail<TypeError>("binary", "this operation needs floating-point tensors, got ",
-                    dtype_name(a.dtype()));
-  });
+  elementwise::dispatch_binary<elementwise::Math>(
+      op, a.dtype(), scalar, [&](auto tag, auto f, auto s) {
+        binary_typed<typename decltype(tag)::type, decltype(f)>(a, b, out, s);
+      });
 }
 
 }  // namespace steepest::cuda

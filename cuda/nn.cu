@@ -1,8 +1,7 @@
-// Reductions and row-wise neural-network kernels on the GPU: sum/max over the middle axis
-// of (outer, extent, inner), softmax / log-softmax, fused softmax + cross-entropy, layer
-// norm, embedding, dropout masks and random fills. The formulas are those of
-// cpp/cpu/reduce.cpp and cpp/cpu/nn.cpp; only the summation order differs (trees of
-// warps instead of one running sum). float16/bfloat16 storage S is computed in float
+// Row-wise neural-network kernels on the GPU: softmax / log-softmax, fused softmax +
+// cross-entropy, layer norm, batch norm and embedding. The formulas are those of
+// cpp/cpu/nn.cpp; only the summation order differs (trees of warps instead of one
+// running sum). float16/bfloat16 storage S is computed in float
 // (C = compute_t<S>): sums, row statistics and the logsumexp/mean/rstd tensors stay in
 // float, and each stored value is rounded once.
 //
@@ -17,163 +16,6 @@
 
 namespace steepest::cuda {
 namespace {
-
-template <class T>
-__device__ T neg_inf() {
-  return -T(INFINITY);
-}
-
-// ----------------------------------------------------------------------- reduce
-
-// (value, index) of the first maximum; NaN wins (the first NaN), as on the CPU.
-template <class T>
-struct ArgMax {
-  T value;
-  int64_t index;
-};
-
-template <class T>
-__device__ ArgMax<T> better(ArgMax<T> a, ArgMax<T> b) {
-  if (a.index < 0) return b;
-  if (b.index < 0) return a;
-  const bool a_nan = isnan(a.value), b_nan = isnan(b.value);
-  if (a_nan || b_nan) {
-    if (a_nan && b_nan) return a.index < b.index ? a : b;
-    return a_nan ? a : b;
-  }
-  if (a.value != b.value) return a.value > b.value ? a : b;
-  return a.index < b.index ? a : b;
-}
-
-template <class T>
-__device__ ArgMax<T> warp_argmax(ArgMax<T> v) {
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    ArgMax<T> other{__shfl_xor_sync(0xffffffffu, v.value, offset),
-                    __shfl_xor_sync(0xffffffffu, v.index, offset)};
-    v = better(v, other);
-  }
-  return v;
-}
-
-// Over the threads (x, y) of a block that share x: the rows' partial results in
-// threadIdx.y are combined through shared memory; thread (x, 0) gets the result.
-template <class T, class Combine>
-__device__ T column_combine(T value, T* shared, Combine combine) {
-  shared[threadIdx.y * blockDim.x + threadIdx.x] = value;
-  __syncthreads();
-  if (threadIdx.y == 0)
-    for (unsigned y = 1; y < blockDim.y; ++y)
-      value = combine(value, shared[y * blockDim.x + threadIdx.x]);
-  return value;
-}
-
-// Sum of each row into O (S, or C when the op layer still scales the sums: a 16-bit
-// mean rounds once, after dividing); rows are split into `chunks` segments when there
-// are too few rows to fill the GPU: then out holds (rows, chunks) partials in C for a
-// second pass.
-template <bool kWarp, class S, class O>
-__global__ void sum_rows(const S* x, int64_t rows, int64_t cols, int64_t chunks, O* out) {
-  using C = compute_t<S>;
-  const int64_t task = STEEPEST_ROW_INDEX();
-  if (task >= rows * chunks) return;
-  const int64_t row = task / chunks, chunk = task % chunks;
-  const int64_t len = (cols + chunks - 1) / chunks;
-  const int64_t begin = chunk * len, end = begin + len < cols ? begin + len : cols;
-  const S* xr = x + row * cols;
-  C acc = 0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) acc += to_compute(xr[i]);
-  acc = row_reduce<kWarp>(acc, SumOp{}, C(0));
-  if (threadIdx.x == 0) out[task] = to_storage<O>(acc);
-}
-
-// The maximum is one of the inputs, so storing it back into S is exact.
-template <bool kWarp, class S>
-__global__ void max_rows(const S* x, int64_t rows, int64_t cols, S* out, int64_t* argmax) {
-  using C = compute_t<S>;
-  const int64_t row = STEEPEST_ROW_INDEX();
-  if (row >= rows) return;
-  const S* xr = x + row * cols;
-  ArgMax<C> best{C(0), -1};
-  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x)
-    best = better(best, ArgMax<C>{to_compute(xr[i]), i});
-  best = warp_argmax(best);
-  if constexpr (!kWarp) {
-    __shared__ C values[32];
-    __shared__ int64_t indices[32];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    if (lane == 0) {
-      values[warp] = best.value;
-      indices[warp] = best.index;
-    }
-    __syncthreads();
-    if (warp == 0) {
-      best = lane < static_cast<int>(blockDim.x / 32) ? ArgMax<C>{values[lane], indices[lane]}
-                                                       : ArgMax<C>{C(0), -1};
-      best = warp_argmax(best);
-    }
-  }
-  if (threadIdx.x == 0) {
-    out[row] = to_storage<S>(best.value);
-    if (argmax) argmax[row] = best.index;
-  }
-}
-
-// Integer and bool tensors (no gradient, no argmax): one thread per output, exact int64
-// sums and maxima in T, as the CPU's integer_reduce.
-template <class T, class O>
-__global__ void integer_reduce(ReduceOp op, const T* x, int64_t outer, int64_t extent,
-                               int64_t inner, O* out) {
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= outer * inner) return;
-  const T* p = x + (t / inner) * extent * inner + t % inner;
-  out[t] = integer_reduce_column<T, O>(op, p, extent, inner);
-}
-
-// inner > 1: thread x of a block owns column c of one outer slice.
-template <class S, class O>
-__global__ void sum_columns(const S* x, int64_t outer, int64_t extent, int64_t inner, O* out) {
-  using C = compute_t<S>;
-  __shared__ C shared[kThreads];
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  for (int64_t o = blockIdx.y; o < outer; o += gridDim.y) {
-    C acc = 0;
-    if (c < inner)
-      for (int64_t e = threadIdx.y; e < extent; e += blockDim.y)
-        acc += to_compute(x[(o * extent + e) * inner + c]);
-    acc = column_combine(acc, shared, SumOp{});
-    if (threadIdx.y == 0 && c < inner) out[o * inner + c] = to_storage<O>(acc);
-    __syncthreads();
-  }
-}
-
-template <class S>
-__global__ void max_columns(const S* x, int64_t outer, int64_t extent, int64_t inner, S* out,
-                            int64_t* argmax) {
-  using C = compute_t<S>;
-  __shared__ ArgMax<C> shared[kThreads];
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  for (int64_t o = blockIdx.y; o < outer; o += gridDim.y) {
-    ArgMax<C> best{C(0), -1};
-    if (c < inner)
-      for (int64_t e = threadIdx.y; e < extent; e += blockDim.y)
-        best = better(best, ArgMax<C>{to_compute(x[(o * extent + e) * inner + c]), e});
-    best = column_combine(best, shared, [](ArgMax<C> a, ArgMax<C> b) { return better(a, b); });
-    if (threadIdx.y == 0 && c < inner) {
-      out[o * inner + c] = to_storage<S>(best.value);
-      if (argmax) argmax[o * inner + c] = best.index;
-    }
-    __syncthreads();
-  }
-}
-
-// Column kernels: 32 columns by 8 row-splitters per block.
-constexpr int kColumnTile = 32;
-constexpr int kColumnSplit = kThreads / kColumnTile;
-
-dim3 column_grid(int64_t outer, int64_t inner) {
-  const int64_t tiles = (inner + kColumnTile - 1) / kColumnTile;
-  return dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(outer < 65535 ? outer : 65535));
-}
 
 // ---------------------------------------------------------------- softmax family
 
@@ -518,124 +360,7 @@ __global__ void embedding_scatter(const I* indices, const S* grad_out, compute_t
   }
 }
 
-// ------------------------------------------------------------------------ random
-
-// cpp/cpu/random.h on the device, bit for bit: element i of a draw keyed by `seed` is a
-// hash of (seed, i), so the GPU draws the CPU's numbers.
-__device__ uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-__device__ double uniform_at(uint64_t seed, uint64_t index) {
-  return static_cast<double>(splitmix64(seed ^ splitmix64(index)) >> 11) * 0x1.0p-53;
-}
-
-// NOTE: log1p and cos may differ from glibc's in the last bit of the double, which
-// survives rounding to float only in rare ties.
-__device__ double normal_at(uint64_t seed, uint64_t index) {
-  const double u1 = uniform_at(seed, 2 * index);
-  const double u2 = uniform_at(seed, 2 * index + 1);
-  return sqrt(-2.0 * log1p(-u1)) * cos(6.283185307179586476925 * u2);
-}
-
-// keep_scale and zero come rounded from the host, as the CPU rounds them.
-template <class S>
-__global__ void dropout_kernel(S* mask, int64_t n, double rate, S keep_scale, S zero,
-                               uint64_t seed) {
-  STEEPEST_GRID_STRIDE(i, n)
-  mask[i] = uniform_at(seed, static_cast<uint64_t>(i)) < rate ? zero : keep_scale;
-}
-
-// Uniform draws are clamped to below_one, the largest S below 1 (1 for double), so that
-// rounding to S keeps the range [0, 1), as on the CPU.
-template <class S>
-__global__ void random_kernel(S* out, int64_t n, bool normal, double below_one, uint64_t seed) {
-  STEEPEST_GRID_STRIDE(i, n) {
-    const auto index = static_cast<uint64_t>(i);
-    const double v = normal ? normal_at(seed, index) : fmin(uniform_at(seed, index), below_one);
-    out[i] = to_storage<S>(v);
-  }
-}
-
-int64_t rows_of(const Tensor& t) {
-  const int64_t cols = t.shape().back();
-  return cols ? t.numel() / cols : 0;
-}
-
 }  // namespace
-
-void reduce(ReduceOp op, const Tensor& x, int64_t outer, int64_t extent, int64_t inner,
-            Tensor& out, Tensor* argmax) {
-  if (outer * inner == 0) return;
-  DeviceGuard guard(x.device());
-  const cudaStream_t stream = guard.stream();
-  if (!is_floating(x.dtype())) {
-    dispatch_all("reduce", x.dtype(), [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      const int64_t n = outer * inner;
-      if (op == ReduceOp::Sum)
-        integer_reduce<T, int64_t><<<blocks_for(n), kThreads, 0, stream>>>(
-            op, x.data<T>(), outer, extent, inner, out.data<int64_t>());
-      else
-        integer_reduce<T, T><<<blocks_for(n), kThreads, 0, stream>>>(op, x.data<T>(), outer,
-                                                                      extent, inner, out.data<T>());
-      STEEPEST_CUDA_CHECK_LAUNCH();
-    });
-    return;
-  }
-  dispatch_float_storage("reduce", x.dtype(), [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    using C = typename decltype(tag)::compute;
-    const S* px = x.data<S>();
-    const dim3 grid = column_grid(outer, inner), block(kColumnTile, kColumnSplit);
-    if (op == ReduceOp::Max) {
-      S* po = out.data<S>();
-      int64_t* pa = argmax ? argmax->data<int64_t>() : nullptr;
-      if (inner > 1) {
-        max_columns<<<grid, block, 0, stream>>>(px, outer, extent, inner, po, pa);
-        STEEPEST_CUDA_CHECK_LAUNCH();
-        return;
-      }
-      launch_rows(stream, outer, extent, max_rows<true, S>, max_rows<false, S>, px, outer, extent,
-                  po, pa);
-      return;
-    }
-    auto sum_into = [&](auto* po) {
-      using O = std::remove_pointer_t<decltype(po)>;
-      if (inner > 1) {
-        sum_columns<<<grid, block, 0, stream>>>(px, outer, extent, inner, po);
-        STEEPEST_CUDA_CHECK_LAUNCH();
-        return;
-      }
-      // Few long rows (a full sum) would leave most of the GPU idle: split each row into
-      // chunks and add the partial sums in a second pass.
-      constexpr int64_t kChunkLength = 16384;
-      const int64_t busy_rows = 4 * static_cast<int64_t>(multiprocessor_count(guard.index()));
-      int64_t chunks = 1;
-      if (outer < busy_rows && extent > 2 * kChunkLength)
-        chunks = std::min<int64_t>((extent + kChunkLength - 1) / kChunkLength, 1024);
-      if (chunks == 1) {
-        launch_rows(stream, outer, extent, sum_rows<true, S, O>, sum_rows<false, S, O>, px,
-                    outer, extent, int64_t{1}, po);
-        return;
-      }
-      Tensor partial = Tensor::empty({outer, chunks}, compute_dtype(x.dtype()), x.device());
-      C* pp = partial.data<C>();
-      launch_rows(stream, outer * chunks, extent, sum_rows<true, S, C>, sum_rows<false, S, C>, px,
-                  outer, extent, chunks, pp);
-      launch_rows(stream, outer, chunks, sum_rows<true, C, O>, sum_rows<false, C, O>,
-                  static_cast<const C*>(pp), outer, chunks, int64_t{1}, po);
-    };
-    // The op layer asks for float sums of a 16-bit mean by passing a float32 out.
-    if (out.dtype() != x.dtype())
-      sum_into(out.data<C>());
-    else
-      sum_into(out.data<S>());
-  });
-}
 
 void softmax_forward(const Tensor& x, Tensor& y, bool log) {
   const int64_t rows = rows_of(x), cols = x.shape().back();
@@ -663,7 +388,7 @@ void softmax_backward(const Tensor& grad_y, const Tensor& y, Tensor& grad_x, boo
 void cross_entropy_forward(const Tensor& logits, const Tensor& labels, Tensor& loss,
                            Tensor& logsumexp) {
   const int64_t classes = logits.shape().back();
-  const int64_t rows = logits.numel() / std::max<int64_t>(classes, 1);
+  const int64_t rows = rows_of(logits);
   if (rows == 0) return;
   DeviceGuard guard(logits.device());
   const cudaStream_t stream = guard.stream();
@@ -695,7 +420,7 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& labels, Tensor& l
 void cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Tensor& logsumexp,
                             const Tensor& grad_loss, Tensor& grad_logits) {
   const int64_t classes = logits.shape().back();
-  const int64_t rows = logits.numel() / std::max<int64_t>(classes, 1);
+  const int64_t rows = rows_of(logits);
   if (rows == 0) return;
   DeviceGuard guard(logits.device());
   const cudaStream_t stream = guard.stream();
@@ -872,34 +597,6 @@ void embedding_backward(const Tensor& indices, const Tensor& grad_out, Tensor& g
       STEEPEST_CUDA_CHECK_LAUNCH();
     });
     if constexpr (kWiden) cuda::copy(acc, grad_table);
-  });
-}
-
-void dropout_mask(Tensor& mask, double rate, uint64_t seed) {
-  const int64_t n = mask.numel();
-  if (n == 0) return;
-  DeviceGuard guard(mask.device());
-  dispatch_float_storage("dropout", mask.dtype(), [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    dropout_kernel<<<blocks_for(n), kThreads, 0, guard.stream()>>>(
-        mask.data<S>(), n, rate, static_cast<S>(1.0 / (1.0 - rate)), static_cast<S>(0.0), seed);
-    STEEPEST_CUDA_CHECK_LAUNCH();
-  });
-}
-
-void random_fill(Tensor& out, RandomKind kind, uint64_t seed) {
-  const int64_t n = out.numel();
-  if (n == 0) return;
-  DeviceGuard guard(out.device());
-  dispatch_float_storage("random", out.dtype(), [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    double below_one = 1.0;
-    if constexpr (std::is_same_v<S, float>) below_one = 1.0 - 0x1p-24;
-    if constexpr (std::is_same_v<S, Half>) below_one = 1.0 - 0x1p-11;
-    if constexpr (std::is_same_v<S, BFloat16>) below_one = 1.0 - 0x1p-8;
-    random_kernel<<<blocks_for(n), kThreads, 0, guard.stream()>>>(
-        out.data<S>(), n, kind == RandomKind::Normal, below_one, seed);
-    STEEPEST_CUDA_CHECK_LAUNCH();
   });
 }
 

@@ -3,6 +3,7 @@
 // queries (backends(), memory_stats) answer "nothing there".
 #include <string>
 
+#include "steepest/cuda_runtime.h"
 #include "steepest/kernels.h"
 #include "steepest/storage.h"
 

@@ -173,17 +173,6 @@ struct SquareSum {
 
 // ------------------------------------------------------------------------ Adafactor
 
-// `batch` matrices of rows × cols: the last two axes of the gradient.
-struct Factored {
-  int64_t batch, rows, cols;
-};
-
-Factored factored_shape(const Tensor& grad) {
-  const int nd = grad.ndim();
-  const int64_t rows = grad.size(nd - 2), cols = grad.size(nd - 1);
-  return {rows * cols == 0 ? 0 : grad.numel() / (rows * cols), rows, cols};
-}
-
 // R = β̂R + (1−β̂)·mean_j(g² + ε₁) for every row of every matrix.
 template <bool kWarp, class T>
 __global__ void adafactor_row_means(const T* g, T* row, int64_t all_rows, int64_t cols, T s,

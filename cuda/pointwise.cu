@@ -44,16 +44,8 @@ void launch_pointwise(const Tensor& a, const Tensor* b, Tensor& out, double p0, 
 
 void pointwise(PointwiseOp op, const Tensor& a, const Tensor* b, Tensor& out, double p0,
                double p1) {
-  dispatch_float_storage("pointwise", a.dtype(), [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    switch (op) {
-#define STEEPEST_CASE(name)                                        \
-  case PointwiseOp::name:                                          \
-    launch_pointwise<S>(a, b, out, p0, p1, pointwise::name{});    \
-    break;
-      STEEPEST_POINTWISE_OPS(STEEPEST_CASE)
-#undef STEEPEST_CASE
-    }
+  pointwise::dispatch(op, a.dtype(), [&](auto tag, auto f) {
+    launch_pointwise<typename decltype(tag)::type>(a, b, out, p0, p1, f);
   });
 }
 

@@ -52,9 +52,9 @@ def node_names(root: Path) -> Set[str]:
         code = _code(path)
         names.update(n for n in re.findall(r"STEEPEST_NODE_NAME\(\s*(\w+)\s*\)", code) if n != "type")
         names.update(re.findall(r'"(\w+Backward)"', code))
-        unary = re.search(r"#define\s+STEEPEST_UNARY_OPS\(X\)((?:[^\n]*\\\n)*[^\n]*)", code)
-        if unary:
-            names.update(f"{op}Backward" for op in re.findall(r"X\((\w+)\)", unary.group(1)))
+    # Each row of the unary table is a node named <Name>Backward (UnaryBackward::name()).
+    table = _code(root / "cpp/include/steepest/unary_ops.def")
+    names.update(f"{op}Backward" for op in re.findall(r"^UNARY_OP(?:_NO_SAVE)?\((\w+)", table, re.M))
     return names
 
 

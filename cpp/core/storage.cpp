@@ -7,6 +7,7 @@
 
 #include "steepest/block_cache.h"
 #include "steepest/common.h"
+#include "steepest/cuda_runtime.h"
 
 namespace steepest {
 namespace {
@@ -54,9 +55,6 @@ CpuCachingAllocator& cpu_allocator() {
 }
 
 }  // namespace
-
-void* cuda_allocate(size_t nbytes, int device_index);
-void cuda_deallocate(void* p, size_t nbytes, int device_index);
 
 Storage::Storage(void* data, size_t nbytes, Device device, std::shared_ptr<void> owner)
     : data_(data), nbytes_(nbytes), device_(device), owner_(std::move(owner)) {}

@@ -279,22 +279,8 @@ template <class T>
 GemmArgs matrix_product(const Conv2dGeometry& g, bool trans_a, bool trans_b, int64_t m,
                         int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
                         T* c, int64_t ldc, double beta) {
-  GemmArgs args;
-  args.bf16_products = g.bf16_products;
-  args.dtype = DTypeOf<T>::value;
-  args.trans_a = trans_a;
-  args.trans_b = trans_b;
-  args.m = m;
-  args.n = n;
-  args.k = k;
-  args.a = a;
-  args.lda = lda;
-  args.b = b;
-  args.ldb = ldb;
-  args.c = c;
-  args.ldc = ldc;
-  args.beta = beta;
-  return args;
+  return conv_gemm_args(DTypeOf<T>::value, g, trans_a, trans_b, m, n, k, a, lda, 0, b, ldb, 0, c,
+                        ldc, 0, 1, beta);
 }
 
 template <class T>

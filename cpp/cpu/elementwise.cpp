@@ -1,119 +1,30 @@
-// Elementwise CPU kernels: one small functor per operation, one generic strided loop.
-// The inner loops are specialised for the layouts that dominate training (all
-// contiguous, and a broadcast operand with stride 0 as in a bias add) so the compiler
-// vectorises them. float16/bfloat16 run the same float functors on converted blocks.
+// Elementwise CPU kernels: the formulas of steepest/elementwise_rules.h (with vmath.h's
+// vectorising float math) over one generic strided loop. The inner loops are specialised
+// for the layouts that dominate training (all contiguous, and a broadcast operand with
+// stride 0 as in a bias add) so the compiler vectorises them. float16/bfloat16 run the
+// same float functors on converted blocks.
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
 
 #include "loops.h"
 #include "steepest/kernels.h"
-#include "vmath.h"
 
 namespace steepest::cpu {
 inline namespace STEEPEST_ISA_NS {
 namespace {
-
-constexpr double kInvSqrt2 = 0.70710678118654752440;
-constexpr double kInvSqrt2Pi = 0.39894228040143267794;
-
-// Unary functors: f(x, scalar).
-struct Neg { template <class T> T operator()(T x, T) const { return -x; } };
-struct Exp {
-  template <class T> STEEPEST_VMATH_INLINE T operator()(T x, T) const { return math::exp(x); }
-};
-struct Log {
-  template <class T> STEEPEST_VMATH_INLINE T operator()(T x, T) const { return math::log(x); }
-};
-struct Sqrt { template <class T> T operator()(T x, T) const { return std::sqrt(x); } };
-struct Abs { template <class T> T operator()(T x, T) const { return x < T(0) ? -x : x; } };
-// NOTE: the gradient of relu at 0 is taken as 0 (ReluGrad uses x > 0), as in PyTorch.
-// NaN passes through (x < 0 is false for it), as in torch and NumPy.
-struct Relu { template <class T> T operator()(T x, T) const { return x < T(0) ? T(0) : x; } };
-struct Sigmoid {
-  template <class T> STEEPEST_VMATH_INLINE T operator()(T x, T) const { return math::sigmoid(x); }
-};
-struct Tanh {
-  template <class T> STEEPEST_VMATH_INLINE T operator()(T x, T) const { return math::tanh(x); }
-};
-struct Gelu {
-  template <class T> STEEPEST_VMATH_INLINE T operator()(T x, T) const {
-    return T(0.5) * x * (T(1) + math::erf(x * T(kInvSqrt2)));
-  }
-};
-struct PowScalar { template <class T> T operator()(T x, T s) const { return std::pow(x, s); } };
-struct MulScalar { template <class T> T operator()(T x, T s) const { return x * s; } };
-struct AddScalar { template <class T> T operator()(T x, T s) const { return x + s; } };
-struct Sign { template <class T> T operator()(T x, T) const { return T((x > T(0)) - (x < T(0))); } };
-// NaN stays NaN (a clamp must not hide a diverged value).
-struct ClampMin { template <class T> T operator()(T x, T lo) const { return x < lo ? lo : x; } };
-
-// Binary functors: f(a, b, scalar). The *Grad functors take (G, saved) and return the
-// input gradient of the seed's activation table.
-struct Add { template <class T> T operator()(T a, T b, T) const { return a + b; } };
-struct Sub { template <class T> T operator()(T a, T b, T) const { return a - b; } };
-struct Mul { template <class T> T operator()(T a, T b, T) const { return a * b; } };
-struct Div { template <class T> T operator()(T a, T b, T) const { return a / b; } };
-struct Eq { template <class T> bool operator()(T a, T b, T) const { return a == b; } };
-struct Ne { template <class T> bool operator()(T a, T b, T) const { return a != b; } };
-struct Lt { template <class T> bool operator()(T a, T b, T) const { return a < b; } };
-struct Le { template <class T> bool operator()(T a, T b, T) const { return a <= b; } };
-struct Gt { template <class T> bool operator()(T a, T b, T) const { return a > b; } };
-struct Ge { template <class T> bool operator()(T a, T b, T) const { return a >= b; } };
-// ReLU: G ⊙ 1{X>0}
-struct ReluGrad { template <class T> T operator()(T g, T x, T) const { return x > T(0) ? g : T(0); } };
-// Sigmoid: G ⊙ Z ⊙ (1 − Z), from the output Z
-struct SigmoidGrad { template <class T> T operator()(T g, T z, T) const { return g * z * (T(1) - z); } };
-// Tanh: G ⊙ (1 − Z²), from the output Z
-struct TanhGrad { template <class T> T operator()(T g, T z, T) const { return g * (T(1) - z * z); } };
-// GELU(x) = x Φ(x): G ⊙ (Φ(x) + x φ(x))
-struct GeluGrad {
-  template <class T> STEEPEST_VMATH_INLINE T operator()(T g, T x, T) const {
-    T cdf = T(0.5) * (T(1) + math::erf(x * T(kInvSqrt2)));
-    T pdf = T(kInvSqrt2Pi) * math::exp(T(-0.5) * x * x);
-    return g * (cdf + x * pdf);
-  }
-};
-// Power: G ⊙ k·Y^(k−1)
-struct PowScalarGrad {
-  template <class T> T operator()(T g, T x, T k) const { return g * k * std::pow(x, k - T(1)); }
-};
-// sqrt: G / (2·Z), from the output Z
-struct SqrtGrad { template <class T> T operator()(T g, T z, T) const { return g / (T(2) * z); } };
-// Clamped values get no gradient.
-struct ClampMinGrad { template <class T> T operator()(T g, T x, T lo) const { return x < lo ? T(0) : g; } };
-// Binary cross-entropy on logits z against targets y, in the overflow-free form
-// max(z, 0) − z·y + log(1 + e^(−|z|)).
-struct BceWithLogits {
-  template <class T> STEEPEST_VMATH_INLINE T operator()(T z, T y, T) const {
-    T abs_z = z < T(0) ? -z : z;
-    return (z > T(0) ? z : T(0)) - z * y + math::log1p(math::exp(-abs_z));
-  }
-};
-// d/dz of the above: sigmoid(z) − y (the seed's a − y).
-struct BceWithLogitsGrad {
-  template <class T> STEEPEST_VMATH_INLINE T operator()(T z, T y, T) const {
-    return math::sigmoid(z) - y;
-  }
-};
 
 // Elements per thread worth a parallel region (one costs 2-5 µs, loops.h). libm calls
 // (the float64 transcendentals, pow) cost 3-26 ns an element here, so they split long
 // before the arithmetic ones; the vectorised float code of vmath.h costs 0.2-0.8 ns.
 constexpr int64_t kLibmGrain = 2048;
 constexpr int64_t kVmathGrain = 8192;
-template <class F>
-constexpr bool kTranscendental =
-    std::is_same_v<F, Exp> || std::is_same_v<F, Log> || std::is_same_v<F, Sigmoid> ||
-    std::is_same_v<F, Tanh> || std::is_same_v<F, Gelu> || std::is_same_v<F, GeluGrad> ||
-    std::is_same_v<F, BceWithLogits> || std::is_same_v<F, BceWithLogitsGrad>;
-template <class F>
-constexpr bool kCallsPow = std::is_same_v<F, PowScalar> || std::is_same_v<F, PowScalarGrad>;
 template <class F, class C>
 constexpr int64_t grain_of() {
-  if constexpr (kCallsPow<F> || (kTranscendental<F> && std::is_same_v<C, double>))
+  if constexpr (F::cost == elementwise::Cost::Libm ||
+                (F::cost == elementwise::Cost::Transcendental && std::is_same_v<C, double>))
     return kLibmGrain;
-  else if constexpr (kTranscendental<F>)
+  else if constexpr (F::cost == elementwise::Cost::Transcendental)
     return kVmathGrain;
   else
     return kParallelGrain;
@@ -301,76 +212,16 @@ void fill(Tensor& dst, double value) {
 }
 
 void unary(UnaryOp op, const Tensor& x, Tensor& out, double scalar) {
-  dispatch_float_storage("unary", x.dtype(), [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    using C = typename decltype(tag)::compute;
-    const C s = static_cast<C>(scalar);
-    switch (op) {
-#define STEEPEST_CASE(name)                 \
-  case UnaryOp::name:                       \
-    unary_loop<S, C>(x, out, s, name{}); \
-    break;
-      STEEPEST_UNARY_OPS(STEEPEST_CASE)
-#undef STEEPEST_CASE
-    }
+  elementwise::dispatch_unary<VMath>(op, x.dtype(), scalar, [&](auto tag, auto f, auto s) {
+    unary_loop<typename decltype(tag)::type>(x, out, s, f);
   });
 }
 
 void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out, double scalar) {
-  if (is_floating(a.dtype())) {
-    dispatch_float_storage("binary", a.dtype(), [&](auto tag) {
-      using S = typename decltype(tag)::type;
-      using C = typename decltype(tag)::compute;
-      const C s = static_cast<C>(scalar);
-      switch (op) {
-#define STEEPEST_CASE(name)                                                                  \
-  case BinaryOp::name: {                                                                     \
-    using R = std::conditional_t<std::is_same_v<decltype(name{}(C{}, C{}, C{})), bool>, bool, S>; \
-    binary_loop<S, C, R>(a, b, out, s, name{});                                              \
-    break;                                                                                   \
-  }
-        STEEPEST_BINARY_OPS(STEEPEST_CASE)
-#undef STEEPEST_CASE
-      }
-    });
-    return;
-  }
-  // Integer and bool tensors: exact arithmetic and comparisons only (integer division by
-  // zero would be undefined behaviour).
-  dispatch_all("binary", a.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    switch (op) {
-#define STEEPEST_CASE(name, R)                     \
-  case BinaryOp::name:                             \
-    binary_loop<T, T, R>(a, b, out, T{}, name{}); \
-    return;
-      STEEPEST_CASE(Eq, bool)
-      STEEPEST_CASE(Ne, bool)
-      STEEPEST_CASE(Lt, bool)
-      STEEPEST_CASE(Le, bool)
-      STEEPEST_CASE(Gt, bool)
-      STEEPEST_CASE(Ge, bool)
-#undef STEEPEST_CASE
-      default:
-        break;
-    }
-    if constexpr (!std::is_same_v<T, bool>) {
-      switch (op) {
-        case BinaryOp::Add:
-          binary_loop<T, T, T>(a, b, out, T{}, Add{});
-          return;
-        case BinaryOp::Sub:
-          binary_loop<T, T, T>(a, b, out, T{}, Sub{});
-          return;
-        case BinaryOp::Mul:
-          binary_loop<T, T, T>(a, b, out, T{}, Mul{});
-          return;
-        default:
-          break;
-      }
-    }
-    fail<TypeError>("binary", "this operation needs floating-point tensors, got ",
-                    dtype_name(a.dtype()));
+  elementwise::dispatch_binary<VMath>(op, a.dtype(), scalar, [&](auto tag, auto f, auto s) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    binary_loop<S, C, elementwise::binary_result_t<decltype(f), S, C>>(a, b, out, s, f);
   });
 }
 

@@ -35,12 +35,15 @@
 #include <immintrin.h>
 #endif
 
+#include "steepest/collapse.h"
 #include "steepest/common.h"
 #include "steepest/dtype.h"
 #include "steepest/half.h"
 #include "steepest/kernels.h"
+#include "steepest/random.h"
 #include "steepest/tensor.h"
 #include "steepest/update_rules.h"
+#include "vmath.h"
 
 // The feature sets of the levels; dispatch.cpp checks the same ones at run time. Clang
 // spells the pragma differently (#pragma clang attribute).

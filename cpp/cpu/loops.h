@@ -1,7 +1,7 @@
-// Generic loops for CPU kernels: an N-operand strided iterator that collapses
-// contiguous dimensions and hands the innermost run to a callback, a parallel-for
-// that only starts OpenMP threads when the work is large enough to pay for them, and
-// the bulk 16-bit <-> float conversions the kernels of float16/bfloat16 use.
+// Generic loops for CPU kernels: an N-operand strided iterator over collapsed
+// dimensions (steepest/collapse.h) that hands the innermost run to a callback, a
+// parallel-for that only starts OpenMP threads when the work is large enough to pay for
+// them, and the bulk 16-bit <-> float conversions the kernels of float16/bfloat16 use.
 #pragma once
 
 #include <omp.h>
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "isa_level.h"
+#include "steepest/collapse.h"
 #include "steepest/common.h"
 #include "steepest/half.h"
 
@@ -146,89 +147,52 @@ void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
 template <int N>
 class StridedLoop {
  public:
-  StridedLoop(const Dims& shape, const std::array<const Dims*, N>& strides) {
-    for (int d = 0; d < shape.size(); ++d) {
-      if (shape[d] == 1) continue;
-      if (shape[d] == 0) {
-        empty_ = true;
-        return;
-      }
-      // Merge with the previous kept dimension when every operand is contiguous across.
-      if (ndim_ > 0) {
-        bool mergeable = true;
-        for (int k = 0; k < N; ++k)
-          if (strides_[k][ndim_ - 1] != (*strides[k])[d] * shape[d]) mergeable = false;
-        if (mergeable) {
-          shape_[ndim_ - 1] *= shape[d];
-          for (int k = 0; k < N; ++k) strides_[k][ndim_ - 1] = (*strides[k])[d];
-          continue;
-        }
-      }
-      shape_[ndim_] = shape[d];
-      for (int k = 0; k < N; ++k) strides_[k][ndim_] = (*strides[k])[d];
-      ++ndim_;
-    }
-    if (ndim_ == 0) {  // a single element
-      shape_[0] = 1;
-      for (int k = 0; k < N; ++k) strides_[k][0] = 0;
-      ndim_ = 1;
-    }
-  }
+  StridedLoop(const Dims& shape, const std::array<const Dims*, N>& strides)
+      : dims_(collapse_dims<N>(shape, strides)) {}
 
   // The collapsed dimensions (empty tensors have none worth walking: check numel).
-  int ndim() const { return ndim_; }
-  int64_t extent(int d) const { return shape_[static_cast<size_t>(d)]; }
-  int64_t stride(int operand, int d) const {
-    return strides_[static_cast<size_t>(operand)][static_cast<size_t>(d)];
-  }
-
-  int64_t numel() const {
-    if (empty_) return 0;
-    int64_t n = 1;
-    for (int d = 0; d < ndim_; ++d) n *= shape_[d];
-    return n;
-  }
+  int ndim() const { return dims_.ndim; }
+  int64_t extent(int d) const { return dims_.shape[d]; }
+  int64_t stride(int operand, int d) const { return dims_.strides[operand][d]; }
+  int64_t numel() const { return dims_.numel; }
 
   template <class Inner>
   void run(Inner&& inner, int64_t grain = kParallelGrain) const {
-    if (empty_) return;
+    if (dims_.numel == 0) return;
     parallel_for(numel(), grain, [&](int64_t begin, int64_t end) { run_range(begin, end, inner); });
   }
 
   template <class Inner>
   void run_range(int64_t begin, int64_t end, Inner& inner) const {
-    const int last = ndim_ - 1;
+    const int last = dims_.ndim - 1;
     std::array<int64_t, kMaxDims> index{};
     std::array<int64_t, N> offsets{};
     int64_t rem = begin;
     for (int d = last; d >= 0; --d) {
-      index[static_cast<size_t>(d)] = rem % shape_[d];
-      rem /= shape_[d];
-      for (int k = 0; k < N; ++k) offsets[k] += index[static_cast<size_t>(d)] * strides_[k][d];
+      index[static_cast<size_t>(d)] = rem % dims_.shape[d];
+      rem /= dims_.shape[d];
+      for (int k = 0; k < N; ++k) offsets[k] += index[static_cast<size_t>(d)] * dims_.strides[k][d];
     }
     std::array<int64_t, N> inner_strides;
-    for (int k = 0; k < N; ++k) inner_strides[k] = strides_[k][last];
+    for (int k = 0; k < N; ++k) inner_strides[k] = dims_.strides[k][last];
     int64_t pos = begin;
     while (pos < end) {
-      int64_t count = std::min(shape_[last] - index[static_cast<size_t>(last)], end - pos);
+      int64_t count = std::min(dims_.shape[last] - index[static_cast<size_t>(last)], end - pos);
       inner(offsets, count, inner_strides);
       pos += count;
       index[static_cast<size_t>(last)] += count;
-      for (int k = 0; k < N; ++k) offsets[k] += count * strides_[k][last];
-      for (int d = last; d > 0 && index[static_cast<size_t>(d)] == shape_[d]; --d) {
+      for (int k = 0; k < N; ++k) offsets[k] += count * dims_.strides[k][last];
+      for (int d = last; d > 0 && index[static_cast<size_t>(d)] == dims_.shape[d]; --d) {
         index[static_cast<size_t>(d)] = 0;
         ++index[static_cast<size_t>(d - 1)];
         for (int k = 0; k < N; ++k)
-          offsets[k] += strides_[k][d - 1] - shape_[d] * strides_[k][d];
+          offsets[k] += dims_.strides[k][d - 1] - dims_.shape[d] * dims_.strides[k][d];
       }
     }
   }
 
  private:
-  int ndim_ = 0;
-  bool empty_ = false;
-  std::array<int64_t, kMaxDims> shape_{};
-  std::array<std::array<int64_t, kMaxDims>, N> strides_{};
+  CollapsedDims<N> dims_;
 };
 
 }  // namespace STEEPEST_ISA_NS

@@ -1,6 +1,6 @@
 // Row-wise neural-network kernels: softmax / log-softmax (max-shifted, as the seed's
-// log-softmax section derives), fused softmax + cross-entropy, layer norm, embedding,
-// dropout masks and random fills. float16/bfloat16 rows are widened to float, computed
+// log-softmax section derives), fused softmax + cross-entropy, layer norm, batch norm and
+// embedding. float16/bfloat16 rows are widened to float, computed
 // by the same code and rounded back (RowView in loops.h).
 #include <algorithm>
 #include <cmath>
@@ -10,7 +10,6 @@
 #include <vector>
 
 #include "loops.h"
-#include "random.h"
 #include "steepest/kernels.h"
 #include "vmath.h"
 
@@ -101,7 +100,7 @@ int64_t rows_grain(int64_t cols) {
 }  // namespace
 
 void softmax_forward(const Tensor& x, Tensor& y, bool log) {
-  int64_t cols = x.shape().back(), rows = cols ? x.numel() / cols : 0;
+  const int64_t cols = x.shape().back(), rows = rows_of(x);
   dispatch_float_storage("softmax", x.dtype(), [&](auto tag) {
     using S = typename decltype(tag)::type;
     using C = typename decltype(tag)::compute;
@@ -133,7 +132,7 @@ void softmax_forward(const Tensor& x, Tensor& y, bool log) {
 
 // softmax: dL/dz = G ⊙ p − (G·pᵀ) p; log-softmax: dL/dz = G − p Σ G (p = exp(y)).
 void softmax_backward(const Tensor& grad_y, const Tensor& y, Tensor& grad_x, bool log) {
-  int64_t cols = y.shape().back(), rows = cols ? y.numel() / cols : 0;
+  const int64_t cols = y.shape().back(), rows = rows_of(y);
   dispatch_float_storage("softmax", y.dtype(), [&](auto tag) {
     using S = typename decltype(tag)::type;
     using C = typename decltype(tag)::compute;
@@ -165,7 +164,7 @@ void softmax_backward(const Tensor& grad_y, const Tensor& y, Tensor& grad_x, boo
 // per-row statistics (max, log Σ) are kept in the compute type: float for 16-bit logits.
 void cross_entropy_forward(const Tensor& logits, const Tensor& labels, Tensor& loss,
                            Tensor& logsumexp) {
-  int64_t classes = logits.shape().back(), rows = logits.numel() / std::max<int64_t>(classes, 1);
+  const int64_t classes = logits.shape().back(), rows = rows_of(logits);
   bool indices = !is_floating(labels.dtype());
   dispatch_float_storage("cross_entropy", logits.dtype(), [&](auto tag) {
     using S = typename decltype(tag)::type;
@@ -217,7 +216,7 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& labels, Tensor& l
 
 void cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Tensor& logsumexp,
                             const Tensor& grad_loss, Tensor& grad_logits) {
-  int64_t classes = logits.shape().back(), rows = logits.numel() / std::max<int64_t>(classes, 1);
+  const int64_t classes = logits.shape().back(), rows = rows_of(logits);
   bool indices = !is_floating(labels.dtype());
   dispatch_float_storage("cross_entropy", logits.dtype(), [&](auto tag) {
     using S = typename decltype(tag)::type;
@@ -266,7 +265,7 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Te
 // Row statistics (mean, rstd) are kept in the compute type: float for 16-bit inputs.
 void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
                         Tensor& y, Tensor& mean, Tensor& rstd) {
-  int64_t cols = x.shape().back(), rows = cols ? x.numel() / cols : 0;
+  const int64_t cols = x.shape().back(), rows = rows_of(x);
   dispatch_float_storage("layer_norm", x.dtype(), [&](auto tag) {
     using S = typename decltype(tag)::type;
     using C = typename decltype(tag)::compute;
@@ -307,7 +306,7 @@ void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bia
 void layer_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
                          const Tensor& mean, const Tensor& rstd, Tensor& grad_x,
                          Tensor* grad_weight, Tensor* grad_bias) {
-  int64_t cols = x.shape().back(), rows = cols ? x.numel() / cols : 0;
+  const int64_t cols = x.shape().back(), rows = rows_of(x);
   dispatch_float_storage("layer_norm", x.dtype(), [&](auto tag) {
     using S = typename decltype(tag)::type;
     using C = typename decltype(tag)::compute;
@@ -606,39 +605,6 @@ void embedding_backward(const Tensor& indices, const Tensor& grad_out, Tensor& g
                          store_compute(acc.data() + v * width, gt + v * dim + begin, width);
                      }
                    });
-    });
-  });
-}
-
-void dropout_mask(Tensor& mask, double rate, uint64_t seed) {
-  dispatch_float_storage("dropout", mask.dtype(), [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    S* m = mask.data<S>();
-    const S keep_scale = S(1.0 / (1.0 - rate)), zero = S(0.0);
-    parallel_for(mask.numel(), kParallelGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i)
-        m[i] = uniform_at(seed, static_cast<uint64_t>(i)) < rate ? zero : keep_scale;
-    });
-  });
-}
-
-void random_fill(Tensor& out, RandomKind kind, uint64_t seed) {
-  dispatch_float_storage("random", out.dtype(), [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    S* p = out.data<S>();
-    // Rounded to S, a uniform draw above the largest S below 1 would become 1 (in float32
-    // one draw in 2^25): clamp it there so the range stays [0, 1).
-    double below_one = 1.0;
-    if constexpr (std::is_same_v<S, float>) below_one = 1.0 - 0x1p-24;
-    if constexpr (std::is_same_v<S, Half>) below_one = 1.0 - 0x1p-11;
-    if constexpr (std::is_same_v<S, BFloat16>) below_one = 1.0 - 0x1p-8;
-    parallel_for(out.numel(), kParallelGrain / 8, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        auto index = static_cast<uint64_t>(i);
-        double v = kind == RandomKind::Uniform ? std::min(uniform_at(seed, index), below_one)
-                                               : normal_at(seed, index);
-        p[i] = S(v);
-      }
     });
   });
 }

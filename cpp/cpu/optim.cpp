@@ -123,18 +123,6 @@ void lamb_apply_range(T* __restrict p, const T* __restrict m, const T* __restric
 
 // ------------------------------------------------------------------------ Adafactor
 
-// Geometry of Adafactor's factored moment: `batch` matrices of rows × cols (the last
-// two axes of the gradient).
-struct Factored {
-  int64_t batch, rows, cols;
-};
-
-Factored factored_shape(const Tensor& grad) {
-  const int nd = grad.ndim();
-  const int64_t rows = grad.size(nd - 2), cols = grad.size(nd - 1);
-  return {rows * cols == 0 ? 0 : grad.numel() / (rows * cols), rows, cols};
-}
-
 // Adafactor's v̂_ij = R_i C_j / mean_i(R) as two vectors of reciprocal square roots
 // (rules::inverse_root), U_ij = g_ij · inv_row_i · inv_col_j.
 template <class T>

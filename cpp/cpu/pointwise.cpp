@@ -50,16 +50,8 @@ void where_loop(const Tensor& cond, const Tensor& a, const Tensor& b, Tensor& ou
 
 void pointwise(PointwiseOp op, const Tensor& a, const Tensor* b, Tensor& out, double p0,
                double p1) {
-  dispatch_float_storage("pointwise", a.dtype(), [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    switch (op) {
-#define STEEPEST_CASE(name)                                                \
-  case PointwiseOp::name:                                                  \
-    pointwise_loop<S>(a, b, out, p0, p1, pointwise::name{});              \
-    break;
-      STEEPEST_POINTWISE_OPS(STEEPEST_CASE)
-#undef STEEPEST_CASE
-    }
+  pointwise::dispatch(op, a.dtype(), [&](auto tag, auto f) {
+    pointwise_loop<typename decltype(tag)::type>(a, b, out, p0, p1, f);
   });
 }
 

@@ -9,6 +9,10 @@
 // subnormals to 0, log(±0) = -inf, log(x < 0) = NaN, and tanh, erf and sigmoid saturate
 // to exactly ±1, ±1 and 0 or 1.
 // NOTE: the compensated sums (hi/lo pairs) need IEEE evaluation: no -ffast-math.
+// isa_begin.h reads this header before it switches the level's instructions on: these
+// functions are inlined into the shared formulas of steepest/elementwise_rules.h, which
+// are compiled for the baseline CPU (a function may inline only what needs no more
+// instructions than itself), and both are then inlined into the level's loops.
 #pragma once
 
 #include <cmath>
@@ -242,6 +246,17 @@ STEEPEST_VMATH_INLINE double sigmoid(double x) {
   return e / (1.0 + e);
 }
 }  // namespace math
+
+// The math policy the CPU passes to the shared elementwise formulas
+// (steepest/elementwise_rules.h).
+struct VMath {
+  template <class T> STEEPEST_VMATH_INLINE static T exp(T x) { return math::exp(x); }
+  template <class T> STEEPEST_VMATH_INLINE static T log(T x) { return math::log(x); }
+  template <class T> STEEPEST_VMATH_INLINE static T log1p(T x) { return math::log1p(x); }
+  template <class T> STEEPEST_VMATH_INLINE static T tanh(T x) { return math::tanh(x); }
+  template <class T> STEEPEST_VMATH_INLINE static T erf(T x) { return math::erf(x); }
+  template <class T> STEEPEST_VMATH_INLINE static T sigmoid(T x) { return math::sigmoid(x); }
+};
 
 }  // namespace STEEPEST_ISA_NS
 }  // namespace steepest::cpu

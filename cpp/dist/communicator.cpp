@@ -8,13 +8,10 @@
 
 #include "steepest/autograd.h"
 #include "steepest/common.h"
+#include "steepest/cuda_runtime.h"
 #include "steepest/dist.h"
 #include "steepest/kernels.h"
 #include "steepest/ops.h"
-
-namespace steepest {
-bool cuda_available();  // cuda/runtime.cu, or cuda/no_cuda.cpp
-}
 
 namespace steepest::dist {
 

@@ -58,91 +58,69 @@ void DivBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   if (next[1]) out[1] = sum_to(neg(mul(g_over_b, div(a, b))), b.shape());
 }
 
-// seed: 激活函数，element-wise的操作 — dL/dX = G ⊙ δ'(X), with the table's δ'.
+// seed: 激活函数，element-wise的操作 — dL/dX = G ⊙ δ'(X), with the table's δ'. A saving
+// op's δ' is its fused gradient functor (steepest/elementwise_rules.h, named in
+// unary_ops.def), from G and the operand the node saved: X or Y.
 void UnaryBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   if (grad_enabled()) {
     out[0] = differentiable_grad(g);
     return;
   }
+  if (saves != Saves::Nothing) {
+    out[0] = binary_raw(gradient_of(op), g, saved, scalar);
+    return;
+  }
   switch (op) {
-    case UnaryOp::Neg:
+    case UnaryOp::Neg:  // −G
       out[0] = neg(g);
       break;
-    case UnaryOp::Exp:  // (e^x)' = e^x, from the output
-      out[0] = mul(g, saved);
-      break;
-    case UnaryOp::Log:  // Log: G ⊙ 1/X
-      out[0] = div(g, saved);
-      break;
-    case UnaryOp::Sqrt:
-      out[0] = binary_raw(BinaryOp::SqrtGrad, g, saved);
-      break;
-    case UnaryOp::Abs:
-      out[0] = mul(g, unary_raw(UnaryOp::Sign, saved));
-      break;
-    case UnaryOp::Relu:  // ReLU: G ⊙ 1{Y>0}
-      out[0] = binary_raw(BinaryOp::ReluGrad, g, saved);
-      break;
-    case UnaryOp::Sigmoid:  // Sigmoid: G ⊙ Z ⊙ (1 − Z)
-      out[0] = binary_raw(BinaryOp::SigmoidGrad, g, saved);
-      break;
-    case UnaryOp::Tanh:  // Tanh: G ⊙ (1 − Z²)
-      out[0] = binary_raw(BinaryOp::TanhGrad, g, saved);
-      break;
-    case UnaryOp::Gelu:
-      out[0] = binary_raw(BinaryOp::GeluGrad, g, saved);
-      break;
-    case UnaryOp::PowScalar:  // Power: G ⊙ k·X^(k−1); x⁰ is constant, so 0 even at x = 0
-      out[0] = scalar == 0.0 ? Tensor::zeros(g.shape(), g.dtype(), g.device())
-                             : binary_raw(BinaryOp::PowScalarGrad, g, saved, scalar);
-      break;
-    case UnaryOp::MulScalar:
+    case UnaryOp::MulScalar:  // G·s
       out[0] = mul_scalar(g, scalar);
       break;
-    case UnaryOp::AddScalar:
+    case UnaryOp::AddScalar:  // G
       out[0] = g;
       break;
-    case UnaryOp::Sign:
+    case UnaryOp::Sign:  // piecewise constant: 0 (NaN stays NaN)
       out[0] = mul_scalar(g, 0.0);
       break;
-    case UnaryOp::ClampMin:
-      out[0] = binary_raw(BinaryOp::ClampMinGrad, g, saved, scalar);
-      break;
+    default:
+      fail("backward", name(), " saves nothing but has no rule without a saved operand");
   }
 }
 
 // The same rules as apply() written with recorded ops, for create_graph. A saved output
 // Y rejoins the graph through this node, so d(δ'(Y))/dX picks up dY/dX.
+// X the input, Y the output, G the incoming gradient; `saved` is X or Y (unary_ops.def).
 Tensor UnaryBackward::differentiable_grad(const Tensor& g) {
   const Tensor zero = Tensor::zeros({}, g.dtype(), g.device());
   switch (op) {
     case UnaryOp::Neg:
       return neg(g);
-    case UnaryOp::Exp:
+    case UnaryOp::Exp:  // G ⊙ Y
       return mul(g, output_in_graph(saved));
-    case UnaryOp::Log:
+    case UnaryOp::Log:  // G / X
       return div(g, saved);
     case UnaryOp::Sqrt:  // G / (2Y)
       return div(g, mul_scalar(output_in_graph(saved), 2.0));
-    case UnaryOp::Abs:  // sign is piecewise constant: no second-order term
+    case UnaryOp::Abs:  // G ⊙ sign(X); sign is piecewise constant: no second-order term
       return mul(g, unary_raw(UnaryOp::Sign, saved));
-    case UnaryOp::Relu:
+    case UnaryOp::Relu:  // G ⊙ 1{Y>0}
       return where(compare(BinaryOp::Gt, saved, zero), g, zero);
-    case UnaryOp::Sigmoid: {
+    case UnaryOp::Sigmoid: {  // G ⊙ Y ⊙ (1 − Y)
       Tensor y = output_in_graph(saved);
       return mul(g, mul(y, add_scalar(neg(y), 1.0)));
     }
-    case UnaryOp::Tanh: {
+    case UnaryOp::Tanh: {  // G ⊙ (1 − Y²)
       Tensor y = output_in_graph(saved);
       return mul(g, add_scalar(neg(mul(y, y)), 1.0));
     }
-    case UnaryOp::Gelu: {  // gelu'(x) = Φ(x) + x·φ(x)
+    case UnaryOp::Gelu: {  // G ⊙ (Φ(X) + X·φ(X))
       const double inv_sqrt2 = 0.70710678118654752440, inv_sqrt_2pi = 0.39894228040143267794;
       Tensor cdf = mul_scalar(add_scalar(erf(mul_scalar(saved, inv_sqrt2)), 1.0), 0.5);
       Tensor pdf = mul_scalar(exp(mul_scalar(mul(saved, saved), -0.5)), inv_sqrt_2pi);
       return mul(g, add(cdf, mul(saved, pdf)));
     }
-    case UnaryOp::PowScalar:
+    case UnaryOp::PowScalar:  // G ⊙ k·X^(k−1), 0 for k = 0
       if (scalar == 0.0) return mul_scalar(g, 0.0);
       return mul(g, mul_scalar(power(saved, scalar - 1.0), scalar));
     case UnaryOp::MulScalar:
@@ -151,7 +129,7 @@ Tensor UnaryBackward::differentiable_grad(const Tensor& g) {
       return g;
     case UnaryOp::Sign:
       return mul_scalar(g, 0.0);
-    case UnaryOp::ClampMin:
+    case UnaryOp::ClampMin:  // G where X is not below the bound, else 0
       return where(compare(BinaryOp::Lt, saved, Tensor::full({}, scalar, g.dtype(), g.device())),
                    zero, g);
   }
@@ -160,11 +138,11 @@ Tensor UnaryBackward::differentiable_grad(const Tensor& g) {
 
 const char* UnaryBackward::name() const {
   switch (op) {
-#define STEEPEST_CASE(op_name) \
-  case UnaryOp::op_name:       \
-    return #op_name "Backward";
-    STEEPEST_UNARY_OPS(STEEPEST_CASE)
-#undef STEEPEST_CASE
+#define UNARY_OP(Name, Saves, Grad) \
+  case UnaryOp::Name:               \
+    return #Name "Backward";
+#define UNARY_OP_NO_SAVE(Name) UNARY_OP(Name, Nothing, None)
+#include "steepest/unary_ops.def"
   }
   return "UnaryBackward";
 }

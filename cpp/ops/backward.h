@@ -53,18 +53,23 @@ struct DivBackward final : Node {
   Tensor a, b;
 };
 
-// One node for every unary op; `saved` is the input or the output, whichever the
-// derivative is cheaper from.
+// The node of every elementwise unary op Y = f(X). It keeps the operand its line in
+// unary_ops.def names (saves_of(op)): X, Y (detached) or nothing, whichever the
+// derivative is cheapest from.
 struct UnaryBackward final : Node {
-  UnaryBackward(UnaryOp op, Tensor saved, double scalar)
-      : op(op), saved(std::move(saved)), scalar(scalar) {}
+  UnaryBackward(UnaryOp op, const Tensor& x, const Tensor& y, double scalar)
+      : op(op), saves(saves_of(op)), saved(saves == Saves::Input    ? x
+                                           : saves == Saves::Output ? y
+                                                                    : Tensor()),
+        scalar(scalar) {}
   void apply(const Tensor& g, std::vector<Tensor>& out) override;
   void visit_saved(const SavedVisitor& visit) override { visit(saved); }
   const char* name() const override;
   STEEPEST_CREATE_GRAPH
   Tensor differentiable_grad(const Tensor& g);
   UnaryOp op;
-  Tensor saved;
+  Saves saves;
+  Tensor saved;  // X for Saves::Input, Y for Saves::Output
   double scalar;
 };
 

@@ -113,19 +113,18 @@ Tensor as_floating(const Tensor& x) {
   return is_floating(x.dtype()) ? x : astype(x, kDefaultFloat);
 }
 
-Tensor unary_op(const char* name, UnaryOp op, const Tensor& x, double scalar, bool save_output) {
+// The node keeps X or Y as unary_ops.def says for op.
+Tensor unary_op(const char* name, UnaryOp op, const Tensor& x, double scalar) {
   detail::check_float(name, x, "input");
   Tensor out = unary_raw(op, x, scalar);
-  if (any_requires_grad({&x})) {
-    Tensor saved = save_output ? detail::saved_output(out) : x;
-    record<UnaryBackward>(out, {&x}, op, saved, scalar);
-  }
+  if (any_requires_grad({&x}))
+    record<UnaryBackward>(out, {&x}, op, x, detail::saved_output(out), scalar);
   return out;
 }
 
-Tensor float_unary(const char* name, UnaryOp op, const Tensor& x, bool save_output) {
+Tensor float_unary(const char* name, UnaryOp op, const Tensor& x) {
   detail::check_defined(name, x, "input");
-  return unary_op(name, op, as_floating(x), 0.0, save_output);
+  return unary_op(name, op, as_floating(x), 0.0);
 }
 
 void check_not_bool(const char* name, const Tensor& x) {
@@ -204,11 +203,11 @@ Tensor scalar_operand(const Tensor& x, double value, DType scalar_dtype) {
 
 Tensor add_scalar(const Tensor& x, double value) {
   STEEPEST_PROFILE_OP("add_scalar");
-  return unary_op("add", UnaryOp::AddScalar, x, value, false);
+  return unary_op("add", UnaryOp::AddScalar, x, value);
 }
 Tensor mul_scalar(const Tensor& x, double value) {
   STEEPEST_PROFILE_OP("mul_scalar");
-  return unary_op("mul", UnaryOp::MulScalar, x, value, false);
+  return unary_op("mul", UnaryOp::MulScalar, x, value);
 }
 
 // Integer neg/abs/relu stay integers (as torch); they are rare, so they are built from
@@ -216,14 +215,14 @@ Tensor mul_scalar(const Tensor& x, double value) {
 Tensor neg(const Tensor& x) {
   STEEPEST_PROFILE_OP("neg");
   detail::check_defined("neg", x, "input");
-  if (is_floating(x.dtype())) return unary_op("neg", UnaryOp::Neg, x, 0.0, false);
+  if (is_floating(x.dtype())) return unary_op("neg", UnaryOp::Neg, x, 0.0);
   check_not_bool("neg", x);
   return binary_raw(BinaryOp::Sub, Tensor::zeros({}, x.dtype(), x.device()), x, 0.0, "neg");
 }
 Tensor abs(const Tensor& x) {
   STEEPEST_PROFILE_OP("abs");
   detail::check_defined("abs", x, "input");
-  if (is_floating(x.dtype())) return unary_op("abs", UnaryOp::Abs, x, 0.0, false);
+  if (is_floating(x.dtype())) return unary_op("abs", UnaryOp::Abs, x, 0.0);
   check_not_bool("abs", x);
   Tensor negative = astype(compare(BinaryOp::Lt, x, Tensor::zeros({}, x.dtype(), x.device())), x.dtype());
   // |x| = x − 2·x·1{x<0}
@@ -233,38 +232,38 @@ Tensor abs(const Tensor& x) {
 Tensor relu(const Tensor& x) {
   STEEPEST_PROFILE_OP("relu");
   detail::check_defined("relu", x, "input");
-  if (is_floating(x.dtype())) return unary_op("relu", UnaryOp::Relu, x, 0.0, true);
+  if (is_floating(x.dtype())) return unary_op("relu", UnaryOp::Relu, x, 0.0);
   check_not_bool("relu", x);
   Tensor positive = astype(compare(BinaryOp::Gt, x, Tensor::zeros({}, x.dtype(), x.device())), x.dtype());
   return binary_raw(BinaryOp::Mul, x, positive, 0.0, "relu");
 }
 Tensor exp(const Tensor& x) {
   STEEPEST_PROFILE_OP("exp");
-  return float_unary("exp", UnaryOp::Exp, x, true);
+  return float_unary("exp", UnaryOp::Exp, x);
 }
 Tensor log(const Tensor& x) {
   STEEPEST_PROFILE_OP("log");
-  return float_unary("log", UnaryOp::Log, x, false);
+  return float_unary("log", UnaryOp::Log, x);
 }
 Tensor sqrt(const Tensor& x) {
   STEEPEST_PROFILE_OP("sqrt");
-  return float_unary("sqrt", UnaryOp::Sqrt, x, true);
+  return float_unary("sqrt", UnaryOp::Sqrt, x);
 }
 Tensor sigmoid(const Tensor& x) {
   STEEPEST_PROFILE_OP("sigmoid");
-  return float_unary("sigmoid", UnaryOp::Sigmoid, x, true);
+  return float_unary("sigmoid", UnaryOp::Sigmoid, x);
 }
 Tensor tanh(const Tensor& x) {
   STEEPEST_PROFILE_OP("tanh");
-  return float_unary("tanh", UnaryOp::Tanh, x, true);
+  return float_unary("tanh", UnaryOp::Tanh, x);
 }
 Tensor gelu(const Tensor& x) {
   STEEPEST_PROFILE_OP("gelu");
-  return unary_op("gelu", UnaryOp::Gelu, x, 0.0, false);
+  return unary_op("gelu", UnaryOp::Gelu, x, 0.0);
 }
 Tensor clamp_min(const Tensor& x, double lower) {
   STEEPEST_PROFILE_OP("clamp_min");
-  return unary_op("clamp_min", UnaryOp::ClampMin, x, lower, false);
+  return unary_op("clamp_min", UnaryOp::ClampMin, x, lower);
 }
 Tensor power(const Tensor& x, double exponent) {
   STEEPEST_PROFILE_OP("power");
@@ -277,7 +276,7 @@ Tensor power(const Tensor& x, double exponent, DType exponent_dtype) {
   const DType dtype = steepest::result_type(x.dtype(), detail::operand_kind(x), exponent_dtype,
                                             Operand::Scalar);
   if (is_floating(dtype))
-    return unary_op("power", UnaryOp::PowScalar, astype(x, dtype), exponent, false);
+    return unary_op("power", UnaryOp::PowScalar, astype(x, dtype), exponent);
   if (exponent < 0)
     fail("power", "integers to negative integer powers are not allowed (", dtype_name(x.dtype()),
          " tensor ** ", exponent, "); convert to a float dtype first");

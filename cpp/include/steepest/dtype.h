@@ -149,6 +149,21 @@ decltype(auto) dispatch_float_storage(const char* op, DType dtype, Fn&& fn) {
   }
 }
 
+// Calls fn(TypeTag<I>{}) for the integer types that index tensors use.
+template <class Fn>
+decltype(auto) dispatch_index(const char* op, DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::Bool:
+      return fn(TypeTag<bool>{});
+    case DType::Int32:
+      return fn(TypeTag<int32_t>{});
+    case DType::Int64:
+      return fn(TypeTag<int64_t>{});
+    default:
+      fail<TypeError>(op, "expected an integer index tensor, got ", dtype_name(dtype));
+  }
+}
+
 // dispatch_all plus the 16-bit floats (as Half/BFloat16): for kernels that only move or
 // convert values (copy, fill).
 template <class Fn>

@@ -4,30 +4,11 @@
 
 #include <cstdint>
 
+#include "steepest/elementwise_rules.h"
 #include "steepest/pointwise.h"
 #include "steepest/tensor.h"
 
 namespace steepest {
-
-// Elementwise operations. The *Grad entries are the fused backward formulas of the
-// seed's activation table (激活函数): G ⊙ δ'(X) in one pass.
-#define STEEPEST_UNARY_OPS(X) \
-  X(Neg) X(Exp) X(Log) X(Sqrt) X(Abs) X(Relu) X(Sigmoid) X(Tanh) X(Gelu) X(PowScalar) \
-  X(MulScalar) X(AddScalar) X(Sign) X(ClampMin)
-#define STEEPEST_BINARY_OPS(X)                                                              \
-  X(Add) X(Sub) X(Mul) X(Div) X(Eq) X(Ne) X(Lt) X(Le) X(Gt) X(Ge) X(ReluGrad) X(SigmoidGrad) \
-  X(TanhGrad) X(GeluGrad) X(PowScalarGrad) X(SqrtGrad) X(BceWithLogits) X(BceWithLogitsGrad) \
-  X(ClampMinGrad)
-
-#define STEEPEST_ENUM_ENTRY(name) name,
-enum class UnaryOp : uint8_t { STEEPEST_UNARY_OPS(STEEPEST_ENUM_ENTRY) };
-enum class BinaryOp : uint8_t { STEEPEST_BINARY_OPS(STEEPEST_ENUM_ENTRY) };
-#undef STEEPEST_ENUM_ENTRY
-
-inline bool is_comparison(BinaryOp op) {
-  return op == BinaryOp::Eq || op == BinaryOp::Ne || op == BinaryOp::Lt || op == BinaryOp::Le ||
-         op == BinaryOp::Gt || op == BinaryOp::Ge;
-}
 
 enum class ReduceOp : uint8_t { Sum, Max };
 enum class PoolKind : uint8_t { Max, Avg };
@@ -92,6 +73,53 @@ struct AttentionArgs {
   bool causal = false;
   double scale = 1.0;
 };
+
+// The rows of t viewed as (rows, last axis), as the row-wise kernels see it.
+inline int64_t rows_of(const Tensor& t) {
+  const int64_t cols = t.shape().back();
+  return cols ? t.numel() / cols : 0;
+}
+
+// The GEMM of a convolution's lowering (both backends): `batch` products of op(A) m×k
+// and op(B) k×n whose operands lie stride_* elements apart, alpha = 1.
+inline GemmArgs conv_gemm_args(DType dtype, const Conv2dGeometry& g, bool trans_a, bool trans_b,
+                               int64_t m, int64_t n, int64_t k, const void* a, int64_t lda,
+                               int64_t stride_a, const void* b, int64_t ldb, int64_t stride_b,
+                               void* c, int64_t ldc, int64_t stride_c, int64_t batch,
+                               double beta) {
+  GemmArgs args;
+  args.dtype = dtype;
+  args.bf16_products = g.bf16_products;
+  args.trans_a = trans_a;
+  args.trans_b = trans_b;
+  args.m = m;
+  args.n = n;
+  args.k = k;
+  args.batch = batch;
+  args.a = a;
+  args.lda = lda;
+  args.stride_a = stride_a;
+  args.b = b;
+  args.ldb = ldb;
+  args.stride_b = stride_b;
+  args.c = c;
+  args.ldc = ldc;
+  args.stride_c = stride_c;
+  args.beta = beta;
+  return args;
+}
+
+// Geometry of Adafactor's factored second moment: `batch` matrices of rows × cols (the
+// last two axes of the gradient).
+struct Factored {
+  int64_t batch, rows, cols;
+};
+
+inline Factored factored_shape(const Tensor& grad) {
+  const int nd = grad.ndim();
+  const int64_t rows = grad.size(nd - 2), cols = grad.size(nd - 1);
+  return {rows * cols == 0 ? 0 : grad.numel() / (rows * cols), rows, cols};
+}
 
 #if defined(__CUDACC__)
 #define STEEPEST_HOST_DEVICE __host__ __device__

@@ -36,15 +36,10 @@ Tensor scalar_like(const Tensor& x, double value);
 // Bool, Int64 or Float64 for a Python bool, int or float (a weak scalar, dtype.h).
 Tensor scalar_operand(const Tensor& x, double value, DType scalar_dtype);
 
-Tensor neg(const Tensor& x);
-Tensor exp(const Tensor& x);
-Tensor log(const Tensor& x);
-Tensor sqrt(const Tensor& x);
-Tensor abs(const Tensor& x);
-Tensor relu(const Tensor& x);
-Tensor sigmoid(const Tensor& x);
-Tensor tanh(const Tensor& x);
-Tensor gelu(const Tensor& x);
+// neg, exp, log, sqrt, abs, relu, sigmoid, tanh, gelu: the UNARY_FUNCTION lines of
+// unary_ops.def.
+#define UNARY_FUNCTION(function, Name, doc) Tensor function(const Tensor& x);
+#include "steepest/unary_ops.def"
 Tensor power(const Tensor& x, double exponent);  // a float exponent
 // exponent_dtype says whether the exponent is a Python bool, int or float: int ** int
 // stays an integer tensor, int ** float is kDefaultFloat.

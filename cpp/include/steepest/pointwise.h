@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "steepest/dtype.h"
+
 #ifdef __CUDACC__
 #define STEEPEST_POINTWISE __host__ __device__ inline
 #else
@@ -157,6 +159,26 @@ struct PowExponentWeight {
     return STEEPEST_PW_MATH(pow)(x, y) * STEEPEST_PW_MATH(log)(x);
   }
 };
+
+// fn(functor) with the functor of `op`: the backends' dispatch.
+template <class Fn>
+void visit(PointwiseOp op, Fn&& fn) {
+  switch (op) {
+#define STEEPEST_CASE(name) \
+  case PointwiseOp::name:   \
+    fn(name{});             \
+    break;
+    STEEPEST_POINTWISE_OPS(STEEPEST_CASE)
+#undef STEEPEST_CASE
+  }
+}
+
+// fn(tag, functor) for floating storage tag::type (a StorageTag): the backends' dispatch.
+template <class Fn>
+void dispatch(PointwiseOp op, DType dtype, Fn&& fn) {
+  dispatch_float_storage("pointwise", dtype,
+                         [&](auto tag) { visit(op, [&](auto f) { fn(tag, f); }); });
+}
 
 }  // namespace pointwise
 }  // namespace steepest
