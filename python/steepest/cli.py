@@ -42,6 +42,7 @@ OPTIMIZERS: Dict[str, Callable[..., Any]] = {
     "adafactor": st.optimizers.Adafactor,
     "lion": st.optimizers.Lion,
     "muon": st.optimizers.Muon,
+    "kfac": st.optimizers.KFAC,
 }
 
 
