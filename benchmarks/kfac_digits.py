@@ -19,8 +19,8 @@ from steepest.cli import build_model
 TARGET = 0.97
 
 OPTIMIZERS = {
-    "KFAC": (lambda: st.optimizers.KFAC(), "KFAC() defaults: lr 0.01, damping 1e-3, momentum 0.9, "
-             "stats_decay 0.95, inverse every 10 steps"),
+    "KFAC": (lambda: st.optimizers.KFAC(), "KFAC() defaults: lr 0.01, damping 0.1, momentum 0.9, "
+             "stats_decay 0.95, inverse every 10 steps, kl_clip 0.01"),
     "SGD+momentum": (lambda: st.optimizers.SGD(learning_rate=0.1, momentum=0.9),
                      "SGD(0.1, momentum=0.9) (the seed's EMA momentum: torch's lr 0.01)"),
     "AdamW": (lambda: st.optimizers.AdamW(), "AdamW() defaults: lr 1e-3, weight_decay 0.01"),

@@ -347,12 +347,12 @@ class KFAC(Optimizer):
     def __init__(
         self,
         learning_rate: LearningRate = 0.01,
-        damping: float = 1e-3,
+        damping: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         stats_decay: float = 0.95,
         inverse_update_interval: int = 10,
-        kl_clip: Optional[float] = 1e-3,
+        kl_clip: Optional[float] = 1e-2,
         clipnorm: Optional[float] = None,
     ) -> None:
         if isinstance(inverse_update_interval, bool) or not isinstance(
