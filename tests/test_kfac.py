@@ -50,13 +50,15 @@ def test_dense_factors_equal_direct_computation():
 
 
 @pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
-@pytest.mark.parametrize("strides, padding", [(1, "valid"), (2, "same"), (2, "valid")])
-def test_conv2d_factors_equal_direct_computation(data_format, strides, padding):
+@pytest.mark.parametrize("strides, padding, dilation", [(1, "valid", 1), (2, "same", 1), (2, "valid", 1),
+                                                       (1, "valid", 2)])
+def test_conv2d_factors_equal_direct_computation(data_format, strides, padding, dilation):
     rng = np.random.default_rng(1)
     n, c, h, w, filters, ks = 3, 2, 7, 6, 3, 3
     x_cf = rng.normal(size=(n, c, h, w)).astype(np.float32)
     x = x_cf if data_format == "channels_first" else x_cf.transpose(0, 2, 3, 1).copy()
-    layer = st.layers.Conv2D(filters, ks, strides=strides, padding=padding, data_format=data_format)
+    layer = st.layers.Conv2D(filters, ks, strides=strides, padding=padding, data_format=data_format,
+                             dilation_rate=dilation)
     model = st.Sequential([st.layers.Input(x.shape[1:]), layer, st.layers.Flatten()])
     model.build()
     kernel, bias = model.get_weights()
@@ -72,14 +74,14 @@ def test_conv2d_factors_equal_direct_computation(data_format, strides, padding):
             pad[2 * axis], pad[2 * axis + 1] = total // 2, total - total // 2
     xp = F.pad(xt, (pad[2], pad[3], pad[0], pad[1]))
     yt = F.conv2d(xp, torch.tensor(kernel, dtype=torch.float64), torch.tensor(bias, dtype=torch.float64),
-                  stride=strides)
+                  stride=strides, dilation=dilation)
     yt.requires_grad_(True)
     t = rng.normal(size=(n, yt[0].numel())).astype(np.float32)
     flat = yt.reshape(n, -1) if data_format == "channels_first" else yt.permute(0, 2, 3, 1).reshape(n, -1)
     ((flat - torch.tensor(t, dtype=torch.float64)) ** 2).mean().backward()
     g = yt.grad.numpy()  # (N, O, H', W')
     positions = g.shape[2] * g.shape[3]
-    patches = F.unfold(xp, ks, stride=strides).numpy()  # (N, C·kh·kw, H'·W'), (c, i, j) order
+    patches = F.unfold(xp, ks, stride=strides, dilation=dilation).numpy()  # (N, C·kh·kw, H'·W'), (c, i, j) order
     rows_a = patches.transpose(0, 2, 1).reshape(-1, c * ks * ks)
     rows_g = g.transpose(0, 2, 3, 1).reshape(-1, filters)
     expected_a = rows_a.T @ rows_a / n
