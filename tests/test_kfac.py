@@ -281,3 +281,20 @@ def test_trains_digits(kind):
     model.compile(st.optimizers.KFAC(), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, batch_size=32, epochs=4, verbose=0, seed=0)
     assert model.evaluate(x_test, y_test, return_dict=True)["accuracy"] >= 0.93
+
+
+def test_collecting_layer_supports_create_graph():
+    x_np, t = _linear_problem(seed=6)
+    model = _dense_model(x_np.shape[1], t.shape[1], use_bias=False)
+    _fit_one_step(model, st.optimizers.KFAC(learning_rate=0.01), x_np, t)  # now collecting
+    (w,) = model.get_weights()
+    x = st.tensor(x_np, requires_grad=True)
+    loss = (model(x, training=True) ** 2).sum()
+    (gx,) = st.autograd.grad([loss], [x], create_graph=True)
+    (gw,) = st.autograd.grad([gx.sum()], [model.parameters()[0]])
+    xt = torch.tensor(x_np, dtype=torch.float64, requires_grad=True)
+    wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    (gxt,) = torch.autograd.grad(((xt @ wt) ** 2).sum(), [xt], create_graph=True)
+    (gwt,) = torch.autograd.grad(gxt.sum(), [wt])
+    np.testing.assert_allclose(gx.numpy(), gxt.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gw.numpy(), gwt.numpy(), rtol=1e-4, atol=1e-4)
