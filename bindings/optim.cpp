@@ -8,6 +8,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "common.h"
+#include "steepest/kfac.h"
 #include "steepest/optim.h"
 
 namespace steepest::bindings {
@@ -310,6 +311,22 @@ void init_optim(nb::module_& parent) {
           },
           nb::kw_only(), arg("learning_rate"), arg("beta_1"), arg("beta_2"), arg("gamma"),
           arg("epsilon"), arg("update_period"), arg("weight_decay"), arg("clipnorm").none());
+
+  nb::class_<optim::KFAC, optim::Optimizer>(m, "KFAC", nb::type_slots(optimizer_slots))
+      .def(
+          "__init__",
+          [](optim::KFAC* self, nb::handle lr, double damping, double momentum, double weight_decay,
+             double stats_decay, int64_t inverse_update_interval, std::optional<double> kl_clip,
+             std::optional<double> clipnorm) {
+            new (self) optim::KFAC(to_schedule("KFAC", lr), damping, momentum, weight_decay,
+                                   stats_decay, inverse_update_interval, kl_clip, clipnorm);
+          },
+          nb::kw_only(), arg("learning_rate"), arg("damping"), arg("momentum"), arg("weight_decay"),
+          arg("stats_decay"), arg("inverse_update_interval"), arg("kl_clip").none(),
+          arg("clipnorm").none())
+      .def("preconditioned", [](const optim::KFAC& self, const Tensor& param) {
+        return self.layout_of(param) != optim::KfacLayout::None;
+      }, arg("param"), "Whether `param` is a kernel K-FAC preconditions (once a fit has begun).");
 
 #define STEEPEST_ADAM_FAMILY(Class)                                                           \
   nb::class_<optim::Class, optim::Optimizer>(m, #Class, nb::type_slots(optimizer_slots))      \

@@ -181,6 +181,8 @@ NOT_DIFFERENTIABLE = {
 NODES_WITHOUT_OP = {
     "UnaryBackward": "the fallback name of UnaryBackward::name(); each UnaryOp reports its own",
     "SignBackward": "Sign runs only inside backward formulas (unary_raw records no node); its derivative is 0",
+    "KfacTapBackward": "an identity in the graph of a Dense/Conv2D layer a KFAC optimizer trains, recording G = E[ggᵀ]; "
+                       "test_kfac.py checks the factors, its pass-through gradient and its create_graph against torch",
     "ToDeviceBackward": "Tensor.to between devices: checked on a GPU by test_cuda.py (no float64 on CUDA, so no "
                         "float64 gradcheck)",
 }

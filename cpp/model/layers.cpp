@@ -180,8 +180,15 @@ Dims Dense::build_weights(const Dims& input_shape, uint64_t seed) {
 }
 
 // The seed's linear layer, Y = X·W + b.
-Tensor Dense::forward_pre_activation(const Tensor& x, bool, int64_t) {
-  return ops::linear(cast(x), cast(weights_[0].second), use_bias_ ? cast(weights_[1].second) : Tensor());
+Tensor Dense::forward_pre_activation(const Tensor& x, bool training, int64_t) {
+  const Tensor input = cast(x);
+  Tensor y = ops::linear(input, cast(weights_[0].second), use_bias_ ? cast(weights_[1].second) : Tensor());
+  if (!kfac_ || !training || !grad_enabled()) return y;
+  {
+    NoGradGuard no_grad;
+    kfac_->add_inputs(ops::reshape(input.detach(), {-1, input.shape().back()}), input.shape()[0]);
+  }
+  return optim::kfac_output_tap(y, kfac_, y.ndim() - 1);
 }
 
 Tensor Dense::forward(const Tensor& x, bool training, int64_t step) {
@@ -336,14 +343,28 @@ Dims Conv2D::build_weights(const Dims& input_shape, uint64_t seed) {
   return checked_output(op, in_format(data_format_, {out_channels_, out_h, out_w}, rank));
 }
 
-Tensor Conv2D::forward_pre_activation(const Tensor& x, bool, int64_t) {
+optim::KfacLayout Conv2D::kfac_layout() const {
+  const bool plain = options_.rank == 2 && options_.depth_multiplier == 0 && options_.groups == 1;
+  return plain ? optim::KfacLayout::OutputRows : optim::KfacLayout::None;
+}
+
+Tensor Conv2D::forward_pre_activation(const Tensor& x, bool training, int64_t) {
+  const bool collect = kfac_ && training && grad_enabled() && kfac_layout() != optim::KfacLayout::None;
   return on_channels_first(data_format_, options_.rank, cast(x), [&](const Tensor& input) {
     const Tensor bias = use_bias_ ? cast(weights_[1].second) : Tensor();
     if (options_.rank == 1)
       return ops::conv1d(input, cast(weights_[0].second), bias, strides_.second,
                          {padding_.left, padding_.right}, options_.dilation.second, groups_);
-    return ops::conv2d(input, cast(weights_[0].second), bias, strides_, padding_, options_.dilation,
-                       groups_);
+    Tensor y = ops::conv2d(input, cast(weights_[0].second), bias, strides_, padding_, options_.dilation,
+                           groups_);
+    if (!collect) return y;
+    {
+      NoGradGuard no_grad;
+      kfac_->add_inputs(optim::im2col_rows(input.detach(), kernel_, strides_, options_.dilation,
+                                           {padding_.top, padding_.bottom, padding_.left, padding_.right}),
+                        input.shape()[0]);
+    }
+    return optim::kfac_output_tap(y, kfac_, 1);
   });
 }
 

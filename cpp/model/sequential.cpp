@@ -431,6 +431,23 @@ bool QueueSource::next(Batch& batch) {
 
 std::string QueueSource::describe() const { return cat("streamed batches, ", steps_, " steps"); }
 
+// A KFAC optimizer's factors come from the layers it preconditions: they collect them while
+// this model trains. Any other optimizer leaves every layer on its plain forward.
+void Sequential::connect_kfac(bool distributed) {
+  auto* kfac = dynamic_cast<optim::KFAC*>(optimizer_.get());
+  if (kfac && distributed)
+    fail("fit", "KFAC does not all-reduce its Kronecker factors across ranks; train with it on "
+         "one process, or use another optimizer for data-parallel training");
+  if (kfac && loss_scaler_)
+    fail("fit", "KFAC with a mixed-precision loss scaler is not supported: the scaled "
+         "gradients would enter its factor G");
+  for (auto& layer : layers_) {
+    const optim::KfacLayout layout = layer->kfac_layout();
+    if (layout == optim::KfacLayout::None) continue;
+    layer->set_kfac(kfac ? kfac->track(layer->weights()[0].second, layout) : nullptr);
+  }
+}
+
 void Sequential::check_ready(const char* op) const {
   if (!built_) fail(op, "the model is not built; give it an Input layer or call build()");
   if (!compiled()) fail(op, "the model must be compiled before fit/evaluate; call compile()");
@@ -463,6 +480,7 @@ Logs Sequential::run(BatchSource& source, const LoopOptions& options, const Batc
   const std::vector<Tensor>& stepped = reducer ? reducer->step_parameters() : params;
   optim::DecayMask decay;
   if (train) {
+    connect_kfac(distributed);
     decay = optimizer_->decay_mask(params, parameter_names());
     if (reducer) decay = reducer->step_decay_mask(decay);
   }

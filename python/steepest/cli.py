@@ -48,6 +48,7 @@ OPTIMIZERS: Dict[str, Callable[..., Any]] = {
     "lion": st.optimizers.Lion,
     "muon": st.optimizers.Muon,
     "sophia": st.optimizers.Sophia,
+    "kfac": st.optimizers.KFAC,
 }
 
 

@@ -387,6 +387,74 @@ class Muon(Optimizer):
         )
 
 
+class KFAC(Optimizer):
+    """K-FAC natural gradient (Martens & Grosse 2015; Grosse & Martens 2016 for
+    convolutions) for the Dense and Conv2D layers of a model trained with ``compile``/``fit``.
+
+    A kernel's Fisher block is approximated by A ⊗ G. A = E[aaᵀ] over the layer's inputs a
+    (a Conv2D layer's im2col patches, summed over the output positions and averaged over the
+    batch, KFC's Ω) and G = E[ggᵀ] over the per-example gradients g = N·∂L/∂s at its
+    pre-activation output s (N the batch, undoing the mean loss's 1/N; averaged over the
+    output positions, KFC's Γ). The layers collect both in C++ during fit's forward and
+    backward; each step folds them into running averages A ← βA + (1 − β)A_batch with
+    β = ``stats_decay`` (the first batch starts them). Every ``inverse_update_interval``
+    steps (and at the first) A = Q_A diag(s_A) Q_Aᵀ and G = Q_G diag(s_G) Q_Gᵀ are
+    recomputed (a float64 symmetric eigensolver on the host: Householder + QL). The step then preconditions the
+    kernel's gradient V (with L2 weight decay, V = ∇ + λ_wd·θ) exactly as
+
+        P = (A ⊗ G + λI)⁻¹ vec(V) = Q_A [(Q_Aᵀ V Q_G) ⊘ (s_A s_Gᵀ + λ)] Q_Gᵀ
+
+    for a Dense kernel (in, out) (a Conv2D kernel is read as (out, in·kh·kw), with G's
+    basis on the left), λ = ``damping``; and takes the momentum step v = μv + νP,
+    θ −= ηv. ν = min(1, √(κ / (η²⟨P, V⟩))) with κ = ``kl_clip`` (Ba, Grosse & Martens
+    2017's KL clipping, taken per kernel) bounds the predicted change of the model's
+    output distribution, which keeps the first steps, when the factors are poor
+    estimates, from blowing up; ``kl_clip=None`` gives the exact step ν = 1.
+
+    Every other parameter — biases (not folded into A), normalisation scales, embeddings,
+    grouped or depthwise or 1-D convolutions, and every parameter of ``opt.step(params)``
+    called outside ``fit`` — takes SGD with the same momentum, v = μv + g, θ −= ηv. The
+    running factors and their eigenbases are optimizer state, saved and restored with it
+    (``state_dict`` slots ``A``, ``G``, ``A_basis``, ``A_eigenvalues``, ``G_basis``,
+    ``G_eigenvalues`` of each kernel). Not supported, and refused by ``fit``:
+    data-parallel training (the factors are not all-reduced) and mixed-precision loss
+    scaling. With ``accumulation_steps > 1`` the factors average the micro-batches.
+    """
+
+    _core_class = _optim.KFAC
+
+    def __init__(
+        self,
+        learning_rate: LearningRate = 0.01,
+        damping: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        stats_decay: float = 0.95,
+        inverse_update_interval: int = 10,
+        kl_clip: Optional[float] = 1e-2,
+        clipnorm: Optional[float] = None,
+    ) -> None:
+        if isinstance(inverse_update_interval, bool) or not isinstance(
+                inverse_update_interval, (int, np.integer)):
+            raise TypeError(f"[KFAC] inverse_update_interval must be an int >= 1, got "
+                            f"{inverse_update_interval!r}")
+        super().__init__(
+            learning_rate=learning_rate,
+            damping=damping,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            stats_decay=stats_decay,
+            inverse_update_interval=int(inverse_update_interval),
+            kl_clip=kl_clip,
+            clipnorm=clipnorm,
+        )
+
+    def preconditioned(self, param: Tensor) -> bool:
+        """Whether K-FAC preconditions ``param`` (a Dense or Conv2D kernel of a model that
+        has begun ``fit`` with this optimizer)."""
+        return bool(self._impl.preconditioned(param))
+
+
 class Adam(Optimizer):
     """The seed's Adam: moments m, v with bias correction m̂ = m/(1 − β₁ᵗ),
     v̂ = v/(1 − β₂ᵗ), and θ −= η m̂/(√v̂ + ε). weight_decay adds λθ to the gradient."""
@@ -507,6 +575,7 @@ _BY_NAME = {
     "lion": Lion,
     "muon": Muon,
     "sophia": Sophia,
+    "kfac": KFAC,
 }
 
 
@@ -515,7 +584,7 @@ def get(identifier: Any) -> Optimizer:
     ``identifier`` itself when it already is an Optimizer.
 
     Names: sgd, momentum (SGD with β = 0.9), nesterov, adagrad, rmsprop, adam, adamw,
-    lamb, adafactor, lion, muon, sophia.
+    lamb, adafactor, lion, muon, sophia, kfac.
     """
     if isinstance(identifier, Optimizer):
         return identifier
@@ -696,6 +765,7 @@ __all__ = [
     "Adagrad",
     "Adam",
     "AdamW",
+    "KFAC",
     "Lamb",
     "Lion",
     "Muon",

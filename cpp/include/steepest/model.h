@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "steepest/losses.h"
+#include "steepest/kfac.h"
 #include "steepest/ops.h"
 #include "steepest/optim.h"
 #include "steepest/tensor.h"
@@ -62,6 +63,11 @@ class Layer {
   virtual Activation final_activation() const { return Activation::Linear; }
   // Sum of the layer's weight penalties, undefined when it has none.
   virtual Tensor regularization() const { return {}; }
+  // How K-FAC reads this layer's first weight, its kernel (None: not preconditioned).
+  virtual optim::KfacLayout kfac_layout() const { return optim::KfacLayout::None; }
+  // While set, training forward passes collect K-FAC's factors into `factors`; null (the
+  // default) keeps the plain forward.
+  void set_kfac(std::shared_ptr<optim::KfacFactors> factors) { kfac_ = std::move(factors); }
 
   const std::string& name() const { return name_; }
   bool built() const { return built_; }
@@ -94,6 +100,7 @@ class Layer {
   Dims input_shape_, output_shape_;
   std::vector<std::pair<std::string, Tensor>> weights_;
   DType compute_dtype_ = DType::Float32;
+  std::shared_ptr<optim::KfacFactors> kfac_;
 
  private:
   std::vector<std::pair<std::string, Dims>>* plan_ = nullptr;
@@ -109,6 +116,7 @@ class Dense final : public Layer {
   Tensor forward_pre_activation(const Tensor& x, bool training, int64_t step) override;
   Activation final_activation() const override { return activation_; }
   Tensor regularization() const override;
+  optim::KfacLayout kfac_layout() const override { return optim::KfacLayout::InputRows; }
 
  private:
   Dims build_weights(const Dims& input_shape, uint64_t seed) override;
@@ -142,6 +150,8 @@ class Conv2D final : public Layer {
   Tensor forward_pre_activation(const Tensor& x, bool training, int64_t step) override;
   Activation final_activation() const override { return activation_; }
   Tensor regularization() const override;
+  // 2-D convolutions without groups (KFC's setting); the others are not preconditioned.
+  optim::KfacLayout kfac_layout() const override;
 
  private:
   Dims build_weights(const Dims& input_shape, uint64_t seed) override;
@@ -617,6 +627,7 @@ class Sequential {
   Dims input_shape_;
   bool built_ = false;
   Device device_;
+  void connect_kfac(bool distributed);
   std::shared_ptr<optim::Optimizer> optimizer_;
   LossSpec loss_;
   std::vector<Metric> metrics_;
