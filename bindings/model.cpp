@@ -120,9 +120,9 @@ class PyLayer final : public model::Layer {
   }
   const char* kind() const override { return kind_.c_str(); }
 
-  Tensor forward(const Tensor& x, bool training, int64_t) override {
+  Tensor forward(const Tensor& x, model::Pass pass) override {
     nb::gil_scoped_acquire gil;
-    nb::object out = owner().attr("_st_call")(cast(x), training);
+    nb::object out = owner().attr("_st_call")(cast(x), pass.training);
     return cast(returned_tensor(out, (kind_ + ".call").c_str()));
   }
 
@@ -218,7 +218,11 @@ void init_model(nb::module_& parent) {
              return std::make_pair(std::vector<int64_t>(out.begin(), out.end()), named);
            }, arg("input_shape"),
            "(output shape, [(weight name, shape)]) that build would give, allocating nothing.")
-      .def("forward", &model::Layer::forward, arg("x"), arg("training") = false, arg("step") = 0)
+      .def("forward",
+           [](model::Layer& l, const Tensor& x, bool training, int64_t step) {
+             return l.forward(x, model::Pass{training, step});
+           },
+           arg("x"), arg("training") = false, arg("step") = 0)
       .def_prop_ro("final_activation", [](model::Layer& l) { return std::string(activation_name(l.final_activation())); })
       .def_prop_rw(
           "compute_dtype", [](const model::Layer& l) { return std::string(dtype_name(l.compute_dtype())); },

@@ -199,9 +199,14 @@ void init_optim(nb::module_& parent) {
   // ----------------------------------------------------------------------- optimizers
   nb::class_<optim::Optimizer>(m, "Optimizer", nb::type_slots(optimizer_slots),
                               "The C++ optimizer behind st.optimizers.")
-      .def("step", [](optim::Optimizer& o, const std::vector<Tensor>& params, bool skip) { o.step(params, skip); },
+      .def("step",
+           [](optim::Optimizer& o, const std::vector<Tensor>& params, bool skip) {
+             if (!skip) o.step(params);
+           },
            arg("params"), arg("skip") = false, Release(),
-           "Updates every param that has a grad, in place; state is matched by position.")
+           "Updates every param that has a grad, in place; state is matched by position. "
+           "skip=True does nothing at all: the step does not count (iterations and the schedule "
+           "do not advance), as for a step whose gradients overflowed.")
       .def("exclude_from_weight_decay", &optim::Optimizer::exclude_from_weight_decay,
            arg("var_list"), arg("var_names"),
            "No weight decay for the tensors of var_list and the parameters whose name contains "

@@ -180,10 +180,10 @@ Dims Dense::build_weights(const Dims& input_shape, uint64_t seed) {
 }
 
 // The seed's linear layer, Y = X·W + b.
-Tensor Dense::forward_pre_activation(const Tensor& x, bool training, int64_t) {
+Tensor Dense::forward_pre_activation(const Tensor& x, Pass pass) {
   const Tensor input = cast(x);
   Tensor y = ops::linear(input, cast(weights_[0].second), use_bias_ ? cast(weights_[1].second) : Tensor());
-  if (!kfac_ || !training || !grad_enabled()) return y;
+  if (!kfac_ || !pass.training || !grad_enabled()) return y;
   {
     NoGradGuard no_grad;
     kfac_->add_inputs(ops::reshape(input.detach(), {-1, input.shape().back()}), input.shape()[0]);
@@ -191,8 +191,8 @@ Tensor Dense::forward_pre_activation(const Tensor& x, bool training, int64_t) {
   return optim::kfac_output_tap(y, kfac_, y.ndim() - 1);
 }
 
-Tensor Dense::forward(const Tensor& x, bool training, int64_t step) {
-  return apply_activation(activation_, forward_pre_activation(x, training, step));
+Tensor Dense::forward(const Tensor& x, Pass pass) {
+  return apply_activation(activation_, forward_pre_activation(x, pass));
 }
 
 Tensor Dense::regularization() const {
@@ -348,8 +348,8 @@ optim::KfacLayout Conv2D::kfac_layout() const {
   return plain ? optim::KfacLayout::OutputRows : optim::KfacLayout::None;
 }
 
-Tensor Conv2D::forward_pre_activation(const Tensor& x, bool training, int64_t) {
-  const bool collect = kfac_ && training && grad_enabled() && kfac_layout() != optim::KfacLayout::None;
+Tensor Conv2D::forward_pre_activation(const Tensor& x, Pass pass) {
+  const bool collect = kfac_ && pass.training && grad_enabled() && kfac_layout() != optim::KfacLayout::None;
   return on_channels_first(data_format_, options_.rank, cast(x), [&](const Tensor& input) {
     const Tensor bias = use_bias_ ? cast(weights_[1].second) : Tensor();
     if (options_.rank == 1)
@@ -368,8 +368,8 @@ Tensor Conv2D::forward_pre_activation(const Tensor& x, bool training, int64_t) {
   });
 }
 
-Tensor Conv2D::forward(const Tensor& x, bool training, int64_t step) {
-  return apply_activation(activation_, forward_pre_activation(x, training, step));
+Tensor Conv2D::forward(const Tensor& x, Pass pass) {
+  return apply_activation(activation_, forward_pre_activation(x, pass));
 }
 
 Tensor Conv2D::regularization() const {
@@ -408,23 +408,24 @@ Dims Pool2D::build_weights(const Dims& input_shape, uint64_t) {
   return checked_output(op, in_format(data_format_, {chw[0], out_h, out_w}, rank_));
 }
 
-Tensor Pool2D::forward(const Tensor& x, bool, int64_t) {
+Tensor Pool2D::forward(const Tensor& x, Pass) {
   return on_channels_first(data_format_, rank_, x, [&](const Tensor& input) {
     // rank 1 pools the (N, C, 1, L) view: the 1-D ops are exactly that.
     Tensor image = rank_ == 1 ? ops::reshape(input, {input.shape()[0], input.shape()[1], 1, input.shape()[2]})
                               : input;
     // TF/Keras average the input pixels of a "same"-padded window only.
     Tensor y = max_ ? ops::max_pool2d(image, pool_, strides_, padding_)
-                    : ops::avg_pool2d(image, pool_, strides_, padding_, false, !same_padding_);
+                    : ops::avg_pool2d(image, pool_, strides_, padding_, /*ceil_mode=*/false,
+                                      /*count_include_pad=*/!same_padding_);
     return rank_ == 1 ? ops::reshape(y, {y.shape()[0], y.shape()[1], y.shape()[3]}) : y;
   });
 }
 
 Dims Flatten::build_weights(const Dims& input_shape, uint64_t) { return {input_shape.product()}; }
 
-Tensor Flatten::forward(const Tensor& x, bool, int64_t) { return ops::flatten(x); }
+Tensor Flatten::forward(const Tensor& x, Pass) { return ops::flatten(x); }
 
-Tensor ActivationLayer::forward(const Tensor& x, bool, int64_t) {
+Tensor ActivationLayer::forward(const Tensor& x, Pass) {
   return apply_activation(activation_, x);
 }
 
@@ -435,9 +436,9 @@ Dropout::Dropout(std::string name, double rate, uint64_t seed)
 
 // A fresh mask every step, reproducible from (seed, step): resuming training from a
 // checkpoint draws the same masks as an uninterrupted run.
-Tensor Dropout::forward(const Tensor& x, bool training, int64_t step) {
-  uint64_t key = seed_ ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(step + 1));
-  return ops::dropout(x, rate_, training, key);
+Tensor Dropout::forward(const Tensor& x, Pass pass) {
+  uint64_t key = seed_ ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(pass.step + 1));
+  return ops::dropout(x, rate_, pass.training, key);
 }
 
 LayerNormalization::LayerNormalization(std::string name, double epsilon, bool center, bool scale)
@@ -453,7 +454,7 @@ Dims LayerNormalization::build_weights(const Dims& input_shape, uint64_t seed) {
   return input_shape;
 }
 
-Tensor LayerNormalization::forward(const Tensor& x, bool, int64_t) {
+Tensor LayerNormalization::forward(const Tensor& x, Pass) {
   Tensor gamma = scale_ ? cast(weights_[0].second) : Tensor();
   Tensor beta = center_ ? cast(weights_[scale_ ? 1 : 0].second) : Tensor();
   return ops::layer_norm(cast(x), gamma, beta, epsilon_);
@@ -507,7 +508,7 @@ void Normalization::write_statistics() {
 
 // Keras: (x − mean) / max(√variance, ε), here as x·s − mean·s with s = 1/√max(var, ε²).
 // s comes from the float32 statistics before the cast to the compute dtype.
-Tensor Normalization::forward(const Tensor& x, bool, int64_t) {
+Tensor Normalization::forward(const Tensor& x, Pass) {
   constexpr double kEpsilon = 1e-7;
   Tensor inv_std = ops::power(ops::clamp_min(weights_[1].second, kEpsilon * kEpsilon), -0.5);
   return ops::mul(ops::sub(cast(x), cast(weights_[0].second)), cast(inv_std));
@@ -544,7 +545,7 @@ Dims BatchNormalization::build_weights(const Dims& input_shape, uint64_t seed) {
 // Keras casts 16-bit inputs to float32 around its batch norm; the kernels do the same
 // internally (float32 statistics), so the input stays in the compute dtype. A float64
 // compute dtype runs in float32, the dtype of the moving statistics updated in place.
-Tensor BatchNormalization::forward(const Tensor& x, bool training, int64_t) {
+Tensor BatchNormalization::forward(const Tensor& x, Pass pass) {
   Tensor& moving_mean = weights_[weights_.size() - 2].second;
   Tensor& moving_variance = weights_[weights_.size() - 1].second;
   Tensor input = cast(x);
@@ -555,7 +556,7 @@ Tensor BatchNormalization::forward(const Tensor& x, bool training, int64_t) {
   };
   Tensor gamma = scale_ ? like_input(weights_[0].second) : Tensor();
   Tensor beta = center_ ? like_input(weights_[scale_ ? 1 : 0].second) : Tensor();
-  return ops::batch_norm(input, moving_mean, moving_variance, gamma, beta, training, momentum_,
+  return ops::batch_norm(input, moving_mean, moving_variance, gamma, beta, pass.training, momentum_,
                          epsilon_, batch_axis_);
 }
 
@@ -568,7 +569,7 @@ Dims GlobalPool2D::build_weights(const Dims& input_shape, uint64_t) {
   return in_format(data_format_, {chw[0], 1, 1});
 }
 
-Tensor GlobalPool2D::forward(const Tensor& x, bool, int64_t) {
+Tensor GlobalPool2D::forward(const Tensor& x, Pass) {
   const std::vector<int64_t> axes = data_format_ == DataFormat::ChannelsFirst
                                         ? std::vector<int64_t>{2, 3}
                                         : std::vector<int64_t>{1, 2};
@@ -607,7 +608,7 @@ Dims Reshape::build_weights(const Dims& input_shape, uint64_t) {
   return out;
 }
 
-Tensor Reshape::forward(const Tensor& x, bool, int64_t) {
+Tensor Reshape::forward(const Tensor& x, Pass) {
   Dims shape{x.shape()[0]};
   for (int64_t d : output_shape_) shape.push_back(d);
   return ops::reshape(x, shape);
@@ -629,7 +630,7 @@ Dims ZeroPadding2D::build_weights(const Dims& input_shape, uint64_t) {
   return checked_output(kind(), in_format(data_format_, {chw[0], h, w}));
 }
 
-Tensor ZeroPadding2D::forward(const Tensor& x, bool, int64_t) {
+Tensor ZeroPadding2D::forward(const Tensor& x, Pass) {
   const std::pair<int64_t, int64_t> none{0, 0}, rows{padding_.top, padding_.bottom},
       cols{padding_.left, padding_.right};
   if (data_format_ == DataFormat::ChannelsFirst)
@@ -654,7 +655,7 @@ Dims Embedding::build_weights(const Dims& input_shape, uint64_t seed) {
 // Rows are gathered from the float32 table and then cast (as Keras does): the same values
 // as casting the whole table first, without its copy, and the scatter-add of the
 // gradient stays in float32.
-Tensor Embedding::forward(const Tensor& x, bool, int64_t) {
+Tensor Embedding::forward(const Tensor& x, Pass) {
   Tensor indices = is_floating(x.dtype()) ? ops::astype(x.detach(), DType::Int64) : x;
   return cast(ops::embedding(indices, weights_[0].second));
 }

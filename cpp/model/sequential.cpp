@@ -106,7 +106,7 @@ Tensor to_float32(const Tensor& y) {
 
 Tensor Sequential::forward(const Tensor& x, Pass pass) const {
   Tensor h = to_compute(x, compute_dtype_);
-  for (const auto& layer : layers_) h = layer->forward(h, pass.training, pass.step);
+  for (const auto& layer : layers_) h = layer->forward(h, pass);
   return to_float32(h);
 }
 
@@ -140,7 +140,7 @@ Tensor Sequential::decode(const Tensor& tokens, DecodeState& state) const {
       if (state.blocks.size() <= block) state.blocks.resize(block + 1);
       h = transformer->forward_cached(h, state.blocks[block++]);
     } else {
-      h = layer->forward(h, false, 0);
+      h = layer->forward(h, Pass::inference());
     }
   }
   state.length += tokens.ndim() == 2 ? tokens.shape()[1] : 0;
@@ -168,10 +168,8 @@ Tensor custom_loss_of(const CustomLoss& custom, const Tensor& out, const Tensor&
 
 Tensor Sequential::batch_loss(const Tensor& x, const Tensor& y, const Tensor& sample_weight, Pass pass,
                               Tensor* output) const {
-  const bool training = pass.training;
-  const int64_t step = pass.step;
   Tensor h = to_compute(x, compute_dtype_);
-  for (size_t i = 0; i + 1 < layers_.size(); ++i) h = layers_[i]->forward(h, training, step);
+  for (size_t i = 0; i + 1 < layers_.size(); ++i) h = layers_[i]->forward(h, pass);
   Layer& last = *layers_.back();
   Activation act = last.final_activation();
   bool fuse = !loss_.custom && !loss_.spec.from_logits &&
@@ -181,16 +179,16 @@ Tensor Sequential::batch_loss(const Tensor& x, const Tensor& y, const Tensor& sa
   // cross-entropy reductions run in float32.
   Tensor loss;
   if (loss_.custom) {
-    *output = to_float32(last.forward(h, training, step));
+    *output = to_float32(last.forward(h, pass));
     loss = custom_loss_of(*loss_.custom, *output, y, sample_weight, loss_.reduction);
   } else if (fuse) {
     // softmax + cross-entropy as one log-softmax (the seed's log-softmax section).
-    Tensor logits = to_float32(last.forward_pre_activation(h, training, step));
+    Tensor logits = to_float32(last.forward_pre_activation(h, pass));
     loss = losses::loss("fit", {loss_.spec.kind, true}, y, logits, sample_weight, loss_.reduction);
     NoGradGuard no_grad;
     *output = apply_activation(act, logits);
   } else {
-    *output = to_float32(last.forward(h, training, step));
+    *output = to_float32(last.forward(h, pass));
     loss = losses::loss("fit", loss_.spec, y, *output, sample_weight, loss_.reduction);
   }
   for (const auto& layer : layers_) {
@@ -592,7 +590,7 @@ Logs Sequential::run(BatchSource& source, const LoopOptions& options, const Batc
           scaler->update();
           logs.loss_scale = scaler->get_scale();
         } else {
-          optimizer_->step(stepped, false, shards, decay);
+          optimizer_->step(stepped, shards, decay);
         }
         if (reducer) reducer->gather_parameters();
       }

@@ -26,7 +26,7 @@ Dims TokenAndPositionEmbedding::build_weights(const Dims& input_shape, uint64_t 
   return {input_shape[0], d_model_};
 }
 
-Tensor TokenAndPositionEmbedding::forward(const Tensor& x, bool, int64_t) { return forward_at(x, 0); }
+Tensor TokenAndPositionEmbedding::forward(const Tensor& x, Pass) { return forward_at(x, 0); }
 
 Tensor TokenAndPositionEmbedding::forward_at(const Tensor& x, int64_t offset) {
   if (x.ndim() != 2) fail("TokenAndPositionEmbedding", "expects (batch, time) tokens, got ", x.shape());
@@ -73,13 +73,13 @@ Dims TransformerBlock::build_weights(const Dims& input_shape, uint64_t seed) {
   return input_shape;
 }
 
-Tensor TransformerBlock::drop(const Tensor& x, bool training, int64_t step, uint64_t salt) const {
-  if (!training || dropout_ == 0.0) return x;
-  uint64_t key = (seed_ + salt) ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(step + 1));
+Tensor TransformerBlock::drop(const Tensor& x, Pass pass, uint64_t salt) const {
+  if (!pass.training || dropout_ == 0.0) return x;
+  uint64_t key = (seed_ + salt) ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(pass.step + 1));
   return ops::dropout(x, dropout_, true, key);
 }
 
-Tensor TransformerBlock::block(const Tensor& x, bool training, int64_t step, KVCache* cache) {
+Tensor TransformerBlock::block(const Tensor& x, Pass pass, KVCache* cache) {
   // Cast inside the block, so that a checkpointed block recomputes the casts too.
   auto w = [&](int i) { return cast(weights_[static_cast<size_t>(i)].second); };
   const int64_t b = x.shape()[0], t = x.shape()[1], d = d_model_, h = num_heads_;
@@ -103,18 +103,18 @@ Tensor TransformerBlock::block(const Tensor& x, bool training, int64_t step, KVC
   }
   Tensor attended = ops::scaled_dot_product_attention(ops::select(heads, 0, 0), keys, values, causal);
   Tensor merged = ops::reshape(ops::permute(attended, {0, 2, 1, 3}), {b, t, d});
-  Tensor x1 = ops::add(x, drop(ops::linear(merged, w(4), w(5)), training, step, 1));
+  Tensor x1 = ops::add(x, drop(ops::linear(merged, w(4), w(5)), pass, 1));
   // GELU MLP.
   Tensor hidden = ops::gelu(ops::linear(ops::layer_norm(x1, w(6), w(7), 1e-5), w(8), w(9)));
-  return ops::add(x1, drop(ops::linear(hidden, w(10), w(11)), training, step, 2));
+  return ops::add(x1, drop(ops::linear(hidden, w(10), w(11)), pass, 2));
 }
 
-Tensor TransformerBlock::forward(const Tensor& x, bool training, int64_t step) {
+Tensor TransformerBlock::forward(const Tensor& x, Pass pass) {
   if (x.ndim() != 3 || x.shape()[2] != d_model_)
     fail("TransformerBlock", "expects (batch, time, ", d_model_, ") inputs, got ", x.shape());
-  if (!remat_) return block(cast(x), training, step, nullptr);
+  if (!remat_) return block(cast(x), pass, nullptr);
   return ops::checkpoint(
-      [this, training, step](const std::vector<Tensor>& in) { return block(in[0], training, step, nullptr); },
+      [this, pass](const std::vector<Tensor>& in) { return block(in[0], pass, nullptr); },
       {cast(x)});
 }
 
@@ -126,7 +126,7 @@ Tensor TransformerBlock::forward_cached(const Tensor& x, KVCache& cache) {
     fail("TransformerBlock", "after the prompt, cached decoding takes one token at a time, got ",
          x.shape()[1]);
   NoGradGuard no_grad;
-  return block(cast(x), false, 0, &cache);
+  return block(cast(x), Pass::inference(), &cache);
 }
 
 }  // namespace steepest::model

@@ -73,7 +73,7 @@ bool LossScaler::step(Optimizer& optimizer, const std::vector<Tensor>& params,
     fail<StateError>(kOwner, "step() was already called since the last update()");
   if (stage_ == Stage::Ready) unscale(params, shards);
   // A skipped step leaves everything as it was: no update, no step count, no schedule.
-  optimizer.step(params, found_inf_, shards, decay);
+  if (!found_inf_) optimizer.step(params, shards, decay);
   stage_ = Stage::Stepped;
   return !found_inf_;
 }

@@ -105,9 +105,8 @@ DecayMask Optimizer::decay_mask(const std::vector<Tensor>& params,
   return mask;
 }
 
-void Optimizer::step(const std::vector<Tensor>& params, bool skip, dist::Communicator* shards,
+void Optimizer::step(const std::vector<Tensor>& params, dist::Communicator* shards,
                      const DecayMask& decay) {
-  if (skip) return;
   STEEPEST_PROFILE_OP("optimizer_step");
   const char* op = name_.c_str();
   if (!decay.empty() && decay.size() != params.size())

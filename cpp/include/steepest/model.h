@@ -40,6 +40,15 @@ struct Regularizer {
   Tensor penalty(const Tensor& weight) const;
 };
 
+// A forward pass of the model: training (dropout on, batch statistics used and updated)
+// at optimizer step `step`, which keys the dropout masks, or inference.
+struct Pass {
+  bool training = false;
+  int64_t step = 0;
+  static Pass train(int64_t step) { return {true, step}; }
+  static Pass inference() { return {}; }
+};
+
 class Layer {
  public:
   explicit Layer(std::string name) : name_(std::move(name)) {}
@@ -53,12 +62,12 @@ class Layer {
   // shape, with nothing allocated: load_model checks a file's config against the file's
   // tensors with it, so that a config cannot ask for memory its tensors do not justify.
   std::pair<Dims, std::vector<std::pair<std::string, Dims>>> plan(const Dims& input_shape);
-  // x has a leading batch axis. `step` (the optimizer's step) keys dropout masks.
-  virtual Tensor forward(const Tensor& x, bool training, int64_t step) = 0;
+  // x has a leading batch axis. The pass's step (the optimizer's step) keys dropout masks.
+  virtual Tensor forward(const Tensor& x, Pass pass) = 0;
   // The output before the layer's final activation (softmax/sigmoid), for losses that
   // fuse the activation (log-softmax + cross-entropy).
-  virtual Tensor forward_pre_activation(const Tensor& x, bool training, int64_t step) {
-    return forward(x, training, step);
+  virtual Tensor forward_pre_activation(const Tensor& x, Pass pass) {
+    return forward(x, pass);
   }
   virtual Activation final_activation() const { return Activation::Linear; }
   // Sum of the layer's weight penalties, undefined when it has none.
@@ -112,8 +121,8 @@ class Dense final : public Layer {
         std::string kernel_initializer, std::string bias_initializer,
         Regularizer kernel_regularizer, Regularizer bias_regularizer);
   const char* kind() const override { return "Dense"; }
-  Tensor forward(const Tensor& x, bool training, int64_t step) override;
-  Tensor forward_pre_activation(const Tensor& x, bool training, int64_t step) override;
+  Tensor forward(const Tensor& x, Pass pass) override;
+  Tensor forward_pre_activation(const Tensor& x, Pass pass) override;
   Activation final_activation() const override { return activation_; }
   Tensor regularization() const override;
   optim::KfacLayout kfac_layout() const override { return optim::KfacLayout::InputRows; }
@@ -146,8 +155,8 @@ class Conv2D final : public Layer {
          bool use_bias, std::string kernel_initializer, Regularizer kernel_regularizer,
          DataFormat data_format = DataFormat::ChannelsFirst, ConvOptions options = {});
   const char* kind() const override;
-  Tensor forward(const Tensor& x, bool training, int64_t step) override;
-  Tensor forward_pre_activation(const Tensor& x, bool training, int64_t step) override;
+  Tensor forward(const Tensor& x, Pass pass) override;
+  Tensor forward_pre_activation(const Tensor& x, Pass pass) override;
   Activation final_activation() const override { return activation_; }
   Tensor regularization() const override;
   // 2-D convolutions without groups (KFC's setting); the others are not preconditioned.
@@ -177,7 +186,7 @@ class Pool2D final : public Layer {
          std::pair<int64_t, int64_t> strides, DataFormat data_format = DataFormat::ChannelsFirst,
          bool same_padding = false, int rank = 2);
   const char* kind() const override;
-  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+  Tensor forward(const Tensor& x, Pass pass) override;
 
  private:
   Dims build_weights(const Dims& input_shape, uint64_t seed) override;
@@ -193,7 +202,7 @@ class Flatten final : public Layer {
  public:
   using Layer::Layer;
   const char* kind() const override { return "Flatten"; }
-  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+  Tensor forward(const Tensor& x, Pass pass) override;
 
  private:
   Dims build_weights(const Dims& input_shape, uint64_t seed) override;
@@ -204,8 +213,8 @@ class ActivationLayer final : public Layer {
   ActivationLayer(std::string name, Activation activation)
       : Layer(std::move(name)), activation_(activation) {}
   const char* kind() const override { return "Activation"; }
-  Tensor forward(const Tensor& x, bool training, int64_t step) override;
-  Tensor forward_pre_activation(const Tensor& x, bool training, int64_t step) override { return x; }
+  Tensor forward(const Tensor& x, Pass pass) override;
+  Tensor forward_pre_activation(const Tensor& x, Pass) override { return x; }
   Activation final_activation() const override { return activation_; }
 
  private:
@@ -217,7 +226,7 @@ class Dropout final : public Layer {
  public:
   Dropout(std::string name, double rate, uint64_t seed);
   const char* kind() const override { return "Dropout"; }
-  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+  Tensor forward(const Tensor& x, Pass pass) override;
 
  private:
   Dims build_weights(const Dims& input_shape, uint64_t seed) override { return input_shape; }
@@ -229,7 +238,7 @@ class LayerNormalization final : public Layer {
  public:
   LayerNormalization(std::string name, double epsilon, bool center, bool scale);
   const char* kind() const override { return "LayerNormalization"; }
-  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+  Tensor forward(const Tensor& x, Pass pass) override;
 
  private:
   Dims build_weights(const Dims& input_shape, uint64_t seed) override;
@@ -246,7 +255,7 @@ class Normalization final : public Layer {
   Normalization(std::string name, bool per_feature, std::vector<double> mean,
                 std::vector<double> variance);
   const char* kind() const override { return "Normalization"; }
-  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+  Tensor forward(const Tensor& x, Pass pass) override;
   // Replaces the statistics (Keras' adapt); written into the weights when built.
   void set_statistics(std::vector<double> mean, std::vector<double> variance);
 
@@ -269,7 +278,7 @@ class BatchNormalization final : public Layer {
   BatchNormalization(std::string name, int64_t axis, double momentum, double epsilon, bool center,
                      bool scale);
   const char* kind() const override { return "BatchNormalization"; }
-  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+  Tensor forward(const Tensor& x, Pass pass) override;
 
  private:
   Dims build_weights(const Dims& input_shape, uint64_t seed) override;
@@ -285,7 +294,7 @@ class GlobalPool2D final : public Layer {
  public:
   GlobalPool2D(std::string name, bool max, DataFormat data_format, bool keepdims);
   const char* kind() const override { return max_ ? "GlobalMaxPooling2D" : "GlobalAveragePooling2D"; }
-  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+  Tensor forward(const Tensor& x, Pass pass) override;
 
  private:
   Dims build_weights(const Dims& input_shape, uint64_t seed) override;
@@ -299,7 +308,7 @@ class Reshape final : public Layer {
  public:
   Reshape(std::string name, Dims target_shape);
   const char* kind() const override { return "Reshape"; }
-  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+  Tensor forward(const Tensor& x, Pass pass) override;
 
  private:
   Dims build_weights(const Dims& input_shape, uint64_t seed) override;
@@ -311,7 +320,7 @@ class ZeroPadding2D final : public Layer {
  public:
   ZeroPadding2D(std::string name, ops::Padding2d padding, DataFormat data_format);
   const char* kind() const override { return "ZeroPadding2D"; }
-  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+  Tensor forward(const Tensor& x, Pass pass) override;
 
  private:
   Dims build_weights(const Dims& input_shape, uint64_t seed) override;
@@ -323,7 +332,7 @@ class Embedding final : public Layer {
  public:
   Embedding(std::string name, int64_t input_dim, int64_t output_dim, std::string initializer);
   const char* kind() const override { return "Embedding"; }
-  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+  Tensor forward(const Tensor& x, Pass pass) override;
 
  private:
   Dims build_weights(const Dims& input_shape, uint64_t seed) override;
@@ -336,7 +345,7 @@ class TokenAndPositionEmbedding final : public Layer {
  public:
   TokenAndPositionEmbedding(std::string name, int64_t vocab_size, int64_t context, int64_t d_model);
   const char* kind() const override { return "TokenAndPositionEmbedding"; }
-  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+  Tensor forward(const Tensor& x, Pass pass) override;
   // Tokens at positions [offset, offset + time): the next ones after `offset` already
   // decoded (Sequential::decode).
   Tensor forward_at(const Tensor& x, int64_t offset);
@@ -367,7 +376,7 @@ class TransformerBlock final : public Layer {
   TransformerBlock(std::string name, int64_t d_model, int64_t num_heads, int64_t mlp_ratio,
                    double dropout, bool causal, bool remat, uint64_t seed);
   const char* kind() const override { return "TransformerBlock"; }
-  Tensor forward(const Tensor& x, bool training, int64_t step) override;
+  Tensor forward(const Tensor& x, Pass pass) override;
   bool causal() const { return causal_; }
   // Inference on the tokens that follow those whose keys and values `cache` holds: a
   // prompt (empty cache, causal attention among its tokens) or one token at a time
@@ -377,8 +386,8 @@ class TransformerBlock final : public Layer {
  private:
   Dims build_weights(const Dims& input_shape, uint64_t seed) override;
   // cache: null for training and plain inference, else forward_cached's.
-  Tensor block(const Tensor& x, bool training, int64_t step, KVCache* cache);
-  Tensor drop(const Tensor& x, bool training, int64_t step, uint64_t salt) const;
+  Tensor block(const Tensor& x, Pass pass, KVCache* cache);
+  Tensor drop(const Tensor& x, Pass pass, uint64_t salt) const;
   int64_t d_model_, num_heads_, mlp_ratio_;
   double dropout_;
   bool causal_, remat_;
@@ -506,14 +515,6 @@ class QueueSource final : public BatchSource {
   std::function<bool()> interrupted_;
 };
 
-// A forward pass of the model: training (dropout on, batch statistics used and updated)
-// at optimizer step `step`, which keys the dropout masks, or inference.
-struct Pass {
-  bool training = false;
-  int64_t step = 0;
-  static Pass train(int64_t step) { return {true, step}; }
-  static Pass inference() { return {}; }
-};
 
 // What fit does with a loss that is not finite (Keras' TerminateOnNaN: Stop): stop before
 // the update, the weights staying those of the last finite step, or go on.

@@ -97,13 +97,11 @@ class Optimizer {
 
   // Updates, in place, every parameter whose grad is defined; the others are skipped.
   // State is matched to parameters by their position in `params`, so pass the same
-  // list in the same order on every call. skip=true does nothing at all: the step does
-  // not count (iterations and the schedule do not advance), as a loss scaler needs for
-  // a step whose gradients overflowed. shards: the group whose ranks each hold the grads
+  // list in the same order on every call. shards: the group whose ranks each hold the grads
   // of their own parameters only (ZeRO stage 1), over which clipnorm takes the global norm.
   // decay: see DecayMask; a flat piece of a parameter (ZeRO) carries its parameter's choice.
-  void step(const std::vector<Tensor>& params, bool skip = false,
-            dist::Communicator* shards = nullptr, const DecayMask& decay = {});
+  void step(const std::vector<Tensor>& params, dist::Communicator* shards = nullptr,
+            const DecayMask& decay = {});
 
   // Keras' exclude_from_weight_decay: the tensors of var_list, and parameters whose name
   // (Keras' variable path, "dense/bias") contains one of var_names, get no weight decay
