@@ -115,3 +115,8 @@ def test_a_named_test_must_call_check_op(tree):
 def test_a_node_named_by_an_entry_must_exist(tree):
     _edit(tree / "tests/op_checks.py", '"nodes": ["FlipBackward"]', '"nodes": ["FlipBackward", "ReverseBackward"]')
     assert "op flip: backward node ReverseBackward is not defined in cpp/" in registry.check(tree)
+
+
+def test_a_unary_op_without_a_test_row_fails(tree):
+    _edit(tree / "tests/test_elementwise.py", '    "gelu": (ops.gelu,', '    "gelu_renamed": (ops.gelu,')
+    assert "unary op gelu (unary_ops.def) has no row in the UNARY table" in "\n".join(registry.check(tree))

@@ -99,10 +99,47 @@ def load_table(root: Path) -> Dict[str, object]:
     return runpy.run_path(str(root / "tests/op_checks.py"))
 
 
+UNARY_TEST = "test_elementwise.py::test_unary"
+
+
+def unary_functions(root: Path) -> Dict[str, str]:
+    """The st.ops functions the unary table generates (UNARY_FUNCTION rows), each with its
+    UnaryOp name."""
+    table = _code(root / "cpp/include/steepest/unary_ops.def")
+    return dict(re.findall(r"^UNARY_FUNCTION\((\w+),\s*(\w+)", table, re.M))
+
+
+def unary_test_rows(root: Path) -> Set[str]:
+    """The keys of the UNARY table that test_unary runs check_op over."""
+    tree = ast.parse((root / "tests/test_elementwise.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "UNARY" for t in node.targets) \
+                and isinstance(node.value, ast.Dict):
+            return {k.value for k in node.value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+    return set()
+
+
+def with_unary_ops(root: Path, ops: Dict[str, Dict[str, List[str]]], problems: List[str]) -> Dict[str, Dict[str, List[str]]]:
+    """OPS plus an entry for each function of the unary table: its node and test_unary,
+    whose UNARY table must have a row for it. A unary op is thus declared in
+    unary_ops.def and test_elementwise.py only; an OPS entry may add further tests."""
+    merged = {op: {key: list(values) for key, values in entry.items()} for op, entry in ops.items()}
+    rows = unary_test_rows(root)
+    for function, name in unary_functions(root).items():
+        entry = merged.setdefault(function, {"nodes": [], "tests": []})
+        for key, value in (("nodes", f"{name}Backward"), ("tests", UNARY_TEST)):
+            if value not in entry.setdefault(key, []):
+                entry[key].append(value)
+        if function not in rows:
+            problems.append(f"unary op {function} (unary_ops.def) has no row in the UNARY table of "
+                            "tests/test_elementwise.py, which runs its check_op")
+    return merged
+
+
 def check(root: Path) -> List[str]:
     problems: List[str] = []
     table = load_table(root)
-    ops: Dict[str, Dict[str, List[str]]] = table["OPS"]  # type: ignore[assignment]
+    ops = with_unary_ops(root, table["OPS"], problems)  # type: ignore[arg-type]
     not_differentiable: Dict[str, str] = table["NOT_DIFFERENTIABLE"]  # type: ignore[assignment]
     without_cuda: Dict[str, str] = table["KERNELS_WITHOUT_CUDA"]  # type: ignore[assignment]
     nodes_without_op: Dict[str, str] = table["NODES_WITHOUT_OP"]  # type: ignore[assignment]
