@@ -308,7 +308,7 @@ struct Driver {
     }
     for (int64_t s = 0; s < slivers; ++s)
       pack_transposed_as<S>(p.a + (i0 + s * kMr) * p.lda + k0, p.lda,
-                      std::min<int64_t>(kMr, mc - s * kMr), kMr, kc, dst + s * kMr * kc);
+                            std::min<int64_t>(kMr, mc - s * kMr), kMr, kc, dst + s * kMr * kc);
   }
 
   // Slivers [s0, s1) of the depth [k0, k0+kc) × columns [j0, j0+nc) panel of op(B), each
@@ -369,7 +369,8 @@ struct Driver {
     }
     for (int64_t s = s0; s < s1; ++s)
       pack_transposed_as<S>(p.b + (j0 + s * kNr) * p.ldb + k0, p.ldb,
-                      std::min<int64_t>(kNr, nc - s * kNr), kNr, kc, panel + s * kNr * kc);
+                            std::min<int64_t>(kNr, nc - s * kNr), kNr, kc,
+                            panel + s * kNr * kc);
   }
 
   // Threads form a tm × tn grid: tm row blocks of C, tn shares of each B panel's slivers,
