@@ -152,7 +152,9 @@ void init_ops(nb::module_& parent) {
         "Maximum; tied maxima share the gradient evenly.");
 
   m.def("matmul", &ops::matmul, arg("a"), arg("b"), Release(),
-        "Matrix product with NumPy semantics (batched, broadcast batch axes).");
+        "Matrix product with NumPy semantics (batched, broadcast batch axes). A float16/bfloat16 a "
+        "may take a float32 b (a master weight): b is read rounded to a's dtype, without a copy, "
+        "and its gradient is float32.");
   m.def("linear", [](const Tensor& x, const Tensor& w, std::optional<Tensor> b) {
           nb::gil_scoped_release release;
           return ops::linear(x, w, optional_tensor(b));

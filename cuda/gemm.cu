@@ -165,6 +165,12 @@ __global__ void scale_matrices(S* c, int64_t batch, int64_t m, int64_t n, int64_
   }
 }
 
+// dst[i] = src[i] rounded to S: a float32 B read at the 16-bit dtype (GemmArgs::float32_b).
+template <class S>
+__global__ void round_operand(const float* src, S* dst, int64_t n) {
+  STEEPEST_GRID_STRIDE(i, n) { dst[i] = to_storage<S>(src[i]); }
+}
+
 int checked_int(const char* what, int64_t value) {
   if (value > INT_MAX)
     fail("matmul", what, " = ", value, " exceeds cuBLAS's 32-bit limit of ", INT_MAX);
@@ -182,8 +188,9 @@ void gemm(const GemmArgs& a) {
   if (!is_floating(a.dtype))
     fail<TypeError>("matmul", "expected float16, bfloat16, float32 or float64 on the GPU, got ",
                     dtype_name(a.dtype));
+  check_float32_operands(a);
   if (a.k == 0) {
-    dispatch_float_storage("matmul", a.dtype, [&](auto tag) {
+    dispatch_float_storage("matmul", a.float32_c ? DType::Float32 : a.dtype, [&](auto tag) {
       using S = typename decltype(tag)::type;
       using C = typename decltype(tag)::compute;
       scale_matrices<<<blocks_for(a.batch * a.m * a.n), kThreads, 0, guard.stream()>>>(
@@ -202,10 +209,28 @@ void gemm(const GemmArgs& a) {
   cublasStatus_t status;
   if (is_half_float(a.dtype)) {
     // A, B and C in 16 bits, products accumulated in fp32 (alpha and beta are floats).
+    // cuBLAS cannot round a float32 B while it loads it: B's span is rounded into a
+    // temporary that lives for this call only. A float32 C takes the fp32 sums unrounded.
     const float alpha = static_cast<float>(a.alpha), beta = static_cast<float>(a.beta);
     const cudaDataType type = a.dtype == DType::Float16 ? CUDA_R_16F : CUDA_R_16BF;
-    status = c.gemm(handle, op_b, op_a, m, n, k, &alpha, a.b, type, ldb, a.stride_b, a.a, type,
-                    lda, a.stride_a, &beta, a.c, type, ldc, a.stride_c, batch,
+    const void* b = a.b;
+    Tensor rounded_b;
+    if (a.float32_b) {
+      const int64_t span = (a.batch - 1) * a.stride_b +
+                           ((a.trans_b ? a.n : a.k) - 1) * a.ldb + (a.trans_b ? a.k : a.n);
+      rounded_b = Tensor::empty({span}, a.dtype, Device{DeviceType::CUDA, device_of(a.c)});
+      dispatch_float_storage("matmul", a.dtype, [&](auto tag) {
+        using S = typename decltype(tag)::type;
+        if constexpr (!std::is_same_v<S, typename decltype(tag)::compute>)
+          round_operand<<<blocks_for(span), kThreads, 0, guard.stream()>>>(
+              static_cast<const float*>(a.b), static_cast<S*>(rounded_b.data_ptr()), span);
+      });
+      STEEPEST_CUDA_CHECK_LAUNCH();
+      b = rounded_b.data_ptr();
+    }
+    const cudaDataType c_type = a.float32_c ? CUDA_R_32F : type;
+    status = c.gemm(handle, op_b, op_a, m, n, k, &alpha, b, type, ldb, a.stride_b, a.a, type,
+                    lda, a.stride_a, &beta, a.c, c_type, ldc, a.stride_c, batch,
                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   } else if (a.dtype == DType::Float32) {
     const float alpha = static_cast<float>(a.alpha), beta = static_cast<float>(a.beta);

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import steepest as st
-from helpers import check_op
+from helpers import check_op, requires_torch, torch
 from steepest.cli import build_model, main
 
 RTOL = {"float16": 1e-3, "bfloat16": 1.6e-2}
@@ -414,6 +414,155 @@ def test_16_bit_reductions_accumulate_in_float(dtype):
     )
     assert st.ones(4097, dtype=dtype).mean().item() == 1.0
     assert st.full((70000,), 1.0, dtype="float16").sum().item() == np.inf  # past 65504
+
+
+# ------------------------------------------- 16-bit input times a float32 master weight
+# matmul(x16, w32) reads w rounded to x's dtype while the GEMM packs it: the product of
+# matmul(x16, w32.astype(x16.dtype)) bit for bit, without the 16-bit copy of w; the node
+# saves w itself, dX is bit-identical to the composed path's and dW is float32, summed in
+# float32 from the same products (the composed path rounds it to 16 bits first).
+MIXED_SHAPES = [
+    ((37, 70), (70, 45), "N"),
+    ((3, 29, 40), (40, 33), "N"),  # the batch is folded into the rows
+    ((3, 29, 40), (3, 40, 33), "N"),  # batched weights
+    ((300, 530), (530, 70), "N"),  # past one row block and one depth block
+    ((8, 70), (45, 70), "T"),  # a transposed view of the weight
+    ((300, 64), (40, 64), "T"),
+    ((5, 9), (9,), "N"),  # a vector on the right
+]
+
+
+def _mixed_operands(rng, dtype, x_shape, w_shape, layout):
+    x = st.tensor(rng.standard_normal(x_shape).astype(np.float32)).astype(dtype).detach()
+    w_np = rng.standard_normal(w_shape).astype(np.float32)
+    w = st.tensor(w_np).T if layout == "T" else st.tensor(w_np)
+    return x, w.detach()
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, layout", MIXED_SHAPES)
+def test_16_bit_input_times_float32_weight_matches_the_cast(rng, dtype, x_shape, w_shape, layout):
+    x, w = _mixed_operands(rng, dtype, x_shape, w_shape, layout)
+    x.requires_grad = w.requires_grad = True
+    out = st.ops.matmul(x, w)
+    assert out.dtype == dtype
+    x_ref, w_ref = x.detach(), w.detach()
+    x_ref.requires_grad = w_ref.requires_grad = True
+    ref = st.ops.matmul(x_ref, w_ref.astype(dtype))
+    np.testing.assert_array_equal(_as_host_float32(out), _as_host_float32(ref))
+
+    upstream = st.tensor(rng.standard_normal(out.shape).astype(np.float32)).astype(dtype)
+    out.backward(upstream)
+    ref.backward(upstream)
+    np.testing.assert_array_equal(_as_host_float32(x.grad), _as_host_float32(x_ref.grad))
+    assert w.grad.dtype == "float32" and w.grad.shape == w.shape
+    # dW against the exact sum of the same products: float32 summation error only.
+    x64 = _as_host_float32(x).astype(np.float64)
+    g64 = _as_host_float32(upstream).astype(np.float64)
+
+    def xt_g(a, g):
+        if len(w_shape) == 1:
+            return np.einsum("ik,i->k", a, g)
+        if len(w_shape) == 2:
+            return a.reshape(-1, x_shape[-1]).T @ g.reshape(-1, g.shape[-1])
+        return np.swapaxes(a, -1, -2) @ g
+
+    bound = 2e-5 * xt_g(np.abs(x64), np.abs(g64))
+    err = np.abs(w.grad.numpy().astype(np.float64) - xt_g(x64, g64))
+    assert np.all(err <= bound), f"max excess {np.max(err - bound)}"
+    assert_close(w.grad, w_ref.grad, RTOL[dtype], "dW against the composed path")
+
+
+def test_mixed_matmul_saves_the_weight_not_a_16_bit_copy():
+    width, batch = 512, 8
+    x = st.randn((batch, width), seed=1).astype("bfloat16")
+    w = st.randn((width, width), seed=2)
+    w.requires_grad = True
+    st.reset_peak_memory_stats()
+    base = st.memory_stats()["allocated_bytes"]
+    out = st.ops.matmul(x, w)
+    kept = st.memory_stats()["allocated_bytes"] - base
+    assert kept == out.numel() * 2  # the output only: no copy of w exists
+    out.sum().backward()
+    assert w.grad.dtype == "float32"
+    # The backward's temporaries: the float32 gradient and the reduction's ones, never
+    # a 16-bit copy of w nor a 16-bit dW (another width² · 2 bytes each).
+    peak = st.memory_stats()["peak_allocated_bytes"] - base
+    assert peak < w.numel() * 4 + w.numel() * 2
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_mixed_matmul_second_order_through_the_composite(rng, dtype):
+    x, w = _mixed_operands(rng, dtype, (6, 5), (5, 4), "N")
+    x.requires_grad = w.requires_grad = True
+    (gw,) = st.autograd.grad([st.ops.matmul(x, w).sum()], [w], create_graph=True)
+    assert gw.dtype == "float32"
+    (gx,) = st.autograd.grad([(gw * gw).sum()], [x])
+    x_ref, w_ref = x.detach(), w.detach()
+    x_ref.requires_grad = w_ref.requires_grad = True
+    (gw_ref,) = st.autograd.grad([st.ops.matmul(x_ref, w_ref.astype(dtype)).sum()], [w_ref],
+                                 create_graph=True)
+    (gx_ref,) = st.autograd.grad([(gw_ref * gw_ref).sum()], [x_ref])
+    np.testing.assert_array_equal(_as_host_float32(gx), _as_host_float32(gx_ref))
+
+
+def test_mixed_matmul_takes_only_a_float32_right_operand():
+    with pytest.raises(TypeError, match="matmul"):
+        st.ops.matmul(st.ones((2, 2)), st.ones((2, 2), dtype="bfloat16"))
+    with pytest.raises(TypeError, match="matmul"):
+        st.ops.matmul(st.ones((2, 2), dtype="float16"), st.ones((2, 2), dtype="float64"))
+    with pytest.raises(TypeError, match="matmul"):
+        st.ops.matmul(st.ones((2, 2), dtype="float16"), st.ones((2, 2), dtype="bfloat16"))
+
+
+@requires_torch
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_mixed_linear_matches_torch_autocast(rng, dtype):
+    x_np = rng.standard_normal((24, 40)).astype(np.float32)
+    w_np = rng.standard_normal((40, 30)).astype(np.float32)
+    b_np = rng.standard_normal(30).astype(np.float32)
+    g_np = rng.standard_normal((24, 30)).astype(np.float32)
+    x = st.tensor(x_np).astype(dtype).detach()
+    w, b = st.tensor(w_np), st.tensor(b_np)
+    w.requires_grad = b.requires_grad = True
+    out = st.ops.linear(x, w, b.astype(dtype))
+    out.backward(st.tensor(g_np).astype(dtype))
+
+    torch_dtype = getattr(torch, dtype)
+    tx = torch.tensor(_as_host_float32(x)).to(torch_dtype)
+    tw = torch.tensor(w_np.T.copy(), requires_grad=True)
+    tb = torch.tensor(b_np, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch_dtype):
+        tout = torch.nn.functional.linear(tx, tw, tb)
+    assert tout.dtype == torch_dtype
+    tout.backward(torch.tensor(g_np).to(torch_dtype))
+    rtol = RTOL[dtype]
+    assert_close(out, tout.detach().float().numpy(), rtol, "forward against autocast")
+    assert w.grad.dtype == "float32"
+    assert_close(w.grad, tw.grad.numpy().T, rtol, "dW against autocast")
+    assert_close(b.grad, tb.grad.numpy(), rtol, "db against autocast")
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_dense_and_transformer_keep_no_16_bit_weight_copies(policy):
+    st.mixed_precision.set_global_policy(policy)
+    st.manual_seed(0)
+    dense = st.layers.Dense(256)
+    block = st.layers.TransformerBlock(64, 4)
+    x = st.randn((4, 256), seed=1)
+    tokens = st.randn((2, 8, 64), seed=2)
+    dense(x)
+    block(tokens)  # build the weights first
+    for layer, inputs in ((dense, x), (block, tokens)):
+        st.reset_peak_memory_stats()
+        base = st.memory_stats()["allocated_bytes"]
+        out = layer(inputs, training=True)
+        kept = st.memory_stats()["allocated_bytes"] - base
+        matrices = sum(p.numel() for p in layer.trainable_weights if len(p.shape) == 2)
+        # A 16-bit copy of the weight matrices alone would be matrices · 2 bytes.
+        assert kept < matrices * 2, f"{layer}: {kept} bytes kept for backward"
+        out.astype("float32").sum().backward()
+        assert all(p.grad.dtype == "float32" for p in layer.trainable_weights)
 
 
 def test_optimizers_step_float32_master_weights_only():

@@ -115,14 +115,16 @@ class PackBuffer {
 };
 
 // One product C = alpha · op(A) · op(B) + beta · C, computed in T from operands stored
-// as S (T itself, or a 16-bit type widened to T by the packing).
-template <class T, class S = T>
+// as S (T itself, or a 16-bit type widened to T by the packing). B may instead be stored
+// as SB = T holding values of any precision (a float32 master weight) that the packing
+// rounds to S, so the product is the one with B cast to S, without that copy.
+template <class T, class S = T, class SB = S>
 struct Product {
   using Storage = S;
   const S* a;
   int64_t lda;
   bool trans_a;
-  const S* b;
+  const SB* b;
   int64_t ldb;
   bool trans_b;
   T* c;
@@ -141,8 +143,8 @@ Range split(int64_t count, int64_t i, int64_t parts) {
 }
 
 // C = beta · C, with beta == 0 writing zeros (C may hold NaN or garbage).
-template <class T, class S>
-void scale_c(const Product<T, S>& p) {
+template <class T, class S, class SB>
+void scale_c(const Product<T, S, SB>& p) {
   for (int64_t i = 0; i < p.m; ++i) {
     T* row = p.c + i * p.ldc;
     if (p.beta == T(0))
@@ -191,9 +193,10 @@ struct Driver {
   // each sliver of B then feeds too few tiles to repay copying it (measured with the
   // digits MLP's 32-row products; beyond 4·MR rows packing wins on 1024-wide B).
   static constexpr int64_t kDirectRows = 4 * kMr;
-  template <class S>
-  static bool direct_b(const Product<T, S>& p) {
-    return std::is_same_v<S, T> && !kPairs && !p.b_source && !p.trans_b && p.m <= kDirectRows;
+  template <class S, class SB>
+  static bool direct_b(const Product<T, S, SB>& p) {
+    return std::is_same_v<S, T> && std::is_same_v<SB, T> && !kPairs && !p.b_source &&
+           !p.trans_b && p.m <= kDirectRows;
   }
 
   // dst[k·width + i] = src[i·ld + k] for k < kc, i < rows; 0 for rows <= i < width.
@@ -212,35 +215,51 @@ struct Driver {
     }
   }
 
-  // The same from 16-bit rows, widened first into a per-thread scratch of rows × kc.
-  template <class S, class = std::enable_if_t<!std::is_same_v<S, T>>>
-  static void pack_transposed(const S* src, int64_t ld, int64_t rows, int width, int64_t kc,
-                              T* dst) {
-    thread_local PackBuffer<T> scratch;
-    T* widened = scratch.get(static_cast<size_t>(std::max<int64_t>(rows, 1) * kc));
-    for (int64_t i = 0; i < rows; ++i) load_compute(src + i * ld, widened + i * kc, kc);
-    pack_transposed(static_cast<const T*>(widened), kc, rows, width, kc, dst);
+  // n values of an operand stored as Src, in T at the precision of S: widened from 16
+  // bits, or rounded to S when Src is T (Product's SB).
+  template <class S, class Src>
+  static void load_operand(const Src* src, T* dst, int64_t n) {
+    if constexpr (std::is_same_v<Src, T> && !std::is_same_v<S, T>)
+      round_compute<S>(src, dst, n);
+    else
+      load_compute(src, dst, n);
+  }
+
+  // pack_transposed from rows stored as Src and read at the precision of S; unless both
+  // are T, the rows go through a per-thread scratch of rows × kc first (load_operand).
+  template <class S, class Src>
+  static void pack_transposed_as(const Src* src, int64_t ld, int64_t rows, int width,
+                                 int64_t kc, T* dst) {
+    if constexpr (std::is_same_v<S, T> && std::is_same_v<Src, T>) {
+      pack_transposed(src, ld, rows, width, kc, dst);
+    } else {
+      thread_local PackBuffer<T> scratch;
+      T* widened = scratch.get(static_cast<size_t>(std::max<int64_t>(rows, 1) * kc));
+      for (int64_t i = 0; i < rows; ++i) load_operand<S>(src + i * ld, widened + i * kc, kc);
+      pack_transposed(static_cast<const T*>(widened), kc, rows, width, kc, dst);
+    }
   }
 
   // Slivers [s0, s1) of `width` columns each, from a row-major source whose first `cols`
-  // columns are valid (the rest pack as 0): dst[(s·kc + k)·width + i] = src[k·ld + s·width + i].
-  // Rows of the source are read in order, which the hardware prefetcher follows.
-  template <int width, class S>
-  static void pack_copied(const S* src, int64_t ld, int64_t cols, int64_t s0, int64_t s1,
+  // columns are valid (the rest pack as 0): dst[(s·kc + k)·width + i] = src[k·ld + s·width + i],
+  // read at the precision of S (load_operand). Rows of the source are read in order, which
+  // the hardware prefetcher follows.
+  template <int width, class S, class Src>
+  static void pack_copied(const Src* src, int64_t ld, int64_t cols, int64_t s0, int64_t s1,
                           int64_t kc, T* dst) {
     for (int64_t k = 0; k < kc; ++k, src += ld) {
       for (int64_t s = s0; s < s1; ++s) {
         T* d = dst + (s * kc + k) * width;
-        const S* row = src + s * width;
+        const Src* row = src + s * width;
         const int64_t valid = std::min<int64_t>(width, cols - s * width);
-        if constexpr (std::is_same_v<S, T>) {
+        if constexpr (std::is_same_v<S, T> && std::is_same_v<Src, T>) {
           if (valid == width) {
             for (int i = 0; i < width; ++i) d[i] = row[i];
             continue;
           }
           for (int64_t i = 0; i < valid; ++i) d[i] = row[i];
         } else {
-          load_compute(row, d, valid);
+          load_operand<S>(row, d, valid);
         }
         for (int64_t i = valid; i < width; ++i) d[i] = T(0);
       }
@@ -248,8 +267,8 @@ struct Driver {
   }
 
   // Rows [i0, i0+mc) × depth [k0, k0+kc) of op(A) as MR-row slivers, k-major.
-  template <class S>
-  static void pack_a(const Product<T, S>& p, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
+  template <class S, class SB>
+  static void pack_a(const Product<T, S, SB>& p, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
                      Packed* dst) {
     const int64_t slivers = (mc + kMr - 1) / kMr;
     if constexpr (kPairs) {
@@ -279,23 +298,23 @@ struct Driver {
     }
   }
 
-  template <class S>
-  static void pack_a_widened(const Product<T, S>& p, int64_t i0, int64_t mc, int64_t k0,
+  template <class S, class SB>
+  static void pack_a_widened(const Product<T, S, SB>& p, int64_t i0, int64_t mc, int64_t k0,
                              int64_t kc, int64_t slivers, T* dst) {
     // op(A)(i, k) is A(k, i) when transposed: each step of k is then a row of A.
     if (p.trans_a) {
-      pack_copied<kMr>(p.a + k0 * p.lda + i0, p.lda, mc, 0, slivers, kc, dst);
+      pack_copied<kMr, S>(p.a + k0 * p.lda + i0, p.lda, mc, 0, slivers, kc, dst);
       return;
     }
     for (int64_t s = 0; s < slivers; ++s)
-      pack_transposed(p.a + (i0 + s * kMr) * p.lda + k0, p.lda,
-                      std::min<int64_t>(kMr, mc - s * kMr), kMr, kc, dst + s * kMr * kc);
+      pack_transposed_as<S>(p.a + (i0 + s * kMr) * p.lda + k0, p.lda,
+                            std::min<int64_t>(kMr, mc - s * kMr), kMr, kc, dst + s * kMr * kc);
   }
 
   // Slivers [s0, s1) of the depth [k0, k0+kc) × columns [j0, j0+nc) panel of op(B), each
   // NR columns wide, k-major.
-  template <class S>
-  static void pack_b(const Product<T, S>& p, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
+  template <class S, class SB>
+  static void pack_b(const Product<T, S, SB>& p, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
                      int64_t s0, int64_t s1, Packed* panel) {
     if constexpr (kPairs) {
       const int64_t depth = packed_depth(kc);
@@ -312,7 +331,7 @@ struct Driver {
         }
         const uint16_t* b = nullptr;
         int64_t ldb = p.ldb;
-        if constexpr (std::is_same_v<S, float>) {
+        if constexpr (std::is_same_v<SB, float>) {
           b = p.trans_b ? narrowed(p.b + j * p.ldb + k0, p.ldb, cols, kNr, kc, kc)
                         : narrowed(p.b + k0 * p.ldb + j, p.ldb, kc, kc, cols, kNr);
           ldb = p.trans_b ? kc : kNr;
@@ -333,8 +352,8 @@ struct Driver {
     }
   }
 
-  template <class S>
-  static void pack_b_widened(const Product<T, S>& p, int64_t k0, int64_t kc, int64_t j0,
+  template <class S, class SB>
+  static void pack_b_widened(const Product<T, S, SB>& p, int64_t k0, int64_t kc, int64_t j0,
                              int64_t nc, int64_t s0, int64_t s1, T* panel) {
     if constexpr (std::is_same_v<S, T>) {
       if (p.b_source) {
@@ -345,12 +364,13 @@ struct Driver {
       }
     }
     if (!p.trans_b) {
-      pack_copied<kNr>(p.b + k0 * p.ldb + j0, p.ldb, nc, s0, s1, kc, panel);
+      pack_copied<kNr, S>(p.b + k0 * p.ldb + j0, p.ldb, nc, s0, s1, kc, panel);
       return;
     }
     for (int64_t s = s0; s < s1; ++s)
-      pack_transposed(p.b + (j0 + s * kNr) * p.ldb + k0, p.ldb,
-                      std::min<int64_t>(kNr, nc - s * kNr), kNr, kc, panel + s * kNr * kc);
+      pack_transposed_as<S>(p.b + (j0 + s * kNr) * p.ldb + k0, p.ldb,
+                            std::min<int64_t>(kNr, nc - s * kNr), kNr, kc,
+                            panel + s * kNr * kc);
   }
 
   // Threads form a tm × tn grid: tm row blocks of C, tn shares of each B panel's slivers,
@@ -382,8 +402,8 @@ struct Driver {
   // of its B slivers just before the tiles that use it, so a sliver goes from packing to
   // the kernel through L1/L2 instead of through a KC×NC panel in memory, and threads
   // never wait for each other. A row-major B with few rows of C is not packed at all.
-  template <class S>
-  static void run_streamed(const Product<T, S>& p, int t, int threads) {
+  template <class S, class SB>
+  static void run_streamed(const Product<T, S, SB>& p, int t, int threads) {
     thread_local PackBuffer<Packed> a_buffer, b_buffer;
     const int64_t max_depth = packed_depth(std::min<int64_t>(Blocking::kKc, p.k));
     Packed* ap = a_buffer.get(static_cast<size_t>(Blocking::kMc * max_depth));
@@ -400,7 +420,7 @@ struct Driver {
         const Packed* b = bp;
         int64_t ldb = kNr;
         bool in_place = false;
-        if constexpr (std::is_same_v<S, T> && !kPairs) {
+        if constexpr (std::is_same_v<S, T> && std::is_same_v<SB, T> && !kPairs) {
           if (direct && cols == kNr) {
             b = p.b + pc * p.ldb + j;
             ldb = p.ldb;
@@ -419,8 +439,8 @@ struct Driver {
   // threads together) and each MC block of its rows, the tiles of its column slivers.
   // panels[0..1] alternate between consecutive panels so that one barrier per panel
   // keeps packing and compute apart.
-  template <class S>
-  static void run_panels(const Product<T, S>& p, int t, int threads, int tm,
+  template <class S, class SB>
+  static void run_panels(const Product<T, S, SB>& p, int t, int threads, int tm,
                          Packed* const panels[2]) {
     thread_local PackBuffer<Packed> a_buffer;
     const int tn = threads / tm;
@@ -479,8 +499,8 @@ struct Driver {
     }
   }
 
-  template <class S>
-  static void product(const Product<T, S>& p, int threads) {
+  template <class S, class SB>
+  static void product(const Product<T, S, SB>& p, int threads) {
     if (p.m == 0 || p.n == 0) return;
     if (p.k == 0 || p.alpha == T(0)) {
       scale_c(p);
@@ -519,35 +539,38 @@ int threads_for(double work) {
 }
 
 // The batch of products, each on `threads` threads or, when products are too small to
-// split, one per thread. With 16-bit storage each running product accumulates C in its
-// own float block (allocated here, so memory_stats sees it) and rounds it into C once.
-template <class T, class S, class D>
+// split, one per thread; A is stored as S, B as SB (Product) and C as SC. With a 16-bit C
+// each running product accumulates in its own float block (allocated here, so
+// memory_stats sees it) and rounds it into C once.
+template <class T, class S, class SB, class SC, class D>
 void gemm_batched(D, const GemmArgs& g) {
   const S* a = static_cast<const S*>(g.a);
-  const S* b = static_cast<const S*>(g.b);
-  S* c = static_cast<S*>(g.c);
+  const SB* b = static_cast<const SB*>(g.b);
+  SC* c = static_cast<SC*>(g.c);
   const T alpha = static_cast<T>(g.alpha), beta = static_cast<T>(g.beta);
   const double work = double(g.m) * double(g.n) * double(g.k);
   const int per_product = threads_for(work);
   const int over_batch = std::min<int64_t>(threads_for(work * double(g.batch)), g.batch);
   const bool split_batch = g.batch > 1 && over_batch > per_product;
-  constexpr bool kWidens = !std::is_same_v<S, T>;
+  constexpr bool kWidens = !std::is_same_v<SC, T>;
   Tensor blocks;
   if constexpr (kWidens)
     blocks = Tensor::empty({split_batch ? over_batch : 1, g.m, g.n}, DTypeOf<T>::value, Device{});
   auto run = [&](int64_t i, int slot, int threads) {
-    S* ci = c + i * g.stride_c;
+    SC* ci = c + i * g.stride_c;
     if constexpr (kWidens) {
       T* block = static_cast<T*>(blocks.data_ptr()) + slot * g.m * g.n;
       if (beta != T(0))
         for (int64_t r = 0; r < g.m; ++r) load_compute(ci + r * g.ldc, block + r * g.n, g.n);
-      D::product(Product<T, S>{a + i * g.stride_a, g.lda, g.trans_a, b + i * g.stride_b, g.ldb,
-                               g.trans_b, block, g.n, g.m, g.n, g.k, alpha, beta, nullptr},
+      D::product(Product<T, S, SB>{a + i * g.stride_a, g.lda, g.trans_a, b + i * g.stride_b,
+                                   g.ldb, g.trans_b, block, g.n, g.m, g.n, g.k, alpha, beta,
+                                   nullptr},
                  threads);
       for (int64_t r = 0; r < g.m; ++r) store_compute(block + r * g.n, ci + r * g.ldc, g.n);
     } else {
-      D::product(Product<T>{a + i * g.stride_a, g.lda, g.trans_a, b + i * g.stride_b, g.ldb,
-                            g.trans_b, ci, g.ldc, g.m, g.n, g.k, alpha, beta, nullptr},
+      D::product(Product<T, S, SB>{a + i * g.stride_a, g.lda, g.trans_a, b + i * g.stride_b,
+                                   g.ldb, g.trans_b, ci, g.ldc, g.m, g.n, g.k, alpha, beta,
+                                   nullptr},
                  threads);
     }
   };
@@ -598,11 +621,23 @@ void gemm_from_source(const GemmArgs& g, const GemmSource<T>& b) {
 }  // namespace
 
 void gemm(const GemmArgs& args) {
+  check_float32_operands(args);
   dispatch_float_storage("matmul", args.dtype, [&](auto tag) {
     using S = typename decltype(tag)::type;
     using T = typename decltype(tag)::compute;
-    with_driver<T, S>([&](auto driver) { gemm_batched<T, S>(driver, args); },
-                      args.bf16_products);
+    with_driver<T, S>(
+        [&](auto driver) {
+          if constexpr (std::is_same_v<S, T>) {
+            gemm_batched<T, S, S, S>(driver, args);
+          } else if (args.float32_b) {
+            gemm_batched<T, S, float, S>(driver, args);
+          } else if (args.float32_c) {
+            gemm_batched<T, S, S, float>(driver, args);
+          } else {
+            gemm_batched<T, S, S, S>(driver, args);
+          }
+        },
+        args.bf16_products);
   });
 }
 

@@ -83,6 +83,25 @@ inline void store_compute(const C* src, S* dst, int64_t n) {
   }
 }
 
+// The n values rounded to S and widened back (dst may be src): what a cast to S and back
+// gives, without the 16-bit copy (a float32 master weight read at the compute dtype).
+template <class S, class C>
+inline void round_compute(const C* src, C* dst, int64_t n) {
+  if constexpr (std::is_same_v<S, Half>) {
+    int64_t i = 0;
+#if STEEPEST_ISA_F16C
+    for (; i + 8 <= n; i += 8)
+      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(src + i),
+                                                                _MM_FROUND_TO_NEAREST_INT)));
+#endif
+    for (; i < n; ++i) dst[i] = half_bits_to_float(float_to_half_bits(src[i]));
+  } else if constexpr (std::is_same_v<S, BFloat16>) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = bfloat16_bits_to_float(float_to_bfloat16_bits(src[i]));
+  } else {
+    std::copy(src, src + n, dst);
+  }
+}
+
 // One contiguous row in the compute type: the row itself when storage and compute types
 // agree, else a converted copy in a buffer the caller keeps per thread.
 template <class S, class C>

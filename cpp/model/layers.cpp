@@ -124,6 +124,10 @@ Tensor Layer::cast(const Tensor& t) const {
   return ops::astype(t, compute_dtype_);
 }
 
+Tensor Layer::product_weight(const Tensor& w) const {
+  return is_half_float(compute_dtype_) && w.dtype() == DType::Float32 ? w : cast(w);
+}
+
 Tensor Layer::add_weight(const std::string& name, const Dims& shape, const std::string& initializer,
                          int64_t fan_in, int64_t fan_out, uint64_t seed) {
   if (plan_ != nullptr) {
@@ -182,7 +186,8 @@ Dims Dense::build_weights(const Dims& input_shape, uint64_t seed) {
 // The seed's linear layer, Y = X·W + b.
 Tensor Dense::forward_pre_activation(const Tensor& x, Pass pass) {
   const Tensor input = cast(x);
-  Tensor y = ops::linear(input, cast(weights_[0].second), use_bias_ ? cast(weights_[1].second) : Tensor());
+  Tensor y = ops::linear(input, product_weight(weights_[0].second),
+                         use_bias_ ? cast(weights_[1].second) : Tensor());
   if (!kfac_ || !pass.training || !grad_enabled()) return y;
   {
     NoGradGuard no_grad;

@@ -82,9 +82,10 @@ Tensor TransformerBlock::drop(const Tensor& x, Pass pass, uint64_t salt) const {
 Tensor TransformerBlock::block(const Tensor& x, Pass pass, KVCache* cache) {
   // Cast inside the block, so that a checkpointed block recomputes the casts too.
   auto w = [&](int i) { return cast(weights_[static_cast<size_t>(i)].second); };
+  auto mw = [&](int i) { return product_weight(weights_[static_cast<size_t>(i)].second); };
   const int64_t b = x.shape()[0], t = x.shape()[1], d = d_model_, h = num_heads_;
   // Multi-head self-attention: (B,T,3d) -> q, k, v of (B,H,T,d/H).
-  Tensor qkv = ops::linear(ops::layer_norm(x, w(0), w(1), 1e-5), w(2), w(3));
+  Tensor qkv = ops::linear(ops::layer_norm(x, w(0), w(1), 1e-5), mw(2), w(3));
   Tensor heads = ops::permute(ops::reshape(qkv, {b, t, 3, h, d / h}), {2, 0, 3, 1, 4});
   Tensor keys = ops::select(heads, 0, 1), values = ops::select(heads, 0, 2);
   bool causal = causal_;
@@ -103,10 +104,10 @@ Tensor TransformerBlock::block(const Tensor& x, Pass pass, KVCache* cache) {
   }
   Tensor attended = ops::scaled_dot_product_attention(ops::select(heads, 0, 0), keys, values, causal);
   Tensor merged = ops::reshape(ops::permute(attended, {0, 2, 1, 3}), {b, t, d});
-  Tensor x1 = ops::add(x, drop(ops::linear(merged, w(4), w(5)), pass, 1));
+  Tensor x1 = ops::add(x, drop(ops::linear(merged, mw(4), w(5)), pass, 1));
   // GELU MLP.
-  Tensor hidden = ops::gelu(ops::linear(ops::layer_norm(x1, w(6), w(7), 1e-5), w(8), w(9)));
-  return ops::add(x1, drop(ops::linear(hidden, w(10), w(11)), pass, 2));
+  Tensor hidden = ops::gelu(ops::linear(ops::layer_norm(x1, w(6), w(7), 1e-5), mw(8), w(9)));
+  return ops::add(x1, drop(ops::linear(hidden, mw(10), w(11)), pass, 2));
 }
 
 Tensor TransformerBlock::forward(const Tensor& x, Pass pass) {

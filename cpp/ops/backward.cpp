@@ -167,16 +167,25 @@ void MaxBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
 // seed: 矩阵乘法 — Y = X·W gives dL/dW = Xᵀ·G and dL/dX = G·Wᵀ. Transposes are views,
 // so the GEMM reads them with transpose flags instead of copying. Broadcast batch
 // axes are summed away.
+// seed: dX = G·Wᵀ, dW = Xᵀ·G. A float32 W with a 16-bit X (mixed precision) is rounded
+// again while dX's GEMM packs it, and dW = Xᵀ·G is summed in float32 and written as
+// float32 (no 16-bit dW and no widening pass); with create_graph, dW is the composite
+// astype(Xᵀ·G), which rounds once more.
 void MatmulBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   if (next[0]) out[0] = sum_to(matmul(g, transpose(b, -1, -2)), a.shape());
-  if (next[1]) {
-    if (b.ndim() == 2 && a.ndim() > 2) {
-      // All rows of a batched X share one W: fold the batch into the rows.
-      int64_t k = a.shape().back(), n = g.shape().back();
-      out[1] = matmul(transpose(reshape(a, {-1, k}), 0, 1), reshape(g, {-1, n}));
-    } else {
-      out[1] = sum_to(matmul(transpose(a, -1, -2), g), b.shape());
-    }
+  if (!next[1]) return;
+  const bool mixed = b.dtype() != a.dtype();
+  auto product = [&](const Tensor& x, const Tensor& y) {
+    if (!mixed) return matmul(x, y);
+    if (grad_enabled()) return astype(matmul(x, y), b.dtype());
+    return detail::gemm_product(x, y, b.dtype());
+  };
+  if (b.ndim() == 2 && a.ndim() > 2) {
+    // All rows of a batched X share one W: fold the batch into the rows.
+    int64_t k = a.shape().back(), n = g.shape().back();
+    out[1] = product(transpose(reshape(a, {-1, k}), 0, 1), reshape(g, {-1, n}));
+  } else {
+    out[1] = sum_to(product(transpose(a, -1, -2), g), b.shape());
   }
 }
 

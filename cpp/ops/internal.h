@@ -21,6 +21,10 @@ void check_defined(const char* op, const Tensor& t, const char* role);
 Operand operand_kind(const Tensor& t);
 DType result_type(const Tensor& a, const Tensor& b);
 
+// matmul's GEMM without autograd (linalg.cpp): out_dtype is a's, or float32 for 16-bit
+// operands; b may be float32 with a 16-bit a (read rounded to a's dtype).
+Tensor gemm_product(const Tensor& a, const Tensor& b, DType out_dtype);
+
 // Kernel calls without autograd; binary_raw broadcasts.
 Tensor unary_raw(UnaryOp op, const Tensor& x, double scalar = 0.0);
 Tensor binary_raw(BinaryOp op, const Tensor& a, const Tensor& b, double scalar = 0.0,

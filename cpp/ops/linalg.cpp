@@ -55,8 +55,12 @@ bool batch_stride(const Tensor& t, int64_t& stride) {
   return true;
 }
 
-// The product of a and b (no graph node): one strided batched GEMM.
-Tensor gemm_product(const Tensor& a, const Tensor& b) {
+}  // namespace
+
+// The product of a and b (no graph node): one strided batched GEMM. A float32 b with a
+// 16-bit a is read rounded to a's dtype (GemmArgs::float32_b); out_dtype is a's dtype or,
+// for 16-bit operands, float32 (GemmArgs::float32_c).
+Tensor detail::gemm_product(const Tensor& a, const Tensor& b, DType out_dtype) {
   int64_t m = a.shape()[a.ndim() - 2], k = a.shape().back(), n = b.shape().back();
   Dims batch_a(a.shape().begin(), a.shape().end() - 2);
   Dims batch_b(b.shape().begin(), b.shape().end() - 2);
@@ -73,11 +77,13 @@ Tensor gemm_product(const Tensor& a, const Tensor& b) {
   Dims out_shape = batch;
   out_shape.push_back(m);
   out_shape.push_back(n);
-  Tensor out = Tensor::empty(out_shape, a.dtype(), a.device());
+  Tensor out = Tensor::empty(out_shape, out_dtype, a.device());
 
   Tensor av = a.detach(), bv = b.detach();
   GemmArgs args;
   args.dtype = a.dtype();
+  args.float32_b = b.dtype() != a.dtype();
+  args.float32_c = out_dtype != a.dtype();
   args.m = m;
   args.n = n;
   args.k = k;
@@ -131,11 +137,15 @@ Tensor gemm_product(const Tensor& a, const Tensor& b) {
   return out;
 }
 
+namespace {
+
 // The seed's mixed precision (混合精度训练): float16/bfloat16 operands go to the GEMM as
 // they are; it accumulates in float32 and rounds the result once, as a tensor-core GEMM
 // does. The node saves the 16-bit operands, so the memory kept for backward is halved.
+// A float32 b (a master weight) is rounded while the GEMM packs it, so the node saves
+// the parameter itself rather than a 16-bit copy of it.
 Tensor matmul_nd(const Tensor& a, const Tensor& b) {
-  Tensor out = gemm_product(a.detach(), b.detach());
+  Tensor out = detail::gemm_product(a.detach(), b.detach(), a.dtype());
   record<MatmulBackward>(out, {&a, &b}, a, b);
   return out;
 }
@@ -145,7 +155,8 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b) {
 Tensor matmul(const Tensor& a, const Tensor& b) {
   STEEPEST_PROFILE_OP("matmul");
   detail::check_float("matmul", a, "left operand");
-  detail::check_same_dtype("matmul", a, b);
+  if (!is_half_float(a.dtype()) || b.dtype() != DType::Float32)
+    detail::check_same_dtype("matmul", a, b);
   detail::check_same_device("matmul", a, b);
   if (a.ndim() == 0 || b.ndim() == 0)
     fail("matmul", "operands must have at least one dimension, got shapes ", a.shape(), " and ",

@@ -42,7 +42,18 @@ struct GemmArgs {
   // from their bfloat16 form, which is exact, with float32 sums (cuBLAS's
   // CUBLAS_COMPUTE_32F_FAST_16BF). Set for the GEMMs of a bfloat16 convolution.
   bool bf16_products = false;
+  // With a 16-bit dtype (the mixed precision of a float32 master weight): B holds float32
+  // values that the product reads rounded to dtype (as a cast would round them), or C
+  // is float32 and receives the float32 sums unrounded. At most one of the two.
+  bool float32_b = false, float32_c = false;
 };
+
+// The float32 operands GemmArgs allows, checked by both backends.
+inline void check_float32_operands(const GemmArgs& g) {
+  if ((g.float32_b || g.float32_c) && (!is_half_float(g.dtype) || (g.float32_b && g.float32_c)))
+    fail<StateError>("matmul", "a float32 B or C needs 16-bit operands otherwise, got ",
+                     dtype_name(g.dtype), g.float32_b && g.float32_c ? " with both" : "");
+}
 
 // Geometry shared by convolution and pooling (NCHW). The zero padding may differ on the
 // two sides of an axis (TF/Keras "same" puts the odd pixel after); kernels index from the

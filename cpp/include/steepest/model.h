@@ -98,6 +98,10 @@ class Layer {
   // differentiable, so a weight's gradient comes back through the cast and reaches the
   // float32 master weight in float32.
   Tensor cast(const Tensor& t) const;
+  // A weight as the right operand of a matrix product: a float32 master weight stays
+  // float32 under a 16-bit compute dtype, since matmul reads it rounded to the input's
+  // dtype (no 16-bit copy is made or saved, and its gradient is summed in float32).
+  Tensor product_weight(const Tensor& w) const;
   // A new trainable weight drawn from a Keras initializer; while planning, only its
   // shape is recorded and the result is undefined.
   Tensor add_weight(const std::string& name, const Dims& shape, const std::string& initializer,

@@ -53,7 +53,9 @@ Tensor max(const Tensor& x, const Axes& axes = std::nullopt, bool keepdims = fal
 // Sums x down to `shape` (the backward of broadcasting, the seed's bias derivation).
 Tensor sum_to(const Tensor& x, const Dims& shape);
 
-// Linear algebra.
+// Linear algebra. matmul also takes a float16/bfloat16 a with a float32 b (a master
+// weight): b is read rounded to a's dtype, the result has a's dtype (bit-identical to
+// matmul(a, astype(b, a.dtype))) and b's gradient is float32, summed in float32.
 Tensor matmul(const Tensor& a, const Tensor& b);
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 
