@@ -318,6 +318,27 @@ void init_ops(nb::module_& parent) {
         },
         arg("x"), arg("weight").none() = nb::none(), arg("bias").none() = nb::none(), arg("eps") = 1e-5,
         "Normalises over the last axis, then scales by weight and shifts by bias.");
+  m.def("bias_gelu", &ops::bias_gelu, arg("x"), arg("bias"),
+        "gelu(x + bias) in one pass, the bias over the last axis; its backward is one pass "
+        "too (the bias gradient summed on the way). For a projection computed without bias.");
+  m.def("bias_residual",
+        [](const Tensor& x, const Tensor& y, std::optional<Tensor> bias) {
+          return ops::bias_residual(x, y, optional_tensor(bias));
+        },
+        arg("x"), arg("y"), arg("bias").none() = nb::none(),
+        "x + y + bias in one pass: a residual x, a branch y of x's shape and the branch's bias "
+        "over the last axis.");
+  m.def("add_layer_norm",
+        [](const Tensor& x, const Tensor& y, std::optional<Tensor> bias, std::optional<Tensor> w,
+           std::optional<Tensor> b, double eps) {
+          return ops::add_layer_norm(x, y, optional_tensor(bias), optional_tensor(w),
+                                     optional_tensor(b), eps);
+        },
+        arg("x"), arg("y"), arg("bias").none() = nb::none(), arg("weight").none() = nb::none(),
+        arg("ln_bias").none() = nb::none(), arg("eps") = 1e-5,
+        "(s, layer_norm(s, weight, ln_bias, eps)) with s = x + y + bias, in one pass over each "
+        "row: the residual sum a pre-LN Transformer block carries on, and the normalised input "
+        "of its next sub-layer.");
   m.def("batch_norm",
         [](const Tensor& x, std::optional<Tensor> running_mean, std::optional<Tensor> running_var,
            std::optional<Tensor> w, std::optional<Tensor> b, bool training, double momentum,

@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "steepest/elementwise_rules.h"
 
 namespace steepest::cuda {
 namespace {
@@ -156,16 +157,11 @@ __global__ void cross_entropy_prob_backward(const S* z, const S* y, const comput
 
 // ------------------------------------------------------------------- layer norm
 
-// mean and rstd are C: the row statistics stay in float for 16-bit x.
-template <bool kWarp, class S>
-__global__ void layer_norm_rows(const S* x, const S* w, const S* b, compute_t<S> eps, S* y,
-                                compute_t<S>* mean, compute_t<S>* rstd, int64_t rows,
-                                int64_t cols) {
-  using C = compute_t<S>;
-  const int64_t row = STEEPEST_ROW_INDEX();
-  if (row >= rows) return;
-  const S* xr = x + row * cols;
-  S* yr = y + row * cols;
+// One row of layer norm, by the row's threads; w and b may be null. mean and rstd are C:
+// the row statistics stay in float for 16-bit x.
+template <bool kWarp, class S, class C = compute_t<S>>
+__device__ void normalize_row(const S* xr, const S* w, const S* b, C eps, S* yr, C* mean,
+                              C* rstd, int64_t row, int64_t cols) {
   C mu = 0;
   for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) mu += to_compute(xr[i]);
   mu = row_reduce<kWarp>(mu, SumOp{}, C(0)) / static_cast<C>(cols);
@@ -186,6 +182,69 @@ __global__ void layer_norm_rows(const S* x, const S* w, const S* b, compute_t<S>
     if (b) v += to_compute(b[i]);
     yr[i] = to_storage<S>(v);
   }
+}
+
+template <bool kWarp, class S>
+__global__ void layer_norm_rows(const S* x, const S* w, const S* b, compute_t<S> eps, S* y,
+                                compute_t<S>* mean, compute_t<S>* rstd, int64_t rows,
+                                int64_t cols) {
+  const int64_t row = STEEPEST_ROW_INDEX();
+  if (row >= rows) return;
+  normalize_row<kWarp>(x + row * cols, w, b, eps, y + row * cols, mean, rstd, row, cols);
+}
+
+// sum = x + y + bias, then (out given) layer norm of the stored sum. Each thread reads back
+// only the elements it wrote itself, so no barrier is needed between the two.
+template <bool kWarp, class S>
+__global__ void add_layer_norm_rows(const S* x, const S* y, const S* bias, const S* w,
+                                    const S* b, compute_t<S> eps, S* sum, S* out,
+                                    compute_t<S>* mean, compute_t<S>* rstd, int64_t rows,
+                                    int64_t cols) {
+  using C = compute_t<S>;
+  const int64_t row = STEEPEST_ROW_INDEX();
+  if (row >= rows) return;
+  S* sr = sum + row * cols;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    C v = to_compute(x[row * cols + i]) + to_compute(y[row * cols + i]);
+    if (bias) v += to_compute(bias[i]);
+    sr[i] = to_storage<S>(v);
+  }
+  if (out) normalize_row<kWarp>(sr, w, b, eps, out + row * cols, mean, rstd, row, cols);
+}
+
+// ------------------------------------------------------------------- bias + GELU
+
+template <class S>
+__global__ void bias_gelu_kernel(const S* x, const S* bias, S* out, int64_t n, int64_t cols) {
+  using C = compute_t<S>;
+  const elementwise::Gelu<elementwise::Math> gelu;
+  STEEPEST_GRID_STRIDE(e, n) {
+    out[e] = to_storage<S>(gelu(to_compute(x[e]) + to_compute(bias[e % cols]), C(0)));
+  }
+}
+
+template <class S>
+__global__ void bias_gelu_backward_kernel(const S* g, const S* x, const S* bias, S* gx,
+                                          int64_t n, int64_t cols) {
+  using C = compute_t<S>;
+  const elementwise::GeluGrad<elementwise::Math> gelu_grad;
+  STEEPEST_GRID_STRIDE(e, n) {
+    gx[e] = to_storage<S>(
+        gelu_grad(to_compute(g[e]), to_compute(x[e]) + to_compute(bias[e % cols]), C(0)));
+  }
+}
+
+// out[c] = Σ_rows a[r, c]: a thread per column, the rows split over threadIdx.y.
+template <class S>
+__global__ void column_sums(const S* a, S* out, int64_t rows, int64_t cols) {
+  using C = compute_t<S>;
+  __shared__ C shared[kThreads];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  C acc = 0;
+  if (c < cols)
+    for (int64_t r = threadIdx.y; r < rows; r += blockDim.y) acc += to_compute(a[r * cols + c]);
+  acc = column_combine(acc, shared, SumOp{});
+  if (threadIdx.y == 0 && c < cols) out[c] = to_storage<S>(acc);
 }
 
 // dx = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)) with x̂ = (x − μ)·rstd and ĝ = G ⊙ w.
@@ -483,6 +542,56 @@ void layer_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& we
           grad_bias ? grad_bias->data<S>() : nullptr, rows, cols);
       STEEPEST_CUDA_CHECK_LAUNCH();
     }
+  });
+}
+
+void bias_gelu_forward(const Tensor& x, const Tensor& bias, Tensor& out) {
+  const int64_t n = x.numel(), cols = x.shape().back();
+  if (n == 0) return;
+  DeviceGuard guard(x.device());
+  dispatch_float_storage("bias_gelu", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    bias_gelu_kernel<<<blocks_for(n), kThreads, 0, guard.stream()>>>(
+        x.data<S>(), bias.data<S>(), out.data<S>(), n, cols);
+    STEEPEST_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void bias_gelu_backward(const Tensor& grad_out, const Tensor& x, const Tensor& bias,
+                        Tensor& grad_x, Tensor* grad_bias) {
+  const int64_t n = x.numel(), cols = x.shape().back(), rows = rows_of(x);
+  DeviceGuard guard(x.device());
+  dispatch_float_storage("bias_gelu", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    if (n > 0) {
+      bias_gelu_backward_kernel<<<blocks_for(n), kThreads, 0, guard.stream()>>>(
+          grad_out.data<S>(), x.data<S>(), bias.data<S>(), grad_x.data<S>(), n, cols);
+      STEEPEST_CUDA_CHECK_LAUNCH();
+    }
+    if (grad_bias && cols > 0) {
+      const auto tiles = static_cast<unsigned>((cols + kColumnTile - 1) / kColumnTile);
+      column_sums<<<tiles, dim3(kColumnTile, kColumnSplit), 0, guard.stream()>>>(
+          grad_x.data<S>(), grad_bias->data<S>(), rows, cols);
+      STEEPEST_CUDA_CHECK_LAUNCH();
+    }
+  });
+}
+
+void add_layer_norm_forward(const Tensor& x, const Tensor& y, const Tensor& bias,
+                            const Tensor& weight, const Tensor& ln_bias, double eps,
+                            Tensor& sum, Tensor* out, Tensor* mean, Tensor* rstd) {
+  const int64_t rows = rows_of(x), cols = x.shape().back();
+  if (rows == 0) return;
+  DeviceGuard guard(x.device());
+  dispatch_float_storage("add_layer_norm", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    auto data = [](const Tensor& t) { return t.defined() ? t.data<S>() : nullptr; };
+    launch_rows(guard.stream(), rows, cols, add_layer_norm_rows<true, S>,
+                add_layer_norm_rows<false, S>, x.data<S>(), y.data<S>(), data(bias),
+                data(weight), data(ln_bias), static_cast<C>(eps), sum.data<S>(),
+                out ? out->data<S>() : nullptr, mean ? mean->data<C>() : nullptr,
+                rstd ? rstd->data<C>() : nullptr, rows, cols);
   });
 }
 

@@ -115,6 +115,13 @@ OPS = {
                              "test_layers_extra.py::test_global_average_pooling"]},
     "max_pool1d": {"nodes": ["MaxPool2dBackward"], "tests": ["test_conv_options.py::test_pool1d"]},
     "avg_pool1d": {"nodes": ["AvgPool2dBackward"], "tests": ["test_conv_options.py::test_pool1d"]},
+    # Fused Transformer pieces (cpp/ops/fused.cpp).
+    "bias_gelu": {"nodes": ["BiasGeluBackward"],
+                  "tests": ["test_fused_ops.py::test_bias_gelu"]},
+    "bias_residual": {"nodes": ["ResidualAddBackward"], "tests": ["test_fused_ops.py::test_bias_residual"]},
+    "add_layer_norm": {"nodes": ["ResidualAddBackward", "LayerNormBackward"],
+                       "tests": ["test_fused_ops.py::test_add_layer_norm",
+                                 "test_fused_ops.py::test_add_layer_norm_optional_parameters"]},
     "layer_norm": {"nodes": ["LayerNormBackward"],
                    "tests": ["test_nn_ops.py::test_layer_norm", "test_nn_ops.py::test_layer_norm_without_some_parameters",
                              "test_nn_ops.py::test_layer_norm_single_feature", "test_nn_ops.py::test_layer_norm_custom_eps"]},

@@ -262,6 +262,30 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& labels, const Te
   });
 }
 
+namespace {
+
+// One row of layer norm: y = (x − μ)·rstd·w + b (w, b may be null), two-pass statistics.
+template <class C>
+void normalize_row(const C* xr, const C* w, const C* b, int64_t cols, C eps, C* yr, C& mean,
+                   C& rstd) {
+  const C mu = row_sum(xr, cols, [](C v) { return v; }) / static_cast<C>(cols);
+  const C var =
+      row_sum(xr, cols, [mu](C v) { return (v - mu) * (v - mu); }) / static_cast<C>(cols);
+  const C rs = C(1) / std::sqrt(var + eps);
+  mean = mu;
+  rstd = rs;
+  // One loop per case, so that each vectorises without a test per element.
+  if (w && b) {
+    for (int64_t i = 0; i < cols; ++i) yr[i] = (xr[i] - mu) * rs * w[i] + b[i];
+  } else if (w) {
+    for (int64_t i = 0; i < cols; ++i) yr[i] = (xr[i] - mu) * rs * w[i];
+  } else {
+    for (int64_t i = 0; i < cols; ++i) yr[i] = (xr[i] - mu) * rs + (b ? b[i] : C(0));
+  }
+}
+
+}  // namespace
+
 // Row statistics (mean, rstd) are kept in the compute type: float for 16-bit inputs.
 void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
                         Tensor& y, Tensor& mean, Tensor& rstd) {
@@ -281,20 +305,7 @@ void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bia
       for (int64_t r = begin; r < end; ++r) {
         const C* xr = in.read(px + r * cols, cols);
         C* yr = out.write(py + r * cols, cols);
-        const C mu = row_sum(xr, cols, [](C v) { return v; }) / static_cast<C>(cols);
-        const C var = row_sum(xr, cols, [mu](C v) { return (v - mu) * (v - mu); }) /
-                      static_cast<C>(cols);
-        const C rs = C(1) / std::sqrt(var + static_cast<C>(eps));
-        pm[r] = mu;
-        pr[r] = rs;
-        // One loop per case, so that each vectorises without a test per element.
-        if (w && b) {
-          for (int64_t i = 0; i < cols; ++i) yr[i] = (xr[i] - mu) * rs * w[i] + b[i];
-        } else if (w) {
-          for (int64_t i = 0; i < cols; ++i) yr[i] = (xr[i] - mu) * rs * w[i];
-        } else {
-          for (int64_t i = 0; i < cols; ++i) yr[i] = (xr[i] - mu) * rs + (b ? b[i] : C(0));
-        }
+        normalize_row(xr, w, b, cols, static_cast<C>(eps), yr, pm[r], pr[r]);
         out.publish(py + r * cols, cols);
       }
     });
@@ -363,6 +374,117 @@ void layer_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& we
                      if (gb) store_compute(acc_b.data(), gb + begin, width);
                    });
     }
+  });
+}
+
+// --- fused Transformer pieces ------------------------------------------------------
+namespace {
+
+// Rows per block of a column sum: each block's partial sums are kept and added in block
+// order, so the sum does not depend on the thread count.
+constexpr int64_t kColumnSumRows = 64;
+
+}  // namespace
+
+void bias_gelu_forward(const Tensor& x, const Tensor& bias, Tensor& out) {
+  const int64_t cols = x.shape().back(), rows = rows_of(x);
+  dispatch_float_storage("bias_gelu", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    const S* px = x.data<S>();
+    S* py = out.data<S>();
+    RowView<S, C> b_view;
+    const C* b = b_view.read(bias.data<S>(), cols);
+    const elementwise::Gelu<VMath> gelu;
+    parallel_for(rows, rows_grain(cols), [&](int64_t begin, int64_t end) {
+      RowView<S, C> in, res;
+      for (int64_t r = begin; r < end; ++r) {
+        const C* xr = in.read(px + r * cols, cols);
+        C* yr = res.write(py + r * cols, cols);
+        for (int64_t i = 0; i < cols; ++i) yr[i] = gelu(xr[i] + b[i], C(0));
+        res.publish(py + r * cols, cols);
+      }
+    });
+  });
+}
+
+// grad_bias sums the compute-type rows of grad_x before they are rounded to storage, in the
+// same pass.
+void bias_gelu_backward(const Tensor& grad_out, const Tensor& x, const Tensor& bias,
+                        Tensor& grad_x, Tensor* grad_bias) {
+  const int64_t cols = x.shape().back(), rows = rows_of(x);
+  dispatch_float_storage("bias_gelu", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    const S* pg = grad_out.data<S>();
+    const S* px = x.data<S>();
+    S* pgx = grad_x.data<S>();
+    RowView<S, C> b_view;
+    const C* b = b_view.read(bias.data<S>(), cols);
+    const elementwise::GeluGrad<VMath> gelu_grad;
+    const int64_t blocks = (rows + kColumnSumRows - 1) / kColumnSumRows;
+    std::vector<C> partial(grad_bias ? static_cast<size_t>(blocks * cols) : 0);
+    const int64_t grain = std::max<int64_t>(1, rows_grain(cols) / kColumnSumRows);
+    parallel_for(blocks, grain, [&](int64_t begin, int64_t end) {
+      RowView<S, C> g_view, x_view, res;
+      for (int64_t k = begin; k < end; ++k) {
+        C* acc = grad_bias ? partial.data() + k * cols : nullptr;
+        for (int64_t r = k * kColumnSumRows; r < std::min(rows, (k + 1) * kColumnSumRows); ++r) {
+          const C* g = g_view.read(pg + r * cols, cols);
+          const C* xr = x_view.read(px + r * cols, cols);
+          C* gx = res.write(pgx + r * cols, cols);
+          for (int64_t i = 0; i < cols; ++i) gx[i] = gelu_grad(g[i], xr[i] + b[i], C(0));
+          if (acc)
+            for (int64_t i = 0; i < cols; ++i) acc[i] += gx[i];
+          res.publish(pgx + r * cols, cols);
+        }
+      }
+    });
+    if (!grad_bias) return;
+    std::vector<C> total(static_cast<size_t>(cols), C(0));
+    for (int64_t k = 0; k < blocks; ++k)
+      for (int64_t i = 0; i < cols; ++i) total[i] += partial[k * cols + i];
+    store_compute(total.data(), grad_bias->data<S>(), cols);
+  });
+}
+
+void add_layer_norm_forward(const Tensor& x, const Tensor& y, const Tensor& bias,
+                            const Tensor& weight, const Tensor& ln_bias, double eps,
+                            Tensor& sum, Tensor* out, Tensor* mean, Tensor* rstd) {
+  const int64_t cols = x.shape().back(), rows = rows_of(x);
+  dispatch_float_storage("add_layer_norm", x.dtype(), [&](auto tag) {
+    using S = typename decltype(tag)::type;
+    using C = typename decltype(tag)::compute;
+    const S* px = x.data<S>();
+    const S* py = y.data<S>();
+    S* ps = sum.data<S>();
+    S* po = out ? out->data<S>() : nullptr;
+    RowView<S, C> b_view, w_view, lb_view;
+    const C* b = bias.defined() ? b_view.read(bias.data<S>(), cols) : nullptr;
+    const C* w = weight.defined() ? w_view.read(weight.data<S>(), cols) : nullptr;
+    const C* lb = ln_bias.defined() ? lb_view.read(ln_bias.data<S>(), cols) : nullptr;
+    C* pm = mean ? mean->data<C>() : nullptr;
+    C* pr = rstd ? rstd->data<C>() : nullptr;
+    parallel_for(rows, rows_grain(cols), [&](int64_t begin, int64_t end) {
+      RowView<S, C> x_view, y_view, s_view, o_view;
+      for (int64_t r = begin; r < end; ++r) {
+        const C* xr = x_view.read(px + r * cols, cols);
+        const C* yr = y_view.read(py + r * cols, cols);
+        C* sr = s_view.write(ps + r * cols, cols);
+        if (b) {
+          for (int64_t i = 0; i < cols; ++i) sr[i] = xr[i] + yr[i] + b[i];
+        } else {
+          for (int64_t i = 0; i < cols; ++i) sr[i] = xr[i] + yr[i];
+        }
+        s_view.publish(ps + r * cols, cols);
+        if (!po) continue;
+        // Normalised from the stored sum, so that 16-bit results match layer_norm(sum).
+        const C* stored = RowView<S, C>::kConverts ? x_view.read(ps + r * cols, cols) : sr;
+        C* outr = o_view.write(po + r * cols, cols);
+        normalize_row(stored, w, lb, cols, static_cast<C>(eps), outr, pm[r], pr[r]);
+        o_view.publish(po + r * cols, cols);
+      }
+    });
   });
 }
 

@@ -104,10 +104,21 @@ Tensor TransformerBlock::block(const Tensor& x, Pass pass, KVCache* cache) {
   }
   Tensor attended = ops::scaled_dot_product_attention(ops::select(heads, 0, 0), keys, values, causal);
   Tensor merged = ops::reshape(ops::permute(attended, {0, 2, 1, 3}), {b, t, d});
-  Tensor x1 = ops::add(x, drop(ops::linear(merged, mw(4), w(5)), pass, 1));
+  // A projection's bias is added by the fused op that follows it (one pass for bias,
+  // residual and LayerNorm), unless dropout has to see the biased output first.
+  const bool dropping = pass.training && dropout_ > 0.0;
+  Tensor bias;
+  auto project = [&](const Tensor& in, int kernel, uint64_t salt) {
+    bias = dropping ? Tensor() : w(kernel + 1);
+    return dropping ? drop(ops::linear(in, mw(kernel), w(kernel + 1)), pass, salt)
+                    : ops::matmul(in, mw(kernel));
+  };
+  Tensor attention_out = project(merged, 4, 1);
+  auto [x1, normed] = ops::add_layer_norm(x, attention_out, bias, w(6), w(7), 1e-5);
   // GELU MLP.
-  Tensor hidden = ops::gelu(ops::linear(ops::layer_norm(x1, w(6), w(7), 1e-5), mw(8), w(9)));
-  return ops::add(x1, drop(ops::linear(hidden, mw(10), w(11)), pass, 2));
+  Tensor hidden = ops::bias_gelu(ops::matmul(normed, mw(8)), w(9));
+  Tensor mlp_out = project(hidden, 10, 2);
+  return ops::bias_residual(x1, mlp_out, bias);
 }
 
 Tensor TransformerBlock::forward(const Tensor& x, Pass pass) {

@@ -218,6 +218,30 @@ struct BceWithLogitsBackward final : Node {
   Tensor logits, targets;
 };
 
+// The fused Transformer pieces (fused.cpp).
+struct ResidualAddBackward final : Node {
+  explicit ResidualAddBackward(Dims bias_shape) : bias_shape(std::move(bias_shape)) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  STEEPEST_NODE_NAME(ResidualAddBackward)
+  STEEPEST_CREATE_GRAPH
+  Dims bias_shape;
+};
+
+struct BiasGeluBackward final : Node {
+  BiasGeluBackward(Tensor x, Tensor bias, Tensor x_input, Tensor bias_input)
+      : x(std::move(x)), bias(std::move(bias)), x_input(std::move(x_input)),
+        bias_input(std::move(bias_input)) {}
+  void apply(const Tensor& g, std::vector<Tensor>& out) override;
+  void visit_saved(const SavedVisitor& visit) override {
+    visit(x); visit(bias); visit(x_input); visit(bias_input);
+  }
+  STEEPEST_NODE_NAME(BiasGeluBackward)
+  STEEPEST_CREATE_GRAPH
+  Tensor x, bias;  // contiguous, detached
+  // As the caller passed them, connected to the graph (create_graph).
+  Tensor x_input, bias_input;
+};
+
 struct LayerNormBackward final : Node {
   LayerNormBackward(Tensor x, Tensor weight, Tensor mean, Tensor rstd, bool has_bias, double eps,
                     Tensor x_input, Tensor weight_input, Tensor bias_input)

@@ -86,10 +86,19 @@ Tensor terms(Spec spec, const Tensor& y_true, const Tensor& y_pred, ops::Reducti
         fail("causal_lm", "expects (batch, time, vocab) logits and (batch, time) tokens, got ",
              y_pred.shape(), " and ", target.shape());
       int64_t t = y_pred.shape()[1];
-      Tensor logits = ops::slice(y_pred, 1, 0, t - 1, 1);
-      Tensor next_tokens = ops::slice(target, 1, 1, t, 1);
-      if (!spec.from_logits) logits = log_probabilities(logits);
-      return ops::cross_entropy(logits, next_tokens, reduction);
+      if (!spec.from_logits)
+        return ops::cross_entropy(log_probabilities(ops::slice(y_pred, 1, 0, t - 1, 1)),
+                                  ops::slice(target, 1, 1, t, 1), reduction);
+      // Every position is scored, the last against a repeat of the last token (a valid
+      // class), and its loss dropped afterwards: the kernel reads the (B, T, V) logits in
+      // place instead of a copy of the shifted slice, and the backward writes their
+      // gradient in one pass (zero rows at the dropped positions) instead of scattering
+      // the slice's into zeros.
+      Tensor next_tokens =
+          ops::cat({ops::slice(target, 1, 1, t, 1), ops::slice(target, 1, t - 1, t, 1)}, 1);
+      Tensor per_position = ops::slice(
+          ops::cross_entropy(y_pred, next_tokens, ops::Reduction::None), 1, 0, t - 1, 1);
+      return reduction == ops::Reduction::Mean ? ops::mean(per_position) : per_position;
     }
   }
   return {};

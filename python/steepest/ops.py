@@ -3,9 +3,12 @@
 from ._core.ops import (  # noqa: F401
     abs,
     add,
+    add_layer_norm,
     avg_pool1d,
     avg_pool2d,
     batch_norm,
+    bias_gelu,
+    bias_residual,
     binary_cross_entropy,
     clamp_min,
     conv1d,

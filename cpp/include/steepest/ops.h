@@ -103,6 +103,15 @@ Tensor max_pool1d(const Tensor& x, int64_t kernel, int64_t stride, IntPair paddi
 Tensor avg_pool1d(const Tensor& x, int64_t kernel, int64_t stride, IntPair padding,
                   bool ceil_mode = false, bool count_include_pad = true);
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);
+// Fused Transformer pieces (cpp/ops/fused.cpp), each equal to its composition:
+// gelu(x + bias), the bias over the last axis.
+Tensor bias_gelu(const Tensor& x, const Tensor& bias);
+// x + y + bias (bias over the last axis, may be undefined); x and y of one shape.
+Tensor bias_residual(const Tensor& x, const Tensor& y, const Tensor& bias);
+// (s, layer_norm(s, weight, ln_bias, eps)) with s = x + y + bias, in one pass per row.
+std::pair<Tensor, Tensor> add_layer_norm(const Tensor& x, const Tensor& y, const Tensor& bias,
+                                         const Tensor& weight, const Tensor& ln_bias,
+                                         double eps);
 Tensor embedding(const Tensor& indices, const Tensor& table);
 // Batch normalisation over every axis but `axis` (the channels), Keras semantics.
 // training: normalises with the batch mean and biased variance and, when running_mean /
