@@ -199,11 +199,16 @@ struct Driver {
   // dst[k·width + i] = src[i·ld + k] for k < kc, i < rows; 0 for rows <= i < width.
   static void pack_transposed(const T* src, int64_t ld, int64_t rows, int width, int64_t kc,
                               T* dst) {
-    if constexpr (isa == Isa::Avx512) {
-      constexpr int lanes = 64 / sizeof(T);
-      for (int i0 = 0; i0 < width; i0 += lanes)
-        gemm_detail::pack_transposed_avx512(src + i0 * ld, ld, std::max<int64_t>(0, rows - i0),
-                                            std::min(lanes, width - i0), kc, dst + i0, width);
+    if constexpr (isa == Isa::Avx512 || isa == Isa::Avx2) {
+      constexpr int lanes = (isa == Isa::Avx512 ? 64 : 32) / sizeof(T);
+      for (int i0 = 0; i0 < width; i0 += lanes) {
+        const int64_t valid = std::max<int64_t>(0, rows - i0);
+        const int part = std::min(lanes, width - i0);
+        if constexpr (isa == Isa::Avx512)
+          gemm_detail::pack_transposed_avx512(src + i0 * ld, ld, valid, part, kc, dst + i0, width);
+        else
+          gemm_detail::pack_transposed_avx2(src + i0 * ld, ld, valid, part, kc, dst + i0, width);
+      }
     } else {
       for (int64_t i = 0; i < rows; ++i)
         for (int64_t k = 0; k < kc; ++k) dst[k * width + i] = src[i * ld + k];
@@ -458,14 +463,22 @@ struct Driver {
     }
   }
 
-  // One MR×NR tile; a partial tile is computed in full into a buffer (the packing made
-  // the missing rows and columns zero) and only its valid part is merged into C.
+  // One MR×NR tile. A partial tile is computed in full into a buffer (the packing made
+  // the missing rows and columns zero) and only its valid part is merged into C, except
+  // that AVX2 has kernels for the last rows of full-width tiles.
   static void tile(int64_t kc, const Packed* a, const Packed* b, int64_t ldb, int64_t rows,
                    int64_t cols,
                    T* c, int64_t ldc, T alpha, T beta) {
     if (rows == kMr && cols == kNr) {
       kernel(kc, a, b, ldb, c, ldc, alpha, beta);
       return;
+    }
+    if constexpr (isa == Isa::Avx2) {
+      if (cols == kNr) {
+        gemm_detail::micro_kernel_avx2_rows(static_cast<int>(rows), kc, a, b, ldb, c, ldc, alpha,
+                                            beta);
+        return;
+      }
     }
     alignas(64) T buffer[kMr * kNr];
     kernel(kc, a, b, ldb, buffer, kNr, alpha, T(0));

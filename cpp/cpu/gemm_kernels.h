@@ -78,5 +78,16 @@ void micro_kernel_avx2(int64_t kc, const float* a, const float* b, int64_t ldb, 
                        int64_t ldc, float alpha, float beta);
 void micro_kernel_avx2(int64_t kc, const double* a, const double* b, int64_t ldb, double* c,
                        int64_t ldc, double alpha, double beta);
+// The first `rows` (1 to MR − 1) rows of the tile, written straight into C: C's last
+// rows then cost their own share of the work, not a full tile's.
+void micro_kernel_avx2_rows(int rows, int64_t kc, const float* a, const float* b, int64_t ldb,
+                            float* c, int64_t ldc, float alpha, float beta);
+void micro_kernel_avx2_rows(int rows, int64_t kc, const double* a, const double* b,
+                            int64_t ldb, double* c, int64_t ldc, double alpha, double beta);
+// As pack_transposed_avx512, with width at most 8 floats or 4 doubles.
+void pack_transposed_avx2(const float* src, int64_t ld, int64_t rows, int64_t width,
+                          int64_t kc, float* dst, int64_t dst_stride);
+void pack_transposed_avx2(const double* src, int64_t ld, int64_t rows, int64_t width,
+                          int64_t kc, double* dst, int64_t dst_stride);
 
 }  // namespace steepest::cpu::gemm_detail
