@@ -86,7 +86,21 @@ struct TransposeF32 {
   static V load(const T* p) { return _mm256_loadu_ps(p); }
   static V load(Mask m, const T* p) { return _mm256_maskload_ps(p, m); }
   static void store(T* p, V v) { _mm256_storeu_ps(p, v); }
-  static void store(T* p, Mask m, V v) { _mm256_maskstore_ps(p, m, v); }
+  // The first n < 8 lanes.
+  static void store(T* p, int64_t n, V v) {
+    __m128 part = _mm256_castps256_ps128(v);
+    if (n & 4) {
+      _mm_storeu_ps(p, part);
+      p += 4;
+      part = _mm256_extractf128_ps(v, 1);
+    }
+    if (n & 2) {
+      _mm_storel_pi(reinterpret_cast<__m64*>(p), part);
+      p += 2;
+      part = _mm_movehl_ps(part, part);
+    }
+    if (n & 1) _mm_store_ss(p, part);
+  }
   static void transpose(V* r) { transpose8(r); }
 };
 
@@ -102,16 +116,25 @@ struct TransposeF64 {
   static V load(const T* p) { return _mm256_loadu_pd(p); }
   static V load(Mask m, const T* p) { return _mm256_maskload_pd(p, m); }
   static void store(T* p, V v) { _mm256_storeu_pd(p, v); }
-  static void store(T* p, Mask m, V v) { _mm256_maskstore_pd(p, m, v); }
+  // The first n < 4 lanes.
+  static void store(T* p, int64_t n, V v) {
+    __m128d part = _mm256_castpd256_pd128(v);
+    if (n & 2) {
+      _mm_storeu_pd(p, part);
+      p += 2;
+      part = _mm256_extractf128_pd(v, 1);
+    }
+    if (n & 1) _mm_store_sd(p, part);
+  }
   static void transpose(V* r) { transpose4(r); }
 };
 
-// Masked loads and stores are slow on some AMD cores, so full blocks use plain ones.
+// Masked stores are slow on AMD cores (microcoded), so partial rows are stored in
+// pieces; masked loads are fast and read only the last, short block of a row.
 template <class P>
 void pack_transposed(const typename P::T* src, int64_t ld, int64_t rows, int64_t width,
                      int64_t kc, typename P::T* dst, int64_t dst_stride) {
   constexpr int L = P::kLanes;
-  const typename P::Mask lanes = P::mask(width);
   typename P::V r[L];
   for (int64_t k0 = 0; k0 < kc; k0 += L) {
     const int64_t depth = kc - k0 < L ? kc - k0 : L;
@@ -128,7 +151,7 @@ void pack_transposed(const typename P::T* src, int64_t ld, int64_t rows, int64_t
       if (width == L)
         P::store(dst + (k0 + k) * dst_stride, r[k]);
       else
-        P::store(dst + (k0 + k) * dst_stride, lanes, r[k]);
+        P::store(dst + (k0 + k) * dst_stride, width, r[k]);
     }
   }
 }
