@@ -383,39 +383,49 @@ struct Driver {
     return static_cast<size_t>(packed_depth(std::min<int64_t>(Blocking::kKc, k)) * nc);
   }
 
-  // C fits one MC block: each thread packs all of A once per depth step and then each
-  // of its B slivers just before the tiles that use it, so a sliver goes from packing to
-  // the kernel through L1/L2 instead of through a KC×NC panel in memory, and threads
-  // never wait for each other. A row-major B with few rows of C is not packed at all.
+  // C fits one MC block: each thread packs all of A once per depth step and then its B
+  // slivers, kStreamSlivers at a time, just before the tiles that use them, so B goes from
+  // packing to the kernel through L2 instead of through a KC×NC panel in memory, and
+  // threads never wait for each other. Packing several slivers together reads each row
+  // of B in longer runs, which the hardware prefetcher follows. A row-major B with few
+  // rows of C is not packed at all.
+  static constexpr int64_t kStreamSlivers = 4;
   template <class S>
   static void run_streamed(const Product<T, S>& p, int t, int threads) {
     thread_local PackBuffer<Packed> a_buffer, b_buffer;
     const int64_t max_depth = packed_depth(std::min<int64_t>(Blocking::kKc, p.k));
     Packed* ap = a_buffer.get(static_cast<size_t>(Blocking::kMc * max_depth));
-    Packed* bp = b_buffer.get(static_cast<size_t>(kNr * max_depth));
+    Packed* bp = b_buffer.get(static_cast<size_t>(kStreamSlivers * kNr * max_depth));
     const bool direct = direct_b(p);
     const Range mine = split((p.n + kNr - 1) / kNr, t, threads);
     for (int64_t pc = 0; pc < p.k; pc += Blocking::kKc) {
-      const int64_t kc = std::min<int64_t>(Blocking::kKc, p.k - pc);
+      const int64_t kc = std::min<int64_t>(Blocking::kKc, p.k - pc), depth = packed_depth(kc);
       // Later depth steps add onto the partial sums already in C.
       const T beta = pc == 0 ? p.beta : T(1);
       pack_a(p, 0, p.m, pc, kc, ap);
-      for (int64_t s = mine.begin; s < mine.end; ++s) {
-        const int64_t j = s * kNr, cols = std::min<int64_t>(kNr, p.n - j);
-        const Packed* b = bp;
-        int64_t ldb = kNr;
-        bool in_place = false;
-        if constexpr (std::is_same_v<S, T> && !kPairs) {
-          if (direct && cols == kNr) {
-            b = p.b + pc * p.ldb + j;
-            ldb = p.ldb;
-            in_place = true;
+      for (int64_t g0 = mine.begin; g0 < mine.end; g0 += kStreamSlivers) {
+        const int64_t g1 = std::min(g0 + kStreamSlivers, mine.end);
+        if (!direct)
+          pack_b(p, pc, kc, g0 * kNr, std::min(g1 * kNr, p.n) - g0 * kNr, 0, g1 - g0, bp);
+        for (int64_t s = g0; s < g1; ++s) {
+          const int64_t j = s * kNr, cols = std::min<int64_t>(kNr, p.n - j);
+          const Packed* b = bp + (s - g0) * kNr * depth;
+          int64_t ldb = kNr;
+          if constexpr (std::is_same_v<S, T> && !kPairs) {
+            if (direct) {
+              if (cols == kNr) {
+                b = p.b + pc * p.ldb + j;
+                ldb = p.ldb;
+              } else {
+                pack_b(p, pc, kc, j, cols, 0, 1, bp);
+                b = bp;
+              }
+            }
           }
+          for (int64_t ir = 0; ir < p.m; ir += kMr)
+            tile(kc, ap + ir * depth, b, ldb, std::min<int64_t>(kMr, p.m - ir), cols,
+                 p.c + ir * p.ldc + j, p.ldc, p.alpha, beta);
         }
-        if (!in_place) pack_b(p, pc, kc, j, cols, 0, 1, bp);
-        for (int64_t ir = 0; ir < p.m; ir += kMr)
-          tile(kc, ap + ir * packed_depth(kc), b, ldb, std::min<int64_t>(kMr, p.m - ir), cols,
-               p.c + ir * p.ldc + j, p.ldc, p.alpha, beta);
       }
     }
   }
