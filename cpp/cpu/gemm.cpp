@@ -389,7 +389,7 @@ struct Driver {
   // threads never wait for each other. Packing several slivers together reads each row
   // of B in longer runs, which the hardware prefetcher follows. A row-major B with few
   // rows of C is not packed at all.
-  static constexpr int64_t kStreamSlivers = 4;
+  static constexpr int64_t kStreamSlivers = 8;
   template <class S>
   static void run_streamed(const Product<T, S>& p, int t, int threads) {
     thread_local PackBuffer<Packed> a_buffer, b_buffer;
