@@ -233,7 +233,13 @@ struct Driver {
   template <int width, class S>
   static void pack_copied(const S* src, int64_t ld, int64_t cols, int64_t s0, int64_t s1,
                           int64_t kc, T* dst) {
+    // Each row contributes one short run, too short for the hardware prefetcher to pick
+    // up, so the run kAhead rows on is fetched while this one is copied.
+    constexpr int64_t kAhead = 8, kLine = 64 / sizeof(S);
+    const int64_t run = std::min((s1 - s0) * width, cols - s0 * width);
     for (int64_t k = 0; k < kc; ++k, src += ld) {
+      for (int64_t i = 0; i < run; i += kLine)
+        __builtin_prefetch(src + kAhead * ld + s0 * width + i);
       for (int64_t s = s0; s < s1; ++s) {
         T* d = dst + (s * kc + k) * width;
         const S* row = src + s * width;
