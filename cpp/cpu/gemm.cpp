@@ -238,8 +238,9 @@ struct Driver {
     constexpr int64_t kAhead = 8, kLine = 64 / sizeof(S);
     const int64_t run = std::min((s1 - s0) * width, cols - s0 * width);
     for (int64_t k = 0; k < kc; ++k, src += ld) {
-      for (int64_t i = 0; i < run; i += kLine)
-        __builtin_prefetch(src + kAhead * ld + s0 * width + i);
+      if (k + kAhead < kc)
+        for (int64_t i = 0; i < run; i += kLine)
+          __builtin_prefetch(src + kAhead * ld + s0 * width + i);
       for (int64_t s = s0; s < s1; ++s) {
         T* d = dst + (s * kc + k) * width;
         const S* row = src + s * width;
