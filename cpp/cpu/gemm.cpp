@@ -391,12 +391,11 @@ struct Driver {
   }
 
   // C fits one MC block: each thread packs all of A once per depth step and then its B
-  // slivers, kStreamSlivers at a time, just before the tiles that use them, so B goes from
-  // packing to the kernel through L2 instead of through a KC×NC panel in memory, and
-  // threads never wait for each other. Packing several slivers together reads each row
-  // of B in longer runs, which the hardware prefetcher follows. A row-major B with few
-  // rows of C is not packed at all.
-  static constexpr int64_t kStreamSlivers = 8;
+  // slivers, kStreamSlivers at a time (Shape), just before the tiles that use them, so B
+  // goes from packing to the kernel through L2 instead of through a KC×NC panel in
+  // memory, and threads never wait for each other. Packing several slivers together
+  // reads each row of B in longer runs. A row-major B with few rows of C is not packed.
+  static constexpr int64_t kStreamSlivers = Blocking::kStreamSlivers;
   template <class S>
   static void run_streamed(const Product<T, S>& p, int t, int threads) {
     thread_local PackBuffer<Packed> a_buffer, b_buffer;
@@ -450,6 +449,11 @@ struct Driver {
     const int64_t row_begin = rows.begin * kMr, row_end = std::min(p.m, rows.end * kMr);
     Packed* ap = a_buffer.get(
         static_cast<size_t>(Blocking::kMc * packed_depth(std::min<int64_t>(Blocking::kKc, p.k))));
+    // The rows split into equal blocks of at most MC: a short last block would reuse each
+    // B sliver over few tiles (256 rows: 128 + 128, not 192 + 64).
+    const int64_t blocks = (row_end - row_begin + Blocking::kMc - 1) / Blocking::kMc;
+    const int64_t mc_step = std::max<int64_t>(
+        kMr, ((row_end - row_begin + blocks - 1) / blocks + kMr - 1) / kMr * kMr);
     int parity = 0;
     for (int64_t jc = 0; jc < p.n; jc += Blocking::kNc) {
       const int64_t nc = std::min<int64_t>(Blocking::kNc, p.n - jc);
@@ -465,8 +469,8 @@ struct Driver {
 #pragma omp barrier
         }
         const T beta = pc == 0 ? p.beta : T(1);
-        for (int64_t ic = row_begin; ic < row_end; ic += Blocking::kMc) {
-          const int64_t mc = std::min<int64_t>(Blocking::kMc, row_end - ic);
+        for (int64_t ic = row_begin; ic < row_end; ic += mc_step) {
+          const int64_t mc = std::min<int64_t>(mc_step, row_end - ic);
           pack_a(p, ic, mc, pc, kc, ap);
           for (int64_t s = mine.begin; s < mine.end; ++s) {
             const int64_t j = jc + s * kNr, cols = std::min<int64_t>(kNr, jc + nc - j);
