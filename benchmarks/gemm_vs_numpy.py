@@ -22,6 +22,7 @@ timed back to back), with the lowest and highest round's ratio beside it: on a l
 machine that paired ratio is steadier than the ratio of the medians. --clock cpu times the
 worker's CPU seconds instead of wall-clock ones, which a busy machine disturbs less; use it
 with one thread (with more, it counts the seconds threads spend waiting at barriers).
+--best makes each round report its fastest call, the one least disturbed by other work.
 --against SITE adds a worker running the steepest installed in SITE (a --target
 directory), so a change to the GEMM is compared with the build before it in the same run.
 
@@ -124,10 +125,12 @@ def run_worker(lib, threads, clock):
                 for _ in range(3):
                     matmul(*operands[key])
             a, b = operands[key]
-            t0 = now()
+            times = []
             for _ in range(req["reps"]):
+                t0 = now()
                 matmul(a, b)
-            reply = {"seconds": (now() - t0) / req["reps"]}
+                times.append(now() - t0)
+            reply = {"seconds": min(times) if req.get("best") else sum(times) / len(times)}
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
 
@@ -168,7 +171,7 @@ class Worker:
         self.proc.wait()
 
 
-def interleaved_samples(workers, request, rounds, min_seconds, pause):
+def interleaved_samples(workers, request, rounds, min_seconds, pause, best=False):
     """Seconds per call of each worker in each round, timing them in turn round after round.
 
     `pause` lets the previous library's idle threads stop spinning before the next one is
@@ -182,7 +185,7 @@ def interleaved_samples(workers, request, rounds, min_seconds, pause):
         order = order[r % len(order):] + order[:r % len(order)]
         for i in order:
             time.sleep(pause)
-            samples[i].append(workers[i].ask(**request, reps=reps)["seconds"])
+            samples[i].append(workers[i].ask(**request, reps=reps, best=best)["seconds"])
     return [samples[i] for i in range(len(workers))]
 
 
@@ -262,6 +265,8 @@ def main():
     parser.add_argument("--clock-ghz", type=float, default=None)
     parser.add_argument("--fma-units", type=int, default=2)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    parser.add_argument("--best", action="store_true",
+                        help="each round reports its fastest call instead of the mean")
     parser.add_argument("--against", metavar="SITE",
                         help="also time the steepest installed in this directory")
     parser.add_argument("--worker", choices=LIBRARIES, help=argparse.SUPPRESS)
@@ -295,7 +300,7 @@ def main():
                 (m, k), n = sa, sb[1]
                 request = {"op": "time", "a": list(sa), "b": list(sb), "ta": ta, "tb": tb}
                 samples = interleaved_samples(workers, request, args.rounds, args.min_seconds,
-                                              args.pause)
+                                              args.pause, args.best)
                 gflops = [2.0 * m * n * k / statistics.median(s) / 1e9 for s in samples]
                 frac = f"{100 * gflops[0] / peak:7.1f}%" if peak else ""
                 ratio, low, high = paired_ratio(samples[0], samples[1])

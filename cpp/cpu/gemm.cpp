@@ -229,32 +229,38 @@ struct Driver {
 
   // Slivers [s0, s1) of `width` columns each, from a row-major source whose first `cols`
   // columns are valid (the rest pack as 0): dst[(s·kc + k)·width + i] = src[k·ld + s·width + i].
-  // Rows of the source are read in order, which the hardware prefetcher follows.
+  // The slivers go in groups whose share of a row is about 512 contiguous bytes, each group
+  // reading its rows in order: a whole panel at once would write one stream per sliver,
+  // KC·NR apart (64 for 1024 columns), more than L1's ways and the store buffer merge.
   template <int width, class S>
   static void pack_copied(const S* src, int64_t ld, int64_t cols, int64_t s0, int64_t s1,
                           int64_t kc, T* dst) {
-    // Each row contributes one short run, too short for the hardware prefetcher to pick
-    // up, so the run kAhead rows on is fetched while this one is copied.
+    constexpr int64_t kGroup = std::max<int64_t>(1, 512 / (width * sizeof(S)));
+    // A group's run of a row is too short for the hardware prefetcher to pick up, so the
+    // run kAhead rows on is fetched while this one is copied.
     constexpr int64_t kAhead = 8, kLine = 64 / sizeof(S);
-    const int64_t run = std::min((s1 - s0) * width, cols - s0 * width);
-    for (int64_t k = 0; k < kc; ++k, src += ld) {
-      if (k + kAhead < kc)
-        for (int64_t i = 0; i < run; i += kLine)
-          __builtin_prefetch(src + kAhead * ld + s0 * width + i);
-      for (int64_t s = s0; s < s1; ++s) {
-        T* d = dst + (s * kc + k) * width;
-        const S* row = src + s * width;
-        const int64_t valid = std::min<int64_t>(width, cols - s * width);
-        if constexpr (std::is_same_v<S, T>) {
-          if (valid == width) {
-            for (int i = 0; i < width; ++i) d[i] = row[i];
-            continue;
+    for (int64_t g0 = s0; g0 < s1; g0 += kGroup) {
+      const int64_t g1 = std::min(g0 + kGroup, s1);
+      const int64_t run = std::min((g1 - g0) * width, cols - g0 * width);
+      const S* rows = src + g0 * width;
+      for (int64_t k = 0; k < kc; ++k, rows += ld) {
+        if (k + kAhead < kc)
+          for (int64_t i = 0; i < run; i += kLine) __builtin_prefetch(rows + kAhead * ld + i);
+        for (int64_t s = g0; s < g1; ++s) {
+          T* d = dst + (s * kc + k) * width;
+          const S* row = rows + (s - g0) * width;
+          const int64_t valid = std::min<int64_t>(width, cols - s * width);
+          if constexpr (std::is_same_v<S, T>) {
+            if (valid == width) {
+              for (int i = 0; i < width; ++i) d[i] = row[i];
+              continue;
+            }
+            for (int64_t i = 0; i < valid; ++i) d[i] = row[i];
+          } else {
+            load_compute(row, d, valid);
           }
-          for (int64_t i = 0; i < valid; ++i) d[i] = row[i];
-        } else {
-          load_compute(row, d, valid);
+          for (int64_t i = valid; i < width; ++i) d[i] = T(0);
         }
-        for (int64_t i = valid; i < width; ++i) d[i] = T(0);
       }
     }
   }
