@@ -251,8 +251,9 @@ struct Driver {
           const S* row = rows + (s - g0) * width;
           const int64_t valid = std::min<int64_t>(width, cols - s * width);
           if constexpr (std::is_same_v<S, T>) {
+            // memcpy: the element loop, whose pointers may alias, compiles to scalar moves.
             if (valid == width) {
-              for (int i = 0; i < width; ++i) d[i] = row[i];
+              std::memcpy(d, row, width * sizeof(T));
               continue;
             }
             for (int64_t i = 0; i < valid; ++i) d[i] = row[i];
