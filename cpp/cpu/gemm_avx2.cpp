@@ -69,7 +69,8 @@ void transpose4(__m256d r[4]) {
   r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
 }
 
-// Lane masks for maskload/maskstore: kLaneMask + 8 - n enables the first n of 8 lanes.
+// Lane masks for maskload: kLaneMask + 8 - n enables the first n of 8 lanes,
+// kLaneMask64 + 4 - n the first n of 4.
 alignas(32) constexpr int32_t kLaneMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
                                                0,  0,  0,  0,  0,  0,  0,  0};
 alignas(32) constexpr int64_t kLaneMask64[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
@@ -140,7 +141,8 @@ void pack_transposed(const typename P::T* src, int64_t ld, int64_t rows, int64_t
     const int64_t depth = kc - k0 < L ? kc - k0 : L;
     const typename P::Mask in = P::mask(depth);
     // The rows are far apart in memory, too many streams for the hardware prefetcher.
-    for (int i = 0; i < rows; ++i) __builtin_prefetch(src + i * ld + k0 + 8 * L);
+    if (k0 + 8 * L < kc)
+      for (int i = 0; i < rows; ++i) __builtin_prefetch(src + i * ld + k0 + 8 * L);
 #pragma GCC unroll 8
     for (int i = 0; i < L; ++i)
       r[i] = i >= rows        ? P::zero()
@@ -180,8 +182,8 @@ void micro_kernel_rows(int rows, int64_t kc, const T* a, const T* b, int64_t ldb
 void micro_kernel_avx2_rows(int rows, int64_t kc, const float* a, const float* b, int64_t ldb,
                             float* c, int64_t ldc, float alpha, float beta) {
   using S = Shape<float, Isa::Avx2>;
-  micro_kernel_rows<F32x8, float, S::kMr, S::kNr / 8>(rows, kc, a, b, ldb, c, ldc, alpha, beta,
-                                                      std::make_integer_sequence<int, S::kMr - 1>{});
+  micro_kernel_rows<F32x8, float, S::kMr, S::kNr / 8>(
+      rows, kc, a, b, ldb, c, ldc, alpha, beta, std::make_integer_sequence<int, S::kMr - 1>{});
 }
 
 void micro_kernel_avx2_rows(int rows, int64_t kc, const double* a, const double* b,
