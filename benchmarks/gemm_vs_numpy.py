@@ -15,6 +15,16 @@ st.set_num_threads.
 
     python benchmarks/gemm_vs_numpy.py                 # full table, 1 and 2 threads
     python benchmarks/gemm_vs_numpy.py --threads 1 --rounds 5 --sizes 512 1024
+    python benchmarks/gemm_vs_numpy.py --against /tmp/old-site   # A/B two builds
+
+The st/np column is the median over rounds of each round's own ratio (the two libraries
+timed back to back), with the lowest and highest round's ratio beside it: on a loaded
+machine that paired ratio is steadier than the ratio of the medians. --clock cpu times the
+worker's CPU seconds instead of wall-clock ones, which a busy machine disturbs less; use it
+with one thread (with more, it counts the seconds threads spend waiting at barriers).
+--best makes each round report its fastest call, the one least disturbed by other work.
+--against SITE adds a worker running the steepest installed in SITE (a --target
+directory), so a change to the GEMM is compared with the build before it in the same run.
 
 Peak FLOP/s = threads × FMA units × fp32 lanes × 2 × clock; the clock is --clock-ghz, or
 "cpu MHz" from /proc/cpuinfo (the base clock: pass the measured boost clock for a true
@@ -99,9 +109,10 @@ def _make_matmul(lib, threads):
     return make, st.ops.matmul
 
 
-def run_worker(lib, threads):
+def run_worker(lib, threads, clock):
     """Answers one JSON request per stdin line: info, or time a product `reps` times."""
     make, matmul = _make_matmul(lib, threads)
+    now = time.process_time if clock == "cpu" else time.perf_counter
     operands = {}
     for line in sys.stdin:
         req = json.loads(line)
@@ -114,10 +125,12 @@ def run_worker(lib, threads):
                 for _ in range(3):
                     matmul(*operands[key])
             a, b = operands[key]
-            t0 = time.perf_counter()
+            times = []
             for _ in range(req["reps"]):
+                t0 = now()
                 matmul(a, b)
-            reply = {"seconds": (time.perf_counter() - t0) / req["reps"]}
+                times.append(now() - t0)
+            reply = {"seconds": min(times) if req.get("best") else sum(times) / len(times)}
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
 
@@ -128,7 +141,7 @@ def run_worker(lib, threads):
 class Worker:
     """A benchmark worker process for one library at one thread count."""
 
-    def __init__(self, script, lib, threads, extra_env=None):
+    def __init__(self, script, lib, threads, extra_env=None, clock=None):
         env = dict(os.environ)
         for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[name] = str(threads)
@@ -139,8 +152,10 @@ class Worker:
             for name in OPENBLAS_OVERRIDES:
                 env.pop(name, None)
         env.update(extra_env or {})
+        # Only this script's workers take --clock (other benchmarks reuse Worker).
+        clock_args = ["--clock", clock] if clock else []
         self.proc = subprocess.Popen(
-            [sys.executable, script, "--worker", lib, "--threads", str(threads)],
+            [sys.executable, script, "--worker", lib, "--threads", str(threads)] + clock_args,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
     def ask(self, **request):
@@ -156,8 +171,8 @@ class Worker:
         self.proc.wait()
 
 
-def interleaved_medians(workers, request, rounds, min_seconds, pause):
-    """Median seconds per call for each worker, timing them in turn round after round.
+def interleaved_samples(workers, request, rounds, min_seconds, pause, best=False):
+    """Seconds per call of each worker in each round, timing them in turn round after round.
 
     `pause` lets the previous library's idle threads stop spinning before the next one is
     timed: OpenBLAS keeps a core busy for about 0.1 s after every call (measured), which
@@ -170,8 +185,20 @@ def interleaved_medians(workers, request, rounds, min_seconds, pause):
         order = order[r % len(order):] + order[:r % len(order)]
         for i in order:
             time.sleep(pause)
-            samples[i].append(workers[i].ask(**request, reps=reps)["seconds"])
-    return [statistics.median(samples[i]) for i in range(len(workers))]
+            samples[i].append(workers[i].ask(**request, reps=reps, best=best)["seconds"])
+    return [samples[i] for i in range(len(workers))]
+
+
+def interleaved_medians(workers, request, rounds, min_seconds, pause):
+    """Median seconds per call for each worker (see interleaved_samples)."""
+    return [statistics.median(s)
+            for s in interleaved_samples(workers, request, rounds, min_seconds, pause)]
+
+
+def paired_ratio(faster, slower):
+    """Median, min and max over rounds of slower/faster seconds (a speed ratio)."""
+    ratios = [s / f for f, s in zip(faster, slower)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def cpu_peak_gflops(threads, clock_ghz, fma_units):
@@ -194,17 +221,31 @@ def cpu_peak_gflops(threads, clock_ghz, fma_units):
     return peak, f"{threads} thr × {fma_units} FMA × {lanes} lanes × 2 × {ghz:.2f} GHz ({source})"
 
 
-def gemm_cases(sizes, batches, width):
+def layer_cases(rows, fan_in, fan_out):
+    """Y = X·W, dX = G·Wᵀ (W stored fan_in×fan_out), dW = Xᵀ·G (X stored rows×fan_in)."""
+    return [
+        (f"fwd  X·W   {rows}x{fan_in}·{fan_in}x{fan_out}", (rows, fan_in), (fan_in, fan_out),
+         False, False),
+        (f"dX = G·Wᵀ  {rows}x{fan_out}·({fan_in}x{fan_out})ᵀ", (rows, fan_out),
+         (fan_out, fan_in), False, True),
+        (f"dW = Xᵀ·G  ({rows}x{fan_in})ᵀ·{rows}x{fan_out}", (fan_in, rows), (rows, fan_out),
+         True, False),
+    ]
+
+
+# The GPT of benchmarks/gpt_step.py (batch 16 × context 128 rows, d_model 192): the fused
+# QKV projection, the MLP's up and down projections.
+GPT_LAYERS = ((2048, 192, 576), (2048, 192, 768), (2048, 768, 192))
+
+
+def gemm_cases(sizes, batches, width, gpt=False):
     """(label, op(A) shape, op(B) shape, trans_a, trans_b) of every product measured."""
     cases = [(f"{n}x{n}x{n}", (n, n), (n, n), False, False) for n in sizes]
     for b in batches:
-        # Y = X·W, dX = G·Wᵀ (W stored width×width), dW = Xᵀ·G (X stored b×width).
-        cases.append((f"fwd  X·W   {b}x{width}·{width}x{width}", (b, width), (width, width),
-                      False, False))
-        cases.append((f"dX = G·Wᵀ  {b}x{width}·({width}x{width})ᵀ", (b, width), (width, width),
-                      False, True))
-        cases.append((f"dW = Xᵀ·G  ({b}x{width})ᵀ·{b}x{width}", (width, b), (b, width), True,
-                      False))
+        cases += layer_cases(b, width, width)
+    if gpt:
+        for layer in GPT_LAYERS:
+            cases += layer_cases(*layer)
     return cases
 
 
@@ -214,6 +255,8 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="*", default=[128, 256, 512, 1024, 2048])
     parser.add_argument("--batches", type=int, nargs="*", default=[32, 256])
     parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--gpt", action="store_true",
+                        help="add the GPT step's projections (forward and both gradients)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--min-seconds", type=float, default=0.05,
                         help="time per timed batch of calls")
@@ -221,34 +264,54 @@ def main():
                         help="idle seconds before each timed batch")
     parser.add_argument("--clock-ghz", type=float, default=None)
     parser.add_argument("--fma-units", type=int, default=2)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    parser.add_argument("--best", action="store_true",
+                        help="each round reports its fastest call instead of the mean")
+    parser.add_argument("--against", metavar="SITE",
+                        help="also time the steepest installed in this directory")
     parser.add_argument("--worker", choices=LIBRARIES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        run_worker(args.worker, args.threads[0])
+        run_worker(args.worker, args.threads[0], args.clock)
         return
 
     script = os.path.abspath(__file__)
     for threads in args.threads:
-        workers = [Worker(script, lib, threads) for lib in LIBRARIES]
+        workers = [Worker(script, lib, threads, clock=args.clock) for lib in LIBRARIES]
+        if args.against:
+            path = os.pathsep.join(p for p in (os.path.abspath(args.against),
+                                               os.environ.get("PYTHONPATH")) if p)
+            workers.append(Worker(script, "steepest", threads, {"PYTHONPATH": path},
+                                  args.clock))
         try:
-            print(f"\n== float32 GEMM, {threads} thread(s), median of {args.rounds} rounds")
+            print(f"\n== float32 GEMM, {threads} thread(s), {args.clock} clock, "
+                  f"median of {args.rounds} rounds")
             for w in workers:
                 print("  " + w.ask(op="info")["info"])
             peak, how = cpu_peak_gflops(threads, args.clock_ghz, args.fma_units)
             if peak:
                 print(f"  peak {peak:.0f} GFLOP/s = {how}")
+            against = f" {'st@base':>9} {'st/base (min-max)':>19}" if args.against else ""
             print(f"  {'product':34} {'steepest':>9} {'numpy':>9} {'torch':>9}"
-                  f" {'st/np':>6} {'st/torch':>8} {'st %peak':>8}   (GFLOP/s)")
-            for name, sa, sb, ta, tb in gemm_cases(args.sizes, args.batches, args.width):
+                  f" {'st/np (min-max)':>17} {'st/torch':>8} {'st %peak':>8}{against}"
+                  "   (GFLOP/s)")
+            for name, sa, sb, ta, tb in gemm_cases(args.sizes, args.batches, args.width,
+                                                  args.gpt):
                 (m, k), n = sa, sb[1]
                 request = {"op": "time", "a": list(sa), "b": list(sb), "ta": ta, "tb": tb}
-                seconds = interleaved_medians(workers, request, args.rounds, args.min_seconds,
-                                              args.pause)
-                gflops = [2.0 * m * n * k / s / 1e9 for s in seconds]
+                samples = interleaved_samples(workers, request, args.rounds, args.min_seconds,
+                                              args.pause, args.best)
+                gflops = [2.0 * m * n * k / statistics.median(s) / 1e9 for s in samples]
                 frac = f"{100 * gflops[0] / peak:7.1f}%" if peak else ""
-                print(f"  {name:34} {gflops[0]:9.1f} {gflops[1]:9.1f} {gflops[2]:9.1f}"
-                      f" {gflops[0] / gflops[1]:6.2f} {gflops[0] / gflops[2]:8.2f} {frac:>8}",
-                      flush=True)
+                ratio, low, high = paired_ratio(samples[0], samples[1])
+                line = (f"  {name:34} {gflops[0]:9.1f} {gflops[1]:9.1f} {gflops[2]:9.1f}"
+                        f" {ratio:5.2f} ({low:4.2f}-{high:4.2f})"
+                        f" {statistics.median(samples[2]) / statistics.median(samples[0]):8.2f}"
+                        f" {frac:>8}")
+                if args.against:
+                    ratio, low, high = paired_ratio(samples[0], samples[3])
+                    line += f" {gflops[3]:9.1f}   {ratio:5.3f} ({low:4.2f}-{high:4.2f})"
+                print(line, flush=True)
         finally:
             for w in workers:
                 w.close()

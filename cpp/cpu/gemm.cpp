@@ -192,9 +192,14 @@ struct Driver {
   // A row-major B is read in place, without packing, when C is at most this many rows:
   // each sliver of B then feeds too few tiles to repay copying it (measured with the
   // digits MLP's 32-row products; beyond 4·MR rows packing wins on 1024-wide B).
+  // Except, with AVX2 (measured on Zen 3; AVX-512 not measured), rows a multiple of
+  // 4 KiB apart: a sliver's KC rows then fall into a few sets of L1 and L2 and evict each
+  // other between the tiles that reuse them (24×1024·1024×1024: 42 GFLOP/s in place, 72
+  // packed; 512- and 768-wide B stay faster in place).
   static constexpr int64_t kDirectRows = 4 * kMr;
   template <class S, class SB>
   static bool direct_b(const Product<T, S, SB>& p) {
+    if (isa == Isa::Avx2 && p.ldb * int64_t{sizeof(T)} % 4096 == 0) return false;
     return std::is_same_v<S, T> && std::is_same_v<SB, T> && !kPairs && !p.b_source &&
            !p.trans_b && p.m <= kDirectRows;
   }
@@ -202,11 +207,16 @@ struct Driver {
   // dst[k·width + i] = src[i·ld + k] for k < kc, i < rows; 0 for rows <= i < width.
   static void pack_transposed(const T* src, int64_t ld, int64_t rows, int width, int64_t kc,
                               T* dst) {
-    if constexpr (isa == Isa::Avx512) {
-      constexpr int lanes = 64 / sizeof(T);
-      for (int i0 = 0; i0 < width; i0 += lanes)
-        gemm_detail::pack_transposed_avx512(src + i0 * ld, ld, std::max<int64_t>(0, rows - i0),
-                                            std::min(lanes, width - i0), kc, dst + i0, width);
+    if constexpr (isa == Isa::Avx512 || isa == Isa::Avx2) {
+      constexpr int lanes = (isa == Isa::Avx512 ? 64 : 32) / sizeof(T);
+      for (int i0 = 0; i0 < width; i0 += lanes) {
+        const int64_t valid = std::max<int64_t>(0, rows - i0);
+        const int part = std::min(lanes, width - i0);
+        if constexpr (isa == Isa::Avx512)
+          gemm_detail::pack_transposed_avx512(src + i0 * ld, ld, valid, part, kc, dst + i0, width);
+        else
+          gemm_detail::pack_transposed_avx2(src + i0 * ld, ld, valid, part, kc, dst + i0, width);
+      }
     } else {
       for (int64_t i = 0; i < rows; ++i)
         for (int64_t k = 0; k < kc; ++k) dst[k * width + i] = src[i * ld + k];
@@ -242,26 +252,40 @@ struct Driver {
 
   // Slivers [s0, s1) of `width` columns each, from a row-major source whose first `cols`
   // columns are valid (the rest pack as 0): dst[(s·kc + k)·width + i] = src[k·ld + s·width + i],
-  // read at the precision of S (load_operand). Rows of the source are read in order, which
-  // the hardware prefetcher follows.
+  // read at the precision of S (load_operand). The slivers go in groups whose share of a
+  // row is about 512 contiguous bytes, each group reading its rows in order: a whole panel
+  // at once would write one stream per sliver, KC·NR apart (64 for 1024 columns), more
+  // than L1's ways and the store buffer merge.
   template <int width, class S, class Src>
   static void pack_copied(const Src* src, int64_t ld, int64_t cols, int64_t s0, int64_t s1,
                           int64_t kc, T* dst) {
-    for (int64_t k = 0; k < kc; ++k, src += ld) {
-      for (int64_t s = s0; s < s1; ++s) {
-        T* d = dst + (s * kc + k) * width;
-        const Src* row = src + s * width;
-        const int64_t valid = std::min<int64_t>(width, cols - s * width);
-        if constexpr (std::is_same_v<S, T> && std::is_same_v<Src, T>) {
-          if (valid == width) {
-            for (int i = 0; i < width; ++i) d[i] = row[i];
-            continue;
+    constexpr int64_t kGroup = std::max<int64_t>(1, 512 / (width * sizeof(Src)));
+    // A group's run of a row is too short for the hardware prefetcher to pick up, so the
+    // run kAhead rows on is fetched while this one is copied.
+    constexpr int64_t kAhead = 8, kLine = 64 / sizeof(Src);
+    for (int64_t g0 = s0; g0 < s1; g0 += kGroup) {
+      const int64_t g1 = std::min(g0 + kGroup, s1);
+      const int64_t run = std::min((g1 - g0) * width, cols - g0 * width);
+      const Src* rows = src + g0 * width;
+      for (int64_t k = 0; k < kc; ++k, rows += ld) {
+        if (k + kAhead < kc)
+          for (int64_t i = 0; i < run; i += kLine) __builtin_prefetch(rows + kAhead * ld + i);
+        for (int64_t s = g0; s < g1; ++s) {
+          T* d = dst + (s * kc + k) * width;
+          const Src* row = rows + (s - g0) * width;
+          const int64_t valid = std::min<int64_t>(width, cols - s * width);
+          if constexpr (std::is_same_v<S, T> && std::is_same_v<Src, T>) {
+            // memcpy: the element loop, whose pointers may alias, compiles to scalar moves.
+            if (valid == width) {
+              std::memcpy(d, row, width * sizeof(T));
+              continue;
+            }
+            for (int64_t i = 0; i < valid; ++i) d[i] = row[i];
+          } else {
+            load_operand<S>(row, d, valid);
           }
-          for (int64_t i = 0; i < valid; ++i) d[i] = row[i];
-        } else {
-          load_operand<S>(row, d, valid);
+          for (int64_t i = valid; i < width; ++i) d[i] = T(0);
         }
-        for (int64_t i = valid; i < width; ++i) d[i] = T(0);
       }
     }
   }
@@ -398,39 +422,48 @@ struct Driver {
     return static_cast<size_t>(packed_depth(std::min<int64_t>(Blocking::kKc, k)) * nc);
   }
 
-  // C fits one MC block: each thread packs all of A once per depth step and then each
-  // of its B slivers just before the tiles that use it, so a sliver goes from packing to
-  // the kernel through L1/L2 instead of through a KC×NC panel in memory, and threads
-  // never wait for each other. A row-major B with few rows of C is not packed at all.
+  // C fits one MC block: each thread packs all of A once per depth step and then its B
+  // slivers, kStreamSlivers at a time (Shape), just before the tiles that use them, so B
+  // goes from packing to the kernel through L2 instead of through a KC×NC panel in
+  // memory, and threads never wait for each other. Packing several slivers together
+  // reads each row of B in longer runs. A row-major B with few rows of C is not packed.
+  static constexpr int64_t kStreamSlivers = Blocking::kStreamSlivers;
   template <class S, class SB>
   static void run_streamed(const Product<T, S, SB>& p, int t, int threads) {
     thread_local PackBuffer<Packed> a_buffer, b_buffer;
     const int64_t max_depth = packed_depth(std::min<int64_t>(Blocking::kKc, p.k));
     Packed* ap = a_buffer.get(static_cast<size_t>(Blocking::kMc * max_depth));
-    Packed* bp = b_buffer.get(static_cast<size_t>(kNr * max_depth));
+    Packed* bp = b_buffer.get(static_cast<size_t>(kStreamSlivers * kNr * max_depth));
     const bool direct = direct_b(p);
     const Range mine = split((p.n + kNr - 1) / kNr, t, threads);
     for (int64_t pc = 0; pc < p.k; pc += Blocking::kKc) {
-      const int64_t kc = std::min<int64_t>(Blocking::kKc, p.k - pc);
+      const int64_t kc = std::min<int64_t>(Blocking::kKc, p.k - pc), depth = packed_depth(kc);
       // Later depth steps add onto the partial sums already in C.
       const T beta = pc == 0 ? p.beta : T(1);
       pack_a(p, 0, p.m, pc, kc, ap);
-      for (int64_t s = mine.begin; s < mine.end; ++s) {
-        const int64_t j = s * kNr, cols = std::min<int64_t>(kNr, p.n - j);
-        const Packed* b = bp;
-        int64_t ldb = kNr;
-        bool in_place = false;
-        if constexpr (std::is_same_v<S, T> && std::is_same_v<SB, T> && !kPairs) {
-          if (direct && cols == kNr) {
-            b = p.b + pc * p.ldb + j;
-            ldb = p.ldb;
-            in_place = true;
+      for (int64_t g0 = mine.begin; g0 < mine.end; g0 += kStreamSlivers) {
+        const int64_t g1 = std::min(g0 + kStreamSlivers, mine.end);
+        if (!direct)
+          pack_b(p, pc, kc, g0 * kNr, std::min(g1 * kNr, p.n) - g0 * kNr, 0, g1 - g0, bp);
+        for (int64_t s = g0; s < g1; ++s) {
+          const int64_t j = s * kNr, cols = std::min<int64_t>(kNr, p.n - j);
+          const Packed* b = bp + (s - g0) * kNr * depth;
+          int64_t ldb = kNr;
+          if constexpr (std::is_same_v<S, T> && std::is_same_v<SB, T> && !kPairs) {
+            if (direct) {
+              if (cols == kNr) {
+                b = p.b + pc * p.ldb + j;
+                ldb = p.ldb;
+              } else {
+                pack_b(p, pc, kc, j, cols, 0, 1, bp);
+                b = bp;
+              }
+            }
           }
+          for (int64_t ir = 0; ir < p.m; ir += kMr)
+            tile(kc, ap + ir * depth, b, ldb, std::min<int64_t>(kMr, p.m - ir), cols,
+                 p.c + ir * p.ldc + j, p.ldc, p.alpha, beta);
         }
-        if (!in_place) pack_b(p, pc, kc, j, cols, 0, 1, bp);
-        for (int64_t ir = 0; ir < p.m; ir += kMr)
-          tile(kc, ap + ir * packed_depth(kc), b, ldb, std::min<int64_t>(kMr, p.m - ir), cols,
-               p.c + ir * p.ldc + j, p.ldc, p.alpha, beta);
       }
     }
   }
@@ -448,6 +481,11 @@ struct Driver {
     const int64_t row_begin = rows.begin * kMr, row_end = std::min(p.m, rows.end * kMr);
     Packed* ap = a_buffer.get(
         static_cast<size_t>(Blocking::kMc * packed_depth(std::min<int64_t>(Blocking::kKc, p.k))));
+    // The rows split into equal blocks of at most MC: a short last block would reuse each
+    // B sliver over few tiles (256 rows: 128 + 128, not 192 + 64).
+    const int64_t blocks = (row_end - row_begin + Blocking::kMc - 1) / Blocking::kMc;
+    const int64_t mc_step = std::max<int64_t>(
+        kMr, ((row_end - row_begin + blocks - 1) / blocks + kMr - 1) / kMr * kMr);
     int parity = 0;
     for (int64_t jc = 0; jc < p.n; jc += Blocking::kNc) {
       const int64_t nc = std::min<int64_t>(Blocking::kNc, p.n - jc);
@@ -463,8 +501,8 @@ struct Driver {
 #pragma omp barrier
         }
         const T beta = pc == 0 ? p.beta : T(1);
-        for (int64_t ic = row_begin; ic < row_end; ic += Blocking::kMc) {
-          const int64_t mc = std::min<int64_t>(Blocking::kMc, row_end - ic);
+        for (int64_t ic = row_begin; ic < row_end; ic += mc_step) {
+          const int64_t mc = std::min<int64_t>(mc_step, row_end - ic);
           pack_a(p, ic, mc, pc, kc, ap);
           for (int64_t s = mine.begin; s < mine.end; ++s) {
             const int64_t j = jc + s * kNr, cols = std::min<int64_t>(kNr, jc + nc - j);
@@ -478,14 +516,22 @@ struct Driver {
     }
   }
 
-  // One MR×NR tile; a partial tile is computed in full into a buffer (the packing made
-  // the missing rows and columns zero) and only its valid part is merged into C.
+  // One MR×NR tile. A partial tile is computed in full into a buffer (the packing made
+  // the missing rows and columns zero) and only its valid part is merged into C, except
+  // that AVX2 has kernels for the last rows of full-width tiles.
   static void tile(int64_t kc, const Packed* a, const Packed* b, int64_t ldb, int64_t rows,
                    int64_t cols,
                    T* c, int64_t ldc, T alpha, T beta) {
     if (rows == kMr && cols == kNr) {
       kernel(kc, a, b, ldb, c, ldc, alpha, beta);
       return;
+    }
+    if constexpr (isa == Isa::Avx2) {
+      if (cols == kNr) {
+        gemm_detail::micro_kernel_avx2_rows(static_cast<int>(rows), kc, a, b, ldb, c, ldc, alpha,
+                                            beta);
+        return;
+      }
     }
     alignas(64) T buffer[kMr * kNr];
     kernel(kc, a, b, ldb, buffer, kNr, alpha, T(0));

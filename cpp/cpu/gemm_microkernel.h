@@ -14,8 +14,10 @@
 
 namespace steepest::cpu::gemm_detail {
 
-// See gemm_kernels.h for the packed layout and the beta == 0 contract.
-template <class S, int MR, int NV>
+// See gemm_kernels.h for the packed layout and the beta == 0 contract. AS is the row
+// count the A sliver was packed with: an edge kernel (MR < AS) computes only the first MR
+// rows of a full-height sliver, straight into C.
+template <class S, int MR, int NV, int AS = MR>
 inline void micro_kernel(int64_t kc, const typename S::T* __restrict a,
                          const typename S::T* __restrict b, int64_t ldb, typename S::T* c,
                          int64_t ldc,
@@ -45,7 +47,7 @@ inline void micro_kernel(int64_t kc, const typename S::T* __restrict a,
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) acc[i][j] = S::fma(av, bv[j], acc[i][j]);
     }
-    a += MR;
+    a += AS;
     b += ldb;
   }
   const V va = S::broadcast(alpha);
