@@ -450,3 +450,11 @@ def test_writes_that_autograd_does_not_depend_on_are_allowed():
     c.numpy()[1] = 7.0
     loss.backward()
     np.testing.assert_allclose(x.grad.numpy(), [1.0, 1.0])
+
+
+@pytest.mark.parametrize("make", [lambda: st.layers.Dense(3), lambda: st.layers.TransformerBlock(16, 4)])
+def test_engine_layer_forward_before_build_raises(make):
+    # The engine's layers index their weights unchecked; an unbuilt one must refuse.
+    layer = make()
+    with pytest.raises(ValueError, match="forward before build"):
+        layer._impl.forward(st.randn((2, 6, 16)))
