@@ -67,19 +67,21 @@ void product(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alph
   gemm(g);
 }
 
-// s (nq, kKeyTile) = scale · q rows [q0, q0 + nq) · (k rows [k0, k0 + nk))ᵀ, with the keys
-// a row may not see (causal) at −inf.
+// dst (cols, ld) = rows [0, n) of src transposed: dst[c·ld + i] = src.row(i)[c].
 template <class T>
-void tile_scores(const AttentionArgs& a, Rows<const T> q, Rows<const T> k, int64_t q0,
-                 int64_t nq, int64_t k0, int64_t nk, T* s) {
-  product<T>(false, true, nq, nk, a.d, static_cast<T>(a.scale), q.row(q0), q.ld, k.row(k0), k.ld,
-             T(0), s, kKeyTile);
-  if (!a.causal || k0 + nk <= q0 + 1) return;
-  for (int64_t i = 0; i < nq; ++i) {
-    const int64_t visible = std::clamp<int64_t>(attention_key_end(a, q0 + i) - k0, 0, nk);
-    std::fill(s + i * kKeyTile + visible, s + i * kKeyTile + nk, kNegInf<T>);
+void transpose_rows(Rows<const T> src, int64_t n, int64_t cols, T* dst, int64_t ld) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T* row = src.row(i);
+    for (int64_t c = 0; c < cols; ++c) dst[c * ld + i] = row[c];
   }
 }
+
+// The GEMM packs an operand by plain copies when its depth axis is the row axis (a
+// transposed A, a row-major B), and by strided transposes otherwise, which at these
+// depths (dh 32..128) cost more than the products themselves. So the products below
+// are posed with their operands in the copying orientation: Q, K, V and dO are
+// transposed once per batch entry or tile (qt, kt, vt, dot), and the forward keeps its
+// scores key-major (Sᵀ). Only dQ += dS·K packs by transposing (dS, one 64×64 tile).
 
 template <class T>
 struct ForwardOperands {
@@ -87,44 +89,63 @@ struct ForwardOperands {
   Rows<T> out;
 };
 
-// One query tile of one batch entry: out rows [q0, q0 + nq) and their log-sum-exp.
+// One query tile of one batch entry: out rows [q0, q0 + nq) and their log-sum-exp, from
+// kt = Kᵀ (d, tk). With the scores st = scale·K·Qᵀ (keys × queries) the online softmax
+// loops over keys with the query axis contiguous.
 template <class T>
-void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, int64_t q0, int64_t nq,
-                  T* lse, std::vector<T>& buffer) {
-  buffer.resize(static_cast<size_t>(kQueryTile * (kKeyTile + a.dv + 2)));
-  T* s = buffer.data();
-  T* o = s + kQueryTile * kKeyTile;
+void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* kt, int64_t q0,
+                  int64_t nq, T* lse, T* buffer) {
+  T* st = buffer;
+  T* qt = st + kKeyTile * kQueryTile;
+  T* o = qt + a.d * kQueryTile;
   T* row_max = o + kQueryTile * a.dv;
   T* row_sum = row_max + kQueryTile;
+  T* shift = row_sum + kQueryTile;
+  T* factor = shift + kQueryTile;
+  transpose_rows(Rows<const T>{x.q.row(q0), x.q.ld}, nq, a.d, qt, kQueryTile);
   std::fill(o, o + nq * a.dv, T(0));
   std::fill(row_max, row_max + nq, kNegInf<T>);
   std::fill(row_sum, row_sum + nq, T(0));
   const int64_t key_end = attention_key_end(a, q0 + nq - 1);
   for (int64_t k0 = 0; k0 < key_end; k0 += kKeyTile) {
     const int64_t nk = std::min(kKeyTile, key_end - k0);
-    tile_scores(a, x.q, x.k, q0, nq, k0, nk, s);
+    product<T>(true, false, nk, nq, a.d, static_cast<T>(a.scale), kt + k0, a.tk, qt, kQueryTile,
+               T(0), st, kQueryTile);
+    // Causal: key k0 + j is hidden from the queries before it, rows [0, first(j)) of
+    // its column; those get weight 0 and no exponential.
+    auto first = [&](int64_t j) {
+      return a.causal ? std::clamp<int64_t>(k0 + j - q0, 0, nq) : int64_t{0};
+    };
+    std::copy(row_max, row_max + nq, shift);
+    for (int64_t j = 0; j < nk; ++j) {
+      const T* sj = st + j * kQueryTile;
+      for (int64_t i = first(j); i < nq; ++i) shift[i] = sj[i] > shift[i] ? sj[i] : shift[i];
+    }
+    // Online softmax: what was summed under the old max is rescaled to the new one. A
+    // row that has seen no key yet keeps max −inf and sum 0; shifting it by 0 avoids
+    // −inf − (−inf).
     for (int64_t i = 0; i < nq; ++i) {
-      T* si = s + i * kKeyTile;
-      T m = row_max[i];
-      for (int64_t j = 0; j < nk; ++j) m = si[j] > m ? si[j] : m;
-      // A row whose keys are all masked so far keeps max −inf and adds nothing.
-      if (m == kNegInf<T>) {
-        std::fill(si, si + nk, T(0));
-        continue;
-      }
-      // Online softmax: rescale what was summed under the old max to the new one.
-      const T rescale = math::exp(row_max[i] - m);
+      const T m = shift[i];
+      shift[i] = m == kNegInf<T> ? T(0) : m;
+      factor[i] = math::exp(row_max[i] - shift[i]);
       row_max[i] = m;
-      for (int64_t j = 0; j < nk; ++j) si[j] = math::exp(si[j] - m);
-      T sum = 0;
-      for (int64_t j = 0; j < nk; ++j) sum += si[j];
-      row_sum[i] = row_sum[i] * rescale + sum;
-      if (rescale != T(1)) {
-        T* oi = o + i * a.dv;
-        for (int64_t c = 0; c < a.dv; ++c) oi[c] *= rescale;
+      row_sum[i] *= factor[i];
+    }
+    for (int64_t j = 0; j < nk; ++j) {
+      T* sj = st + j * kQueryTile;
+      const int64_t lo = first(j);
+      std::fill(sj, sj + lo, T(0));
+      for (int64_t i = lo; i < nq; ++i) {
+        sj[i] = math::exp(sj[i] - shift[i]);
+        row_sum[i] += sj[i];
       }
     }
-    product<T>(false, false, nq, a.dv, nk, T(1), s, kKeyTile, x.v.row(k0), x.v.ld, T(1), o, a.dv);
+    for (int64_t i = 0; i < nq; ++i) {
+      if (factor[i] == T(1)) continue;
+      T* oi = o + i * a.dv;
+      for (int64_t c = 0; c < a.dv; ++c) oi[c] *= factor[i];
+    }
+    product<T>(true, false, nq, a.dv, nk, T(1), st, kQueryTile, x.v.row(k0), x.v.ld, T(1), o, a.dv);
   }
   for (int64_t i = 0; i < nq; ++i) {
     // No visible key (tk = 0): the output is 0, as softmax over nothing times v gives.
@@ -145,14 +166,22 @@ void forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Ten
   const int64_t work_per_task = std::max<int64_t>(1, a.tk * (a.d + a.dv) * std::min(a.tq, kQueryTile));
   parallel_for(a.batch * tiles, std::max<int64_t>(1, kParallelGrain / work_per_task),
                [&](int64_t begin, int64_t end) {
-                 std::vector<T> buffer;
+                 std::vector<T> buffer(static_cast<size_t>(
+                     kQueryTile * (kKeyTile + a.d + a.dv + 4) + a.d * a.tk));
+                 T* kt = buffer.data() + kQueryTile * (kKeyTile + a.d + a.dv + 4);
+                 int64_t transposed = -1;  // the entry whose Kᵀ kt holds
                  for (int64_t task = begin; task < end; ++task) {
                    const int64_t b = task / tiles, q0 = (task % tiles) * kQueryTile;
                    const ForwardOperands<T> x{entry_rows<const T>(q.data<T>(), a.q, a, b),
                                               entry_rows<const T>(k.data<T>(), a.k, a, b),
                                               entry_rows<const T>(v.data<T>(), a.v, a, b),
                                               entry_rows(out.data<T>(), a.out, a, b)};
-                   forward_tile(a, x, q0, std::min(kQueryTile, a.tq - q0), pl + b * a.tq, buffer);
+                   if (transposed != b) {
+                     transpose_rows(x.k, a.tk, a.d, kt, a.tk);
+                     transposed = b;
+                   }
+                   forward_tile(a, x, kt, q0, std::min(kQueryTile, a.tq - q0), pl + b * a.tq,
+                                buffer.data());
                  }
                });
 }
@@ -160,6 +189,8 @@ void forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Ten
 template <class T>
 struct BackwardOperands {
   Rows<const T> q, k, v, dout;
+  const T* qt;   // Qᵀ (d, tq)
+  const T* dot;  // dOᵀ (dv, tq)
   const T* lse;
   const T* delta;
   Rows<T> dq, dk, dv;
@@ -171,26 +202,30 @@ struct BackwardOperands {
 //   dK_j = scale Σ_i dS_ij q_i,  dQ_i += scale Σ_j dS_ij k_j (into dq).
 template <class T>
 void backward_key_tile(const AttentionArgs& a, const BackwardOperands<T>& x, int64_t k0,
-                       int64_t nk, std::vector<T>& buffer) {
-  buffer.resize(static_cast<size_t>(2 * kQueryTile * kKeyTile));
-  T* p = buffer.data();
+                       int64_t nk, T* buffer) {
+  T* p = buffer;
   T* dp = p + kQueryTile * kKeyTile;
+  T* kt = dp + kQueryTile * kKeyTile;
+  T* vt = kt + a.d * kKeyTile;
+  transpose_rows(Rows<const T>{x.k.row(k0), x.k.ld}, nk, a.d, kt, kKeyTile);
+  transpose_rows(Rows<const T>{x.v.row(k0), x.v.ld}, nk, a.dv, vt, kKeyTile);
   const T scale = static_cast<T>(a.scale);
   T beta = 0;  // the first query tile writes dK and dV, later ones add
   // Under the causal mask, queries before k0 see none of these keys.
   for (int64_t q0 = a.causal ? k0 : 0; q0 < a.tq; q0 += kQueryTile, beta = 1) {
     const int64_t nq = std::min(kQueryTile, a.tq - q0);
-    tile_scores(a, x.q, x.k, q0, nq, k0, nk, p);
+    product<T>(true, false, nq, nk, a.d, scale, x.qt + q0, a.tq, kt, kKeyTile, T(0), p, kKeyTile);
     for (int64_t i = 0; i < nq; ++i) {
       T* pi = p + i * kKeyTile;
       const T l = x.lse[q0 + i];
-      // exp(−inf − l) is 0 for a masked key (every row sees a key when tk > 0).
-      for (int64_t j = 0; j < nk; ++j) pi[j] = math::exp(pi[j] - l);
+      // Every row sees a key when tk > 0, so l is finite.
+      const int64_t visible = std::clamp<int64_t>(attention_key_end(a, q0 + i) - k0, 0, nk);
+      for (int64_t j = 0; j < visible; ++j) pi[j] = math::exp(pi[j] - l);
+      std::fill(pi + visible, pi + nk, T(0));
     }
     product<T>(true, false, nk, a.dv, nq, T(1), p, kKeyTile, x.dout.row(q0), x.dout.ld, beta,
                x.dv.row(k0), x.dv.ld);
-    product<T>(false, true, nq, nk, a.dv, T(1), x.dout.row(q0), x.dout.ld, x.v.row(k0), x.v.ld,
-               T(0), dp, kKeyTile);
+    product<T>(true, false, nq, nk, a.dv, T(1), x.dot + q0, a.tq, vt, kKeyTile, T(0), dp, kKeyTile);
     for (int64_t i = 0; i < nq; ++i) {
       const T* pi = p + i * kKeyTile;
       T* dpi = dp + i * kKeyTile;
@@ -250,7 +285,12 @@ void backward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Te
   const int64_t work_per_task = std::max<int64_t>(1, a.tq * (a.d + a.dv) * kKeyTile);
   parallel_for(a.batch * chunks, std::max<int64_t>(1, kParallelGrain / work_per_task),
                [&](int64_t begin, int64_t end) {
-                 std::vector<T> buffer;
+                 const int64_t width = std::max(a.d, a.dv);
+                 std::vector<T> buffer(static_cast<size_t>(2 * kQueryTile * kKeyTile +
+                                                           2 * width * kKeyTile + (a.d + a.dv) * a.tq));
+                 T* qt = buffer.data() + 2 * kQueryTile * kKeyTile + 2 * width * kKeyTile;
+                 T* dot = qt + a.d * a.tq;
+                 int64_t transposed = -1;  // the entry whose Qᵀ, dOᵀ qt and dot hold
                  for (int64_t task = begin; task < end; ++task) {
                    const int64_t b = task / chunks, chunk = task % chunks;
                    const Rows<T> dq =
@@ -260,16 +300,23 @@ void backward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Te
                                                entry_rows<const T>(k.data<T>(), a.k, a, b),
                                                entry_rows<const T>(v.data<T>(), a.v, a, b),
                                                entry_rows<const T>(grad_out.data<T>(), a.grad_out, a, b),
+                                               qt,
+                                               dot,
                                                pl + b * a.tq,
                                                delta.data() + b * a.tq,
                                                dq,
                                                entry_rows(grad_k.data<T>(), a.grad_k, a, b),
                                                entry_rows(grad_v.data<T>(), a.grad_v, a, b)};
+                   if (transposed != b) {
+                     transpose_rows(x.q, a.tq, a.d, qt, a.tq);
+                     transpose_rows(x.dout, a.tq, a.dv, dot, a.tq);
+                     transposed = b;
+                   }
                    const int64_t first = key_tiles * chunk / chunks;
                    const int64_t last = key_tiles * (chunk + 1) / chunks;
                    for (int64_t tile = first; tile < last; ++tile) {
                      const int64_t k0 = tile * kKeyTile;
-                     backward_key_tile(a, x, k0, std::min(kKeyTile, a.tk - k0), buffer);
+                     backward_key_tile(a, x, k0, std::min(kKeyTile, a.tk - k0), buffer.data());
                    }
                  }
                });
