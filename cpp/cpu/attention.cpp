@@ -46,14 +46,13 @@ Rows<T> entry_rows(T* base, const AttentionLayout& layout, const AttentionArgs& 
   return {base + layout.entry(b, a.heads), layout.row};
 }
 
-// C (m×n, ldc) = alpha · op(A) · op(B) + beta · C on the calling thread's GEMM.
+// C (m×n, ldc) = alpha · op(A) · B + beta · C on the calling thread's GEMM (B row-major).
 template <class T>
-void product(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha,
+void product(bool trans_a, int64_t m, int64_t n, int64_t k, T alpha,
              const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
   GemmArgs g;
   g.dtype = DTypeOf<T>::value;
   g.trans_a = trans_a;
-  g.trans_b = trans_b;
   g.m = m;
   g.n = n;
   g.k = k;
@@ -78,8 +77,8 @@ void transpose_rows(Rows<const T> src, int64_t n, int64_t cols, T* dst, int64_t 
 }
 
 // The GEMM packs an operand by plain copies when its depth axis is the row axis (a
-// transposed A, a row-major B), and by strided transposes otherwise, which at these
-// depths (dh 32..128) cost more than the products themselves. So the products below
+// transposed A, a row-major B), and by strided scalar transposes otherwise, which at
+// these depths (dh 32..128) are a large part of a tile product's time. So the products
 // are posed with their operands in the copying orientation: Q, K, V and dO are
 // transposed once per batch entry or tile (qt, kt, vt, dot), and the forward keeps its
 // scores key-major (Sᵀ). Only dQ += dS·K packs by transposing (dS, one 64×64 tile).
@@ -110,7 +109,7 @@ void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* 
   const int64_t key_end = attention_key_end(a, q0 + nq - 1);
   for (int64_t k0 = 0; k0 < key_end; k0 += kKeyTile) {
     const int64_t nk = std::min(kKeyTile, key_end - k0);
-    product<T>(true, false, nk, nq, a.d, static_cast<T>(a.scale), kt + k0, a.tk, qt, kQueryTile,
+    product<T>(true, nk, nq, a.d, static_cast<T>(a.scale), kt + k0, a.tk, qt, kQueryTile,
                T(0), st, kQueryTile);
     // Causal: key k0 + j is hidden from the queries before it, rows [0, first(j)) of
     // its column; those get weight 0 and no exponential.
@@ -146,7 +145,7 @@ void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* 
       T* oi = o + i * a.dv;
       for (int64_t c = 0; c < a.dv; ++c) oi[c] *= factor[i];
     }
-    product<T>(true, false, nq, a.dv, nk, T(1), st, kQueryTile, x.v.row(k0), x.v.ld, T(1), o, a.dv);
+    product<T>(true, nq, a.dv, nk, T(1), st, kQueryTile, x.v.row(k0), x.v.ld, T(1), o, a.dv);
   }
   for (int64_t i = 0; i < nq; ++i) {
     // No visible key (tk = 0): the output is 0, as softmax over nothing times v gives.
@@ -215,7 +214,7 @@ void backward_key_tile(const AttentionArgs& a, const BackwardOperands<T>& x, int
   // Under the causal mask, queries before k0 see none of these keys.
   for (int64_t q0 = a.causal ? k0 : 0; q0 < a.tq; q0 += kQueryTile, beta = 1) {
     const int64_t nq = std::min(kQueryTile, a.tq - q0);
-    product<T>(true, false, nq, nk, a.d, scale, x.qt + q0, a.tq, kt, kKeyTile, T(0), p, kKeyTile);
+    product<T>(true, nq, nk, a.d, scale, x.qt + q0, a.tq, kt, kKeyTile, T(0), p, kKeyTile);
     for (int64_t i = 0; i < nq; ++i) {
       T* pi = p + i * kKeyTile;
       const T l = x.lse[q0 + i];
@@ -224,18 +223,18 @@ void backward_key_tile(const AttentionArgs& a, const BackwardOperands<T>& x, int
       for (int64_t j = 0; j < visible; ++j) pi[j] = math::exp(pi[j] - l);
       std::fill(pi + visible, pi + nk, T(0));
     }
-    product<T>(true, false, nk, a.dv, nq, T(1), p, kKeyTile, x.dout.row(q0), x.dout.ld, beta,
+    product<T>(true, nk, a.dv, nq, T(1), p, kKeyTile, x.dout.row(q0), x.dout.ld, beta,
                x.dv.row(k0), x.dv.ld);
-    product<T>(true, false, nq, nk, a.dv, T(1), x.dot + q0, a.tq, vt, kKeyTile, T(0), dp, kKeyTile);
+    product<T>(true, nq, nk, a.dv, T(1), x.dot + q0, a.tq, vt, kKeyTile, T(0), dp, kKeyTile);
     for (int64_t i = 0; i < nq; ++i) {
       const T* pi = p + i * kKeyTile;
       T* dpi = dp + i * kKeyTile;
       const T di = x.delta[q0 + i];
       for (int64_t j = 0; j < nk; ++j) dpi[j] = pi[j] * (dpi[j] - di) * scale;
     }
-    product<T>(false, false, nq, a.d, nk, T(1), dp, kKeyTile, x.k.row(k0), x.k.ld, T(1),
+    product<T>(false, nq, a.d, nk, T(1), dp, kKeyTile, x.k.row(k0), x.k.ld, T(1),
                x.dq.row(q0), x.dq.ld);
-    product<T>(true, false, nk, a.d, nq, T(1), dp, kKeyTile, x.q.row(q0), x.q.ld, beta,
+    product<T>(true, nk, a.d, nq, T(1), dp, kKeyTile, x.q.row(q0), x.q.ld, beta,
                x.dk.row(k0), x.dk.ld);
   }
   if (beta == T(0)) {  // no query sees these keys
