@@ -3,13 +3,21 @@
 // scores are never stored: memory is O(T). A plain, correct kernel, not a tuned one
 // (no shared-memory tiles, no tensor cores); float32/float64, the op layer widens 16-bit
 // inputs. Each row's outputs are accumulated by the lanes that own their features, so
-// the results are deterministic without atomics.
+// the results are deterministic without atomics. Operands are read and written through
+// their AttentionLayouts (strided head views in place).
 #include <cmath>
 
 #include "common.cuh"
 
 namespace steepest::cuda {
 namespace {
+
+// Row i of entry b of an operand stored with layout l.
+template <class T>
+__device__ T* row_at(T* base, const AttentionLayout& l, const AttentionArgs& a, int64_t b,
+                     int64_t i) {
+  return base + l.entry(b, a.heads) + i * l.row;
+}
 
 template <class T>
 __device__ T dot_rows(const T* x, const T* y, int64_t n) {
@@ -24,20 +32,18 @@ __global__ void attention_forward_rows(AttentionArgs a, const T* q, const T* k, 
   const int64_t row = STEEPEST_ROW_INDEX();
   if (row >= a.batch * a.tq) return;  // the whole warp shares the row
   const int64_t b = row / a.tq, i = row % a.tq;
-  const T* qi = q + row * a.d;
-  const T* kb = k + b * a.tk * a.d;
-  const T* vb = v + b * a.tk * a.dv;
-  T* oi = out + row * a.dv;
+  const T* qi = row_at(q, a.q, a, b, i);
+  T* oi = row_at(out, a.out, a, b, i);
   for (int64_t c = threadIdx.x; c < a.dv; c += 32) oi[c] = 0;
   T m = -T(INFINITY), l = 0;
   const int64_t end = attention_key_end(a, i);
   for (int64_t j = 0; j < end; ++j) {
-    const T s = dot_rows(qi, kb + j * a.d, a.d) * static_cast<T>(a.scale);
+    const T s = dot_rows(qi, row_at(k, a.k, a, b, j), a.d) * static_cast<T>(a.scale);
     const T m_new = s > m ? s : m;
     const T rescale = exp(m - m_new), p = exp(s - m_new);
     l = l * rescale + p;
     m = m_new;
-    const T* vj = vb + j * a.dv;
+    const T* vj = row_at(v, a.v, a, b, j);
     for (int64_t c = threadIdx.x; c < a.dv; c += 32) oi[c] = oi[c] * rescale + p * vj[c];
   }
   const T inv = l > 0 ? T(1) / l : T(0);
@@ -47,11 +53,11 @@ __global__ void attention_forward_rows(AttentionArgs a, const T* q, const T* k, 
 
 // D_i = dO_i·O_i.
 template <class T>
-__global__ void attention_delta_rows(int64_t rows, int64_t dv, const T* dout, const T* out,
-                                     T* delta) {
+__global__ void attention_delta_rows(AttentionArgs a, const T* dout, const T* out, T* delta) {
   const int64_t row = STEEPEST_ROW_INDEX();
-  if (row >= rows) return;
-  const T sum = dot_rows(dout + row * dv, out + row * dv, dv);
+  if (row >= a.batch * a.tq) return;
+  const int64_t b = row / a.tq, i = row % a.tq;
+  const T sum = dot_rows(row_at(dout, a.grad_out, a, b, i), row_at(out, a.out, a, b, i), a.dv);
   if (threadIdx.x == 0) delta[row] = sum;
 }
 
@@ -72,16 +78,15 @@ __global__ void attention_grad_q_rows(AttentionArgs a, const T* q, const T* k, c
   const int64_t row = STEEPEST_ROW_INDEX();
   if (row >= a.batch * a.tq) return;
   const int64_t b = row / a.tq, i = row % a.tq;
-  const T* kb = k + b * a.tk * a.d;
-  const T* vb = v + b * a.tk * a.dv;
-  T* dqi = dq + row * a.d;
+  T* dqi = row_at(dq, a.grad_q, a, b, i);
   for (int64_t c = threadIdx.x; c < a.d; c += 32) dqi[c] = 0;
   const int64_t end = attention_key_end(a, i);
   for (int64_t j = 0; j < end; ++j) {
     T p;
-    const T ds = scaled_score_grad(a, q + row * a.d, kb + j * a.d, dout + row * a.dv,
-                                   vb + j * a.dv, lse[row], delta[row], &p);
-    for (int64_t c = threadIdx.x; c < a.d; c += 32) dqi[c] += ds * kb[j * a.d + c];
+    const T* kj = row_at(k, a.k, a, b, j);
+    const T ds = scaled_score_grad(a, row_at(q, a.q, a, b, i), kj, row_at(dout, a.grad_out, a, b, i),
+                                   row_at(v, a.v, a, b, j), lse[row], delta[row], &p);
+    for (int64_t c = threadIdx.x; c < a.d; c += 32) dqi[c] += ds * kj[c];
   }
 }
 
@@ -93,18 +98,20 @@ __global__ void attention_grad_kv_rows(AttentionArgs a, const T* q, const T* k, 
   const int64_t row = STEEPEST_ROW_INDEX();
   if (row >= a.batch * a.tk) return;
   const int64_t b = row / a.tk, j = row % a.tk;
-  T* dkj = dk + row * a.d;
-  T* dvj = dv + row * a.dv;
+  T* dkj = row_at(dk, a.grad_k, a, b, j);
+  T* dvj = row_at(dv, a.grad_v, a, b, j);
   for (int64_t c = threadIdx.x; c < a.d; c += 32) dkj[c] = 0;
   for (int64_t c = threadIdx.x; c < a.dv; c += 32) dvj[c] = 0;
   for (int64_t i = 0; i < a.tq; ++i) {
     if (j >= attention_key_end(a, i)) continue;
     const int64_t r = b * a.tq + i;
+    const T* qi = row_at(q, a.q, a, b, i);
+    const T* doi = row_at(dout, a.grad_out, a, b, i);
     T p;
-    const T ds = scaled_score_grad(a, q + r * a.d, k + row * a.d, dout + r * a.dv,
-                                   v + row * a.dv, lse[r], delta[r], &p);
-    for (int64_t c = threadIdx.x; c < a.d; c += 32) dkj[c] += ds * q[r * a.d + c];
-    for (int64_t c = threadIdx.x; c < a.dv; c += 32) dvj[c] += p * dout[r * a.dv + c];
+    const T ds = scaled_score_grad(a, qi, row_at(k, a.k, a, b, j), doi, row_at(v, a.v, a, b, j),
+                                   lse[r], delta[r], &p);
+    for (int64_t c = threadIdx.x; c < a.d; c += 32) dkj[c] += ds * qi[c];
+    for (int64_t c = threadIdx.x; c < a.dv; c += 32) dvj[c] += p * doi[c];
   }
 }
 
@@ -139,7 +146,7 @@ void attention_backward(const AttentionArgs& args, const Tensor& q, const Tensor
     const dim3 block(32, kRowsPerBlock);
     if (q_rows > 0) {
       attention_delta_rows<T><<<row_blocks(q_rows), block, 0, guard.stream()>>>(
-          q_rows, args.dv, grad_out.data<T>(), out.data<T>(), delta.data<T>());
+          args, grad_out.data<T>(), out.data<T>(), delta.data<T>());
       STEEPEST_CUDA_CHECK_LAUNCH();
       attention_grad_q_rows<T><<<row_blocks(q_rows), block, 0, guard.stream()>>>(
           args, q.data<T>(), k.data<T>(), v.data<T>(), grad_out.data<T>(), logsumexp.data<T>(),

@@ -132,3 +132,47 @@ def test_attention_backward_node_is_fused():
     q = st.tensor(np.ones((1, 4, 2)), requires_grad=True)
     out = ops.scaled_dot_product_attention(q, q, q, causal=True)
     assert out.grad_fn == "AttentionBackward"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_attention_reads_strided_heads_in_place(dtype):
+    # The heads of a fused (B, T, 3, H, dh) projection, as TransformerBlock makes them:
+    # read through their strides, with results equal to contiguous copies' and the
+    # output stored (B, T, H, dh) so that merging the heads copies nothing.
+    b, t, h, dh = 2, 70, 3, 5
+    rng = np.random.default_rng(4)
+    qkv_array = rng.standard_normal((b, t, 3, h, dh))
+    weights = st.tensor(rng.standard_normal((b, t, h * dh)), dtype=dtype)
+    results = []
+    for strided in (True, False):
+        qkv = st.tensor(qkv_array, dtype=dtype, requires_grad=True)
+        heads = qkv.permute(2, 0, 3, 1, 4)
+        q, k, v = (heads[i] if strided else heads[i].contiguous() for i in range(3))
+        with st.profiler.profile() as prof:
+            out = ops.scaled_dot_product_attention(q, k, v, causal=True)
+            merged = out.permute(0, 2, 1, 3).reshape(b, t, h * dh)
+        if strided:
+            assert [s.name for s in prof.key_averages() if s.name == "clone"] == []
+        assert out.strides == (t * h * dh, dh, h * dh, 1)
+        # A strided gradient reaches the backward as it is.
+        (merged * weights).sum().backward()
+        results.append([merged.numpy(), qkv.grad.numpy()])
+    for strided, copied in zip(*results):
+        np.testing.assert_allclose(strided, copied, rtol=1e-12 if dtype == "float64" else 1e-6)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_fused_attention_long_context_equals_composed(causal):
+    # Several 64-key tiles on both sides with ragged ends, dh as in the GPT benchmark.
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal((1, 2, 200, 32)) for _ in range(3)]
+    weights = rng.standard_normal((1, 2, 200, 32))
+    results = []
+    for fn in (lambda *x: ops.scaled_dot_product_attention(*x, causal=causal),
+               lambda *x: composed(*x, causal, 1 / np.sqrt(32))):
+        leaves = [st.tensor(a, dtype="float32", requires_grad=True) for a in arrays]
+        out = fn(*leaves)
+        out.backward(st.tensor(weights, dtype="float32"))
+        results.append([out.numpy()] + [leaf.grad.numpy() for leaf in leaves])
+    for fused, reference in zip(*results):
+        np.testing.assert_allclose(fused, reference, rtol=1e-4, atol=1e-4)

@@ -3,8 +3,11 @@
 // kernels of kernels.def, O(T) memory) where q, k and v share their batch axes and
 // composed from matmul, softmax and add otherwise; and checkpoint(), which keeps only a
 // function's inputs and recomputes its graph during backward.
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
+#include <utility>
 
 #include "backward.h"
 #include "internal.h"
@@ -26,6 +29,58 @@ Tensor causal_mask(int64_t tq, int64_t tk, DType dtype, Device device) {
   return device.is_cpu() ? typed : to_device(typed, device);
 }
 
+
+// How the flash kernels read t (..., T, D) in place: its last axis contiguous, the axis
+// before T its heads, and the axes before those merged into one stride; nullopt when
+// they do not merge (t is then copied).
+std::optional<AttentionLayout> layout_of(const Tensor& t) {
+  const int nd = t.ndim();
+  const Dims& shape = t.shape();
+  const Dims& strides = t.strides();
+  if (shape[nd - 1] > 1 && strides[nd - 1] != 1) return std::nullopt;
+  AttentionLayout layout;
+  layout.row = strides[nd - 2];
+  if (nd >= 3) layout.head = strides[nd - 3];
+  int64_t merged = -1;  // the stride the next outer axis needs to merge
+  for (int i = nd - 4; i >= 0; --i) {
+    if (shape[i] == 1) continue;
+    if (merged >= 0 && strides[i] != merged) return std::nullopt;
+    if (merged < 0) layout.outer = strides[i];
+    merged = strides[i] * shape[i];
+  }
+  return layout;
+}
+
+// t detached, copied only when the kernels cannot read its layout.
+Tensor readable(const Tensor& t, AttentionLayout& layout) {
+  Tensor x = t.detach();
+  if (auto direct = layout_of(x)) {
+    layout = *direct;
+    return x;
+  }
+  x = contiguous(x);
+  layout = *layout_of(x);
+  return x;
+}
+
+// A new (..., H, T, D) tensor whose memory is ordered (..., T, H, D): merging the heads
+// back into (..., T, H·D), as a transformer does next, is then a view.
+Tensor heads_last_empty(const Dims& shape, DType dtype, Device device, AttentionLayout& layout) {
+  const int nd = shape.size();
+  if (nd < 4) {
+    Tensor t = Tensor::empty(shape, dtype, device);
+    layout = *layout_of(t);
+    return t;
+  }
+  Dims memory = shape;
+  std::swap(memory[nd - 3], memory[nd - 2]);
+  Tensor t = Tensor::empty(memory, dtype, device);
+  Dims strides = t.strides();
+  std::swap(strides[nd - 3], strides[nd - 2]);
+  Tensor view = t.alias(shape, strides, t.offset());
+  layout = *layout_of(view);
+  return view;
+}
 
 // softmax(scale·q·kᵀ + mask)·v from ops, so autograd derives its backward: the path for
 // broadcast batch axes, and the formula the fused backward differentiates under
@@ -59,11 +114,12 @@ struct AttentionBackward final : Node {
       }, {q_input, k_input, v_input}, g, grads);
       return;
     }
-    Tensor gc = contiguous(g);
-    Tensor grad_q = Tensor::empty(q.shape(), q.dtype(), q.device());
-    Tensor grad_k = Tensor::empty(k.shape(), k.dtype(), k.device());
-    Tensor grad_v = Tensor::empty(v.shape(), v.dtype(), v.device());
-    STEEPEST_KERNEL(q.device(), attention_backward)(args, q, k, v, out, gc, logsumexp, grad_q,
+    AttentionArgs a = args;
+    Tensor gc = readable(g, a.grad_out);
+    Tensor grad_q = heads_last_empty(q.shape(), q.dtype(), q.device(), a.grad_q);
+    Tensor grad_k = heads_last_empty(k.shape(), k.dtype(), k.device(), a.grad_k);
+    Tensor grad_v = heads_last_empty(v.shape(), v.dtype(), v.device(), a.grad_v);
+    STEEPEST_KERNEL(q.device(), attention_backward)(a, q, k, v, out, gc, logsumexp, grad_q,
                                                     grad_k, grad_v);
     if (next[0]) grads[0] = grad_q;
     if (next[1]) grads[1] = grad_k;
@@ -112,18 +168,20 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   if (batch_q != batch_k || batch_q != batch_v) return composed_attention(q, k, v, causal, s);
   AttentionArgs args;
   args.batch = batch_q.product();
+  args.heads = std::max<int64_t>(1, q.ndim() >= 3 ? q.shape()[q.ndim() - 3] : 1);
   args.tq = q.shape()[q.ndim() - 2];
   args.tk = k.shape()[k.ndim() - 2];
   args.d = d;
   args.dv = v.shape().back();
   args.causal = causal;
   args.scale = s;
-  Tensor qc = contiguous(q.detach()), kc = contiguous(k.detach()), vc = contiguous(v.detach());
+  // Strided views (the heads of a fused projection) are read in place.
+  Tensor qc = readable(q, args.q), kc = readable(k, args.k), vc = readable(v, args.v);
   Dims lse_shape = batch_q;
   lse_shape.push_back(args.tq);
   Dims out_shape = lse_shape;
   out_shape.push_back(args.dv);
-  Tensor out = Tensor::empty(out_shape, q.dtype(), q.device());
+  Tensor out = heads_last_empty(out_shape, q.dtype(), q.device(), args.out);
   Tensor logsumexp = Tensor::empty(lse_shape, q.dtype(), q.device());
   STEEPEST_KERNEL(q.device(), attention_forward)(args, qc, kc, vc, out, logsumexp);
   detail::record<AttentionBackward>(out, {&q, &k, &v}, args, qc, kc, vc, detail::saved_output(out),

@@ -76,13 +76,33 @@ struct Conv2dGeometry {
   bool bf16_products = false;
 };
 
+#if defined(__CUDACC__)
+#define STEEPEST_HOST_DEVICE __host__ __device__
+#else
+#define STEEPEST_HOST_DEVICE
+#endif
+
+// Where an attention operand keeps element (entry b, row i, feature c), counted in
+// elements from its data pointer: entry b is (outer o, head h) with b = o·heads + h, at
+// o·outer + h·head + i·row + c. The heads of a fused (B, T, 3, H, dh) projection and an
+// output stored as (B, T, H, dv), ready for the head merge, are both such layouts.
+struct AttentionLayout {
+  int64_t outer = 0, head = 0, row = 0;
+  STEEPEST_HOST_DEVICE int64_t entry(int64_t b, int64_t heads) const {
+    return b / heads * outer + b % heads * head;
+  }
+};
+
 // Fused attention over `batch` independent (query, key) problems: q (batch, tq, d),
-// k (batch, tk, d), v (batch, tk, dv), all contiguous. Causal masking is top-left aligned
-// (query i sees keys j <= i), as torch's is_causal; attention_key_end gives the bound.
+// k (batch, tk, d), v (batch, tk, dv), out and grad_out (batch, tq, dv), each laid out
+// as its AttentionLayout says (features contiguous); the gradients take the layouts of
+// grad_q, grad_k and grad_v. Causal masking is top-left aligned (query i sees keys
+// j <= i), as torch's is_causal; attention_key_end gives the bound.
 struct AttentionArgs {
-  int64_t batch = 0, tq = 0, tk = 0, d = 0, dv = 0;
+  int64_t batch = 0, heads = 1, tq = 0, tk = 0, d = 0, dv = 0;
   bool causal = false;
   double scale = 1.0;
+  AttentionLayout q, k, v, out, grad_out, grad_q, grad_k, grad_v;
 };
 
 // The rows of t viewed as (rows, last axis), as the row-wise kernels see it.
@@ -131,12 +151,6 @@ inline Factored factored_shape(const Tensor& grad) {
   const int64_t rows = grad.size(nd - 2), cols = grad.size(nd - 1);
   return {rows * cols == 0 ? 0 : grad.numel() / (rows * cols), rows, cols};
 }
-
-#if defined(__CUDACC__)
-#define STEEPEST_HOST_DEVICE __host__ __device__
-#else
-#define STEEPEST_HOST_DEVICE
-#endif
 
 // One past the last key query row i attends to.
 STEEPEST_HOST_DEVICE inline int64_t attention_key_end(const AttentionArgs& a, int64_t i) {
