@@ -222,7 +222,7 @@ void init_model(nb::module_& parent) {
            [](model::Layer& l, const Tensor& x, bool training, int64_t step) {
              // The layers index their weights without checks: an unbuilt one has none.
              if (!l.built())
-               fail(l.name(), "forward before build: build the layer (or its model) first");
+               fail(l.name().c_str(), "forward before build: build the layer (or its model) first");
              return l.forward(x, model::Pass{training, step});
            },
            arg("x"), arg("training") = false, arg("step") = 0)
