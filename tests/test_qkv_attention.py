@@ -128,6 +128,7 @@ def test_qkv_attention_16bit_computes_in_float32(dtype):
     ((1, 2, 12, 1), 2, ValueError, r"\[qkv_attention\].*heads = 2"),
     ((1, 2, 12), 5, ValueError, r"\[qkv_attention\].*heads = 5.*\(1, 2, 12\)"),
     ((1, 2, 12), 0, ValueError, r"\[qkv_attention\].*heads must be positive"),
+    ((1, 2, 12), 2**62, ValueError, r"\[qkv_attention\].*heads = 4611686018427387904"),
 ])
 def test_qkv_attention_bad_shapes(shape, heads, error, pattern):
     with pytest.raises(error, match=pattern):

@@ -258,7 +258,8 @@ Tensor qkv_attention(const Tensor& qkv, int64_t heads, bool causal, std::optiona
   const char* op = "qkv_attention";
   detail::check_float(op, qkv, "qkv");
   if (heads <= 0) fail(op, "heads must be positive, got ", heads);
-  if (qkv.ndim() != 3 || qkv.shape()[2] % (3 * heads) != 0)
+  // Divisibility by 3 first: 3·heads may overflow.
+  if (qkv.ndim() != 3 || qkv.shape()[2] % 3 != 0 || (qkv.shape()[2] / 3) % heads != 0)
     fail(op, "qkv needs a (batch, time, 3·heads·head_dim) shape with heads = ", heads,
          ", got ", qkv.shape());
   const int64_t b = qkv.shape()[0], t = qkv.shape()[1], d = qkv.shape()[2] / 3;
