@@ -1,8 +1,9 @@
 // Attention and activation checkpointing, the two pieces of the seed's LLM practice
 // section that are more than one kernel: softmax(QKᵀ/√d + mask)·V, fused (the flash
 // kernels of kernels.def, O(T) memory) where q, k and v share their batch axes and
-// composed from matmul, softmax and add otherwise; and checkpoint(), which keeps only a
-// function's inputs and recomputes its graph during backward.
+// composed from matmul, softmax and add otherwise (qkv_attention runs it on a fused
+// projection, reading the heads and writing their gradients in place); and checkpoint(),
+// which keeps only a function's inputs and recomputes its graph during backward.
 #include <algorithm>
 #include <array>
 #include <cmath>
