@@ -370,6 +370,15 @@ void init_ops(nb::module_& parent) {
         },
         arg("q"), arg("k"), arg("v"), arg("causal") = false, arg("scale").none() = nb::none(),
         "softmax(q·kᵀ·scale [+ causal mask])·v over (..., T, D) inputs; scale defaults to 1/sqrt(D).");
+  m.def("qkv_attention",
+        [](const Tensor& qkv, int64_t heads, bool causal, std::optional<double> scale) {
+          nb::gil_scoped_release release;
+          return ops::qkv_attention(qkv, heads, causal, scale);
+        },
+        arg("qkv"), arg("heads"), arg("causal") = true, arg("scale").none() = nb::none(),
+        "Multi-head self-attention on a fused projection qkv (B, T, 3*d), q, k and v its\n"
+        "thirds in that order, each split into `heads` heads; returns the merged heads\n"
+        "(B, T, d). scale defaults to 1/sqrt(d/heads).");
   m.def("checkpoint",
         [](nb::callable fn, nb::args args) {
           std::vector<Tensor> inputs;

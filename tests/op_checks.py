@@ -135,6 +135,8 @@ OPS = {
     "scaled_dot_product_attention": {"nodes": ["AttentionBackward"],
                                      "tests": ["test_transformer.py::test_scaled_dot_product_attention",
                                                "test_flash_attention.py::test_fused_attention_gradcheck_and_torch"]},
+    "qkv_attention": {"nodes": ["AttentionBackward"],
+                      "tests": ["test_qkv_attention.py::test_qkv_attention_gradcheck_and_torch"]},
     # Shapes, joins and indexing (cpp/ops/shape.cpp, join.cpp, select.cpp).
     "reshape": {"nodes": ["ReshapeBackward"], "tests": ["test_layers_extra.py::test_reshape"]},
     "flatten": {"nodes": ["ReshapeBackward"],

@@ -24,7 +24,7 @@ def test_profile_lists_forward_and_backward_ops():
         model.fit(data, data, batch_size=8, epochs=1, verbose=0)
     stats = {(s.name, s.phase): s for s in prof.key_averages()}
     for key in [("matmul", "forward"), ("layer_norm", "forward"),
-                ("scaled_dot_product_attention", "forward"), ("AttentionBackward", "backward"),
+                ("qkv_attention", "forward"), ("AttentionBackward", "backward"),
                 ("LayerNormBackward", "backward"), ("optimizer_step", "forward"),
                 ("add_layer_norm", "forward"), ("bias_gelu", "forward"),
                 ("BiasGeluBackward", "backward")]:

@@ -79,31 +79,39 @@ Tensor TransformerBlock::drop(const Tensor& x, Pass pass, uint64_t salt) const {
   return ops::dropout(x, dropout_, true, key);
 }
 
+namespace {
+
+// Decoding's attention on the fused projection qkv (B,T,3d): the keys and values of the
+// new tokens join the cached ones (B,H,T,d/H).
+Tensor cached_attention(const Tensor& qkv, int64_t h, bool causal, KVCache& cache) {
+  const int64_t b = qkv.shape()[0], t = qkv.shape()[1], d = qkv.shape()[2] / 3;
+  Tensor heads = ops::permute(ops::reshape(qkv, {b, t, 3, h, d / h}), {2, 0, 3, 1, 4});
+  Tensor keys = ops::select(heads, 0, 1), values = ops::select(heads, 0, 2);
+  // A new token sees every cached one: the causal mask only matters among the prompt's.
+  if (cache.keys.defined()) {
+    keys = ops::cat({cache.keys, keys}, 2);
+    values = ops::cat({cache.values, values}, 2);
+    causal = false;
+  } else {
+    keys = ops::contiguous(keys);
+    values = ops::contiguous(values);
+  }
+  cache.keys = keys;
+  cache.values = values;
+  Tensor attended = ops::scaled_dot_product_attention(ops::select(heads, 0, 0), keys, values, causal);
+  return ops::reshape(ops::permute(attended, {0, 2, 1, 3}), {b, t, d});
+}
+
+}  // namespace
+
 Tensor TransformerBlock::block(const Tensor& x, Pass pass, KVCache* cache) {
   // Cast inside the block, so that a checkpointed block recomputes the casts too.
   auto w = [&](int i) { return cast(weights_[static_cast<size_t>(i)].second); };
   auto mw = [&](int i) { return product_weight(weights_[static_cast<size_t>(i)].second); };
-  const int64_t b = x.shape()[0], t = x.shape()[1], d = d_model_, h = num_heads_;
-  // Multi-head self-attention: (B,T,3d) -> q, k, v of (B,H,T,d/H).
+  // Multi-head self-attention on the fused projection (B,T,3d).
   Tensor qkv = ops::linear(ops::layer_norm(x, w(0), w(1), 1e-5), mw(2), w(3));
-  Tensor heads = ops::permute(ops::reshape(qkv, {b, t, 3, h, d / h}), {2, 0, 3, 1, 4});
-  Tensor keys = ops::select(heads, 0, 1), values = ops::select(heads, 0, 2);
-  bool causal = causal_;
-  if (cache) {
-    // A new token sees every cached one: the causal mask only matters among the prompt's.
-    if (cache->keys.defined()) {
-      keys = ops::cat({cache->keys, keys}, 2);
-      values = ops::cat({cache->values, values}, 2);
-      causal = false;
-    } else {
-      keys = ops::contiguous(keys);
-      values = ops::contiguous(values);
-    }
-    cache->keys = keys;
-    cache->values = values;
-  }
-  Tensor attended = ops::scaled_dot_product_attention(ops::select(heads, 0, 0), keys, values, causal);
-  Tensor merged = ops::reshape(ops::permute(attended, {0, 2, 1, 3}), {b, t, d});
+  Tensor merged = cache ? cached_attention(qkv, num_heads_, causal_, *cache)
+                        : ops::qkv_attention(qkv, num_heads_, causal_);
   // A projection's bias is added by the fused op that follows it (one pass for bias,
   // residual and LayerNorm), unless dropout has to see the biased output first.
   const bool dropping = pass.training && dropout_ > 0.0;

@@ -36,6 +36,7 @@ from ._core.ops import (  # noqa: F401
     mul,
     neg,
     power,
+    qkv_attention,
     reduce_loss,
     relu,
     reshape,

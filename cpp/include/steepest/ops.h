@@ -129,6 +129,12 @@ Tensor dropout(const Tensor& x, double rate, bool training, std::optional<uint64
 // causal mask hides keys after each query.
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                     bool causal, std::optional<double> scale = std::nullopt);
+// Multi-head self-attention on a fused projection qkv (B, T, 3·d): q, k and v are its
+// thirds in that order, each split into `heads` heads of d/heads features; returns the
+// heads merged back, (B, T, d). Its gradient is one (B, T, 3·d) tensor written by the
+// fused kernel, with no per-head split or merge copies in either direction.
+Tensor qkv_attention(const Tensor& qkv, int64_t heads, bool causal,
+                     std::optional<double> scale = std::nullopt);
 
 // Activation checkpointing: runs fn without recording a graph, keeping only `inputs`;
 // backward runs fn again and backpropagates through the recomputed graph. fn must be
