@@ -79,10 +79,11 @@ def test_transposes_and_edges(rng, dtype, la, lb):
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_large_all_transposes_and_threads(rng, dtype):
-    # Several row blocks and column panels, split over threads and run on one.
+    # Several row blocks and column panels, split over threads and run on one. Two threads
+    # split rows, each packing its own B panels; four form a 2 × 2 grid sharing them.
     threads = st.get_num_threads()
     try:
-        for t in sorted({1, threads}):
+        for t in sorted({1, 2, 4, threads}):
             st.set_num_threads(t)
             for la, lb in itertools.product("NT", "NT"):
                 a, a_np = operand(rng, (1029, 917), dtype, la)
