@@ -27,8 +27,9 @@ enum class Isa { Scalar, Avx2, Avx512, Avx512Bf16 };
 // (measured: KC 512 beats 256 at 2048²). MC 192 makes the GPT's weight gradients
 // (192 rows of C, Xᵀ·G over 2048 rows) one row block: C then goes the streamed way
 // (gemm.cpp), each B sliver feeding 24 tiles instead of 12 and the threads never waiting
-// for each other (1 thread: 2048x192ᵀ·2048x576 about 5% faster than at MC 144, the square
-// and forward products unchanged); the block is 384 KiB of a 2 MiB L2.
+// for each other (on a shared 2-core Xeon, 1 thread: 0 to 8% faster, within the noise;
+// 2 threads: the median call about 15% faster; the square and forward products
+// unchanged); the block is 384 KiB of a 2 MiB L2.
 // kStreamSlivers: how many B slivers the driver packs at a time when C fits one row block
 // (gemm.cpp, run_streamed); measured on AVX2 only, so AVX-512 keeps packing one.
 template <class T, Isa isa>
