@@ -58,12 +58,13 @@ def check_close(got, a, b, dtype):
 
 # (m, k, n): degenerate, odd, one past and one short of the micro-tile (8×32 float32,
 # 8×16 float64 with AVX-512; 6×16 / 6×8 with AVX2), of the rows for which B is read in
-# place (32), of the depth block (512 float32, 256 float64) and of the row block (144),
-# and a size with several row blocks and ragged edges everywhere.
+# place (32), of the depth block (512 float32, 256 float64) and of the row block (144
+# bfloat16, 192 float32 and float64 with AVX-512), and a size with several row blocks and
+# ragged edges everywhere.
 SHAPES = [
     (1, 1, 1), (7, 7, 7), (1, 65, 1), (63, 65, 257), (65, 63, 7), (11, 1, 33),
-    (9, 257, 31), (33, 511, 17), (32, 513, 48), (145, 255, 65), (257, 129, 65),
-    (1029, 917, 63),
+    (9, 257, 31), (33, 511, 17), (32, 513, 48), (145, 255, 65), (192, 600, 97),
+    (193, 255, 65), (257, 129, 65), (1029, 917, 63),
 ]
 
 
@@ -78,10 +79,11 @@ def test_transposes_and_edges(rng, dtype, la, lb):
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_large_all_transposes_and_threads(rng, dtype):
-    # Several row blocks and column panels, split over threads and run on one.
+    # Several row blocks and column panels, split over threads and run on one. Two threads
+    # split rows, each packing its own B panels; four form a 2 × 2 grid sharing them.
     threads = st.get_num_threads()
     try:
-        for t in sorted({1, threads}):
+        for t in sorted({1, 2, 4, threads}):
             st.set_num_threads(t)
             for la, lb in itertools.product("NT", "NT"):
                 a, a_np = operand(rng, (1029, 917), dtype, la)

@@ -1,17 +1,17 @@
-// GEMM in the Goto/BLIS structure: for each KC×NC panel of op(B) (packed once, shared by
-// all threads) and each MC×KC block of op(A) (packed per thread), a register-blocked
-// micro-kernel computes MR×NR tiles of C. Packing absorbs the four transpose
-// combinations and zero-pads the ragged edges, so the kernel has no slow path; partial
-// tiles go through a small buffer. When C fits one MC block (the batch-sized products of
-// training), each B sliver is packed just before use instead, or read in place. The
-// micro-kernel is picked once at run time: AVX-512F, else AVX2+FMA, else portable C++,
-// within what the file's instruction-set level allows (isa_level.h; the kernel files
-// are built with x86 flags, so other CPUs have the portable one only). Threads split C into
-// row blocks × column slivers; products too small to repay waking the OpenMP team run on
-// the calling thread, and batches of such products run one per thread. float16/bfloat16
-// operands are widened to float while they are packed, so the product runs the float
-// kernel with float accumulation and no widened copy of A or B ever exists; C is
-// accumulated in a float block and rounded once.
+// GEMM in the Goto/BLIS structure: for each KC×NC panel of op(B) (packed by each thread
+// for its own use, or once and shared, see run_panels) and each MC×KC block of op(A)
+// (packed per thread), a register-blocked micro-kernel computes MR×NR tiles of C.
+// Packing absorbs the four transpose combinations and zero-pads the ragged edges, so the
+// kernel has no slow path; partial tiles go through a small buffer. When C fits one MC
+// block (the batch-sized products of training), each B sliver is packed just before use
+// instead, or read in place. The micro-kernel is picked once at run time: AVX-512F, else
+// AVX2+FMA, else portable C++, within what the file's instruction-set level allows
+// (isa_level.h; the kernel files are built with x86 flags, so other CPUs have the
+// portable one only). Threads split C into row blocks × column slivers; products too
+// small to repay waking the OpenMP team run on the calling thread, and batches of such
+// products run one per thread. float16/bfloat16 operands are widened to float while they
+// are packed, so the product runs the float kernel with float accumulation and no widened
+// copy of A or B ever exists; C is accumulated in a float block and rounded once.
 #include <omp.h>
 
 #include <algorithm>
@@ -468,14 +468,19 @@ struct Driver {
     }
   }
 
-  // The share of thread t in the tm × tn grid: for each KC×NC panel of B (packed by all
-  // threads together) and each MC block of its rows, the tiles of its column slivers.
-  // panels[0..1] alternate between consecutive panels so that one barrier per panel
-  // keeps packing and compute apart.
+  // The share of thread t in the tm × tn grid: for each KC×NC panel of B and each MC
+  // block of its rows, the tiles of its column slivers. With panels (a grid of both
+  // several row blocks and several column shares), the threads pack each panel together
+  // and panels[0..1] alternate between consecutive panels so that one barrier per panel
+  // keeps packing and compute apart. Without, each thread packs the slivers it uses into
+  // a panel of its own and never waits for another: a row split then packs B once per
+  // thread, a small price next to a barrier per panel, which on a loaded machine can
+  // wait for a descheduled thread to be woken.
   template <class S, class SB>
   static void run_panels(const Product<T, S, SB>& p, int t, int threads, int tm,
                          Packed* const panels[2]) {
-    thread_local PackBuffer<Packed> a_buffer;
+    thread_local PackBuffer<Packed> a_buffer, own_panel;
+    Packed* const own = panels ? nullptr : own_panel.get(panel_size(p.n, p.k));
     const int tn = threads / tm;
     const Range rows = split((p.m + kMr - 1) / kMr, t / tn, tm);
     const int64_t row_begin = rows.begin * kMr, row_end = std::min(p.m, rows.end * kMr);
@@ -493,11 +498,11 @@ struct Driver {
       const Range mine = split(slivers, t % tn, tn);
       for (int64_t pc = 0; pc < p.k; pc += Blocking::kKc) {
         const int64_t kc = std::min<int64_t>(Blocking::kKc, p.k - pc);
-        Packed* bp = panels[parity];
+        Packed* bp = own ? own : panels[parity];
         parity ^= 1;
-        const Range packed = split(slivers, t, threads);
+        const Range packed = own ? mine : split(slivers, t, threads);
         pack_b(p, pc, kc, jc, nc, packed.begin, packed.end, bp);
-        if (threads > 1) {
+        if (!own) {
 #pragma omp barrier
         }
         const T beta = pc == 0 ? p.beta : T(1);
@@ -563,15 +568,20 @@ struct Driver {
       run_streamed(p, omp_get_thread_num(), omp_get_num_threads());
       return;
     }
+    if (threads <= 1) {
+      run_panels(p, 0, 1, 1, nullptr);
+      return;
+    }
+    const int tm = row_parts(threads, p.m, p.n);
+    if (tm == 1 || tm == threads) {
+#pragma omp parallel num_threads(threads)
+      run_panels(p, omp_get_thread_num(), omp_get_num_threads(), tm, nullptr);
+      return;
+    }
     thread_local PackBuffer<Packed> b_buffer;
     const size_t size = panel_size(p.n, p.k);
     Packed* const base = b_buffer.get(2 * size);
     Packed* const panels[2] = {base, base + size};
-    if (threads <= 1) {
-      run_panels(p, 0, 1, 1, panels);
-      return;
-    }
-    const int tm = row_parts(threads, p.m, p.n);
 #pragma omp parallel num_threads(threads)
     run_panels(p, omp_get_thread_num(), omp_get_num_threads(), tm, panels);
   }
