@@ -4,15 +4,19 @@
 // output and one log-sum-exp per row are stored, so memory is O(T) for any context.
 // The backward recomputes each tile's probabilities from the log-sum-exp.
 //
-// The six tile products (S = Q·Kᵀ, O += P·V; dV += Pᵀ·dO, dP = dO·Vᵀ, dQ += dS·K,
-// dK += dSᵀ·Q) run on the packed GEMM (gemm.cpp), which reads q, k, v, dO and writes
-// dQ, dK, dV through their row strides, so strided head views need no copies. Threads
-// split batch entries × tiles, and a GEMM called inside that parallel region runs on its
-// own thread. Tiles wholly above a causal diagonal are skipped. float32/float64 only:
-// the op layer widens 16-bit inputs.
+// The tile products (S = Q·Kᵀ, O += P·V; dV += Pᵀ·dO, dP = dO·Vᵀ, dQ += dS·K,
+// dK += dSᵀ·Q) are small (depth dh or a tile), so instead of the packed GEMM, whose
+// packing of both operands dominated them, they run on one register-blocked loop
+// (block_product) that reads its left operand by broadcasts through any two strides and
+// its right operand in place by rows: K and V are transposed once per batch entry or
+// key tile, nothing else is copied, and q, k, v, dO, dQ, dK, dV keep their row strides.
+// Each block of kRows queries stops at the last key its last row sees, so a causal
+// diagonal tile costs about half a full one. Threads split batch entries × tiles.
+// float32/float64 only: the op layer widens 16-bit inputs.
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "loops.h"
@@ -23,14 +27,30 @@ namespace steepest::cpu {
 inline namespace STEEPEST_ISA_NS {
 namespace {
 
-// Measured (one thread, 96 heads, causal, CPU time; a loaded 2-core Zen 3): 32×32 tiles
-// cost 1.3x 64×64 at T 1024, dh 64; 128×128 were slower at T 128, dh 32 (the GPT step's
-// heads) and within noise at T 1024.
 constexpr int64_t kQueryTile = 64;
 constexpr int64_t kKeyTile = 64;
 
+// The width of this level's vector registers; a block's accumulators are kRows rows of
+// two vectors, 8 registers, which leaves room for the operands even with AVX2's 16.
+#if STEEPEST_ISA_LEVEL == STEEPEST_ISA_AVX512 || \
+    (STEEPEST_ISA_LEVEL == STEEPEST_ISA_NATIVE && defined(__AVX512F__))
+constexpr int kVectorBytes = 64;
+#elif STEEPEST_ISA_LEVEL == STEEPEST_ISA_AVX2 || \
+    (STEEPEST_ISA_LEVEL == STEEPEST_ISA_NATIVE && defined(__AVX2__))
+constexpr int kVectorBytes = 32;
+#else
+constexpr int kVectorBytes = 16;
+#endif
+constexpr int kRows = 4;
+template <class T>
+constexpr int64_t kWidth = 2 * kVectorBytes / sizeof(T);
+static_assert(kKeyTile % kWidth<float> == 0 && kKeyTile % kWidth<double> == 0,
+              "score rows are computed in whole blocks of kWidth keys");
+
 template <class T>
 constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 // One operand of one batch entry: rows `ld` elements apart, features contiguous.
 template <class T>
@@ -46,42 +66,105 @@ Rows<T> entry_rows(T* base, const AttentionLayout& layout, const AttentionArgs& 
   return {base + layout.entry(b, a.heads), layout.row};
 }
 
-// C (m×n, ldc) = alpha · op(A) · B + beta · C on the calling thread's GEMM (B row-major).
+// The left operand of a product, A(r, k) = p[r·row + k·step]: a row-major matrix
+// (step 1) or a transposed one (row 1).
 template <class T>
-void product(bool trans_a, int64_t m, int64_t n, int64_t k, T alpha,
-             const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
-  GemmArgs g;
-  g.dtype = DTypeOf<T>::value;
-  g.trans_a = trans_a;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.a = a;
-  g.lda = lda;
-  g.b = b;
-  g.ldb = ldb;
-  g.c = c;
-  g.ldc = ldc;
-  g.alpha = alpha;
-  g.beta = beta;
-  gemm(g);
+struct Lhs {
+  const T* p;
+  int64_t row, step;
+  Lhs at(int64_t r, int64_t k) const { return {p + r * row + k * step, row, step}; }
+};
+
+// C[r][j] (+)= Σ_k A(r, k) · b[k·ldb + j] for R rows and columns [0, width), width at
+// most kWidth (exactly kWidth when Full, so the loops have constant trip counts and the
+// accumulators stay in registers).
+template <class T, int R, bool Full>
+void block_columns(int64_t depth, Lhs<T> a, const T* b, int64_t ldb, int64_t width, T* c,
+                   int64_t ldc, bool accumulate) {
+  constexpr int64_t W = kWidth<T>;
+  const int64_t w = Full ? W : width;
+  T acc[R][W];
+  for (int r = 0; r < R; ++r)
+    for (int64_t j = 0; j < w; ++j) acc[r][j] = accumulate ? c[r * ldc + j] : T(0);
+  for (int64_t k = 0; k < depth; ++k) {
+    const T* bk = b + k * ldb;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const T ark = a.p[r * a.row + k * a.step];
+      for (int64_t j = 0; j < w; ++j) acc[r][j] += ark * bk[j];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int64_t j = 0; j < w; ++j) c[r * ldc + j] = acc[r][j];
 }
 
-// dst (cols, ld) = rows [0, n) of src transposed: dst[c·ld + i] = src.row(i)[c].
+// block_columns over any width: C (R rows × width, ldc) (+)= A (R × depth) · B (depth ×
+// width, rows ldb apart).
+template <class T, int R>
+void block_product(int64_t depth, Lhs<T> a, const T* b, int64_t ldb, int64_t width, T* c,
+                   int64_t ldc, bool accumulate) {
+  constexpr int64_t W = kWidth<T>;
+  int64_t j = 0;
+  for (; j + W <= width; j += W)
+    block_columns<T, R, true>(depth, a, b + j, ldb, W, c + j, ldc, accumulate);
+  if (j < width)
+    block_columns<T, R, false>(depth, a, b + j, ldb, width - j, c + j, ldc, accumulate);
+}
+
+// Calls fn(std::integral_constant<int, R>{}, first row) over rows [0, n): blocks of
+// kRows, then single rows.
+template <class Fn>
+void for_row_blocks(int64_t n, Fn&& fn) {
+  int64_t i = 0;
+  for (; i + kRows <= n; i += kRows) fn(std::integral_constant<int, kRows>{}, i);
+  for (; i < n; ++i) fn(std::integral_constant<int, 1>{}, i);
+}
+
+// dst (cols, ld) = rows [0, n) of src transposed, dst[c·ld + i] = src.row(i)[c], and
+// columns [n, ld) zero: score rows are computed in whole blocks of kWidth keys.
 template <class T>
 void transpose_rows(Rows<const T> src, int64_t n, int64_t cols, T* dst, int64_t ld) {
+  for (int64_t c = 0; c < cols; ++c) std::fill(dst + c * ld + n, dst + (c + 1) * ld, T(0));
   for (int64_t i = 0; i < n; ++i) {
     const T* row = src.row(i);
     for (int64_t c = 0; c < cols; ++c) dst[c * ld + i] = row[c];
   }
 }
 
-// The GEMM packs an operand by plain copies when its depth axis is the row axis (a
-// transposed A, a row-major B), and by strided scalar transposes otherwise, which at
-// these depths (dh 32..128) are a large part of a tile product's time. So the products
-// are posed with their operands in the copying orientation: Q, K, V and dO are
-// transposed once per batch entry or tile (qt, kt, vt, dot), and the forward keeps its
-// scores key-major (Sᵀ). Only dQ += dS·K packs by transposing (dS, one 64×64 tile).
+// op (max or sum) over x[0, width), width a positive multiple of kWidth: lane-wise first
+// and then as a tree, so the loops vectorize without reassociating floating-point sums
+// and no lane waits on a serial chain.
+template <class T, class Op>
+T reduce_row(const T* x, int64_t width, Op op) {
+  constexpr int64_t W = kWidth<T>;
+  T lanes[W];
+  std::copy(x, x + W, lanes);
+  for (int64_t j = W; j < width; j += W)
+    for (int64_t l = 0; l < W; ++l) lanes[l] = op(lanes[l], x[j + l]);
+  for (int64_t half = W / 2; half > 0; half /= 2)
+    for (int64_t l = 0; l < half; ++l) lanes[l] = op(lanes[l], lanes[l + half]);
+  return lanes[0];
+}
+
+// x[j] = e^x[j] for j < n and 0 for j in [n, width), the keys a row does not see. Their
+// arguments are set to 0 first: they could underflow through the subnormals, at the
+// cost of a microcode assist per instruction. The loop itself runs over whole vectors,
+// without a condition (which would keep it scalar) or a scalar remainder.
+template <class T>
+void exp_row(T* x, int64_t n, int64_t width) {
+  std::fill(x + n, x + width, T(0));
+  for (int64_t j = 0; j < width; ++j) x[j] = math::exp(x[j]);
+  std::fill(x + n, x + width, T(0));
+}
+
+struct MaxOf {
+  template <class T>
+  T operator()(T x, T y) const { return y > x ? y : x; }
+};
+struct SumOf {
+  template <class T>
+  T operator()(T x, T y) const { return x + y; }
+};
 
 template <class T>
 struct ForwardOperands {
@@ -90,62 +173,59 @@ struct ForwardOperands {
 };
 
 // One query tile of one batch entry: out rows [q0, q0 + nq) and their log-sum-exp, from
-// kt = Kᵀ (d, tk). With the scores st = scale·K·Qᵀ (keys × queries) the online softmax
-// loops over keys with the query axis contiguous.
+// kt = Kᵀ (d, ldk), zero past tk. Each block of rows runs S = Q·Kᵀ, its online-softmax
+// update and O += P·V over one key tile while both stay in L1.
 template <class T>
-void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* kt, int64_t q0,
-                  int64_t nq, T* lse, T* buffer) {
-  T* st = buffer;
-  T* qt = st + kKeyTile * kQueryTile;
-  T* o = qt + a.d * kQueryTile;
+void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* kt, int64_t ldk,
+                  int64_t q0, int64_t nq, T* lse, T* buffer) {
+  T* s = buffer;  // scores, then probabilities (nq, kKeyTile)
+  T* o = s + kQueryTile * kKeyTile;
   T* row_max = o + kQueryTile * a.dv;
   T* row_sum = row_max + kQueryTile;
-  T* shift = row_sum + kQueryTile;
-  T* factor = shift + kQueryTile;
-  transpose_rows(Rows<const T>{x.q.row(q0), x.q.ld}, nq, a.d, qt, kQueryTile);
+  const T scale = static_cast<T>(a.scale);
   std::fill(o, o + nq * a.dv, T(0));
   std::fill(row_max, row_max + nq, kNegInf<T>);
   std::fill(row_sum, row_sum + nq, T(0));
   const int64_t key_end = attention_key_end(a, q0 + nq - 1);
   for (int64_t k0 = 0; k0 < key_end; k0 += kKeyTile) {
     const int64_t nk = std::min(kKeyTile, key_end - k0);
-    product<T>(true, nk, nq, a.d, static_cast<T>(a.scale), kt + k0, a.tk, qt, kQueryTile,
-               T(0), st, kQueryTile);
-    // Causal: key k0 + j is hidden from the queries before it, rows [0, first(j)) of
-    // its column; those get weight 0 and no exponential.
-    auto first = [&](int64_t j) {
-      return a.causal ? std::clamp<int64_t>(k0 + j - q0, 0, nq) : int64_t{0};
+    auto visible = [&](int64_t i) {
+      return std::clamp<int64_t>(attention_key_end(a, q0 + i) - k0, 0, nk);
     };
-    std::copy(row_max, row_max + nq, shift);
-    for (int64_t j = 0; j < nk; ++j) {
-      const T* sj = st + j * kQueryTile;
-      for (int64_t i = first(j); i < nq; ++i) shift[i] = sj[i] > shift[i] ? sj[i] : shift[i];
-    }
-    // Online softmax: what was summed under the old max is rescaled to the new one. A
-    // row that has seen no key yet keeps max −inf and sum 0; shifting it by 0 avoids
-    // −inf − (−inf).
-    for (int64_t i = 0; i < nq; ++i) {
-      const T m = shift[i];
-      shift[i] = m == kNegInf<T> ? T(0) : m;
-      factor[i] = math::exp(row_max[i] - shift[i]);
-      row_max[i] = m;
-      row_sum[i] *= factor[i];
-    }
-    for (int64_t j = 0; j < nk; ++j) {
-      T* sj = st + j * kQueryTile;
-      const int64_t lo = first(j);
-      std::fill(sj, sj + lo, T(0));
-      for (int64_t i = lo; i < nq; ++i) {
-        sj[i] = math::exp(sj[i] - shift[i]);
-        row_sum[i] += sj[i];
+    for_row_blocks(nq, [&](auto rows, int64_t i0) {
+      constexpr int R = decltype(rows)::value;
+      const int64_t depth = visible(i0 + R - 1);  // the block's last row sees the most
+      if (depth == 0) return;
+      // Rows are processed over whole blocks of kWidth keys (no scalar remainders); the
+      // keys a row does not see score −inf for its max and get probability 0.
+      const int64_t width = round_up(depth, kWidth<T>);
+      T* si = s + i0 * kKeyTile;
+      block_product<T, R>(a.d, Lhs<T>{x.q.row(q0 + i0), x.q.ld, 1}, kt + k0, ldk, width, si,
+                          kKeyTile, false);
+      for (int r = 0; r < R; ++r) {
+        T* sr = si + r * kKeyTile;
+        for (int64_t j = 0; j < width; ++j) sr[j] *= scale;
+        const int64_t n = visible(i0 + r);
+        std::fill(sr + n, sr + width, kNegInf<T>);
+        // Online softmax: what was summed under the old max is rescaled to the new one.
+        // A row that has seen no key yet keeps max −inf and sum 0; shifting it by 0
+        // avoids −inf − (−inf).
+        const T m = std::max(row_max[i0 + r], reduce_row(sr, width, MaxOf{}));
+        const T shift = m == kNegInf<T> ? T(0) : m;
+        for (int64_t j = 0; j < width; ++j) sr[j] -= shift;
+        exp_row(sr, n, width);
+        const T old_max = row_max[i0 + r];
+        const T factor = old_max == kNegInf<T> ? T(0) : math::exp(old_max - shift);
+        row_max[i0 + r] = m;
+        row_sum[i0 + r] = row_sum[i0 + r] * factor + reduce_row(sr, width, SumOf{});
+        if (factor != T(1)) {
+          T* orow = o + (i0 + r) * a.dv;
+          for (int64_t c = 0; c < a.dv; ++c) orow[c] *= factor;
+        }
       }
-    }
-    for (int64_t i = 0; i < nq; ++i) {
-      if (factor[i] == T(1)) continue;
-      T* oi = o + i * a.dv;
-      for (int64_t c = 0; c < a.dv; ++c) oi[c] *= factor[i];
-    }
-    product<T>(true, nq, a.dv, nk, T(1), st, kQueryTile, x.v.row(k0), x.v.ld, T(1), o, a.dv);
+      block_product<T, R>(depth, Lhs<T>{si, kKeyTile, 1}, x.v.row(k0), x.v.ld, a.dv,
+                          o + i0 * a.dv, a.dv, true);
+    });
   }
   for (int64_t i = 0; i < nq; ++i) {
     // No visible key (tk = 0): the output is 0, as softmax over nothing times v gives.
@@ -161,14 +241,15 @@ template <class T>
 void forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
              Tensor& out, Tensor& logsumexp) {
   const int64_t tiles = (a.tq + kQueryTile - 1) / kQueryTile;
+  const int64_t ldk = round_up(a.tk, kWidth<T>);
   T* pl = logsumexp.data<T>();
   // One task per (batch entry, query tile); a causal tile's cost grows with its index.
   const int64_t work_per_task = std::max<int64_t>(1, a.tk * (a.d + a.dv) * std::min(a.tq, kQueryTile));
   parallel_for(a.batch * tiles, std::max<int64_t>(1, kParallelGrain / work_per_task),
                [&](int64_t begin, int64_t end) {
-                 std::vector<T> buffer(static_cast<size_t>(
-                     kQueryTile * (kKeyTile + a.d + a.dv + 4) + a.d * a.tk));
-                 T* kt = buffer.data() + kQueryTile * (kKeyTile + a.d + a.dv + 4);
+                 const int64_t tile_size = kQueryTile * (kKeyTile + a.dv + 2);
+                 std::vector<T> buffer(static_cast<size_t>(tile_size + a.d * ldk));
+                 T* kt = buffer.data() + tile_size;
                  int64_t transposed = -1;  // the entry whose Kᵀ kt holds
                  for (int64_t task = begin; task < end; ++task) {
                    const int64_t b = task / tiles, q0 = (task % tiles) * kQueryTile;
@@ -177,11 +258,11 @@ void forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Ten
                                               entry_rows<const T>(v.data<T>(), a.v, a, b),
                                               entry_rows(out.data<T>(), a.out, a, b)};
                    if (transposed != b) {
-                     transpose_rows(x.k, a.tk, a.d, kt, a.tk);
+                     transpose_rows(x.k, a.tk, a.d, kt, ldk);
                      transposed = b;
                    }
-                   forward_tile(a, x, kt, q0, std::min(kQueryTile, a.tq - q0), pl + b * a.tq,
-                                buffer.data());
+                   forward_tile(a, x, kt, ldk, q0, std::min(kQueryTile, a.tq - q0),
+                                pl + b * a.tq, buffer.data());
                  }
                });
 }
@@ -189,8 +270,6 @@ void forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Ten
 template <class T>
 struct BackwardOperands {
   Rows<const T> q, k, v, dout;
-  const T* qt;   // Qᵀ (d, tq)
-  const T* dot;  // dOᵀ (dv, tq)
   const T* lse;
   const T* delta;
   Rows<T> dq, dk, dv;
@@ -203,45 +282,68 @@ struct BackwardOperands {
 template <class T>
 void backward_key_tile(const AttentionArgs& a, const BackwardOperands<T>& x, int64_t k0,
                        int64_t nk, T* buffer) {
-  T* p = buffer;
-  T* dp = p + kQueryTile * kKeyTile;
-  T* kt = dp + kQueryTile * kKeyTile;
+  const int64_t keys = round_up(nk, kWidth<T>);
+  T* p = buffer;  // (nq, kKeyTile), zero where a query does not see a key
+  T* ds = p + kQueryTile * kKeyTile;  // dP, then scale · dS; zero where p is
+  T* kt = ds + kQueryTile * kKeyTile;
   T* vt = kt + a.d * kKeyTile;
   transpose_rows(Rows<const T>{x.k.row(k0), x.k.ld}, nk, a.d, kt, kKeyTile);
   transpose_rows(Rows<const T>{x.v.row(k0), x.v.ld}, nk, a.dv, vt, kKeyTile);
-  const T scale = static_cast<T>(a.scale);
-  T beta = 0;  // the first query tile writes dK and dV, later ones add
-  // Under the causal mask, queries before k0 see none of these keys.
-  for (int64_t q0 = a.causal ? k0 : 0; q0 < a.tq; q0 += kQueryTile, beta = 1) {
-    const int64_t nq = std::min(kQueryTile, a.tq - q0);
-    product<T>(true, nq, nk, a.d, scale, x.qt + q0, a.tq, kt, kKeyTile, T(0), p, kKeyTile);
-    for (int64_t i = 0; i < nq; ++i) {
-      T* pi = p + i * kKeyTile;
-      const T l = x.lse[q0 + i];
-      // Every row sees a key when tk > 0, so l is finite.
-      const int64_t visible = std::clamp<int64_t>(attention_key_end(a, q0 + i) - k0, 0, nk);
-      for (int64_t j = 0; j < visible; ++j) pi[j] = math::exp(pi[j] - l);
-      std::fill(pi + visible, pi + nk, T(0));
-    }
-    product<T>(true, nk, a.dv, nq, T(1), p, kKeyTile, x.dout.row(q0), x.dout.ld, beta,
-               x.dv.row(k0), x.dv.ld);
-    product<T>(true, nq, nk, a.dv, T(1), x.dot + q0, a.tq, vt, kKeyTile, T(0), dp, kKeyTile);
-    for (int64_t i = 0; i < nq; ++i) {
-      const T* pi = p + i * kKeyTile;
-      T* dpi = dp + i * kKeyTile;
-      const T di = x.delta[q0 + i];
-      for (int64_t j = 0; j < nk; ++j) dpi[j] = pi[j] * (dpi[j] - di) * scale;
-    }
-    product<T>(false, nq, a.d, nk, T(1), dp, kKeyTile, x.k.row(k0), x.k.ld, T(1),
-               x.dq.row(q0), x.dq.ld);
-    product<T>(true, nk, a.d, nq, T(1), dp, kKeyTile, x.q.row(q0), x.q.ld, beta,
-               x.dk.row(k0), x.dk.ld);
+  for (int64_t j = k0; j < k0 + nk; ++j) {
+    std::fill(x.dk.row(j), x.dk.row(j) + a.d, T(0));
+    std::fill(x.dv.row(j), x.dv.row(j) + a.dv, T(0));
   }
-  if (beta == T(0)) {  // no query sees these keys
-    for (int64_t j = k0; j < k0 + nk; ++j) {
-      std::fill(x.dk.row(j), x.dk.row(j) + a.d, T(0));
-      std::fill(x.dv.row(j), x.dv.row(j) + a.dv, T(0));
-    }
+  const T scale = static_cast<T>(a.scale);
+  // Under the causal mask, queries before k0 see none of these keys.
+  for (int64_t q0 = a.causal ? k0 : 0; q0 < a.tq; q0 += kQueryTile) {
+    const int64_t nq = std::min(kQueryTile, a.tq - q0);
+    auto visible = [&](int64_t i) {
+      return std::clamp<int64_t>(attention_key_end(a, q0 + i) - k0, 0, nk);
+    };
+    for_row_blocks(nq, [&](auto rows, int64_t i0) {
+      constexpr int R = decltype(rows)::value;
+      T* pi = p + i0 * kKeyTile;
+      T* dsi = ds + i0 * kKeyTile;
+      const int64_t depth = visible(i0 + R - 1);  // the block's last row sees the most
+      if (depth == 0) {
+        for (int r = 0; r < R; ++r) {
+          std::fill(pi + r * kKeyTile, pi + r * kKeyTile + keys, T(0));
+          std::fill(dsi + r * kKeyTile, dsi + r * kKeyTile + keys, T(0));
+        }
+        return;
+      }
+      const int64_t width = round_up(depth, kWidth<T>);
+      block_product<T, R>(a.d, Lhs<T>{x.q.row(q0 + i0), x.q.ld, 1}, kt, kKeyTile, width, pi,
+                          kKeyTile, false);
+      block_product<T, R>(a.dv, Lhs<T>{x.dout.row(q0 + i0), x.dout.ld, 1}, vt, kKeyTile, width,
+                          dsi, kKeyTile, false);
+      for (int r = 0; r < R; ++r) {
+        T* pr = pi + r * kKeyTile;
+        T* dsr = dsi + r * kKeyTile;
+        // Every row sees a key when tk > 0, so its lse is finite. Whole blocks of kWidth
+        // keys, as in the forward; p = 0 past the visible keys makes dS 0 there.
+        const T l = x.lse[q0 + i0 + r], di = x.delta[q0 + i0 + r];
+        for (int64_t j = 0; j < width; ++j) pr[j] = pr[j] * scale - l;
+        exp_row(pr, visible(i0 + r), width);
+        std::fill(pr + width, pr + keys, T(0));
+        for (int64_t j = 0; j < width; ++j) dsr[j] = pr[j] * (dsr[j] - di) * scale;
+        std::fill(dsr + width, dsr + keys, T(0));
+      }
+      block_product<T, R>(depth, Lhs<T>{dsi, kKeyTile, 1}, x.k.row(k0), x.k.ld, a.d,
+                          x.dq.row(q0 + i0), x.dq.ld, true);
+    });
+    for_row_blocks(nk, [&](auto rows, int64_t j0) {
+      constexpr int R = decltype(rows)::value;
+      // Causal: the queries before key k0 + j0 see none of this block's keys.
+      const int64_t first = a.causal ? std::clamp<int64_t>(k0 + j0 - q0, 0, nq) : 0;
+      const int64_t depth = nq - first;
+      if (depth == 0) return;
+      block_product<T, R>(depth, Lhs<T>{p + first * kKeyTile + j0, 1, kKeyTile},
+                          x.dout.row(q0 + first), x.dout.ld, a.dv, x.dv.row(k0 + j0), x.dv.ld,
+                          true);
+      block_product<T, R>(depth, Lhs<T>{ds + first * kKeyTile + j0, 1, kKeyTile},
+                          x.q.row(q0 + first), x.q.ld, a.d, x.dk.row(k0 + j0), x.dk.ld, true);
+    });
   }
 }
 
@@ -285,12 +387,7 @@ void backward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Te
   const int64_t work_per_task = std::max<int64_t>(1, a.tq * (a.d + a.dv) * kKeyTile);
   parallel_for(a.batch * chunks, std::max<int64_t>(1, kParallelGrain / work_per_task),
                [&](int64_t begin, int64_t end) {
-                 const int64_t width = std::max(a.d, a.dv);
-                 std::vector<T> buffer(static_cast<size_t>(2 * kQueryTile * kKeyTile +
-                                                           2 * width * kKeyTile + (a.d + a.dv) * a.tq));
-                 T* qt = buffer.data() + 2 * kQueryTile * kKeyTile + 2 * width * kKeyTile;
-                 T* dot = qt + a.d * a.tq;
-                 int64_t transposed = -1;  // the entry whose Qᵀ, dOᵀ qt and dot hold
+                 std::vector<T> buffer(static_cast<size_t>((2 * kQueryTile + a.d + a.dv) * kKeyTile));
                  for (int64_t task = begin; task < end; ++task) {
                    const int64_t b = task / chunks, chunk = task % chunks;
                    const Rows<T> dq =
@@ -300,18 +397,11 @@ void backward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Te
                                                entry_rows<const T>(k.data<T>(), a.k, a, b),
                                                entry_rows<const T>(v.data<T>(), a.v, a, b),
                                                entry_rows<const T>(grad_out.data<T>(), a.grad_out, a, b),
-                                               qt,
-                                               dot,
                                                pl + b * a.tq,
                                                delta.data() + b * a.tq,
                                                dq,
                                                entry_rows(grad_k.data<T>(), a.grad_k, a, b),
                                                entry_rows(grad_v.data<T>(), a.grad_v, a, b)};
-                   if (transposed != b) {
-                     transpose_rows(x.q, a.tq, a.d, qt, a.tq);
-                     transpose_rows(x.dout, a.tq, a.dv, dot, a.tq);
-                     transposed = b;
-                   }
                    const int64_t first = key_tiles * chunk / chunks;
                    const int64_t last = key_tiles * (chunk + 1) / chunks;
                    for (int64_t tile = first; tile < last; ++tile) {
