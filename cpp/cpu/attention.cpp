@@ -131,6 +131,32 @@ void transpose_rows(Rows<const T> src, int64_t n, int64_t cols, T* dst, int64_t 
   }
 }
 
+// c ? x : y without a branch, so that loops over it vectorize: a ?: on floats may be
+// turned into one with a computation moved under it, which keeps the loop scalar
+// (vmath.h's bit blend; double's libm exp does not vectorize anyway).
+STEEPEST_VMATH_INLINE float pick(bool c, float x, float y) { return vmath::detail::select(c, x, y); }
+STEEPEST_VMATH_INLINE double pick(bool c, double x, double y) { return c ? x : y; }
+
+// Below these e^x is subnormal, and an instruction with a subnormal result takes a
+// microcode assist.
+template <class T>
+constexpr T kExpFloor = sizeof(T) == sizeof(float) ? T(-87) : T(-708);
+
+// c ? e^x : 0, the exponential taken of at least kExpFloor<T> so that the entries
+// c hides (their x may be −inf) cost no assist.
+template <class T>
+STEEPEST_VMATH_INLINE T exp_or_zero(bool c, T x) {
+  return pick(c, math::exp(pick(x < kExpFloor<T>, kExpFloor<T>, x)), T(0));
+}
+
+// fn(j) for every j in [0, width), width a multiple of kWidth: the inner loop has a
+// constant trip count, so it vectorizes whole, without a scalar remainder.
+template <class T, class Fn>
+void each_key(int64_t width, Fn fn) {
+  for (int64_t j = 0; j < width; j += kWidth<T>)
+    for (int64_t l = 0; l < kWidth<T>; ++l) fn(j + l);
+}
+
 // op (max or sum) over x[0, width), width a positive multiple of kWidth: lane-wise first
 // and then as a tree, so the loops vectorize without reassociating floating-point sums
 // and no lane waits on a serial chain.
@@ -141,19 +167,20 @@ T reduce_row(const T* x, int64_t width, Op op) {
   std::copy(x, x + W, lanes);
   for (int64_t j = W; j < width; j += W)
     for (int64_t l = 0; l < W; ++l) lanes[l] = op(lanes[l], x[j + l]);
+#pragma GCC unroll 8
   for (int64_t half = W / 2; half > 0; half /= 2)
     for (int64_t l = 0; l < half; ++l) lanes[l] = op(lanes[l], lanes[l + half]);
   return lanes[0];
 }
 
-// x[j] = e^x[j] for j < n and 0 for j in [n, width), the keys a row does not see. Their
-// arguments are set to 0 first: they could underflow through the subnormals, at the
-// cost of a microcode assist per instruction. The loop itself runs over whole vectors,
-// without a condition (which would keep it scalar) or a scalar remainder.
+// x[j] = e^(x[j] − shift) for j < n and 0 for j in [n, width), the keys a row does not
+// see. Their arguments are set to 0 first: they could underflow through the subnormals,
+// at the cost of a microcode assist per instruction. The loop itself has no condition,
+// which would keep it scalar.
 template <class T>
-void exp_row(T* x, int64_t n, int64_t width) {
-  std::fill(x + n, x + width, T(0));
-  for (int64_t j = 0; j < width; ++j) x[j] = math::exp(x[j]);
+void exp_row(T* x, int64_t n, int64_t width, T shift) {
+  std::fill(x + n, x + width, shift);
+  each_key<T>(width, [&](int64_t j) { x[j] = math::exp(x[j] - shift); });
   std::fill(x + n, x + width, T(0));
 }
 
@@ -173,57 +200,73 @@ struct ForwardOperands {
 };
 
 // One query tile of one batch entry: out rows [q0, q0 + nq) and their log-sum-exp, from
-// kt = Kᵀ (d, ldk), zero past tk. Each block of rows runs S = Q·Kᵀ, its online-softmax
-// update and O += P·V over one key tile while both stay in L1.
+// qt = Qᵀ (d, kQueryTile), zero past nq. The scores are kept key-major (sᵀ, queries
+// contiguous), so the online softmax's running max and sum are vectors over the tile's
+// queries: every loop over them has the constant length kQueryTile (the columns past nq
+// are computed and never stored) and no horizontal reductions.
 template <class T>
-void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* kt, int64_t ldk,
-                  int64_t q0, int64_t nq, T* lse, T* buffer) {
-  T* s = buffer;  // scores, then probabilities (nq, kKeyTile)
-  T* o = s + kQueryTile * kKeyTile;
-  T* row_max = o + kQueryTile * a.dv;
-  T* row_sum = row_max + kQueryTile;
+void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* qt, int64_t q0,
+                  int64_t nq, T* lse, T* buffer) {
+  constexpr int64_t Q = kQueryTile;
+  T* st = buffer;  // scores, then probabilities (kKeyTile, Q)
+  T* o = st + kKeyTile * Q;
+  T* row_max = o + Q * a.dv;
+  T* row_sum = row_max + Q;
+  T* shift = row_sum + Q;
+  T* factor = shift + Q;
   const T scale = static_cast<T>(a.scale);
   std::fill(o, o + nq * a.dv, T(0));
-  std::fill(row_max, row_max + nq, kNegInf<T>);
-  std::fill(row_sum, row_sum + nq, T(0));
+  std::fill(row_max, row_max + Q, kNegInf<T>);
+  std::fill(row_sum, row_sum + Q, T(0));
   const int64_t key_end = attention_key_end(a, q0 + nq - 1);
   for (int64_t k0 = 0; k0 < key_end; k0 += kKeyTile) {
     const int64_t nk = std::min(kKeyTile, key_end - k0);
-    auto visible = [&](int64_t i) {
-      return std::clamp<int64_t>(attention_key_end(a, q0 + i) - k0, 0, nk);
-    };
+    for_row_blocks(nk, [&](auto rows, int64_t j0) {
+      constexpr int R = decltype(rows)::value;
+      block_product<T, R>(a.d, Lhs<T>{x.k.row(k0 + j0), x.k.ld, 1}, qt, Q, Q, st + j0 * Q, Q,
+                          false);
+    });
+    // Causal: key k0 + j is hidden from the queries before it, i < first(j).
+    auto first = [&](int64_t j) { return a.causal ? k0 + j - q0 : int64_t{0}; };
+    std::copy(row_max, row_max + Q, shift);
+    for (int64_t j = 0; j < nk; ++j) {
+      T* sj = st + j * Q;
+      const int64_t f = first(j);
+      for (int64_t i = 0; i < Q; ++i) {
+        sj[i] *= scale;
+        shift[i] = pick((i >= f) & (sj[i] > shift[i]), sj[i], shift[i]);
+      }
+    }
+    // Online softmax: what was summed under the old max is rescaled to the new one. A
+    // row that has seen no key yet keeps max −inf and sum 0; shifting it by 0 avoids
+    // −inf − (−inf).
+    for (int64_t i = 0; i < Q; ++i) {
+      const T m = shift[i];
+      shift[i] = pick(m == kNegInf<T>, T(0), m);
+      factor[i] = exp_or_zero(row_max[i] != kNegInf<T>, row_max[i] - shift[i]);
+      row_max[i] = m;
+      row_sum[i] *= factor[i];
+    }
+    for (int64_t j = 0; j < nk; ++j) {
+      T* sj = st + j * Q;
+      const int64_t f = first(j);
+      for (int64_t i = 0; i < Q; ++i) {
+        sj[i] = exp_or_zero(i >= f, sj[i] - shift[i]);
+        row_sum[i] += sj[i];
+      }
+    }
+    for (int64_t i = 0; i < nq; ++i) {
+      if (factor[i] == T(1)) continue;
+      T* oi = o + i * a.dv;
+      for (int64_t c = 0; c < a.dv; ++c) oi[c] *= factor[i];
+    }
     for_row_blocks(nq, [&](auto rows, int64_t i0) {
       constexpr int R = decltype(rows)::value;
-      const int64_t depth = visible(i0 + R - 1);  // the block's last row sees the most
+      // The block's last row sees the most keys; the others' hidden ones have p = 0.
+      const int64_t depth =
+          std::clamp<int64_t>(attention_key_end(a, q0 + i0 + R - 1) - k0, 0, nk);
       if (depth == 0) return;
-      // Rows are processed over whole blocks of kWidth keys (no scalar remainders); the
-      // keys a row does not see score −inf for its max and get probability 0.
-      const int64_t width = round_up(depth, kWidth<T>);
-      T* si = s + i0 * kKeyTile;
-      block_product<T, R>(a.d, Lhs<T>{x.q.row(q0 + i0), x.q.ld, 1}, kt + k0, ldk, width, si,
-                          kKeyTile, false);
-      for (int r = 0; r < R; ++r) {
-        T* sr = si + r * kKeyTile;
-        for (int64_t j = 0; j < width; ++j) sr[j] *= scale;
-        const int64_t n = visible(i0 + r);
-        std::fill(sr + n, sr + width, kNegInf<T>);
-        // Online softmax: what was summed under the old max is rescaled to the new one.
-        // A row that has seen no key yet keeps max −inf and sum 0; shifting it by 0
-        // avoids −inf − (−inf).
-        const T m = std::max(row_max[i0 + r], reduce_row(sr, width, MaxOf{}));
-        const T shift = m == kNegInf<T> ? T(0) : m;
-        for (int64_t j = 0; j < width; ++j) sr[j] -= shift;
-        exp_row(sr, n, width);
-        const T old_max = row_max[i0 + r];
-        const T factor = old_max == kNegInf<T> ? T(0) : math::exp(old_max - shift);
-        row_max[i0 + r] = m;
-        row_sum[i0 + r] = row_sum[i0 + r] * factor + reduce_row(sr, width, SumOf{});
-        if (factor != T(1)) {
-          T* orow = o + (i0 + r) * a.dv;
-          for (int64_t c = 0; c < a.dv; ++c) orow[c] *= factor;
-        }
-      }
-      block_product<T, R>(depth, Lhs<T>{si, kKeyTile, 1}, x.v.row(k0), x.v.ld, a.dv,
+      block_product<T, R>(depth, Lhs<T>{st + i0, 1, Q}, x.v.row(k0), x.v.ld, a.dv,
                           o + i0 * a.dv, a.dv, true);
     });
   }
@@ -241,28 +284,23 @@ template <class T>
 void forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Tensor& v,
              Tensor& out, Tensor& logsumexp) {
   const int64_t tiles = (a.tq + kQueryTile - 1) / kQueryTile;
-  const int64_t ldk = round_up(a.tk, kWidth<T>);
   T* pl = logsumexp.data<T>();
   // One task per (batch entry, query tile); a causal tile's cost grows with its index.
   const int64_t work_per_task = std::max<int64_t>(1, a.tk * (a.d + a.dv) * std::min(a.tq, kQueryTile));
   parallel_for(a.batch * tiles, std::max<int64_t>(1, kParallelGrain / work_per_task),
                [&](int64_t begin, int64_t end) {
-                 const int64_t tile_size = kQueryTile * (kKeyTile + a.dv + 2);
-                 std::vector<T> buffer(static_cast<size_t>(tile_size + a.d * ldk));
-                 T* kt = buffer.data() + tile_size;
-                 int64_t transposed = -1;  // the entry whose Kᵀ kt holds
+                 const int64_t tile_size = kKeyTile * kQueryTile + kQueryTile * (a.dv + 4);
+                 std::vector<T> buffer(static_cast<size_t>(tile_size + a.d * kQueryTile));
+                 T* qt = buffer.data() + tile_size;
                  for (int64_t task = begin; task < end; ++task) {
                    const int64_t b = task / tiles, q0 = (task % tiles) * kQueryTile;
+                   const int64_t nq = std::min(kQueryTile, a.tq - q0);
                    const ForwardOperands<T> x{entry_rows<const T>(q.data<T>(), a.q, a, b),
                                               entry_rows<const T>(k.data<T>(), a.k, a, b),
                                               entry_rows<const T>(v.data<T>(), a.v, a, b),
                                               entry_rows(out.data<T>(), a.out, a, b)};
-                   if (transposed != b) {
-                     transpose_rows(x.k, a.tk, a.d, kt, ldk);
-                     transposed = b;
-                   }
-                   forward_tile(a, x, kt, ldk, q0, std::min(kQueryTile, a.tq - q0),
-                                pl + b * a.tq, buffer.data());
+                   transpose_rows(Rows<const T>{x.q.row(q0), x.q.ld}, nq, a.d, qt, kQueryTile);
+                   forward_tile(a, x, qt, q0, nq, pl + b * a.tq, buffer.data());
                  }
                });
 }
@@ -323,10 +361,10 @@ void backward_key_tile(const AttentionArgs& a, const BackwardOperands<T>& x, int
         // Every row sees a key when tk > 0, so its lse is finite. Whole blocks of kWidth
         // keys, as in the forward; p = 0 past the visible keys makes dS 0 there.
         const T l = x.lse[q0 + i0 + r], di = x.delta[q0 + i0 + r];
-        for (int64_t j = 0; j < width; ++j) pr[j] = pr[j] * scale - l;
-        exp_row(pr, visible(i0 + r), width);
+        each_key<T>(width, [&](int64_t j) { pr[j] *= scale; });
+        exp_row(pr, visible(i0 + r), width, l);
         std::fill(pr + width, pr + keys, T(0));
-        for (int64_t j = 0; j < width; ++j) dsr[j] = pr[j] * (dsr[j] - di) * scale;
+        each_key<T>(width, [&](int64_t j) { dsr[j] = pr[j] * (dsr[j] - di) * scale; });
         std::fill(dsr + width, dsr + keys, T(0));
       }
       block_product<T, R>(depth, Lhs<T>{dsi, kKeyTile, 1}, x.k.row(k0), x.k.ld, a.d,
