@@ -30,8 +30,9 @@ namespace {
 constexpr int64_t kQueryTile = 64;
 constexpr int64_t kKeyTile = 64;
 
-// The width of this level's vector registers; a block's accumulators are kRows rows of
-// two vectors, 8 registers, which leaves room for the operands even with AVX2's 16.
+// The width of this level's vector registers. A product block's accumulators are kRows
+// rows of kVectors vectors: 16 of AVX-512's 32 registers, 8 of AVX2's or SSE's 16, which
+// leaves room for the operands.
 #if STEEPEST_ISA_LEVEL == STEEPEST_ISA_AVX512 || \
     (STEEPEST_ISA_LEVEL == STEEPEST_ISA_NATIVE && defined(__AVX512F__))
 constexpr int kVectorBytes = 64;
@@ -41,9 +42,10 @@ constexpr int kVectorBytes = 32;
 #else
 constexpr int kVectorBytes = 16;
 #endif
+constexpr int kVectors = kVectorBytes == 64 ? 4 : 2;
 constexpr int kRows = 4;
 template <class T>
-constexpr int64_t kWidth = 2 * kVectorBytes / sizeof(T);
+constexpr int64_t kWidth = kVectors * kVectorBytes / sizeof(T);
 static_assert(kKeyTile % kWidth<float> == 0 && kKeyTile % kWidth<double> == 0,
               "score rows are computed in whole blocks of kWidth keys");
 
@@ -75,15 +77,14 @@ struct Lhs {
   Lhs at(int64_t r, int64_t k) const { return {p + r * row + k * step, row, step}; }
 };
 
-// C[r][j] (+)= Σ_k A(r, k) · b[k·ldb + j] for R rows and columns [0, width), width at
-// most kWidth (exactly kWidth when Full, so the loops have constant trip counts and the
-// accumulators stay in registers).
-template <class T, int R, bool Full>
+// C[r][j] (+)= Σ_k A(r, k) · b[k·ldb + j] for R rows and W columns, or `width` columns
+// when W is 0. A constant W gives the loops constant trip counts, so the accumulators
+// stay in registers.
+template <class T, int R, int64_t W>
 void block_columns(int64_t depth, Lhs<T> a, const T* b, int64_t ldb, int64_t width, T* c,
                    int64_t ldc, bool accumulate) {
-  constexpr int64_t W = kWidth<T>;
-  const int64_t w = Full ? W : width;
-  T acc[R][W];
+  const int64_t w = W ? W : width;
+  T acc[R][W ? W : kWidth<T>];
   for (int r = 0; r < R; ++r)
     for (int64_t j = 0; j < w; ++j) acc[r][j] = accumulate ? c[r * ldc + j] : T(0);
   for (int64_t k = 0; k < depth; ++k) {
@@ -99,16 +100,21 @@ void block_columns(int64_t depth, Lhs<T> a, const T* b, int64_t ldb, int64_t wid
 }
 
 // block_columns over any width: C (R rows × width, ldc) (+)= A (R × depth) · B (depth ×
-// width, rows ldb apart).
+// width, rows ldb apart), in blocks of kWidth columns, then half one (a head of 32
+// floats with AVX-512), then the rest.
 template <class T, int R>
 void block_product(int64_t depth, Lhs<T> a, const T* b, int64_t ldb, int64_t width, T* c,
                    int64_t ldc, bool accumulate) {
-  constexpr int64_t W = kWidth<T>;
+  constexpr int64_t W = kWidth<T>, H = W / 2;
   int64_t j = 0;
   for (; j + W <= width; j += W)
-    block_columns<T, R, true>(depth, a, b + j, ldb, W, c + j, ldc, accumulate);
+    block_columns<T, R, W>(depth, a, b + j, ldb, W, c + j, ldc, accumulate);
+  if (j + H <= width) {
+    block_columns<T, R, H>(depth, a, b + j, ldb, H, c + j, ldc, accumulate);
+    j += H;
+  }
   if (j < width)
-    block_columns<T, R, false>(depth, a, b + j, ldb, width - j, c + j, ldc, accumulate);
+    block_columns<T, R, 0>(depth, a, b + j, ldb, width - j, c + j, ldc, accumulate);
 }
 
 // Calls fn(std::integral_constant<int, R>{}, first row) over rows [0, n): blocks of
@@ -149,49 +155,14 @@ STEEPEST_VMATH_INLINE T exp_or_zero(bool c, T x) {
   return pick(c, math::exp(pick(x < kExpFloor<T>, kExpFloor<T>, x)), T(0));
 }
 
-// fn(j) for every j in [0, width), width a multiple of kWidth: the inner loop has a
+// fn(j) for every j in [0, width), width a multiple of kWidth / 2: the inner loop has a
 // constant trip count, so it vectorizes whole, without a scalar remainder.
 template <class T, class Fn>
 void each_key(int64_t width, Fn fn) {
-  for (int64_t j = 0; j < width; j += kWidth<T>)
-    for (int64_t l = 0; l < kWidth<T>; ++l) fn(j + l);
+  constexpr int64_t half = kWidth<T> / 2;
+  for (int64_t j = 0; j < width; j += half)
+    for (int64_t l = 0; l < half; ++l) fn(j + l);
 }
-
-// op (max or sum) over x[0, width), width a positive multiple of kWidth: lane-wise first
-// and then as a tree, so the loops vectorize without reassociating floating-point sums
-// and no lane waits on a serial chain.
-template <class T, class Op>
-T reduce_row(const T* x, int64_t width, Op op) {
-  constexpr int64_t W = kWidth<T>;
-  T lanes[W];
-  std::copy(x, x + W, lanes);
-  for (int64_t j = W; j < width; j += W)
-    for (int64_t l = 0; l < W; ++l) lanes[l] = op(lanes[l], x[j + l]);
-#pragma GCC unroll 8
-  for (int64_t half = W / 2; half > 0; half /= 2)
-    for (int64_t l = 0; l < half; ++l) lanes[l] = op(lanes[l], lanes[l + half]);
-  return lanes[0];
-}
-
-// x[j] = e^(x[j] − shift) for j < n and 0 for j in [n, width), the keys a row does not
-// see. Their arguments are set to 0 first: they could underflow through the subnormals,
-// at the cost of a microcode assist per instruction. The loop itself has no condition,
-// which would keep it scalar.
-template <class T>
-void exp_row(T* x, int64_t n, int64_t width, T shift) {
-  std::fill(x + n, x + width, shift);
-  each_key<T>(width, [&](int64_t j) { x[j] = math::exp(x[j] - shift); });
-  std::fill(x + n, x + width, T(0));
-}
-
-struct MaxOf {
-  template <class T>
-  T operator()(T x, T y) const { return y > x ? y : x; }
-};
-struct SumOf {
-  template <class T>
-  T operator()(T x, T y) const { return x + y; }
-};
 
 template <class T>
 struct ForwardOperands {
@@ -223,8 +194,12 @@ void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* 
     const int64_t nk = std::min(kKeyTile, key_end - k0);
     for_row_blocks(nk, [&](auto rows, int64_t j0) {
       constexpr int R = decltype(rows)::value;
-      block_product<T, R>(a.d, Lhs<T>{x.k.row(k0 + j0), x.k.ld, 1}, qt, Q, Q, st + j0 * Q, Q,
-                          false);
+      // Causal: the queries before key k0 + j0 see none of the block's keys; the scores
+      // from the first half block of columns holding one that does are computed.
+      constexpr int64_t half = kWidth<T> / 2;
+      const int64_t c0 = a.causal ? std::max<int64_t>(0, k0 + j0 - q0) / half * half : 0;
+      block_product<T, R>(a.d, Lhs<T>{x.k.row(k0 + j0), x.k.ld, 1}, qt + c0, Q, Q - c0,
+                          st + j0 * Q + c0, Q, false);
     });
     // Causal: key k0 + j is hidden from the queries before it, i < first(j).
     auto first = [&](int64_t j) { return a.causal ? k0 + j - q0 : int64_t{0}; };
@@ -350,7 +325,8 @@ void backward_key_tile(const AttentionArgs& a, const BackwardOperands<T>& x, int
         }
         return;
       }
-      const int64_t width = round_up(depth, kWidth<T>);
+      // Columns up to the half block of kWidth holding the block's last visible key.
+      const int64_t width = std::min(keys, round_up(depth, kWidth<T> / 2));
       block_product<T, R>(a.d, Lhs<T>{x.q.row(q0 + i0), x.q.ld, 1}, kt, kKeyTile, width, pi,
                           kKeyTile, false);
       block_product<T, R>(a.dv, Lhs<T>{x.dout.row(q0 + i0), x.dout.ld, 1}, vt, kKeyTile, width,
@@ -358,13 +334,15 @@ void backward_key_tile(const AttentionArgs& a, const BackwardOperands<T>& x, int
       for (int r = 0; r < R; ++r) {
         T* pr = pi + r * kKeyTile;
         T* dsr = dsi + r * kKeyTile;
-        // Every row sees a key when tk > 0, so its lse is finite. Whole blocks of kWidth
-        // keys, as in the forward; p = 0 past the visible keys makes dS 0 there.
+        // Every row sees a key when tk > 0, so its lse is finite. p = 0 past the visible
+        // keys makes dS 0 there.
         const T l = x.lse[q0 + i0 + r], di = x.delta[q0 + i0 + r];
-        each_key<T>(width, [&](int64_t j) { pr[j] *= scale; });
-        exp_row(pr, visible(i0 + r), width, l);
+        const int64_t n = visible(i0 + r);
+        each_key<T>(width, [&](int64_t j) {
+          pr[j] = exp_or_zero(j < n, pr[j] * scale - l);
+          dsr[j] = pr[j] * (dsr[j] - di) * scale;
+        });
         std::fill(pr + width, pr + keys, T(0));
-        each_key<T>(width, [&](int64_t j) { dsr[j] = pr[j] * (dsr[j] - di) * scale; });
         std::fill(dsr + width, dsr + keys, T(0));
       }
       block_product<T, R>(depth, Lhs<T>{dsi, kKeyTile, 1}, x.k.row(k0), x.k.ld, a.d,
