@@ -74,15 +74,14 @@ template <class T>
 struct Lhs {
   const T* p;
   int64_t row, step;
-  Lhs at(int64_t r, int64_t k) const { return {p + r * row + k * step, row, step}; }
 };
 
 // C[r][j] (+)= Σ_k A(r, k) · b[k·ldb + j] for R rows and W columns, or `width` columns
 // when W is 0. A constant W gives the loops constant trip counts, so the accumulators
 // stay in registers.
 template <class T, int R, int64_t W>
-void block_columns(int64_t depth, Lhs<T> a, const T* b, int64_t ldb, int64_t width, T* c,
-                   int64_t ldc, bool accumulate) {
+void block_columns(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int64_t width,
+                   T* c, int64_t ldc, bool accumulate) {
   const int64_t w = W ? W : width;
   T acc[R][W ? W : kWidth<T>];
   for (int r = 0; r < R; ++r)
@@ -103,8 +102,8 @@ void block_columns(int64_t depth, Lhs<T> a, const T* b, int64_t ldb, int64_t wid
 // width, rows ldb apart), in blocks of kWidth columns, then half one (a head of 32
 // floats with AVX-512), then the rest.
 template <class T, int R>
-void block_product(int64_t depth, Lhs<T> a, const T* b, int64_t ldb, int64_t width, T* c,
-                   int64_t ldc, bool accumulate) {
+void block_product(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int64_t width,
+                   T* c, int64_t ldc, bool accumulate) {
   constexpr int64_t W = kWidth<T>, H = W / 2;
   int64_t j = 0;
   for (; j + W <= width; j += W)
@@ -155,12 +154,12 @@ STEEPEST_VMATH_INLINE T exp_or_zero(bool c, T x) {
   return pick(c, math::exp(pick(x < kExpFloor<T>, kExpFloor<T>, x)), T(0));
 }
 
-// fn(j) for every j in [0, width), width a multiple of kWidth / 2: the inner loop has a
+// fn(j) for every j in [begin, end), both multiples of kWidth / 2: the inner loop has a
 // constant trip count, so it vectorizes whole, without a scalar remainder.
 template <class T, class Fn>
-void each_key(int64_t width, Fn fn) {
+void for_columns(int64_t begin, int64_t end, Fn fn) {
   constexpr int64_t half = kWidth<T> / 2;
-  for (int64_t j = 0; j < width; j += half)
+  for (int64_t j = begin; j < end; j += half)
     for (int64_t l = 0; l < half; ++l) fn(j + l);
 }
 
@@ -192,25 +191,26 @@ void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* 
   const int64_t key_end = attention_key_end(a, q0 + nq - 1);
   for (int64_t k0 = 0; k0 < key_end; k0 += kKeyTile) {
     const int64_t nk = std::min(kKeyTile, key_end - k0);
+    // Causal: key k0 + j is hidden from the queries before it, i < first(j). Its scores
+    // are computed from the half block of kWidth queries holding the first that sees
+    // it, start(j), on; the hidden ones among them are masked.
+    constexpr int64_t half = kWidth<T> / 2;
+    auto first = [&](int64_t j) { return a.causal ? k0 + j - q0 : int64_t{0}; };
+    auto start = [&](int64_t j) { return std::max<int64_t>(0, first(j)) / half * half; };
     for_row_blocks(nk, [&](auto rows, int64_t j0) {
       constexpr int R = decltype(rows)::value;
-      // Causal: the queries before key k0 + j0 see none of the block's keys; the scores
-      // from the first half block of columns holding one that does are computed.
-      constexpr int64_t half = kWidth<T> / 2;
-      const int64_t c0 = a.causal ? std::max<int64_t>(0, k0 + j0 - q0) / half * half : 0;
+      const int64_t c0 = start(j0);
       block_product<T, R>(a.d, Lhs<T>{x.k.row(k0 + j0), x.k.ld, 1}, qt + c0, Q, Q - c0,
                           st + j0 * Q + c0, Q, false);
     });
-    // Causal: key k0 + j is hidden from the queries before it, i < first(j).
-    auto first = [&](int64_t j) { return a.causal ? k0 + j - q0 : int64_t{0}; };
     std::copy(row_max, row_max + Q, shift);
     for (int64_t j = 0; j < nk; ++j) {
       T* sj = st + j * Q;
       const int64_t f = first(j);
-      for (int64_t i = 0; i < Q; ++i) {
+      for_columns<T>(start(j), Q, [&](int64_t i) {
         sj[i] *= scale;
         shift[i] = pick((i >= f) & (sj[i] > shift[i]), sj[i], shift[i]);
-      }
+      });
     }
     // Online softmax: what was summed under the old max is rescaled to the new one. A
     // row that has seen no key yet keeps max −inf and sum 0; shifting it by 0 avoids
@@ -224,11 +224,12 @@ void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* 
     }
     for (int64_t j = 0; j < nk; ++j) {
       T* sj = st + j * Q;
-      const int64_t f = first(j);
-      for (int64_t i = 0; i < Q; ++i) {
+      const int64_t f = first(j), c0 = start(j);
+      std::fill(sj, sj + c0, T(0));
+      for_columns<T>(c0, Q, [&](int64_t i) {
         sj[i] = exp_or_zero(i >= f, sj[i] - shift[i]);
         row_sum[i] += sj[i];
-      }
+      });
     }
     for (int64_t i = 0; i < nq; ++i) {
       if (factor[i] == T(1)) continue;
@@ -338,7 +339,7 @@ void backward_key_tile(const AttentionArgs& a, const BackwardOperands<T>& x, int
         // keys makes dS 0 there.
         const T l = x.lse[q0 + i0 + r], di = x.delta[q0 + i0 + r];
         const int64_t n = visible(i0 + r);
-        each_key<T>(width, [&](int64_t j) {
+        for_columns<T>(0, width, [&](int64_t j) {
           pr[j] = exp_or_zero(j < n, pr[j] * scale - l);
           dsr[j] = pr[j] * (dsr[j] - di) * scale;
         });
@@ -378,6 +379,7 @@ void backward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Te
                    const T* g = entry_rows<const T>(grad_out.data<T>(), a.grad_out, a, b).row(i);
                    const T* o = entry_rows<const T>(out.data<T>(), a.out, a, b).row(i);
                    T sum = 0;
+#pragma omp simd reduction(+ : sum)
                    for (int64_t c = 0; c < a.dv; ++c) sum += g[c] * o[c];
                    delta[static_cast<size_t>(r)] = sum;
                  }
