@@ -15,6 +15,7 @@
 // float32/float64 only: the op layer widens 16-bit inputs.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -76,26 +77,54 @@ struct Lhs {
   int64_t row, step;
 };
 
-// C[r][j] (+)= Σ_k A(r, k) · b[k·ldb + j] for R rows and W columns, or `width` columns
-// when W is 0. A constant W gives the loops constant trip counts, so the accumulators
-// stay in registers.
+// One vector register of T (a GCC/Clang vector extension, lowered to this level's
+// instructions).
+template <class T>
+struct Vector {
+  typedef T type __attribute__((vector_size(kVectorBytes)));
+  static constexpr int64_t kLanes = kVectorBytes / sizeof(T);
+  static type load(const T* p) {
+    type v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static void store(T* p, type v) { std::memcpy(p, &v, sizeof v); }
+};
+
+// C[r][j] (+)= Σ_k A(r, k) · b[k·ldb + j] for R rows and W columns (a multiple of the
+// vector width), or `width` columns when W is 0. With a constant W the accumulators are
+// R × W / lanes vector variables, which stay in registers.
 template <class T, int R, int64_t W>
 void block_columns(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int64_t width,
                    T* c, int64_t ldc, bool accumulate) {
-  const int64_t w = W ? W : width;
-  T acc[R][W ? W : kWidth<T>];
-  for (int r = 0; r < R; ++r)
-    for (int64_t j = 0; j < w; ++j) acc[r][j] = accumulate ? c[r * ldc + j] : T(0);
-  for (int64_t k = 0; k < depth; ++k) {
-    const T* bk = b + k * ldb;
-#pragma GCC unroll 8
+  if constexpr (W > 0) {
+    using V = Vector<T>;
+    constexpr int64_t N = W / V::kLanes;
+    typename V::type acc[R][N];
+    for (int r = 0; r < R; ++r)
+      for (int64_t v = 0; v < N; ++v)
+        acc[r][v] = accumulate ? V::load(c + r * ldc + v * V::kLanes) : typename V::type{};
+    for (int64_t k = 0; k < depth; ++k) {
+      typename V::type bk[N];
+      for (int64_t v = 0; v < N; ++v) bk[v] = V::load(b + k * ldb + v * V::kLanes);
+      for (int r = 0; r < R; ++r) {
+        const T ark = a.p[r * a.row + k * a.step];
+        for (int64_t v = 0; v < N; ++v) acc[r][v] += ark * bk[v];
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int64_t v = 0; v < N; ++v) V::store(c + r * ldc + v * V::kLanes, acc[r][v]);
+  } else {
     for (int r = 0; r < R; ++r) {
-      const T ark = a.p[r * a.row + k * a.step];
-      for (int64_t j = 0; j < w; ++j) acc[r][j] += ark * bk[j];
+      T* cr = c + r * ldc;
+      if (!accumulate) std::fill(cr, cr + width, T(0));
+      for (int64_t k = 0; k < depth; ++k) {
+        const T ark = a.p[r * a.row + k * a.step];
+        const T* bk = b + k * ldb;
+        for (int64_t j = 0; j < width; ++j) cr[j] += ark * bk[j];
+      }
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int64_t j = 0; j < w; ++j) c[r * ldc + j] = acc[r][j];
 }
 
 // block_columns over any width: C (R rows × width, ldc) (+)= A (R × depth) · B (depth ×
@@ -139,7 +168,9 @@ void transpose_rows(Rows<const T> src, int64_t n, int64_t cols, T* dst, int64_t 
 // c ? x : y without a branch, so that loops over it vectorize: a ?: on floats may be
 // turned into one with a computation moved under it, which keeps the loop scalar
 // (vmath.h's bit blend; double's libm exp does not vectorize anyway).
-STEEPEST_VMATH_INLINE float pick(bool c, float x, float y) { return vmath::detail::select(c, x, y); }
+STEEPEST_VMATH_INLINE float pick(bool c, float x, float y) {
+  return vmath::detail::select(c, x, y);
+}
 STEEPEST_VMATH_INLINE double pick(bool c, double x, double y) { return c ? x : y; }
 
 // Below these e^x is subnormal, and an instruction with a subnormal result takes a
@@ -154,13 +185,14 @@ STEEPEST_VMATH_INLINE T exp_or_zero(bool c, T x) {
   return pick(c, math::exp(pick(x < kExpFloor<T>, kExpFloor<T>, x)), T(0));
 }
 
-// fn(j) for every j in [begin, end), both multiples of kWidth / 2: the inner loop has a
-// constant trip count, so it vectorizes whole, without a scalar remainder.
+// fn(j) for every j in [begin, end), both multiples of kWidth / 2 and at most a tile:
+// the inner loop has a constant trip count, so it vectorizes whole, without a scalar
+// remainder. The index is an int: SSE2 has no 64-bit compares for masks made from it.
 template <class T, class Fn>
 void for_columns(int64_t begin, int64_t end, Fn fn) {
-  constexpr int64_t half = kWidth<T> / 2;
-  for (int64_t j = begin; j < end; j += half)
-    for (int64_t l = 0; l < half; ++l) fn(j + l);
+  constexpr int half = static_cast<int>(kWidth<T> / 2);
+  for (int j = static_cast<int>(begin); j < end; j += half)
+    for (int l = 0; l < half; ++l) fn(j + l);
 }
 
 template <class T>
@@ -195,8 +227,10 @@ void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* 
     // are computed from the half block of kWidth queries holding the first that sees
     // it, start(j), on; the hidden ones among them are masked.
     constexpr int64_t half = kWidth<T> / 2;
-    auto first = [&](int64_t j) { return a.causal ? k0 + j - q0 : int64_t{0}; };
-    auto start = [&](int64_t j) { return std::max<int64_t>(0, first(j)) / half * half; };
+    auto first = [&](int64_t j) {
+      return static_cast<int>(a.causal ? std::clamp<int64_t>(k0 + j - q0, 0, Q) : 0);
+    };
+    auto start = [&](int64_t j) { return first(j) / half * half; };
     for_row_blocks(nk, [&](auto rows, int64_t j0) {
       constexpr int R = decltype(rows)::value;
       const int64_t c0 = start(j0);
@@ -206,8 +240,8 @@ void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* 
     std::copy(row_max, row_max + Q, shift);
     for (int64_t j = 0; j < nk; ++j) {
       T* sj = st + j * Q;
-      const int64_t f = first(j);
-      for_columns<T>(start(j), Q, [&](int64_t i) {
+      const int f = first(j);
+      for_columns<T>(start(j), Q, [&](int i) {
         sj[i] *= scale;
         shift[i] = pick((i >= f) & (sj[i] > shift[i]), sj[i], shift[i]);
       });
@@ -224,9 +258,10 @@ void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* 
     }
     for (int64_t j = 0; j < nk; ++j) {
       T* sj = st + j * Q;
-      const int64_t f = first(j), c0 = start(j);
+      const int f = first(j);
+      const int64_t c0 = start(j);
       std::fill(sj, sj + c0, T(0));
-      for_columns<T>(c0, Q, [&](int64_t i) {
+      for_columns<T>(c0, Q, [&](int i) {
         sj[i] = exp_or_zero(i >= f, sj[i] - shift[i]);
         row_sum[i] += sj[i];
       });
@@ -338,8 +373,8 @@ void backward_key_tile(const AttentionArgs& a, const BackwardOperands<T>& x, int
         // Every row sees a key when tk > 0, so its lse is finite. p = 0 past the visible
         // keys makes dS 0 there.
         const T l = x.lse[q0 + i0 + r], di = x.delta[q0 + i0 + r];
-        const int64_t n = visible(i0 + r);
-        for_columns<T>(0, width, [&](int64_t j) {
+        const int n = static_cast<int>(visible(i0 + r));
+        for_columns<T>(0, width, [&](int j) {
           pr[j] = exp_or_zero(j < n, pr[j] * scale - l);
           dsr[j] = pr[j] * (dsr[j] - di) * scale;
         });
