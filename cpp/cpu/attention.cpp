@@ -8,10 +8,13 @@
 // dK += dSᵀ·Q) are small (depth dh or a tile), so instead of the packed GEMM, whose
 // packing of both operands dominated them, they run on one register-blocked loop
 // (block_product) that reads its left operand by broadcasts through any two strides and
-// its right operand in place by rows: K and V are transposed once per batch entry or
-// key tile, nothing else is copied, and q, k, v, dO, dQ, dK, dV keep their row strides.
-// Each block of kRows queries stops at the last key its last row sees, so a causal
-// diagonal tile costs about half a full one. Threads split batch entries × tiles.
+// its right operand in place by rows. Only a query tile (forward: Qᵀ) or a key tile
+// (backward: Kᵀ, Vᵀ) is transposed; q, k, v, dO, dQ, dK, dV keep their row strides.
+// The forward keeps its scores key-major, so the online softmax's running max and sum
+// are vectors across the tile's queries. Under the causal mask a block of scores starts
+// (forward) or stops (backward) at the half vector block holding its first or last
+// visible entry, so a diagonal tile costs about half a full one; the hidden entries
+// inside are masked. Threads split batch entries × tiles.
 // float32/float64 only: the op layer widens 16-bit inputs.
 #include <algorithm>
 #include <cmath>
@@ -47,8 +50,9 @@ constexpr int kVectors = kVectorBytes == 64 ? 4 : 2;
 constexpr int kRows = 4;
 template <class T>
 constexpr int64_t kWidth = kVectors * kVectorBytes / sizeof(T);
-static_assert(kKeyTile % kWidth<float> == 0 && kKeyTile % kWidth<double> == 0,
-              "score rows are computed in whole blocks of kWidth keys");
+static_assert(kKeyTile % kWidth<float> == 0 && kKeyTile % kWidth<double> == 0 &&
+                  kQueryTile % kWidth<float> == 0 && kQueryTile % kWidth<double> == 0,
+              "the softmax loops run over whole half blocks of kWidth within a tile");
 
 template <class T>
 constexpr T kNegInf = -std::numeric_limits<T>::infinity();
@@ -155,7 +159,8 @@ void for_row_blocks(int64_t n, Fn&& fn) {
 }
 
 // dst (cols, ld) = rows [0, n) of src transposed, dst[c·ld + i] = src.row(i)[c], and
-// columns [n, ld) zero: score rows are computed in whole blocks of kWidth keys.
+// columns [n, ld) zero: the products run over whole vector blocks past n, which then
+// hold finite scores that are masked or never stored.
 template <class T>
 void transpose_rows(Rows<const T> src, int64_t n, int64_t cols, T* dst, int64_t ld) {
   for (int64_t c = 0; c < cols; ++c) std::fill(dst + c * ld + n, dst + (c + 1) * ld, T(0));
@@ -204,8 +209,8 @@ struct ForwardOperands {
 // One query tile of one batch entry: out rows [q0, q0 + nq) and their log-sum-exp, from
 // qt = Qᵀ (d, kQueryTile), zero past nq. The scores are kept key-major (sᵀ, queries
 // contiguous), so the online softmax's running max and sum are vectors over the tile's
-// queries: every loop over them has the constant length kQueryTile (the columns past nq
-// are computed and never stored) and no horizontal reductions.
+// queries: every loop over them runs over whole vectors (the queries past nq are
+// computed and never stored) and none needs a horizontal reduction.
 template <class T>
 void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* qt, int64_t q0,
                   int64_t nq, T* lse, T* buffer) {
@@ -365,8 +370,8 @@ void backward_key_tile(const AttentionArgs& a, const BackwardOperands<T>& x, int
       const int64_t width = std::min(keys, round_up(depth, kWidth<T> / 2));
       block_product<T, R>(a.d, Lhs<T>{x.q.row(q0 + i0), x.q.ld, 1}, kt, kKeyTile, width, pi,
                           kKeyTile, false);
-      block_product<T, R>(a.dv, Lhs<T>{x.dout.row(q0 + i0), x.dout.ld, 1}, vt, kKeyTile, width,
-                          dsi, kKeyTile, false);
+      block_product<T, R>(a.dv, Lhs<T>{x.dout.row(q0 + i0), x.dout.ld, 1}, vt, kKeyTile,
+                          width, dsi, kKeyTile, false);
       for (int r = 0; r < R; ++r) {
         T* pr = pi + r * kKeyTile;
         T* dsr = dsi + r * kKeyTile;
@@ -440,7 +445,8 @@ void backward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Te
   const int64_t work_per_task = std::max<int64_t>(1, a.tq * (a.d + a.dv) * kKeyTile);
   parallel_for(a.batch * chunks, std::max<int64_t>(1, kParallelGrain / work_per_task),
                [&](int64_t begin, int64_t end) {
-                 std::vector<T> buffer(static_cast<size_t>((2 * kQueryTile + a.d + a.dv) * kKeyTile));
+                 std::vector<T> buffer(
+                     static_cast<size_t>((2 * kQueryTile + a.d + a.dv) * kKeyTile));
                  for (int64_t task = begin; task < end; ++task) {
                    const int64_t b = task / chunks, chunk = task % chunks;
                    const Rows<T> dq =
