@@ -176,3 +176,41 @@ def test_fused_attention_long_context_equals_composed(causal):
         results.append([out.numpy()] + [leaf.grad.numpy() for leaf in leaves])
     for fused, reference in zip(*results):
         np.testing.assert_allclose(fused, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("d, dv", [(64, 48), (72, 40), (33, 97)])
+def test_fused_attention_head_sizes_equal_composed(d, dv, causal):
+    # The kernel's products run on blocks of whole vectors, a half block and a remainder,
+    # whose widths depend on the dtype and the instruction set: these head sizes reach
+    # all three at every level, with tq != tk ragged at tile and half-tile edges.
+    rng = np.random.default_rng(d)
+    arrays = [rng.standard_normal(s) for s in ((2, 70, d), (2, 100, d), (2, 100, dv))]
+    weights = rng.standard_normal((2, 70, dv))
+    results = []
+    for fn in (lambda q, k, v: ops.scaled_dot_product_attention(q, k, v, causal=causal, scale=0.2),
+               lambda q, k, v: composed(q, k, v, causal, 0.2)):
+        leaves = [st.tensor(a, dtype="float64", requires_grad=True) for a in arrays]
+        out = fn(*leaves)
+        out.backward(st.tensor(weights, dtype="float64"))
+        results.append([out.numpy()] + [leaf.grad.numpy() for leaf in leaves])
+    for fused, reference in zip(*results):
+        np.testing.assert_allclose(fused, reference, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_fused_attention_underflowing_probabilities(causal):
+    # Scores hundreds apart: most probabilities underflow float32 (the kernel takes no
+    # exponential below the normal range), yet the results equal float64's.
+    rng = np.random.default_rng(6)
+    arrays = [rng.standard_normal((1, 2, 130, 32)) for _ in range(3)]
+    weights = rng.standard_normal((1, 2, 130, 32))
+    results = []
+    for dtype in ("float32", "float64"):
+        leaves = [st.tensor(a, dtype=dtype, requires_grad=True) for a in arrays]
+        out = ops.scaled_dot_product_attention(*leaves, causal=causal, scale=8.0)
+        out.backward(st.tensor(weights, dtype=dtype))
+        results.append([out.numpy()] + [leaf.grad.numpy() for leaf in leaves])
+    for single, double in zip(*results):
+        assert np.isfinite(single).all()
+        np.testing.assert_allclose(single, double, rtol=1e-3, atol=1e-3)

@@ -4,15 +4,23 @@
 // output and one log-sum-exp per row are stored, so memory is O(T) for any context.
 // The backward recomputes each tile's probabilities from the log-sum-exp.
 //
-// The six tile products (S = Q·Kᵀ, O += P·V; dV += Pᵀ·dO, dP = dO·Vᵀ, dQ += dS·K,
-// dK += dSᵀ·Q) run on the packed GEMM (gemm.cpp), which reads q, k, v, dO and writes
-// dQ, dK, dV through their row strides, so strided head views need no copies. Threads
-// split batch entries × tiles, and a GEMM called inside that parallel region runs on its
-// own thread. Tiles wholly above a causal diagonal are skipped. float32/float64 only:
-// the op layer widens 16-bit inputs.
+// The tile products (S = Q·Kᵀ, O += P·V; dV += Pᵀ·dO, dP = dO·Vᵀ, dQ += dS·K,
+// dK += dSᵀ·Q) are small (depth dh or a tile), so instead of the packed GEMM, whose
+// packing of both operands dominated them, they run on one register-blocked loop
+// (block_product) that reads its left operand by broadcasts through any two strides and
+// its right operand in place by rows. Only a query tile (forward: Qᵀ) or a key tile
+// (backward: Kᵀ, Vᵀ) is transposed; q, k, v, dO, dQ, dK, dV keep their row strides.
+// The forward keeps its scores key-major, so the online softmax's running max and sum
+// are vectors across the tile's queries. Under the causal mask a block of scores starts
+// (forward) or stops (backward) at the half vector block holding its first or last
+// visible entry, so a diagonal tile costs about half a full one; the hidden entries
+// inside are masked. Threads split batch entries × tiles.
+// float32/float64 only: the op layer widens 16-bit inputs.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "loops.h"
@@ -23,14 +31,33 @@ namespace steepest::cpu {
 inline namespace STEEPEST_ISA_NS {
 namespace {
 
-// Measured (one thread, 96 heads, causal, CPU time; a loaded 2-core Zen 3): 32×32 tiles
-// cost 1.3x 64×64 at T 1024, dh 64; 128×128 were slower at T 128, dh 32 (the GPT step's
-// heads) and within noise at T 1024.
 constexpr int64_t kQueryTile = 64;
 constexpr int64_t kKeyTile = 64;
 
+// The width of this level's vector registers. A product block's accumulators are kRows
+// rows of kVectors vectors: 16 of AVX-512's 32 registers, 8 of AVX2's or SSE's 16, which
+// leaves room for the operands.
+#if STEEPEST_ISA_LEVEL == STEEPEST_ISA_AVX512 || \
+    (STEEPEST_ISA_LEVEL == STEEPEST_ISA_NATIVE && defined(__AVX512F__))
+constexpr int kVectorBytes = 64;
+#elif STEEPEST_ISA_LEVEL == STEEPEST_ISA_AVX2 || \
+    (STEEPEST_ISA_LEVEL == STEEPEST_ISA_NATIVE && defined(__AVX2__))
+constexpr int kVectorBytes = 32;
+#else
+constexpr int kVectorBytes = 16;
+#endif
+constexpr int kVectors = kVectorBytes == 64 ? 4 : 2;
+constexpr int kRows = 4;
+template <class T>
+constexpr int64_t kWidth = kVectors * kVectorBytes / sizeof(T);
+static_assert(kKeyTile % kWidth<float> == 0 && kKeyTile % kWidth<double> == 0 &&
+                  kQueryTile % kWidth<float> == 0 && kQueryTile % kWidth<double> == 0,
+              "the softmax loops run over whole half blocks of kWidth within a tile");
+
 template <class T>
 constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 // One operand of one batch entry: rows `ld` elements apart, features contiguous.
 template <class T>
@@ -46,42 +73,132 @@ Rows<T> entry_rows(T* base, const AttentionLayout& layout, const AttentionArgs& 
   return {base + layout.entry(b, a.heads), layout.row};
 }
 
-// C (m×n, ldc) = alpha · op(A) · B + beta · C on the calling thread's GEMM (B row-major).
+// The left operand of a product, A(r, k) = p[r·row + k·step]: a row-major matrix
+// (step 1) or a transposed one (row 1).
 template <class T>
-void product(bool trans_a, int64_t m, int64_t n, int64_t k, T alpha,
-             const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
-  GemmArgs g;
-  g.dtype = DTypeOf<T>::value;
-  g.trans_a = trans_a;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.a = a;
-  g.lda = lda;
-  g.b = b;
-  g.ldb = ldb;
-  g.c = c;
-  g.ldc = ldc;
-  g.alpha = alpha;
-  g.beta = beta;
-  gemm(g);
+struct Lhs {
+  const T* p;
+  int64_t row, step;
+};
+
+// One vector register of T (a GCC/Clang vector extension, lowered to this level's
+// instructions).
+template <class T>
+struct Vector {
+  typedef T type __attribute__((vector_size(kVectorBytes)));
+  static constexpr int64_t kLanes = kVectorBytes / sizeof(T);
+  static type load(const T* p) {
+    type v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static void store(T* p, type v) { std::memcpy(p, &v, sizeof v); }
+};
+
+// C[r][j] (+)= Σ_k A(r, k) · b[k·ldb + j] for R rows and W columns (a multiple of the
+// vector width), or `width` columns when W is 0. With a constant W the accumulators are
+// R × W / lanes vector variables, which stay in registers.
+template <class T, int R, int64_t W>
+void block_columns(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int64_t width,
+                   T* c, int64_t ldc, bool accumulate) {
+  if constexpr (W > 0) {
+    using V = Vector<T>;
+    constexpr int64_t N = W / V::kLanes;
+    typename V::type acc[R][N];
+    for (int r = 0; r < R; ++r)
+      for (int64_t v = 0; v < N; ++v)
+        acc[r][v] = accumulate ? V::load(c + r * ldc + v * V::kLanes) : typename V::type{};
+    for (int64_t k = 0; k < depth; ++k) {
+      typename V::type bk[N];
+      for (int64_t v = 0; v < N; ++v) bk[v] = V::load(b + k * ldb + v * V::kLanes);
+      for (int r = 0; r < R; ++r) {
+        const T ark = a.p[r * a.row + k * a.step];
+        for (int64_t v = 0; v < N; ++v) acc[r][v] += ark * bk[v];
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int64_t v = 0; v < N; ++v) V::store(c + r * ldc + v * V::kLanes, acc[r][v]);
+  } else {
+    for (int r = 0; r < R; ++r) {
+      T* cr = c + r * ldc;
+      if (!accumulate) std::fill(cr, cr + width, T(0));
+      for (int64_t k = 0; k < depth; ++k) {
+        const T ark = a.p[r * a.row + k * a.step];
+        const T* bk = b + k * ldb;
+        for (int64_t j = 0; j < width; ++j) cr[j] += ark * bk[j];
+      }
+    }
+  }
 }
 
-// dst (cols, ld) = rows [0, n) of src transposed: dst[c·ld + i] = src.row(i)[c].
+// block_columns over any width: C (R rows × width, ldc) (+)= A (R × depth) · B (depth ×
+// width, rows ldb apart), in blocks of kWidth columns, then half one (a head of 32
+// floats with AVX-512), then the rest.
+template <class T, int R>
+void block_product(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int64_t width,
+                   T* c, int64_t ldc, bool accumulate) {
+  constexpr int64_t W = kWidth<T>, H = W / 2;
+  int64_t j = 0;
+  for (; j + W <= width; j += W)
+    block_columns<T, R, W>(depth, a, b + j, ldb, W, c + j, ldc, accumulate);
+  if (j + H <= width) {
+    block_columns<T, R, H>(depth, a, b + j, ldb, H, c + j, ldc, accumulate);
+    j += H;
+  }
+  if (j < width)
+    block_columns<T, R, 0>(depth, a, b + j, ldb, width - j, c + j, ldc, accumulate);
+}
+
+// Calls fn(std::integral_constant<int, R>{}, first row) over rows [0, n): blocks of
+// kRows, then single rows.
+template <class Fn>
+void for_row_blocks(int64_t n, Fn&& fn) {
+  int64_t i = 0;
+  for (; i + kRows <= n; i += kRows) fn(std::integral_constant<int, kRows>{}, i);
+  for (; i < n; ++i) fn(std::integral_constant<int, 1>{}, i);
+}
+
+// dst (cols, ld) = rows [0, n) of src transposed, dst[c·ld + i] = src.row(i)[c], and
+// columns [n, ld) zero: the products run over whole vector blocks past n, which then
+// hold finite scores that are masked or never stored.
 template <class T>
 void transpose_rows(Rows<const T> src, int64_t n, int64_t cols, T* dst, int64_t ld) {
+  for (int64_t c = 0; c < cols; ++c) std::fill(dst + c * ld + n, dst + (c + 1) * ld, T(0));
   for (int64_t i = 0; i < n; ++i) {
     const T* row = src.row(i);
     for (int64_t c = 0; c < cols; ++c) dst[c * ld + i] = row[c];
   }
 }
 
-// The GEMM packs an operand by plain copies when its depth axis is the row axis (a
-// transposed A, a row-major B), and by strided scalar transposes otherwise, which at
-// these depths (dh 32..128) are a large part of a tile product's time. So the products
-// are posed with their operands in the copying orientation: Q, K, V and dO are
-// transposed once per batch entry or tile (qt, kt, vt, dot), and the forward keeps its
-// scores key-major (Sᵀ). Only dQ += dS·K packs by transposing (dS, one 64×64 tile).
+// c ? x : y without a branch, so that loops over it vectorize: a ?: on floats may be
+// turned into one with a computation moved under it, which keeps the loop scalar
+// (vmath.h's bit blend; double's libm exp does not vectorize anyway).
+STEEPEST_VMATH_INLINE float pick(bool c, float x, float y) {
+  return vmath::detail::select(c, x, y);
+}
+STEEPEST_VMATH_INLINE double pick(bool c, double x, double y) { return c ? x : y; }
+
+// Below these e^x is subnormal, and an instruction with a subnormal result takes a
+// microcode assist.
+template <class T>
+constexpr T kExpFloor = sizeof(T) == sizeof(float) ? T(-87) : T(-708);
+
+// c ? e^x : 0, the exponential taken of at least kExpFloor<T> so that the entries
+// c hides (their x may be −inf) cost no assist.
+template <class T>
+STEEPEST_VMATH_INLINE T exp_or_zero(bool c, T x) {
+  return pick(c, math::exp(pick(x < kExpFloor<T>, kExpFloor<T>, x)), T(0));
+}
+
+// fn(j) for every j in [begin, end), both multiples of kWidth / 2 and at most a tile:
+// the inner loop has a constant trip count, so it vectorizes whole, without a scalar
+// remainder. The index is an int: SSE2 has no 64-bit compares for masks made from it.
+template <class T, class Fn>
+void for_columns(int64_t begin, int64_t end, Fn fn) {
+  constexpr int half = static_cast<int>(kWidth<T> / 2);
+  for (int j = static_cast<int>(begin); j < end; j += half)
+    for (int l = 0; l < half; ++l) fn(j + l);
+}
 
 template <class T>
 struct ForwardOperands {
@@ -90,62 +207,84 @@ struct ForwardOperands {
 };
 
 // One query tile of one batch entry: out rows [q0, q0 + nq) and their log-sum-exp, from
-// kt = Kᵀ (d, tk). With the scores st = scale·K·Qᵀ (keys × queries) the online softmax
-// loops over keys with the query axis contiguous.
+// qt = Qᵀ (d, kQueryTile), zero past nq. The scores are kept key-major (sᵀ, queries
+// contiguous), so the online softmax's running max and sum are vectors over the tile's
+// queries: every loop over them runs over whole vectors (the queries past nq are
+// computed and never stored) and none needs a horizontal reduction.
 template <class T>
-void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* kt, int64_t q0,
+void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* qt, int64_t q0,
                   int64_t nq, T* lse, T* buffer) {
-  T* st = buffer;
-  T* qt = st + kKeyTile * kQueryTile;
-  T* o = qt + a.d * kQueryTile;
-  T* row_max = o + kQueryTile * a.dv;
-  T* row_sum = row_max + kQueryTile;
-  T* shift = row_sum + kQueryTile;
-  T* factor = shift + kQueryTile;
-  transpose_rows(Rows<const T>{x.q.row(q0), x.q.ld}, nq, a.d, qt, kQueryTile);
+  constexpr int64_t Q = kQueryTile;
+  T* st = buffer;  // scores, then probabilities (kKeyTile, Q)
+  T* o = st + kKeyTile * Q;
+  T* row_max = o + Q * a.dv;
+  T* row_sum = row_max + Q;
+  T* shift = row_sum + Q;
+  T* factor = shift + Q;
+  const T scale = static_cast<T>(a.scale);
   std::fill(o, o + nq * a.dv, T(0));
-  std::fill(row_max, row_max + nq, kNegInf<T>);
-  std::fill(row_sum, row_sum + nq, T(0));
+  std::fill(row_max, row_max + Q, kNegInf<T>);
+  std::fill(row_sum, row_sum + Q, T(0));
   const int64_t key_end = attention_key_end(a, q0 + nq - 1);
   for (int64_t k0 = 0; k0 < key_end; k0 += kKeyTile) {
     const int64_t nk = std::min(kKeyTile, key_end - k0);
-    product<T>(true, nk, nq, a.d, static_cast<T>(a.scale), kt + k0, a.tk, qt, kQueryTile,
-               T(0), st, kQueryTile);
-    // Causal: key k0 + j is hidden from the queries before it, rows [0, first(j)) of
-    // its column; those get weight 0 and no exponential.
+    // Causal: key k0 + j is hidden from the queries before it, i < first(j). Its scores
+    // are computed from the half block of kWidth queries holding the first that sees
+    // it, start(j), on; the hidden ones among them are masked.
+    constexpr int64_t half = kWidth<T> / 2;
     auto first = [&](int64_t j) {
-      return a.causal ? std::clamp<int64_t>(k0 + j - q0, 0, nq) : int64_t{0};
+      return static_cast<int>(a.causal ? std::clamp<int64_t>(k0 + j - q0, 0, Q) : 0);
     };
-    std::copy(row_max, row_max + nq, shift);
+    auto start = [&](int64_t j) { return first(j) / half * half; };
+    for_row_blocks(nk, [&](auto rows, int64_t j0) {
+      constexpr int R = decltype(rows)::value;
+      const int64_t c0 = start(j0);
+      block_product<T, R>(a.d, Lhs<T>{x.k.row(k0 + j0), x.k.ld, 1}, qt + c0, Q, Q - c0,
+                          st + j0 * Q + c0, Q, false);
+    });
+    std::copy(row_max, row_max + Q, shift);
     for (int64_t j = 0; j < nk; ++j) {
-      const T* sj = st + j * kQueryTile;
-      for (int64_t i = first(j); i < nq; ++i) shift[i] = sj[i] > shift[i] ? sj[i] : shift[i];
+      T* sj = st + j * Q;
+      const int f = first(j);
+      for_columns<T>(start(j), Q, [&](int i) {
+        sj[i] *= scale;
+        shift[i] = pick((i >= f) & (sj[i] > shift[i]), sj[i], shift[i]);
+      });
     }
     // Online softmax: what was summed under the old max is rescaled to the new one. A
     // row that has seen no key yet keeps max −inf and sum 0; shifting it by 0 avoids
     // −inf − (−inf).
-    for (int64_t i = 0; i < nq; ++i) {
+    for (int64_t i = 0; i < Q; ++i) {
       const T m = shift[i];
-      shift[i] = m == kNegInf<T> ? T(0) : m;
-      factor[i] = math::exp(row_max[i] - shift[i]);
+      shift[i] = pick(m == kNegInf<T>, T(0), m);
+      factor[i] = exp_or_zero(row_max[i] != kNegInf<T>, row_max[i] - shift[i]);
       row_max[i] = m;
       row_sum[i] *= factor[i];
     }
     for (int64_t j = 0; j < nk; ++j) {
-      T* sj = st + j * kQueryTile;
-      const int64_t lo = first(j);
-      std::fill(sj, sj + lo, T(0));
-      for (int64_t i = lo; i < nq; ++i) {
-        sj[i] = math::exp(sj[i] - shift[i]);
+      T* sj = st + j * Q;
+      const int f = first(j);
+      const int64_t c0 = start(j);
+      std::fill(sj, sj + c0, T(0));
+      for_columns<T>(c0, Q, [&](int i) {
+        sj[i] = exp_or_zero(i >= f, sj[i] - shift[i]);
         row_sum[i] += sj[i];
-      }
+      });
     }
     for (int64_t i = 0; i < nq; ++i) {
       if (factor[i] == T(1)) continue;
       T* oi = o + i * a.dv;
       for (int64_t c = 0; c < a.dv; ++c) oi[c] *= factor[i];
     }
-    product<T>(true, nq, a.dv, nk, T(1), st, kQueryTile, x.v.row(k0), x.v.ld, T(1), o, a.dv);
+    for_row_blocks(nq, [&](auto rows, int64_t i0) {
+      constexpr int R = decltype(rows)::value;
+      // The block's last row sees the most keys; the others' hidden ones have p = 0.
+      const int64_t depth =
+          std::clamp<int64_t>(attention_key_end(a, q0 + i0 + R - 1) - k0, 0, nk);
+      if (depth == 0) return;
+      block_product<T, R>(depth, Lhs<T>{st + i0, 1, Q}, x.v.row(k0), x.v.ld, a.dv,
+                          o + i0 * a.dv, a.dv, true);
+    });
   }
   for (int64_t i = 0; i < nq; ++i) {
     // No visible key (tk = 0): the output is 0, as softmax over nothing times v gives.
@@ -166,22 +305,18 @@ void forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Ten
   const int64_t work_per_task = std::max<int64_t>(1, a.tk * (a.d + a.dv) * std::min(a.tq, kQueryTile));
   parallel_for(a.batch * tiles, std::max<int64_t>(1, kParallelGrain / work_per_task),
                [&](int64_t begin, int64_t end) {
-                 std::vector<T> buffer(static_cast<size_t>(
-                     kQueryTile * (kKeyTile + a.d + a.dv + 4) + a.d * a.tk));
-                 T* kt = buffer.data() + kQueryTile * (kKeyTile + a.d + a.dv + 4);
-                 int64_t transposed = -1;  // the entry whose Kᵀ kt holds
+                 const int64_t tile_size = kKeyTile * kQueryTile + kQueryTile * (a.dv + 4);
+                 std::vector<T> buffer(static_cast<size_t>(tile_size + a.d * kQueryTile));
+                 T* qt = buffer.data() + tile_size;
                  for (int64_t task = begin; task < end; ++task) {
                    const int64_t b = task / tiles, q0 = (task % tiles) * kQueryTile;
+                   const int64_t nq = std::min(kQueryTile, a.tq - q0);
                    const ForwardOperands<T> x{entry_rows<const T>(q.data<T>(), a.q, a, b),
                                               entry_rows<const T>(k.data<T>(), a.k, a, b),
                                               entry_rows<const T>(v.data<T>(), a.v, a, b),
                                               entry_rows(out.data<T>(), a.out, a, b)};
-                   if (transposed != b) {
-                     transpose_rows(x.k, a.tk, a.d, kt, a.tk);
-                     transposed = b;
-                   }
-                   forward_tile(a, x, kt, q0, std::min(kQueryTile, a.tq - q0), pl + b * a.tq,
-                                buffer.data());
+                   transpose_rows(Rows<const T>{x.q.row(q0), x.q.ld}, nq, a.d, qt, kQueryTile);
+                   forward_tile(a, x, qt, q0, nq, pl + b * a.tq, buffer.data());
                  }
                });
 }
@@ -189,8 +324,6 @@ void forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Ten
 template <class T>
 struct BackwardOperands {
   Rows<const T> q, k, v, dout;
-  const T* qt;   // Qᵀ (d, tq)
-  const T* dot;  // dOᵀ (dv, tq)
   const T* lse;
   const T* delta;
   Rows<T> dq, dk, dv;
@@ -203,45 +336,71 @@ struct BackwardOperands {
 template <class T>
 void backward_key_tile(const AttentionArgs& a, const BackwardOperands<T>& x, int64_t k0,
                        int64_t nk, T* buffer) {
-  T* p = buffer;
-  T* dp = p + kQueryTile * kKeyTile;
-  T* kt = dp + kQueryTile * kKeyTile;
+  const int64_t keys = round_up(nk, kWidth<T>);
+  T* p = buffer;  // (nq, kKeyTile), zero where a query does not see a key
+  T* ds = p + kQueryTile * kKeyTile;  // dP, then scale · dS; zero where p is
+  T* kt = ds + kQueryTile * kKeyTile;
   T* vt = kt + a.d * kKeyTile;
   transpose_rows(Rows<const T>{x.k.row(k0), x.k.ld}, nk, a.d, kt, kKeyTile);
   transpose_rows(Rows<const T>{x.v.row(k0), x.v.ld}, nk, a.dv, vt, kKeyTile);
-  const T scale = static_cast<T>(a.scale);
-  T beta = 0;  // the first query tile writes dK and dV, later ones add
-  // Under the causal mask, queries before k0 see none of these keys.
-  for (int64_t q0 = a.causal ? k0 : 0; q0 < a.tq; q0 += kQueryTile, beta = 1) {
-    const int64_t nq = std::min(kQueryTile, a.tq - q0);
-    product<T>(true, nq, nk, a.d, scale, x.qt + q0, a.tq, kt, kKeyTile, T(0), p, kKeyTile);
-    for (int64_t i = 0; i < nq; ++i) {
-      T* pi = p + i * kKeyTile;
-      const T l = x.lse[q0 + i];
-      // Every row sees a key when tk > 0, so l is finite.
-      const int64_t visible = std::clamp<int64_t>(attention_key_end(a, q0 + i) - k0, 0, nk);
-      for (int64_t j = 0; j < visible; ++j) pi[j] = math::exp(pi[j] - l);
-      std::fill(pi + visible, pi + nk, T(0));
-    }
-    product<T>(true, nk, a.dv, nq, T(1), p, kKeyTile, x.dout.row(q0), x.dout.ld, beta,
-               x.dv.row(k0), x.dv.ld);
-    product<T>(true, nq, nk, a.dv, T(1), x.dot + q0, a.tq, vt, kKeyTile, T(0), dp, kKeyTile);
-    for (int64_t i = 0; i < nq; ++i) {
-      const T* pi = p + i * kKeyTile;
-      T* dpi = dp + i * kKeyTile;
-      const T di = x.delta[q0 + i];
-      for (int64_t j = 0; j < nk; ++j) dpi[j] = pi[j] * (dpi[j] - di) * scale;
-    }
-    product<T>(false, nq, a.d, nk, T(1), dp, kKeyTile, x.k.row(k0), x.k.ld, T(1),
-               x.dq.row(q0), x.dq.ld);
-    product<T>(true, nk, a.d, nq, T(1), dp, kKeyTile, x.q.row(q0), x.q.ld, beta,
-               x.dk.row(k0), x.dk.ld);
+  for (int64_t j = k0; j < k0 + nk; ++j) {
+    std::fill(x.dk.row(j), x.dk.row(j) + a.d, T(0));
+    std::fill(x.dv.row(j), x.dv.row(j) + a.dv, T(0));
   }
-  if (beta == T(0)) {  // no query sees these keys
-    for (int64_t j = k0; j < k0 + nk; ++j) {
-      std::fill(x.dk.row(j), x.dk.row(j) + a.d, T(0));
-      std::fill(x.dv.row(j), x.dv.row(j) + a.dv, T(0));
-    }
+  const T scale = static_cast<T>(a.scale);
+  // Under the causal mask, queries before k0 see none of these keys.
+  for (int64_t q0 = a.causal ? k0 : 0; q0 < a.tq; q0 += kQueryTile) {
+    const int64_t nq = std::min(kQueryTile, a.tq - q0);
+    auto visible = [&](int64_t i) {
+      return std::clamp<int64_t>(attention_key_end(a, q0 + i) - k0, 0, nk);
+    };
+    for_row_blocks(nq, [&](auto rows, int64_t i0) {
+      constexpr int R = decltype(rows)::value;
+      T* pi = p + i0 * kKeyTile;
+      T* dsi = ds + i0 * kKeyTile;
+      const int64_t depth = visible(i0 + R - 1);  // the block's last row sees the most
+      if (depth == 0) {
+        for (int r = 0; r < R; ++r) {
+          std::fill(pi + r * kKeyTile, pi + r * kKeyTile + keys, T(0));
+          std::fill(dsi + r * kKeyTile, dsi + r * kKeyTile + keys, T(0));
+        }
+        return;
+      }
+      // Columns up to the half block of kWidth holding the block's last visible key.
+      const int64_t width = std::min(keys, round_up(depth, kWidth<T> / 2));
+      block_product<T, R>(a.d, Lhs<T>{x.q.row(q0 + i0), x.q.ld, 1}, kt, kKeyTile, width, pi,
+                          kKeyTile, false);
+      block_product<T, R>(a.dv, Lhs<T>{x.dout.row(q0 + i0), x.dout.ld, 1}, vt, kKeyTile,
+                          width, dsi, kKeyTile, false);
+      for (int r = 0; r < R; ++r) {
+        T* pr = pi + r * kKeyTile;
+        T* dsr = dsi + r * kKeyTile;
+        // Every row sees a key when tk > 0, so its lse is finite. p = 0 past the visible
+        // keys makes dS 0 there.
+        const T l = x.lse[q0 + i0 + r], di = x.delta[q0 + i0 + r];
+        const int n = static_cast<int>(visible(i0 + r));
+        for_columns<T>(0, width, [&](int j) {
+          pr[j] = exp_or_zero(j < n, pr[j] * scale - l);
+          dsr[j] = pr[j] * (dsr[j] - di) * scale;
+        });
+        std::fill(pr + width, pr + keys, T(0));
+        std::fill(dsr + width, dsr + keys, T(0));
+      }
+      block_product<T, R>(depth, Lhs<T>{dsi, kKeyTile, 1}, x.k.row(k0), x.k.ld, a.d,
+                          x.dq.row(q0 + i0), x.dq.ld, true);
+    });
+    for_row_blocks(nk, [&](auto rows, int64_t j0) {
+      constexpr int R = decltype(rows)::value;
+      // Causal: the queries before key k0 + j0 see none of this block's keys.
+      const int64_t first = a.causal ? std::clamp<int64_t>(k0 + j0 - q0, 0, nq) : 0;
+      const int64_t depth = nq - first;
+      if (depth == 0) return;
+      block_product<T, R>(depth, Lhs<T>{p + first * kKeyTile + j0, 1, kKeyTile},
+                          x.dout.row(q0 + first), x.dout.ld, a.dv, x.dv.row(k0 + j0), x.dv.ld,
+                          true);
+      block_product<T, R>(depth, Lhs<T>{ds + first * kKeyTile + j0, 1, kKeyTile},
+                          x.q.row(q0 + first), x.q.ld, a.d, x.dk.row(k0 + j0), x.dk.ld, true);
+    });
   }
 }
 
@@ -260,6 +419,7 @@ void backward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Te
                    const T* g = entry_rows<const T>(grad_out.data<T>(), a.grad_out, a, b).row(i);
                    const T* o = entry_rows<const T>(out.data<T>(), a.out, a, b).row(i);
                    T sum = 0;
+#pragma omp simd reduction(+ : sum)
                    for (int64_t c = 0; c < a.dv; ++c) sum += g[c] * o[c];
                    delta[static_cast<size_t>(r)] = sum;
                  }
@@ -285,12 +445,8 @@ void backward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Te
   const int64_t work_per_task = std::max<int64_t>(1, a.tq * (a.d + a.dv) * kKeyTile);
   parallel_for(a.batch * chunks, std::max<int64_t>(1, kParallelGrain / work_per_task),
                [&](int64_t begin, int64_t end) {
-                 const int64_t width = std::max(a.d, a.dv);
-                 std::vector<T> buffer(static_cast<size_t>(2 * kQueryTile * kKeyTile +
-                                                           2 * width * kKeyTile + (a.d + a.dv) * a.tq));
-                 T* qt = buffer.data() + 2 * kQueryTile * kKeyTile + 2 * width * kKeyTile;
-                 T* dot = qt + a.d * a.tq;
-                 int64_t transposed = -1;  // the entry whose Qᵀ, dOᵀ qt and dot hold
+                 std::vector<T> buffer(
+                     static_cast<size_t>((2 * kQueryTile + a.d + a.dv) * kKeyTile));
                  for (int64_t task = begin; task < end; ++task) {
                    const int64_t b = task / chunks, chunk = task % chunks;
                    const Rows<T> dq =
@@ -300,18 +456,11 @@ void backward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Te
                                                entry_rows<const T>(k.data<T>(), a.k, a, b),
                                                entry_rows<const T>(v.data<T>(), a.v, a, b),
                                                entry_rows<const T>(grad_out.data<T>(), a.grad_out, a, b),
-                                               qt,
-                                               dot,
                                                pl + b * a.tq,
                                                delta.data() + b * a.tq,
                                                dq,
                                                entry_rows(grad_k.data<T>(), a.grad_k, a, b),
                                                entry_rows(grad_v.data<T>(), a.grad_v, a, b)};
-                   if (transposed != b) {
-                     transpose_rows(x.q, a.tq, a.d, qt, a.tq);
-                     transpose_rows(x.dout, a.tq, a.dv, dot, a.tq);
-                     transposed = b;
-                   }
                    const int64_t first = key_tiles * chunk / chunks;
                    const int64_t last = key_tiles * (chunk + 1) / chunks;
                    for (int64_t tile = first; tile < last; ++tile) {
