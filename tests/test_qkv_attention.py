@@ -68,41 +68,45 @@ def test_qkv_attention_default_scale_is_per_head():
                                split_attention(qkv, 4, True).numpy(), rtol=1e-12, atol=1e-13)
 
 
+def on_both_paths(data, gradient):
+    """gradient(attention, leaf) for the fused op and for the split path (2 heads, causal),
+    each on a fresh float64 leaf holding data."""
+    results = []
+    for attention in (lambda x: ops.qkv_attention(x, 2), lambda x: split_attention(x, 2, True)):
+        leaf = st.tensor(data, dtype="float64", requires_grad=True)
+        results.append(gradient(attention, leaf))
+    return results
+
+
 def test_qkv_attention_noncontiguous_input_and_gradient():
     # A transposed qkv is read through a copy; a broadcast incoming gradient (from sum)
     # is copied into the kernel's layout.
-    rng = np.random.default_rng(2)
-    data = rng.standard_normal((2, 12, 7))
-    grads = []
-    for fn in (lambda x: ops.qkv_attention(x, 2), lambda x: split_attention(x, 2, True)):
-        leaf = st.tensor(data, dtype="float64", requires_grad=True)
-        fn(ops.transpose(leaf, 1, 2)).sum().backward()
-        grads.append(leaf.grad.numpy())
-    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+    def gradient(attention, leaf):
+        attention(ops.transpose(leaf, 1, 2)).sum().backward()
+        return leaf.grad.numpy()
+
+    fused, split = on_both_paths(np.random.default_rng(2).standard_normal((2, 12, 7)), gradient)
+    np.testing.assert_allclose(fused, split, rtol=1e-10, atol=1e-12)
 
 
 def test_qkv_attention_gradient_of_input_used_twice():
     # The fused gradient buffer must add to, not replace, the other use's gradient.
-    rng = np.random.default_rng(3)
-    data = rng.standard_normal((1, 10, 12))
-    grads = []
-    for fn in (lambda x: ops.qkv_attention(x, 2), lambda x: split_attention(x, 2, True)):
-        leaf = st.tensor(data, dtype="float64", requires_grad=True)
-        (ops.qkv_attention(leaf, 1, causal=False).sum() + (fn(leaf) ** 2).sum()).backward()
-        grads.append(leaf.grad.numpy())
-    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+    def gradient(attention, leaf):
+        (ops.qkv_attention(leaf, 1, causal=False).sum() + (attention(leaf) ** 2).sum()).backward()
+        return leaf.grad.numpy()
+
+    fused, split = on_both_paths(np.random.default_rng(3).standard_normal((1, 10, 12)), gradient)
+    np.testing.assert_allclose(fused, split, rtol=1e-10, atol=1e-12)
 
 
 def test_qkv_attention_second_order_matches_split_path():
-    rng = np.random.default_rng(4)
-    data = rng.standard_normal((1, 66, 12))
-    grads = []
-    for fn in (lambda x: ops.qkv_attention(x, 2), lambda x: split_attention(x, 2, True)):
-        leaf = st.tensor(data, dtype="float64", requires_grad=True)
-        (g,) = st.autograd.grad([(fn(leaf) ** 2).sum()], [leaf], create_graph=True)
+    def gradient(attention, leaf):
+        (g,) = st.autograd.grad([(attention(leaf) ** 2).sum()], [leaf], create_graph=True)
         (g2,) = st.autograd.grad([(g ** 2).sum()], [leaf])
-        grads.append(g2.numpy())
-    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-9, atol=1e-11)
+        return g2.numpy()
+
+    fused, split = on_both_paths(np.random.default_rng(4).standard_normal((1, 66, 12)), gradient)
+    np.testing.assert_allclose(fused, split, rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
