@@ -97,7 +97,9 @@ struct Vector {
 
 // C[r][j] (+)= Σ_k A(r, k) · b[k·ldb + j] for R rows and W columns (a multiple of the
 // vector width), or `width` columns when W is 0. With a constant W the accumulators are
-// R × W / lanes vector variables, which stay in registers.
+// R × W / lanes vector variables, which stay in registers: the loops over them are
+// unrolled by pragma, early enough for GCC to replace the array by scalars (otherwise
+// it stays on the stack, copied to and from registers around the k loop at each call).
 template <class T, int R, int64_t W>
 void block_columns(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int64_t width,
                    T* c, int64_t ldc, bool accumulate) {
@@ -105,18 +107,25 @@ void block_columns(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int6
     using V = Vector<T>;
     constexpr int64_t N = W / V::kLanes;
     typename V::type acc[R][N];
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
       for (int64_t v = 0; v < N; ++v)
         acc[r][v] = accumulate ? V::load(c + r * ldc + v * V::kLanes) : typename V::type{};
     for (int64_t k = 0; k < depth; ++k) {
       typename V::type bk[N];
+#pragma GCC unroll 16
       for (int64_t v = 0; v < N; ++v) bk[v] = V::load(b + k * ldb + v * V::kLanes);
+#pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
         const T ark = a.p[r * a.row + k * a.step];
+#pragma GCC unroll 16
         for (int64_t v = 0; v < N; ++v) acc[r][v] += ark * bk[v];
       }
     }
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
       for (int64_t v = 0; v < N; ++v) V::store(c + r * ldc + v * V::kLanes, acc[r][v]);
   } else {
     for (int r = 0; r < R; ++r) {
@@ -133,14 +142,20 @@ void block_columns(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int6
 
 // block_columns over any width: C (R rows × width, ldc) (+)= A (R × depth) · B (depth ×
 // width, rows ldb apart), in blocks of kWidth columns, then half one (a head of 32
-// floats with AVX-512), then the rest.
+// floats with AVX-512), then the rest. A half block holds half the accumulators of a
+// whole one, so it takes up to 2 · kRows rows at once (a load of B then feeds twice the
+// FMAs); whole blocks go kRows rows at a time.
 template <class T, int R>
 void block_product(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int64_t width,
                    T* c, int64_t ldc, bool accumulate) {
+  static_assert(R <= 2 * kRows && R % std::min(R, kRows) == 0, "rows of a product block");
   constexpr int64_t W = kWidth<T>, H = W / 2;
+  constexpr int RW = std::min(R, kRows);
   int64_t j = 0;
   for (; j + W <= width; j += W)
-    block_columns<T, R, W>(depth, a, b + j, ldb, W, c + j, ldc, accumulate);
+    for (int r = 0; r < R; r += RW)
+      block_columns<T, RW, W>(depth, Lhs<T>{a.p + r * a.row, a.row, a.step}, b + j, ldb, W,
+                              c + r * ldc + j, ldc, accumulate);
   if (j + H <= width) {
     block_columns<T, R, H>(depth, a, b + j, ldb, H, c + j, ldc, accumulate);
     j += H;
@@ -150,10 +165,11 @@ void block_product(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int6
 }
 
 // Calls fn(std::integral_constant<int, R>{}, first row) over rows [0, n): blocks of
-// kRows, then single rows.
+// 2 · kRows, then kRows, then single rows.
 template <class Fn>
 void for_row_blocks(int64_t n, Fn&& fn) {
   int64_t i = 0;
+  for (; i + 2 * kRows <= n; i += 2 * kRows) fn(std::integral_constant<int, 2 * kRows>{}, i);
   for (; i + kRows <= n; i += kRows) fn(std::integral_constant<int, kRows>{}, i);
   for (; i < n; ++i) fn(std::integral_constant<int, 1>{}, i);
 }
