@@ -43,21 +43,32 @@ def composed(q, k, v, causal, scale):
     return ops.matmul(ops.softmax(scores, -1), v)
 
 
+def forward_and_gradients(attention, arrays, weights, dtype):
+    """attention's output for leaves holding arrays, and their gradients for the incoming
+    gradient weights."""
+    leaves = [st.tensor(a, dtype=dtype, requires_grad=True) for a in arrays]
+    out = attention(*leaves)
+    out.backward(st.tensor(weights, dtype=dtype))
+    return [out.numpy()] + [leaf.grad.numpy() for leaf in leaves]
+
+
+def assert_fused_equals_composed(arrays, weights, causal, scale, dtype="float64",
+                                 rtol=1e-10, atol=1e-12):
+    fused = forward_and_gradients(
+        lambda q, k, v: ops.scaled_dot_product_attention(q, k, v, causal=causal, scale=scale),
+        arrays, weights, dtype)
+    reference = forward_and_gradients(lambda q, k, v: composed(q, k, v, causal, scale),
+                                      arrays, weights, dtype)
+    for f, r in zip(fused, reference):
+        np.testing.assert_allclose(f, r, rtol=rtol, atol=atol)
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("t", [1, 63, 64, 200])
 def test_fused_attention_equals_composed(t, causal):
     rng = np.random.default_rng(t)
     arrays = [rng.standard_normal((2, 3, t, 7)) for _ in range(3)]
-    weights = rng.standard_normal((2, 3, t, 7))
-    results = []
-    for fn in (lambda q, k, v: ops.scaled_dot_product_attention(q, k, v, causal=causal, scale=0.3),
-               lambda q, k, v: composed(q, k, v, causal, 0.3)):
-        leaves = [st.tensor(a, dtype="float64", requires_grad=True) for a in arrays]
-        out = fn(*leaves)
-        out.backward(st.tensor(weights, dtype="float64"))
-        results.append([out.numpy()] + [leaf.grad.numpy() for leaf in leaves])
-    for fused, reference in zip(*results):
-        np.testing.assert_allclose(fused, reference, rtol=1e-10, atol=1e-12)
+    assert_fused_equals_composed(arrays, rng.standard_normal((2, 3, t, 7)), causal, 0.3)
 
 
 def test_fused_attention_saves_linear_memory():
@@ -166,16 +177,8 @@ def test_fused_attention_long_context_equals_composed(causal):
     # Several 64-key tiles on both sides with ragged ends, dh as in the GPT benchmark.
     rng = np.random.default_rng(5)
     arrays = [rng.standard_normal((1, 2, 200, 32)) for _ in range(3)]
-    weights = rng.standard_normal((1, 2, 200, 32))
-    results = []
-    for fn in (lambda *x: ops.scaled_dot_product_attention(*x, causal=causal),
-               lambda *x: composed(*x, causal, 1 / np.sqrt(32))):
-        leaves = [st.tensor(a, dtype="float32", requires_grad=True) for a in arrays]
-        out = fn(*leaves)
-        out.backward(st.tensor(weights, dtype="float32"))
-        results.append([out.numpy()] + [leaf.grad.numpy() for leaf in leaves])
-    for fused, reference in zip(*results):
-        np.testing.assert_allclose(fused, reference, rtol=1e-4, atol=1e-4)
+    assert_fused_equals_composed(arrays, rng.standard_normal((1, 2, 200, 32)), causal,
+                                 1 / np.sqrt(32), "float32", rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
@@ -186,16 +189,7 @@ def test_fused_attention_head_sizes_equal_composed(d, dv, causal):
     # all three at every level, with tq != tk ragged at tile and half-tile edges.
     rng = np.random.default_rng(d)
     arrays = [rng.standard_normal(s) for s in ((2, 70, d), (2, 100, d), (2, 100, dv))]
-    weights = rng.standard_normal((2, 70, dv))
-    results = []
-    for fn in (lambda q, k, v: ops.scaled_dot_product_attention(q, k, v, causal=causal, scale=0.2),
-               lambda q, k, v: composed(q, k, v, causal, 0.2)):
-        leaves = [st.tensor(a, dtype="float64", requires_grad=True) for a in arrays]
-        out = fn(*leaves)
-        out.backward(st.tensor(weights, dtype="float64"))
-        results.append([out.numpy()] + [leaf.grad.numpy() for leaf in leaves])
-    for fused, reference in zip(*results):
-        np.testing.assert_allclose(fused, reference, rtol=1e-10, atol=1e-12)
+    assert_fused_equals_composed(arrays, rng.standard_normal((2, 70, dv)), causal, 0.2)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
@@ -205,12 +199,12 @@ def test_fused_attention_underflowing_probabilities(causal):
     rng = np.random.default_rng(6)
     arrays = [rng.standard_normal((1, 2, 130, 32)) for _ in range(3)]
     weights = rng.standard_normal((1, 2, 130, 32))
-    results = []
-    for dtype in ("float32", "float64"):
-        leaves = [st.tensor(a, dtype=dtype, requires_grad=True) for a in arrays]
-        out = ops.scaled_dot_product_attention(*leaves, causal=causal, scale=8.0)
-        out.backward(st.tensor(weights, dtype=dtype))
-        results.append([out.numpy()] + [leaf.grad.numpy() for leaf in leaves])
-    for single, double in zip(*results):
-        assert np.isfinite(single).all()
-        np.testing.assert_allclose(single, double, rtol=1e-3, atol=1e-3)
+
+    def attention(q, k, v):
+        return ops.scaled_dot_product_attention(q, k, v, causal=causal, scale=8.0)
+
+    single = forward_and_gradients(attention, arrays, weights, "float32")
+    double = forward_and_gradients(attention, arrays, weights, "float64")
+    for s, d in zip(single, double):
+        assert np.isfinite(s).all()
+        np.testing.assert_allclose(s, d, rtol=1e-3, atol=1e-3)
