@@ -343,3 +343,15 @@ def test_fallback_kernels(isa):
     result = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT], env=env, check=False,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_bfloat16_pair_kernel():
+    # The GEMM runs the AVX512_BF16 pair kernel only where VDPBF16PS outpaces FMA, so on
+    # other AVX512_BF16 CPUs the bfloat16 tests above check the widening path: rerun them
+    # with the pair kernel asked for (on CPUs without AVX512_BF16 they check widening again).
+    env = dict(os.environ, STEEPEST_GEMM_ISA="avx512bf16", PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+         "-k", "bfloat16 and not pair_kernel"],
+        env=env, check=False, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and " passed" in result.stdout, result.stdout + result.stderr

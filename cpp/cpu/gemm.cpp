@@ -72,10 +72,13 @@ constexpr Isa kLevelIsa = Isa::Avx512Bf16;
 #endif
 
 // The best kernel the CPU runs within the level (Avx512Bf16 only serves bfloat16
-// operands; the others then use Avx512). STEEPEST_GEMM_ISA=avx512|avx2|scalar caps it
-// further so the tests can check the fallback kernels on a machine that has more.
+// operands; the others then use Avx512). Avx512Bf16 is taken only where its instruction
+// outpaces FMA (bf16_dot_outpaces_fma), unless STEEPEST_GEMM_ISA=avx512bf16 asks for it;
+// STEEPEST_GEMM_ISA=avx512|avx2|scalar caps the choice, so the tests can check every
+// kernel on a machine that has more.
 Isa detect_isa() {
   Isa isa = Isa::Scalar;
+  const char* cap = std::getenv("STEEPEST_GEMM_ISA");
 #if STEEPEST_X86
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f"))
@@ -86,7 +89,11 @@ Isa detect_isa() {
     isa = Isa::Avx2;
 #endif
   isa = std::min(isa, kLevelIsa);
-  const char* cap = std::getenv("STEEPEST_GEMM_ISA");
+  if constexpr (kLevelIsa >= Isa::Avx512Bf16) {
+    const bool pairs_asked = cap && std::strcmp(cap, "avx512bf16") == 0;
+    if (isa == Isa::Avx512Bf16 && !pairs_asked && !gemm_detail::bf16_dot_outpaces_fma())
+      isa = Isa::Avx512;
+  }
   if (!cap) return isa;
   const Isa capped = std::strcmp(cap, "scalar") == 0  ? Isa::Scalar
                      : std::strcmp(cap, "avx2") == 0  ? Isa::Avx2
