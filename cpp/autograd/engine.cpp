@@ -245,16 +245,18 @@ Tensor in_place_destination(const Node& node, size_t i, const Tensor& grad_outpu
 }
 
 // Offers `node` the destinations in_place_destination finds, if any; returns whether
-// it did.
+// it did. Most nodes have none, and then nothing is allocated.
 bool offer_in_place(Node& node, const Tensor& grad_output) {
-  std::vector<Tensor> destinations(node.next.size());
-  bool any = false;
+  std::vector<Tensor> destinations;
   for (size_t i = 0; i < node.next.size(); ++i) {
-    destinations[i] = in_place_destination(node, i, grad_output);
-    any = any || destinations[i].defined();
+    Tensor destination = in_place_destination(node, i, grad_output);
+    if (!destination.defined()) continue;
+    destinations.resize(node.next.size());
+    destinations[i] = std::move(destination);
   }
-  if (any) node.offer_grad_destinations(std::move(destinations));
-  return any;
+  if (destinations.empty()) return false;
+  node.offer_grad_destinations(std::move(destinations));
+  return true;
 }
 
 // Runs the graph below `roots`. With `targets` (torch's autograd.grad) only the nodes that

@@ -91,11 +91,12 @@ void detail::gemm_into(const Tensor& a, const Tensor& b, const Tensor& out, doub
   const Dims out_shape = gemm_shape(a, b);
   const bool out_dtype_ok =
       out.dtype() == a.dtype() || (is_half_float(a.dtype()) && out.dtype() == DType::Float32);
-  if (out.shape() != out_shape || !out_dtype_ok || !out.is_contiguous() ||
-      out.device() != a.device())
+  // An empty out is never written (its strides need not look contiguous).
+  const bool dense = out.numel() == 0 || out.is_contiguous();
+  if (out.shape() != out_shape || !out_dtype_ok || !dense || out.device() != a.device())
     fail<StateError>("matmul", "the product of ", a.shape(), " and ", b.shape(), " (",
                      dtype_name(a.dtype()), ") cannot be written into a ",
-                     out.is_contiguous() ? "" : "non-contiguous ", out.device().str(), " ",
+                     dense ? "" : "non-contiguous ", out.device().str(), " ",
                      dtype_name(out.dtype()), " tensor of shape ", out.shape(),
                      "; expected shape ", out_shape);
   int64_t m = a.shape()[a.ndim() - 2], k = a.shape().back(), n = b.shape().back();
