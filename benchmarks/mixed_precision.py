@@ -9,9 +9,12 @@ statistics (st.memory_stats, live bytes) give, above what is allocated before th
   the step and counted: the activations kept for backward, the gradients, and each op's
   temporaries;
 - peak above grads: the same step with every parameter's float32 gradient already
-  allocated before it (as when gradients are accumulated over micro-batches): backward
-  adds into them in place, so the peak counts everything but those buffers, including
-  each weight gradient's temporary before it is added;
+  allocated before it (as when gradients are accumulated over micro-batches): each
+  weight's GEMM adds dW = Xᵀ·G straight into its .grad (beta = 1; PyTorch builds dW and
+  then adds it), so the peak counts everything but those buffers and no weight-sized
+  temporary: the activations kept for backward and the activation gradients in flight
+  (at batch 256, the top layer's incoming gradient and dX; with 16-bit activations also
+  the float32 block in which the GEMM sums a 16-bit dX before rounding it);
 - kept for backward: what is held once the forward is done (activations, plus any 16-bit
   weight copies the products save; none here).
 

@@ -3,6 +3,8 @@
 // (Kahn's algorithm), summing gradients that meet at the same node.
 #include <mutex>
 #include <unordered_map>
+#include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "steepest/autograd.h"
@@ -130,6 +132,28 @@ Tensor Node::output_in_graph(const Tensor& output) {
   return alias;
 }
 
+Tensor Node::grad_destination(size_t i) const {
+  return i < grad_destinations_.size() ? grad_destinations_[i] : Tensor();
+}
+
+void Node::delivered_in_place(size_t i) {
+  if (!grad_destination(i).defined())
+    fail<StateError>("backward", name(), " wrote the gradient of input ", i,
+                     " in place, but no destination was offered for it");
+  delivered_in_place_[i] = true;
+  grad_destinations_[i].storage()->bump_version();  // as AccumulateGrad's in-place add does
+}
+
+void Node::offer_grad_destinations(std::vector<Tensor> destinations) {
+  grad_destinations_ = std::move(destinations);
+  delivered_in_place_.assign(grad_destinations_.size(), false);
+}
+
+std::vector<bool> Node::take_delivered_in_place() {
+  grad_destinations_ = {};
+  return std::exchange(delivered_in_place_, {});
+}
+
 void AccumulateGrad::apply(const Tensor& grad_output, std::vector<Tensor>&) {
   TensorImpl* leaf = leaf_.get();
   if (grad_enabled()) {
@@ -201,6 +225,39 @@ struct Root {
   std::shared_ptr<Node> node;
   Tensor seed;
 };
+
+// The .grad that `node` may add its gradient for input i into (Node::grad_destination), or
+// undefined. The edge must lead to a leaf's AccumulateGrad, which would only add the
+// gradient into that .grad (no create_graph, no autograd.grad). The grad must be a plain tensor (no graph of its own) with the leaf's
+// shape, dtype and device, contiguous (data-parallel buckets hand out offset views) so that
+// kernels can write it as a dense block, and read by nothing that could see the write
+// early: no live node saved its memory and it is not the node's incoming gradient.
+Tensor in_place_destination(const Node& node, size_t i, const Tensor& grad_output) {
+  const auto* accumulator = dynamic_cast<const AccumulateGrad*>(node.next[i].get());
+  if (!accumulator) return Tensor();
+  const Tensor leaf = accumulator->leaf();
+  Tensor grad = leaf.grad();
+  bool usable = grad.defined() && !grad.requires_grad() && grad.shape() == leaf.shape() &&
+                grad.dtype() == leaf.dtype() && grad.device() == leaf.device() &&
+                grad.is_contiguous() && !grad.storage()->saved_for_backward() &&
+                grad.storage() != grad_output.storage();
+  return usable ? grad : Tensor();
+}
+
+// Offers `node` the destinations in_place_destination finds, if any; returns whether
+// it did. Most nodes have none, and then nothing is allocated.
+bool offer_in_place(Node& node, const Tensor& grad_output) {
+  std::vector<Tensor> destinations;
+  for (size_t i = 0; i < node.next.size(); ++i) {
+    Tensor destination = in_place_destination(node, i, grad_output);
+    if (!destination.defined()) continue;
+    destinations.resize(node.next.size());
+    destinations[i] = std::move(destination);
+  }
+  if (destinations.empty()) return false;
+  node.offer_grad_destinations(std::move(destinations));
+  return true;
+}
 
 // Runs the graph below `roots`. With `targets` (torch's autograd.grad) only the nodes that
 // lead to a target run, no leaf accumulates, and the total gradient reaching each target
@@ -278,6 +335,11 @@ void run_engine(const std::vector<Root>& roots, bool retain_graph, bool create_g
       if (dependencies[node] == 0) ready.push_back(node);
     }
   }
+  // A first-order backward into the leaves lets nodes write leaf gradients in place.
+  const bool in_place = !create_graph && !targets;
+  // The AccumulateGrad nodes that received a gradient in place: they run even without
+  // a gradient tensor, so that on_gradient_ready sees every finished leaf.
+  std::unordered_set<Node*> written_in_place;
   std::vector<Tensor> grad_inputs;
   while (!ready.empty()) {
     Node* node = ready.back();
@@ -300,13 +362,24 @@ void run_engine(const std::vector<Root>& roots, bool retain_graph, bool create_g
         fail<StateError>(
             "backward", "create_graph=True: the double backward of ", node->name(),
             " is not implemented, so higher-order gradients through it are not available");
-      {
+      const bool offered = in_place && offer_in_place(*node, grad_output);
+      try {
         profiler::Scope scope(node->name());
         node->apply(grad_output, grad_inputs);
+      } catch (...) {
+        // A later backward must not find this offer still standing.
+        if (offered) node->take_delivered_in_place();
+        throw;
       }
+      if (offered) {
+        const std::vector<bool> delivered = node->take_delivered_in_place();
+        for (size_t i = 0; i < delivered.size(); ++i)
+          if (delivered[i]) written_in_place.insert(node->next[i].get());
+      }
+    }
+    if (grad_output.defined() || written_in_place.erase(node) > 0)
       if (on_gradient_ready)
         if (auto* accumulator = dynamic_cast<AccumulateGrad*>(node)) on_gradient_ready(accumulator->leaf());
-    }
     if (!retain_graph) {
       node->release_saved();
       node->released = !node->next.empty();

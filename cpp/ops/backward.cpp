@@ -164,29 +164,40 @@ void MaxBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   out[0] = permute(reshape(routed, permuted_shape), detail::inverse_permutation(order));
 }
 
+// One GEMM for the out-of-place product and the in-place sum (backward.h).
+Tensor product_gradient(Node& node, size_t i, const Tensor& x, const Tensor& y,
+                        const Tensor& input) {
+  const Tensor destination = node.grad_destination(i);
+  if (destination.defined() && detail::gemm_shape(x, y) == input.shape()) {
+    detail::gemm_into(x, y, destination, 1.0);
+    node.delivered_in_place(i);
+    return Tensor();
+  }
+  return sum_to(detail::gemm_product(x, y, input.dtype()), input.shape());
+}
+
 // seed: 矩阵乘法 — Y = X·W gives dL/dW = Xᵀ·G and dL/dX = G·Wᵀ. Transposes are views,
 // so the GEMM reads them with transpose flags instead of copying. Broadcast batch
 // axes are summed away.
 // seed: dX = G·Wᵀ, dW = Xᵀ·G. A float32 W with a 16-bit X (mixed precision) is rounded
 // again while dX's GEMM packs it, and dW = Xᵀ·G is summed in float32 and written as
 // float32 (no 16-bit dW and no widening pass); with create_graph, dW is the composite
-// astype(Xᵀ·G), which rounds once more.
+// astype(Xᵀ·G), which rounds once more. A leaf W's dW goes straight into W.grad when the
+// engine offers it (product_gradient).
 void MatmulBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   if (next[0]) out[0] = sum_to(matmul(g, transpose(b, -1, -2)), a.shape());
   if (!next[1]) return;
-  const bool mixed = b.dtype() != a.dtype();
-  auto product = [&](const Tensor& x, const Tensor& y) {
-    if (!mixed) return matmul(x, y);
-    if (grad_enabled()) return astype(matmul(x, y), b.dtype());
-    return detail::gemm_product(x, y, b.dtype());
-  };
-  if (b.ndim() == 2 && a.ndim() > 2) {
-    // All rows of a batched X share one W: fold the batch into the rows.
-    int64_t k = a.shape().back(), n = g.shape().back();
-    out[1] = product(transpose(reshape(a, {-1, k}), 0, 1), reshape(g, {-1, n}));
-  } else {
-    out[1] = sum_to(product(transpose(a, -1, -2), g), b.shape());
+  // All rows of a batched X share one 2-D W: the batch folds into the rows.
+  const bool fold = b.ndim() == 2 && a.ndim() > 2;
+  const int64_t k = a.shape().back(), n = g.shape().back();
+  const Tensor xt = fold ? transpose(reshape(a, {-1, k}), 0, 1) : transpose(a, -1, -2);
+  const Tensor gr = fold ? reshape(g, {-1, n}) : g;
+  if (grad_enabled()) {
+    const Tensor product = matmul(xt, gr);
+    out[1] = sum_to(b.dtype() != a.dtype() ? astype(product, b.dtype()) : product, b.shape());
+    return;
   }
+  out[1] = product_gradient(*this, 1, xt, gr, b);
 }
 
 void ReshapeBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
@@ -383,9 +394,18 @@ void BatchNormBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
   if (want_b) out[2] = grad_b;
 }
 
+// The table's gradient scatters G's rows into the rows they were read from (adding where an
+// index repeats): into a zero table, or straight into a leaf table's .grad when the engine
+// offers it (Node::grad_destination), which then needs no table-sized temporary.
 void EmbeddingBackward::apply(const Tensor& g, std::vector<Tensor>& out) {
-  Tensor grad_table = Tensor::zeros(table_shape, g.dtype(), g.device());
+  const Tensor destination = grad_destination(1);
+  const bool in_place = destination.defined() && destination.dtype() == g.dtype();
+  Tensor grad_table = in_place ? destination : Tensor::zeros(table_shape, g.dtype(), g.device());
   STEEPEST_KERNEL(g.device(), embedding_backward)(indices, contiguous(g), grad_table);
+  if (in_place) {
+    delivered_in_place(1);
+    return;
+  }
   detail::record<EmbeddingScatterBackward>(grad_table, {&g}, indices);
   out[1] = grad_table;
 }

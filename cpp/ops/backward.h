@@ -20,6 +20,13 @@ void composite_backward(const Node& node, const CompositeForward& forward,
                         const std::vector<Tensor>& inputs, const Tensor& g,
                         std::vector<Tensor>& out);
 
+// The first-order gradient x·y of `node`'s input i, whose tensor is `input` (its shape and
+// dtype): added straight into the leaf's .grad when the engine offers it
+// (Node::grad_destination) and the product has the input's shape, then undefined;
+// otherwise the product summed to the input's shape.
+Tensor product_gradient(Node& node, size_t i, const Tensor& x, const Tensor& y,
+                        const Tensor& input);
+
 #define STEEPEST_NODE_NAME(type) \
   const char* name() const override { return #type; }
 // The node's formula is differentiable when grad mode is on (see Node::supports_create_graph).

@@ -24,6 +24,11 @@ DType result_type(const Tensor& a, const Tensor& b);
 // matmul's GEMM without autograd (linalg.cpp): out_dtype is a's, or float32 for 16-bit
 // operands; b may be float32 with a 16-bit a (read rounded to a's dtype).
 Tensor gemm_product(const Tensor& a, const Tensor& b, DType out_dtype);
+// The shape of gemm_product(a, b).
+Dims gemm_shape(const Tensor& a, const Tensor& b);
+// The same GEMM into an existing contiguous out: out = a·b + beta·out (beta = 1 adds the
+// product into it, as a weight gradient accumulated in place).
+void gemm_into(const Tensor& a, const Tensor& b, const Tensor& out, double beta);
 
 // Kernel calls without autograd; binary_raw broadcasts.
 Tensor unary_raw(UnaryOp op, const Tensor& x, double scalar = 0.0);

@@ -57,33 +57,56 @@ bool batch_stride(const Tensor& t, int64_t& stride) {
 
 }  // namespace
 
-// The product of a and b (no graph node): one strided batched GEMM. A float32 b with a
-// 16-bit a is read rounded to a's dtype (GemmArgs::float32_b); out_dtype is a's dtype or,
-// for 16-bit operands, float32 (GemmArgs::float32_c).
-Tensor detail::gemm_product(const Tensor& a, const Tensor& b, DType out_dtype) {
-  int64_t m = a.shape()[a.ndim() - 2], k = a.shape().back(), n = b.shape().back();
+// The broadcast batch axes, then (m, n).
+Dims detail::gemm_shape(const Tensor& a, const Tensor& b) {
   Dims batch_a(a.shape().begin(), a.shape().end() - 2);
   Dims batch_b(b.shape().begin(), b.shape().end() - 2);
-  Dims batch = batch_a;
+  Dims shape = batch_a;
   if (batch_a != batch_b) {
     try {
-      batch = broadcast_shapes("matmul", batch_a, batch_b);
+      shape = broadcast_shapes("matmul", batch_a, batch_b);
     } catch (const ValueError&) {
       fail("matmul", "batch dimensions of ", a.shape(), " and ", b.shape(),
            " cannot be broadcast together (", batch_a, " vs ", batch_b, ")");
     }
   }
+  shape.push_back(a.shape()[a.ndim() - 2]);
+  shape.push_back(b.shape().back());
+  return shape;
+}
 
-  Dims out_shape = batch;
-  out_shape.push_back(m);
-  out_shape.push_back(n);
-  Tensor out = Tensor::empty(out_shape, out_dtype, a.device());
+// The product of a and b (no graph node) written into a fresh tensor: gemm_into with
+// beta = 0, so that a product and an accumulation into an existing gradient are one code
+// path.
+Tensor detail::gemm_product(const Tensor& a, const Tensor& b, DType out_dtype) {
+  Tensor out = Tensor::empty(gemm_shape(a, b), out_dtype, a.device());
+  gemm_into(a, b, out, 0.0);
+  return out;
+}
+
+// out = a·b + beta·out in one strided batched GEMM. A float32 b with a 16-bit a is read
+// rounded to a's dtype (GemmArgs::float32_b); out has a's dtype or, for 16-bit operands,
+// float32 (GemmArgs::float32_c), and is contiguous, possibly at an offset.
+void detail::gemm_into(const Tensor& a, const Tensor& b, const Tensor& out, double beta) {
+  const Dims out_shape = gemm_shape(a, b);
+  const bool out_dtype_ok =
+      out.dtype() == a.dtype() || (is_half_float(a.dtype()) && out.dtype() == DType::Float32);
+  // An empty out is never written (its strides need not look contiguous).
+  const bool dense = out.numel() == 0 || out.is_contiguous();
+  if (out.shape() != out_shape || !out_dtype_ok || !dense || out.device() != a.device())
+    fail<StateError>("matmul", "the product of ", a.shape(), " and ", b.shape(), " (",
+                     dtype_name(a.dtype()), ") cannot be written into a ",
+                     dense ? "" : "non-contiguous ", out.device().str(), " ",
+                     dtype_name(out.dtype()), " tensor of shape ", out.shape(),
+                     "; expected shape ", out_shape);
+  int64_t m = a.shape()[a.ndim() - 2], k = a.shape().back(), n = b.shape().back();
+  const Dims batch(out_shape.begin(), out_shape.end() - 2);
 
   Tensor av = a.detach(), bv = b.detach();
   GemmArgs args;
   args.dtype = a.dtype();
   args.float32_b = b.dtype() != a.dtype();
-  args.float32_c = out_dtype != a.dtype();
+  args.float32_c = out.dtype() != a.dtype();
   args.m = m;
   args.n = n;
   args.k = k;
@@ -133,8 +156,8 @@ Tensor detail::gemm_product(const Tensor& a, const Tensor& b, DType out_dtype) {
   args.c = out.data_ptr();
   args.ldc = n;
   args.stride_c = m * n;
+  args.beta = beta;
   if (out.numel() > 0) STEEPEST_KERNEL(a.device(), gemm)(args);
-  return out;
 }
 
 namespace {

@@ -55,6 +55,19 @@ class Node : public std::enable_shared_from_this<Node> {
   // would be a reference cycle).
   Tensor output_in_graph(const Tensor& output);
 
+  // In-place delivery of a leaf's gradient. While apply() runs in a first-order backward,
+  // grad_destination(i) may be the existing .grad of the leaf behind next[i] (run_engine
+  // says when it is offered; otherwise it is undefined). A node may add its gradient for
+  // input i straight into it (a GEMM with beta = 1) instead of returning a tensor that
+  // AccumulateGrad would add: it then calls delivered_in_place(i) and leaves out[i]
+  // undefined, which saves the temporary and a pass over it.
+  Tensor grad_destination(size_t i) const;
+  void delivered_in_place(size_t i);
+  // The engine's side: offer one destination per input (undefined where none) for the
+  // next apply(), then take back which of them were written.
+  void offer_grad_destinations(std::vector<Tensor> destinations);
+  std::vector<bool> take_delivered_in_place();
+
   std::vector<std::shared_ptr<Node>> next;
   // Shapes of the inputs behind `next`: the engine checks every gradient against them,
   // so a backward formula that returns a wrongly shaped gradient fails loudly.
@@ -69,9 +82,13 @@ class Node : public std::enable_shared_from_this<Node> {
     uint64_t version;
   };
   std::vector<SavedVersion> saved_versions_;
+  std::vector<Tensor> grad_destinations_;
+  std::vector<bool> delivered_in_place_;
 };
 
-// The sink for gradients of a leaf: adds into leaf.grad.
+// The sink for gradients of a leaf: adds into leaf.grad. It runs once all its edges have
+// delivered, also when every contribution was written into leaf.grad in place
+// (Node::grad_destination) and none is left to add, so on_gradient_ready still fires.
 class AccumulateGrad final : public Node {
  public:
   explicit AccumulateGrad(std::shared_ptr<TensorImpl> leaf) : leaf_(std::move(leaf)) {}
