@@ -35,9 +35,8 @@ def test_linear_leaves_the_bias_alone():
 
 def test_linear_graph_is_add_over_matmul():
     rng = np.random.default_rng(0)
-    x = st.tensor(rng.standard_normal((3, 4)), requires_grad=True)
-    w = st.tensor(rng.standard_normal((4, 2)), requires_grad=True)
-    b = st.tensor(rng.standard_normal(2), requires_grad=True)
+    x, w, b = (st.tensor(rng.standard_normal(shape), dtype="float64", requires_grad=True)
+               for shape in ((3, 4), (4, 2), (2,)))
     out = ops.linear(x, w, b)
     assert out.grad_fn == "AddBackward"
     np.testing.assert_allclose(out.numpy(), x.numpy() @ w.numpy() + b.numpy(), rtol=1e-14)
