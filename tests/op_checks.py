@@ -76,7 +76,8 @@ OPS = {
                "tests": ["test_matmul_linear.py::test_matmul", "test_matmul_linear.py::test_matmul_operator",
                          "test_matmul_linear.py::test_matmul_single_grad_input"]},
     "linear": {"nodes": ["MatmulBackward", "AddBackward"],
-               "tests": ["test_matmul_linear.py::test_linear", "test_matmul_linear.py::test_linear_without_bias"]},
+               "tests": ["test_matmul_linear.py::test_linear", "test_matmul_linear.py::test_linear_without_bias",
+                         "test_linear_bias.py::test_linear_bias_gradients"]},
     # Neural-network ops (cpp/ops/nn.cpp, attention.cpp).
     "softmax": {"nodes": ["SoftmaxBackward"],
                 "tests": ["test_softmax_losses.py::test_softmax", "test_softmax_losses.py::test_softmax_default_axis_is_last"]},

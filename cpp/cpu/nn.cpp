@@ -97,6 +97,31 @@ int64_t rows_grain(int64_t cols) {
   return std::max<int64_t>(1, kParallelGrain / 8 / std::max<int64_t>(cols, 1));
 }
 
+// Rows per block of a column sum: each block's partial sums are kept and added in block
+// order, so the sums do not depend on the thread count.
+constexpr int64_t kColumnSumRows = 64;
+
+// A row pass that also sums columns: rows(begin, end, acc) runs over the rows of one block,
+// adding into acc, `sums` zeroed arrays of cols values each (acc + s·cols). Returns the
+// sums of all rows, the same arrays laid out the same way. The row work and the column
+// sums share one read of each row.
+template <class C, class Rows>
+std::vector<C> rows_and_column_sums(int64_t rows, int64_t cols, int64_t sums, Rows rows_fn) {
+  const int64_t blocks = (rows + kColumnSumRows - 1) / kColumnSumRows;
+  const int64_t width = sums * cols;
+  std::vector<C> partial(static_cast<size_t>(blocks * width), C(0));
+  const int64_t grain = std::max<int64_t>(1, rows_grain(cols) / kColumnSumRows);
+  parallel_for(blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k)
+      rows_fn(k * kColumnSumRows, std::min(rows, (k + 1) * kColumnSumRows),
+              partial.data() + k * width);
+  });
+  std::vector<C> total(static_cast<size_t>(width), C(0));
+  for (int64_t k = 0; k < blocks; ++k)
+    for (int64_t i = 0; i < width; ++i) total[i] += partial[k * width + i];
+  return total;
+}
+
 }  // namespace
 
 void softmax_forward(const Tensor& x, Tensor& y, bool log) {
@@ -314,6 +339,7 @@ void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bia
 
 // With x̂ = (x − μ)·rstd and ĝ = G ⊙ w:
 // dx = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂)), dw = Σ_rows G ⊙ x̂, db = Σ_rows G.
+// One read of each row gives dx and the rows' shares of dw and db.
 void layer_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
                          const Tensor& mean, const Tensor& rstd, Tensor& grad_x,
                          Tensor* grad_weight, Tensor* grad_bias) {
@@ -323,68 +349,45 @@ void layer_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& we
     using C = typename decltype(tag)::compute;
     const S* pg = grad_y.data<S>();
     const S* px = x.data<S>();
+    // Without a weight ĝ = G: multiplying by ones keeps one loop, exactly.
     RowView<S, C> w_view;
-    const C* w = weight.defined() ? w_view.read(weight.data<S>(), cols) : nullptr;
+    std::vector<C> ones(weight.defined() ? 0 : static_cast<size_t>(cols), C(1));
+    const C* w = weight.defined() ? w_view.read(weight.data<S>(), cols) : ones.data();
     const C* pm = mean.data<C>();
     const C* pr = rstd.data<C>();
     S* pgx = grad_x.data<S>();
-    parallel_for(rows, rows_grain(cols), [&](int64_t begin, int64_t end) {
+    // The two column sums are cheap next to reading the rows: always made, kept if asked.
+    const std::vector<C> sums = rows_and_column_sums<C>(rows, cols, 2, [&](int64_t begin,
+                                                                          int64_t end, C* acc) {
+      C* acc_w = acc;
+      C* acc_b = acc + cols;
       RowView<S, C> g_view, x_view, out;
       for (int64_t r = begin; r < end; ++r) {
         const C* g = g_view.read(pg + r * cols, cols);
         const C* xr = x_view.read(px + r * cols, cols);
         C* gx = out.write(pgx + r * cols, cols);
         const C mu = pm[r], rs = pr[r];
-        // ĝ goes through gx, which the last loop overwrites.
-        if (w) {
-          for (int64_t i = 0; i < cols; ++i) gx[i] = g[i] * w[i];
-        } else {
-          std::copy(g, g + cols, gx);
+        // x̂ goes through gx, which the last loop overwrites.
+        for (int64_t i = 0; i < cols; ++i) {
+          const C xhat = (xr[i] - mu) * rs;
+          gx[i] = xhat;
+          acc_w[i] += g[i] * xhat;
+          acc_b[i] += g[i];
         }
-        const C mean_g = row_sum(gx, cols, [](C v) { return v; }) / static_cast<C>(cols);
-        const C mean_gx =
-            sum_over<C>(cols, [&](int64_t i) { return gx[i] * ((xr[i] - mu) * rs); }) /
-            static_cast<C>(cols);
-        for (int64_t i = 0; i < cols; ++i)
-          gx[i] = rs * (gx[i] - mean_g - (xr[i] - mu) * rs * mean_gx);
+        const C mean_g = sum_over<C>(cols, [&](int64_t i) { return g[i] * w[i]; }) /
+                         static_cast<C>(cols);
+        const C mean_gx = sum_over<C>(cols, [&](int64_t i) { return g[i] * w[i] * gx[i]; }) /
+                          static_cast<C>(cols);
+        for (int64_t i = 0; i < cols; ++i) gx[i] = rs * (g[i] * w[i] - mean_g - gx[i] * mean_gx);
         out.publish(pgx + r * cols, cols);
       }
     });
-    // Parameter gradients are column sums: split over columns so threads never share,
-    // each summing its columns in C.
-    if (grad_weight || grad_bias) {
-      S* gw = grad_weight ? grad_weight->data<S>() : nullptr;
-      S* gb = grad_bias ? grad_bias->data<S>() : nullptr;
-      parallel_for(cols, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(rows, 1)),
-                   [&](int64_t begin, int64_t end) {
-                     const int64_t width = end - begin;
-                     std::vector<C> acc_w(gw ? width : 0, C(0)), acc_b(gb ? width : 0, C(0));
-                     RowView<S, C> g_view, x_view;
-                     for (int64_t r = 0; r < rows; ++r) {
-                       const C* g = g_view.read(pg + r * cols + begin, width);
-                       const C mu = pm[r], rs = pr[r];
-                       if (gw) {
-                         const C* xr = x_view.read(px + r * cols + begin, width);
-                         for (int64_t i = 0; i < width; ++i) acc_w[i] += g[i] * (xr[i] - mu) * rs;
-                       }
-                       if (gb)
-                         for (int64_t i = 0; i < width; ++i) acc_b[i] += g[i];
-                     }
-                     if (gw) store_compute(acc_w.data(), gw + begin, width);
-                     if (gb) store_compute(acc_b.data(), gb + begin, width);
-                   });
-    }
+    if (grad_weight) store_compute(sums.data(), grad_weight->data<S>(), cols);
+    if (grad_bias) store_compute(sums.data() + cols, grad_bias->data<S>(), cols);
   });
 }
 
 // --- fused Transformer pieces ------------------------------------------------------
-namespace {
-
-// Rows per block of a column sum: each block's partial sums are kept and added in block
-// order, so the sum does not depend on the thread count.
-constexpr int64_t kColumnSumRows = 64;
-
-}  // namespace
 
 void bias_gelu_forward(const Tensor& x, const Tensor& bias, Tensor& out) {
   const int64_t cols = x.shape().back(), rows = rows_of(x);
@@ -422,29 +425,23 @@ void bias_gelu_backward(const Tensor& grad_out, const Tensor& x, const Tensor& b
     RowView<S, C> b_view;
     const C* b = b_view.read(bias.data<S>(), cols);
     const elementwise::GeluGrad<VMath> gelu_grad;
-    const int64_t blocks = (rows + kColumnSumRows - 1) / kColumnSumRows;
-    std::vector<C> partial(grad_bias ? static_cast<size_t>(blocks * cols) : 0);
-    const int64_t grain = std::max<int64_t>(1, rows_grain(cols) / kColumnSumRows);
-    parallel_for(blocks, grain, [&](int64_t begin, int64_t end) {
+    // The column sum costs an add per element next to GELU's gradient: always made.
+    const std::vector<C> sum = rows_and_column_sums<C>(rows, cols, 1, [&](int64_t begin,
+                                                                         int64_t end, C* acc) {
       RowView<S, C> g_view, x_view, res;
-      for (int64_t k = begin; k < end; ++k) {
-        C* acc = grad_bias ? partial.data() + k * cols : nullptr;
-        for (int64_t r = k * kColumnSumRows; r < std::min(rows, (k + 1) * kColumnSumRows); ++r) {
-          const C* g = g_view.read(pg + r * cols, cols);
-          const C* xr = x_view.read(px + r * cols, cols);
-          C* gx = res.write(pgx + r * cols, cols);
-          for (int64_t i = 0; i < cols; ++i) gx[i] = gelu_grad(g[i], xr[i] + b[i], C(0));
-          if (acc)
-            for (int64_t i = 0; i < cols; ++i) acc[i] += gx[i];
-          res.publish(pgx + r * cols, cols);
+      for (int64_t r = begin; r < end; ++r) {
+        const C* g = g_view.read(pg + r * cols, cols);
+        const C* xr = x_view.read(px + r * cols, cols);
+        C* gx = res.write(pgx + r * cols, cols);
+        for (int64_t i = 0; i < cols; ++i) {
+          const C d = gelu_grad(g[i], xr[i] + b[i], C(0));
+          gx[i] = d;
+          acc[i] += d;
         }
+        res.publish(pgx + r * cols, cols);
       }
     });
-    if (!grad_bias) return;
-    std::vector<C> total(static_cast<size_t>(cols), C(0));
-    for (int64_t k = 0; k < blocks; ++k)
-      for (int64_t i = 0; i < cols; ++i) total[i] += partial[k * cols + i];
-    store_compute(total.data(), grad_bias->data<S>(), cols);
+    if (grad_bias) store_compute(sum.data(), grad_bias->data<S>(), cols);
   });
 }
 

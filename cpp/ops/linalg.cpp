@@ -202,7 +202,11 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   return matmul_nd(a, b);
 }
 
-// The seed's linear layer: Y = X·W + ones(B, 1)·b, with W of shape (in, out).
+// The seed's linear layer: Y = X·W + ones(B, 1)·b, with W of shape (in, out). The GEMM
+// starts from the broadcast bias (beta = 1) instead of a pass adding it afterwards; with
+// 16-bit X the bias is then rounded into Y with the product, once. The graph is that of
+// add(matmul(X, W), b): MatmulBackward on the product for X and W, AddBackward above it,
+// whose row sum is b's gradient.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   STEEPEST_PROFILE_OP("linear");
   if (weight.ndim() != 2)
@@ -210,12 +214,50 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   if (x.ndim() == 0 || x.shape().back() != weight.shape()[0])
     fail("linear", "input of shape ", x.shape(), " does not match weight of shape ",
          weight.shape(), " (expected the last input dimension to be ", weight.shape()[0], ")");
-  Tensor y = matmul(x, weight);
-  if (!bias.defined()) return y;
+  if (!bias.defined()) return matmul(x, weight);
   if (bias.ndim() != 1 || bias.shape()[0] != weight.shape()[1])
     fail("linear", "bias of shape ", bias.shape(), " does not match weight of shape ",
          weight.shape(), " (expected (", weight.shape()[1], ",))");
-  return add(y, bias);
+  // A 1-D x, other dtypes (promoted by add) and mixed devices (reported by matmul) take
+  // the composed ops.
+  const bool master_weight = is_half_float(x.dtype()) && weight.dtype() == DType::Float32;
+  if (x.ndim() < 2 || !is_floating(x.dtype()) || bias.dtype() != x.dtype() ||
+      (weight.dtype() != x.dtype() && !master_weight) || weight.device() != x.device() ||
+      bias.device() != x.device())
+    return add(matmul(x, weight), bias);
+  const int64_t k = weight.shape()[0], n = weight.shape()[1];
+  Dims out_shape = x.shape();
+  out_shape[out_shape.size() - 1] = n;
+  // A fresh tensor: the GEMM adds into it (contiguous() of a one-row expand is the bias).
+  Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
+  STEEPEST_KERNEL(x.device(), copy)(expand(bias.detach(), out_shape), out);
+  // X as one tall (rows, in) matrix, as matmul multiplies a batch by one matrix.
+  const Tensor a = contiguous(x.detach());
+  Tensor w = weight.detach();
+  MatrixLayout lw = matrix_layout(w);
+  if (!lw.ok) {
+    w = contiguous(w);
+    lw = matrix_layout(w);
+  }
+  GemmArgs args;
+  args.dtype = x.dtype();
+  args.float32_b = master_weight;
+  args.m = n ? out.numel() / n : 0;
+  args.n = n;
+  args.k = k;
+  args.a = a.data_ptr();
+  args.lda = std::max<int64_t>(k, 1);
+  args.b = w.data_ptr();
+  args.trans_b = lw.trans;
+  args.ldb = lw.ld;
+  args.c = out.data_ptr();
+  args.ldc = n;
+  args.beta = 1.0;
+  if (out.numel() > 0) STEEPEST_KERNEL(x.device(), gemm)(args);
+  Tensor product = out.alias(out.shape(), out.strides(), out.offset());
+  record<MatmulBackward>(product, {&x, &weight}, x, weight);
+  record<AddBackward>(out, {&product, &bias}, out_shape, bias.shape(), false);
+  return out;
 }
 
 }  // namespace steepest::ops
