@@ -225,35 +225,12 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
       (weight.dtype() != x.dtype() && !master_weight) || weight.device() != x.device() ||
       bias.device() != x.device())
     return add(matmul(x, weight), bias);
-  const int64_t k = weight.shape()[0], n = weight.shape()[1];
   Dims out_shape = x.shape();
-  out_shape[out_shape.size() - 1] = n;
+  out_shape[out_shape.size() - 1] = weight.shape()[1];
   // A fresh tensor: the GEMM adds into it (contiguous() of a one-row expand is the bias).
   Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
   STEEPEST_KERNEL(x.device(), copy)(expand(bias.detach(), out_shape), out);
-  // X as one tall (rows, in) matrix, as matmul multiplies a batch by one matrix.
-  const Tensor a = contiguous(x.detach());
-  Tensor w = weight.detach();
-  MatrixLayout lw = matrix_layout(w);
-  if (!lw.ok) {
-    w = contiguous(w);
-    lw = matrix_layout(w);
-  }
-  GemmArgs args;
-  args.dtype = x.dtype();
-  args.float32_b = master_weight;
-  args.m = n ? out.numel() / n : 0;
-  args.n = n;
-  args.k = k;
-  args.a = a.data_ptr();
-  args.lda = std::max<int64_t>(k, 1);
-  args.b = w.data_ptr();
-  args.trans_b = lw.trans;
-  args.ldb = lw.ld;
-  args.c = out.data_ptr();
-  args.ldc = n;
-  args.beta = 1.0;
-  if (out.numel() > 0) STEEPEST_KERNEL(x.device(), gemm)(args);
+  detail::gemm_into(x.detach(), weight.detach(), out, 1.0);
   Tensor product = out.alias(out.shape(), out.strides(), out.offset());
   record<MatmulBackward>(product, {&x, &weight}, x, weight);
   record<AddBackward>(out, {&product, &bias}, out_shape, bias.shape(), false);
