@@ -252,3 +252,21 @@ def test_in_place_embedding_gradient_has_no_table_sized_temporary():
     st.ops.embedding(indices, table).sum().backward()
     peak = st.memory_stats()["peak_allocated_bytes"] - base
     assert peak < table.numel() * 4
+
+
+def test_bfloat16_weight_gradient_added_over_several_row_blocks(rng):
+    # dW = Xᵀ·G has 300 rows, more than one GEMM row block, so the GEMM sums each half of
+    # them in its float32 block in turn, starting from that half of the bfloat16 .grad.
+    def bf16(shape):
+        return st.tensor(rng.standard_normal(shape).astype(np.float32)).astype("bfloat16")
+
+    w, x, g, start = bf16((300, 40)), bf16((64, 300)), bf16((64, 40)), bf16((300, 40))
+    start64 = start.astype("float32").numpy().astype(np.float64)  # before it is added into
+    w.requires_grad = True
+    w.grad = start
+    st.ops.matmul(x, w).backward(g)
+    x64, g64 = (t.astype("float32").numpy().astype(np.float64) for t in (x, g))
+    exact = start64 + x64.T @ g64
+    bound = 2.0**-8 * np.abs(exact) + 2e-6 * (np.abs(start64) + np.abs(x64.T) @ np.abs(g64))
+    assert w.grad.dtype == "bfloat16"
+    assert np.all(np.abs(w.grad.astype("float32").numpy() - exact) <= bound)
