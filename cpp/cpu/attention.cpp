@@ -93,6 +93,13 @@ struct Vector {
     return v;
   }
   static void store(T* p, type v) { std::memcpy(p, &v, sizeof v); }
+  // {0, 1, ..., kLanes − 1}, to compare lane indices in T (SSE2 has no 64-bit integer
+  // compares).
+  static type lanes() {
+    type v;
+    for (int64_t i = 0; i < kLanes; ++i) v[i] = T(i);
+    return v;
+  }
 };
 
 // C[r][j] (+)= Σ_k A(r, k) · b[k·ldb + j] for R rows and W columns (a multiple of the
@@ -297,8 +304,7 @@ void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* 
   T* o = st + kKeyTile * Q;
   T* row_max = o + Q * a.dv;
   T* row_sum = row_max + Q;
-  T* shift = row_sum + Q;
-  T* factor = shift + Q;
+  T* factor = row_sum + Q;
   std::fill(o, o + nq * a.dv, T(0));
   std::fill(row_max, row_max + Q, kNegInf<T>);
   std::fill(row_sum, row_sum + Q, T(0));
@@ -308,7 +314,7 @@ void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* 
     // Causal: key k0 + j is hidden from the queries before it, i < first(j). Its scores
     // are computed from the half block of kWidth queries holding the first that sees
     // it, start(j), on; the hidden ones among them are masked.
-    constexpr int64_t half = kWidth<T> / 2;
+    constexpr int half = static_cast<int>(kWidth<T> / 2);
     auto first = [&](int64_t j) {
       return static_cast<int>(a.causal ? std::clamp<int64_t>(k0 + j - q0, 0, Q) : 0);
     };
@@ -319,33 +325,47 @@ void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* 
       block_product<T, R>(a.d, Lhs<T>{x.k.row(k0 + j0), x.k.ld, 1}, qt + c0, Q, Q - c0,
                           st + j0 * Q + c0, Q, false, nullptr);
     });
-    std::copy(row_max, row_max + Q, shift);
-    for (int64_t j = 0; j < nk; ++j) {
-      T* sj = st + j * Q;
-      const int f = first(j);
-      for_columns<T>(start(j), Q, [&](int i) {
-        shift[i] = pick((i >= f) & (sj[i] > shift[i]), sj[i], shift[i]);
-      });
-    }
-    // Online softmax: what was summed under the old max is rescaled to the new one. A
-    // row that has seen no key yet keeps max −inf and sum 0; shifting it by 0 avoids
-    // −inf − (−inf).
-    for (int64_t i = 0; i < Q; ++i) {
-      const T m = shift[i];
-      shift[i] = pick(m == kNegInf<T>, T(0), m);
-      factor[i] = exp_or_zero(row_max[i] != kNegInf<T>, row_max[i] - shift[i]);
-      row_max[i] = m;
-      row_sum[i] *= factor[i];
-    }
-    for (int64_t j = 0; j < nk; ++j) {
-      T* sj = st + j * Q;
-      const int f = first(j);
-      const int64_t c0 = start(j);
-      std::fill(sj, sj + c0, T(0));
-      for_columns<T>(c0, Q, [&](int i) {
-        sj[i] = exp_or_zero(i >= f, sj[i] - shift[i]);
-        row_sum[i] += sj[i];
-      });
+    // The softmax runs by half blocks of queries, keys inner, so that the running max and
+    // sum of the half block stay in registers (in arrays of the tile, which the compiler
+    // cannot tell from the scores, they were loaded and stored at every key). The half
+    // block [c, c + half) holds scores of the keys j < seen(c): those start(j) <= c.
+    for (int64_t c = 0; c < Q; c += half) {
+      const int64_t seen =
+          a.causal ? std::clamp<int64_t>(q0 + c + half - k0, 0, nk) : nk;
+      using V = Vector<T>;
+      typename V::type max[kVectors / 2];
+      for (int v = 0; v < kVectors / 2; ++v) max[v] = V::load(row_max + c + v * V::kLanes);
+      for (int64_t j = 0; j < seen; ++j) {
+        const T* sj = st + j * Q + c;
+        const T f = static_cast<T>(first(j) - c);
+        for (int v = 0; v < kVectors / 2; ++v) {
+          const typename V::type sv = V::load(sj + v * V::kLanes);
+          const auto visible = V::lanes() + static_cast<T>(v * V::kLanes) >= f;
+          max[v] = (visible & (sv > max[v])) ? sv : max[v];
+        }
+      }
+      T m[half], shift[half], sum[half];
+      for (int v = 0; v < kVectors / 2; ++v) V::store(m + v * V::kLanes, max[v]);
+      // Online softmax: what was summed under the old max is rescaled to the new one. A
+      // row that has seen no key yet keeps max −inf and sum 0; shifting it by 0 avoids
+      // −inf − (−inf).
+      for (int l = 0; l < half; ++l) {
+        T& max = row_max[c + l];
+        shift[l] = pick(m[l] == kNegInf<T>, T(0), m[l]);
+        factor[c + l] = exp_or_zero(max != kNegInf<T>, max - shift[l]);
+        max = m[l];
+        sum[l] = row_sum[c + l] * factor[c + l];
+      }
+      for (int64_t j = 0; j < seen; ++j) {
+        T* sj = st + j * Q + c;
+        const int f = first(j) - static_cast<int>(c);
+        for (int l = 0; l < half; ++l) {
+          sj[l] = exp_or_zero(l >= f, sj[l] - shift[l]);
+          sum[l] += sj[l];
+        }
+      }
+      for (int64_t j = seen; j < nk; ++j) std::fill(st + j * Q + c, st + j * Q + c + half, T(0));
+      std::copy(sum, sum + half, row_sum + c);
     }
     for_row_blocks(nq, [&](auto rows, int64_t i0) {
       constexpr int R = decltype(rows)::value;
@@ -377,7 +397,7 @@ void forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Ten
   const int64_t work_per_task = std::max<int64_t>(1, a.tk * (a.d + a.dv) * std::min(a.tq, kQueryTile));
   parallel_for(a.batch * tiles, std::max<int64_t>(1, kParallelGrain / work_per_task),
                [&](int64_t begin, int64_t end) {
-                 const int64_t tile_size = kKeyTile * kQueryTile + kQueryTile * (a.dv + 4);
+                 const int64_t tile_size = kKeyTile * kQueryTile + kQueryTile * (a.dv + 3);
                  std::vector<T> buffer(static_cast<size_t>(tile_size + a.d * kQueryTile));
                  T* qt = buffer.data() + tile_size;
                  for (int64_t task = begin; task < end; ++task) {
