@@ -12,9 +12,9 @@
 // (backward: Kᵀ, Vᵀ) is transposed; q, k, v, dO, dQ, dK, dV keep their row strides.
 // The forward keeps its scores key-major, so the online softmax's running max and sum
 // are vectors across the tile's queries. Under the causal mask a block of scores starts
-// (forward) or stops (backward) at the half vector block holding its first or last
-// visible entry, so a diagonal tile costs about half a full one; the hidden entries
-// inside are masked. Threads split batch entries × tiles.
+// (forward) or stops (backward) at the vector holding its first or last visible entry,
+// so a diagonal tile costs about half a full one; the hidden entries inside are masked.
+// Threads split batch entries × tiles.
 // float32/float64 only: the op layer widens 16-bit inputs.
 #include <algorithm>
 #include <cmath>
@@ -158,14 +158,15 @@ void block_columns(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int6
 
 // block_columns over any width: C (R rows × width, ldc) (+)= A (R × depth) · B (depth ×
 // width, rows ldb apart), in blocks of kWidth columns, then half one (a head of 32
-// floats with AVX-512), then the rest. A half block holds half the accumulators of a
-// whole one, so it takes up to 2 · kRows rows at once (a load of B then feeds twice the
-// FMAs); whole blocks go kRows rows at a time.
+// floats with AVX-512), then one vector (where a half block is more), then the rest. A
+// half block or a vector holds at most half the accumulators of a whole block, so it
+// takes up to 2 · kRows rows at once (a load of B then feeds twice the FMAs); whole
+// blocks go kRows rows at a time.
 template <class T, int R>
 void block_product(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int64_t width,
                    T* c, int64_t ldc, bool accumulate, const T* row_scale) {
   static_assert(R <= 2 * kRows && R % std::min(R, kRows) == 0, "rows of a product block");
-  constexpr int64_t W = kWidth<T>, H = W / 2;
+  constexpr int64_t W = kWidth<T>, H = W / 2, L = Vector<T>::kLanes;
   constexpr int RW = std::min(R, kRows);
   int64_t j = 0;
   for (; j + W <= width; j += W)
@@ -177,6 +178,11 @@ void block_product(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int6
     block_columns<T, R, H>(depth, a, b + j, ldb, H, c + j, ldc, accumulate, row_scale);
     j += H;
   }
+  if constexpr (L < H)
+    if (j + L <= width) {
+      block_columns<T, R, L>(depth, a, b + j, ldb, L, c + j, ldc, accumulate, row_scale);
+      j += L;
+    }
   if (j < width)
     block_columns<T, R, 0>(depth, a, b + j, ldb, width - j, c + j, ldc, accumulate,
                            row_scale);
@@ -275,14 +281,14 @@ STEEPEST_VMATH_INLINE T exp_or_zero(bool c, T x) {
   return pick(c, exp_normal(pick(x < kExpFloor<T>, kExpFloor<T>, x)), T(0));
 }
 
-// fn(j) for every j in [begin, end), both multiples of kWidth / 2 and at most a tile:
+// fn(j) for every j in [begin, end), both multiples of the vector width and at most a tile:
 // the inner loop has a constant trip count, so it vectorizes whole, without a scalar
 // remainder. The index is an int: SSE2 has no 64-bit compares for masks made from it.
 template <class T, class Fn>
 void for_columns(int64_t begin, int64_t end, Fn fn) {
-  constexpr int half = static_cast<int>(kWidth<T> / 2);
-  for (int j = static_cast<int>(begin); j < end; j += half)
-    for (int l = 0; l < half; ++l) fn(j + l);
+  constexpr int lanes = static_cast<int>(Vector<T>::kLanes);
+  for (int j = static_cast<int>(begin); j < end; j += lanes)
+    for (int l = 0; l < lanes; ++l) fn(j + l);
 }
 
 template <class T>
@@ -312,13 +318,14 @@ void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* 
   for (int64_t k0 = 0; k0 < key_end; k0 += kKeyTile) {
     const int64_t nk = std::min(kKeyTile, key_end - k0);
     // Causal: key k0 + j is hidden from the queries before it, i < first(j). Its scores
-    // are computed from the half block of kWidth queries holding the first that sees
-    // it, start(j), on; the hidden ones among them are masked.
+    // are computed from the vector of queries holding the first that sees it, start(j),
+    // on; the hidden ones among them are masked.
     constexpr int half = static_cast<int>(kWidth<T> / 2);
     auto first = [&](int64_t j) {
       return static_cast<int>(a.causal ? std::clamp<int64_t>(k0 + j - q0, 0, Q) : 0);
     };
-    auto start = [&](int64_t j) { return first(j) / half * half; };
+    constexpr int lanes = static_cast<int>(Vector<T>::kLanes);
+    auto start = [&](int64_t j) { return first(j) / lanes * lanes; };
     for_row_blocks(nk, [&](auto rows, int64_t j0) {
       constexpr int R = decltype(rows)::value;
       const int64_t c0 = start(j0);
@@ -328,7 +335,8 @@ void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* 
     // The softmax runs by half blocks of queries, keys inner, so that the running max and
     // sum of the half block stay in registers (in arrays of the tile, which the compiler
     // cannot tell from the scores, they were loaded and stored at every key). The half
-    // block [c, c + half) holds scores of the keys j < seen(c): those start(j) <= c.
+    // block [c, c + half) holds scores of the keys j < seen: those with start(j) < c + half
+    // (the lanes before start(j) hold stale values, masked).
     for (int64_t c = 0; c < Q; c += half) {
       const int64_t seen =
           a.causal ? std::clamp<int64_t>(q0 + c + half - k0, 0, nk) : nk;
@@ -459,8 +467,8 @@ void backward_key_tile(const AttentionArgs& a, const BackwardOperands<T>& x, int
         }
         return;
       }
-      // Columns up to the half block of kWidth holding the block's last visible key.
-      const int64_t width = std::min(keys, round_up(depth, kWidth<T> / 2));
+      // Columns up to the vector holding the block's last visible key.
+      const int64_t width = std::min(keys, round_up(depth, Vector<T>::kLanes));
       block_product<T, R>(a.d, Lhs<T>{x.q.row(q0 + i0), x.q.ld, 1}, kt, kKeyTile, width, pi,
                           kKeyTile, false, nullptr);
       block_product<T, R>(a.dv, Lhs<T>{x.dout.row(q0 + i0), x.dout.ld, 1}, vt, kKeyTile,
