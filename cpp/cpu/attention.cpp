@@ -105,10 +105,11 @@ struct Vector {
 // C[r][j] (+)= Σ_k A(r, k) · b[k·ldb + j] for R rows and W columns (a multiple of the
 // vector width), or `width` columns when W is 0. When accumulating, row_scale (if not
 // null) first scales row r of C by row_scale[r]: the online softmax moves the output
-// summed so far to a new max in the same pass that adds the new keys' share. With a constant W the accumulators are
-// R × W / lanes vector variables, which stay in registers: the loops over them are
-// unrolled by pragma, early enough for GCC to replace the array by scalars (otherwise
-// it stays on the stack, copied to and from registers around the k loop at each call).
+// summed so far to a new max in the same pass that adds the new keys' share. With a
+// constant W the accumulators are R × W / lanes vector variables, which stay in
+// registers: the loops over them are unrolled by pragma, early enough for GCC to replace
+// the array by scalars (otherwise it stays on the stack, copied to and from registers
+// around the k loop at each call).
 template <class T, int R, int64_t W>
 void block_columns(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int64_t width,
                    T* c, int64_t ldc, bool accumulate, const T* row_scale) {
@@ -422,6 +423,36 @@ void forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Ten
                });
 }
 
+// The sum of the lanes of the Bytes-byte vector at v, by halves.
+template <class T, int Bytes>
+STEEPEST_VMATH_INLINE T lane_sum(const void* v) {
+  if constexpr (Bytes == 2 * sizeof(T)) {
+    T lanes[2];
+    std::memcpy(lanes, v, sizeof lanes);
+    return lanes[0] + lanes[1];
+  } else {
+    typedef T Half __attribute__((vector_size(Bytes / 2)));
+    Half lo, hi;
+    std::memcpy(&lo, v, sizeof lo);
+    std::memcpy(&hi, static_cast<const char*>(v) + sizeof lo, sizeof hi);
+    const Half sum = lo + hi;
+    return lane_sum<T, Bytes / 2>(&sum);
+  }
+}
+
+// Σ_c x[c]·y[c] in vectors, their lanes summed once at the end (an omp simd reduction
+// summed them one after another through memory).
+template <class T>
+T dot(const T* x, const T* y, int64_t n) {
+  using V = Vector<T>;
+  typename V::type acc{};
+  int64_t c = 0;
+  for (; c + V::kLanes <= n; c += V::kLanes) acc += V::load(x + c) * V::load(y + c);
+  T sum = lane_sum<T, kVectorBytes>(&acc);
+  for (; c < n; ++c) sum += x[c] * y[c];
+  return sum;
+}
+
 template <class T>
 struct BackwardOperands {
   Rows<const T> q, k, v, dout;
@@ -444,13 +475,20 @@ void backward_key_tile(const AttentionArgs& a, const BackwardOperands<T>& x, int
   T* vt = kt + a.d * kKeyTile;
   transpose_rows(Rows<const T>{x.k.row(k0), x.k.ld}, nk, a.d, T(1), kt, kKeyTile);
   transpose_rows(Rows<const T>{x.v.row(k0), x.v.ld}, nk, a.dv, T(1), vt, kKeyTile);
-  for (int64_t j = k0; j < k0 + nk; ++j) {
-    std::fill(x.dk.row(j), x.dk.row(j) + a.d, T(0));
-    std::fill(x.dv.row(j), x.dv.row(j) + a.dv, T(0));
-  }
+  auto zero_dk_dv = [&](int64_t j_begin, int64_t j_end) {
+    for (int64_t j = j_begin; j < j_end; ++j) {
+      std::fill(x.dk.row(j), x.dk.row(j) + a.d, T(0));
+      std::fill(x.dv.row(j), x.dv.row(j) + a.dv, T(0));
+    }
+  };
   const T scale = static_cast<T>(a.scale);
-  // Under the causal mask, queries before k0 see none of these keys.
-  for (int64_t q0 = a.causal ? k0 : 0; q0 < a.tq; q0 += kQueryTile) {
+  // Under the causal mask, queries before k0 see none of these keys. The first query
+  // tile sets the rows of dK and dV it reaches and the others add to them (zeroing them
+  // first took a call per row); the rows no query sees are zeroed. Key tile 0 sets dQ
+  // (every query sees key 0; a chunk's later tiles and other chunks add).
+  const int64_t q_begin = a.causal ? k0 : 0;
+  if (q_begin >= a.tq) zero_dk_dv(k0, k0 + nk);
+  for (int64_t q0 = q_begin; q0 < a.tq; q0 += kQueryTile) {
     const int64_t nq = std::min(kQueryTile, a.tq - q0);
     auto visible = [&](int64_t i) {
       return std::clamp<int64_t>(attention_key_end(a, q0 + i) - k0, 0, nk);
@@ -488,19 +526,23 @@ void backward_key_tile(const AttentionArgs& a, const BackwardOperands<T>& x, int
         std::fill(dsr + width, dsr + keys, T(0));
       }
       block_product<T, R>(depth, Lhs<T>{dsi, kKeyTile, 1}, x.k.row(k0), x.k.ld, a.d,
-                          x.dq.row(q0 + i0), x.dq.ld, true, nullptr);
+                          x.dq.row(q0 + i0), x.dq.ld, k0 > 0, nullptr);
     });
     for_row_blocks(nk, [&](auto rows, int64_t j0) {
       constexpr int R = decltype(rows)::value;
       // Causal: the queries before key k0 + j0 see none of this block's keys.
       const int64_t first = a.causal ? std::clamp<int64_t>(k0 + j0 - q0, 0, nq) : 0;
       const int64_t depth = nq - first;
-      if (depth == 0) return;
+      const bool add = q0 > q_begin;
+      if (depth == 0) {
+        if (!add) zero_dk_dv(k0 + j0, k0 + j0 + R);
+        return;
+      }
       block_product<T, R>(depth, Lhs<T>{p + first * kKeyTile + j0, 1, kKeyTile},
                           x.dout.row(q0 + first), x.dout.ld, a.dv, x.dv.row(k0 + j0), x.dv.ld,
-                          true, nullptr);
+                          add, nullptr);
       block_product<T, R>(depth, Lhs<T>{ds + first * kKeyTile + j0, 1, kKeyTile},
-                          x.q.row(q0 + first), x.q.ld, a.d, x.dk.row(k0 + j0), x.dk.ld, true,
+                          x.q.row(q0 + first), x.q.ld, a.d, x.dk.row(k0 + j0), x.dk.ld, add,
                           nullptr);
     });
   }
@@ -516,14 +558,13 @@ void backward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Te
   std::vector<T> delta(static_cast<size_t>(rows));
   parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, a.dv)),
                [&](int64_t begin, int64_t end) {
-                 for (int64_t r = begin; r < end; ++r) {
-                   const int64_t b = r / a.tq, i = r % a.tq;
-                   const T* g = entry_rows<const T>(grad_out.data<T>(), a.grad_out, a, b).row(i);
-                   const T* o = entry_rows<const T>(out.data<T>(), a.out, a, b).row(i);
-                   T sum = 0;
-#pragma omp simd reduction(+ : sum)
-                   for (int64_t c = 0; c < a.dv; ++c) sum += g[c] * o[c];
-                   delta[static_cast<size_t>(r)] = sum;
+                 for (int64_t b = begin / a.tq; b * a.tq < end; ++b) {
+                   const Rows<const T> g =
+                       entry_rows<const T>(grad_out.data<T>(), a.grad_out, a, b);
+                   const Rows<const T> o = entry_rows<const T>(out.data<T>(), a.out, a, b);
+                   for (int64_t i = std::max(begin - b * a.tq, int64_t{0});
+                        i < std::min(end - b * a.tq, a.tq); ++i)
+                     delta[static_cast<size_t>(b * a.tq + i)] = dot(g.row(i), o.row(i), a.dv);
                  }
                });
   // Tasks are (batch entry, chunk of key tiles). dQ sums over all key tiles: with one
@@ -537,13 +578,15 @@ void backward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Te
                           std::max<int64_t>(1, key_tiles));
   const int64_t q_size = a.batch * a.tq * a.d;
   std::vector<T> partial(chunks > 1 ? static_cast<size_t>((chunks - 1) * q_size) : 0, T(0));
-  parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, a.d)),
-               [&](int64_t begin, int64_t end) {
-                 for (int64_t r = begin; r < end; ++r) {
-                   T* dq = entry_rows(grad_q.data<T>(), a.grad_q, a, r / a.tq).row(r % a.tq);
-                   std::fill(dq, dq + a.d, T(0));
-                 }
-               });
+  // Key tile 0 sets dQ; without keys, dQ is 0.
+  if (key_tiles == 0)
+    parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, a.d)),
+                 [&](int64_t begin, int64_t end) {
+                   for (int64_t r = begin; r < end; ++r) {
+                     T* dq = entry_rows(grad_q.data<T>(), a.grad_q, a, r / a.tq).row(r % a.tq);
+                     std::fill(dq, dq + a.d, T(0));
+                   }
+                 });
   const int64_t work_per_task = std::max<int64_t>(1, a.tq * (a.d + a.dv) * kKeyTile);
   parallel_for(a.batch * chunks, std::max<int64_t>(1, kParallelGrain / work_per_task),
                [&](int64_t begin, int64_t end) {
