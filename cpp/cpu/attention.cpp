@@ -393,8 +393,10 @@ void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* 
     const T* oi = o + i * a.dv;
     T* dst = x.out.row(q0 + i);
     for (int64_t c = 0; c < a.dv; ++c) dst[c] = oi[c] * inv;
-    lse[q0 + i] = row_sum[i] > 0 ? row_max[i] + std::log(row_sum[i]) : kNegInf<T>;
   }
+  // A loop of its own, so that vmath's log vectorizes over the rows.
+  for (int64_t i = 0; i < nq; ++i)
+    lse[q0 + i] = pick(row_sum[i] > 0, row_max[i] + math::log(row_sum[i]), kNegInf<T>);
 }
 
 template <class T>
