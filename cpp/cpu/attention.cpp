@@ -339,30 +339,29 @@ void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* 
     // block [c, c + half) holds scores of the keys j < seen: those with start(j) < c + half
     // (the lanes before start(j) hold stale values, masked).
     for (int64_t c = 0; c < Q; c += half) {
-      const int64_t seen =
-          a.causal ? std::clamp<int64_t>(q0 + c + half - k0, 0, nk) : nk;
+      const int64_t seen = a.causal ? std::clamp<int64_t>(q0 + c + half - k0, 0, nk) : nk;
       using V = Vector<T>;
-      typename V::type max[kVectors / 2];
-      for (int v = 0; v < kVectors / 2; ++v) max[v] = V::load(row_max + c + v * V::kLanes);
+      typename V::type running[kVectors / 2];
+      for (int v = 0; v < kVectors / 2; ++v) running[v] = V::load(row_max + c + v * V::kLanes);
       for (int64_t j = 0; j < seen; ++j) {
         const T* sj = st + j * Q + c;
         const T f = static_cast<T>(first(j) - c);
         for (int v = 0; v < kVectors / 2; ++v) {
           const typename V::type sv = V::load(sj + v * V::kLanes);
           const auto visible = V::lanes() + static_cast<T>(v * V::kLanes) >= f;
-          max[v] = (visible & (sv > max[v])) ? sv : max[v];
+          running[v] = (visible & (sv > running[v])) ? sv : running[v];
         }
       }
       T m[half], shift[half], sum[half];
-      for (int v = 0; v < kVectors / 2; ++v) V::store(m + v * V::kLanes, max[v]);
+      for (int v = 0; v < kVectors / 2; ++v) V::store(m + v * V::kLanes, running[v]);
       // Online softmax: what was summed under the old max is rescaled to the new one. A
       // row that has seen no key yet keeps max −inf and sum 0; shifting it by 0 avoids
       // −inf − (−inf).
       for (int l = 0; l < half; ++l) {
-        T& max = row_max[c + l];
+        T& old = row_max[c + l];
         shift[l] = pick(m[l] == kNegInf<T>, T(0), m[l]);
-        factor[c + l] = exp_or_zero(max != kNegInf<T>, max - shift[l]);
-        max = m[l];
+        factor[c + l] = exp_or_zero(old != kNegInf<T>, old - shift[l]);
+        old = m[l];
         sum[l] = row_sum[c + l] * factor[c + l];
       }
       for (int64_t j = 0; j < seen; ++j) {
