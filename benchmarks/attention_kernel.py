@@ -53,6 +53,9 @@ def main():
                 st.ops.scaled_dot_product_attention(*leaves, causal=causal)
 
         def both():
+            # Fresh gradients: adding into the last round's would time an addition too.
+            for leaf in leaves:
+                leaf.grad = None
             st.ops.scaled_dot_product_attention(*leaves, causal=causal).backward(grad)
 
         fwd = best_time(forward, args.rounds, clock)

@@ -208,3 +208,24 @@ def test_fused_attention_underflowing_probabilities(causal):
     for s, d in zip(single, double):
         assert np.isfinite(s).all()
         np.testing.assert_allclose(s, d, rtol=1e-3, atol=1e-3)
+
+
+def test_fused_attention_float32_probabilities_accurate():
+    # One query with weight 1 against keys holding the scores themselves, and v the
+    # identity: the output row is softmax(scores) and dV's rows are the recomputed
+    # probabilities. The scores are exact in float32, rise across 16 key tiles (so the
+    # running max moves) and keep every e^(s − lse) normal (the kernel floors its
+    # exponent at -87), so the forward's error is the kernel's exponential and
+    # normalisation: a few ulp. The backward's exponent s − lse is rounded to float32
+    # first, up to ulp(80)/2 relative.
+    rng = np.random.default_rng(7)
+    tk = 1000
+    scores = np.sort(rng.uniform(-80, 0, tk)).astype(np.float32).astype(np.float64)
+    leaves = [st.tensor(a, dtype="float32", requires_grad=True)
+              for a in (np.ones((1, 1)), scores[:, None], np.eye(tk))]
+    out = ops.scaled_dot_product_attention(*leaves, scale=1.0)
+    out.backward(st.ones(1, tk))
+    expected = np.exp(scores - scores.max())
+    expected /= expected.sum()
+    np.testing.assert_allclose(out.numpy()[0], expected, rtol=6e-7, atol=0)
+    np.testing.assert_allclose(leaves[2].grad.numpy()[:, 0], expected, rtol=6e-6, atol=0)

@@ -12,9 +12,9 @@
 // (backward: Kᵀ, Vᵀ) is transposed; q, k, v, dO, dQ, dK, dV keep their row strides.
 // The forward keeps its scores key-major, so the online softmax's running max and sum
 // are vectors across the tile's queries. Under the causal mask a block of scores starts
-// (forward) or stops (backward) at the half vector block holding its first or last
-// visible entry, so a diagonal tile costs about half a full one; the hidden entries
-// inside are masked. Threads split batch entries × tiles.
+// (forward) or stops (backward) at the vector holding its first or last visible entry,
+// so a diagonal tile costs about half a full one; the hidden entries inside are masked.
+// Threads split batch entries × tiles.
 // float32/float64 only: the op layer widens 16-bit inputs.
 #include <algorithm>
 #include <cmath>
@@ -93,16 +93,26 @@ struct Vector {
     return v;
   }
   static void store(T* p, type v) { std::memcpy(p, &v, sizeof v); }
+  // {0, 1, ..., kLanes − 1}, to compare lane indices in T (SSE2 has no 64-bit integer
+  // compares).
+  static type lanes() {
+    type v;
+    for (int64_t i = 0; i < kLanes; ++i) v[i] = T(i);
+    return v;
+  }
 };
 
 // C[r][j] (+)= Σ_k A(r, k) · b[k·ldb + j] for R rows and W columns (a multiple of the
-// vector width), or `width` columns when W is 0. With a constant W the accumulators are
-// R × W / lanes vector variables, which stay in registers: the loops over them are
-// unrolled by pragma, early enough for GCC to replace the array by scalars (otherwise
-// it stays on the stack, copied to and from registers around the k loop at each call).
+// vector width), or `width` columns when W is 0. When accumulating, row_scale (if not
+// null) first scales row r of C by row_scale[r]: the online softmax moves the output
+// summed so far to a new max in the same pass that adds the new keys' share. With a
+// constant W the accumulators are R × W / lanes vector variables, which stay in
+// registers: the loops over them are unrolled by pragma, early enough for GCC to replace
+// the array by scalars (otherwise it stays on the stack, copied to and from registers
+// around the k loop at each call).
 template <class T, int R, int64_t W>
 void block_columns(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int64_t width,
-                   T* c, int64_t ldc, bool accumulate) {
+                   T* c, int64_t ldc, bool accumulate, const T* row_scale) {
   if constexpr (W > 0) {
     using V = Vector<T>;
     constexpr int64_t N = W / V::kLanes;
@@ -112,6 +122,11 @@ void block_columns(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int6
 #pragma GCC unroll 16
       for (int64_t v = 0; v < N; ++v)
         acc[r][v] = accumulate ? V::load(c + r * ldc + v * V::kLanes) : typename V::type{};
+    if (accumulate && row_scale)
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+        for (int64_t v = 0; v < N; ++v) acc[r][v] *= row_scale[r];
     for (int64_t k = 0; k < depth; ++k) {
       typename V::type bk[N];
 #pragma GCC unroll 16
@@ -131,6 +146,8 @@ void block_columns(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int6
     for (int r = 0; r < R; ++r) {
       T* cr = c + r * ldc;
       if (!accumulate) std::fill(cr, cr + width, T(0));
+      if (accumulate && row_scale)
+        for (int64_t j = 0; j < width; ++j) cr[j] *= row_scale[r];
       for (int64_t k = 0; k < depth; ++k) {
         const T ark = a.p[r * a.row + k * a.step];
         const T* bk = b + k * ldb;
@@ -142,26 +159,34 @@ void block_columns(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int6
 
 // block_columns over any width: C (R rows × width, ldc) (+)= A (R × depth) · B (depth ×
 // width, rows ldb apart), in blocks of kWidth columns, then half one (a head of 32
-// floats with AVX-512), then the rest. A half block holds half the accumulators of a
-// whole one, so it takes up to 2 · kRows rows at once (a load of B then feeds twice the
-// FMAs); whole blocks go kRows rows at a time.
+// floats with AVX-512), then one vector (where a half block is more), then the rest. A
+// half block or a vector holds at most half the accumulators of a whole block, so it
+// takes up to 2 · kRows rows at once (a load of B then feeds twice the FMAs); whole
+// blocks go kRows rows at a time.
 template <class T, int R>
 void block_product(int64_t depth, const Lhs<T>& a, const T* b, int64_t ldb, int64_t width,
-                   T* c, int64_t ldc, bool accumulate) {
+                   T* c, int64_t ldc, bool accumulate, const T* row_scale) {
   static_assert(R <= 2 * kRows && R % std::min(R, kRows) == 0, "rows of a product block");
-  constexpr int64_t W = kWidth<T>, H = W / 2;
+  constexpr int64_t W = kWidth<T>, H = W / 2, L = Vector<T>::kLanes;
   constexpr int RW = std::min(R, kRows);
   int64_t j = 0;
   for (; j + W <= width; j += W)
     for (int r = 0; r < R; r += RW)
       block_columns<T, RW, W>(depth, Lhs<T>{a.p + r * a.row, a.row, a.step}, b + j, ldb, W,
-                              c + r * ldc + j, ldc, accumulate);
+                              c + r * ldc + j, ldc, accumulate,
+                              row_scale ? row_scale + r : nullptr);
   if (j + H <= width) {
-    block_columns<T, R, H>(depth, a, b + j, ldb, H, c + j, ldc, accumulate);
+    block_columns<T, R, H>(depth, a, b + j, ldb, H, c + j, ldc, accumulate, row_scale);
     j += H;
   }
+  if constexpr (L < H)
+    if (j + L <= width) {
+      block_columns<T, R, L>(depth, a, b + j, ldb, L, c + j, ldc, accumulate, row_scale);
+      j += L;
+    }
   if (j < width)
-    block_columns<T, R, 0>(depth, a, b + j, ldb, width - j, c + j, ldc, accumulate);
+    block_columns<T, R, 0>(depth, a, b + j, ldb, width - j, c + j, ldc, accumulate,
+                           row_scale);
 }
 
 // Calls fn(std::integral_constant<int, R>{}, first row) over rows [0, n): blocks of
@@ -174,15 +199,44 @@ void for_row_blocks(int64_t n, Fn&& fn) {
   for (; i < n; ++i) fn(std::integral_constant<int, 1>{}, i);
 }
 
-// dst (cols, ld) = rows [0, n) of src transposed, dst[c·ld + i] = src.row(i)[c], and
-// columns [n, ld) zero: the products run over whole vector blocks past n, which then
-// hold finite scores that are masked or never stored.
+// dst[c·ld + i] = factor · src[i·lds + c] for a 4 × 4 block of floats, transposed in
+// four 16-byte registers (SSE's unpack and move shuffles, at every level).
+inline void transpose_block4(const float* src, int64_t lds, float factor, float* dst,
+                             int64_t ld) {
+  typedef float V4 __attribute__((vector_size(16)));
+  V4 r[4];
+  for (int i = 0; i < 4; ++i) std::memcpy(&r[i], src + i * lds, sizeof(V4));
+  const V4 lo01 = __builtin_shufflevector(r[0], r[1], 0, 4, 1, 5);
+  const V4 hi01 = __builtin_shufflevector(r[0], r[1], 2, 6, 3, 7);
+  const V4 lo23 = __builtin_shufflevector(r[2], r[3], 0, 4, 1, 5);
+  const V4 hi23 = __builtin_shufflevector(r[2], r[3], 2, 6, 3, 7);
+  const V4 c[4] = {__builtin_shufflevector(lo01, lo23, 0, 1, 4, 5),
+                   __builtin_shufflevector(lo01, lo23, 2, 3, 6, 7),
+                   __builtin_shufflevector(hi01, hi23, 0, 1, 4, 5),
+                   __builtin_shufflevector(hi01, hi23, 2, 3, 6, 7)};
+  for (int k = 0; k < 4; ++k) {
+    const V4 v = c[k] * factor;
+    std::memcpy(dst + k * ld, &v, sizeof v);
+  }
+}
+
+// dst (cols, ld) = factor · rows [0, n) of src transposed, dst[c·ld + i] =
+// factor · src.row(i)[c], and columns [n, ld) zero: the products run over whole vector
+// blocks past n, which then hold finite scores that are masked or never stored. Floats
+// go by 4 × 4 blocks in registers (one element at a time, the transpose was a tenth of
+// the kernel's time at head size 32), the edges and doubles one element at a time.
 template <class T>
-void transpose_rows(Rows<const T> src, int64_t n, int64_t cols, T* dst, int64_t ld) {
+void transpose_rows(Rows<const T> src, int64_t n, int64_t cols, T factor, T* dst, int64_t ld) {
   for (int64_t c = 0; c < cols; ++c) std::fill(dst + c * ld + n, dst + (c + 1) * ld, T(0));
+  constexpr bool kBlocks = std::is_same_v<T, float>;
+  const int64_t n4 = kBlocks ? n / 4 * 4 : 0, cols4 = kBlocks ? cols / 4 * 4 : 0;
+  if constexpr (kBlocks)
+    for (int64_t i = 0; i < n4; i += 4)
+      for (int64_t c = 0; c < cols4; c += 4)
+        transpose_block4(src.row(i) + c, src.ld, factor, dst + c * ld + i, ld);
   for (int64_t i = 0; i < n; ++i) {
     const T* row = src.row(i);
-    for (int64_t c = 0; c < cols; ++c) dst[c * ld + i] = row[c];
+    for (int64_t c = i < n4 ? cols4 : 0; c < cols; ++c) dst[c * ld + i] = factor * row[c];
   }
 }
 
@@ -199,21 +253,43 @@ STEEPEST_VMATH_INLINE double pick(bool c, double x, double y) { return c ? x : y
 template <class T>
 constexpr T kExpFloor = sizeof(T) == sizeof(float) ? T(-87) : T(-708);
 
-// c ? e^x : 0, the exponential taken of at least kExpFloor<T> so that the entries
-// c hides (their x may be −inf) cost no assist.
+// e^x for float x in [kExpFloor, 88], where the result and 2^n below are normal: vmath's
+// exp without what its whole range needs (clamps, a compensated sum, 2^n in two factors),
+// about half the instructions. x = n·ln 2 + r, |r| <= ln2/2, e^r = 1 + r + r²·P(r) with
+// vmath's P. Measured over every float of the range against float64, with and without
+// FMA contraction: within 1.02 ulp of e^x.
+STEEPEST_VMATH_INLINE float exp_normal(float x) {
+  using namespace vmath::detail;
+  constexpr float kShift = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer
+  const float t = x * 1.44269504f + kShift;
+  const float n = t - kShift;
+  const float r = (x - n * kLn2Hi) - n * kLn2Lo;
+  float p = 0.00138144672f;
+  p = p * r + 0.00836878084f;
+  p = p * r + 0.0416683927f;
+  p = p * r + 0.166665196f;
+  p = p * r + 0.49999994f;
+  const float e = 1.0f + ((r * r) * p + r);
+  // 2^n from n + 127 in the exponent field, unsigned: n is in [-126, 127].
+  return e * float_of((bits_of(t) - bits_of(kShift) + 127u) << 23);
+}
+STEEPEST_VMATH_INLINE double exp_normal(double x) { return std::exp(x); }
+
+// c ? e^x : 0 for x <= 88, the exponential taken of at least kExpFloor<T> so that the
+// entries c hides (their x may be −inf) cost no assist.
 template <class T>
 STEEPEST_VMATH_INLINE T exp_or_zero(bool c, T x) {
-  return pick(c, math::exp(pick(x < kExpFloor<T>, kExpFloor<T>, x)), T(0));
+  return pick(c, exp_normal(pick(x < kExpFloor<T>, kExpFloor<T>, x)), T(0));
 }
 
-// fn(j) for every j in [begin, end), both multiples of kWidth / 2 and at most a tile:
+// fn(j) for every j in [begin, end), both multiples of the vector width and at most a tile:
 // the inner loop has a constant trip count, so it vectorizes whole, without a scalar
 // remainder. The index is an int: SSE2 has no 64-bit compares for masks made from it.
 template <class T, class Fn>
 void for_columns(int64_t begin, int64_t end, Fn fn) {
-  constexpr int half = static_cast<int>(kWidth<T> / 2);
-  for (int j = static_cast<int>(begin); j < end; j += half)
-    for (int l = 0; l < half; ++l) fn(j + l);
+  constexpr int lanes = static_cast<int>(Vector<T>::kLanes);
+  for (int j = static_cast<int>(begin); j < end; j += lanes)
+    for (int l = 0; l < lanes; ++l) fn(j + l);
 }
 
 template <class T>
@@ -223,7 +299,7 @@ struct ForwardOperands {
 };
 
 // One query tile of one batch entry: out rows [q0, q0 + nq) and their log-sum-exp, from
-// qt = Qᵀ (d, kQueryTile), zero past nq. The scores are kept key-major (sᵀ, queries
+// qt = scale · Qᵀ (d, kQueryTile), zero past nq. The scores are kept key-major (sᵀ, queries
 // contiguous), so the online softmax's running max and sum are vectors over the tile's
 // queries: every loop over them runs over whole vectors (the queries past nq are
 // computed and never stored) and none needs a horizontal reduction.
@@ -235,9 +311,7 @@ void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* 
   T* o = st + kKeyTile * Q;
   T* row_max = o + Q * a.dv;
   T* row_sum = row_max + Q;
-  T* shift = row_sum + Q;
-  T* factor = shift + Q;
-  const T scale = static_cast<T>(a.scale);
+  T* factor = row_sum + Q;
   std::fill(o, o + nq * a.dv, T(0));
   std::fill(row_max, row_max + Q, kNegInf<T>);
   std::fill(row_sum, row_sum + Q, T(0));
@@ -245,61 +319,71 @@ void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* 
   for (int64_t k0 = 0; k0 < key_end; k0 += kKeyTile) {
     const int64_t nk = std::min(kKeyTile, key_end - k0);
     // Causal: key k0 + j is hidden from the queries before it, i < first(j). Its scores
-    // are computed from the half block of kWidth queries holding the first that sees
-    // it, start(j), on; the hidden ones among them are masked.
-    constexpr int64_t half = kWidth<T> / 2;
+    // are computed from the vector of queries holding the first that sees it, start(j),
+    // on; the hidden ones among them are masked.
+    constexpr int half = static_cast<int>(kWidth<T> / 2);
     auto first = [&](int64_t j) {
       return static_cast<int>(a.causal ? std::clamp<int64_t>(k0 + j - q0, 0, Q) : 0);
     };
-    auto start = [&](int64_t j) { return first(j) / half * half; };
+    constexpr int lanes = static_cast<int>(Vector<T>::kLanes);
+    auto start = [&](int64_t j) { return first(j) / lanes * lanes; };
     for_row_blocks(nk, [&](auto rows, int64_t j0) {
       constexpr int R = decltype(rows)::value;
       const int64_t c0 = start(j0);
       block_product<T, R>(a.d, Lhs<T>{x.k.row(k0 + j0), x.k.ld, 1}, qt + c0, Q, Q - c0,
-                          st + j0 * Q + c0, Q, false);
+                          st + j0 * Q + c0, Q, false, nullptr);
     });
-    std::copy(row_max, row_max + Q, shift);
-    for (int64_t j = 0; j < nk; ++j) {
-      T* sj = st + j * Q;
-      const int f = first(j);
-      for_columns<T>(start(j), Q, [&](int i) {
-        sj[i] *= scale;
-        shift[i] = pick((i >= f) & (sj[i] > shift[i]), sj[i], shift[i]);
-      });
-    }
-    // Online softmax: what was summed under the old max is rescaled to the new one. A
-    // row that has seen no key yet keeps max −inf and sum 0; shifting it by 0 avoids
-    // −inf − (−inf).
-    for (int64_t i = 0; i < Q; ++i) {
-      const T m = shift[i];
-      shift[i] = pick(m == kNegInf<T>, T(0), m);
-      factor[i] = exp_or_zero(row_max[i] != kNegInf<T>, row_max[i] - shift[i]);
-      row_max[i] = m;
-      row_sum[i] *= factor[i];
-    }
-    for (int64_t j = 0; j < nk; ++j) {
-      T* sj = st + j * Q;
-      const int f = first(j);
-      const int64_t c0 = start(j);
-      std::fill(sj, sj + c0, T(0));
-      for_columns<T>(c0, Q, [&](int i) {
-        sj[i] = exp_or_zero(i >= f, sj[i] - shift[i]);
-        row_sum[i] += sj[i];
-      });
-    }
-    for (int64_t i = 0; i < nq; ++i) {
-      if (factor[i] == T(1)) continue;
-      T* oi = o + i * a.dv;
-      for (int64_t c = 0; c < a.dv; ++c) oi[c] *= factor[i];
+    // The softmax runs by half blocks of queries, keys inner, so that the running max and
+    // sum of the half block stay in registers (in arrays of the tile, which the compiler
+    // cannot tell from the scores, they were loaded and stored at every key). The half
+    // block [c, c + half) holds scores of the keys j < seen: those with start(j) < c + half
+    // (the lanes before start(j) hold stale values, masked).
+    for (int64_t c = 0; c < Q; c += half) {
+      const int64_t seen = a.causal ? std::clamp<int64_t>(q0 + c + half - k0, 0, nk) : nk;
+      using V = Vector<T>;
+      typename V::type running[kVectors / 2];
+      for (int v = 0; v < kVectors / 2; ++v) running[v] = V::load(row_max + c + v * V::kLanes);
+      for (int64_t j = 0; j < seen; ++j) {
+        const T* sj = st + j * Q + c;
+        const T f = static_cast<T>(first(j) - c);
+        for (int v = 0; v < kVectors / 2; ++v) {
+          const typename V::type sv = V::load(sj + v * V::kLanes);
+          const auto visible = V::lanes() + static_cast<T>(v * V::kLanes) >= f;
+          running[v] = (visible & (sv > running[v])) ? sv : running[v];
+        }
+      }
+      T m[half], shift[half], sum[half];
+      for (int v = 0; v < kVectors / 2; ++v) V::store(m + v * V::kLanes, running[v]);
+      // Online softmax: what was summed under the old max is rescaled to the new one. A
+      // row that has seen no key yet keeps max −inf and sum 0; shifting it by 0 avoids
+      // −inf − (−inf).
+      for (int l = 0; l < half; ++l) {
+        T& old = row_max[c + l];
+        shift[l] = pick(m[l] == kNegInf<T>, T(0), m[l]);
+        factor[c + l] = exp_or_zero(old != kNegInf<T>, old - shift[l]);
+        old = m[l];
+        sum[l] = row_sum[c + l] * factor[c + l];
+      }
+      for (int64_t j = 0; j < seen; ++j) {
+        T* sj = st + j * Q + c;
+        const int f = first(j) - static_cast<int>(c);
+        for (int l = 0; l < half; ++l) {
+          sj[l] = exp_or_zero(l >= f, sj[l] - shift[l]);
+          sum[l] += sj[l];
+        }
+      }
+      for (int64_t j = seen; j < nk; ++j) std::fill(st + j * Q + c, st + j * Q + c + half, T(0));
+      std::copy(sum, sum + half, row_sum + c);
     }
     for_row_blocks(nq, [&](auto rows, int64_t i0) {
       constexpr int R = decltype(rows)::value;
-      // The block's last row sees the most keys; the others' hidden ones have p = 0.
+      // The block's last row sees the most keys; the others' hidden ones have p = 0. A
+      // block that sees none of these keys keeps its max, so its factor is 1.
       const int64_t depth =
           std::clamp<int64_t>(attention_key_end(a, q0 + i0 + R - 1) - k0, 0, nk);
       if (depth == 0) return;
       block_product<T, R>(depth, Lhs<T>{st + i0, 1, Q}, x.v.row(k0), x.v.ld, a.dv,
-                          o + i0 * a.dv, a.dv, true);
+                          o + i0 * a.dv, a.dv, true, factor + i0);
     });
   }
   for (int64_t i = 0; i < nq; ++i) {
@@ -308,8 +392,10 @@ void forward_tile(const AttentionArgs& a, const ForwardOperands<T>& x, const T* 
     const T* oi = o + i * a.dv;
     T* dst = x.out.row(q0 + i);
     for (int64_t c = 0; c < a.dv; ++c) dst[c] = oi[c] * inv;
-    lse[q0 + i] = row_sum[i] > 0 ? row_max[i] + std::log(row_sum[i]) : kNegInf<T>;
   }
+  // A loop of its own, so that vmath's log vectorizes over the rows.
+  for (int64_t i = 0; i < nq; ++i)
+    lse[q0 + i] = pick(row_sum[i] > 0, row_max[i] + math::log(row_sum[i]), kNegInf<T>);
 }
 
 template <class T>
@@ -321,7 +407,7 @@ void forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Ten
   const int64_t work_per_task = std::max<int64_t>(1, a.tk * (a.d + a.dv) * std::min(a.tq, kQueryTile));
   parallel_for(a.batch * tiles, std::max<int64_t>(1, kParallelGrain / work_per_task),
                [&](int64_t begin, int64_t end) {
-                 const int64_t tile_size = kKeyTile * kQueryTile + kQueryTile * (a.dv + 4);
+                 const int64_t tile_size = kKeyTile * kQueryTile + kQueryTile * (a.dv + 3);
                  std::vector<T> buffer(static_cast<size_t>(tile_size + a.d * kQueryTile));
                  T* qt = buffer.data() + tile_size;
                  for (int64_t task = begin; task < end; ++task) {
@@ -331,10 +417,41 @@ void forward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Ten
                                               entry_rows<const T>(k.data<T>(), a.k, a, b),
                                               entry_rows<const T>(v.data<T>(), a.v, a, b),
                                               entry_rows(out.data<T>(), a.out, a, b)};
-                   transpose_rows(Rows<const T>{x.q.row(q0), x.q.ld}, nq, a.d, qt, kQueryTile);
+                   transpose_rows(Rows<const T>{x.q.row(q0), x.q.ld}, nq, a.d,
+                                  static_cast<T>(a.scale), qt, kQueryTile);
                    forward_tile(a, x, qt, q0, nq, pl + b * a.tq, buffer.data());
                  }
                });
+}
+
+// The sum of the lanes of the Bytes-byte vector at v, by halves.
+template <class T, int Bytes>
+STEEPEST_VMATH_INLINE T lane_sum(const void* v) {
+  if constexpr (Bytes == 2 * sizeof(T)) {
+    T lanes[2];
+    std::memcpy(lanes, v, sizeof lanes);
+    return lanes[0] + lanes[1];
+  } else {
+    typedef T Half __attribute__((vector_size(Bytes / 2)));
+    Half lo, hi;
+    std::memcpy(&lo, v, sizeof lo);
+    std::memcpy(&hi, static_cast<const char*>(v) + sizeof lo, sizeof hi);
+    const Half sum = lo + hi;
+    return lane_sum<T, Bytes / 2>(&sum);
+  }
+}
+
+// Σ_c x[c]·y[c] in vectors, their lanes summed once at the end (an omp simd reduction
+// summed them one after another through memory).
+template <class T>
+T dot(const T* x, const T* y, int64_t n) {
+  using V = Vector<T>;
+  typename V::type acc{};
+  int64_t c = 0;
+  for (; c + V::kLanes <= n; c += V::kLanes) acc += V::load(x + c) * V::load(y + c);
+  T sum = lane_sum<T, kVectorBytes>(&acc);
+  for (; c < n; ++c) sum += x[c] * y[c];
+  return sum;
 }
 
 template <class T>
@@ -357,15 +474,22 @@ void backward_key_tile(const AttentionArgs& a, const BackwardOperands<T>& x, int
   T* ds = p + kQueryTile * kKeyTile;  // dP, then scale · dS; zero where p is
   T* kt = ds + kQueryTile * kKeyTile;
   T* vt = kt + a.d * kKeyTile;
-  transpose_rows(Rows<const T>{x.k.row(k0), x.k.ld}, nk, a.d, kt, kKeyTile);
-  transpose_rows(Rows<const T>{x.v.row(k0), x.v.ld}, nk, a.dv, vt, kKeyTile);
-  for (int64_t j = k0; j < k0 + nk; ++j) {
-    std::fill(x.dk.row(j), x.dk.row(j) + a.d, T(0));
-    std::fill(x.dv.row(j), x.dv.row(j) + a.dv, T(0));
-  }
+  transpose_rows(Rows<const T>{x.k.row(k0), x.k.ld}, nk, a.d, T(1), kt, kKeyTile);
+  transpose_rows(Rows<const T>{x.v.row(k0), x.v.ld}, nk, a.dv, T(1), vt, kKeyTile);
+  auto zero_dk_dv = [&](int64_t j_begin, int64_t j_end) {
+    for (int64_t j = j_begin; j < j_end; ++j) {
+      std::fill(x.dk.row(j), x.dk.row(j) + a.d, T(0));
+      std::fill(x.dv.row(j), x.dv.row(j) + a.dv, T(0));
+    }
+  };
   const T scale = static_cast<T>(a.scale);
-  // Under the causal mask, queries before k0 see none of these keys.
-  for (int64_t q0 = a.causal ? k0 : 0; q0 < a.tq; q0 += kQueryTile) {
+  // Under the causal mask, queries before k0 see none of these keys. The first query
+  // tile sets the rows of dK and dV it reaches and the others add to them (zeroing them
+  // first took a call per row); the rows no query sees are zeroed. Key tile 0 sets dQ
+  // (every query sees key 0; a chunk's later tiles and other chunks add).
+  const int64_t q_begin = a.causal ? k0 : 0;
+  if (q_begin >= a.tq) zero_dk_dv(k0, k0 + nk);
+  for (int64_t q0 = q_begin; q0 < a.tq; q0 += kQueryTile) {
     const int64_t nq = std::min(kQueryTile, a.tq - q0);
     auto visible = [&](int64_t i) {
       return std::clamp<int64_t>(attention_key_end(a, q0 + i) - k0, 0, nk);
@@ -382,12 +506,12 @@ void backward_key_tile(const AttentionArgs& a, const BackwardOperands<T>& x, int
         }
         return;
       }
-      // Columns up to the half block of kWidth holding the block's last visible key.
-      const int64_t width = std::min(keys, round_up(depth, kWidth<T> / 2));
+      // Columns up to the vector holding the block's last visible key.
+      const int64_t width = std::min(keys, round_up(depth, Vector<T>::kLanes));
       block_product<T, R>(a.d, Lhs<T>{x.q.row(q0 + i0), x.q.ld, 1}, kt, kKeyTile, width, pi,
-                          kKeyTile, false);
+                          kKeyTile, false, nullptr);
       block_product<T, R>(a.dv, Lhs<T>{x.dout.row(q0 + i0), x.dout.ld, 1}, vt, kKeyTile,
-                          width, dsi, kKeyTile, false);
+                          width, dsi, kKeyTile, false, nullptr);
       for (int r = 0; r < R; ++r) {
         T* pr = pi + r * kKeyTile;
         T* dsr = dsi + r * kKeyTile;
@@ -403,19 +527,24 @@ void backward_key_tile(const AttentionArgs& a, const BackwardOperands<T>& x, int
         std::fill(dsr + width, dsr + keys, T(0));
       }
       block_product<T, R>(depth, Lhs<T>{dsi, kKeyTile, 1}, x.k.row(k0), x.k.ld, a.d,
-                          x.dq.row(q0 + i0), x.dq.ld, true);
+                          x.dq.row(q0 + i0), x.dq.ld, k0 > 0, nullptr);
     });
     for_row_blocks(nk, [&](auto rows, int64_t j0) {
       constexpr int R = decltype(rows)::value;
       // Causal: the queries before key k0 + j0 see none of this block's keys.
       const int64_t first = a.causal ? std::clamp<int64_t>(k0 + j0 - q0, 0, nq) : 0;
       const int64_t depth = nq - first;
-      if (depth == 0) return;
+      const bool add = q0 > q_begin;
+      if (depth == 0) {
+        if (!add) zero_dk_dv(k0 + j0, k0 + j0 + R);
+        return;
+      }
       block_product<T, R>(depth, Lhs<T>{p + first * kKeyTile + j0, 1, kKeyTile},
                           x.dout.row(q0 + first), x.dout.ld, a.dv, x.dv.row(k0 + j0), x.dv.ld,
-                          true);
+                          add, nullptr);
       block_product<T, R>(depth, Lhs<T>{ds + first * kKeyTile + j0, 1, kKeyTile},
-                          x.q.row(q0 + first), x.q.ld, a.d, x.dk.row(k0 + j0), x.dk.ld, true);
+                          x.q.row(q0 + first), x.q.ld, a.d, x.dk.row(k0 + j0), x.dk.ld, add,
+                          nullptr);
     });
   }
 }
@@ -430,14 +559,13 @@ void backward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Te
   std::vector<T> delta(static_cast<size_t>(rows));
   parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, a.dv)),
                [&](int64_t begin, int64_t end) {
-                 for (int64_t r = begin; r < end; ++r) {
-                   const int64_t b = r / a.tq, i = r % a.tq;
-                   const T* g = entry_rows<const T>(grad_out.data<T>(), a.grad_out, a, b).row(i);
-                   const T* o = entry_rows<const T>(out.data<T>(), a.out, a, b).row(i);
-                   T sum = 0;
-#pragma omp simd reduction(+ : sum)
-                   for (int64_t c = 0; c < a.dv; ++c) sum += g[c] * o[c];
-                   delta[static_cast<size_t>(r)] = sum;
+                 for (int64_t b = begin / a.tq; b * a.tq < end; ++b) {
+                   const Rows<const T> g =
+                       entry_rows<const T>(grad_out.data<T>(), a.grad_out, a, b);
+                   const Rows<const T> o = entry_rows<const T>(out.data<T>(), a.out, a, b);
+                   for (int64_t i = std::max(begin - b * a.tq, int64_t{0});
+                        i < std::min(end - b * a.tq, a.tq); ++i)
+                     delta[static_cast<size_t>(b * a.tq + i)] = dot(g.row(i), o.row(i), a.dv);
                  }
                });
   // Tasks are (batch entry, chunk of key tiles). dQ sums over all key tiles: with one
@@ -451,13 +579,15 @@ void backward(const AttentionArgs& a, const Tensor& q, const Tensor& k, const Te
                           std::max<int64_t>(1, key_tiles));
   const int64_t q_size = a.batch * a.tq * a.d;
   std::vector<T> partial(chunks > 1 ? static_cast<size_t>((chunks - 1) * q_size) : 0, T(0));
-  parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, a.d)),
-               [&](int64_t begin, int64_t end) {
-                 for (int64_t r = begin; r < end; ++r) {
-                   T* dq = entry_rows(grad_q.data<T>(), a.grad_q, a, r / a.tq).row(r % a.tq);
-                   std::fill(dq, dq + a.d, T(0));
-                 }
-               });
+  // Key tile 0 sets dQ; without keys, dQ is 0.
+  if (key_tiles == 0)
+    parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, a.d)),
+                 [&](int64_t begin, int64_t end) {
+                   for (int64_t r = begin; r < end; ++r) {
+                     T* dq = entry_rows(grad_q.data<T>(), a.grad_q, a, r / a.tq).row(r % a.tq);
+                     std::fill(dq, dq + a.d, T(0));
+                   }
+                 });
   const int64_t work_per_task = std::max<int64_t>(1, a.tq * (a.d + a.dv) * kKeyTile);
   parallel_for(a.batch * chunks, std::max<int64_t>(1, kParallelGrain / work_per_task),
                [&](int64_t begin, int64_t end) {
